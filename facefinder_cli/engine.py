@@ -1,0 +1,1061 @@
+"""The EM engine: find one face hidden at unknown positions in many noisy images.
+
+Model (``docs/MODEL.md``): image ``k`` of a stack ``X`` of shape ``(K, H, W)`` is the background
+``B`` (``H x W``) with the face ``F`` (``h x w``) pasted with its top-left corner at ``d_k``, plus
+Gaussian noise of std ``s``; ``d_k`` has prior ``A`` over the ``(H-h+1) x (W-w+1)`` positions.
+
+How an iteration is computed
+----------------------------
+One streaming pass over chunks of images does both steps; per image it costs one inverse FFT
+(E-step), one forward FFT (M-step) and a few summed-area tables:
+
+* E-step. With ``C_k = X_k ⋆ F`` (valid cross-correlation, from the cached ``rfft2(X_k)``) and
+  ``P_k = X_k ⊙ B``, the log-likelihood of every position is ::
+
+      ll_k(d) = -HW/2 log(2π s²) - [ Σ X_k² - 2 Σ P_k + G(d) + 2 (box(P_k)(d) - C_k(d)) ] / (2 s²)
+      G(d)    = ||F||² + Σ B² - box(B²)(d)
+
+  where ``box`` sums over the ``h x w`` window at ``d``. (``box(X_k²)`` of the textbook form cancels
+  out, so it is never computed.) Posteriors are normalised with log-sum-exp.
+* M-step from frequency-domain sums: ``Σ_k Σ_d q_k(d) X_k(d + ·) = irfft2(Σ_k rfft2(X_k) ·
+  conj(rfft2(q_k)))``; ``Σ_k cover_k ⊙ X_k`` from a "full" summed-area table of each ``q_k``; the
+  background denominator ``Σ_k (1 - cover_k)`` from the summed prior only. ``s²`` and the lower bound
+  after the M-step are closed forms of these sums, so no second pass is needed.
+* Hard (MAP) EM and Monte-Carlo draws use the same E-step; their M-step statistics are sums of crops.
+
+Data are shifted by a constant (the mean of the first images) before any arithmetic, which keeps
+the sums small and the FFT round-off low; parameters stay in the data's own units. ``rfft2(X)``
+and the per-image sums are computed once per fit and shared by all restarts.
+
+Everything here is NumPy/SciPy: no I/O, no printing. Progress is reported through a callback.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage, signal
+
+__all__ = [
+    "ConvergenceWarning",
+    "FitResult",
+    "INIT_METHODS",
+    "NoiseFloorWarning",
+    "Params",
+    "Progress",
+    "RestartHistory",
+    "fit",
+    "initialize",
+    "log_likelihood",
+    "lower_bound",
+    "m_step",
+    "map_positions",
+    "posterior",
+]
+
+Method = Literal["soft", "hard"]
+METHODS: tuple[str, ...] = ("soft", "hard")
+PriorUpdate = Literal["late", "always", "never"]
+PRIOR_UPDATES: tuple[str, ...] = ("late", "always", "never")
+INIT_METHODS: tuple[str, ...] = ("median", "zeros", "bright", "random", "smooth")
+
+#: The study's white level: its initialisations assume pixels on the 0..255 scale.
+WHITE = 255.0
+#: ``noise_std`` never goes below this fraction of the data's standard deviation.
+NOISE_FLOOR = 1e-5
+#: A background pixel is re-estimated only where the posterior expects it uncovered in more than
+#: this fraction of one image per image (``Σ_k (1 - cover_k) > K · UNCOVERED_MIN``); elsewhere it is
+#: not identifiable and keeps its previous value. ``sqrt(eps)`` keeps round-off out of ``B``.
+UNCOVERED_MIN = math.sqrt(np.finfo(np.float64).eps)
+#: Images per chunk of the streaming pass.
+DEFAULT_CHUNK_SIZE = 32
+#: ``rfft2(X)`` is cached across iterations when it takes at most this many bytes.
+FFT_CACHE_BYTES = 2 * 2**30
+#: Posterior ratios below ``exp(_LOG_TINY)`` to the most probable position are set to exactly zero:
+#: they change no sum and would otherwise become slow subnormal numbers.
+_LOG_TINY = -680.0
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the lower bound settled within ``tol``."""
+
+
+class NoiseFloorWarning(UserWarning):
+    """The noise std hit its floor: the data may be noise-free or the fit degenerate."""
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    """The model parameters θ.
+
+    Attributes
+    ----------
+    face : ndarray of shape (h, w)
+    background : ndarray of shape (H, W)
+    noise_std : float
+        Standard deviation ``s`` of the pixel noise (a std, not a variance).
+    prior : ndarray of shape (H-h+1, W-w+1)
+        Prior ``A`` over the face's top-left corner; non-negative, sums to one.
+    """
+
+    face: np.ndarray
+    background: np.ndarray
+    noise_std: float
+    prior: np.ndarray
+
+    @property
+    def face_shape(self) -> tuple[int, int]:
+        return self.face.shape  # type: ignore[return-value]
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.background.shape  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the fit reports to its callback after every iteration.
+
+    ``elbo`` is the lower bound after the M-step, ``log_likelihood`` that of the parameters the
+    iteration started from, ``gain`` the bound's change per image and pixel, ``params`` the new θ.
+    """
+
+    restart: int
+    n_restarts: int
+    iteration: int
+    max_iter: int
+    elbo: float
+    log_likelihood: float
+    gain: float
+    params: Params
+
+
+@dataclass(frozen=True)
+class RestartHistory:
+    """One restart of a fit: where it started and how it went.
+
+    ``elbo[t]`` and ``log_likelihood[t]`` belong to the parameters after ``t`` iterations
+    (``t = 0`` is the initialisation): ``log_likelihood[t] = log p(X | θ_t)`` and
+    ``elbo[t] = L(q_{t-1}, θ_t)``, the bound with the posterior that produced ``θ_t``
+    (for ``t = 0``, the posterior at ``θ_0``). ``seconds[t]`` is the time since the start
+    (``seconds[0]``: the initialisation). The prior was held fixed in the first
+    ``prior_fixed_until`` iterations.
+    """
+
+    init: str
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    seconds: np.ndarray
+    n_iter: int
+    converged: bool
+    lower_bound: float
+    prior_fixed_until: int
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`fit`: the best restart's parameters, histories and positions.
+
+    Attributes
+    ----------
+    face : ndarray of shape (h, w)
+    background : ndarray of shape (H, W)
+    noise_std : float
+    prior : ndarray of shape (H-h+1, W-w+1)
+    elbo, log_likelihood, seconds : ndarray of shape (n_iter + 1,)
+        Histories of the best restart (see :class:`RestartHistory`).
+    lower_bound : float
+        ``L(q, θ)`` at the final parameters with their own posterior (soft EM: equals
+        ``log_likelihood[-1]``; hard EM: the MAP objective).
+    n_iter : int
+    converged : bool
+    positions : ndarray of shape (K, 2), int
+        Every image's most probable face position ``(row, column)`` under the final parameters.
+    position_probability : ndarray of shape (K,)
+        The posterior probability of that position.
+    unidentified : ndarray of shape (H, W), bool
+        Background pixels the face covered in every image (up to ``UNCOVERED_MIN``) at the last
+        M-step: not identifiable, they kept their previous value.
+    noise_floored : bool
+        Whether ``noise_std`` was clipped at its floor.
+    method, init : str
+    seed_entropy : int
+        Entropy of the ``SeedSequence``: ``fit(..., seed=seed_entropy)`` repeats the run.
+    best_restart : int
+    restarts : tuple of RestartHistory
+    """
+
+    face: np.ndarray
+    background: np.ndarray
+    noise_std: float
+    prior: np.ndarray
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    seconds: np.ndarray
+    lower_bound: float
+    n_iter: int
+    converged: bool
+    positions: np.ndarray
+    position_probability: np.ndarray
+    unidentified: np.ndarray
+    noise_floored: bool
+    method: str
+    init: str
+    seed_entropy: int
+    best_restart: int
+    restarts: tuple[RestartHistory, ...] = field(repr=False)
+
+    @property
+    def params(self) -> Params:
+        return Params(self.face, self.background, self.noise_std, self.prior)
+
+
+# --------------------------------------------------------------------------------------------
+# Box sums (summed-area tables)
+# --------------------------------------------------------------------------------------------
+
+
+def _box_valid(y: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Sums of ``y`` over every ``h x w`` window: ``(..., H, W) -> (..., H-h+1, W-w+1)``."""
+    c = np.cumsum(y, axis=-2)
+    rows = np.empty(c.shape[:-2] + (c.shape[-2] - h + 1, c.shape[-1]))
+    rows[..., 0, :] = c[..., h - 1, :]
+    np.subtract(c[..., h:, :], c[..., :-h, :], out=rows[..., 1:, :])
+    c = np.cumsum(rows, axis=-1)
+    out = np.empty(c.shape[:-1] + (c.shape[-1] - w + 1,))
+    out[..., 0] = c[..., w - 1]
+    np.subtract(c[..., w:], c[..., :-w], out=out[..., 1:])
+    return out
+
+
+def _box_full(q: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Full box filter: ``out[i, j] = Σ q[d]`` over the positions ``d`` whose window covers
+    ``(i, j)``: ``(..., Dh, Dw) -> (..., Dh+h-1, Dw+w-1)``."""
+    return _full_sum(_full_sum(q, h, -2), w, -1)
+
+
+def _full_sum(q: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Along ``axis`` (of length ``D``): ``out[i] = Σ q[max(0, i-n+1) : i+1]``, ``i < D + n - 1``."""
+    q = np.moveaxis(q, axis, -1)
+    D = q.shape[-1]
+    c = np.zeros(q.shape[:-1] + (D + 2 * n - 1,))  # c[n - 1 + m] = Σ q[:m], m = 0 .. D + n - 1
+    np.cumsum(q, axis=-1, out=c[..., n : n + D])
+    c[..., n + D :] = c[..., n + D - 1 : n + D]
+    out = c[..., n:] - c[..., : D + n - 1]
+    return np.moveaxis(out, -1, axis)
+
+
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x * log(y)`` with ``0 * log(0) = 0``."""
+    out = np.zeros(np.broadcast(x, y).shape)
+    np.multiply(x, np.log(y, out=np.full(y.shape, -np.inf), where=y > 0), out=out, where=x != 0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The data, prepared once per fit
+# --------------------------------------------------------------------------------------------
+
+
+class _Data:
+    """The image stack, shifted, with what does not change between iterations.
+
+    ``X`` may be any array-like of shape ``(K, H, W)`` that slices to NumPy (a memory map, say);
+    chunks are read and shifted on the fly. The FFT cache holds ``rfft2`` of the shifted images.
+    """
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        face_shape: tuple[int, int],
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        cache_fft: bool | None = None,
+        workers: int | None = None,
+    ) -> None:
+        if getattr(X, "ndim", None) != 3:
+            raise ValueError(f"X must have shape (n_images, height, width), got {np.shape(X)}")
+        if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+            raise ValueError(f"X must hold real numbers, got dtype {X.dtype}")
+        K, H, W = X.shape
+        h, w = _check_face_shape(face_shape, (H, W))
+        if K < 1:
+            raise ValueError("X holds no images")
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.X = X
+        self.K, self.H, self.W, self.h, self.w = K, H, W, h, w
+        self.Dh, self.Dw = H - h + 1, W - w + 1
+        self.chunk = int(chunk_size)
+        self.workers = workers
+        self.offset = float(np.mean(X[: min(K, 16)], dtype=np.float64))
+        n_freq = H * (W // 2 + 1)
+        if cache_fft is None:
+            cache_fft = K * n_freq * 16 <= FFT_CACHE_BYTES
+        self._xf = np.empty((K, H, W // 2 + 1), np.complex128) if cache_fft else None
+        # One pass: sums over images and, if cached, the spectra.
+        self.sum_x = np.zeros((H, W))
+        self.sq_x = np.empty(K)  # Σ_ij X_k² per image (shifted)
+        for a, b, x in self._chunks_raw():
+            if not np.isfinite(x).all():
+                bad = a + int(np.flatnonzero(~np.isfinite(x).reshape(b - a, -1).all(1))[0])
+                raise ValueError(f"X contains NaN or infinite values (image {bad})")
+            self.sum_x += x.sum(axis=0)
+            self.sq_x[a:b] = np.einsum("kij,kij->k", x, x)
+            if self._xf is not None:
+                self._xf[a:b] = sfft.rfft2(x, workers=workers)
+        self.total_sq = float(self.sq_x.sum())
+        n = K * H * W
+        var = self.total_sq / n - (self.sum_x.sum() / n) ** 2
+        std = math.sqrt(max(var, 0.0))
+        self.scale = std if std > 0 else (abs(self.offset) or 1.0)
+        self.noise_floor = NOISE_FLOOR * self.scale
+
+    def _chunks_raw(self):
+        for a in range(0, self.K, self.chunk):
+            b = min(a + self.chunk, self.K)
+            x = np.asarray(self.X[a:b], dtype=np.float64) - self.offset
+            yield a, b, x
+
+    def chunks(self):
+        """Yield ``(start, stop, x, xf)``: shifted images and their spectra."""
+        for a, b, x in self._chunks_raw():
+            xf = self._xf[a:b] if self._xf is not None else sfft.rfft2(x, workers=self.workers)
+            yield a, b, x, xf
+
+
+def _check_face_shape(face_shape: Sequence[int], image_shape: tuple[int, int]) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in face_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"face_shape must be (height, width), got {face_shape!r}") from None
+    H, W = image_shape
+    if not (1 <= h <= H and 1 <= w <= W):
+        raise ValueError(f"face_shape {h}x{w} must be at least 1x1 and fit in the images ({H}x{W})")
+    return h, w
+
+
+def _check_params(p: Params, data: _Data) -> Params:
+    face = np.asarray(p.face, dtype=np.float64)
+    background = np.asarray(p.background, dtype=np.float64)
+    prior = np.asarray(p.prior, dtype=np.float64)
+    if face.shape != (data.h, data.w):
+        raise ValueError(f"face has shape {face.shape}, expected {(data.h, data.w)}")
+    if background.shape != (data.H, data.W):
+        raise ValueError(f"background has shape {background.shape}, expected {(data.H, data.W)}")
+    if prior.shape != (data.Dh, data.Dw):
+        raise ValueError(f"prior has shape {prior.shape}, expected {(data.Dh, data.Dw)}")
+    s = float(p.noise_std)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"noise_std must be positive and finite, got {p.noise_std}")
+    for name, arr in (("face", face), ("background", background), ("prior", prior)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+    if (prior < 0).any() or prior.sum() <= 0:
+        raise ValueError("prior must be non-negative with a positive sum")
+    return Params(face, background, s, prior / prior.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# E-step
+# --------------------------------------------------------------------------------------------
+
+
+class _Scorer:
+    """Per-iteration constants of the E-step for parameters ``p``."""
+
+    def __init__(self, p: Params, data: _Data, with_prior: bool = True) -> None:
+        H, W, h, w = data.H, data.W, data.h, data.w
+        s2 = p.noise_std**2
+        face = p.face - data.offset
+        self.data = data
+        self.background = p.background - data.offset
+        self.face_f = np.conj(sfft.rfft2(face, s=(H, W), workers=data.workers))
+        g = float(np.sum(face**2) + np.sum(self.background**2)) - _box_valid(
+            self.background**2, h, w
+        )
+        with np.errstate(divide="ignore"):
+            log_prior = np.log(p.prior) if with_prior else 0.0
+        # lp_k(d) = base(d) - a_k / (2 s²) - (box(P_k)(d) - C_k(d)) / s²
+        self.base = log_prior - g / (2 * s2) - 0.5 * H * W * math.log(2 * math.pi * s2)
+        self.inv_s2 = 1.0 / s2
+
+    def log_joint(self, x: np.ndarray, xf: np.ndarray) -> np.ndarray:
+        """``log p(X_k, d | θ)`` for a chunk: ``(n, H, W) -> (n, Dh, Dw)``."""
+        d = self.data
+        # irfft2(xf · conj(rfft2(F)))[:Dh, :Dw], inverting only the Dh rows that are needed.
+        rows = sfft.ifft(xf * self.face_f, axis=-2, overwrite_x=True, workers=d.workers)
+        corr = sfft.irfft(rows[:, : d.Dh], n=d.W, axis=-1, workers=d.workers)[:, :, : d.Dw]
+        prod = x * self.background
+        a = np.einsum("kij,kij->k", x, x) - 2.0 * prod.sum(axis=(1, 2))
+        m = _box_valid(prod, d.h, d.w)
+        m -= corr
+        m *= -self.inv_s2
+        m += self.base
+        m -= (0.5 * self.inv_s2) * a[:, None, None]
+        return m
+
+
+@dataclass
+class _Posterior:
+    """A chunk's normalised posterior, from its log joint ``lp`` (modified in place)."""
+
+    q: np.ndarray  # (n, Dh, Dw) probabilities
+    log_evidence: np.ndarray  # (n,) log p(X_k | θ)
+    entropy: np.ndarray  # (n,) H(q_k)
+    best: np.ndarray  # (n,) flat index of the MAP position
+    best_log_joint: np.ndarray  # (n,) log p(X_k, d*_k | θ)
+
+    @classmethod
+    def from_log_joint(cls, lp: np.ndarray) -> _Posterior:
+        n = lp.shape[0]
+        flat = lp.reshape(n, -1)
+        best = np.argmax(flat, axis=1)
+        top = flat[np.arange(n), best]
+        flat -= top[:, None]  # t = lp - max <= 0; -inf where the prior is zero
+        drop = flat < _LOG_TINY
+        np.copyto(flat, 0.0, where=drop)  # keeps q * t finite in the entropy
+        q = np.exp(flat)
+        np.copyto(q, 0.0, where=drop)
+        z = q.sum(axis=1)
+        q /= z[:, None]
+        log_z = np.log(z)
+        entropy = log_z - np.einsum("kd,kd->k", q, flat)
+        return cls(q.reshape(lp.shape), top + log_z, np.maximum(entropy, 0.0), best, top)
+
+
+def _chunk_log_joint(X: np.ndarray, params: Params, with_prior: bool, chunk_size: int):
+    """Shared driver of the public E-step functions: yields ``(start, stop, lp, scorer)``."""
+    X = np.asarray(X) if not hasattr(X, "shape") else X
+    data = _Data(X, params.face.shape, chunk_size=chunk_size, cache_fft=False)
+    scorer = _Scorer(_check_params(params, data), data, with_prior=with_prior)
+    for a, b, x, xf in data.chunks():
+        yield a, b, scorer.log_joint(x, xf), scorer
+
+
+def log_likelihood(
+    X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> np.ndarray:
+    """``log p(X_k | d, θ)`` for every image and position.
+
+    Parameters
+    ----------
+    X : ndarray of shape (K, H, W)
+    params : Params
+
+    Returns
+    -------
+    ndarray of shape (K, H-h+1, W-w+1)
+    """
+    K = X.shape[0]
+    out = np.empty((K, X.shape[1] - params.face.shape[0] + 1, X.shape[2] - params.face.shape[1] + 1))
+    for a, b, lp, _ in _chunk_log_joint(X, params, False, chunk_size):
+        out[a:b] = lp
+    return out
+
+
+def posterior(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+    """The E-step: ``q_k(d) = p(d | X_k, θ)``, computed in the log domain.
+
+    Returns
+    -------
+    ndarray of shape (K, H-h+1, W-w+1)
+        Each ``q[k]`` sums to one; positions with zero prior get exactly zero.
+    """
+    out = np.empty((X.shape[0], X.shape[1] - params.face.shape[0] + 1, X.shape[2] - params.face.shape[1] + 1))
+    for a, b, lp, scorer in _chunk_log_joint(X, params, True, chunk_size):
+        out[a:b] = _Posterior.from_log_joint(lp).q
+    return out
+
+
+def map_positions(
+    X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> np.ndarray:
+    """The hard E-step: every image's most probable position (first one on ties).
+
+    Returns
+    -------
+    ndarray of shape (K, 2), int
+        ``(row, column)`` of the face's top-left corner.
+    """
+    out = np.empty((X.shape[0], 2), dtype=np.intp)
+    for a, b, lp, _ in _chunk_log_joint(X, params, True, chunk_size):
+        flat = np.argmax(lp.reshape(b - a, -1), axis=1)
+        out[a:b] = np.column_stack(np.unravel_index(flat, lp.shape[1:]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# M-step
+# --------------------------------------------------------------------------------------------
+
+
+class _Stats:
+    """Sums over images that the M-step needs, accumulated chunk by chunk."""
+
+    def __init__(self, data: _Data) -> None:
+        H, W = data.H, data.W
+        self.data = data
+        self.face_f = np.zeros((H, W // 2 + 1), np.complex128)  # Σ rfft2(X_k) conj(rfft2(q_k))
+        self.face_sum = np.zeros((data.h, data.w))  # Σ of weighted crops (sparse q)
+        self.cover_x = np.zeros((H, W))  # Σ_k cover_k ⊙ X_k
+        self.q_sum = np.zeros((data.Dh, data.Dw))  # Σ_k q_k
+        self.entropy = 0.0  # Σ_k H(q_k)
+        self.log_evidence = 0.0  # Σ_k log p(X_k | θ)
+        self.bound = 0.0  # L(q, θ) at the parameters of the E-step
+
+    def add_dense(self, x: np.ndarray, xf: np.ndarray, q: np.ndarray) -> None:
+        """Add a chunk with dense posteriors ``q`` of shape ``(n, Dh, Dw)``."""
+        d = self.data
+        qf = sfft.rfft2(q, s=(d.H, d.W), workers=d.workers)
+        self.face_f += np.einsum("kij,kij->ij", xf, qf.conj())
+        self.cover_x += np.einsum("kij,kij->ij", _box_full(q, d.h, d.w), x)
+        self.q_sum += q.sum(axis=0)
+
+    def add_positions(self, x: np.ndarray, pos: np.ndarray) -> None:
+        """Add a chunk with ``S`` equally weighted positions per image, ``pos`` of shape
+        ``(n, S, 2)`` (hard EM: ``S = 1``; Monte-Carlo EM: ``S`` draws)."""
+        d = self.data
+        n, S = pos.shape[:2]
+        rows = pos[:, :, 0, None, None] + np.arange(d.h)[:, None]  # (n, S, h, 1)
+        cols = pos[:, :, 1, None, None] + np.arange(d.w)  # (n, S, 1, w)
+        crops = x[np.arange(n)[:, None, None, None], rows, cols]  # (n, S, h, w)
+        self.face_sum += crops.sum(axis=(0, 1)) / S
+        flat = (rows * d.W + cols).ravel()
+        self.cover_x += np.bincount(flat, crops.ravel(), d.H * d.W).reshape(d.H, d.W) / S
+        pflat = (pos[:, :, 0] * d.Dw + pos[:, :, 1]).ravel()
+        self.q_sum += np.bincount(pflat, minlength=d.Dh * d.Dw).reshape(d.Dh, d.Dw) / S
+
+    def m_step(self, previous: Params, update_prior: bool = True) -> tuple[Params, dict]:
+        """Close the M-step: new parameters, and the bound ``L(q, θ_new)`` in closed form."""
+        d = self.data
+        K, H, W, h, w = d.K, d.H, d.W, d.h, d.w
+        face_num = self.face_sum.copy()
+        if self.face_f.any():
+            face_num += sfft.irfft2(self.face_f, s=(H, W), workers=d.workers)[:h, :w]
+        face = face_num / K  # shifted
+        prior = self.q_sum / K if update_prior else previous.prior
+        den = K - _box_full(self.q_sum, h, w)  # Σ_k (1 - cover_k)
+        num = d.sum_x - self.cover_x  # Σ_k (1 - cover_k) X_k
+        known = den > K * UNCOVERED_MIN
+        mean = np.divide(num, den, out=np.zeros_like(num), where=known)
+        # Σ_k Σ_d q_k(d) ||X_k - Model_d||² at the new F (optimal) and B (optimal where known).
+        sse = d.total_sq - K * float(np.sum(face**2)) - float(np.sum(mean * num))
+        background = np.where(known, mean + d.offset, previous.background)
+        n = K * H * W
+        s2 = sse / n
+        floored = s2 < d.noise_floor**2 or not np.isfinite(s2)
+        noise_std = d.noise_floor if floored else math.sqrt(s2)
+        s2 = noise_std**2
+        if update_prior:  # Σ_d q_sum log(q_sum / K), safe where q_sum / K underflows
+            log_prior_term = float(_xlogy(self.q_sum, self.q_sum).sum() - self.q_sum.sum() * math.log(K))
+        else:
+            log_prior_term = float(_xlogy(self.q_sum, prior).sum())
+        elbo = (
+            -0.5 * n * math.log(2 * math.pi * s2) - sse / (2 * s2) + log_prior_term + self.entropy
+        )
+        new = Params(face + d.offset, background, noise_std, prior)
+        return new, {"elbo": elbo, "unidentified": ~known, "floored": floored}
+
+
+def _prepare_q_input(X, face_shape, posterior_, positions_, chunk_size):
+    if (posterior_ is None) == (positions_ is None):
+        raise ValueError("give exactly one of posterior and positions")
+    data = _Data(X, face_shape, chunk_size=chunk_size, cache_fft=False)
+    if posterior_ is not None:
+        q = np.asarray(posterior_, dtype=np.float64)
+        if q.shape != (data.K, data.Dh, data.Dw):
+            raise ValueError(f"posterior has shape {q.shape}, expected {(data.K, data.Dh, data.Dw)}")
+        return data, q, None
+    pos = np.asarray(positions_)
+    if pos.ndim == 2:
+        pos = pos[:, None, :]
+    if pos.ndim != 3 or pos.shape[0] != data.K or pos.shape[2] != 2:
+        raise ValueError(f"positions must have shape (K, 2) or (K, S, 2), got {np.shape(positions_)}")
+    if not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError("positions must be integers")
+    if (pos < 0).any() or (pos[..., 0] >= data.Dh).any() or (pos[..., 1] >= data.Dw).any():
+        raise ValueError(f"positions must lie in [0, {data.Dh - 1}] x [0, {data.Dw - 1}]")
+    return data, None, pos.astype(np.intp)
+
+
+def m_step(
+    X: np.ndarray,
+    face_shape: tuple[int, int],
+    *,
+    posterior: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    previous: Params | None = None,
+    update_prior: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Params:
+    """The M-step for a given posterior (soft EM) or given positions (hard / Monte-Carlo EM).
+
+    Parameters
+    ----------
+    X : ndarray of shape (K, H, W)
+    face_shape : (h, w)
+    posterior : ndarray of shape (K, H-h+1, W-w+1), optional
+        Dense posteriors ``q_k``.
+    positions : int ndarray of shape (K, 2) or (K, S, 2), optional
+        One position per image (hard EM) or ``S`` equally weighted draws per image.
+    previous : Params, optional
+        Used for the background pixels that are not identifiable (covered in every image) and,
+        with ``update_prior=False``, for the prior. Without it such pixels get the mean of the
+        images there and the prior is uniform.
+
+    Returns
+    -------
+    Params
+    """
+    data, q, pos = _prepare_q_input(X, face_shape, posterior, positions, chunk_size)
+    stats = _Stats(data)
+    for a, b, x, xf in data.chunks():
+        if q is not None:
+            stats.add_dense(x, xf, q[a:b])
+        else:
+            stats.add_positions(x, pos[a:b])
+    if previous is None:
+        prev = Params(
+            np.zeros((data.h, data.w)),
+            data.sum_x / data.K + data.offset,
+            1.0,
+            np.full((data.Dh, data.Dw), 1.0 / (data.Dh * data.Dw)),
+        )
+    else:
+        prev = _check_params(previous, data)
+    new, _ = stats.m_step(prev, update_prior=update_prior)
+    return new
+
+
+def lower_bound(
+    X: np.ndarray,
+    params: Params,
+    *,
+    posterior: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> float:
+    """``L(q, θ) = Σ_k E_q[log p(X_k, d | θ)] - E_q[log q]`` for a dense posterior or for
+    positions (a one-hot ``q``, or the empirical distribution of ``S`` draws per image)."""
+    data, q, pos = _prepare_q_input(X, params.face.shape, posterior, positions, chunk_size)
+    total = 0.0
+    for a, b, lp, _ in _chunk_log_joint(X, params, True, chunk_size):
+        if q is not None:
+            qc = q[a:b]
+            with np.errstate(invalid="ignore"):
+                expected = np.where(qc > 0, qc * lp, 0.0).sum()
+            total += float(expected) - float(_xlogy(qc, qc).sum())
+        else:
+            pc = pos[a:b]
+            n, S = pc.shape[:2]
+            total += float(lp[np.arange(n)[:, None], pc[..., 0], pc[..., 1]].sum()) / S
+            total += sum(_draws_entropy(pc[k], data.Dw) for k in range(n))
+    return total
+
+
+def _draws_entropy(pos: np.ndarray, n_cols: int) -> float:
+    """Entropy of the empirical distribution of draws ``pos`` of shape ``(S, 2)``."""
+    _, counts = np.unique(pos[:, 0] * n_cols + pos[:, 1], return_counts=True)
+    p = counts / pos.shape[0]
+    return float(-np.sum(p * np.log(p)))
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation
+# --------------------------------------------------------------------------------------------
+
+
+def _uniform_prior(data: _Data) -> np.ndarray:
+    return np.full((data.Dh, data.Dw), 1.0 / (data.Dh * data.Dw))
+
+
+def _subsample(data: _Data, n: int = 512) -> np.ndarray:
+    """Up to ``n`` evenly spaced images, for statistics that need them all at once."""
+    idx = np.unique(np.linspace(0, data.K - 1, min(n, data.K)).round().astype(int))
+    return np.asarray(data.X[idx], dtype=np.float64)
+
+
+def _init_study(data: _Data, method: str, rng: np.random.Generator, prior: np.ndarray) -> Params:
+    """The study's initialisations (0..255 scale)."""
+    h, w, H, W = data.h, data.w, data.H, data.W
+    if method == "zeros":
+        return Params(np.zeros((h, w)), np.zeros((H, W)), 1.0, prior)
+    if method == "bright":
+        return Params(np.full((h, w), WHITE), np.full((H, W), WHITE), WHITE, prior)
+    if method == "random":
+        face = rng.uniform(0.0, WHITE, (h, w))
+        background = rng.uniform(0.0, WHITE, (H, W))
+        return Params(face, background, float(rng.exponential(10.0)), prior)
+    if method == "smooth":
+        i, j = rng.integers(data.K, size=2)
+        background = _smooth_image(data, i)
+        r, c = rng.integers(data.Dh), rng.integers(data.Dw)
+        face = _smooth_image(data, j)[r : r + h, c : c + w].copy()
+        noise = float(np.std(np.asarray(data.X[i], dtype=np.float64) - background))
+        return Params(face, background, noise, prior)
+    raise ValueError(f"unknown init {method!r}; choose from {', '.join(INIT_METHODS)}")
+
+
+def _smooth_image(data: _Data, k: int) -> np.ndarray:
+    """Image ``k`` filtered by a Gaussian of std ``min(h, w) / 8`` (at least one pixel)."""
+    sigma = max(1.0, min(data.h, data.w) / 8.0)
+    return ndimage.gaussian_filter(np.asarray(data.X[k], dtype=np.float64), sigma)
+
+
+def _init_median(data: _Data, rng: np.random.Generator | None, prior: np.ndarray) -> Params:
+    """The default start, from the data.
+
+    The face moves and the background does not, so the background is the per-pixel median of
+    the images and the noise std a robust spread (MAD) of the residuals. The face starts as what
+    the first M-step would give if every image's posterior were the prior: the prior-weighted
+    average of the mean image's windows, a blur that favours no position. Restarts after the
+    first (``rng`` given) start the face from a smoothed window of a random image instead.
+    """
+    sample = _subsample(data)
+    background = np.median(sample, axis=0)
+    resid = sample - background
+    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    if not noise > data.noise_floor:
+        noise = max(float(np.std(resid)), data.noise_floor)
+    if rng is None:
+        mean = data.sum_x / data.K + data.offset
+        face = signal.correlate(mean, prior, mode="valid")
+    else:
+        r, c = rng.integers(data.Dh), rng.integers(data.Dw)
+        face = _smooth_image(data, rng.integers(data.K))[r : r + data.h, c : c + data.w].copy()
+    return Params(face, background, noise, prior)
+
+
+def _initialize(
+    data: _Data,
+    method: str,
+    rng: np.random.Generator,
+    restart: int,
+    given: dict,
+) -> Params:
+    """Starting parameters; ``given`` entries override the method's."""
+    prior = given.get("prior")
+    prior = _uniform_prior(data) if prior is None else np.asarray(prior, dtype=np.float64)
+    if prior.shape != (data.Dh, data.Dw) or (prior < 0).any() or not prior.sum() > 0:
+        raise ValueError(
+            f"prior must be non-negative of shape {(data.Dh, data.Dw)} with a positive sum"
+        )
+    prior = prior / prior.sum()
+    if method == "median":
+        p = _init_median(data, rng if restart > 0 else None, prior)
+    else:
+        p = _init_study(data, method, rng, prior)
+    p = replace(p, **{k: v for k, v in given.items() if v is not None and k != "prior"})
+    p = replace(p, noise_std=max(float(p.noise_std), data.noise_floor))
+    return _check_params(p, data)
+
+
+def _given(init_params: Params | dict | None) -> dict:
+    if init_params is None:
+        return {}
+    if isinstance(init_params, Params):
+        return {k: getattr(init_params, k) for k in ("face", "background", "noise_std", "prior")}
+    unknown = set(init_params) - {"face", "background", "noise_std", "prior"}
+    if unknown:
+        raise ValueError(f"init_params has unknown keys {sorted(unknown)}")
+    return dict(init_params)
+
+
+def initialize(
+    X: np.ndarray,
+    face_shape: tuple[int, int],
+    init: str = "median",
+    *,
+    seed: int | np.random.SeedSequence | None = None,
+    restart: int = 0,
+) -> Params:
+    """The starting parameters that :func:`fit` uses for ``init`` (and restart ``restart``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (K, H, W)
+    face_shape : (h, w)
+    init : {"median", "zeros", "bright", "random", "smooth"}
+        ``median`` (the default of :func:`fit`): the per-pixel median of the images as the
+        background, a robust noise std, and a face that favours no position (see
+        ``_init_median``). The study's starts, on the 0..255 scale: ``zeros`` (F = B = 0,
+        s = 1), ``bright`` (F = B = 255, s = 255), ``random`` (F, B uniform on 0..255, s
+        exponential with mean 10), ``smooth`` (F and B from Gaussian-filtered random images,
+        s their residual std). All start from a uniform prior.
+    seed, restart
+        As in :func:`fit`: restart ``r`` draws from child ``r`` of ``SeedSequence(seed)``.
+    """
+    data = _Data(X, face_shape, cache_fft=False)
+    _, children = _seed_children(seed, restart + 1)
+    return _initialize(data, init, np.random.default_rng(children[restart]), restart, {})
+
+
+def _seed_children(
+    seed: int | np.random.SeedSequence | None, n: int
+) -> tuple[np.random.SeedSequence, list[np.random.SeedSequence]]:
+    """``SeedSequence(seed)`` and its first ``n`` children, without mutating a given sequence
+    (``spawn`` would), so that the same seed always gives the same children."""
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    children = [
+        np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, i), pool_size=ss.pool_size)
+        for i in range(n)
+    ]
+    return ss, children
+
+
+# --------------------------------------------------------------------------------------------
+# The EM loop
+# --------------------------------------------------------------------------------------------
+
+
+def _pass(
+    data: _Data,
+    p: Params,
+    method: str,
+    accumulate: bool,
+    positions: np.ndarray | None = None,
+    probability: np.ndarray | None = None,
+) -> _Stats:
+    """One streaming pass: the E-step at ``p`` and, if ``accumulate``, the M-step sums.
+
+    Fills ``positions`` (K, 2) and ``probability`` (K,) with the MAP positions when given.
+    """
+    scorer = _Scorer(p, data)
+    stats = _Stats(data)
+    for a, b, x, xf in data.chunks():
+        post = _Posterior.from_log_joint(scorer.log_joint(x, xf))
+        log_evidence = float(post.log_evidence.sum())
+        stats.log_evidence += log_evidence
+        best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))
+        if method == "soft":
+            stats.bound += log_evidence
+            stats.entropy += float(post.entropy.sum())
+            if accumulate:
+                stats.add_dense(x, xf, post.q)
+        else:
+            stats.bound += float(post.best_log_joint.sum())
+            if accumulate:
+                stats.add_positions(x, best[:, None, :])
+        if positions is not None:
+            positions[a:b] = best
+            probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
+    return stats
+
+
+@dataclass
+class _Run:
+    params: Params
+    history: RestartHistory
+    positions: np.ndarray
+    probability: np.ndarray
+    unidentified: np.ndarray
+    floored: bool
+
+
+def _run(
+    data: _Data,
+    start: Params,
+    *,
+    init: str,
+    method: str,
+    max_iter: int,
+    tol: float,
+    prior_update: str,
+    callback: Callable[[Progress], None] | None,
+    restart: int,
+    n_restarts: int,
+    t0: float,
+) -> _Run:
+    n_values = data.K * data.H * data.W
+    p = start
+    elbo: list[float] = []
+    loglik: list[float] = []
+    seconds = [time.perf_counter() - t0]
+    unidentified = np.zeros((data.H, data.W), dtype=bool)
+    floored = converged = False
+    n_iter = 0
+    prior_free = prior_update == "always"
+    fixed_until = 0
+    for it in range(1, max_iter + 1):
+        stats = _pass(data, p, method, accumulate=True)
+        if it == 1:
+            elbo.append(stats.bound)
+        loglik.append(stats.log_evidence)
+        p, info = stats.m_step(p, update_prior=prior_free)
+        fixed_until += not prior_free
+        elbo.append(info["elbo"])
+        unidentified, floored = info["unidentified"], info["floored"]
+        seconds.append(time.perf_counter() - t0)
+        n_iter = it
+        gain = (elbo[-1] - elbo[-2]) / n_values
+        if callback is not None:
+            callback(Progress(restart, n_restarts, it, max_iter, elbo[-1], loglik[-1], gain, p))
+        if gain < tol:
+            if prior_update == "late" and not prior_free:
+                prior_free = True  # the rest has settled: from now on the prior is learnt too
+                continue
+            converged = True
+            break
+    positions = np.empty((data.K, 2), dtype=np.intp)
+    probability = np.empty(data.K)
+    final = _pass(data, p, method, accumulate=False, positions=positions, probability=probability)
+    loglik.append(final.log_evidence)
+    if max_iter == 0:
+        elbo.append(final.bound)
+    history = RestartHistory(
+        init=init,
+        elbo=np.array(elbo),
+        log_likelihood=np.array(loglik),
+        seconds=np.array(seconds),
+        n_iter=n_iter,
+        converged=converged,
+        lower_bound=final.bound,
+        prior_fixed_until=fixed_until,
+    )
+    return _Run(p, history, positions, probability, unidentified, floored)
+
+
+def fit(
+    X: np.ndarray,
+    face_shape: tuple[int, int],
+    *,
+    method: Method = "soft",
+    init: str = "median",
+    n_init: int = 1,
+    max_iter: int = 200,
+    tol: float = 1e-7,
+    seed: int | np.random.SeedSequence | None = None,
+    init_params: Params | dict | None = None,
+    prior_update: PriorUpdate = "late",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    cache_fft: bool | None = None,
+    workers: int | None = None,
+    callback: Callable[[Progress], None] | None = None,
+) -> FitResult:
+    """Fit face, background, noise std and prior to a stack of images by EM.
+
+    Parameters
+    ----------
+    X : array_like of shape (K, H, W)
+        The images; any real dtype, or a memory map (read chunk by chunk).
+    face_shape : (h, w)
+        Size of the face, at most the image size.
+    method : {"soft", "hard"}
+        Soft EM (exact posteriors) or hard EM (each image's MAP position).
+    init : {"median", "zeros", "bright", "random", "smooth"}
+        How each restart starts; see :func:`initialize`. ``init_params`` entries override it.
+    n_init : int
+        Number of restarts; the one with the highest final ``log p(X | θ)`` is returned.
+        Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``.
+    max_iter : int
+        Maximum EM iterations per restart; 0 returns the initialisation.
+    tol : float
+        Stop when an iteration raises the lower bound by less than ``tol`` nats per image and
+        pixel, i.e. ``(elbo[t] - elbo[t-1]) / (K H W) < tol``. ``-inf`` runs ``max_iter``.
+    seed : int, SeedSequence or None
+        ``None`` draws fresh entropy, recorded in ``FitResult.seed_entropy``.
+    init_params : Params or dict, optional
+        Starting values for any of ``face``, ``background``, ``noise_std``, ``prior``
+        (default prior: uniform).
+    prior_update : {"late", "always", "never"}
+        When the M-step re-estimates the prior. ``"always"``: in every M-step, as the study does.
+        ``"late"`` (default): hold it at its start until the other parameters converge (within
+        ``tol``), then re-estimate it in every M-step until all converge. With few images per
+        position a learnt prior sharpens on the current guesses and locks EM into them; holding
+        it back first avoids that (see ``docs/INITIALISATION.md``). Either way the lower bound
+        never decreases (holding a parameter is a partial M-step). ``"never"``: keep it.
+    chunk_size : int
+        Images per chunk of the streaming pass; results do not depend on it beyond rounding.
+    cache_fft : bool, optional
+        Keep ``rfft2(X)`` in memory between iterations (default: when it takes at most 2 GiB).
+    workers : int, optional
+        Threads for ``scipy.fft``.
+    callback : callable, optional
+        Called with a :class:`Progress` after every iteration.
+
+    Returns
+    -------
+    FitResult
+
+    Warns
+    -----
+    ConvergenceWarning
+        If the best restart stopped at ``max_iter`` (``max_iter > 0``) without meeting ``tol``.
+    NoiseFloorWarning
+        If the noise std of the result is clipped at its floor.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if init not in INIT_METHODS:
+        raise ValueError(f"unknown init {init!r}; choose from {', '.join(INIT_METHODS)}")
+    if int(n_init) < 1:
+        raise ValueError(f"n_init must be at least 1, got {n_init}")
+    if int(max_iter) < 0:
+        raise ValueError(f"max_iter must be non-negative, got {max_iter}")
+    if tol != tol:
+        raise ValueError("tol must not be NaN")
+    if prior_update not in PRIOR_UPDATES:
+        raise ValueError(
+            f"unknown prior_update {prior_update!r}; choose from {', '.join(PRIOR_UPDATES)}"
+        )
+    data = _Data(X, face_shape, chunk_size=chunk_size, cache_fft=cache_fft, workers=workers)
+    given = _given(init_params)
+    ss, children = _seed_children(seed, int(n_init))
+    runs: list[_Run] = []
+    for r, child in enumerate(children):
+        t0 = time.perf_counter()
+        start = _initialize(data, init, np.random.default_rng(child), r, given)
+        runs.append(
+            _run(data, start, init=init, method=method, max_iter=int(max_iter), tol=float(tol),
+                 prior_update=prior_update, callback=callback, restart=r,
+                 n_restarts=int(n_init), t0=t0)
+        )
+    best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
+    run = runs[best]
+    h = run.history
+    if max_iter > 0 and not h.converged and tol > -np.inf:
+        warnings.warn(
+            f"EM did not converge in {max_iter} iterations (last gain "
+            f"{(h.elbo[-1] - h.elbo[-2]) / (data.K * data.H * data.W):.3g} nats per image and "
+            f"pixel, tol {tol:g}); raise max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    if run.floored:
+        warnings.warn(
+            f"the noise std reached its floor {data.noise_floor:.3g} ({NOISE_FLOOR:g} x the data's "
+            "std): the images may be noise-free copies of one scene",
+            NoiseFloorWarning,
+            stacklevel=2,
+        )
+    return FitResult(
+        face=run.params.face,
+        background=run.params.background,
+        noise_std=run.params.noise_std,
+        prior=run.params.prior,
+        elbo=h.elbo,
+        log_likelihood=h.log_likelihood,
+        seconds=h.seconds,
+        lower_bound=h.lower_bound,
+        n_iter=h.n_iter,
+        converged=h.converged,
+        positions=run.positions,
+        position_probability=run.probability,
+        unidentified=run.unidentified,
+        noise_floored=run.floored,
+        method=method,
+        init=init,
+        seed_entropy=int(ss.entropy),
+        best_restart=best,
+        restarts=tuple(r.history for r in runs),
+    )
