@@ -1,0 +1,151 @@
+"""Synthetic data with a known truth: noisy images of a face pasted on a background.
+
+Used by ``facefinder generate``, the tests and the benchmarks. NumPy only, no I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from facefinder_cli.engine import Params
+
+__all__ = ["Dataset", "cartoon_face", "centred_prior", "make_dataset", "paste", "texture"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A synthetic stack and the truth behind it.
+
+    Attributes
+    ----------
+    images : ndarray of shape (K, H, W)
+    positions : int ndarray of shape (K, 2)
+        The face's top-left corner ``(row, column)`` in every image.
+    truth : Params
+        The face, background, noise std and prior the images were drawn from.
+    """
+
+    images: np.ndarray
+    positions: np.ndarray
+    truth: Params
+
+
+def paste(background: np.ndarray, face: np.ndarray, position: tuple[int, int]) -> np.ndarray:
+    """The background with the face pasted at ``position`` (top-left corner), as a new array."""
+    out = np.array(background, dtype=np.float64)
+    r, c = position
+    h, w = face.shape
+    out[r : r + h, c : c + w] = face
+    return out
+
+
+def centred_prior(
+    face_shape: tuple[int, int], image_shape: tuple[int, int], spread: float = 0.25
+) -> np.ndarray:
+    """A prior over positions peaked at the centre: a separable Gaussian whose std is ``spread``
+    times the range of positions along each axis.
+
+    Returns
+    -------
+    ndarray of shape (H-h+1, W-w+1), summing to one.
+    """
+    if spread <= 0:
+        raise ValueError(f"spread must be positive, got {spread}")
+    axes = []
+    for n_img, n_face in zip(image_shape, face_shape):
+        n = n_img - n_face + 1
+        x = np.arange(n) - (n - 1) / 2
+        axes.append(np.exp(-0.5 * (x / max(spread * n, 0.5)) ** 2))
+    prior = np.outer(*axes)
+    return prior / prior.sum()
+
+
+def make_dataset(
+    face: np.ndarray,
+    background: np.ndarray,
+    n_images: int,
+    noise_std: float,
+    *,
+    prior: np.ndarray | None = None,
+    seed: int | np.random.SeedSequence | None = None,
+    dtype: type = np.float64,
+) -> Dataset:
+    """Draw ``n_images`` noisy images: positions from ``prior`` (uniform by default), the face
+    pasted on the background there, plus Gaussian noise of std ``noise_std``.
+
+    Parameters
+    ----------
+    face : ndarray of shape (h, w)
+    background : ndarray of shape (H, W)
+    n_images : int
+    noise_std : float
+        In the images' own units (the study used 200, 400 and 1000 on the 0..255 scale).
+    prior : ndarray of shape (H-h+1, W-w+1), optional
+    seed : int or SeedSequence, optional
+    dtype : float dtype of the images
+    """
+    face = np.asarray(face, dtype=np.float64)
+    background = np.asarray(background, dtype=np.float64)
+    if face.ndim != 2 or background.ndim != 2:
+        raise ValueError("face and background must be 2-D images")
+    (h, w), (H, W) = face.shape, background.shape
+    if h > H or w > W:
+        raise ValueError(f"the face ({h}x{w}) is larger than the background ({H}x{W})")
+    if n_images < 1:
+        raise ValueError(f"n_images must be at least 1, got {n_images}")
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be non-negative, got {noise_std}")
+    shape = (H - h + 1, W - w + 1)
+    if prior is None:
+        prior = np.full(shape, 1.0 / (shape[0] * shape[1]))
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != shape:
+        raise ValueError(f"prior has shape {prior.shape}, expected {shape} for these sizes")
+    if (prior < 0).any() or not np.isfinite(prior).all() or prior.sum() <= 0:
+        raise ValueError("prior must be finite, non-negative and not all zero")
+    prior = prior / prior.sum()
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(prior.size, size=n_images, p=prior.ravel())
+    positions = np.column_stack(np.unravel_index(flat, shape))
+    images = np.empty((n_images, H, W), dtype=dtype)
+    for k, (r, c) in enumerate(positions):
+        images[k] = paste(background, face, (r, c)) + rng.normal(0.0, noise_std, (H, W))
+    return Dataset(images, positions, Params(face, background, float(noise_std), prior))
+
+
+def cartoon_face(h: int, w: int) -> np.ndarray:
+    """A simple drawn face (head, eyes, brows, nose, mouth) on the 0..255 scale, ``h x w``."""
+    y, x = np.mgrid[0:h, 0:w]
+    y = (y + 0.5) / h * 2 - 1
+    x = (x + 0.5) / w * 2 - 1
+    img = np.full((h, w), 40.0)
+    img[x**2 / 0.8**2 + y**2 / 0.95**2 <= 1] = 200.0  # head
+    for ex in (-0.35, 0.35):
+        img[(x - ex) ** 2 / 0.16**2 + (y + 0.25) ** 2 / 0.1**2 <= 1] = 20.0  # eyes
+        img[(np.abs(x - ex) < 0.2) & (np.abs(y + 0.48) < 0.04)] = 90.0  # brows
+    img[(np.abs(x) < 0.07) & (y > -0.15) & (y < 0.2)] = 150.0  # nose
+    img[(x**2 / 0.45**2 + (y - 0.35) ** 2 / 0.25**2 <= 1) & (y > 0.42)] = 60.0  # mouth
+    return img
+
+
+def texture(kind: str, shape: tuple[int, int], seed: int | None = 0) -> np.ndarray:
+    """A background texture on the 0..255 scale.
+
+    ``kind``: ``"stripes"`` (a repetitive diagonal grating), ``"checker"`` (a chequerboard with
+    a cell of 6 pixels), ``"clouds"`` (smoothed noise), ``"flat"`` (uniform grey).
+    """
+    H, W = shape
+    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
+    if kind == "stripes":
+        return 128 + 60 * np.sin(2 * np.pi * (x + 0.5 * y) / 7.0)
+    if kind == "checker":
+        return np.where(((y // 6) + (x // 6)) % 2 == 0, 170.0, 90.0)
+    if kind == "clouds":
+        rng = np.random.default_rng(seed)
+        field_ = ndimage.gaussian_filter(rng.normal(size=shape), 3.0, mode="wrap")
+        return 128 + 60 * field_ / field_.std()
+    if kind == "flat":
+        return np.full(shape, 128.0)
+    raise ValueError(f"unknown texture {kind!r}")
