@@ -1,0 +1,306 @@
+"""A deliberately slow, obviously correct reference implementation of the model.
+
+Written straight from the model definition (``docs/MODEL.md``, "Generative model" and "EM"), not
+from the engine's fast formulas: every function loops explicitly over images and face positions,
+builds the model image ``Model_d`` (the background with the face pasted with its top-left corner at
+``d``) and works with plain sums of squares. Only for tiny inputs: the cost is
+``O(K * positions * H * W)`` Python-level work.
+
+Conventions: ``X`` has shape ``(K, H, W)``, the face ``(h, w)``, the background ``(H, W)``,
+``noise_std`` is a standard deviation, the prior and every posterior ``q_k`` have shape
+``(Dh, Dw) = (H-h+1, W-w+1)``; positions are ``(row, column)`` of the face's top-left corner.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Threshold of the background update: a pixel is re-estimated only where
+#: ``Σ_k (1 - cover_k) > K * UNCOVERED_MIN`` (the spec's ``sqrt(float64 eps)``).
+UNCOVERED_MIN = math.sqrt(np.finfo(np.float64).eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def n_positions(image_shape, face_shape):
+    """``(Dh, Dw)``: the number of face positions along each axis."""
+    (H, W), (h, w) = image_shape, face_shape
+    return H - h + 1, W - w + 1
+
+
+def all_positions(image_shape, face_shape):
+    """Every position ``(row, col)`` in row-major order (the order ``argmax`` uses)."""
+    Dh, Dw = n_positions(image_shape, face_shape)
+    return [(r, c) for r in range(Dh) for c in range(Dw)]
+
+
+def model_image(face, background, position):
+    """``Model_d``: a copy of the background with the face pasted at ``position``."""
+    face = np.asarray(face, dtype=np.float64)
+    h, w = face.shape
+    r, c = position
+    m = np.array(background, dtype=np.float64, copy=True)
+    m[r : r + h, c : c + w] = face
+    return m
+
+
+def window_mask(image_shape, face_shape, position):
+    """Boolean ``(H, W)`` mask of the face window ``win(d)``."""
+    (h, w), (r, c) = face_shape, position
+    mask = np.zeros(image_shape, dtype=bool)
+    mask[r : r + h, c : c + w] = True
+    return mask
+
+
+def _log(x):
+    """``log(x)`` of a non-negative Python float, with ``log(0) = -inf`` (no warning)."""
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _logsumexp(values):
+    """``log Σ exp(v)`` of a 1-D array that may contain ``-inf`` (not all of them)."""
+    values = np.asarray(values, dtype=np.float64)
+    top = float(np.max(values))
+    total = 0.0
+    for v in values:
+        total += math.exp(v - top)  # exp(-inf) == 0.0 exactly
+    return top + math.log(total)
+
+
+# ----------------------------------------------------------------------------------------------
+# E-step
+# ----------------------------------------------------------------------------------------------
+
+
+def log_likelihood(X, face, background, noise_std):
+    """``log N(X_k | Model_d, s² I)`` for every image ``k`` and position ``d``: ``(K, Dh, Dw)``."""
+    X = np.asarray(X, dtype=np.float64)
+    K, H, W = X.shape
+    s2 = float(noise_std) ** 2
+    Dh, Dw = n_positions((H, W), np.shape(face))
+    out = np.empty((K, Dh, Dw))
+    for k in range(K):
+        for r in range(Dh):
+            for c in range(Dw):
+                resid = X[k] - model_image(face, background, (r, c))
+                sse = float(np.sum(resid * resid))
+                out[k, r, c] = -0.5 * H * W * math.log(2.0 * math.pi * s2) - sse / (2.0 * s2)
+    return out
+
+
+def log_joint(X, face, background, noise_std, prior):
+    """``log p(X_k | d) + log A(d)``, with ``log 0 = -inf``: ``(K, Dh, Dw)``."""
+    ll = log_likelihood(X, face, background, noise_std)
+    prior = np.asarray(prior, dtype=np.float64)
+    out = np.empty_like(ll)
+    for k in range(ll.shape[0]):
+        for r in range(ll.shape[1]):
+            for c in range(ll.shape[2]):
+                out[k, r, c] = ll[k, r, c] + _log(float(prior[r, c]))
+    return out
+
+
+def posterior(X, face, background, noise_std, prior):
+    """``q_k(d) = p(d | X_k)``, normalised in the log domain: ``(K, Dh, Dw)``.
+
+    Positions with zero prior get exactly ``q = 0`` (``exp(-inf) = 0``).
+    """
+    lj = log_joint(X, face, background, noise_std, prior)
+    q = np.empty_like(lj)
+    for k in range(lj.shape[0]):
+        top = float(np.max(lj[k]))  # log-sum-exp: shift by the maximum before exponentiating
+        for r in range(lj.shape[1]):
+            for c in range(lj.shape[2]):
+                q[k, r, c] = math.exp(lj[k, r, c] - top)  # exp(-inf) == 0.0 exactly
+        q[k] /= float(np.sum(q[k]))
+    return q
+
+
+def map_positions(X, face, background, noise_std, prior):
+    """Every image's most probable position, first one (row-major) on ties: ``(K, 2)`` int."""
+    lj = log_joint(X, face, background, noise_std, prior)
+    K, Dh, Dw = lj.shape
+    out = np.empty((K, 2), dtype=np.intp)
+    for k in range(K):
+        best, best_pos = -math.inf, None
+        for r in range(Dh):
+            for c in range(Dw):
+                if best_pos is None or lj[k, r, c] > best:
+                    best, best_pos = lj[k, r, c], (r, c)
+        out[k] = best_pos
+    return out
+
+
+def log_marginal(X, face, background, noise_std, prior):
+    """``log p(X | θ) = Σ_k log Σ_d p(X_k | d) A(d)``."""
+    lj = log_joint(X, face, background, noise_std, prior)
+    return float(sum(_logsumexp(lj[k].ravel()) for k in range(lj.shape[0])))
+
+
+# ----------------------------------------------------------------------------------------------
+# Posteriors from positions
+# ----------------------------------------------------------------------------------------------
+
+
+def positions_to_q(positions, n_pos):
+    """The dense ``q`` of ``positions`` (``(K, 2)``: one-hot; ``(K, S, 2)``: the empirical
+    distribution of ``S`` equally weighted draws, repeated draws adding up)."""
+    pos = np.asarray(positions)
+    if pos.ndim == 2:
+        pos = pos[:, None, :]
+    K, S, _ = pos.shape
+    q = np.zeros((K,) + tuple(n_pos))
+    for k in range(K):
+        for s in range(S):
+            q[k, pos[k, s, 0], pos[k, s, 1]] += 1.0 / S
+    return q
+
+
+# ----------------------------------------------------------------------------------------------
+# M-step
+# ----------------------------------------------------------------------------------------------
+
+
+def cover(q, face_shape, image_shape):
+    """``cover_k(i, j) = Σ_{d : (i, j) ∈ win(d)} q_k(d)``: ``(K, H, W)``."""
+    q = np.asarray(q, dtype=np.float64)
+    h, w = face_shape
+    K, Dh, Dw = q.shape
+    out = np.zeros((K,) + tuple(image_shape))
+    for k in range(K):
+        for r in range(Dh):
+            for c in range(Dw):
+                out[k, r : r + h, c : c + w] += q[k, r, c]
+    return out
+
+
+def background_weight(q, face_shape, image_shape):
+    """``Σ_k (1 - cover_k)``, the denominator of the background update: ``(H, W)``."""
+    cov = cover(q, face_shape, image_shape)
+    return np.sum(1.0 - cov, axis=0)
+
+
+def unidentified(q, face_shape, image_shape):
+    """Background pixels the M-step cannot re-estimate: ``Σ_k (1 - cover_k) <= K sqrt(eps)``."""
+    K = np.shape(q)[0]
+    return ~(background_weight(q, face_shape, image_shape) > K * UNCOVERED_MIN)
+
+
+def expected_sse(X, q, face, background):
+    """``Σ_k Σ_d q_k(d) ||X_k - Model_d||²``, building every model image."""
+    X = np.asarray(X, dtype=np.float64)
+    K = X.shape[0]
+    _, Dh, Dw = np.shape(q)
+    total = 0.0
+    for k in range(K):
+        for r in range(Dh):
+            for c in range(Dw):
+                if q[k, r, c] == 0:
+                    continue
+                resid = X[k] - model_image(face, background, (r, c))
+                total += float(q[k, r, c]) * float(np.sum(resid * resid))
+    return total
+
+
+def m_step(X, q, h, w, previous_background=None):
+    """The soft M-step for a dense posterior ``q`` of shape ``(K, Dh, Dw)``.
+
+    Returns ``(face, background, noise_std, prior)``; background pixels with
+    ``Σ_k (1 - cover_k) <= K sqrt(eps)`` keep ``previous_background`` (default: the per-pixel mean
+    of ``X`` over the images).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    K, H, W = X.shape
+    Dh, Dw = n_positions((H, W), (h, w))
+    assert q.shape == (K, Dh, Dw), (q.shape, (K, Dh, Dw))
+
+    # A(d) = (1/K) Σ_k q_k(d)
+    prior = np.zeros((Dh, Dw))
+    for k in range(K):
+        prior += q[k]
+    prior /= K
+
+    # F(u, v) = (1/K) Σ_k Σ_d q_k(d) X_k(d + (u, v))
+    face = np.zeros((h, w))
+    for k in range(K):
+        for r in range(Dh):
+            for c in range(Dw):
+                face += q[k, r, c] * X[k, r : r + h, c : c + w]
+    face /= K
+
+    # B = Σ_k (1 - cover_k) X_k / Σ_k (1 - cover_k), where that is identifiable.
+    cov = cover(q, (h, w), (H, W))
+    num = np.zeros((H, W))
+    den = np.zeros((H, W))
+    for k in range(K):
+        num += (1.0 - cov[k]) * X[k]
+        den += 1.0 - cov[k]
+    if previous_background is None:
+        previous_background = X.mean(axis=0)
+    background = np.array(previous_background, dtype=np.float64, copy=True)
+    known = den > K * UNCOVERED_MIN
+    for i in range(H):
+        for j in range(W):
+            if known[i, j]:
+                background[i, j] = num[i, j] / den[i, j]
+
+    # s² = (1/(HWK)) Σ_k Σ_d q_k(d) ||X_k - Model_d(F_new, B_new)||²
+    noise_std = math.sqrt(expected_sse(X, q, face, background) / (H * W * K))
+    return face, background, noise_std, prior
+
+
+def m_step_positions(X, positions, h, w, previous_background=None, check=True):
+    """The M-step for positions ``(K, 2)`` (hard EM) or ``(K, S, 2)`` (``S`` equally weighted
+    draws per image): :func:`m_step` on the dense ``q`` of their empirical distribution.
+
+    With ``check``, the face and prior are also computed independently (the face as the plain
+    average of the ``K S`` crops, the prior as position counts / ``K S``) and asserted equal.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    K, H, W = X.shape
+    n_pos = n_positions((H, W), (h, w))
+    q = positions_to_q(positions, n_pos)
+    face, background, noise_std, prior = m_step(X, q, h, w, previous_background)
+    if check:
+        pos = np.asarray(positions)
+        if pos.ndim == 2:
+            pos = pos[:, None, :]
+        S = pos.shape[1]
+        crops = np.zeros((h, w))
+        counts = np.zeros(n_pos)
+        for k in range(K):
+            for s in range(S):
+                r, c = int(pos[k, s, 0]), int(pos[k, s, 1])
+                crops += X[k, r : r + h, c : c + w]
+                counts[r, c] += 1
+        scale = max(1.0, float(np.max(np.abs(X))))
+        np.testing.assert_allclose(face, crops / (K * S), rtol=1e-12, atol=1e-12 * scale)
+        np.testing.assert_allclose(prior, counts / (K * S), rtol=1e-12, atol=1e-15)
+    return face, background, noise_std, prior
+
+
+# ----------------------------------------------------------------------------------------------
+# The lower bound
+# ----------------------------------------------------------------------------------------------
+
+
+def lower_bound(X, face, background, noise_std, prior, q):
+    """``L(q, θ) = Σ_k Σ_d q_k(d) (log p(X_k | d) + log A(d) - log q_k(d))`` with ``0 log 0 = 0``
+    (terms with ``q_k(d) = 0`` contribute nothing; ``q > 0`` where ``A = 0`` gives ``-inf``)."""
+    ll = log_likelihood(X, face, background, noise_std)
+    prior = np.asarray(prior, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    total = 0.0
+    for k in range(q.shape[0]):
+        for r in range(q.shape[1]):
+            for c in range(q.shape[2]):
+                qd = float(q[k, r, c])
+                if qd == 0.0:
+                    continue
+                total += qd * (ll[k, r, c] + _log(float(prior[r, c])) - math.log(qd))
+    return total
