@@ -1,0 +1,1250 @@
+"""All image and array file I/O of facefinder: reading stacks and single images, writing PNGs
+and stacks, atomically.
+
+Reading accepts a folder of images, a glob pattern, a ``.npy`` / ``.npz`` / MATLAB ``.mat``
+array file, a (multi-page) TIFF or a single image file, and always returns float64 pixel values
+in the file's own units (8-bit images give 0..255, 16-bit images 0..65535, float images their
+values; nothing is rescaled). Colour images become grayscale by luminance.
+
+Every problem a user can cause (missing, unreadable or inconsistent files, bad option values)
+raises :class:`InputError` with a one-line message naming the file or option. Wrong arguments
+from the calling code (e.g. an array of the wrong shape) raise ordinary ``ValueError`` /
+``TypeError``.
+
+Writers never leave a partial file behind: they write a temporary file (or folder) next to the
+target and rename it into place only once everything was written.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import logging
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import warnings
+import zipfile
+from collections import Counter
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator, Sequence
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "InputError",
+    "Stack",
+    "atomic_write",
+    "load_stack",
+    "natural_sort_key",
+    "read_image",
+    "to_uint8",
+    "write_png",
+    "write_stack",
+]
+
+#: File extensions (lower case) taken as images when reading a folder or a glob pattern.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_TIFF_EXTENSIONS = (".tif", ".tiff")
+_LAYOUTS = ("khw", "hwk")
+_GLOB_CHARS = ("*", "?", "[")
+#: Largest block of images examined at once by the finite-values check (bytes).
+_CHUNK_BYTES = 64 * 2**20
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class InputError(ValueError):
+    """A problem with the user's files or options; the message is one line, fit to show as is."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A stack of grayscale images read from disk.
+
+    Attributes
+    ----------
+    images : ndarray of shape (n_images, height, width)
+        C-contiguous float64 pixel values in the file's own units; or, only when
+        ``load_stack(..., mmap=True)`` returned a ``.npy`` file's data without copying, a
+        read-only float32 or float64 ``np.memmap``.
+    names : tuple of str, one per image
+        File names for a folder or glob pattern; ``"<file>[k]"`` (k from 0) for the images of a
+        stack file; the file name alone for a file holding a single 2-D image.
+    notes : tuple of str
+        Human-readable notes on what was done while reading (conversions, guessed layout...).
+    source : str
+        The source as given.
+    """
+
+    images: np.ndarray
+    names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    source: str = ""
+
+
+# ------------------------------------------------------------------------------------------
+# small helpers
+
+
+def natural_sort_key(name: str) -> tuple:
+    """Sort key putting ``img2`` before ``img10``: runs of digits compare as numbers, the rest
+    case-insensitively; ties are broken by the exact name so the order is total.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    tuple
+        Compare keys of several names with ``<`` or use as ``sorted(names, key=natural_sort_key)``.
+    """
+    parts = re.split(r"([0-9]+)", name)
+    key = tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts))
+    return (key, name)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _size(shape: Sequence[int]) -> str:
+    return f"{shape[0]}x{shape[1]}"
+
+
+def _listing(items: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class _Conversions:
+    """Counts of the conversions done while reading, turned into notes at the end."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.depths: set[str] = set()
+
+    def update(self, other: _Conversions) -> None:
+        self.counts.update(other.counts)
+        self.depths |= other.depths
+
+    def notes(self) -> list[str]:
+        c = self.counts
+        notes = []
+        if c["colour"]:
+            n = _plural(c["colour"], "colour image")
+            notes.append(f"converted {n} to grayscale (luminance)")
+        if c["palette"]:
+            notes.append(f"expanded the colour palette of {_plural(c['palette'], 'image')}")
+        if c["alpha"]:
+            n = _plural(c["alpha"], "image")
+            notes.append(f"dropped the alpha (transparency) channel of {n}")
+        if c["bilevel"]:
+            n = _plural(c["bilevel"], "black-and-white (1-bit) image")
+            notes.append(f"read {n} as 0 and 255")
+        if c["png16"]:
+            notes.append(
+                f"read {_plural(c['png16'], '16-bit colour PNG image')} at 8-bit precision "
+                "(0..255): Pillow cannot decode them at 16 bits"
+            )
+        if c["miniswhite"]:
+            notes.append(f"inverted {_plural(c['miniswhite'], 'white-is-zero TIFF image')}")
+        int_depths = sorted(d for d in self.depths if d[0] in "ui")
+        if len(int_depths) > 1:
+            notes.append(
+                f"the images have different bit depths ({', '.join(int_depths)}); "
+                "values are not rescaled"
+            )
+        return notes
+
+
+def _luminance(rgb: np.ndarray, conv: _Conversions) -> np.ndarray:
+    """Grayscale of colour images by luminance; images whose channels are all equal keep their
+    values exactly and are not counted as colour.
+
+    Parameters
+    ----------
+    rgb : ndarray of shape (n_images, height, width, 3)
+
+    Returns
+    -------
+    ndarray of shape (n_images, height, width), float64
+    """
+    out = np.empty(rgb.shape[:3], dtype=np.float64)
+    for k, img in enumerate(rgb):
+        r, g, b = img[..., 0], img[..., 1], img[..., 2]
+        if np.array_equal(r, g) and np.array_equal(g, b):
+            out[k] = r
+        else:
+            conv.counts["colour"] += 1
+            out[k] = _LUMA[0] * r.astype(np.float64) + _LUMA[1] * g + _LUMA[2] * b
+    return out
+
+
+def _check_finite(images: np.ndarray, where: Any) -> None:
+    """Raise InputError at the first image holding NaN or infinity; ``where(k)`` names image k.
+    Works through the stack in chunks so a memory-mapped stack is never loaded whole."""
+    if images.dtype.kind != "f" or images.shape[0] == 0:
+        return
+    per = max(1, _CHUNK_BYTES // max(1, images[0].nbytes))
+    for start in range(0, images.shape[0], per):
+        chunk = np.asarray(images[start : start + per])
+        ok = np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)
+        if not ok.all():
+            k = start + int(np.argmin(ok))
+            what = "NaN" if np.isnan(images[k]).any() else "infinite values"
+            raise InputError(f"{where(k)} contains {what}")
+
+
+def _check_kind(dtype: np.dtype, shape: tuple[int, ...], disp: str, what: str) -> None:
+    """Refuse arrays that are not real numbers or not 2-D/3-D or empty (from the array or from a
+    .npy header, before loading: object arrays would need unpickling)."""
+    kind = dtype.kind
+    if kind == "O" or dtype.hasobject:
+        raise InputError(f"{disp}: {what} holds Python objects (dtype object), not numbers")
+    if kind == "c":
+        raise InputError(f"{disp}: {what} holds complex numbers; expected real pixel values")
+    if kind not in "biuf":
+        raise InputError(f"{disp}: {what} of dtype {dtype} does not hold numbers")
+    if len(shape) not in (2, 3):
+        raise InputError(
+            f"{disp}: {what} of shape {tuple(shape)} is not 2-D (one image) or 3-D (a stack)"
+        )
+    if 0 in shape:
+        raise InputError(f"{disp}: {what} of shape {tuple(shape)} holds no pixels")
+
+
+def _check_numeric(arr: np.ndarray, disp: str, what: str) -> None:
+    _check_kind(arr.dtype, arr.shape, disp, what)
+
+
+def _check_layout(layout: str | None) -> str | None:
+    if layout is None:
+        return None
+    if not isinstance(layout, str) or layout.lower() not in _LAYOUTS:
+        raise InputError(f"layout: must be 'khw' or 'hwk', got {layout!r}")
+    return layout.lower()
+
+
+def _guess_layout(shape: tuple[int, ...]) -> str:
+    """``"hwk"`` when the last axis is more than twice as long as each of the first two (e.g.
+    (20, 30, 500)), else ``"khw"``. A plain "last axis is the longest" rule would misread an
+    ordinary small stack such as 20 images of 30x40 pixels, saved (20, 30, 40)."""
+    a, b, c = shape
+    return "hwk" if c > 2 * max(a, b) else "khw"
+
+
+def _stack_from_array(
+    arr: np.ndarray,
+    disp: str,
+    layout: str | None,
+    default: str | None,
+    notes: list[str],
+) -> np.ndarray:
+    """An array of shape (K, H, W) or (H, W, K) or (H, W) as float64 (K, H, W), C-contiguous.
+
+    ``layout`` is the user's choice, ``default`` the file type's (None: guess from the shape)."""
+    if arr.ndim == 2:
+        return np.ascontiguousarray(arr[np.newaxis], dtype=np.float64)
+    lay = _resolve_layout(arr.shape, disp, layout, default, notes)
+    if lay == "hwk":
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _resolve_layout(
+    shape: tuple[int, ...], disp: str, layout: str | None, default: str | None, notes: list[str]
+) -> str:
+    if layout is not None:
+        return layout
+    if default is not None:
+        return default
+    lay = _guess_layout(tuple(shape))
+    if lay == "hwk":
+        notes.append(f"read {disp} as (H, W, K) from its shape; pass layout to override")
+    return lay
+
+
+def _image_k(disp: str, k: int) -> str:
+    return f"{disp}: image {k} (counting from 0)"
+
+
+def _stack_names(base: str, n: int, two_d: bool) -> tuple[str, ...]:
+    return (base,) if two_d else tuple(f"{base}[{k}]" for k in range(n))
+
+
+# ------------------------------------------------------------------------------------------
+# reading single image files (Pillow, tifffile)
+
+
+def _unreadable(path: str, disp: str, exc: BaseException | None = None) -> InputError:
+    """The InputError for an image file no decoder could read, saying why as well as we can."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return InputError(f"{disp}: cannot open ({err.strerror or err})")
+    if not head:
+        return InputError(f"{disp}: cannot read image (empty file, 0 bytes)")
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        looks_text = b"\0" not in head
+        if looks_text:
+            with suppress(UnicodeDecodeError):
+                head.decode("utf-8")
+                return InputError(f"{disp}: cannot read image (not an image file: it holds text)")
+        return InputError(
+            f"{disp}: cannot read image (not an image file, or an unsupported format)"
+        )
+    if isinstance(exc, MemoryError):
+        return InputError(f"{disp}: cannot read image (not enough memory)")
+    name = type(exc).__name__ if exc is not None else ""
+    if name == "DecompressionBombError":
+        return InputError(f"{disp}: cannot read image (too many pixels: {exc})")
+    return InputError(f"{disp}: cannot read image (truncated or corrupt file)")
+
+
+def _png_is_16bit_colour(path: str) -> bool:
+    with suppress(OSError):
+        with open(path, "rb") as f:
+            head = f.read(26)
+        return len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+    return False
+
+
+def _pil_to_gray(im: Any, conv: _Conversions) -> np.ndarray:
+    """One Pillow frame as a float64 (H, W) array; see :func:`load_stack` for the conversions."""
+    mode = im.mode
+    if mode == "1":
+        conv.counts["bilevel"] += 1
+        conv.depths.add("uint8")
+        return np.asarray(im.convert("L"), dtype=np.float64)
+    if mode == "L" or mode == "F" or mode.startswith("I"):
+        arr = np.asarray(im)
+        conv.depths.add(arr.dtype.name if arr.dtype.isnative else arr.dtype.newbyteorder().name)
+        return arr.astype(np.float64)
+    conv.depths.add("uint8")
+    if mode in ("LA", "La"):
+        conv.counts["alpha"] += 1
+        return np.asarray(im)[..., 0].astype(np.float64)
+    if mode in ("P", "PA"):
+        conv.counts["palette"] += 1
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "RGBa"):
+        conv.counts["alpha"] += 1
+        rgb = np.asarray(im)[..., :3]
+    elif mode == "RGBX":
+        rgb = np.asarray(im)[..., :3]
+    elif mode == "RGB":
+        rgb = np.asarray(im)
+    else:  # CMYK, YCbCr, LAB, HSV, ...
+        rgb = np.asarray(im.convert("RGB"))
+    return _luminance(rgb[np.newaxis], conv)[0]
+
+
+def _read_pillow(path: str, disp: str, all_frames: bool) -> tuple[list[np.ndarray], _Conversions]:
+    """Decode with Pillow: the first frame, or every frame (multi-page TIFF)."""
+    from PIL import Image, ImageSequence
+
+    conv = _Conversions()
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not ours to print
+        with Image.open(path) as im:
+            frames = ImageSequence.Iterator(im) if all_frames else [im]
+            for frame in frames:
+                frame.load()
+                out.append(_pil_to_gray(frame, conv))
+            if im.format == "PNG" and _png_is_16bit_colour(path):
+                conv.counts["png16"] += 1
+    return out, conv
+
+
+class _TiffFallback(Exception):
+    """tifffile cannot handle this TIFF; let Pillow try."""
+
+
+@contextmanager
+def _tifffile_log() -> Iterator[list[logging.LogRecord]]:
+    """Capture (and silence) what tifffile logs while reading: it reports damaged files there."""
+    records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("tifffile")
+    handler = _Keep(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+_TIFF_DAMAGE_WORDS = ("offset", "corrupt", "bytecounts", "stripoffsets", "missing", "truncat")
+
+
+def _tiff_series_to_gray(
+    arr: np.ndarray, axes: str, page: Any, disp: str, conv: _Conversions
+) -> np.ndarray:
+    """A tifffile series (any axes containing Y and X) as float64 (n, H, W)."""
+    if "Y" not in axes or "X" not in axes or len(axes) != arr.ndim:
+        raise _TiffFallback(f"axes {axes}")
+    if arr.dtype.kind == "c":
+        raise InputError(f"{disp}: TIFF holds complex numbers; expected real pixel values")
+    if arr.dtype.kind not in "biuf":
+        raise _TiffFallback(f"dtype {arr.dtype}")
+    has_s = "S" in axes
+    order = [i for i, a in enumerate(axes) if a not in "YXS"]
+    order += [axes.index("Y"), axes.index("X")] + ([axes.index("S")] if has_s else [])
+    arr = arr.transpose(order)
+    tail = arr.shape[len(order) - (3 if has_s else 2) :]
+    arr = arr.reshape((-1,) + tail)
+    n = arr.shape[0]
+    photometric = getattr(page, "photometric", None)
+    photometric = 1 if photometric is None else int(photometric)
+    conv.depths.add("bool" if arr.dtype.kind == "b" else arr.dtype.newbyteorder("=").name)
+    if has_s:
+        samples = arr.shape[-1]
+        if photometric == 2 and samples >= 3:  # RGB
+            if samples > 3:
+                conv.counts["alpha"] += n
+            return _luminance(arr[..., :3], conv)
+        if photometric in (0, 1):  # grayscale with extra samples
+            conv.counts["alpha"] += n
+            arr = arr[..., 0]
+        else:
+            raise _TiffFallback(f"photometric {photometric} with {samples} samples")
+    if photometric == 3:  # palette
+        cmap = getattr(page, "colormap", None)
+        if cmap is None or arr.dtype.kind not in "bu":
+            raise _TiffFallback("palette")
+        cmap = np.asarray(cmap, dtype=np.float64)
+        if cmap.max() > 255:
+            cmap = cmap / 257.0
+        conv.counts["palette"] += n
+        return _luminance(cmap.T[arr.astype(np.intp)], conv)
+    if photometric not in (0, 1):
+        raise _TiffFallback(f"photometric {photometric}")
+    if arr.dtype.kind == "b":
+        conv.counts["bilevel"] += n
+        arr = np.where(arr, 255.0, 0.0)
+        if photometric == 0:
+            arr = 255.0 - arr
+        return arr
+    if photometric == 0 and arr.dtype.kind in "ui":
+        conv.counts["miniswhite"] += n
+        if arr.dtype.kind in "ui":
+            return np.iinfo(arr.dtype).max - arr.astype(np.float64)
+    return arr.astype(np.float64)
+
+
+def _read_tifffile(path: str, disp: str) -> tuple[list[np.ndarray], _Conversions]:
+    import tifffile
+
+    conv = _Conversions()
+    out = []
+    with _tifffile_log() as records:
+        with tifffile.TiffFile(path) as tif:
+            for series in tif.series:
+                arr = series.asarray()
+                out.append(_tiff_series_to_gray(arr, str(series.axes), series.keyframe, disp, conv))
+    for record in records:
+        if record.levelno >= logging.ERROR:
+            message = record.getMessage().lower()
+            if any(word in message for word in _TIFF_DAMAGE_WORDS):
+                raise InputError(f"{disp}: cannot read image (truncated or corrupt TIFF file)")
+    if not out:
+        raise InputError(f"{disp}: cannot read image (the TIFF file holds no images)")
+    return out, conv
+
+
+def _read_tiff(path: str, disp: str) -> tuple[list[np.ndarray], _Conversions]:
+    """All images of a TIFF file as a list of float64 (n, H, W) blocks (one per page shape).
+
+    tifffile first (exact dtypes, float64, planar, 16-bit colour); Pillow for what it cannot
+    decode without the optional imagecodecs package (LZW, JPEG...)."""
+    try:
+        return _read_tifffile(path, disp)
+    except InputError:
+        raise
+    except Exception as exc:  # any decoder failure: let Pillow try before giving up
+        first = exc
+    try:
+        frames, conv = _read_pillow(path, disp, all_frames=True)
+    except Exception as exc:
+        if "imagecodecs" in str(first):
+            raise InputError(
+                f"{disp}: cannot read image (its TIFF compression needs the 'imagecodecs' "
+                "package: pip install imagecodecs)"
+            ) from None
+        raise _unreadable(path, disp, exc) from None
+    blocks: list[np.ndarray] = []
+    for frame in frames:
+        if blocks and blocks[-1].shape[1:] == frame.shape:
+            blocks[-1] = np.concatenate([blocks[-1], frame[np.newaxis]])
+        else:
+            blocks.append(frame[np.newaxis])
+    return blocks, conv
+
+
+def _read_image_file(path: str, disp: str) -> tuple[list[np.ndarray], _Conversions]:
+    """Any image file as a list of float64 (n, H, W) blocks (TIFF pages) or one (1, H, W)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+    if size == 0:
+        raise InputError(f"{disp}: cannot read image (empty file, 0 bytes)")
+    if path.lower().endswith(_TIFF_EXTENSIONS):
+        return _read_tiff(path, disp)
+    try:
+        frames, conv = _read_pillow(path, disp, all_frames=False)
+    except Exception as exc:  # Pillow raises many types for bad files; all mean "unreadable"
+        raise _unreadable(path, disp, exc) from None
+    return [frames[0][np.newaxis]], conv
+
+
+# ------------------------------------------------------------------------------------------
+# reading array files
+
+
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    fmt = np.lib.format
+    major, _ = fmt.read_magic(f)
+    reader = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+    shape, _, dtype = reader(f)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _bad_npy(disp: str) -> str:
+    return f"{disp}: cannot read .npy file (truncated or not a NumPy .npy file)"
+
+
+def _read_npy(
+    path: str, disp: str, layout: str | None, mmap: bool, notes: list[str]
+) -> tuple[np.ndarray, bool]:
+    """Returns (images as (K, H, W), whether the file held a single 2-D image)."""
+    try:
+        with open(path, "rb") as f:
+            shape, dtype = _npy_header(f)
+    except OSError as err:
+        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+    except Exception:
+        raise InputError(_bad_npy(disp)) from None
+    _check_kind(dtype, shape, disp, "array")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except MemoryError:
+        raise
+    except Exception:
+        raise InputError(_bad_npy(disp)) from None
+    two_d = arr.ndim == 2
+    if mmap and arr.dtype in (np.float32, np.float64) and arr.dtype.isnative:
+        lay = "khw" if two_d else _resolve_layout(arr.shape, disp, layout, None, notes)
+        if lay == "khw" and arr.flags.c_contiguous:
+            images = arr[np.newaxis] if two_d else arr
+            return images, two_d
+        return _stack_from_array(arr, disp, lay, None, []), two_d
+    return _stack_from_array(arr, disp, layout, None, notes), two_d
+
+
+def _read_npz(
+    path: str, disp: str, layout: str | None, notes: list[str]
+) -> tuple[np.ndarray, bool, Any]:
+    """Returns (images (K, H, W), single 2-D image?, stored names or None)."""
+    bad = f"{disp}: cannot read .npz file (truncated or not a NumPy .npz file)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+            headers = {}
+            for key in keys:
+                with z.open(key + ".npy") as f:
+                    headers[key] = _npy_header(f)
+    except (PermissionError, FileNotFoundError) as err:
+        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+    except Exception:
+        raise InputError(bad) from None
+    if not keys:
+        raise InputError(f"{disp}: the .npz file holds no arrays")
+    candidates = [k for k in keys if not (k == "names" and headers[k][1].kind == "U")]
+    if "images" in keys:
+        key = "images"
+    elif "X" in keys:
+        key = "X"
+    elif len(candidates) == 1:
+        key = candidates[0]
+    else:
+        raise InputError(
+            f"{disp}: no array named 'images' or 'X' among {_listing(keys)}; "
+            "save the images under the key 'images'"
+        )
+    shape, dtype = headers[key]
+    _check_kind(dtype, shape, disp, f"array '{key}'")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arr = npz[key]
+            has_names = key != "names" and "names" in keys and headers["names"][1].kind == "U"
+            names = npz["names"] if has_names else None
+    except MemoryError:
+        raise
+    except Exception:
+        raise InputError(bad) from None
+    return _stack_from_array(arr, f"{disp}", layout, None, notes), arr.ndim == 2, names
+
+
+def _read_mat(
+    path: str, disp: str, layout: str | None, notes: list[str]
+) -> tuple[np.ndarray, bool]:
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(path)
+    except NotImplementedError:
+        raise InputError(
+            f"{disp}: MATLAB v7.3 (HDF5) .mat files cannot be read; in MATLAB save it with "
+            "save(..., '-v7') or convert the images to .npy"
+        ) from None
+    except (PermissionError, FileNotFoundError) as err:
+        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+    except MemoryError:
+        raise
+    except Exception:
+        raise InputError(
+            f"{disp}: cannot read .mat file (truncated or not a MATLAB file)"
+        ) from None
+    variables = [k for k in data if not k.startswith("__")]
+    if "X" in variables:
+        key = "X"
+    elif len(variables) == 1:
+        key = variables[0]
+    elif not variables:
+        raise InputError(f"{disp}: the .mat file holds no variables")
+    else:
+        raise InputError(
+            f"{disp}: no variable X among {_listing(variables)}; save the images as X "
+            "(height x width x number of images)"
+        )
+    value = data[key]
+    if hasattr(value, "toarray"):  # scipy.sparse matrix
+        value = value.toarray()
+    if not isinstance(value, np.ndarray):
+        raise InputError(f"{disp}: variable {key} is not a numeric array")
+    _check_numeric(value, disp, f"variable {key}")
+    return _stack_from_array(value, disp, layout, "hwk", notes), value.ndim == 2
+
+
+# ------------------------------------------------------------------------------------------
+# load_stack
+
+
+def _images_from_files(paths: list[str], displays: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Read one image per file into a (K, H, W) float64 stack; returns it and the notes."""
+    conv = _Conversions()
+    images: np.ndarray | None = None
+    for i, (path, disp) in enumerate(zip(paths, displays)):
+        blocks, c = _read_image_file(path, disp)
+        n = sum(len(b) for b in blocks)
+        if n != 1:
+            raise InputError(
+                f"{disp}: holds {n} images (a multi-page file); in a folder or pattern each "
+                "file must hold one image (pass the file itself to read its pages)"
+            )
+        conv.update(c)
+        img = blocks[0][0]
+        if images is None:
+            images = np.empty((len(paths),) + img.shape, dtype=np.float64)
+        elif img.shape != images.shape[1:]:
+            raise InputError(
+                f"{disp}: size {_size(img.shape)} differs from {_size(images.shape[1:])} "
+                f"of {displays[0]}"
+            )
+        _check_finite(img[np.newaxis], lambda k: f"{disp}:")
+        images[i] = img
+    assert images is not None
+    return images, conv.notes()
+
+
+def _load_listing(source: str, paths: list[str], names: list[str], extra_notes: list[str]) -> Stack:
+    images, notes = _images_from_files(paths, paths)
+    return Stack(images, tuple(names), tuple(notes + extra_notes), source)
+
+
+def _load_folder(source: str) -> Stack:
+    files: list[str] = []
+    others: list[str] = []
+    try:
+        entries = list(os.scandir(source))
+    except OSError as err:
+        raise InputError(f"{source}: cannot list folder ({err.strerror or err})") from None
+    for entry in entries:
+        with suppress(OSError):
+            if not entry.is_file():
+                continue
+            if entry.name.startswith("."):  # hidden, e.g. macOS "._img1.png" resource files
+                continue
+            if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(entry.name)
+            else:
+                others.append(entry.name)
+    if not files:
+        raise InputError(
+            f"{source}: no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
+            "in this folder"
+        )
+    files.sort(key=natural_sort_key)
+    notes = []
+    if others:
+        others.sort(key=natural_sort_key)
+        n = _plural(len(others), "non-image file")
+        notes.append(f"ignored {n}: {_listing(others, 3)}")
+    paths = [os.path.join(source, f) for f in files]
+    return _load_listing(source, paths, files, notes)
+
+
+def _load_glob(source: str) -> Stack:
+    matches = _glob.glob(source, recursive=True)
+    files = [m for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files:
+        extra = f" ({_plural(len(matches), 'path')} matched, none an image file)" if matches else ""
+        raise InputError(f"{source}: no image files match this pattern{extra}")
+    files.sort(key=natural_sort_key)
+    base = [os.path.basename(f) for f in files]
+    names = base if len(set(base)) == len(base) else files
+    return _load_listing(source, files, names, [])
+
+
+def _load_file(source: str, layout: str | None, mmap: bool) -> Stack:
+    path, disp = source, source
+    base = os.path.basename(path)
+    ext = os.path.splitext(path)[1].lower()
+    notes: list[str] = []
+    names = None
+    if ext in (".npy", ".npz", ".mat"):
+        try:
+            empty = os.path.getsize(path) == 0
+        except OSError as err:
+            raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+        if empty:
+            raise InputError(f"{disp}: empty file (0 bytes)")
+        if ext == ".npy":
+            images, two_d = _read_npy(path, disp, layout, mmap, notes)
+        elif ext == ".npz":
+            images, two_d, names = _read_npz(path, disp, layout, notes)
+        else:
+            images, two_d = _read_mat(path, disp, layout, notes)
+        _check_finite(images, lambda k: f"{disp}:" if two_d else _image_k(disp, k))
+        if names is not None and names.ndim == 1 and len(names) == len(images) and not two_d:
+            names = tuple(str(n) for n in names)
+        else:
+            names = _stack_names(base, len(images), two_d)
+        return Stack(images, names, tuple(notes), source)
+
+    blocks, conv = _read_image_file(path, disp)
+    n = sum(len(b) for b in blocks)
+    names_list = _stack_names(base, n, n == 1)
+    first = blocks[0].shape[1:]
+    start = 0
+    for block in blocks:
+        if block.shape[1:] != first:
+            raise InputError(
+                f"{disp}[{start}]: size {_size(block.shape[1:])} differs "
+                f"from {_size(first)} of {disp}[0]"
+            )
+        start += len(block)
+    images = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    if layout == "hwk" and n > 1:
+        images = images.transpose(2, 0, 1)
+        names_list = _stack_names(base, len(images), False)
+    images = np.ascontiguousarray(images, dtype=np.float64)
+    _check_finite(images, lambda k: f"{disp}:" if n == 1 else _image_k(disp, k))
+    return Stack(images, tuple(names_list), tuple(conv.notes()), source)
+
+
+def load_stack(source: str | os.PathLike, layout: str | None = None, mmap: bool = False) -> Stack:
+    """Read a stack of grayscale images.
+
+    Parameters
+    ----------
+    source : str or path
+        One of
+
+        - a folder: its files with extension png, jpg, jpeg, tif, tiff or bmp (any case; not
+          recursive; hidden files skipped), in natural order (``img2`` before ``img10``), one
+          image per file; other files are ignored (with a note);
+        - a glob pattern (contains ``*``, ``?`` or ``[``; ``**`` recurses): the image files it
+          matches, likewise;
+        - a ``.npy`` file holding a 3-D array, or a 2-D array (one image);
+        - a ``.npz`` file: the array under key ``images``, else ``X``, else its only array (a
+          string array under ``names``, as :func:`write_stack` stores, gives the names);
+        - a MATLAB ``.mat`` file (up to v7; not v7.3/HDF5): variable ``X`` of shape
+          (H, W, K), else its only variable;
+        - a TIFF file: every page is an image (pages of several sizes are an error);
+        - any other image file: one image.
+    layout : {None, "khw", "hwk"}
+        Axis order of a 3-D array: images first (K, H, W) or last (H, W, K). None: ``.mat``
+        files are (H, W, K), other files (K, H, W), except a ``.npy``/``.npz`` array whose last
+        axis is more than twice as long as each of the other two (e.g. (20, 30, 500)), read as
+        (H, W, K) with a note. TIFF pages are always (K, H, W) unless ``"hwk"`` is given.
+        Ignored for folders, patterns and 2-D arrays.
+    mmap : bool
+        Memory-map a ``.npy`` file instead of reading it. When it holds native float32 or
+        float64 data, C-ordered, in (K, H, W) layout (or one 2-D image), ``images`` is then the
+        read-only ``np.memmap`` itself (float32 stays float32); otherwise the data are copied as
+        usual. The finite-values check reads the map in chunks. Ignored for other sources.
+
+    Returns
+    -------
+    Stack
+        ``images`` of shape (n_images, height, width), float64 in the file's own units (no
+        rescaling of 16-bit or float images). Colour (RGB) images become grayscale by luminance
+        0.299 R + 0.587 G + 0.114 B (images whose channels are all equal keep their values);
+        alpha channels are dropped, palette images expanded, 1-bit images read as 0 and 255;
+        16-bit colour PNGs come at 8-bit precision (a Pillow limit). Each conversion is counted
+        in ``notes``.
+
+    Raises
+    ------
+    InputError
+        Missing path, empty folder or pattern without images, unreadable or corrupt file, images
+        of different sizes (sizes given as height x width), NaN or infinite values, arrays that
+        are not 2-D or 3-D or not real numbers, bad ``layout``.
+    """
+    src = os.fspath(source)
+    layout = _check_layout(layout)
+    if os.path.isdir(src):
+        return _load_folder(src)
+    if os.path.lexists(src) and not os.path.exists(src):
+        raise InputError(f"{src}: broken symbolic link")
+    if os.path.exists(src):
+        if not os.path.isfile(src):
+            raise InputError(f"{src}: not a regular file or folder")
+        return _load_file(src, layout, mmap)
+    if any(ch in src for ch in _GLOB_CHARS):
+        return _load_glob(src)
+    raise InputError(f"{src}: no such file or folder")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image (a face or a background) from an image, TIFF, ``.npy``, ``.npz`` or
+    ``.mat`` file, with the conversions of :func:`load_stack`.
+
+    Returns
+    -------
+    ndarray of shape (height, width), float64, C-contiguous
+
+    Raises
+    ------
+    InputError
+        As :func:`load_stack`; also when the path is a folder or the file holds several images.
+    """
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a folder; expected a single image file")
+    if not os.path.lexists(p):
+        raise InputError(f"{p}: no such file or folder")
+    stack = load_stack(p)
+    if len(stack.images) != 1:
+        raise InputError(f"{p}: holds {len(stack.images)} images; expected a single image")
+    return np.array(stack.images[0], dtype=np.float64, order="C")
+
+
+# ------------------------------------------------------------------------------------------
+# writing
+
+
+def _umask() -> int:
+    with suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _parent_of(p: str) -> str:
+    return os.path.dirname(os.path.abspath(p))
+
+
+def _check_parent(p: str) -> str:
+    parent = _parent_of(p)
+    if not os.path.isdir(parent):
+        shown = os.path.dirname(p) or "."
+        raise InputError(f"{p}: cannot write (folder {shown} does not exist)")
+    return parent
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open ``path`` for writing so that it appears complete or not at all.
+
+    Everything goes to a temporary file in the same folder, renamed over ``path`` when the
+    ``with`` block ends without error (an existing file keeps its permissions; a symbolic link
+    is written through). On any exception the temporary file is removed, ``path`` is left as it
+    was and the exception propagates.
+
+    Parameters
+    ----------
+    path : str or path
+        Target file; ``"-"`` means standard output (no temporary file then).
+    mode : {"wb", "w"}
+        Binary, or text (UTF-8).
+
+    Yields
+    ------
+    file object
+
+    Raises
+    ------
+    InputError
+        The path is a folder, its folder does not exist, or the file cannot be created.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    p = os.fspath(path)
+    if p == "-":
+        stream = sys.stdout.buffer if mode == "wb" else sys.stdout
+        yield stream
+        stream.flush()
+        return
+    target = os.path.realpath(p) if os.path.islink(p) else p
+    if os.path.isdir(target):
+        raise InputError(f"{p}: is a folder; expected a file name")
+    parent = _check_parent(target)
+    try:
+        perms = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        perms = 0o666 & ~_umask()
+    try:
+        name = os.path.basename(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    try:
+        os.close(fd)  # reopened by name: some writers (tifffile) need ``f.name`` to be a path
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, perms)
+            os.replace(tmp, target)
+        except OSError as err:
+            raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def to_uint8(
+    array: np.ndarray, vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
+    """Map values linearly from [vmin, vmax] to [0, 255], clipping and rounding.
+
+    Parameters
+    ----------
+    array : array_like of any shape
+    vmin, vmax : float, optional
+        Defaults: 0 and 255 when all finite values lie in [0, 255] (pixel-scale data keep their
+        true brightness), else the finite minimum and maximum. A constant array outside
+        [0, 255] therefore maps to mid-grey 128; with ``vmin == vmax`` values below map to 0,
+        above to 255, equal to 128. NaN maps to 0, +inf to 255, -inf to 0.
+
+    Returns
+    -------
+    ndarray of uint8, same shape as ``array``
+
+    Raises
+    ------
+    InputError
+        ``vmin`` or ``vmax`` not finite, or ``vmin > vmax``.
+    """
+    a = np.asarray(array, dtype=np.float64)
+    for name, v in (("vmin", vmin), ("vmax", vmax)):
+        if v is not None and not np.isfinite(v):
+            raise InputError(f"{name}: must be a finite number, got {v}")
+    if vmin is not None and vmax is not None and vmin > vmax:
+        raise InputError(f"vmin ({vmin:g}) must not be greater than vmax ({vmax:g})")
+    finite = np.isfinite(a)
+    if finite.all():
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    elif finite.any():
+        lo, hi = float(a[finite].min()), float(a[finite].max())
+    else:
+        lo, hi = 0.0, 0.0
+    if lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    lo = float(vmin) if vmin is not None else lo
+    hi = float(vmax) if vmax is not None else hi
+    hi = max(hi, lo)
+    if hi > lo:
+        half = not np.isfinite(hi - lo)  # e.g. -1e308..1e308: work in halves
+        with np.errstate(over="ignore", invalid="ignore"):
+            if half:
+                scaled = (a * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5) * 255.0
+            else:
+                scaled = (a - lo) / (hi - lo) * 255.0
+        scaled = np.clip(scaled, 0.0, 255.0)
+        scaled[np.isnan(scaled)] = 0.0
+        return np.rint(scaled).astype(np.uint8)
+    out = np.full(a.shape, 128, dtype=np.uint8)
+    out[a < lo] = 0
+    out[a > hi] = 255
+    out[np.isnan(a)] = 0
+    return out
+
+
+def _encode_png(f: IO[bytes], u8: np.ndarray) -> None:
+    """Write a uint8 (H, W), (H, W, 3) or (H, W, 4) array as PNG to a binary file object."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(u8)).save(f, format="PNG")
+
+
+def _encode_tiff(f: IO[bytes], images: np.ndarray) -> None:
+    """Write float32 (H, W) or (K, H, W) data as a grayscale (multi-page) TIFF."""
+    import tifffile
+
+    tifffile.imwrite(f, images, photometric="minisblack")
+
+
+def _check_zoom(zoom: int) -> int:
+    if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 1:
+        raise InputError(f"zoom: must be a positive integer, got {zoom!r}")
+    return int(zoom)
+
+
+def write_png(
+    path: str | os.PathLike | IO[bytes],
+    array: np.ndarray,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    zoom: int = 1,
+) -> None:
+    """Write an image as an 8-bit PNG, atomically.
+
+    Parameters
+    ----------
+    path : str, path or binary file object
+        ``"-"`` writes to standard output.
+    array : ndarray of shape (height, width), or uint8 of shape (height, width, 3 or 4)
+        A 2-D array is mapped to grayscale by :func:`to_uint8` with ``vmin``/``vmax``; a uint8
+        colour array (e.g. a heat map) is written as is.
+    vmin, vmax : float, optional
+        See :func:`to_uint8`; ignored for colour arrays.
+    zoom : int
+        Enlarge by this integer factor (nearest neighbour) so small faces are visible.
+
+    Raises
+    ------
+    InputError
+        Bad ``zoom``/``vmin``/``vmax``, or the file cannot be written.
+    ValueError
+        ``array`` has an unsupported shape or dtype.
+    """
+    zoom = _check_zoom(zoom)
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
+        u8 = arr
+    elif arr.ndim == 2 and arr.dtype.kind in "biuf":
+        u8 = to_uint8(arr, vmin, vmax)
+    else:
+        raise ValueError(
+            "write_png expects a real 2-D array or a uint8 (H, W, 3) array, got shape "
+            f"{arr.shape} and dtype {arr.dtype}"
+        )
+    if u8.size == 0:
+        raise ValueError(f"write_png: the array of shape {arr.shape} is empty")
+    if zoom > 1:
+        u8 = np.repeat(np.repeat(u8, zoom, axis=0), zoom, axis=1)
+    if hasattr(path, "write"):
+        _encode_png(path, u8)  # type: ignore[arg-type]
+        return
+    with atomic_write(path, "wb") as f:  # type: ignore[arg-type]
+        _encode_png(f, u8)
+
+
+def _file_stems(names: Sequence[str] | None, n: int) -> list[str]:
+    """File stems for a folder of n images: the given names' stems when they are plain, unique
+    and already in natural order; else ``img1``..``imgN`` zero-padded to the width of n."""
+    if names is not None:
+        stems = [Path(str(nm)).stem for nm in names]
+        plain = all(re.fullmatch(r"[\w][\w .+-]*", s) for s in stems)
+        unique = len({s.casefold() for s in stems}) == n
+        if plain and unique and sorted(stems, key=natural_sort_key) == stems:
+            return stems
+    width = len(str(n))
+    return [f"img{k + 1:0{width}d}" for k in range(n)]
+
+
+_STACK_FORMATS = ("tiff", "png", "npy", "npz")
+
+
+def _stack_format(p: str, fmt: str | None) -> tuple[str, bool]:
+    """(format, single file?) for write_stack."""
+    if fmt is not None and fmt not in _STACK_FORMATS:
+        raise InputError(f"format: must be one of {', '.join(_STACK_FORMATS)}, got {fmt!r}")
+    ext = os.path.splitext(p)[1].lower()
+    if p == "-":
+        if fmt not in ("npy", "npz"):
+            raise InputError("-: a stack goes to standard output only as npy or npz")
+        return fmt, True
+    by_ext = {".npy": "npy", ".npz": "npz", ".tif": "tiff", ".tiff": "tiff"}.get(ext)
+    if by_ext is not None:
+        if fmt is not None and fmt != by_ext:
+            raise InputError(f"{p}: the extension {ext} does not match format {fmt!r}")
+        return by_ext, True
+    if ext in IMAGE_EXTENSIONS:
+        raise InputError(
+            f"{p}: a stack is written to a folder of images or to one .tif, .npy or .npz file; "
+            f"give a folder name without {ext}"
+        )
+    if fmt in ("npy", "npz"):
+        raise InputError(f"{p}: format {fmt!r} needs a file name ending in .{fmt}")
+    return fmt or "tiff", False
+
+
+def write_stack(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    names: Sequence[str] | None = None,
+    fmt: str | None = None,
+    overwrite: bool = False,
+) -> int:
+    """Write a stack of images, atomically.
+
+    Parameters
+    ----------
+    path : str or path
+        - a ``.npy`` file (the array as is, dtype kept), a ``.npz`` file (key ``images``, dtype
+          kept; plus ``names`` when given) or a ``.tif``/``.tiff`` file (multi-page 32-bit
+          float TIFF); ``"-"`` writes npy/npz to standard output;
+        - otherwise a folder with one file per image: ``img1.tif`` .. ``imgK.tif`` zero-padded
+          to the width of K (``img0001.tif`` for K = 1000), or the stems of ``names`` when they
+          are plain, unique and in natural order. It is built as a hidden sibling folder and
+          renamed into place.
+    images : ndarray of shape (n_images, height, width) or (height, width)
+    names : sequence of str, optional
+        One per image.
+    fmt : {None, "tiff", "png", "npy", "npz"}
+        Folder format: ``"tiff"`` (default: 32-bit float, values kept up to float32 precision,
+        negatives and values above 255 included) or ``"png"`` (8-bit: values clipped to 0..255
+        and rounded). For files, None follows the extension and a different value is an error.
+    overwrite : bool
+        Replace an existing file or non-empty folder. Without it an existing file or non-empty
+        folder is refused (an empty folder is used).
+
+    Returns
+    -------
+    int
+        For ``fmt="png"``, the number of pixels that were outside 0..255 (or not finite) and
+        were clipped, so the caller can warn; 0 otherwise.
+
+    Raises
+    ------
+    InputError
+        Target exists (without ``overwrite``), is of the wrong kind, its folder is missing, or
+        ``fmt`` does not fit the path.
+    """
+    p = os.fspath(path)
+    arr = np.asarray(images)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3 or arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"write_stack expects a real 3-D array, got shape {arr.shape}, dtype {arr.dtype}"
+        )
+    if names is not None and len(names) != len(arr):
+        raise ValueError(f"write_stack: {len(names)} names for {len(arr)} images")
+    fmt, single = _stack_format(p, fmt)
+    if single:
+        if p != "-" and os.path.lexists(p) and not overwrite:
+            if os.path.isdir(p):
+                raise InputError(f"{p}: is a folder; expected a file name")
+            raise InputError(f"{p}: file exists; pass --overwrite to replace it")
+        with atomic_write(p, "wb") as f:
+            if fmt == "npy":
+                np.save(f, arr)
+            elif fmt == "npz":
+                extra = {"names": np.array([str(n) for n in names])} if names is not None else {}
+                np.savez(f, images=arr, **extra)
+            else:
+                with np.errstate(over="ignore"):
+                    _encode_tiff(f, arr.astype(np.float32))
+        return 0
+    return _write_folder(p, arr, names, fmt, overwrite)
+
+
+def _write_folder(
+    p: str, arr: np.ndarray, names: Sequence[str] | None, fmt: str, overwrite: bool
+) -> int:
+    target = p.rstrip("/" + os.sep) or p
+    exists = os.path.lexists(target)
+    if exists:
+        if os.path.islink(target):
+            raise InputError(f"{p}: is a symbolic link; give the folder it points to")
+        if not os.path.isdir(target):
+            raise InputError(f"{p}: exists and is not a folder")
+        content = os.listdir(target)
+        if content and not overwrite:
+            raise InputError(f"{p}: folder is not empty; pass --overwrite to replace it")
+        if any(os.path.isdir(os.path.join(target, c)) for c in content):
+            raise InputError(
+                f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
+            )
+        here = os.path.abspath(os.getcwd())
+        there = os.path.abspath(target)
+        if here == there or here.startswith(there.rstrip(os.sep) + os.sep):
+            raise InputError(f"{p}: is the current folder or contains it; refusing to replace it")
+    parent = _check_parent(target)
+    try:
+        name = os.path.basename(os.path.abspath(target))
+        tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    ext = ".tif" if fmt == "tiff" else ".png"
+    stems = _file_stems(names, len(arr))
+    clipped = 0
+    backup = None
+    try:
+        for stem, img in zip(stems, arr):
+            with open(os.path.join(tmp, stem + ext), "wb") as f:
+                if fmt == "tiff":
+                    with np.errstate(over="ignore"):
+                        _encode_tiff(f, np.asarray(img, dtype=np.float32))
+                else:
+                    img = np.asarray(img, dtype=np.float64)
+                    clipped += int(np.count_nonzero(~((img >= 0) & (img <= 255))))
+                    _encode_png(f, to_uint8(img, 0.0, 255.0))
+        os.chmod(tmp, 0o777 & ~_umask())
+        if exists:
+            backup = tmp + ".old"
+            os.rename(target, backup)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if backup is not None:
+                os.rename(backup, target)
+                backup = None
+            raise
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    return clipped
