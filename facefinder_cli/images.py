@@ -38,6 +38,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "InputError",
     "Stack",
+    "atomic_folder",
     "atomic_write",
     "load_stack",
     "natural_sort_key",
@@ -1191,6 +1192,36 @@ def write_stack(
 def _write_folder(
     p: str, arr: np.ndarray, names: Sequence[str] | None, fmt: str, overwrite: bool
 ) -> int:
+    ext = ".tif" if fmt == "tiff" else ".png"
+    clipped = 0
+    with atomic_folder(p, overwrite=overwrite) as tmp:
+        for stem, img in zip(_file_stems(names, len(arr)), arr):
+            with open(os.path.join(tmp, stem + ext), "wb") as f:
+                if fmt == "tiff":
+                    with np.errstate(over="ignore"):
+                        _encode_tiff(f, np.asarray(img, dtype=np.float32))
+                else:
+                    img = np.asarray(img, dtype=np.float64)
+                    clipped += int(np.count_nonzero(~((img >= 0) & (img <= 255))))
+                    _encode_png(f, to_uint8(img, 0.0, 255.0))
+    return clipped
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+    """Build a folder so that it appears complete or not at all.
+
+    Yields the path of a hidden temporary sibling folder to fill; when the ``with`` block ends
+    without error it is renamed to ``path`` (an existing folder is replaced only with
+    ``overwrite``). On any exception the temporary folder is removed and ``path`` is untouched.
+
+    Raises
+    ------
+    InputError
+        ``path`` exists and is not an empty folder (without ``overwrite``), is a file or a
+        symbolic link, holds subfolders, is or contains the current folder, or cannot be written.
+    """
+    p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
     exists = os.path.lexists(target)
     if exists:
@@ -1215,20 +1246,9 @@ def _write_folder(
         tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
     except OSError as err:
         raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
-    ext = ".tif" if fmt == "tiff" else ".png"
-    stems = _file_stems(names, len(arr))
-    clipped = 0
     backup = None
     try:
-        for stem, img in zip(stems, arr):
-            with open(os.path.join(tmp, stem + ext), "wb") as f:
-                if fmt == "tiff":
-                    with np.errstate(over="ignore"):
-                        _encode_tiff(f, np.asarray(img, dtype=np.float32))
-                else:
-                    img = np.asarray(img, dtype=np.float64)
-                    clipped += int(np.count_nonzero(~((img >= 0) & (img <= 255))))
-                    _encode_png(f, to_uint8(img, 0.0, 255.0))
+        yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if exists:
             backup = tmp + ".old"
@@ -1247,4 +1267,3 @@ def _write_folder(
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
-    return clipped
