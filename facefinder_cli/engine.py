@@ -51,6 +51,7 @@ __all__ = [
     "RestartHistory",
     "fit",
     "initialize",
+    "locate",
     "log_likelihood",
     "lower_bound",
     "m_step",
@@ -124,10 +125,12 @@ class Params:
 
 @dataclass(frozen=True)
 class Progress:
-    """What the fit reports to its callback after every iteration.
+    """What the fit reports to its callback: once per restart with the starting parameters
+    (``iteration`` 0; the numbers are NaN, ``positions`` None), then after every iteration.
 
-    ``elbo`` is the lower bound after the M-step, ``log_likelihood`` that of the parameters the
-    iteration started from, ``gain`` the bound's change per image and pixel, ``params`` the new θ.
+    ``elbo`` is the lower bound after the M-step, ``gain`` its change per image and pixel,
+    ``params`` the new θ. ``log_likelihood`` and ``positions`` (the MAP positions, shape (K, 2))
+    belong to the parameters the iteration started from, whose E-step computed them.
     """
 
     restart: int
@@ -138,6 +141,7 @@ class Progress:
     log_likelihood: float
     gain: float
     params: Params
+    positions: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,8 @@ class _Data:
         self.Dh, self.Dw = H - h + 1, W - w + 1
         self.chunk = int(chunk_size)
         self.workers = workers
-        self.offset = float(np.mean(X[: min(K, 16)], dtype=np.float64))
+        first = np.asarray(X[: min(K, 16)], dtype=np.float64)
+        self.offset = float(first.mean()) if np.isfinite(first).all() else 0.0  # else: error below
         n_freq = H * (W // 2 + 1)
         if cache_fft is None:
             cache_fft = K * n_freq * 16 <= FFT_CACHE_BYTES
@@ -487,11 +492,29 @@ def map_positions(
     ndarray of shape (K, 2), int
         ``(row, column)`` of the face's top-left corner.
     """
-    out = np.empty((X.shape[0], 2), dtype=np.intp)
+    return locate(X, params, chunk_size=chunk_size)[0]
+
+
+def locate(
+    X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find the face in every image: the MAP position and its posterior probability.
+
+    Streams ``X`` chunk by chunk; memory does not grow with the number of positions times K.
+
+    Returns
+    -------
+    positions : ndarray of shape (K, 2), int
+    probability : ndarray of shape (K,)
+    """
+    K = X.shape[0]
+    positions = np.empty((K, 2), dtype=np.intp)
+    probability = np.empty(K)
     for a, b, lp, _ in _chunk_log_joint(X, params, True, chunk_size):
-        flat = np.argmax(lp.reshape(b - a, -1), axis=1)
-        out[a:b] = np.column_stack(np.unravel_index(flat, lp.shape[1:]))
-    return out
+        post = _Posterior.from_log_joint(lp)
+        positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
+        probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
+    return positions, probability
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,6 +535,8 @@ class _Stats:
         self.entropy = 0.0  # Σ_k H(q_k)
         self.log_evidence = 0.0  # Σ_k log p(X_k | θ)
         self.bound = 0.0  # L(q, θ) at the parameters of the E-step
+        self.positions: np.ndarray | None = None  # (K, 2) MAP positions, filled by a full pass
+        self.probability: np.ndarray | None = None  # (K,) their posterior probabilities
 
     def add_dense(self, x: np.ndarray, xf: np.ndarray, q: np.ndarray) -> None:
         """Add a chunk with dense posteriors ``q`` of shape ``(n, Dh, Dw)``."""
@@ -755,8 +780,8 @@ def _initialize(
         p = _init_median(data, rng if restart > 0 else None, prior)
     else:
         p = _init_study(data, method, rng, prior)
-    p = replace(p, **{k: v for k, v in given.items() if v is not None and k != "prior"})
     p = replace(p, noise_std=max(float(p.noise_std), data.noise_floor))
+    p = replace(p, **{k: v for k, v in given.items() if v is not None and k != "prior"})
     return _check_params(p, data)
 
 
@@ -818,20 +843,13 @@ def _seed_children(
 # --------------------------------------------------------------------------------------------
 
 
-def _pass(
-    data: _Data,
-    p: Params,
-    method: str,
-    accumulate: bool,
-    positions: np.ndarray | None = None,
-    probability: np.ndarray | None = None,
-) -> _Stats:
-    """One streaming pass: the E-step at ``p`` and, if ``accumulate``, the M-step sums.
-
-    Fills ``positions`` (K, 2) and ``probability`` (K,) with the MAP positions when given.
-    """
+def _pass(data: _Data, p: Params, method: str, accumulate: bool) -> _Stats:
+    """One streaming pass: the E-step at ``p`` (log-likelihood, bound, MAP positions and their
+    probabilities) and, if ``accumulate``, the M-step sums."""
     scorer = _Scorer(p, data)
     stats = _Stats(data)
+    stats.positions = np.empty((data.K, 2), dtype=np.intp)
+    stats.probability = np.empty(data.K)
     for a, b, x, xf in data.chunks():
         post = _Posterior.from_log_joint(scorer.log_joint(x, xf))
         log_evidence = float(post.log_evidence.sum())
@@ -846,9 +864,8 @@ def _pass(
             stats.bound += float(post.best_log_joint.sum())
             if accumulate:
                 stats.add_positions(x, best[:, None, :])
-        if positions is not None:
-            positions[a:b] = best
-            probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
+        stats.positions[a:b] = best
+        stats.probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
     return stats
 
 
@@ -886,6 +903,8 @@ def _run(
     n_iter = 0
     prior_free = prior_update == "always"
     fixed_until = 0
+    if callback is not None:
+        callback(Progress(restart, n_restarts, 0, max_iter, math.nan, math.nan, math.nan, p, None))
     for it in range(1, max_iter + 1):
         stats = _pass(data, p, method, accumulate=True)
         if it == 1:
@@ -899,16 +918,15 @@ def _run(
         n_iter = it
         gain = (elbo[-1] - elbo[-2]) / n_values
         if callback is not None:
-            callback(Progress(restart, n_restarts, it, max_iter, elbo[-1], loglik[-1], gain, p))
+            callback(Progress(restart, n_restarts, it, max_iter, elbo[-1], loglik[-1], gain, p,
+                              stats.positions))
         if gain < tol:
             if prior_update == "late" and not prior_free:
                 prior_free = True  # the rest has settled: from now on the prior is learnt too
                 continue
             converged = True
             break
-    positions = np.empty((data.K, 2), dtype=np.intp)
-    probability = np.empty(data.K)
-    final = _pass(data, p, method, accumulate=False, positions=positions, probability=probability)
+    final = _pass(data, p, method, accumulate=False)
     loglik.append(final.log_evidence)
     if max_iter == 0:
         elbo.append(final.bound)
@@ -922,7 +940,7 @@ def _run(
         lower_bound=final.bound,
         prior_fixed_until=fixed_until,
     )
-    return _Run(p, history, positions, probability, unidentified, floored)
+    return _Run(p, history, final.positions, final.probability, unidentified, floored)
 
 
 def fit(

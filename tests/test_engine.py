@@ -1,0 +1,284 @@
+"""Behaviour of the EM loop: monotone bounds, recovery, restarts, seeds, degenerate inputs."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from facefinder_cli import engine as E
+from facefinder_cli import synthetic as S
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def quiet_fit(X, face_shape, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", E.ConvergenceWarning)
+        return E.fit(X, face_shape, **kw)
+
+
+def corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+@pytest.fixture(scope="module")
+def study():
+    """The study's geometry: a 16x16 face on a 20x30 repetitive background."""
+    return S.make_dataset(S.cartoon_face(16, 16), S.texture("stripes", (20, 30)), 150, 120.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    face = iio.imread(SAMPLE / "face.png").astype(float)[::2, ::2]
+    background = iio.imread(SAMPLE / "background.png").astype(float)[::2, ::2]
+    return S.make_dataset(face, background, 120, 60.0, seed=1)
+
+
+# --- the lower bound never decreases ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("init", E.INIT_METHODS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("prior_update", ["always", "late"])
+def test_soft_em_never_decreases_the_bound(study, init, seed, prior_update):
+    X = study.images[:60]
+    r = quiet_fit(X, (16, 16), init=init, seed=seed, max_iter=35, tol=-np.inf,
+                  prior_update=prior_update)
+    assert r.n_iter == 35
+    scale = np.abs(r.elbo).max()
+    assert np.all(np.diff(r.elbo) >= -1e-10 * scale)
+    # Each bound lies below the log-likelihood of the same parameters, and above the previous one.
+    assert np.all(r.elbo <= r.log_likelihood + 1e-10 * scale)
+    assert np.all(r.log_likelihood[:-1] <= r.elbo[1:] + 1e-10 * scale)
+
+
+@pytest.mark.parametrize("init", E.INIT_METHODS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hard_em_never_decreases_its_objective(study, init, seed):
+    r = quiet_fit(study.images[:60], (16, 16), method="hard", init=init, seed=seed, max_iter=30,
+                  tol=-np.inf, prior_update="always")
+    assert np.all(np.diff(r.elbo) >= -1e-10 * np.abs(r.elbo).max())
+    # The MAP objective is a lower bound of the log-likelihood.
+    assert r.lower_bound <= r.log_likelihood[-1]
+
+
+# --- recovery ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_recovers_face_and_positions(photo, method):
+    face = photo.truth.face
+    r = E.fit(photo.images, face.shape, method=method, seed=0)
+    assert r.converged
+    assert corr(r.face, face) >= 0.95
+    assert np.mean(np.all(r.positions == photo.positions, axis=1)) >= 0.95
+    assert abs(r.noise_std - 60.0) < 3.0
+    assert np.all(r.position_probability > 0) and np.all(r.position_probability <= 1)
+
+
+def _scene(name):
+    face = iio.imread(SAMPLE / "face.png").astype(float)
+    brick = iio.imread(SAMPLE / "background.png").astype(float)
+    if name == "photo on bricks":  # textured, repetitive, a real face
+        return face[::2, ::2], brick[::2, ::2], 150.0
+    if name == "study geometry on stripes":
+        return S.cartoon_face(16, 16), S.texture("stripes", (20, 30)), 200.0
+    return S.cartoon_face(24, 20), S.texture("checker", (48, 60)), 200.0
+
+
+@pytest.mark.parametrize("name", ["photo on bricks", "study geometry on stripes", "drawn on checks"])
+def test_default_start_reaches_the_truth_started_optimum(name):
+    face, background, noise = _scene(name)
+    data = S.make_dataset(face, background, 200, noise, seed=3)
+    kw = dict(max_iter=2000, tol=1e-9)
+    from_truth = E.fit(data.images, face.shape, init_params=data.truth, **kw)
+    default = E.fit(data.images, face.shape, seed=0, **kw)
+    gap = (from_truth.log_likelihood[-1] - default.log_likelihood[-1]) / data.images.size
+    assert gap <= 1e-6
+    assert corr(default.face, face) >= 0.9
+
+
+# --- restarts and seeds ------------------------------------------------------------------------
+
+
+def test_more_restarts_are_never_worse(study):
+    X = study.images[:80]
+    kw = dict(init="random", max_iter=40, seed=7)
+    one = quiet_fit(X, (16, 16), n_init=1, **kw)
+    four = quiet_fit(X, (16, 16), n_init=4, **kw)
+    assert len(four.restarts) == 4
+    assert four.log_likelihood[-1] >= one.log_likelihood[-1]
+    # Restart 0 of both runs is the same computation.
+    np.testing.assert_array_equal(four.restarts[0].elbo, one.restarts[0].elbo)
+    assert four.log_likelihood[-1] == max(h.log_likelihood[-1] for h in four.restarts)
+
+
+@pytest.mark.parametrize("init", ["median", "random", "smooth"])
+def test_same_seed_same_result_bit_for_bit(study, init):
+    X = study.images[:50]
+    a = quiet_fit(X, (16, 16), init=init, n_init=3, seed=11, max_iter=15)
+    b = quiet_fit(X, (16, 16), init=init, n_init=3, seed=np.random.SeedSequence(11), max_iter=15)
+    for name in ("face", "background", "prior", "elbo", "log_likelihood", "positions",
+                 "position_probability"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.noise_std == b.noise_std and a.seed_entropy == b.seed_entropy == 11
+    c = quiet_fit(X, (16, 16), init=init, n_init=3, seed=12, max_iter=15)
+    assert not np.array_equal(a.restarts[1].elbo, c.restarts[1].elbo)
+
+
+def test_seed_entropy_repeats_an_unseeded_run(study):
+    X = study.images[:40]
+    a = quiet_fit(X, (16, 16), init="random", max_iter=5)
+    b = quiet_fit(X, (16, 16), init="random", max_iter=5, seed=a.seed_entropy)
+    np.testing.assert_array_equal(a.face, b.face)
+
+
+def test_restart_can_be_reproduced_on_its_own(study):
+    X = study.images[:40]
+    r = quiet_fit(X, (16, 16), init="random", n_init=3, seed=5, max_iter=0)
+    alone = E.initialize(X, (16, 16), "random", seed=5, restart=2)
+    three = quiet_fit(X, (16, 16), init_params=alone, max_iter=0)
+    assert r.restarts[2].log_likelihood[0] == three.log_likelihood[0]
+
+
+# --- stopping ----------------------------------------------------------------------------------
+
+
+def test_max_iter_zero_returns_the_initialisation(study):
+    X = study.images[:40]
+    start = E.initialize(X, (16, 16), "smooth", seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no convergence warning for max_iter=0
+        r = E.fit(X, (16, 16), init="smooth", seed=3, max_iter=0)
+    np.testing.assert_array_equal(r.face, start.face)
+    np.testing.assert_array_equal(r.background, start.background)
+    np.testing.assert_array_equal(r.prior, start.prior)
+    assert r.noise_std == start.noise_std
+    assert r.n_iter == 0 and not r.converged
+    assert r.elbo.shape == r.log_likelihood.shape == (1,)
+    np.testing.assert_array_equal(r.positions, E.map_positions(X, start))
+
+
+def test_warns_when_not_converged_and_stops_at_tol(study):
+    X = study.images[:40]
+    with pytest.warns(E.ConvergenceWarning, match="did not converge in 2 iterations"):
+        r = E.fit(X, (16, 16), init="zeros", max_iter=2, tol=1e-12)
+    assert not r.converged and r.n_iter == 2
+    r = E.fit(X, (16, 16), max_iter=500, tol=1e-4, prior_update="always")
+    gains = np.diff(r.elbo) / X.size
+    assert r.converged and gains[-1] < 1e-4 and np.all(gains[:-1] >= 1e-4)
+
+
+def test_late_prior_is_held_then_learnt(study):
+    X = study.images[:60]
+    r = E.fit(X, (16, 16), max_iter=500, tol=1e-6)
+    h = r.restarts[0]
+    assert r.converged and 0 < h.prior_fixed_until < r.n_iter
+    assert not np.allclose(r.prior, r.prior.mean())  # learnt at the end
+    held = E.fit(X, (16, 16), max_iter=500, tol=1e-6, prior_update="never")
+    np.testing.assert_array_equal(held.prior, np.full_like(held.prior, 1 / held.prior.size))
+    assert r.log_likelihood[-1] >= held.log_likelihood[-1]
+
+
+def test_callback_sees_every_iteration(study):
+    seen = []
+    r = quiet_fit(study.images[:30], (16, 16), max_iter=4, tol=-np.inf, n_init=2, seed=0,
+                  callback=seen.append)
+    assert [(p.restart, p.iteration) for p in seen] == [(i, t) for i in range(2) for t in range(5)]
+    mine = [p for p in seen if p.restart == r.best_restart]
+    assert mine[0].positions is None and np.isnan(mine[0].elbo)
+    np.testing.assert_array_equal(mine[-1].params.face, r.face)
+    assert mine[-1].elbo == r.elbo[-1]
+    # Iteration t reports the E-step of the parameters it started from: θ_{t-1}.
+    assert [p.log_likelihood for p in mine[1:]] == list(r.log_likelihood[:-1])
+    np.testing.assert_array_equal(mine[1].positions, E.map_positions(study.images[:30], mine[0].params))
+
+
+# --- degenerate inputs -------------------------------------------------------------------------
+
+
+def test_one_position_problem():
+    rng = np.random.default_rng(0)
+    X = rng.normal(50, 5, (10, 6, 7))
+    r = quiet_fit(X, (6, 7), max_iter=5)
+    assert r.prior.shape == (1, 1) and r.prior[0, 0] == 1
+    np.testing.assert_allclose(r.face, X.mean(0), rtol=1e-12)
+    assert r.unidentified.all()
+    assert np.isfinite(r.background).all() and np.all(r.positions == 0)
+    assert r.noise_std == pytest.approx(X.std(axis=0).mean(), rel=0.1)
+
+
+def test_zero_prior_entries_are_legal(study):
+    X = study.images[:40]
+    prior = np.ones((5, 15))
+    prior[:, :3] = 0
+    r = quiet_fit(X, (16, 16), init_params={"prior": prior}, max_iter=10, tol=-np.inf)
+    assert np.all(r.prior[:, :3] == 0)
+    assert np.all(r.positions[:, 1] >= 3)
+    assert np.isfinite(r.elbo).all() and np.all(np.diff(r.elbo) >= -1e-9 * abs(r.elbo[-1]))
+
+
+def test_constant_images_hit_the_noise_floor():
+    X = np.full((8, 10, 12), 42.0)
+    with pytest.warns(E.NoiseFloorWarning):
+        r = E.fit(X, (3, 4), max_iter=5)
+    assert r.noise_floored and r.noise_std > 0
+    for a in (r.face, r.background, r.elbo, r.log_likelihood):
+        assert np.isfinite(a).all()
+    np.testing.assert_allclose(r.face, 42.0)
+
+
+def test_single_image():
+    rng = np.random.default_rng(1)
+    X = rng.normal(100, 10, (1, 9, 11))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", E.NoiseFloorWarning)
+        r = quiet_fit(X, (3, 3), max_iter=10)
+    assert r.positions.shape == (1, 2)
+    assert np.isfinite(r.face).all() and np.isfinite(r.background).all()
+
+
+@pytest.mark.parametrize("scale", [1 / 255, 1.0, 257.0])
+def test_result_scales_with_the_data(study, scale):
+    X = study.images[:60]
+    base = quiet_fit(X, (16, 16), seed=0, max_iter=20)
+    scaled = quiet_fit(X * scale + 7, (16, 16), seed=0, max_iter=20)
+    np.testing.assert_allclose(scaled.face, base.face * scale + 7, rtol=1e-6, atol=1e-6 * scale)
+    assert scaled.noise_std == pytest.approx(base.noise_std * scale, rel=1e-6)
+    np.testing.assert_array_equal(scaled.positions, base.positions)
+
+
+def test_bad_arguments_raise_clear_errors(study):
+    X = study.images[:5]
+    with pytest.raises(ValueError, match="face_shape 21x5 must"):
+        E.fit(X, (21, 5))
+    with pytest.raises(ValueError, match="unknown method 'mc'"):
+        E.fit(X, (4, 4), method="mc")
+    with pytest.raises(ValueError, match="unknown init"):
+        E.fit(X, (4, 4), init="best")
+    with pytest.raises(ValueError, match="n_init"):
+        E.fit(X, (4, 4), n_init=0)
+    with pytest.raises(ValueError, match=r"shape \(n_images, height, width\)"):
+        E.fit(X[0], (4, 4))
+    bad = X.copy()
+    bad[3, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="image 3"):
+        E.fit(bad, (4, 4))
+    with pytest.raises(ValueError, match="noise_std must be positive"):
+        E.fit(X, (4, 4), init_params={"noise_std": 0.0})
+    with pytest.raises(ValueError, match="unknown keys"):
+        E.fit(X, (4, 4), init_params={"sigma": 1.0})
+
+
+def test_memory_map_and_fft_cache_give_the_same_fit(tmp_path, study):
+    X = study.images[:50]
+    path = tmp_path / "stack.npy"
+    np.save(path, X.astype(np.float32))
+    mm = np.load(path, mmap_mode="r")
+    a = quiet_fit(mm, (16, 16), seed=0, max_iter=8, cache_fft=False, chunk_size=7)
+    b = quiet_fit(X.astype(np.float32), (16, 16), seed=0, max_iter=8, cache_fft=True)
+    np.testing.assert_allclose(a.face, b.face, rtol=1e-9)
+    np.testing.assert_allclose(a.elbo, b.elbo, rtol=1e-12)
