@@ -4,6 +4,7 @@ Used by ``facefinder generate``, the tests and the benchmarks. NumPy only, no I/
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,9 @@ from scipy import ndimage
 
 from facefinder_cli.engine import Params
 
-__all__ = ["Dataset", "cartoon_face", "centred_prior", "make_dataset", "paste", "texture"]
+__all__ = [
+    "Dataset", "cartoon_face", "centred_prior", "errors", "make_dataset", "paste", "resize", "texture",
+]
 
 
 @dataclass(frozen=True)
@@ -149,3 +152,41 @@ def texture(kind: str, shape: tuple[int, int], seed: int | None = 0) -> np.ndarr
     if kind == "flat":
         return np.full(shape, 128.0)
     raise ValueError(f"unknown texture {kind!r}")
+
+
+def errors(params: Params, positions: np.ndarray | None, truth: Params,
+           true_positions: np.ndarray) -> dict[str, float]:
+    """How far fitted parameters are from the truth.
+
+    Returns ``face_rmse`` and ``background_rmse`` (root mean square differences, in pixel units)
+    and ``positions_right`` (the share of images whose position is exactly right; NaN without
+    ``positions``).
+    """
+    if params.face.shape != truth.face.shape or params.background.shape != truth.background.shape:
+        raise ValueError(
+            f"the truth has a {truth.face.shape[0]}x{truth.face.shape[1]} face on "
+            f"{truth.background.shape[0]}x{truth.background.shape[1]} images; the fit has "
+            f"{params.face.shape[0]}x{params.face.shape[1]} on "
+            f"{params.background.shape[0]}x{params.background.shape[1]}"
+        )
+    right = math.nan
+    if positions is not None:
+        if len(positions) != len(true_positions):
+            raise ValueError(f"the truth has {len(true_positions)} images, the fit {len(positions)}")
+        right = float(np.mean(np.all(positions == true_positions, axis=1)))
+    return {
+        "face_rmse": float(np.sqrt(np.mean((params.face - truth.face) ** 2))),
+        "background_rmse": float(np.sqrt(np.mean((params.background - truth.background) ** 2))),
+        "positions_right": right,
+    }
+
+
+def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample a 2-D image to ``shape`` (linear interpolation; smoothed first when shrinking,
+    so that downsizing averages rather than aliases)."""
+    image = np.asarray(image, dtype=np.float64)
+    factors = [n / m for n, m in zip(shape, image.shape)]
+    sigma = [max(0.0, (1 / f - 1) / 2) for f in factors]
+    if any(sigma):
+        image = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    return ndimage.zoom(image, factors, order=1, mode="nearest", grid_mode=True)
