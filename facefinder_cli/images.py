@@ -40,10 +40,13 @@ __all__ = [
     "Stack",
     "atomic_folder",
     "atomic_write",
+    "check_file_target",
+    "check_folder_target",
     "load_stack",
     "natural_sort_key",
     "read_image",
     "to_uint8",
+    "write_image_files",
     "write_png",
     "write_stack",
 ]
@@ -1172,10 +1175,7 @@ def write_stack(
         raise ValueError(f"write_stack: {len(names)} names for {len(arr)} images")
     fmt, single = _stack_format(p, fmt)
     if single:
-        if p != "-" and os.path.lexists(p) and not overwrite:
-            if os.path.isdir(p):
-                raise InputError(f"{p}: is a folder; expected a file name")
-            raise InputError(f"{p}: file exists; pass --overwrite to replace it")
+        check_file_target(p, overwrite)
         with atomic_write(p, "wb") as f:
             if fmt == "npy":
                 np.save(f, arr)
@@ -1192,19 +1192,71 @@ def write_stack(
 def _write_folder(
     p: str, arr: np.ndarray, names: Sequence[str] | None, fmt: str, overwrite: bool
 ) -> int:
+    with atomic_folder(p, overwrite=overwrite) as tmp:
+        return write_image_files(tmp, arr, names, fmt)
+
+
+def write_image_files(
+    folder: str | os.PathLike,
+    images: np.ndarray,
+    names: Sequence[str] | None = None,
+    fmt: str = "tiff",
+) -> int:
+    """Write one file per image into an existing ``folder`` (not atomically: use it inside
+    :func:`atomic_folder`). Names and formats as in :func:`write_stack`; returns the number of
+    pixels clipped by ``fmt="png"``."""
+    if fmt not in ("tiff", "png"):
+        raise ValueError(f"fmt must be 'tiff' or 'png', got {fmt!r}")
     ext = ".tif" if fmt == "tiff" else ".png"
     clipped = 0
-    with atomic_folder(p, overwrite=overwrite) as tmp:
-        for stem, img in zip(_file_stems(names, len(arr)), arr):
-            with open(os.path.join(tmp, stem + ext), "wb") as f:
-                if fmt == "tiff":
-                    with np.errstate(over="ignore"):
-                        _encode_tiff(f, np.asarray(img, dtype=np.float32))
-                else:
-                    img = np.asarray(img, dtype=np.float64)
-                    clipped += int(np.count_nonzero(~((img >= 0) & (img <= 255))))
-                    _encode_png(f, to_uint8(img, 0.0, 255.0))
+    for stem, img in zip(_file_stems(names, len(images)), images):
+        with open(os.path.join(folder, stem + ext), "wb") as f:
+            if fmt == "tiff":
+                with np.errstate(over="ignore"):
+                    _encode_tiff(f, np.asarray(img, dtype=np.float32))
+            else:
+                img = np.asarray(img, dtype=np.float64)
+                clipped += int(np.count_nonzero(~((img >= 0) & (img <= 255))))
+                _encode_png(f, to_uint8(img, 0.0, 255.0))
     return clipped
+
+
+def check_file_target(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise :class:`InputError` unless a file can be written at ``path`` (``"-"``: stdout)."""
+    p = os.fspath(path)
+    if p == "-":
+        return
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a folder; expected a file name")
+    if os.path.lexists(p) and not overwrite:
+        raise InputError(f"{p}: file exists; pass --overwrite to replace it")
+    _check_parent(p)
+
+
+def check_folder_target(path: str | os.PathLike, overwrite: bool = False) -> bool:
+    """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
+    whether it exists. Callers use it to fail before long work, not after."""
+    p = os.fspath(path)
+    target = p.rstrip("/" + os.sep) or p
+    if not os.path.lexists(target):
+        _check_parent(target)
+        return False
+    if os.path.islink(target):
+        raise InputError(f"{p}: is a symbolic link; give the folder it points to")
+    if not os.path.isdir(target):
+        raise InputError(f"{p}: exists and is not a folder")
+    content = os.listdir(target)
+    if content and not overwrite:
+        raise InputError(f"{p}: folder is not empty; pass --overwrite to replace it")
+    if any(os.path.isdir(os.path.join(target, c)) for c in content):
+        raise InputError(
+            f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
+        )
+    here = os.path.abspath(os.getcwd())
+    there = os.path.abspath(target)
+    if here == there or here.startswith(there.rstrip(os.sep) + os.sep):
+        raise InputError(f"{p}: is the current folder or contains it; refusing to replace it")
+    return True
 
 
 @contextmanager
@@ -1223,23 +1275,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     """
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
-    exists = os.path.lexists(target)
-    if exists:
-        if os.path.islink(target):
-            raise InputError(f"{p}: is a symbolic link; give the folder it points to")
-        if not os.path.isdir(target):
-            raise InputError(f"{p}: exists and is not a folder")
-        content = os.listdir(target)
-        if content and not overwrite:
-            raise InputError(f"{p}: folder is not empty; pass --overwrite to replace it")
-        if any(os.path.isdir(os.path.join(target, c)) for c in content):
-            raise InputError(
-                f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
-            )
-        here = os.path.abspath(os.getcwd())
-        there = os.path.abspath(target)
-        if here == there or here.startswith(there.rstrip(os.sep) + os.sep):
-            raise InputError(f"{p}: is the current folder or contains it; refusing to replace it")
+    exists = check_folder_target(p, overwrite)
     parent = _check_parent(target)
     try:
         name = os.path.basename(os.path.abspath(target))
