@@ -1,0 +1,113 @@
+"""Figures: lower-bound curves of one or more runs, and the prior as a heat map.
+
+matplotlib is imported inside the functions, with the non-interactive Agg backend, so the rest
+of the tool never pays for it and nothing needs a screen.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import BinaryIO, Literal, Sequence
+
+import numpy as np
+
+__all__ = ["Curve", "heat_map", "plot_curves"]
+
+Quantity = Literal["elbo", "log_likelihood"]
+XAxis = Literal["iteration", "seconds"]
+
+_YLABEL = {"elbo": "ELBO  L(q, θ)", "log_likelihood": "log-likelihood  log p(X | θ)"}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's history, ready to draw.
+
+    Attributes
+    ----------
+    label : str
+    elbo, log_likelihood, seconds : ndarray of shape (n_iter + 1,)
+    n_values : int
+        ``K * H * W``, for per-pixel normalisation.
+    prior_fixed_until : int
+        Iterations with the prior held fixed (marked on the curve when > 0).
+    """
+
+    label: str
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    seconds: np.ndarray
+    n_values: int
+    prior_fixed_until: int = 0
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(
+    curves: Sequence[Curve],
+    out: BinaryIO,
+    *,
+    quantity: Quantity = "elbo",
+    x: XAxis = "iteration",
+    per_pixel: bool = False,
+    gap: bool = False,
+    fmt: str = "png",
+    title: str | None = None,
+) -> None:
+    """Draw the curves on one figure and write it to ``out`` as ``fmt`` (png, svg or pdf).
+
+    ``per_pixel`` divides by ``K H W`` so runs on different data compare; ``gap`` plots, on a
+    log scale, how far each point is below the best value of all curves.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    ys = []
+    for c in curves:
+        y = np.asarray(getattr(c, quantity), dtype=float)
+        ys.append(y / c.n_values if per_pixel else y)
+    best = max(float(np.max(y)) for y in ys)
+    for c, y in zip(curves, ys):
+        xs = np.arange(len(y)) if x == "iteration" else np.asarray(c.seconds, dtype=float)
+        if gap:
+            y = np.maximum(best - y, np.finfo(float).tiny)
+        (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=c.label)
+        if 0 < c.prior_fixed_until < len(y) - 1:
+            t = c.prior_fixed_until
+            ax.plot(xs[t], y[t], "o", mfc="none", color=line.get_color())
+    unit = " per image and pixel" if per_pixel else ""
+    if gap:
+        ax.set_yscale("log")
+        ax.set_ylabel(f"best − {_YLABEL[quantity].split()[0]}{unit} (nats)")
+    else:
+        ax.set_ylabel(f"{_YLABEL[quantity]}{unit}")
+    ax.set_xlabel("iteration" if x == "iteration" else "seconds")
+    if any(0 < c.prior_fixed_until for c in curves):
+        ax.plot([], [], "o", mfc="none", color="grey", label="prior learnt from here")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    plt.close(fig)
+    out.write(buf.getvalue())
+
+
+def heat_map(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
+    """An ``(n, m)`` array as an ``(n, m, 3)`` uint8 RGB image, colour-mapped from its minimum
+    (dark) to its maximum (bright); a constant array maps to the middle colour."""
+    from matplotlib import colormaps
+
+    v = np.asarray(values, dtype=float)
+    lo, hi = float(v.min()), float(v.max())
+    t = (v - lo) / (hi - lo) if hi > lo else np.full(v.shape, 0.5)
+    rgba = colormaps[cmap](t)
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
