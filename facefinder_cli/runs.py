@@ -1,0 +1,233 @@
+"""A fit on disk: the run folder that ``facefinder fit`` writes, and reading runs back.
+
+A run folder holds ``result.npz`` (everything), ``history.csv`` (one row per iteration),
+``positions.csv`` (one row per image) and PNGs of the face, the background and the prior.
+The ``.npz`` keys use the engine's names: ``face``, ``background``, ``noise_std``, ``prior``,
+``elbo``, ``log_likelihood``, ...
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from facefinder_cli import __version__
+from facefinder_cli.engine import FitResult, Params
+from facefinder_cli.images import InputError, atomic_write, write_png
+
+__all__ = ["Run", "Truth", "display_range", "load_run", "load_truth", "save_run", "save_truth"]
+
+RESULT = "result.npz"
+HISTORY = "history.csv"
+POSITIONS = "positions.csv"
+ERROR_COLUMNS = ("face_rmse", "background_rmse", "positions_right")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run read back from disk.
+
+    ``params`` is None when only a ``history.csv`` was found. ``errors`` holds the per-iteration
+    errors against a known truth (``face_rmse``, ``background_rmse``, ``positions_right``)
+    when the fit was given one: see :func:`facefinder_cli.synthetic.errors`.
+    """
+
+    source: str
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    seconds: np.ndarray
+    n_values: int
+    prior_fixed_until: int
+    params: Params | None = None
+    method: str = ""
+    init: str = ""
+    errors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
+    h = result.restarts[result.best_restart]
+    n_values = result.positions.shape[0] * result.background.size
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    extra = [c for c in ERROR_COLUMNS if c in errors]
+    w.writerow(["iteration", "elbo", "log_likelihood", "seconds", "prior_learnt", "n_values", *extra])
+    for t in range(len(result.elbo)):
+        w.writerow([
+            t, repr(float(result.elbo[t])), repr(float(result.log_likelihood[t])),
+            f"{result.seconds[t]:.6f}", int(t > h.prior_fixed_until), n_values,
+            *(repr(float(errors[c][t])) for c in extra),
+        ])
+    return out.getvalue()
+
+
+def _padded(rows: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.full((len(rows), max(len(r) for r in rows)), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def save_run(
+    folder: str | os.PathLike,
+    result: FitResult,
+    *,
+    names: Sequence[str],
+    settings: dict[str, Any],
+    errors: dict[str, np.ndarray] | None = None,
+    zoom: int = 1,
+) -> list[str]:
+    """Write a run into ``folder`` (which must exist, e.g. a temporary folder being built).
+
+    Returns the names of the files written.
+    """
+    from facefinder_cli.plotting import heat_map
+
+    folder = Path(folder)
+    errors = errors or {}
+    restarts = result.restarts
+    arrays: dict[str, Any] = dict(
+        face=result.face, background=result.background, noise_std=result.noise_std,
+        prior=result.prior, elbo=result.elbo, log_likelihood=result.log_likelihood,
+        seconds=result.seconds, lower_bound=result.lower_bound, n_iter=result.n_iter,
+        converged=result.converged, positions=result.positions,
+        position_probability=result.position_probability, unidentified=result.unidentified,
+        noise_floored=result.noise_floored, method=result.method, init=result.init,
+        seed_entropy=str(result.seed_entropy), best_restart=result.best_restart,
+        prior_fixed_until=restarts[result.best_restart].prior_fixed_until,
+        names=np.array([str(n) for n in names]),
+        restart_elbo=_padded([r.elbo for r in restarts]),
+        restart_log_likelihood=_padded([r.log_likelihood for r in restarts]),
+        restart_seconds=_padded([r.seconds for r in restarts]),
+        restart_n_iter=np.array([r.n_iter for r in restarts]),
+        restart_converged=np.array([r.converged for r in restarts]),
+        settings=json.dumps(settings, sort_keys=True), version=__version__,
+        **{k: np.asarray(v) for k, v in errors.items()},
+    )
+    with atomic_write(folder / RESULT) as f:
+        np.savez_compressed(f, **arrays)
+    with atomic_write(folder / HISTORY, "w") as f:
+        f.write(_history_rows(result, errors))
+    with atomic_write(folder / POSITIONS, "w") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["image", "row", "column", "probability"])
+        for name, (r, c), p in zip(names, result.positions, result.position_probability):
+            w.writerow([name, int(r), int(c), f"{p:.6g}"])
+    lo, hi = display_range(result.face, result.background)
+    write_png(folder / "face.png", result.face, lo, hi, zoom=zoom)
+    write_png(folder / "background.png", result.background, lo, hi, zoom=zoom)
+    write_png(folder / "prior.png", heat_map(result.prior), zoom=zoom)
+    return [RESULT, "face.png", "background.png", "prior.png", HISTORY, POSITIONS]
+
+
+def display_range(*arrays: np.ndarray) -> tuple[float, float]:
+    """One intensity range for face and background images, so they compare: 0..255 when both
+    fit in it, else their joint minimum and maximum."""
+    lo = min(float(np.min(a)) for a in arrays)
+    hi = max(float(np.max(a)) for a in arrays)
+    return (0.0, 255.0) if lo >= 0 and hi <= 255 else (lo, hi)
+
+
+def _npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def _result_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        if (p / RESULT).is_file():
+            return p / RESULT
+        if (p / HISTORY).is_file():
+            return p / HISTORY
+        raise InputError(f"{p}: no {RESULT} or {HISTORY} in this folder")
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    return p
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a run from a ``result.npz``, a ``history.csv`` or a run folder."""
+    p = _result_path(path)
+    if p.suffix == ".csv":
+        return _load_history(p)
+    z = _npz(p)
+    missing = [k for k in ("face", "background", "noise_std", "prior", "elbo") if k not in z]
+    if missing:
+        raise InputError(f"{p}: not a facefinder result (missing {', '.join(missing)})")
+    params = Params(z["face"], z["background"], float(z["noise_std"]), z["prior"])
+    n_values = int(z["positions"].shape[0]) * int(z["background"].size)
+    return Run(
+        source=str(p),
+        elbo=z["elbo"],
+        log_likelihood=z["log_likelihood"],
+        seconds=z["seconds"],
+        n_values=n_values,
+        prior_fixed_until=int(z.get("prior_fixed_until", 0)),
+        params=params,
+        method=str(z.get("method", "")),
+        init=str(z.get("init", "")),
+        errors={k: z[k] for k in ERROR_COLUMNS if k in z},
+    )
+
+
+def _load_history(p: Path) -> Run:
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{p}: cannot read ({err})") from None
+    need = {"elbo", "log_likelihood", "seconds", "n_values"}
+    if not rows or not need <= set(rows[0]):
+        raise InputError(f"{p}: not a facefinder history (needs columns {', '.join(sorted(need))})")
+    try:
+        col = {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "iteration"}
+    except ValueError:
+        raise InputError(f"{p}: a value in the history is not a number") from None
+    learnt = col.get("prior_learnt", np.ones(len(rows)))
+    return Run(
+        source=str(p),
+        elbo=col["elbo"],
+        log_likelihood=col["log_likelihood"],
+        seconds=col["seconds"],
+        n_values=int(col["n_values"][0]),
+        prior_fixed_until=int(np.argmax(learnt > 0)) - 1 if learnt.any() else len(rows) - 1,
+        errors={k: col[k] for k in ERROR_COLUMNS if k in col},
+    )
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What ``facefinder generate`` wrote beside the data: the parameters and every position."""
+
+    params: Params
+    positions: np.ndarray
+
+
+def save_truth(path: str | os.PathLike, truth: Params, positions: np.ndarray) -> None:
+    """Write the truth of a synthetic data set (``facefinder generate``) for ``fit --truth``."""
+    with atomic_write(path) as f:
+        np.savez_compressed(
+            f, face=truth.face, background=truth.background, noise_std=truth.noise_std,
+            prior=truth.prior, positions=positions, version=__version__,
+        )
+
+
+def load_truth(path: str | os.PathLike) -> Truth:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    z = _npz(p)
+    missing = [k for k in ("face", "background", "noise_std", "prior", "positions") if k not in z]
+    if missing:
+        raise InputError(f"{p}: not a truth file (missing {', '.join(missing)})")
+    return Truth(Params(z["face"], z["background"], float(z["noise_std"]), z["prior"]),
+                 z["positions"])
