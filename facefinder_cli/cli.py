@@ -127,6 +127,7 @@ class _Group(click.Group):
     """Click's group, with every error on one line of stderr (no usage block, no traceback)."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        _setup_logging()
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -150,6 +151,7 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="facefinder")
+@_verbosity
 def main() -> None:
     """Recover a face hidden at unknown positions in many noisy images.
 
@@ -171,7 +173,6 @@ def main() -> None:
 
     Run `facefinder COMMAND --help` for each command's options.
     """
-    _setup_logging()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,11 +598,13 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
               help="CSV file for the positions; '-' is stdout.")
 @click.option("--draw", type=click.Path(file_okay=False), metavar="DIR",
               help="Also write each image as a PNG with the found face boxed in red.")
+@click.option("--zoom", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Upscale the --draw PNGs N times (nearest neighbour).")
 @layout_opt
 @overwrite_opt
 @_verbosity
 @_reports_errors
-def detect(model, input, out, draw, layout, overwrite):
+def detect(model, input, out, draw, zoom, layout, overwrite):
     """Find the face in new images with a fitted model.
 
     MODEL is a run folder or result.npz from `facefinder fit`; INPUT as for `fit`, with images
@@ -635,7 +638,7 @@ def detect(model, input, out, draw, layout, overwrite):
         boxed = np.stack([_boxed(img, r, c, h, w) for img, (r, c) in zip(stack.images, positions)])
         with images.atomic_folder(draw, overwrite=overwrite) as tmp:
             for name, rgb in zip(stack.names, boxed):
-                images.write_png(Path(tmp) / (Path(name).stem + ".png"), rgb)
+                images.write_png(Path(tmp) / (Path(name).stem + ".png"), rgb, zoom=zoom)
     log.info("located the face in %d images (mean probability %.3f)%s", K,
              float(np.mean(probability)), f"; boxed images in {draw}" if draw else "")
 
