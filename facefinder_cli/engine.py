@@ -394,14 +394,15 @@ class _Scorer:
         self.base = log_prior - g / (2 * s2) - 0.5 * H * W * math.log(2 * math.pi * s2)
         self.inv_s2 = 1.0 / s2
 
-    def log_joint(self, x: np.ndarray, xf: np.ndarray) -> np.ndarray:
-        """``log p(X_k, d | θ)`` for a chunk: ``(n, H, W) -> (n, Dh, Dw)``."""
+    def log_joint(self, x: np.ndarray, xf: np.ndarray, sq: np.ndarray) -> np.ndarray:
+        """``log p(X_k, d | θ)`` for a chunk: ``(n, H, W) -> (n, Dh, Dw)``, given its spectra
+        ``xf`` and ``sq = Σ_ij X_k²`` (both computed once per fit)."""
         d = self.data
         # irfft2(xf · conj(rfft2(F)))[:Dh, :Dw], inverting only the Dh rows that are needed.
         rows = sfft.ifft(xf * self.face_f, axis=-2, overwrite_x=True, workers=d.workers)
         corr = sfft.irfft(rows[:, : d.Dh], n=d.W, axis=-1, workers=d.workers)[:, :, : d.Dw]
         prod = x * self.background
-        a = np.einsum("kij,kij->k", x, x) - 2.0 * prod.sum(axis=(1, 2))
+        a = sq - 2.0 * prod.sum(axis=(1, 2))
         m = _box_valid(prod, d.h, d.w)
         m -= corr
         m *= -self.inv_s2
@@ -444,7 +445,7 @@ def _chunk_log_joint(X: np.ndarray, params: Params, with_prior: bool, chunk_size
     data = _Data(X, params.face.shape, chunk_size=chunk_size, cache_fft=False)
     scorer = _Scorer(_check_params(params, data), data, with_prior=with_prior)
     for a, b, x, xf in data.chunks():
-        yield a, b, scorer.log_joint(x, xf), scorer
+        yield a, b, scorer.log_joint(x, xf, data.sq_x[a:b]), scorer
 
 
 def log_likelihood(
@@ -541,7 +542,9 @@ class _Stats:
     def add_dense(self, x: np.ndarray, xf: np.ndarray, q: np.ndarray) -> None:
         """Add a chunk with dense posteriors ``q`` of shape ``(n, Dh, Dw)``."""
         d = self.data
-        qf = sfft.rfft2(q, s=(d.H, d.W), workers=d.workers)
+        # rfft2 of q zero-padded to H x W, transforming only its Dh non-zero rows first.
+        qf = sfft.rfft(q, n=d.W, axis=-1, workers=d.workers)
+        qf = sfft.fft(qf, n=d.H, axis=-2, overwrite_x=True, workers=d.workers)
         self.face_f += np.einsum("kij,kij->ij", xf, qf.conj())
         self.cover_x += np.einsum("kij,kij->ij", _box_full(q, d.h, d.w), x)
         self.q_sum += q.sum(axis=0)
@@ -776,7 +779,9 @@ def _initialize(
             f"prior must be non-negative of shape {(data.Dh, data.Dw)} with a positive sum"
         )
     prior = prior / prior.sum()
-    if method == "median":
+    if all(given.get(k) is not None for k in ("face", "background", "noise_std")):
+        p = Params(given["face"], given["background"], given["noise_std"], prior)
+    elif method == "median":
         p = _init_median(data, rng if restart > 0 else None, prior)
     else:
         p = _init_study(data, method, rng, prior)
@@ -851,7 +856,7 @@ def _pass(data: _Data, p: Params, method: str, accumulate: bool) -> _Stats:
     stats.positions = np.empty((data.K, 2), dtype=np.intp)
     stats.probability = np.empty(data.K)
     for a, b, x, xf in data.chunks():
-        post = _Posterior.from_log_joint(scorer.log_joint(x, xf))
+        post = _Posterior.from_log_joint(scorer.log_joint(x, xf, data.sq_x[a:b]))
         log_evidence = float(post.log_evidence.sum())
         stats.log_evidence += log_evidence
         best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))

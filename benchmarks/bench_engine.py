@@ -1,0 +1,110 @@
+"""Engine speed, measured in one run: ``python benchmarks/bench_engine.py``.
+
+K = 500 images of 80x80 with a 32x32 face. Prints seconds per soft and hard iteration, the
+ratio of a soft iteration to one ``rfft2`` + one ``irfft2`` over the whole stack (the floor of
+the algorithm), and the speed-up over a straightforward implementation (``naive.py``: one
+``fftconvolve`` call per image and term), whose results are checked against the engine's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy
+from scipy import fft as sfft
+
+sys.path.insert(0, str(Path(__file__).parent))
+import naive  # noqa: E402
+
+from facefinder_cli import engine, synthetic  # noqa: E402
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def per_iteration(X, face_shape, start, method, n_iter, **kw) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", engine.ConvergenceWarning)
+        r = engine.fit(X, face_shape, method=method, init_params=start, max_iter=n_iter,
+                       tol=-np.inf, **kw)
+    return float(np.median(np.diff(r.seconds)))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--size", type=int, default=80)
+    ap.add_argument("--face", type=int, default=32)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=None)
+    args = ap.parse_args()
+    K, n, m = args.images, args.size, args.face
+    face = synthetic.cartoon_face(m, m)
+    background = synthetic.texture("stripes", (n, n))
+    data = synthetic.make_dataset(face, background, K, 100.0, seed=0)
+    X = data.images
+    start = engine.Params(
+        synthetic.texture("clouds", (m, m), seed=1), np.full((n, n), 128.0), 100.0,
+        data.truth.prior,
+    )
+    kw = {"workers": args.workers}
+
+    soft = per_iteration(X, (m, m), start, "soft", args.iterations, **kw)
+    hard = per_iteration(X, (m, m), start, "hard", args.iterations, **kw)
+    xf = sfft.rfft2(X, workers=args.workers)
+    floor = best_of(lambda: sfft.rfft2(X, workers=args.workers), 5) + best_of(
+        lambda: sfft.irfft2(xf, s=(n, n), workers=args.workers), 5
+    )
+
+    # The straightforward implementation, from the same start; results must agree.
+    t = time.perf_counter()
+    F, B, s, A = naive.iteration(X, start.face, start.background, start.noise_std, start.prior)
+    naive_s = time.perf_counter() - t
+    r1 = engine.fit(X, (m, m), init_params=start, max_iter=1, tol=-np.inf,
+                    prior_update="always", **kw)
+    agree = max(
+        np.abs(r1.face - F).max() / np.abs(F).max(),
+        np.abs(r1.background - B).max() / np.abs(B).max(),
+        abs(r1.noise_std - s) / s,
+        np.abs(r1.prior - A).max() / A.max(),
+    )
+
+    print(f"# Engine benchmark: K={K} images of {n}x{n}, face {m}x{m}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+          f"NumPy {np.__version__}, SciPy {scipy.__version__}; scipy.fft workers={args.workers}")
+    print(f"soft EM iteration          {soft * 1e3:8.1f} ms")
+    print(f"hard EM iteration          {hard * 1e3:8.1f} ms")
+    print(f"rfft2 + irfft2 of stack    {floor * 1e3:8.1f} ms")
+    print(f"soft iteration / FFT floor {soft / floor:8.2f}   (target <= 3)")
+    print(f"hard iteration / FFT floor {hard / floor:8.2f}")
+    print(f"naive soft iteration       {naive_s * 1e3:8.1f} ms")
+    print(f"speed-up over naive        {naive_s / soft:8.1f}x")
+    print(f"max relative difference engine vs naive after one iteration: {agree:.1e}")
+    if not agree < 1e-8:
+        sys.exit("engine and naive implementation disagree")
+
+
+if __name__ == "__main__":
+    main()
