@@ -226,10 +226,9 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
               ".npy table of shape (H-h+1, W-w+1).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random seed: the same seed gives the same images.")
-@click.option("--format", "fmt", type=click.Choice(["tiff", "png"]), default="tiff",
-              show_default=True,
-              help="Image files in a folder: exact 32-bit float TIFF, or 8-bit PNG (clips to "
-              "0..255 and rounds).")
+@click.option("--format", "fmt", type=click.Choice(["tiff", "png"]),
+              help="Image files in a folder: exact 32-bit float TIFF (the default), or 8-bit "
+              "PNG (clips to 0..255 and rounds).")
 @overwrite_opt
 @_verbosity
 @_reports_errors
@@ -263,15 +262,19 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
     prior_table = _parse_prior(prior, (fh, fw), (bh, bw))
     data = synthetic.make_dataset(face_img, bg_img, count, noise, prior=prior_table, seed=seed,
                                   dtype=np.float32)
+    try:
+        fmt, stack_file = images.stack_target(out, fmt)
+    except images.InputError as err:
+        raise click.BadParameter(str(err), param_hint="--out/--format") from None
     out_path = Path(out)
-    stack_file = out_path.suffix.lower() in (".npz", ".npy", ".tif", ".tiff")
-    truth_path = (out_path.with_name(out_path.stem + ".truth.npz") if stack_file
-                  else out_path / "truth.npz")
     if stack_file:
+        truth_path = out_path.with_name(out_path.stem + ".truth.npz")
+        images.check_file_target(out, overwrite)
         images.check_file_target(truth_path, overwrite)
-        clipped = images.write_stack(out, data.images, overwrite=overwrite)
+        clipped = images.write_stack(out, data.images, fmt=fmt, overwrite=overwrite)
         runs.save_truth(truth_path, data.truth, data.positions)
     else:
+        truth_path = out_path / "truth.npz"
         with images.atomic_folder(out, overwrite=overwrite) as tmp:
             clipped = images.write_image_files(tmp, data.images, fmt=fmt)
             runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
@@ -425,8 +428,6 @@ def fit(input, face_size, out, method, init, restarts, max_iter, tol, seed, prio
             f" not {h}x{w}", param_hint="--init-from",
         )
     if truth_data is not None:
-        synthetic.errors(truth_data.params, truth_data.positions, truth_data.params,
-                         truth_data.positions)  # shapes of the truth itself
         if truth_data.params.background.shape != (H, W) or len(truth_data.positions) != K:
             raise click.BadParameter(
                 f"{truth}: describes {len(truth_data.positions)} images of "
@@ -637,8 +638,8 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
         h, w = run.params.face.shape
         boxed = np.stack([_boxed(img, r, c, h, w) for img, (r, c) in zip(stack.images, positions)])
         with images.atomic_folder(draw, overwrite=overwrite) as tmp:
-            for name, rgb in zip(stack.names, boxed):
-                images.write_png(Path(tmp) / (Path(name).stem + ".png"), rgb, zoom=zoom)
+            for stem, rgb in zip(images.file_stems(stack.names, K), boxed):
+                images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     log.info("located the face in %d images (mean probability %.3f)%s", K,
              float(np.mean(probability)), f"; boxed images in {draw}" if draw else "")
 

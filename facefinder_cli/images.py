@@ -43,8 +43,10 @@ __all__ = [
     "check_file_target",
     "check_folder_target",
     "load_stack",
+    "file_stems",
     "natural_sort_key",
     "read_image",
+    "stack_target",
     "to_uint8",
     "write_image_files",
     "write_png",
@@ -1081,7 +1083,7 @@ def write_png(
         _encode_png(f, u8)
 
 
-def _file_stems(names: Sequence[str] | None, n: int) -> list[str]:
+def file_stems(names: Sequence[str] | None, n: int) -> list[str]:
     """File stems for a folder of n images: the given names' stems when they are plain, unique
     and already in natural order; else ``img1``..``imgN`` zero-padded to the width of n."""
     if names is not None:
@@ -1097,8 +1099,9 @@ def _file_stems(names: Sequence[str] | None, n: int) -> list[str]:
 _STACK_FORMATS = ("tiff", "png", "npy", "npz")
 
 
-def _stack_format(p: str, fmt: str | None) -> tuple[str, bool]:
-    """(format, single file?) for write_stack."""
+def stack_target(p: str, fmt: str | None) -> tuple[str, bool]:
+    """``(format, single file?)`` of a stack written to ``p``, as :func:`write_stack` does it;
+    raises :class:`InputError` for an image file name or a format that does not fit ``p``."""
     if fmt is not None and fmt not in _STACK_FORMATS:
         raise InputError(f"format: must be one of {', '.join(_STACK_FORMATS)}, got {fmt!r}")
     ext = os.path.splitext(p)[1].lower()
@@ -1173,7 +1176,7 @@ def write_stack(
         )
     if names is not None and len(names) != len(arr):
         raise ValueError(f"write_stack: {len(names)} names for {len(arr)} images")
-    fmt, single = _stack_format(p, fmt)
+    fmt, single = stack_target(p, fmt)
     if single:
         check_file_target(p, overwrite)
         with atomic_write(p, "wb") as f:
@@ -1209,7 +1212,7 @@ def write_image_files(
         raise ValueError(f"fmt must be 'tiff' or 'png', got {fmt!r}")
     ext = ".tif" if fmt == "tiff" else ".png"
     clipped = 0
-    for stem, img in zip(_file_stems(names, len(images)), images):
+    for stem, img in zip(file_stems(names, len(images)), images):
         with open(os.path.join(folder, stem + ext), "wb") as f:
             if fmt == "tiff":
                 with np.errstate(over="ignore"):
