@@ -1,0 +1,886 @@
+"""Tests of the ``facefinder`` command line (facefinder_cli.cli), end to end through Click.
+
+Every command is run with ``click.testing.CliRunner`` (stdout and stderr separate), and what it
+wrote is read back from disk and checked. The data are small synthetic sets (a 16x12 face in
+24x32 images) so the whole file runs in a few seconds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import scipy.io
+from click.testing import CliRunner
+from PIL import Image
+
+from facefinder_cli import __version__, synthetic
+from facefinder_cli.cli import main
+from facefinder_cli.images import natural_sort_key
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data" / "noisy"
+
+FACE = (16, 12)
+SIZE = (24, 32)
+N = 60
+NOISE = 30.0
+N_POS = (SIZE[0] - FACE[0] + 1, SIZE[1] - FACE[1] + 1)  # (9, 21)
+GEN = ["--face-size", "16x12", "--size", "24x32", "-n", str(N), "--noise", str(NOISE)]
+RUN_FILES = {"result.npz", "face.png", "background.png", "prior.png", "history.csv",
+             "positions.csv"}
+JSON_KEYS = {
+    "images", "image_size", "face_size", "method", "init", "restarts", "best_restart",
+    "iterations", "converged", "seconds", "noise_std", "log_likelihood",
+    "log_likelihood_per_pixel", "elbo", "seed", "unidentified_background_pixels",
+    "mean_position_probability", "out",
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def cli(*args: object):
+    """Run ``facefinder ARGS`` in-process; stdout and stderr are captured separately."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    # Every way out of the CLI is sys.exit; any other exception is a bug (a traceback for users).
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        import traceback
+
+        tb = "".join(traceback.format_exception(*result.exc_info))
+        command = " ".join(map(str, args))
+        pytest.fail(f"facefinder {command} raised:\n{tb}\nstderr:\n{result.stderr}")
+    return result
+
+
+def ok(*args: object):
+    result = cli(*args)
+    assert result.exit_code == 0, (
+        f"facefinder {' '.join(map(str, args))} exited {result.exit_code}\n"
+        f"stderr:\n{result.stderr}"
+    )
+    return result
+
+
+def error_line(result, code: int, *needles: str) -> str:
+    """Assert the command failed with ``code``, one line on stderr naming every needle, no
+    traceback and nothing on stdout; return the line."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.output
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def listing(folder: Path) -> set[str]:
+    """Every path under ``folder`` (hidden ones included), relative."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def read_csv(path_or_text) -> list[dict[str, str]]:
+    if isinstance(path_or_text, Path):
+        path_or_text = path_or_text.read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(path_or_text)))
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def png_chunks(data: bytes) -> list[bytes]:
+    """The chunk types of a PNG; asserts it is exactly one well-formed PNG (nothing after)."""
+    assert data.startswith(PNG_SIGNATURE)
+    pos, types = len(PNG_SIGNATURE), []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        types.append(data[pos + 4 : pos + 8])
+        pos += 12 + length
+        if types[-1] == b"IEND":
+            break
+    assert types and types[-1] == b"IEND"
+    assert pos == len(data), f"{len(data) - pos} bytes after the PNG's end"
+    return types
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8)).save(path)
+
+
+def check_fit(run: Path, truth: dict[str, np.ndarray], min_corr: float = 0.9) -> dict:
+    """The run folder is complete and its face matches the truth; returns result.npz."""
+    assert RUN_FILES <= set(os.listdir(run))
+    res = load_npz(run / "result.npz")
+    assert res["face"].shape == truth["face"].shape
+    assert corr(res["face"], truth["face"]) >= min_corr
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# shared data: made once per module by the CLI itself (read-only for the tests)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="module")
+def data(shared) -> Path:
+    """A generated folder: 60 TIFF images of 24x32 with a 16x12 face, and truth.npz."""
+    out = shared / "data"
+    ok("generate", *GEN, "--seed", 0, "-o", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def truth(data) -> dict[str, np.ndarray]:
+    return load_npz(data / "truth.npz")
+
+
+@pytest.fixture(scope="module")
+def stack(data) -> np.ndarray:
+    """The images of ``data`` as a (K, H, W) array, in file order."""
+    files = sorted((f for f in os.listdir(data) if f.endswith(".tif")), key=natural_sort_key)
+    return np.stack([iio.imread(data / f) for f in files])
+
+
+@pytest.fixture(scope="module")
+def fitted(shared, data):
+    """A soft-EM run of ``data`` with --truth; returns (run folder, CliRunner result)."""
+    run = shared / "run"
+    result = ok("fit", data, "--face-size", "16x12", "--truth", data / "truth.npz", "-o", run)
+    return run, result
+
+
+@pytest.fixture(scope="module")
+def hard_run(shared, data) -> Path:
+    run = shared / "hard"
+    ok("fit", data, "--face-size", "16x12", "--method", "hard", "-o", run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def npy(shared, stack) -> Path:
+    """The same images as a (K, H, W) .npy stack (no other file next to it)."""
+    path = shared / "stack.npy"
+    np.save(path, stack)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+
+
+def test_generate_folder_writes_exact_float_tiffs_and_the_truth(data, truth, stack):
+    files = sorted(os.listdir(data), key=natural_sort_key)
+    assert files == [f"img{k:02d}.tif" for k in range(1, N + 1)] + ["truth.npz"]
+    first = iio.imread(data / files[0])
+    assert first.dtype == np.float32 and first.shape == SIZE
+
+    assert set(truth) >= {"face", "background", "noise_std", "prior", "positions"}
+    assert truth["face"].shape == FACE
+    assert truth["background"].shape == SIZE
+    assert float(truth["noise_std"]) == NOISE
+    assert truth["prior"].shape == N_POS
+    assert np.isclose(truth["prior"].sum(), 1.0)
+    assert np.allclose(truth["prior"], truth["prior"].flat[0])  # uniform by default
+    pos = truth["positions"]
+    assert pos.shape == (N, 2) and pos.dtype.kind in "iu"
+    assert (pos >= 0).all() and (pos < np.array(N_POS)).all()
+
+    # The images are exactly the truth drawn again with the same seed (float32 kept as is).
+    again = synthetic.make_dataset(truth["face"], truth["background"], N, NOISE, seed=0,
+                                   dtype=np.float32)
+    np.testing.assert_array_equal(again.positions, pos)
+    np.testing.assert_array_equal(stack, again.images)
+    # and the residual is the noise
+    clean = np.stack([synthetic.paste(truth["background"], truth["face"], p) for p in pos])
+    assert abs(np.std(stack - clean) - NOISE) < 0.05 * NOISE
+
+
+def test_generate_tiff_keeps_values_outside_0_255():
+    ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 4, "--noise", 300, "-o", "d")
+    imgs = np.stack([iio.imread(f"d/img{k}.tif") for k in range(1, 5)])
+    assert imgs.dtype == np.float32
+    assert (imgs < 0).any() and (imgs > 255).any()
+    assert not np.array_equal(imgs, np.rint(imgs))  # not rounded either
+
+
+def test_generate_png_warns_about_clipping_and_writes_8bit():
+    r = ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 4, "--noise", 300,
+           "--format", "png", "--seed", 3, "-o", "d")
+    assert "clipped" in r.stderr
+    assert r.stdout == ""
+    assert sorted(os.listdir("d")) == ["img1.png", "img2.png", "img3.png", "img4.png",
+                                       "truth.npz"]
+    truth = load_npz(Path("d/truth.npz"))
+    exact = synthetic.make_dataset(truth["face"], truth["background"], 4, 300.0, seed=3,
+                                   dtype=np.float32).images
+    for k in range(4):
+        img = iio.imread(f"d/img{k + 1}.png")
+        assert img.dtype == np.uint8 and img.shape == SIZE
+        expected = np.clip(np.rint(exact[k].astype(np.float64)), 0, 255)
+        assert np.abs(img - expected).max() <= 1
+        assert (img == 0).any() and (img == 255).any()
+
+
+def test_generate_png_without_clipping_does_not_warn():
+    r = ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 3, "--noise", 0,
+           "--format", "png", "-o", "d")
+    assert "clipped" not in r.stderr
+
+
+@pytest.mark.parametrize("ext", ["npz", "npy"])
+def test_generate_stack_file_with_truth_beside(ext):
+    r = ok("generate", *GEN, "-o", f"set.{ext}")
+    assert r.stdout == ""
+    assert sorted(os.listdir(".")) == sorted([f"set.{ext}", "set.truth.npz"])
+    if ext == "npy":
+        arr = np.load(f"set.{ext}")
+    else:
+        arr = load_npz(Path(f"set.{ext}"))["images"]
+    assert arr.shape == (N,) + SIZE
+    truth = load_npz(Path("set.truth.npz"))
+    assert {k: truth[k].shape for k in ("face", "background", "prior", "positions")} == {
+        "face": FACE, "background": SIZE, "prior": N_POS, "positions": (N, 2)}
+    assert truth["noise_std"].shape == ()
+
+
+def test_generate_seed_reproducible():
+    ok("generate", *GEN, "--seed", 7, "-o", "a.npy")
+    ok("generate", *GEN, "--seed", 7, "-o", "b.npy")
+    ok("generate", *GEN, "--seed", 8, "-o", "c.npy")
+    a, b, c = (np.load(f"{x}.npy") for x in "abc")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    np.testing.assert_array_equal(load_npz(Path("a.truth.npz"))["positions"],
+                                  load_npz(Path("b.truth.npz"))["positions"])
+
+
+def test_generate_resizes_face_and_background():
+    ok("generate", "--face-size", "10x7", "--size", "20x25", "-n", 5, "-o", "s.npy")
+    assert np.load("s.npy").shape == (5, 20, 25)
+    truth = load_npz(Path("s.truth.npz"))
+    assert truth["face"].shape == (10, 7)
+    assert truth["background"].shape == (20, 25)
+    assert truth["prior"].shape == (11, 19)
+
+
+def test_generate_default_sizes_are_the_bundled_sample():
+    ok("generate", "-n", 2, "-o", "s.npy")
+    assert np.load("s.npy").shape == (2, 72, 96)
+    assert load_npz(Path("s.truth.npz"))["face"].shape == (40, 30)
+
+
+def test_generate_centred_prior_clusters_positions():
+    common = ["--face-size", "16x12", "--size", "24x32", "-n", 300, "--noise", 0]
+    ok("generate", *common, "-o", "uniform.npy")
+    ok("generate", *common, "--prior", "centred", "-o", "centred.npy")
+    centre = (np.array(N_POS) - 1) / 2
+    dist = {}
+    for name in ("uniform", "centred"):
+        truth = load_npz(Path(f"{name}.truth.npz"))
+        dist[name] = np.linalg.norm(truth["positions"] - centre, axis=1).mean()
+    assert dist["centred"] < 0.85 * dist["uniform"]
+    prior = load_npz(Path("centred.truth.npz"))["prior"]
+    assert np.unravel_index(np.argmax(prior), prior.shape) == (4, 10)
+
+
+def test_generate_prior_from_npy_file():
+    prior = np.zeros(N_POS)
+    prior[3, 7] = 1.0
+    np.save("onehot.npy", prior)
+    ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 20, "--noise", 0,
+       "--prior", "onehot.npy", "-o", "s.npy")
+    truth = load_npz(Path("s.truth.npz"))
+    assert (truth["positions"] == [3, 7]).all()
+    np.testing.assert_array_equal(truth["prior"], prior)
+    expected = synthetic.paste(truth["background"], truth["face"], (3, 7))
+    imgs = np.load("s.npy")
+    for img in imgs:  # no noise: every image is the face pasted at (3, 7)
+        np.testing.assert_allclose(img, expected, atol=1e-4)
+
+
+def test_generate_prior_of_wrong_shape_is_a_usage_error(tmp_path):
+    np.save("bad.npy", np.full((5, 5), 1 / 25))
+    before = listing(tmp_path)
+    r = cli("generate", *GEN, "--prior", "bad.npy", "-o", "out")
+    error_line(r, 2, "--prior", "(5, 5)", "(9, 21)")
+    assert listing(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fit_writes_a_complete_run(fitted, truth):
+    run, result = fitted
+    assert result.stdout == ""
+    assert set(os.listdir(run)) == RUN_FILES
+    res = check_fit(run, truth)
+    assert res["background"].shape == SIZE
+    assert res["prior"].shape == N_POS and np.isclose(res["prior"].sum(), 1)
+    assert abs(float(res["noise_std"]) - NOISE) < 0.1 * NOISE
+    assert str(res["method"]) == "soft"
+    for name in ("face.png", "background.png", "prior.png"):
+        img = iio.imread(run / name)
+        assert img.dtype == np.uint8
+    assert iio.imread(run / "face.png").shape[:2] == FACE
+    assert iio.imread(run / "background.png").shape[:2] == SIZE
+    assert iio.imread(run / "prior.png").shape[:2] == N_POS
+    settings = json.loads(str(res["settings"]))
+    assert settings["face_size"] == list(FACE) and settings["n_images"] == N
+
+
+def test_fit_history_csv(fitted):
+    run, _ = fitted
+    res = load_npz(run / "result.npz")
+    rows = read_csv(run / "history.csv")
+    n_iter = int(res["n_iter"])
+    assert n_iter >= 1
+    assert len(rows) == n_iter + 1
+    assert [int(r["iteration"]) for r in rows] == list(range(n_iter + 1))
+    elbo = np.array([float(r["elbo"]) for r in rows])
+    np.testing.assert_allclose(elbo, res["elbo"])
+    assert (np.diff(elbo) >= -1e-9 * np.abs(elbo[:-1])).all(), "soft EM's ELBO went down"
+    ll = np.array([float(r["log_likelihood"]) for r in rows])
+    assert (elbo <= ll + 1e-6 * np.abs(ll)).all()  # a lower bound
+    assert all(int(r["n_values"]) == N * SIZE[0] * SIZE[1] for r in rows)
+
+
+def test_fit_positions_csv_and_truth_columns(fitted, truth):
+    run, result = fitted
+    rows = read_csv(run / "positions.csv")
+    assert list(rows[0]) == ["image", "row", "column", "probability"]
+    assert [r["image"] for r in rows] == [f"img{k:02d}.tif" for k in range(1, N + 1)]
+    found = np.array([[int(r["row"]), int(r["column"])] for r in rows])
+    assert (found == truth["positions"]).all(axis=1).mean() >= 0.95
+    assert all(0 <= float(r["probability"]) <= 1 for r in rows)
+
+    history = read_csv(run / "history.csv")
+    assert list(history[0])[-3:] == ["face_rmse", "background_rmse", "positions_right"]
+    assert float(history[-1]["positions_right"]) >= 0.9
+    assert float(history[-1]["face_rmse"]) < float(history[0]["face_rmse"])
+    assert "positions right" in result.stderr
+
+
+def test_fit_positions_follow_natural_order(tmp_path, stack, truth):
+    os.mkdir("pngs")
+    for k in range(N):  # names a1..a60: a plain sort would put a10 before a2
+        save_png(tmp_path / "pngs" / f"a{k + 1}.png", stack[k])
+    ok("fit", "pngs", "--face-size", "16x12", "-o", "run")
+    rows = read_csv(tmp_path / "run" / "positions.csv")
+    assert [r["image"] for r in rows] == [f"a{k}.png" for k in range(1, N + 1)]
+    found = np.array([[int(r["row"]), int(r["column"])] for r in rows])
+    assert (found == truth["positions"]).all(axis=1).mean() >= 0.95
+
+
+def test_fit_json_summary_is_all_of_stdout(data, truth):
+    r = ok("fit", data, "--face-size", "16x12", "--truth", data / "truth.npz", "--json",
+           "-o", "run")
+    summary = json.loads(r.stdout)
+    assert set(summary) >= JSON_KEYS
+    assert set(summary) - JSON_KEYS == {"face_rmse", "background_rmse", "positions_right"}
+    assert summary["images"] == N
+    assert summary["image_size"] == list(SIZE) and summary["face_size"] == list(FACE)
+    assert summary["method"] == "soft" and summary["restarts"] == 1
+    assert summary["out"] == "run"
+    assert summary["positions_right"] >= 0.9
+    res = check_fit(Path("run"), truth)
+    assert summary["iterations"] == int(res["n_iter"])
+    assert summary["noise_std"] == pytest.approx(float(res["noise_std"]))
+    assert summary["elbo"] == pytest.approx(float(res["elbo"][-1]))
+
+
+def test_fit_hard(hard_run, truth):
+    res = check_fit(hard_run, truth)
+    assert str(res["method"]) == "hard"
+    probs = [float(r["probability"]) for r in read_csv(hard_run / "positions.csv")]
+    assert len(probs) == N
+
+
+def test_fit_restarts(data, truth):
+    r = ok("fit", data, "--face-size", "16x12", "--restarts", 2, "--json", "-o", "run")
+    res = check_fit(Path("run"), truth)
+    assert res["restart_elbo"].shape[0] == 2
+    assert len(res["restart_n_iter"]) == 2
+    assert int(res["best_restart"]) in (0, 1)
+    summary = json.loads(r.stdout)
+    assert summary["restarts"] == 2
+    best = int(res["best_restart"])
+    n = int(res["restart_n_iter"][best]) + 1
+    np.testing.assert_allclose(res["restart_elbo"][best, :n], res["elbo"])
+
+
+def test_fit_max_iter_0(data):
+    r = ok("fit", data, "--face-size", "16x12", "--max-iter", 0, "--json", "-o", "run")
+    assert set(os.listdir("run")) == RUN_FILES
+    res = load_npz(Path("run/result.npz"))
+    assert int(res["n_iter"]) == 0
+    assert len(read_csv(Path("run/history.csv"))) == 1
+    assert len(read_csv(Path("run/positions.csv"))) == N
+    assert json.loads(r.stdout)["iterations"] == 0
+
+
+def test_fit_warm_start_from_a_run(fitted, data, truth):
+    run, _ = fitted
+    converged = load_npz(run / "result.npz")
+    assert bool(converged["converged"])
+    ok("fit", data, "--init-from", run, "-o", "warm")  # no --face-size: taken from the run
+    res = check_fit(Path("warm"), truth)
+    assert res["face"].shape == FACE
+    assert int(res["n_iter"]) <= 2
+    np.testing.assert_allclose(res["face"], converged["face"], atol=1e-3 * NOISE)
+    assert json.loads(str(res["settings"]))["init_from"] == str(run)
+    # a result.npz works too
+    ok("fit", data, "--init-from", run / "result.npz", "-o", "warm2")
+    assert int(load_npz(Path("warm2/result.npz"))["n_iter"]) <= 2
+
+
+def test_fit_warm_start_with_other_face_size_is_refused(fitted, npy):
+    run, _ = fitted
+    r = cli("fit", npy, "--init-from", run, "--face-size", "10x10", "-o", "warm")
+    error_line(r, 2, "--init-from", "16x12", "10x10")
+    assert not Path("warm").exists()
+
+
+@pytest.mark.parametrize("kind", ["glob", "npz", "npy", "mat", "npy-hwk"])
+def test_fit_input_kinds(kind, data, stack, truth, tmp_path):
+    extra: list[str] = []
+    if kind == "glob":
+        source = f"{data}/img*.tif"
+    elif kind == "npz":
+        source = "s.npz"
+        np.savez("s.npz", images=stack)
+    elif kind == "npy":
+        source = "s.npy"
+        np.save(source, stack)
+    elif kind == "mat":
+        source = "s.mat"
+        scipy.io.savemat(source, {"X": stack.transpose(1, 2, 0)})  # (H, W, K)
+    else:
+        source = "s.npy"
+        np.save(source, stack.transpose(1, 2, 0))  # (24, 32, 60): auto would guess khw
+        extra = ["--layout", "hwk"]
+    ok("fit", source, "--face-size", "16x12", *extra, "-o", "run")
+    check_fit(tmp_path / "run", truth)
+    rows = read_csv(tmp_path / "run" / "positions.csv")
+    assert len(rows) == N
+    found = np.array([[int(r["row"]), int(r["column"])] for r in rows])
+    assert (found == truth["positions"]).all(axis=1).mean() >= 0.95
+    if kind == "glob":
+        assert rows[0]["image"] == "img01.tif"
+    elif kind != "mat":
+        assert rows[0]["image"] == "s.np" + kind[2] + "[0]"
+
+
+def test_fit_face_to_stdout_as_png(data, tmp_path):
+    r = ok("fit", data, "--face-size", "16x12", "--zoom", 3, "-o", "-")
+    out = r.stdout_bytes
+    assert out.startswith(PNG_SIGNATURE)
+    assert png_chunks(out).count(b"IHDR") == 1
+    img = iio.imread(out)
+    assert img.shape[:2] == (FACE[0] * 3, FACE[1] * 3)
+    assert os.listdir(tmp_path) == []  # no run folder written
+    assert PNG_SIGNATURE not in r.stderr_bytes
+
+
+def test_fit_json_with_stdout_png_is_a_usage_error(data, tmp_path):
+    r = cli("fit", data, "--face-size", "16x12", "--json", "-o", "-")
+    error_line(r, 2, "--json")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# overwriting
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fit_refuses_a_non_empty_folder_then_overwrites_it(data, tmp_path, truth):
+    os.mkdir("run")
+    Path("run/keep.txt").write_text("mine")
+    r = cli("fit", data, "--face-size", "16x12", "-o", "run")
+    error_line(r, 1, "run", "--overwrite")
+    assert os.listdir("run") == ["keep.txt"]
+    assert Path("run/keep.txt").read_text() == "mine"
+    assert listing(tmp_path) == {"run", "run/keep.txt"}
+
+    ok("fit", data, "--face-size", "16x12", "-o", "run", "--overwrite")
+    assert set(os.listdir("run")) == RUN_FILES
+    check_fit(tmp_path / "run", truth)
+    assert {p for p in os.listdir(tmp_path)} == {"run"}  # no temporary or backup folder left
+
+
+def test_fit_into_an_empty_existing_folder(data, truth, tmp_path):
+    os.mkdir("run")
+    ok("fit", data, "--face-size", "16x12", "-o", "run")
+    check_fit(tmp_path / "run", truth)
+
+
+def test_plot_elbo_refuses_an_existing_file_then_overwrites_it(fitted):
+    run, _ = fitted
+    Path("elbo.png").write_bytes(b"old")
+    r = cli("plot-elbo", run, "-o", "elbo.png")
+    error_line(r, 1, "elbo.png", "--overwrite")
+    assert Path("elbo.png").read_bytes() == b"old"
+    ok("plot-elbo", run, "-o", "elbo.png", "--overwrite")
+    assert Path("elbo.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert os.listdir(".") == ["elbo.png"]
+
+
+def test_detect_refuses_an_existing_file_then_overwrites_it(fitted, npy):
+    run, _ = fitted
+    Path("pos.csv").write_text("old")
+    r = cli("detect", run, npy, "-o", "pos.csv")
+    error_line(r, 1, "pos.csv", "--overwrite")
+    assert Path("pos.csv").read_text() == "old"
+    ok("detect", run, npy, "-o", "pos.csv", "--overwrite")
+    assert len(read_csv(Path("pos.csv"))) == N
+
+
+def test_detect_refuses_a_non_empty_draw_folder(fitted, npy, tmp_path):
+    run, _ = fitted
+    os.mkdir("boxed")
+    Path("boxed/keep.txt").write_text("mine")
+    r = cli("detect", run, npy, "--draw", "boxed", "-o", "pos.csv")
+    error_line(r, 1, "boxed", "--overwrite")
+    assert listing(tmp_path) == {"boxed", "boxed/keep.txt"}
+
+
+# ---------------------------------------------------------------------------------------------
+# plot-elbo
+# ---------------------------------------------------------------------------------------------
+
+
+def test_plot_elbo_from_a_run_folder_png(fitted):
+    run, _ = fitted
+    r = ok("plot-elbo", run, "-o", "elbo.png")
+    assert r.stdout == ""
+    img = iio.imread("elbo.png")
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert len(np.unique(img.reshape(-1, img.shape[2]), axis=0)) > 2  # something is drawn
+
+
+def test_plot_elbo_from_result_npz_svg(fitted):
+    run, _ = fitted
+    ok("plot-elbo", run / "result.npz", "-o", "elbo.svg")
+    text = Path("elbo.svg").read_text(encoding="utf-8")
+    assert text.startswith("<?xml") or "<svg" in text
+
+
+def test_plot_elbo_from_history_csv_pdf(fitted):
+    run, _ = fitted
+    ok("plot-elbo", run / "history.csv", "-o", "elbo.pdf")
+    assert Path("elbo.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_plot_elbo_several_runs_with_labels(fitted, hard_run):
+    run, _ = fitted
+    ok("plot-elbo", run, hard_run, "-l", "softLBL", "--label", "hardLBL", "--x", "seconds",
+       "--per-pixel", "--title", "TitleTXT", "-o", "c.svg")
+    text = Path("c.svg").read_text(encoding="utf-8")
+    assert "<svg" in text
+    for word in ("softLBL", "hardLBL", "TitleTXT"):  # matplotlib keeps text in comments
+        assert word in text
+
+
+@pytest.mark.parametrize("options", [["--gap"], ["--quantity", "log-likelihood"],
+                                     ["--quantity", "log-likelihood", "--gap", "--per-pixel"]])
+def test_plot_elbo_options(fitted, hard_run, options):
+    run, _ = fitted
+    ok("plot-elbo", run, hard_run, *options, "-o", "f.png")
+    assert iio.imread("f.png").ndim == 3
+
+
+def test_plot_elbo_png_to_stdout(fitted, tmp_path):
+    run, _ = fitted
+    r = ok("plot-elbo", run, "-o", "-")
+    png_chunks(r.stdout_bytes)
+    assert iio.imread(r.stdout_bytes).ndim == 3
+    assert os.listdir(tmp_path) == []
+
+
+def test_plot_elbo_bad_extension(fitted, tmp_path):
+    run, _ = fitted
+    r = cli("plot-elbo", run, "-o", "elbo.jpg")
+    error_line(r, 2, "--out", "elbo.jpg")
+    assert os.listdir(tmp_path) == []
+
+
+def test_plot_elbo_label_count_mismatch(fitted, hard_run, tmp_path):
+    run, _ = fitted
+    r = cli("plot-elbo", run, hard_run, "-l", "only one", "-o", "elbo.png")
+    error_line(r, 2, "--label")
+    assert os.listdir(tmp_path) == []
+
+
+def test_plot_elbo_missing_run(tmp_path):
+    r = cli("plot-elbo", "nowhere", "-o", "elbo.png")
+    error_line(r, 1, "nowhere")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# detect
+# ---------------------------------------------------------------------------------------------
+
+
+def test_detect_prints_positions_csv(fitted, data, truth):
+    run, _ = fitted
+    r = ok("detect", run, data)
+    rows = read_csv(r.stdout)
+    assert r.stdout.splitlines()[0] == "image,row,column,probability"
+    assert len(rows) == N
+    assert [x["image"] for x in rows] == [f"img{k:02d}.tif" for k in range(1, N + 1)]
+    found = np.array([[int(x["row"]), int(x["column"])] for x in rows])
+    assert (found == truth["positions"]).all(axis=1).mean() >= 0.95
+    assert all(0 <= float(x["probability"]) <= 1 for x in rows)
+
+
+def test_detect_with_result_npz_and_draw(fitted, npy, truth, tmp_path):
+    run, _ = fitted
+    r = ok("detect", run / "result.npz", npy, "--draw", "boxed", "-o", "pos.csv")
+    assert r.stdout == ""
+    rows = read_csv(Path("pos.csv"))
+    assert len(rows) == N
+    files = sorted(os.listdir("boxed"), key=natural_sort_key)
+    assert len(files) == N and all(f.endswith(".png") for f in files)
+    for k in (0, 1, N - 1):
+        img = iio.imread(tmp_path / "boxed" / files[k])
+        assert img.shape == SIZE + (3,) and img.dtype == np.uint8
+        red = (img[..., 0] == 255) & (img[..., 1] == 0) & (img[..., 2] == 0)
+        assert red.sum() >= 2 * (FACE[0] + FACE[1]) - 4
+        r0, c0 = int(rows[k]["row"]), int(rows[k]["column"])
+        assert red[r0, c0] and red[r0 + FACE[0] - 1, c0 + FACE[1] - 1]
+        assert not red[r0 + 1 : r0 + FACE[0] - 1, c0 + 1 : c0 + FACE[1] - 1].any()
+
+
+def test_detect_draw_from_a_folder(fitted, data, tmp_path):
+    run, _ = fitted
+    ok("detect", run, data, "--draw", "boxed", "-o", "pos.csv")
+    rows = read_csv(Path("pos.csv"))
+    files = sorted(os.listdir("boxed"), key=natural_sort_key)
+    assert files == [f"img{k:02d}.png" for k in range(1, N + 1)]
+    for k in (0, N - 1):
+        img = iio.imread(tmp_path / "boxed" / files[k])
+        assert img.shape == SIZE + (3,)
+        r0, c0 = int(rows[k]["row"]), int(rows[k]["column"])
+        assert tuple(img[r0, c0]) == (255, 0, 0)
+
+
+def test_detect_images_of_another_size(fitted, tmp_path):
+    run, _ = fitted
+    np.save("small.npy", np.full((3, 20, 30), 100.0))
+    r = cli("detect", run, "small.npy", "-o", "pos.csv")
+    error_line(r, 1, "small.npy", "20x30", "24x32")
+    assert os.listdir(tmp_path) == ["small.npy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: one line on stderr naming the culprit, no traceback, nothing left behind
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def png_folder(tmp_path, stack) -> Path:
+    """Five good PNGs of 24x32 in ``imgs`` (nothing else there)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(5):
+        save_png(folder / f"img{k + 1}.png", stack[k])
+    return folder
+
+
+def fit_fails(tmp_path, code: int, args: list, *needles: str) -> str:
+    before = listing(tmp_path)
+    r = cli("fit", *args, "-o", "run")
+    line = error_line(r, code, *needles)
+    assert listing(tmp_path) == before  # no run folder, no temporary left
+    return line
+
+
+def test_error_missing_input(tmp_path):
+    fit_fails(tmp_path, 1, ["nowhere", "--face-size", "16x12"], "nowhere")
+
+
+def test_error_corrupt_image(tmp_path, png_folder):
+    good = (png_folder / "img3.png").read_bytes()
+    (png_folder / "img3.png").write_bytes(good[: len(good) // 2])
+    fit_fails(tmp_path, 1, ["imgs", "--face-size", "16x12"], "img3.png")
+
+
+def test_error_mixed_image_sizes(tmp_path, png_folder):
+    save_png(png_folder / "img4.png", np.full((20, 30), 100.0))
+    save_png(png_folder / "img5.png", np.full((22, 30), 100.0))
+    line = fit_fails(tmp_path, 1, ["imgs", "--face-size", "16x12"], "img4.png", "20x30",
+                     "24x32")
+    assert "img5" not in line
+
+
+def test_error_empty_folder(tmp_path):
+    os.mkdir("empty")
+    fit_fails(tmp_path, 1, ["empty", "--face-size", "16x12"], "empty")
+
+
+def test_error_glob_matching_nothing(tmp_path):
+    fit_fails(tmp_path, 1, ["nothing/*.png", "--face-size", "16x12"], "nothing/*.png")
+
+
+def test_error_face_larger_than_images(tmp_path, png_folder):
+    fit_fails(tmp_path, 2, ["imgs", "--face-size", "100x100"], "--face-size", "100x100",
+              "24x32")
+
+
+def test_error_nan_in_npy(tmp_path, stack):
+    bad = stack[:5].copy()
+    bad[2, 3, 4] = np.nan
+    np.save("bad.npy", bad)
+    fit_fails(tmp_path, 1, ["bad.npy", "--face-size", "16x12"], "bad.npy", "NaN")
+
+
+@pytest.mark.parametrize("value", ["40", "0x5", "axb", "5x0", "-3x4"])
+def test_error_bad_face_size(tmp_path, npy, value):
+    fit_fails(tmp_path, 2, [npy, "--face-size", value], "--face-size", value)
+
+
+def test_error_missing_face_size(tmp_path, npy):
+    fit_fails(tmp_path, 2, [npy], "--face-size")
+
+
+def test_error_truth_for_other_data(tmp_path, npy):
+    ok("generate", "--face-size", "16x12", "--size", "20x30", "-n", 5, "-o", "other.npy")
+    fit_fails(tmp_path, 2, [npy, "--face-size", "16x12", "--truth", "other.truth.npz"],
+              "--truth", "other.truth.npz")
+
+
+def test_error_truth_with_other_image_count(tmp_path, npy):
+    ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 5, "-o", "other.npy")
+    fit_fails(tmp_path, 2, [npy, "--face-size", "16x12", "--truth", "other.truth.npz"],
+              "--truth")
+
+
+def test_error_missing_truth_file(tmp_path, npy):
+    fit_fails(tmp_path, 1, [npy, "--face-size", "16x12", "--truth", "nope.npz"], "nope.npz")
+
+
+def test_error_output_folder_missing_parent(tmp_path, npy):
+    before = listing(tmp_path)
+    r = cli("fit", npy, "--face-size", "16x12", "-o", "no/such/run")
+    error_line(r, 1, "no/such/run")
+    assert listing(tmp_path) == before
+
+
+def test_error_generate_face_larger_than_background(tmp_path):
+    r = cli("generate", "--face-size", "30x30", "--size", "24x32", "-n", 3, "-o", "d")
+    error_line(r, 2, "--face-size")
+    assert os.listdir(tmp_path) == []
+
+
+def test_error_generate_refuses_existing_output(tmp_path):
+    ok("generate", *GEN, "-o", "s.npy")
+    old = Path("s.npy").read_bytes()
+    old_truth = Path("s.truth.npz").read_bytes()
+    r = cli("generate", *GEN, "--seed", 1, "-o", "s.npy")
+    line = error_line(r, 1, "--overwrite")
+    assert "s.npy" in line or "s.truth.npz" in line
+    assert Path("s.npy").read_bytes() == old
+    assert Path("s.truth.npz").read_bytes() == old_truth
+    os.remove("s.truth.npz")  # the stack alone is in the way: it is named, nothing is written
+    r = cli("generate", *GEN, "--seed", 1, "-o", "s.npy")
+    error_line(r, 1, "s.npy", "--overwrite")
+    assert sorted(os.listdir(tmp_path)) == ["s.npy"]
+    assert Path("s.npy").read_bytes() == old
+    ok("generate", *GEN, "--seed", 1, "-o", "s.npy", "--overwrite")
+    assert Path("s.npy").read_bytes() != old
+
+
+def test_error_generate_to_an_image_file_name(tmp_path):
+    # A folder named like an image file is surely a mistake: write_stack refuses such names
+    # ("give a folder name without .png"), generate should too instead of making a folder.
+    r = cli("generate", "-n", 3, "-o", "out.png")
+    assert r.exit_code in (1, 2)
+    error_line(r, r.exit_code, "out.png")
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_command_and_option():
+    error_line(cli("fitt"), 2, "fitt")
+    error_line(cli("fit", "x", "--bogus"), 2, "--bogus")
+
+
+def test_version_and_help():
+    r = ok("--version")
+    assert __version__ in r.stdout
+    r = ok("fit", "--help")
+    assert "--face-size" in r.stdout and "--init-from" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the installed scripts, and the README's main job
+# ---------------------------------------------------------------------------------------------
+
+
+def test_installed_entry_points(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "facefinder_cli", "--version"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert re.search(rf"\b{re.escape(__version__)}\b", p.stdout)
+
+    ok("generate", "--face-size", "8x6", "--size", "12x16", "-n", 20, "--noise", 10, "-o", "d")
+    script = Path(sys.executable).parent / "facefinder"
+    assert script.is_file()
+    p = subprocess.run([str(script), "fit", "d", "--face-size", "8x6", "--json", "-o", "run"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["images"] == 20
+    assert "Traceback" not in p.stderr
+    assert set(os.listdir(tmp_path / "run")) == RUN_FILES
+
+    p = subprocess.run([str(script), "fit", "nowhere", "--face-size", "8x6", "-o", "run2"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
+    assert "nowhere" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_readme_main_job_on_the_sample(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    ok("fit", "sample_data/noisy", "--face-size", "40x30", "-o", tmp_path / "run")
+    truth = load_npz(SAMPLE / "truth.npz")
+    res = check_fit(tmp_path / "run", truth, min_corr=0.95)
+    rows = read_csv(tmp_path / "run" / "positions.csv")
+    assert len(rows) == 200 and rows[0]["image"] == "img001.png"
+    found = np.array([[int(r["row"]), int(r["column"])] for r in rows])
+    assert (found == truth["positions"]).all(axis=1).mean() >= 0.95
+    assert res["background"].shape == (72, 96)
