@@ -5,6 +5,7 @@ ratio of a soft iteration to one ``rfft2`` + one ``irfft2`` over the whole stack
 the algorithm), and the speed-up over a straightforward implementation (``naive.py``: one
 ``fftconvolve`` call per image and term), whose results are checked against the engine's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def best_of(fn, repeat: int) -> float:
 def per_iteration(X, face_shape, start, method, n_iter, **kw) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", engine.ConvergenceWarning)
-        r = engine.fit(X, face_shape, method=method, init_params=start, max_iter=n_iter,
-                       tol=-np.inf, **kw)
+        r = engine.fit(
+            X, face_shape, method=method, init_params=start, max_iter=n_iter, tol=-np.inf, **kw
+        )
     return float(np.median(np.diff(r.seconds)))
 
 
@@ -66,7 +68,9 @@ def main() -> None:
     data = synthetic.make_dataset(face, background, K, 100.0, seed=0)
     X = data.images
     start = engine.Params(
-        synthetic.texture("clouds", (m, m), seed=1), np.full((n, n), 128.0), 100.0,
+        synthetic.texture("clouds", (m, m), seed=1),
+        np.full((n, n), 128.0),
+        100.0,
         data.truth.prior,
     )
     kw = {"workers": args.workers}
@@ -82,8 +86,9 @@ def main() -> None:
     t = time.perf_counter()
     F, B, s, A = naive.iteration(X, start.face, start.background, start.noise_std, start.prior)
     naive_s = time.perf_counter() - t
-    r1 = engine.fit(X, (m, m), init_params=start, max_iter=1, tol=-np.inf,
-                    prior_update="always", **kw)
+    r1 = engine.fit(
+        X, (m, m), init_params=start, max_iter=1, tol=-np.inf, prior_update="always", **kw
+    )
     agree = max(
         np.abs(r1.face - F).max() / np.abs(F).max(),
         np.abs(r1.background - B).max() / np.abs(B).max(),
@@ -92,8 +97,10 @@ def main() -> None:
     )
 
     print(f"# Engine benchmark: K={K} images of {n}x{n}, face {m}x{m}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
-          f"NumPy {np.__version__}, SciPy {scipy.__version__}; scipy.fft workers={args.workers}")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"NumPy {np.__version__}, SciPy {scipy.__version__}; scipy.fft workers={args.workers}"
+    )
     print(f"soft EM iteration          {soft * 1e3:8.1f} ms")
     print(f"hard EM iteration          {hard * 1e3:8.1f} ms")
     print(f"rfft2 + irfft2 of stack    {floor * 1e3:8.1f} ms")

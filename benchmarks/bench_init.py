@@ -5,6 +5,7 @@ For every scene, noise level and seed, a data set is drawn, EM is run from the t
 the optimum when its final log-likelihood is at least the yardstick's minus ``1e-6`` nats per
 image and pixel. Prints one line per data set and a summary table (markdown).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,13 @@ def scenes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {
         "photo face 40x30 on bricks 72x96": (face, brick),
         "study: drawn face 16x16 on stripes 20x30": (
-            synthetic.cartoon_face(16, 16), synthetic.texture("stripes", (20, 30))),
+            synthetic.cartoon_face(16, 16),
+            synthetic.texture("stripes", (20, 30)),
+        ),
         "drawn face 24x20 on checks 48x60": (
-            synthetic.cartoon_face(24, 20), synthetic.texture("checker", (48, 60))),
+            synthetic.cartoon_face(24, 20),
+            synthetic.texture("checker", (48, 60)),
+        ),
         "photo face 20x15 on clouds 40x50": (face[::2, ::2], synthetic.texture("clouds", (40, 50))),
     }
 
@@ -62,8 +67,10 @@ def main() -> None:
                 data = synthetic.make_dataset(face, background, args.images, noise, seed=seed)
                 X = data.images
                 best = engine.fit(X, face.shape, init_params=data.truth, **fit_kw)
-                line = [f"{name} | noise {noise:g} | seed {seed} | truth-start "
-                        f"corr {np.corrcoef(best.face.ravel(), face.ravel())[0, 1]:.3f}"]
+                line = [
+                    f"{name} | noise {noise:g} | seed {seed} | truth-start "
+                    f"corr {np.corrcoef(best.face.ravel(), face.ravel())[0, 1]:.3f}"
+                ]
                 total[noise] += 1
                 for start, kw in STARTS.items():
                     t = time.perf_counter()
@@ -71,12 +78,16 @@ def main() -> None:
                     gap = (best.log_likelihood[-1] - r.log_likelihood[-1]) / X.size
                     reached[noise, start] += gap <= REACH
                     corr = np.corrcoef(r.face.ravel(), face.ravel())[0, 1]
-                    line.append(f"{start}: gap {gap:+.1e} corr {corr:.3f} "
-                                f"{r.n_iter} it {time.perf_counter() - t:.1f}s")
+                    line.append(
+                        f"{start}: gap {gap:+.1e} corr {corr:.3f} "
+                        f"{r.n_iter} it {time.perf_counter() - t:.1f}s"
+                    )
                 print(" | ".join(line), flush=True)
-    print(f"\nStarts reaching the truth-started fit's log-likelihood (within {REACH:g} nats per "
-          f"image and pixel), {args.method} EM, K={args.images}, {args.seeds} seeds x "
-          f"{len(scenes())} scenes per noise level:\n")
+    print(
+        f"\nStarts reaching the truth-started fit's log-likelihood (within {REACH:g} nats per "
+        f"image and pixel), {args.method} EM, K={args.images}, {args.seeds} seeds x "
+        f"{len(scenes())} scenes per noise level:\n"
+    )
     print("| start | " + " | ".join(f"noise {n:g}" for n in noises) + " |")
     print("|---|" + "---|" * len(noises))
     for start in STARTS:

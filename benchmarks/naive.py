@@ -1,5 +1,6 @@
 """A straightforward EM iteration, as most people write it: one ``scipy.signal.fftconvolve``
 call per image and term. The yardstick for ``bench_engine.py``; not used by the tool."""
+
 from __future__ import annotations
 
 import numpy as np

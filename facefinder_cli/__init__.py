@@ -8,6 +8,7 @@ The engine works on a stack ``X`` of shape ``(n_images, height, width)``::
 
 See :func:`fit` for the options, :mod:`facefinder_cli.compat` for the course's (H, W, K) API.
 """
+
 __version__ = "0.1.0"
 
 from facefinder_cli.engine import (  # noqa: E402

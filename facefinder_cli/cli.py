@@ -4,18 +4,19 @@ Commands are thin: parse options, call the library, report. All maths lives in t
 stdout carries only data (a PNG with ``-o -``, a JSON summary with ``--json``, CSV from
 ``detect``); messages, warnings and the progress bar go to stderr.
 """
+
 from __future__ import annotations
 
 import functools
 import json
 import logging
-import math
 import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import numpy as np
@@ -61,10 +62,22 @@ def _verbosity(f: Callable) -> Callable:
         log.setLevel(min(max(level, logging.DEBUG), logging.ERROR))
         return value
 
-    f = click.option("-q", "--quiet", count=True, expose_value=False, callback=set_level,
-                     help="Fewer messages (-qq: errors only).")(f)
-    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=set_level,
-                     help="More messages (-v: details).")(f)
+    f = click.option(
+        "-q",
+        "--quiet",
+        count=True,
+        expose_value=False,
+        callback=set_level,
+        help="Fewer messages (-qq: errors only).",
+    )(f)
+    f = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=set_level,
+        help="More messages (-v: details).",
+    )(f)
     return f
 
 
@@ -72,7 +85,10 @@ overwrite_opt = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs (refused without it)."
 )
 layout_opt = click.option(
-    "--layout", type=click.Choice(["auto", "khw", "hwk"]), default="auto", show_default=True,
+    "--layout",
+    type=click.Choice(["auto", "khw", "hwk"]),
+    default="auto",
+    show_default=True,
     help="Axis order of a .npy/.npz/.mat stack: images first (khw) or last (hwk, as the "
     "course's .mat files); auto guesses from the file type and shape.",
 )
@@ -196,8 +212,9 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
     try:
         prior = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise click.BadParameter(f"{value}: not a readable .npy file ({err})",
-                                 param_hint="--prior") from None
+        raise click.BadParameter(
+            f"{value}: not a readable .npy file ({err})", param_hint="--prior"
+        ) from None
     if prior.shape != shape:
         raise click.BadParameter(
             f"{value}: shape {prior.shape}; the positions of a {face_shape[0]}x{face_shape[1]} "
@@ -208,27 +225,65 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("-o", "--out", required=True, metavar="PATH",
-              help="A folder (one image per file), or a .npz / .npy / .tif stack file.")
-@click.option("--face", type=click.Path(dir_okay=False), metavar="IMAGE",
-              help="Face image [default: the bundled sample face, 40x30].")
-@click.option("--background", type=click.Path(dir_okay=False), metavar="IMAGE",
-              help="Background image [default: the bundled bricks, 72x96].")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    metavar="PATH",
+    help="A folder (one image per file), or a .npz / .npy / .tif stack file.",
+)
+@click.option(
+    "--face",
+    type=click.Path(dir_okay=False),
+    metavar="IMAGE",
+    help="Face image [default: the bundled sample face, 40x30].",
+)
+@click.option(
+    "--background",
+    type=click.Path(dir_okay=False),
+    metavar="IMAGE",
+    help="Background image [default: the bundled bricks, 72x96].",
+)
 @click.option("--face-size", type=SHAPE, help="Resize the face to HxW pixels.")
 @click.option("--size", type=SHAPE, help="Resize the background (so the images) to HxW pixels.")
-@click.option("-n", "--count", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Number of images.")
-@click.option("--noise", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="Noise standard deviation, in pixel units (0..255 for 8-bit images; the "
-              "study used 200, 400 and 1000).")
-@click.option("--prior", default="uniform", show_default=True, metavar="uniform|centred|FILE.npy",
-              help="Distribution of face positions: uniform, centred (a Gaussian bump), or a "
-              ".npy table of shape (H-h+1, W-w+1).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Random seed: the same seed gives the same images.")
-@click.option("--format", "fmt", type=click.Choice(["tiff", "png"]),
-              help="Image files in a folder: exact 32-bit float TIFF (the default), or 8-bit "
-              "PNG (clips to 0..255 and rounds).")
+@click.option(
+    "-n",
+    "--count",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Number of images.",
+)
+@click.option(
+    "--noise",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Noise standard deviation, in pixel units (0..255 for 8-bit images; the "
+    "study used 200, 400 and 1000).",
+)
+@click.option(
+    "--prior",
+    default="uniform",
+    show_default=True,
+    metavar="uniform|centred|FILE.npy",
+    help="Distribution of face positions: uniform, centred (a Gaussian bump), or a "
+    ".npy table of shape (H-h+1, W-w+1).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed: the same seed gives the same images.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tiff", "png"]),
+    help="Image files in a folder: exact 32-bit float TIFF (the default), or 8-bit "
+    "PNG (clips to 0..255 and rounds).",
+)
 @overwrite_opt
 @_verbosity
 @_reports_errors
@@ -260,8 +315,9 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
             param_hint="--face-size" if face_size else "--face",
         )
     prior_table = _parse_prior(prior, (fh, fw), (bh, bw))
-    data = synthetic.make_dataset(face_img, bg_img, count, noise, prior=prior_table, seed=seed,
-                                  dtype=np.float32)
+    data = synthetic.make_dataset(
+        face_img, bg_img, count, noise, prior=prior_table, seed=seed, dtype=np.float32
+    )
     try:
         fmt, stack_file = images.stack_target(out, fmt)
     except images.InputError as err:
@@ -279,11 +335,24 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
             clipped = images.write_image_files(tmp, data.images, fmt=fmt)
             runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
     if clipped:
-        log.warning("%d of %d pixel values (%.2g%%) fell outside 0..255 and were clipped in "
-                    "the 8-bit PNGs; use the default TIFF format to keep them exactly",
-                    clipped, data.images.size, 100 * clipped / data.images.size)
-    log.info("wrote %d images of %dx%d with a %dx%d face (noise %g) to %s; truth in %s",
-             count, bh, bw, fh, fw, noise, out, truth_path)
+        log.warning(
+            "%d of %d pixel values (%.2g%%) fell outside 0..255 and were clipped in "
+            "the 8-bit PNGs; use the default TIFF format to keep them exactly",
+            clipped,
+            data.images.size,
+            100 * clipped / data.images.size,
+        )
+    log.info(
+        "wrote %d images of %dx%d with a %dx%d face (noise %g) to %s; truth in %s",
+        count,
+        bh,
+        bw,
+        fh,
+        fw,
+        noise,
+        out,
+        truth_path,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,8 +384,15 @@ class _ProgressBar:
         if p.iteration == 0:
             self.close()
             desc = f"restart {p.restart + 1}/{p.n_restarts}" if p.n_restarts > 1 else "EM"
-            self.bar = self._tqdm(total=p.max_iter, desc=desc, unit="it", file=sys.stderr,
-                                  disable=None, leave=False, dynamic_ncols=True)
+            self.bar = self._tqdm(
+                total=p.max_iter,
+                desc=desc,
+                unit="it",
+                file=sys.stderr,
+                disable=None,
+                leave=False,
+                dynamic_ncols=True,
+            )
             return
         if self.bar is not None:
             self.bar.set_postfix_str(f"ELBO {p.elbo:.6g}, gain {p.gain:.2g}/px", refresh=False)
@@ -334,46 +410,125 @@ def _settings(**kw: Any) -> dict[str, Any]:
 
 @main.command(context_settings=CONTEXT)
 @click.argument("input", metavar="INPUT")
-@click.option("--face-size", type=SHAPE,
-              help="Size of the face in pixels, HxW (required unless --init-from gives it).")
-@click.option("-o", "--out", required=True, metavar="DIR|-",
-              help="Output folder; '-' writes only the face as a PNG to stdout (for viewers).")
-@click.option("--method", type=click.Choice(engine.METHODS), default="soft", show_default=True,
-              help="soft: exact posteriors over positions; hard: each image's best position "
-              "only (faster, rougher).")
-@click.option("--init", "init", type=click.Choice(engine.INIT_METHODS), default="median",
-              show_default=True,
-              help="Start: median (from the data; reliable) or the study's zeros, bright, "
-              "random, smooth.")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Independent starts; the one with the best log-likelihood is kept.")
-@click.option("--max-iter", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Most EM iterations per start (0: just the start).")
-@click.option("--tol", type=float, default=1e-7, show_default=True,
-              help="Stop when an iteration raises the ELBO by less than this many nats per "
-              "image and pixel.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Random seed of the starts: the same seed gives the same result.")
-@click.option("--prior-update", type=click.Choice(engine.PRIOR_UPDATES), default="late",
-              show_default=True,
-              help="When the prior over positions is learnt: late (after the rest converges), "
-              "always (every iteration, as in the study), never.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=engine.DEFAULT_CHUNK_SIZE,
-              show_default=True, help="Images per chunk of the streaming pass (memory).")
-@click.option("--init-from", type=click.Path(), metavar="RUN",
-              help="Warm start from a previous run (folder or result.npz).")
-@click.option("--truth", type=click.Path(), metavar="TRUTH.npz",
-              help="Known truth (from `generate`): adds errors per iteration to the history.")
-@click.option("--zoom", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Upscale the PNGs N times (nearest neighbour) for viewing small faces.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a machine-readable summary on stdout (and nothing else there).")
+@click.option(
+    "--face-size",
+    type=SHAPE,
+    help="Size of the face in pixels, HxW (required unless --init-from gives it).",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    metavar="DIR|-",
+    help="Output folder; '-' writes only the face as a PNG to stdout (for viewers).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(engine.METHODS),
+    default="soft",
+    show_default=True,
+    help="soft: exact posteriors over positions; hard: each image's best position "
+    "only (faster, rougher).",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Choice(engine.INIT_METHODS),
+    default="median",
+    show_default=True,
+    help="Start: median (from the data; reliable) or the study's zeros, bright, random, smooth.",
+)
+@click.option(
+    "--restarts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Independent starts; the one with the best log-likelihood is kept.",
+)
+@click.option(
+    "--max-iter",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Most EM iterations per start (0: just the start).",
+)
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-7,
+    show_default=True,
+    help="Stop when an iteration raises the ELBO by less than this many nats per image and pixel.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed of the starts: the same seed gives the same result.",
+)
+@click.option(
+    "--prior-update",
+    type=click.Choice(engine.PRIOR_UPDATES),
+    default="late",
+    show_default=True,
+    help="When the prior over positions is learnt: late (after the rest converges), "
+    "always (every iteration, as in the study), never.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=engine.DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Images per chunk of the streaming pass (memory).",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    metavar="RUN",
+    help="Warm start from a previous run (folder or result.npz).",
+)
+@click.option(
+    "--truth",
+    type=click.Path(),
+    metavar="TRUTH.npz",
+    help="Known truth (from `generate`): adds errors per iteration to the history.",
+)
+@click.option(
+    "--zoom",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Upscale the PNGs N times (nearest neighbour) for viewing small faces.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a machine-readable summary on stdout (and nothing else there).",
+)
 @layout_opt
 @overwrite_opt
 @_verbosity
 @_reports_errors
-def fit(input, face_size, out, method, init, restarts, max_iter, tol, seed, prior_update,
-        chunk_size, init_from, truth, zoom, as_json, layout, overwrite):
+def fit(
+    input,
+    face_size,
+    out,
+    method,
+    init,
+    restarts,
+    max_iter,
+    tol,
+    seed,
+    prior_update,
+    chunk_size,
+    init_from,
+    truth,
+    zoom,
+    as_json,
+    layout,
+    overwrite,
+):
     """Recover face, background, noise and prior from noisy images.
 
     INPUT is a folder of images (PNG, JPEG, TIFF, BMP; in natural order, img2 before img10), a
@@ -399,8 +554,9 @@ def fit(input, face_size, out, method, init, restarts, max_iter, tol, seed, prio
         raise click.UsageError("--json and -o - both write to stdout; choose one")
     warm = runs.load_run(init_from) if init_from else None
     if warm is not None and warm.params is None:
-        raise click.BadParameter(f"{init_from}: has no parameters (a history.csv alone)",
-                                 param_hint="--init-from")
+        raise click.BadParameter(
+            f"{init_from}: has no parameters (a history.csv alone)", param_hint="--init-from"
+        )
     if face_size is None:
         if warm is None:
             raise click.MissingParameter(param_hint="--face-size", param_type="option")
@@ -425,22 +581,26 @@ def fit(input, face_size, out, method, init, restarts, max_iter, tol, seed, prio
     if warm is not None and warm.params.face.shape != (h, w):
         raise click.BadParameter(
             f"{init_from}: its face is {warm.params.face.shape[0]}x{warm.params.face.shape[1]},"
-            f" not {h}x{w}", param_hint="--init-from",
+            f" not {h}x{w}",
+            param_hint="--init-from",
         )
     if truth_data is not None:
         if truth_data.params.background.shape != (H, W) or len(truth_data.positions) != K:
             raise click.BadParameter(
                 f"{truth}: describes {len(truth_data.positions)} images of "
                 f"{truth_data.params.background.shape[0]}x{truth_data.params.background.shape[1]}"
-                f", the input has {K} of {H}x{W}", param_hint="--truth",
+                f", the input has {K} of {H}x{W}",
+                param_hint="--truth",
             )
         if truth_data.params.face.shape != (h, w):
             raise click.BadParameter(
                 f"{truth}: its face is {truth_data.params.face.shape[0]}x"
-                f"{truth_data.params.face.shape[1]}, not {h}x{w}", param_hint="--face-size",
+                f"{truth_data.params.face.shape[1]}, not {h}x{w}",
+                param_hint="--face-size",
             )
-    log.info("fitting a %dx%d face in %d images of %dx%d (%s) by %s EM", h, w, K, H, W,
-             input, method)
+    log.info(
+        "fitting a %dx%d face in %d images of %dx%d (%s) by %s EM", h, w, K, H, W, input, method
+    )
     bar = _ProgressBar(max_iter, truth_data)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -448,9 +608,18 @@ def fit(input, face_size, out, method, init, restarts, max_iter, tol, seed, prio
         warnings.simplefilter("always", engine.NoiseFloorWarning)
         try:
             result = engine.fit(
-                X, (h, w), method=method, init=init, n_init=restarts, max_iter=max_iter,
-                tol=tol, seed=seed, init_params=warm.params if warm else None,
-                prior_update=prior_update, chunk_size=chunk_size, callback=bar,
+                X,
+                (h, w),
+                method=method,
+                init=init,
+                n_init=restarts,
+                max_iter=max_iter,
+                tol=tol,
+                seed=seed,
+                init_params=warm.params if warm else None,
+                prior_update=prior_update,
+                chunk_size=chunk_size,
+                callback=bar,
             )
         finally:
             bar.close()
@@ -465,18 +634,31 @@ def fit(input, face_size, out, method, init, restarts, max_iter, tol, seed, prio
         )["positions_right"]
         errors = {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
     settings = _settings(
-        input=str(input), face_size=(h, w), method=method, init=init, restarts=restarts,
-        max_iter=max_iter, tol=tol, seed=seed, prior_update=prior_update,
-        chunk_size=chunk_size, init_from=init_from, truth=truth, layout=layout,
-        n_images=K, image_size=(H, W), command=" ".join(sys.argv),
+        input=str(input),
+        face_size=(h, w),
+        method=method,
+        init=init,
+        restarts=restarts,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        prior_update=prior_update,
+        chunk_size=chunk_size,
+        init_from=init_from,
+        truth=truth,
+        layout=layout,
+        n_images=K,
+        image_size=(H, W),
+        command=" ".join(sys.argv),
     )
     if out == "-":
         lo, hi = runs.display_range(result.face, result.background)
         images.write_png("-", result.face, lo, hi, zoom=zoom)
     else:
         with images.atomic_folder(out, overwrite=overwrite) as tmp:
-            written = runs.save_run(tmp, result, names=stack.names, settings=settings,
-                                    errors=errors, zoom=zoom)
+            written = runs.save_run(
+                tmp, result, names=stack.names, settings=settings, errors=errors, zoom=zoom
+            )
     summary = _summary(result, K, H, W, seconds, out, errors)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -486,14 +668,21 @@ def fit(input, face_size, out, method, init, restarts, max_iter, tol, seed, prio
 def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
     n = K * H * W
     s = {
-        "images": K, "image_size": [H, W], "face_size": list(result.face.shape),
-        "method": result.method, "init": result.init, "restarts": len(result.restarts),
-        "best_restart": result.best_restart, "iterations": result.n_iter,
-        "converged": result.converged, "seconds": round(seconds, 3),
+        "images": K,
+        "image_size": [H, W],
+        "face_size": list(result.face.shape),
+        "method": result.method,
+        "init": result.init,
+        "restarts": len(result.restarts),
+        "best_restart": result.best_restart,
+        "iterations": result.n_iter,
+        "converged": result.converged,
+        "seconds": round(seconds, 3),
         "noise_std": result.noise_std,
         "log_likelihood": float(result.log_likelihood[-1]),
         "log_likelihood_per_pixel": float(result.log_likelihood[-1]) / n,
-        "elbo": float(result.elbo[-1]), "seed": str(result.seed_entropy),
+        "elbo": float(result.elbo[-1]),
+        "seed": str(result.seed_entropy),
         "unidentified_background_pixels": int(result.unidentified.sum()),
         "mean_position_probability": float(np.mean(result.position_probability)),
         "out": out,
@@ -505,19 +694,36 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
 
 def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> None:
     state = "converged" if s["converged"] else "stopped at --max-iter"
-    log.info("%s after %d iterations in %.1f s: noise std %.4g, log-likelihood %.6g (%.4f per "
-             "pixel)", state, s["iterations"], s["seconds"], s["noise_std"],
-             s["log_likelihood"], s["log_likelihood_per_pixel"])
+    log.info(
+        "%s after %d iterations in %.1f s: noise std %.4g, log-likelihood %.6g (%.4f per pixel)",
+        state,
+        s["iterations"],
+        s["seconds"],
+        s["noise_std"],
+        s["log_likelihood"],
+        s["log_likelihood_per_pixel"],
+    )
     if s["restarts"] > 1:
         lls = ", ".join(f"{h.log_likelihood[-1]:.6g}" for h in result.restarts)
-        log.info("restart %d of %d kept (final log-likelihoods: %s)", s["best_restart"] + 1,
-                 s["restarts"], lls)
+        log.info(
+            "restart %d of %d kept (final log-likelihoods: %s)",
+            s["best_restart"] + 1,
+            s["restarts"],
+            lls,
+        )
     if s["unidentified_background_pixels"]:
-        log.info("%d background pixels were covered by the face in every image: they cannot be "
-                 "estimated and kept their starting value", s["unidentified_background_pixels"])
+        log.info(
+            "%d background pixels were covered by the face in every image: they cannot be "
+            "estimated and kept their starting value",
+            s["unidentified_background_pixels"],
+        )
     if "face_rmse" in s:
-        log.info("against the truth: face RMSE %.4g, background RMSE %.4g, positions right "
-                 "%.1f%%", s["face_rmse"], s["background_rmse"], 100 * s["positions_right"])
+        log.info(
+            "against the truth: face RMSE %.4g, background RMSE %.4g, positions right %.1f%%",
+            s["face_rmse"],
+            s["background_rmse"],
+            100 * s["positions_right"],
+        )
     if written:
         log.info("wrote %s: %s", s["out"], ", ".join(written))
 
@@ -529,21 +735,44 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> 
 
 @main.command("plot-elbo", context_settings=CONTEXT)
 @click.argument("runs_", metavar="RUN...", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, metavar="FILE|-",
-              help="Figure file: .png, .svg or .pdf; '-' writes a PNG to stdout.")
-@click.option("--quantity", type=click.Choice(["elbo", "log-likelihood"]), default="elbo",
-              show_default=True,
-              help="elbo: the bound L(q, θ) EM maximises; log-likelihood: log p(X | θ), the "
-              "number that compares soft and hard EM.")
-@click.option("--x", "x_axis", type=click.Choice(["iteration", "seconds"]), default="iteration",
-              show_default=True, help="Horizontal axis.")
-@click.option("--per-pixel", is_flag=True,
-              help="Divide by images x pixels, so runs on different data compare.")
-@click.option("--gap", is_flag=True,
-              help="Plot, on a log scale, how far each point is below the best value.")
-@click.option("-l", "--label", "labels", multiple=True,
-              help="Legend label, once per RUN in order [default: the run's folder, method, "
-              "init].")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    metavar="FILE|-",
+    help="Figure file: .png, .svg or .pdf; '-' writes a PNG to stdout.",
+)
+@click.option(
+    "--quantity",
+    type=click.Choice(["elbo", "log-likelihood"]),
+    default="elbo",
+    show_default=True,
+    help="elbo: the bound L(q, θ) EM maximises; log-likelihood: log p(X | θ), the "
+    "number that compares soft and hard EM.",
+)
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["iteration", "seconds"]),
+    default="iteration",
+    show_default=True,
+    help="Horizontal axis.",
+)
+@click.option(
+    "--per-pixel",
+    is_flag=True,
+    help="Divide by images x pixels, so runs on different data compare.",
+)
+@click.option(
+    "--gap", is_flag=True, help="Plot, on a log scale, how far each point is below the best value."
+)
+@click.option(
+    "-l",
+    "--label",
+    "labels",
+    multiple=True,
+    help="Legend label, once per RUN in order [default: the run's folder, method, init].",
+)
 @click.option("--title", help="Figure title.")
 @overwrite_opt
 @_verbosity
@@ -561,12 +790,15 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
       facefinder plot-elbo runs/* --gap --per-pixel -o - | display -
     """
     if labels and len(labels) != len(runs_):
-        raise click.BadParameter(f"{len(labels)} labels for {len(runs_)} runs",
-                                 param_hint="--label")
+        raise click.BadParameter(
+            f"{len(labels)} labels for {len(runs_)} runs", param_hint="--label"
+        )
     fmt = "png" if out == "-" else Path(out).suffix.lower().lstrip(".")
     if fmt not in ("png", "svg", "pdf"):
-        raise click.BadParameter(f"{out}: the figure format comes from the extension: .png, "
-                                 ".svg or .pdf", param_hint="--out")
+        raise click.BadParameter(
+            f"{out}: the figure format comes from the extension: .png, .svg or .pdf",
+            param_hint="--out",
+        )
     images.check_file_target(out, overwrite)
     loaded = [runs.load_run(r) for r in runs_]
     from facefinder_cli.plotting import Curve, plot_curves
@@ -578,11 +810,27 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
         else:
             name = Path(arg).name if Path(arg).is_dir() else Path(arg).parent.name or arg
             label = ", ".join(v for v in (name, run.method, run.init) if v)
-        curves.append(Curve(label, run.elbo, run.log_likelihood, run.seconds, run.n_values,
-                            run.prior_fixed_until))
+        curves.append(
+            Curve(
+                label,
+                run.elbo,
+                run.log_likelihood,
+                run.seconds,
+                run.n_values,
+                run.prior_fixed_until,
+            )
+        )
     with images.atomic_write(out) as f:
-        plot_curves(curves, f, quantity=quantity.replace("-", "_"), x=x_axis,
-                    per_pixel=per_pixel, gap=gap, fmt=fmt, title=title)
+        plot_curves(
+            curves,
+            f,
+            quantity=quantity.replace("-", "_"),
+            x=x_axis,
+            per_pixel=per_pixel,
+            gap=gap,
+            fmt=fmt,
+            title=title,
+        )
     if out != "-":
         log.info("wrote %s", out)
 
@@ -595,12 +843,27 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
 @main.command(context_settings=CONTEXT)
 @click.argument("model", metavar="MODEL")
 @click.argument("input", metavar="INPUT")
-@click.option("-o", "--out", default="-", show_default=True, metavar="FILE|-",
-              help="CSV file for the positions; '-' is stdout.")
-@click.option("--draw", type=click.Path(file_okay=False), metavar="DIR",
-              help="Also write each image as a PNG with the found face boxed in red.")
-@click.option("--zoom", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Upscale the --draw PNGs N times (nearest neighbour).")
+@click.option(
+    "-o",
+    "--out",
+    default="-",
+    show_default=True,
+    metavar="FILE|-",
+    help="CSV file for the positions; '-' is stdout.",
+)
+@click.option(
+    "--draw",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Also write each image as a PNG with the found face boxed in red.",
+)
+@click.option(
+    "--zoom",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Upscale the --draw PNGs N times (nearest neighbour).",
+)
 @layout_opt
 @overwrite_opt
 @_verbosity
@@ -619,8 +882,9 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
     """
     run = runs.load_run(model)
     if run.params is None:
-        raise click.BadParameter(f"{model}: has no fitted parameters (a history.csv alone)",
-                                 param_hint="MODEL")
+        raise click.BadParameter(
+            f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
+        )
     images.check_file_target(out, overwrite)
     if draw:
         images.check_folder_target(draw, overwrite)
@@ -640,8 +904,12 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
         with images.atomic_folder(draw, overwrite=overwrite) as tmp:
             for stem, rgb in zip(images.file_stems(stack.names, K), boxed):
                 images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
-    log.info("located the face in %d images (mean probability %.3f)%s", K,
-             float(np.mean(probability)), f"; boxed images in {draw}" if draw else "")
+    log.info(
+        "located the face in %d images (mean probability %.3f)%s",
+        K,
+        float(np.mean(probability)),
+        f"; boxed images in {draw}" if draw else "",
+    )
 
 
 def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:

@@ -18,6 +18,7 @@ in ``docs/MODEL.md`` and in the engine.
 ``X`` is copied once per call into the engine's contiguous ``(K, H, W)`` layout (the engine reads
 the stack image by image several times per iteration, which a strided view would make slow).
 """
+
 from __future__ import annotations
 
 import operator
@@ -58,7 +59,9 @@ def _face_shape(h, w, image_shape: tuple[int, int]) -> tuple[int, int]:
         raise ValueError(f"h and w must be integers, got {h!r} and {w!r}") from None
     H, W = image_shape
     if not (1 <= h <= H and 1 <= w <= W):
-        raise ValueError(f"the face ({h} x {w}) must be at least 1 x 1 and fit in the images ({H} x {W})")
+        raise ValueError(
+            f"the face ({h} x {w}) must be at least 1 x 1 and fit in the images ({H} x {W})"
+        )
     return h, w
 
 
@@ -77,9 +80,13 @@ def _params(Xk: np.ndarray, F, B, s, A=None) -> engine.Params:
         raise ValueError(f"B must have the images' shape (H, W) = {(H, W)}; got {B.shape}")
     A = np.ones((H - h + 1, W - w + 1)) if A is None else np.asarray(A, dtype=np.float64)
     if A.shape != (H - h + 1, W - w + 1):
-        raise ValueError(f"A must have shape (H-h+1, W-w+1) = {(H - h + 1, W - w + 1)}; got {A.shape}")
+        raise ValueError(
+            f"A must have shape (H-h+1, W-w+1) = {(H - h + 1, W - w + 1)}; got {A.shape}"
+        )
     if np.ndim(s) != 0:
-        raise ValueError(f"s must be a scalar (the noise standard deviation); got shape {np.shape(s)}")
+        raise ValueError(
+            f"s must be a scalar (the noise standard deviation); got shape {np.shape(s)}"
+        )
     return engine.Params(face=F, background=B, noise_std=float(s), prior=A)
 
 
@@ -91,7 +98,9 @@ def _given(F, B, s, A, face_shape: tuple[int, int], image_shape: tuple[int, int]
         if value is not None and np.shape(value) != expected[name]:
             raise ValueError(f"{name} must have shape {expected[name]}; got {np.shape(value)}")
     if s is not None and np.ndim(s) != 0:
-        raise ValueError(f"s must be a scalar (the noise standard deviation); got shape {np.shape(s)}")
+        raise ValueError(
+            f"s must be a scalar (the noise standard deviation); got shape {np.shape(s)}"
+        )
     given = {"face": F, "background": B, "noise_std": s, "prior": A}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -101,7 +110,9 @@ def _q_to_engine(q, K: int, n_pos: tuple[int, int], use_MAP: bool) -> dict:
     q = np.asarray(q)
     if use_MAP:
         if q.shape != (2, K):
-            raise ValueError(f"with use_MAP, q must be the positions, of shape (2, K) = {(2, K)}; got {q.shape}")
+            raise ValueError(
+                f"with use_MAP, q must be the positions, of shape (2, K) = {(2, K)}; got {q.shape}"
+            )
         if not np.issubdtype(q.dtype, np.integer):
             raise ValueError(f"with use_MAP, q must hold integer positions; got dtype {q.dtype}")
         return {"positions": np.ascontiguousarray(q.T)}
@@ -260,13 +271,20 @@ def run_EM(X, h, w, F=None, B=None, s=None, A=None, tolerance=0.001, max_iter=50
     h, w = _face_shape(h, w, (H, W))
     init_params = _given(F, B, s, A, (h, w), (H, W))
     result = engine.fit(
-        Xk, (h, w), method="hard" if use_MAP else "soft", max_iter=max_iter,
-        tol=float(tolerance) / (K * H * W), init_params=init_params, prior_update="always",
+        Xk,
+        (h, w),
+        method="hard" if use_MAP else "soft",
+        max_iter=max_iter,
+        tol=float(tolerance) / (K * H * W),
+        init_params=init_params,
+        prior_update="always",
     )
     return (*_results(result.params), np.append(result.elbo, result.lower_bound))
 
 
-def run_EM_with_restarts(X, h, w, tolerance=0.001, max_iter=50, use_MAP=False, n_restarts=10, seed=None):
+def run_EM_with_restarts(
+    X, h, w, tolerance=0.001, max_iter=50, use_MAP=False, n_restarts=10, seed=None
+):
     """EM from ``n_restarts`` starting points; the best one's parameters.
 
     Parameters
@@ -302,8 +320,13 @@ def run_EM_with_restarts(X, h, w, tolerance=0.001, max_iter=50, use_MAP=False, n
     K, H, W = Xk.shape
     h, w = _face_shape(h, w, (H, W))
     result = engine.fit(
-        Xk, (h, w), method="hard" if use_MAP else "soft", max_iter=max_iter,
-        tol=float(tolerance) / (K * H * W), n_init=n_restarts, seed=seed,
+        Xk,
+        (h, w),
+        method="hard" if use_MAP else "soft",
+        max_iter=max_iter,
+        tol=float(tolerance) / (K * H * W),
+        n_init=n_restarts,
+        seed=seed,
         prior_update="always",
     )
     return (*_results(result.params), float(result.lower_bound))

@@ -1,6 +1,6 @@
 """The EM engine: find one face hidden at unknown positions in many noisy images.
 
-Model (``docs/MODEL.md``): image ``k`` of a stack ``X`` of shape ``(K, H, W)`` is the background
+Model: image ``k`` of a stack ``X`` of shape ``(K, H, W)`` is the background
 ``B`` (``H x W``) with the face ``F`` (``h x w``) pasted with its top-left corner at ``d_k``, plus
 Gaussian noise of std ``s``; ``d_k`` has prior ``A`` over the ``(H-h+1) x (W-w+1)`` positions.
 
@@ -18,10 +18,11 @@ One streaming pass over chunks of images does both steps; per image it costs one
   where ``box`` sums over the ``h x w`` window at ``d``. (``box(X_k²)`` of the textbook form cancels
   out, so it is never computed.) Posteriors are normalised with log-sum-exp.
 * M-step from frequency-domain sums: ``Σ_k Σ_d q_k(d) X_k(d + ·) = irfft2(Σ_k rfft2(X_k) ·
-  conj(rfft2(q_k)))``; ``Σ_k cover_k ⊙ X_k`` from a "full" summed-area table of each ``q_k``; the
-  background denominator ``Σ_k (1 - cover_k)`` from the summed prior only. ``s²`` and the lower bound
-  after the M-step are closed forms of these sums, so no second pass is needed.
-* Hard (MAP) EM and Monte-Carlo draws use the same E-step; their M-step statistics are sums of crops.
+  conj(rfft2(q_k)))``; ``Σ_k cover_k ⊙ X_k`` from a "full" summed-area table of each ``q_k``;
+  the background denominator ``Σ_k (1 - cover_k)`` from the summed posterior only. ``s²`` and the
+  lower bound after the M-step are closed forms of these sums, so no second pass is needed.
+* Hard (MAP) EM uses the same E-step; its M-step statistics are sums of crops at the chosen
+  positions (``_Stats.add_positions``, which also takes several equally weighted draws per image).
 
 Data are shifted by a constant (the mean of the first images) before any arithmetic, which keeps
 the sums small and the FFT round-off low; parameters stay in the data's own units. ``rfft2(X)``
@@ -29,6 +30,7 @@ and the per-image sums are computed once per fit and shared by all restarts.
 
 Everything here is NumPy/SciPy: no I/O, no printing. Progress is reported through a callback.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -38,8 +40,9 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import fft as sfft
@@ -253,7 +256,7 @@ def _box_full(q: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _full_sum(q: np.ndarray, n: int, axis: int) -> np.ndarray:
-    """Along ``axis`` (of length ``D``): ``out[i] = Σ q[max(0, i-n+1) : i+1]``, ``i < D + n - 1``."""
+    """Along ``axis`` (length ``D``): ``out[i] = Σ q[max(0, i-n+1) : i+1]``, ``i < D + n - 1``."""
     q = np.moveaxis(q, axis, -1)
     D = q.shape[-1]
     c = np.zeros(q.shape[:-1] + (D + 2 * n - 1,))  # c[n - 1 + m] = Σ q[:m], m = 0 .. D + n - 1
@@ -489,11 +492,16 @@ def log_likelihood(
     -------
     ndarray of shape (K, H-h+1, W-w+1)
     """
-    K = X.shape[0]
-    out = np.empty((K, X.shape[1] - params.face.shape[0] + 1, X.shape[2] - params.face.shape[1] + 1))
+    out = np.empty(_positions_shape(X, params))
     for a, b, lp, _ in _chunk_log_joint(X, params, False, chunk_size):
         out[a:b] = lp
     return out
+
+
+def _positions_shape(X: np.ndarray, params: Params) -> tuple[int, int, int]:
+    K, H, W = np.shape(X)
+    h, w = np.shape(params.face)
+    return K, H - h + 1, W - w + 1
 
 
 def posterior(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
@@ -504,8 +512,8 @@ def posterior(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_
     ndarray of shape (K, H-h+1, W-w+1)
         Each ``q[k]`` sums to one; positions with zero prior get exactly zero.
     """
-    out = np.empty((X.shape[0], X.shape[1] - params.face.shape[0] + 1, X.shape[2] - params.face.shape[1] + 1))
-    for a, b, lp, scorer in _chunk_log_joint(X, params, True, chunk_size):
+    out = np.empty(_positions_shape(X, params))
+    for a, b, lp, _ in _chunk_log_joint(X, params, True, chunk_size):
         out[a:b] = _Posterior.from_log_joint(lp).q
     return out
 
@@ -612,7 +620,8 @@ class _Stats:
         noise_std = d.noise_floor if floored else math.sqrt(s2)
         s2 = noise_std**2
         if update_prior:  # Σ_d q_sum log(q_sum / K), safe where q_sum / K underflows
-            log_prior_term = float(_xlogy(self.q_sum, self.q_sum).sum() - self.q_sum.sum() * math.log(K))
+            q_sum = self.q_sum
+            log_prior_term = float(_xlogy(q_sum, q_sum).sum() - q_sum.sum() * math.log(K))
         else:
             log_prior_term = float(_xlogy(self.q_sum, prior).sum())
         elbo = (
@@ -629,13 +638,17 @@ def _prepare_q_input(X, face_shape, posterior_, positions_, chunk_size):
     if posterior_ is not None:
         q = np.asarray(posterior_, dtype=np.float64)
         if q.shape != (data.K, data.Dh, data.Dw):
-            raise ValueError(f"posterior has shape {q.shape}, expected {(data.K, data.Dh, data.Dw)}")
+            raise ValueError(
+                f"posterior has shape {q.shape}, expected {(data.K, data.Dh, data.Dw)}"
+            )
         return data, q, None
     pos = np.asarray(positions_)
     if pos.ndim == 2:
         pos = pos[:, None, :]
     if pos.ndim != 3 or pos.shape[0] != data.K or pos.shape[2] != 2:
-        raise ValueError(f"positions must have shape (K, 2) or (K, S, 2), got {np.shape(positions_)}")
+        raise ValueError(
+            f"positions must have shape (K, 2) or (K, S, 2), got {np.shape(positions_)}"
+        )
     if not np.issubdtype(pos.dtype, np.integer):
         raise ValueError("positions must be integers")
     if (pos < 0).any() or (pos[..., 0] >= data.Dh).any() or (pos[..., 1] >= data.Dw).any():
@@ -950,8 +963,19 @@ def _run(
         n_iter = it
         gain = (elbo[-1] - elbo[-2]) / n_values
         if callback is not None:
-            callback(Progress(restart, n_restarts, it, max_iter, elbo[-1], loglik[-1], gain, p,
-                              stats.positions))
+            callback(
+                Progress(
+                    restart,
+                    n_restarts,
+                    it,
+                    max_iter,
+                    elbo[-1],
+                    loglik[-1],
+                    gain,
+                    p,
+                    stats.positions,
+                )
+            )
         if gain < tol:
             if prior_update == "late" and not prior_free:
                 prior_free = True  # the rest has settled: from now on the prior is learnt too
@@ -1067,9 +1091,19 @@ def fit(
         t0 = time.perf_counter()
         start = _initialize(data, init, np.random.default_rng(child), r, given)
         runs.append(
-            _run(data, start, init=init, method=method, max_iter=int(max_iter), tol=float(tol),
-                 prior_update=prior_update, callback=callback, restart=r,
-                 n_restarts=int(n_init), t0=t0)
+            _run(
+                data,
+                start,
+                init=init,
+                method=method,
+                max_iter=int(max_iter),
+                tol=float(tol),
+                prior_update=prior_update,
+                callback=callback,
+                restart=r,
+                n_restarts=int(n_init),
+                t0=t0,
+            )
         )
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
     run = runs[best]

@@ -14,6 +14,7 @@ from the calling code (e.g. an array of the wrong shape) raise ordinary ``ValueE
 Writers never leave a partial file behind: they write a temporary file (or folder) next to the
 target and rename it into place only once everything was written.
 """
+
 from __future__ import annotations
 
 import glob as _glob
@@ -27,10 +28,11 @@ import tempfile
 import warnings
 import zipfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -675,7 +677,7 @@ def _images_from_files(paths: list[str], displays: list[str]) -> tuple[np.ndarra
                 f"{disp}: size {_size(img.shape)} differs from {_size(images.shape[1:])} "
                 f"of {displays[0]}"
             )
-        _check_finite(img[np.newaxis], lambda k: f"{disp}:")
+        _check_finite(img[np.newaxis], lambda k, disp=disp: f"{disp}:")
         images[i] = img
     assert images is not None
     return images, conv.notes()
@@ -955,9 +957,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         raise
 
 
-def to_uint8(
-    array: np.ndarray, vmin: float | None = None, vmax: float | None = None
-) -> np.ndarray:
+def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """Map values linearly from [vmin, vmax] to [0, 255], clipping and rounding.
 
     Parameters

@@ -3,11 +3,13 @@
 matplotlib is imported inside the functions, with the non-interactive Agg backend, so the rest
 of the tool never pays for it and nothing needs a screen.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, Sequence
+from typing import BinaryIO, Literal
 
 import numpy as np
 

@@ -5,15 +5,17 @@ A run folder holds ``result.npz`` (everything), ``history.csv`` (one row per ite
 The ``.npz`` keys use the engine's names: ``face``, ``background``, ``noise_std``, ``prior``,
 ``elbo``, ``log_likelihood``, ...
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,13 +58,21 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     extra = [c for c in ERROR_COLUMNS if c in errors]
-    w.writerow(["iteration", "elbo", "log_likelihood", "seconds", "prior_learnt", "n_values", *extra])
+    w.writerow(
+        ["iteration", "elbo", "log_likelihood", "seconds", "prior_learnt", "n_values", *extra]
+    )
     for t in range(len(result.elbo)):
-        w.writerow([
-            t, repr(float(result.elbo[t])), repr(float(result.log_likelihood[t])),
-            f"{result.seconds[t]:.6f}", int(t > h.prior_fixed_until), n_values,
-            *(repr(float(errors[c][t])) for c in extra),
-        ])
+        w.writerow(
+            [
+                t,
+                repr(float(result.elbo[t])),
+                repr(float(result.log_likelihood[t])),
+                f"{result.seconds[t]:.6f}",
+                int(t > h.prior_fixed_until),
+                n_values,
+                *(repr(float(errors[c][t])) for c in extra),
+            ]
+        )
     return out.getvalue()
 
 
@@ -92,13 +102,24 @@ def save_run(
     errors = errors or {}
     restarts = result.restarts
     arrays: dict[str, Any] = dict(
-        face=result.face, background=result.background, noise_std=result.noise_std,
-        prior=result.prior, elbo=result.elbo, log_likelihood=result.log_likelihood,
-        seconds=result.seconds, lower_bound=result.lower_bound, n_iter=result.n_iter,
-        converged=result.converged, positions=result.positions,
-        position_probability=result.position_probability, unidentified=result.unidentified,
-        noise_floored=result.noise_floored, method=result.method, init=result.init,
-        seed_entropy=str(result.seed_entropy), best_restart=result.best_restart,
+        face=result.face,
+        background=result.background,
+        noise_std=result.noise_std,
+        prior=result.prior,
+        elbo=result.elbo,
+        log_likelihood=result.log_likelihood,
+        seconds=result.seconds,
+        lower_bound=result.lower_bound,
+        n_iter=result.n_iter,
+        converged=result.converged,
+        positions=result.positions,
+        position_probability=result.position_probability,
+        unidentified=result.unidentified,
+        noise_floored=result.noise_floored,
+        method=result.method,
+        init=result.init,
+        seed_entropy=str(result.seed_entropy),
+        best_restart=result.best_restart,
         prior_fixed_until=restarts[result.best_restart].prior_fixed_until,
         names=np.array([str(n) for n in names]),
         restart_elbo=_padded([r.elbo for r in restarts]),
@@ -106,7 +127,8 @@ def save_run(
         restart_seconds=_padded([r.seconds for r in restarts]),
         restart_n_iter=np.array([r.n_iter for r in restarts]),
         restart_converged=np.array([r.converged for r in restarts]),
-        settings=json.dumps(settings, sort_keys=True), version=__version__,
+        settings=json.dumps(settings, sort_keys=True),
+        version=__version__,
         **{k: np.asarray(v) for k, v in errors.items()},
     )
     with atomic_write(folder / RESULT) as f:
@@ -216,8 +238,13 @@ def save_truth(path: str | os.PathLike, truth: Params, positions: np.ndarray) ->
     """Write the truth of a synthetic data set (``facefinder generate``) for ``fit --truth``."""
     with atomic_write(path) as f:
         np.savez_compressed(
-            f, face=truth.face, background=truth.background, noise_std=truth.noise_std,
-            prior=truth.prior, positions=positions, version=__version__,
+            f,
+            face=truth.face,
+            background=truth.background,
+            noise_std=truth.noise_std,
+            prior=truth.prior,
+            positions=positions,
+            version=__version__,
         )
 
 
@@ -229,5 +256,6 @@ def load_truth(path: str | os.PathLike) -> Truth:
     missing = [k for k in ("face", "background", "noise_std", "prior", "positions") if k not in z]
     if missing:
         raise InputError(f"{p}: not a truth file (missing {', '.join(missing)})")
-    return Truth(Params(z["face"], z["background"], float(z["noise_std"]), z["prior"]),
-                 z["positions"])
+    return Truth(
+        Params(z["face"], z["background"], float(z["noise_std"]), z["prior"]), z["positions"]
+    )

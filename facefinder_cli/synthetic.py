@@ -2,6 +2,7 @@
 
 Used by ``facefinder generate``, the tests and the benchmarks. NumPy only, no I/O.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,14 @@ from scipy import ndimage
 from facefinder_cli.engine import Params
 
 __all__ = [
-    "Dataset", "cartoon_face", "centred_prior", "errors", "make_dataset", "paste", "resize", "texture",
+    "Dataset",
+    "cartoon_face",
+    "centred_prior",
+    "errors",
+    "make_dataset",
+    "paste",
+    "resize",
+    "texture",
 ]
 
 
@@ -154,8 +162,9 @@ def texture(kind: str, shape: tuple[int, int], seed: int | None = 0) -> np.ndarr
     raise ValueError(f"unknown texture {kind!r}")
 
 
-def errors(params: Params, positions: np.ndarray | None, truth: Params,
-           true_positions: np.ndarray) -> dict[str, float]:
+def errors(
+    params: Params, positions: np.ndarray | None, truth: Params, true_positions: np.ndarray
+) -> dict[str, float]:
     """How far fitted parameters are from the truth.
 
     Returns ``face_rmse`` and ``background_rmse`` (root mean square differences, in pixel units)
@@ -172,7 +181,9 @@ def errors(params: Params, positions: np.ndarray | None, truth: Params,
     right = math.nan
     if positions is not None:
         if len(positions) != len(true_positions):
-            raise ValueError(f"the truth has {len(true_positions)} images, the fit {len(positions)}")
+            raise ValueError(
+                f"the truth has {len(true_positions)} images, the fit {len(positions)}"
+            )
         right = float(np.mean(np.all(positions == true_positions, axis=1)))
     return {
         "face_rmse": float(np.sqrt(np.mean((params.face - truth.face) ** 2))),

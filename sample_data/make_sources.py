@@ -12,6 +12,7 @@ Both come from images that ship inside scikit-image (``skimage.data``):
 The noisy images in ``noisy/`` are made from these two files by ``facefinder generate``
 (see ``README.md`` in this folder). Not needed to use or test facefinder.
 """
+
 from pathlib import Path
 
 import numpy as np

@@ -10,6 +10,7 @@ Conventions: ``X`` has shape ``(K, H, W)``, the face ``(h, w)``, the background 
 ``noise_std`` is a standard deviation, the prior and every posterior ``q_k`` have shape
 ``(Dh, Dw) = (H-h+1, W-w+1)``; positions are ``(row, column)`` of the face's top-left corner.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ Every command is run with ``click.testing.CliRunner`` (stdout and stderr separat
 wrote is read back from disk and checked. The data are small synthetic sets (a 16x12 face in
 24x32 images) so the whole file runs in a few seconds.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,6 @@ import io
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -37,13 +37,33 @@ N = 60
 NOISE = 30.0
 N_POS = (SIZE[0] - FACE[0] + 1, SIZE[1] - FACE[1] + 1)  # (9, 21)
 GEN = ["--face-size", "16x12", "--size", "24x32", "-n", str(N), "--noise", str(NOISE)]
-RUN_FILES = {"result.npz", "face.png", "background.png", "prior.png", "history.csv",
-             "positions.csv"}
+RUN_FILES = {
+    "result.npz",
+    "face.png",
+    "background.png",
+    "prior.png",
+    "history.csv",
+    "positions.csv",
+}
 JSON_KEYS = {
-    "images", "image_size", "face_size", "method", "init", "restarts", "best_restart",
-    "iterations", "converged", "seconds", "noise_std", "log_likelihood",
-    "log_likelihood_per_pixel", "elbo", "seed", "unidentified_background_pixels",
-    "mean_position_probability", "out",
+    "images",
+    "image_size",
+    "face_size",
+    "method",
+    "init",
+    "restarts",
+    "best_restart",
+    "iterations",
+    "converged",
+    "seconds",
+    "noise_std",
+    "log_likelihood",
+    "log_likelihood_per_pixel",
+    "elbo",
+    "seed",
+    "unidentified_background_pixels",
+    "mean_position_probability",
+    "out",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -69,8 +89,7 @@ def cli(*args: object):
 def ok(*args: object):
     result = cli(*args)
     assert result.exit_code == 0, (
-        f"facefinder {' '.join(map(str, args))} exited {result.exit_code}\n"
-        f"stderr:\n{result.stderr}"
+        f"facefinder {' '.join(map(str, args))} exited {result.exit_code}\nstderr:\n{result.stderr}"
     )
     return result
 
@@ -219,8 +238,9 @@ def test_generate_folder_writes_exact_float_tiffs_and_the_truth(data, truth, sta
     assert (pos >= 0).all() and (pos < np.array(N_POS)).all()
 
     # The images are exactly the truth drawn again with the same seed (float32 kept as is).
-    again = synthetic.make_dataset(truth["face"], truth["background"], N, NOISE, seed=0,
-                                   dtype=np.float32)
+    again = synthetic.make_dataset(
+        truth["face"], truth["background"], N, NOISE, seed=0, dtype=np.float32
+    )
     np.testing.assert_array_equal(again.positions, pos)
     np.testing.assert_array_equal(stack, again.images)
     # and the residual is the noise
@@ -237,15 +257,30 @@ def test_generate_tiff_keeps_values_outside_0_255():
 
 
 def test_generate_png_warns_about_clipping_and_writes_8bit():
-    r = ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 4, "--noise", 300,
-           "--format", "png", "--seed", 3, "-o", "d")
+    r = ok(
+        "generate",
+        "--face-size",
+        "16x12",
+        "--size",
+        "24x32",
+        "-n",
+        4,
+        "--noise",
+        300,
+        "--format",
+        "png",
+        "--seed",
+        3,
+        "-o",
+        "d",
+    )
     assert "clipped" in r.stderr
     assert r.stdout == ""
-    assert sorted(os.listdir("d")) == ["img1.png", "img2.png", "img3.png", "img4.png",
-                                       "truth.npz"]
+    assert sorted(os.listdir("d")) == ["img1.png", "img2.png", "img3.png", "img4.png", "truth.npz"]
     truth = load_npz(Path("d/truth.npz"))
-    exact = synthetic.make_dataset(truth["face"], truth["background"], 4, 300.0, seed=3,
-                                   dtype=np.float32).images
+    exact = synthetic.make_dataset(
+        truth["face"], truth["background"], 4, 300.0, seed=3, dtype=np.float32
+    ).images
     for k in range(4):
         img = iio.imread(f"d/img{k + 1}.png")
         assert img.dtype == np.uint8 and img.shape == SIZE
@@ -255,8 +290,21 @@ def test_generate_png_warns_about_clipping_and_writes_8bit():
 
 
 def test_generate_png_without_clipping_does_not_warn():
-    r = ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 3, "--noise", 0,
-           "--format", "png", "-o", "d")
+    r = ok(
+        "generate",
+        "--face-size",
+        "16x12",
+        "--size",
+        "24x32",
+        "-n",
+        3,
+        "--noise",
+        0,
+        "--format",
+        "png",
+        "-o",
+        "d",
+    )
     assert "clipped" not in r.stderr
 
 
@@ -272,7 +320,11 @@ def test_generate_stack_file_with_truth_beside(ext):
     assert arr.shape == (N,) + SIZE
     truth = load_npz(Path("set.truth.npz"))
     assert {k: truth[k].shape for k in ("face", "background", "prior", "positions")} == {
-        "face": FACE, "background": SIZE, "prior": N_POS, "positions": (N, 2)}
+        "face": FACE,
+        "background": SIZE,
+        "prior": N_POS,
+        "positions": (N, 2),
+    }
     assert truth["noise_std"].shape == ()
 
 
@@ -283,8 +335,9 @@ def test_generate_seed_reproducible():
     a, b, c = (np.load(f"{x}.npy") for x in "abc")
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    np.testing.assert_array_equal(load_npz(Path("a.truth.npz"))["positions"],
-                                  load_npz(Path("b.truth.npz"))["positions"])
+    np.testing.assert_array_equal(
+        load_npz(Path("a.truth.npz"))["positions"], load_npz(Path("b.truth.npz"))["positions"]
+    )
 
 
 def test_generate_resizes_face_and_background():
@@ -320,8 +373,21 @@ def test_generate_prior_from_npy_file():
     prior = np.zeros(N_POS)
     prior[3, 7] = 1.0
     np.save("onehot.npy", prior)
-    ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 20, "--noise", 0,
-       "--prior", "onehot.npy", "-o", "s.npy")
+    ok(
+        "generate",
+        "--face-size",
+        "16x12",
+        "--size",
+        "24x32",
+        "-n",
+        20,
+        "--noise",
+        0,
+        "--prior",
+        "onehot.npy",
+        "-o",
+        "s.npy",
+    )
     truth = load_npz(Path("s.truth.npz"))
     assert (truth["positions"] == [3, 7]).all()
     np.testing.assert_array_equal(truth["prior"], prior)
@@ -407,8 +473,9 @@ def test_fit_positions_follow_natural_order(tmp_path, stack, truth):
 
 
 def test_fit_json_summary_is_all_of_stdout(data, truth):
-    r = ok("fit", data, "--face-size", "16x12", "--truth", data / "truth.npz", "--json",
-           "-o", "run")
+    r = ok(
+        "fit", data, "--face-size", "16x12", "--truth", data / "truth.npz", "--json", "-o", "run"
+    )
     summary = json.loads(r.stdout)
     assert set(summary) >= JSON_KEYS
     assert set(summary) - JSON_KEYS == {"face_rmse", "background_rmse", "positions_right"}
@@ -607,16 +674,36 @@ def test_plot_elbo_from_history_csv_pdf(fitted):
 
 def test_plot_elbo_several_runs_with_labels(fitted, hard_run):
     run, _ = fitted
-    ok("plot-elbo", run, hard_run, "-l", "softLBL", "--label", "hardLBL", "--x", "seconds",
-       "--per-pixel", "--title", "TitleTXT", "-o", "c.svg")
+    ok(
+        "plot-elbo",
+        run,
+        hard_run,
+        "-l",
+        "softLBL",
+        "--label",
+        "hardLBL",
+        "--x",
+        "seconds",
+        "--per-pixel",
+        "--title",
+        "TitleTXT",
+        "-o",
+        "c.svg",
+    )
     text = Path("c.svg").read_text(encoding="utf-8")
     assert "<svg" in text
     for word in ("softLBL", "hardLBL", "TitleTXT"):  # matplotlib keeps text in comments
         assert word in text
 
 
-@pytest.mark.parametrize("options", [["--gap"], ["--quantity", "log-likelihood"],
-                                     ["--quantity", "log-likelihood", "--gap", "--per-pixel"]])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--gap"],
+        ["--quantity", "log-likelihood"],
+        ["--quantity", "log-likelihood", "--gap", "--per-pixel"],
+    ],
+)
 def test_plot_elbo_options(fitted, hard_run, options):
     run, _ = fitted
     ok("plot-elbo", run, hard_run, *options, "-o", "f.png")
@@ -743,8 +830,7 @@ def test_error_corrupt_image(tmp_path, png_folder):
 def test_error_mixed_image_sizes(tmp_path, png_folder):
     save_png(png_folder / "img4.png", np.full((20, 30), 100.0))
     save_png(png_folder / "img5.png", np.full((22, 30), 100.0))
-    line = fit_fails(tmp_path, 1, ["imgs", "--face-size", "16x12"], "img4.png", "20x30",
-                     "24x32")
+    line = fit_fails(tmp_path, 1, ["imgs", "--face-size", "16x12"], "img4.png", "20x30", "24x32")
     assert "img5" not in line
 
 
@@ -758,8 +844,7 @@ def test_error_glob_matching_nothing(tmp_path):
 
 
 def test_error_face_larger_than_images(tmp_path, png_folder):
-    fit_fails(tmp_path, 2, ["imgs", "--face-size", "100x100"], "--face-size", "100x100",
-              "24x32")
+    fit_fails(tmp_path, 2, ["imgs", "--face-size", "100x100"], "--face-size", "100x100", "24x32")
 
 
 def test_error_nan_in_npy(tmp_path, stack):
@@ -780,14 +865,18 @@ def test_error_missing_face_size(tmp_path, npy):
 
 def test_error_truth_for_other_data(tmp_path, npy):
     ok("generate", "--face-size", "16x12", "--size", "20x30", "-n", 5, "-o", "other.npy")
-    fit_fails(tmp_path, 2, [npy, "--face-size", "16x12", "--truth", "other.truth.npz"],
-              "--truth", "other.truth.npz")
+    fit_fails(
+        tmp_path,
+        2,
+        [npy, "--face-size", "16x12", "--truth", "other.truth.npz"],
+        "--truth",
+        "other.truth.npz",
+    )
 
 
 def test_error_truth_with_other_image_count(tmp_path, npy):
     ok("generate", "--face-size", "16x12", "--size", "24x32", "-n", 5, "-o", "other.npy")
-    fit_fails(tmp_path, 2, [npy, "--face-size", "16x12", "--truth", "other.truth.npz"],
-              "--truth")
+    fit_fails(tmp_path, 2, [npy, "--face-size", "16x12", "--truth", "other.truth.npz"], "--truth")
 
 
 def test_error_missing_truth_file(tmp_path, npy):
@@ -852,23 +941,37 @@ def test_version_and_help():
 
 
 def test_installed_entry_points(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "facefinder_cli", "--version"],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "facefinder_cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert re.search(rf"\b{re.escape(__version__)}\b", p.stdout)
 
     ok("generate", "--face-size", "8x6", "--size", "12x16", "-n", 20, "--noise", 10, "-o", "d")
     script = Path(sys.executable).parent / "facefinder"
     assert script.is_file()
-    p = subprocess.run([str(script), "fit", "d", "--face-size", "8x6", "--json", "-o", "run"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [str(script), "fit", "d", "--face-size", "8x6", "--json", "-o", "run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["images"] == 20
     assert "Traceback" not in p.stderr
     assert set(os.listdir(tmp_path / "run")) == RUN_FILES
 
-    p = subprocess.run([str(script), "fit", "nowhere", "--face-size", "8x6", "-o", "run2"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [str(script), "fit", "nowhere", "--face-size", "8x6", "-o", "run2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert p.returncode == 1
     assert p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
     assert "nowhere" in p.stderr and "Traceback" not in p.stderr

@@ -4,6 +4,7 @@ The wrappers must agree exactly with the engine on the transposed stack (they ar
 reproduce hand-computed values, and keep the course's conventions for ``run_EM`` (history length,
 absolute tolerance, starting point) and ``run_EM_with_restarts``.
 """
+
 from __future__ import annotations
 
 import math
@@ -244,7 +245,9 @@ def test_run_em_map(data):
     L0 = compat.calculate_lower_bound(X_hwk, *start, pos0, use_MAP=True)
     assert LL[0] == pytest.approx(L0, rel=1e-10)
     pos = compat.run_e_step(X_hwk, F, B, s, A, use_MAP=True)
-    assert LL[-1] == pytest.approx(compat.calculate_lower_bound(X_hwk, F, B, s, A, pos, use_MAP=True), rel=1e-10)
+    assert LL[-1] == pytest.approx(
+        compat.calculate_lower_bound(X_hwk, F, B, s, A, pos, use_MAP=True), rel=1e-10
+    )
 
 
 def test_run_em_recovers_the_face(data):
@@ -269,7 +272,9 @@ def test_restarts_are_reproducible_and_keep_the_best():
         np.testing.assert_array_equal(a, b)
     L = first[-1]
     assert isinstance(L, float)
-    ref = engine.fit(X_khw, (h, w), max_iter=4, tol=-np.inf, n_init=4, seed=123, prior_update="always")
+    ref = engine.fit(
+        X_khw, (h, w), max_iter=4, tol=-np.inf, n_init=4, seed=123, prior_update="always"
+    )
     assert ref.best_restart != 0
     assert L == max(r.lower_bound for r in ref.restarts)
     one = compat.run_EM_with_restarts(X_hwk, h, w, **{**kw, "n_restarts": 1})

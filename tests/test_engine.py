@@ -1,4 +1,5 @@
 """Behaviour of the EM loop: monotone bounds, recovery, restarts, seeds, degenerate inputs."""
+
 from __future__ import annotations
 
 import warnings
@@ -27,7 +28,9 @@ def corr(a, b):
 @pytest.fixture(scope="module")
 def study():
     """The study's geometry: a 16x16 face on a 20x30 repetitive background."""
-    return S.make_dataset(S.cartoon_face(16, 16), S.texture("stripes", (20, 30)), 150, 120.0, seed=0)
+    return S.make_dataset(
+        S.cartoon_face(16, 16), S.texture("stripes", (20, 30)), 150, 120.0, seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,9 @@ def photo():
 @pytest.mark.parametrize("prior_update", ["always", "late"])
 def test_soft_em_never_decreases_the_bound(study, init, seed, prior_update):
     X = study.images[:60]
-    r = quiet_fit(X, (16, 16), init=init, seed=seed, max_iter=35, tol=-np.inf,
-                  prior_update=prior_update)
+    r = quiet_fit(
+        X, (16, 16), init=init, seed=seed, max_iter=35, tol=-np.inf, prior_update=prior_update
+    )
     assert r.n_iter == 35
     scale = np.abs(r.elbo).max()
     assert np.all(np.diff(r.elbo) >= -1e-10 * scale)
@@ -58,8 +62,16 @@ def test_soft_em_never_decreases_the_bound(study, init, seed, prior_update):
 @pytest.mark.parametrize("init", E.INIT_METHODS)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_hard_em_never_decreases_its_objective(study, init, seed):
-    r = quiet_fit(study.images[:60], (16, 16), method="hard", init=init, seed=seed, max_iter=30,
-                  tol=-np.inf, prior_update="always")
+    r = quiet_fit(
+        study.images[:60],
+        (16, 16),
+        method="hard",
+        init=init,
+        seed=seed,
+        max_iter=30,
+        tol=-np.inf,
+        prior_update="always",
+    )
     assert np.all(np.diff(r.elbo) >= -1e-10 * np.abs(r.elbo).max())
     # The MAP objective is a lower bound of the log-likelihood.
     assert r.lower_bound <= r.log_likelihood[-1]
@@ -89,7 +101,9 @@ def _scene(name):
     return S.cartoon_face(24, 20), S.texture("checker", (48, 60)), 200.0
 
 
-@pytest.mark.parametrize("name", ["photo on bricks", "study geometry on stripes", "drawn on checks"])
+@pytest.mark.parametrize(
+    "name", ["photo on bricks", "study geometry on stripes", "drawn on checks"]
+)
 def test_default_start_reaches_the_truth_started_optimum(name):
     face, background, noise = _scene(name)
     data = S.make_dataset(face, background, 200, noise, seed=3)
@@ -121,8 +135,15 @@ def test_same_seed_same_result_bit_for_bit(study, init):
     X = study.images[:50]
     a = quiet_fit(X, (16, 16), init=init, n_init=3, seed=11, max_iter=15)
     b = quiet_fit(X, (16, 16), init=init, n_init=3, seed=np.random.SeedSequence(11), max_iter=15)
-    for name in ("face", "background", "prior", "elbo", "log_likelihood", "positions",
-                 "position_probability"):
+    for name in (
+        "face",
+        "background",
+        "prior",
+        "elbo",
+        "log_likelihood",
+        "positions",
+        "position_probability",
+    ):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert a.noise_std == b.noise_std and a.seed_entropy == b.seed_entropy == 11
     c = quiet_fit(X, (16, 16), init=init, n_init=3, seed=12, max_iter=15)
@@ -185,8 +206,9 @@ def test_late_prior_is_held_then_learnt(study):
 
 def test_callback_sees_every_iteration(study):
     seen = []
-    r = quiet_fit(study.images[:30], (16, 16), max_iter=4, tol=-np.inf, n_init=2, seed=0,
-                  callback=seen.append)
+    r = quiet_fit(
+        study.images[:30], (16, 16), max_iter=4, tol=-np.inf, n_init=2, seed=0, callback=seen.append
+    )
     assert [(p.restart, p.iteration) for p in seen] == [(i, t) for i in range(2) for t in range(5)]
     mine = [p for p in seen if p.restart == r.best_restart]
     assert mine[0].positions is None and np.isnan(mine[0].elbo)
@@ -194,7 +216,9 @@ def test_callback_sees_every_iteration(study):
     assert mine[-1].elbo == r.elbo[-1]
     # Iteration t reports the E-step of the parameters it started from: θ_{t-1}.
     assert [p.log_likelihood for p in mine[1:]] == list(r.log_likelihood[:-1])
-    np.testing.assert_array_equal(mine[1].positions, E.map_positions(study.images[:30], mine[0].params))
+    np.testing.assert_array_equal(
+        mine[1].positions, E.map_positions(study.images[:30], mine[0].params)
+    )
 
 
 # --- degenerate inputs -------------------------------------------------------------------------

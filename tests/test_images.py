@@ -1,4 +1,5 @@
 """Tests of facefinder_cli.images: reading stacks and images, writing PNGs and stacks."""
+
 from __future__ import annotations
 
 import io
@@ -54,7 +55,11 @@ def listing(folder="."):
 def test_natural_sort_key_orders_numbers_by_value():
     names = ["img10.png", "img2.png", "Img3.png", "img1.png", "img02b.png"]
     assert sorted(names, key=natural_sort_key) == [
-        "img1.png", "img2.png", "img02b.png", "Img3.png", "img10.png"
+        "img1.png",
+        "img2.png",
+        "img02b.png",
+        "Img3.png",
+        "img10.png",
     ]
 
 

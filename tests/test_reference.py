@@ -8,6 +8,7 @@ tolerances below are "1e-10 of the natural magnitude" of each quantity (``SCALE_
 orders of magnitude above the measured round-off, many orders below any modelling error (a wrong
 term, a missing ``log 2π``, an off-by-one window, a swapped axis all show up at >= 1e-3).
 """
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,10 @@ class Problem:
     def draws(self, S):
         """``(K, S, 2)`` positions with repeats."""
         return np.stack(
-            [self.rng.integers(self.Dh, size=(self.K, S)), self.rng.integers(self.Dw, size=(self.K, S))],
+            [
+                self.rng.integers(self.Dh, size=(self.K, S)),
+                self.rng.integers(self.Dw, size=(self.K, S)),
+            ],
             axis=-1,
         )
 
@@ -237,7 +241,9 @@ def test_posterior_and_map_positions(case, scale):
     # even the tiny probabilities, atol covers those below ~1e-300 (underflow).
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-300)
     np.testing.assert_allclose(got.sum(axis=(1, 2)), 1.0, rtol=1e-13)
-    np.testing.assert_array_equal(E.map_positions(pb.X, pb.params), ref.map_positions(pb.X, *pb.ref_args()))
+    np.testing.assert_array_equal(
+        E.map_positions(pb.X, pb.params), ref.map_positions(pb.X, *pb.ref_args())
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -409,7 +415,9 @@ def test_fit_first_iteration_hard(case, scale):
     map1 = ref.map_positions(pb.X, *args1)
     np.testing.assert_array_equal(r.positions, map1)
     want_final = ref.lower_bound(pb.X, *args1, ref.positions_to_q(map1, (pb.Dh, pb.Dw)))
-    assert r.lower_bound == pytest.approx(want_final, abs=_scale_bound(want_final, pb.X, r.noise_std))
+    assert r.lower_bound == pytest.approx(
+        want_final, abs=_scale_bound(want_final, pb.X, r.noise_std)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,7 +470,9 @@ def test_unidentified_hard():
     face = pb.mean + 60 * rng.standard_normal((6, 7))
     bg = pb.mean + 60 * rng.standard_normal((12, 14))
     true = np.array([[1, 2], [2, 2], [1, 3], [3, 1], [2, 4]])
-    X = np.stack([ref.model_image(face, bg, d) for d in true]) + 5 * rng.standard_normal((5, 12, 14))
+    X = np.stack([ref.model_image(face, bg, d) for d in true]) + 5 * rng.standard_normal(
+        (5, 12, 14)
+    )
     p0 = E.Params(face, bg + 1.0, 5.0, np.full((7, 8), 1 / 56))
     map0 = ref.map_positions(X, *pb.ref_args(p0))
     np.testing.assert_array_equal(map0, true)  # precondition
@@ -494,8 +504,13 @@ def test_chunking_does_not_change_the_fit(method):
     assert base.n_iter == 4
     # Sums over chunks only change the order of float64 additions: ~1e-15 relative.
     for r in runs[1:]:
-        _assert_params_close(r.params, (base.face, base.background, base.noise_std, base.prior),
-                             pb.X, None, "chunking")
+        _assert_params_close(
+            r.params,
+            (base.face, base.background, base.noise_std, base.prior),
+            pb.X,
+            None,
+            "chunking",
+        )
         np.testing.assert_allclose(r.elbo, base.elbo, rtol=SCALE_RTOL)
         np.testing.assert_allclose(r.log_likelihood, base.log_likelihood, rtol=SCALE_RTOL)
         assert r.lower_bound == pytest.approx(base.lower_bound, rel=SCALE_RTOL)
