@@ -279,8 +279,8 @@ def test_bad_arguments_raise_clear_errors(study):
     X = study.images[:5]
     with pytest.raises(ValueError, match="face_shape 21x5 must"):
         E.fit(X, (21, 5))
-    with pytest.raises(ValueError, match="unknown method 'mc'"):
-        E.fit(X, (4, 4), method="mc")
+    with pytest.raises(ValueError, match="unknown method 'gibbs'"):
+        E.fit(X, (4, 4), method="gibbs")
     with pytest.raises(ValueError, match="unknown init"):
         E.fit(X, (4, 4), init="best")
     with pytest.raises(ValueError, match="n_init"):
