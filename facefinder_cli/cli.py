@@ -428,7 +428,7 @@ def _settings(**kw: Any) -> dict[str, Any]:
     default="soft",
     show_default=True,
     help="soft: exact posteriors over positions; hard: each image's best position "
-    "only (faster, rougher).",
+    "only (faster, rougher); mc: Monte-Carlo EM, positions drawn from the posteriors.",
 )
 @click.option(
     "--init",
@@ -473,6 +473,27 @@ def _settings(**kw: Any) -> dict[str, Any]:
     show_default=True,
     help="When the prior over positions is learnt: late (after the rest converges), "
     "always (every iteration, as in the study), never.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=engine.MC_SAMPLES,
+    show_default=True,
+    help="mc: positions drawn per image in the first iteration.",
+)
+@click.option(
+    "--samples-growth",
+    type=click.FloatRange(min=1),
+    default=engine.MC_GROWTH,
+    show_default=True,
+    help="mc: factor by which the draws grow every iteration.",
+)
+@click.option(
+    "--max-samples",
+    type=click.IntRange(min=1),
+    default=engine.MC_MAX_SAMPLES,
+    show_default=True,
+    help="mc: most draws per image (raised to --samples if lower).",
 )
 @click.option(
     "--chunk-size",
@@ -521,6 +542,9 @@ def fit(
     tol,
     seed,
     prior_update,
+    samples,
+    samples_growth,
+    max_samples,
     chunk_size,
     init_from,
     truth,
@@ -618,6 +642,9 @@ def fit(
                 seed=seed,
                 init_params=warm.params if warm else None,
                 prior_update=prior_update,
+                samples=samples,
+                samples_growth=samples_growth,
+                max_samples=max(max_samples, samples),
                 chunk_size=chunk_size,
                 callback=bar,
             )
@@ -643,6 +670,9 @@ def fit(
         tol=tol,
         seed=seed,
         prior_update=prior_update,
+        samples=samples,
+        samples_growth=samples_growth,
+        max_samples=max_samples,
         chunk_size=chunk_size,
         init_from=init_from,
         truth=truth,
