@@ -21,8 +21,8 @@ One streaming pass over chunks of images does both steps; per image it costs one
   conj(rfft2(q_k)))``; ``Σ_k cover_k ⊙ X_k`` from a "full" summed-area table of each ``q_k``;
   the background denominator ``Σ_k (1 - cover_k)`` from the summed posterior only. ``s²`` and the
   lower bound after the M-step are closed forms of these sums, so no second pass is needed.
-* Hard (MAP) EM uses the same E-step; its M-step statistics are sums of crops at the chosen
-  positions (``_Stats.add_positions``, which also takes several equally weighted draws per image).
+* Hard (MAP) EM and Monte-Carlo EM use the same E-step; their M-step statistics are sums of
+  crops at the chosen or drawn positions (``_Stats.add_positions``).
 
 Data are shifted by a constant (the mean of the first images) before any arithmetic, which keeps
 the sums small and the FFT round-off low; parameters stay in the data's own units. ``rfft2(X)``
