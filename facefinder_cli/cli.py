@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -125,6 +126,15 @@ def _setup_logging() -> None:
         log.addHandler(_StderrHandler())
     log.propagate = False
     log.setLevel(logging.INFO)
+
+
+def _input_paths(source: str) -> list[str]:
+    """The files or folders a command reads for ``source`` (for a glob pattern, the folder it
+    searches), so that no output replaces them."""
+    cut = [source.find(c) for c in "*?[" if c in source]
+    if cut:
+        return [os.path.dirname(source[: min(cut)]) or "."]
+    return [source]
 
 
 def _load(source: str, layout: str) -> images.Stack:
@@ -325,13 +335,15 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
     out_path = Path(out)
     if stack_file:
         truth_path = out_path.with_name(out_path.stem + ".truth.npz")
-        images.check_file_target(out, overwrite)
-        images.check_file_target(truth_path, overwrite)
+        sources = [p for p in (face, background) if p]
+        images.check_file_target(out, overwrite, keep=sources)
+        images.check_file_target(truth_path, overwrite, keep=sources)
         clipped = images.write_stack(out, data.images, fmt=fmt, overwrite=overwrite)
         runs.save_truth(truth_path, data.truth, data.positions)
     else:
         truth_path = out_path / "truth.npz"
-        with images.atomic_folder(out, overwrite=overwrite) as tmp:
+        keep = [p for p in (face, background) if p]
+        with images.atomic_folder(out, overwrite, keep=keep, marker="truth.npz") as tmp:
             clipped = images.write_image_files(tmp, data.images, fmt=fmt)
             runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
     if clipped:
@@ -586,7 +598,8 @@ def fit(
             raise click.MissingParameter(param_hint="--face-size", param_type="option")
         face_size = warm.params.face.shape
     if out != "-":
-        images.check_folder_target(out, overwrite)
+        keep = _input_paths(input) + [p for p in (init_from, truth) if p]
+        images.check_folder_target(out, overwrite, keep=keep, marker=runs.RESULT)
     truth_data = runs.load_truth(truth) if truth else None
     stack = _load(input, layout)
     X = stack.images
@@ -685,7 +698,7 @@ def fit(
         lo, hi = runs.display_range(result.face, result.background)
         images.write_png("-", result.face, lo, hi, zoom=zoom)
     else:
-        with images.atomic_folder(out, overwrite=overwrite) as tmp:
+        with images.atomic_folder(out, overwrite, keep=keep, marker=runs.RESULT) as tmp:
             written = runs.save_run(
                 tmp, result, names=stack.names, settings=settings, errors=errors, zoom=zoom
             )
@@ -829,7 +842,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
             f"{out}: the figure format comes from the extension: .png, .svg or .pdf",
             param_hint="--out",
         )
-    images.check_file_target(out, overwrite)
+    images.check_file_target(out, overwrite, keep=runs_)
     loaded = [runs.load_run(r) for r in runs_]
     from facefinder_cli.plotting import Curve, plot_curves
 
@@ -915,9 +928,10 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
         raise click.BadParameter(
             f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
         )
-    images.check_file_target(out, overwrite)
+    keep = [model, *_input_paths(input)]
+    images.check_file_target(out, overwrite, keep=keep)
     if draw:
-        images.check_folder_target(draw, overwrite)
+        images.check_folder_target(draw, overwrite, keep=keep)
     stack = _load(input, layout)
     K, H, W = stack.images.shape
     if (H, W) != run.params.background.shape:
@@ -931,7 +945,7 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
     if draw:
         h, w = run.params.face.shape
         boxed = np.stack([_boxed(img, r, c, h, w) for img, (r, c) in zip(stack.images, positions)])
-        with images.atomic_folder(draw, overwrite=overwrite) as tmp:
+        with images.atomic_folder(draw, overwrite, keep=keep) as tmp:
             for stem, rgb in zip(images.file_stems(stack.names, K), boxed):
                 images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     log.info(

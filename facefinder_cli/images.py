@@ -888,9 +888,11 @@ def _parent_of(p: str) -> str:
 
 def _check_parent(p: str) -> str:
     parent = _parent_of(p)
+    shown = os.path.dirname(p) or "."
     if not os.path.isdir(parent):
-        shown = os.path.dirname(p) or "."
         raise InputError(f"{p}: cannot write (folder {shown} does not exist)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{p}: cannot write (folder {shown} is not writable)")
     return parent
 
 
@@ -1224,26 +1226,54 @@ def write_image_files(
     return clipped
 
 
-def check_file_target(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Raise :class:`InputError` unless a file can be written at ``path`` (``"-"``: stdout)."""
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (symbolic links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_file_target(
+    path: str | os.PathLike, overwrite: bool = False, *, keep: Sequence[str | os.PathLike] = ()
+) -> None:
+    """Raise :class:`InputError` unless a file can be written at ``path`` (``"-"``: stdout).
+
+    ``keep`` lists the command's inputs (files or folders): an existing ``path`` that is one of
+    them or lies in one is never replaced, even with ``overwrite``."""
     p = os.fspath(path)
     if p == "-":
         return
     if os.path.isdir(p):
         raise InputError(f"{p}: is a folder; expected a file name")
+    if os.path.exists(p) and any(os.path.exists(k) and _inside(p, os.fspath(k)) for k in keep):
+        raise InputError(f"{p}: is an input of this command; refusing to replace it")
     if os.path.lexists(p) and not overwrite:
         raise InputError(f"{p}: file exists; pass --overwrite to replace it")
     _check_parent(p)
 
 
-def check_folder_target(path: str | os.PathLike, overwrite: bool = False) -> bool:
+def check_folder_target(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    keep: Sequence[str | os.PathLike] = (),
+    marker: str | None = None,
+) -> bool:
     """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
-    whether it exists. Callers use it to fail before long work, not after."""
+    whether it exists. Callers use it to fail before long work, not after.
+
+    Even with ``overwrite``, a folder is never replaced when it is, or holds, one of ``keep``
+    (the command's inputs), or when ``marker`` is given and the folder lacks that file (it is
+    then not a previous output of the same command)."""
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
     if not os.path.lexists(target):
         _check_parent(target)
         return False
+    for k in keep:
+        if os.path.exists(k) and _inside(os.fspath(k), target):
+            raise InputError(
+                f"{p}: holds {os.fspath(k)}, an input of this command; refusing to replace it"
+            )
     if os.path.islink(target):
         raise InputError(f"{p}: is a symbolic link; give the folder it points to")
     if not os.path.isdir(target):
@@ -1255,6 +1285,11 @@ def check_folder_target(path: str | os.PathLike, overwrite: bool = False) -> boo
         raise InputError(
             f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
         )
+    if content and marker is not None and marker not in content:
+        raise InputError(
+            f"{p}: has no {marker}, so it is not an earlier output of this command; refusing "
+            "to replace it, even with --overwrite"
+        )
     here = os.path.abspath(os.getcwd())
     there = os.path.abspath(target)
     if here == there or here.startswith(there.rstrip(os.sep) + os.sep):
@@ -1263,7 +1298,13 @@ def check_folder_target(path: str | os.PathLike, overwrite: bool = False) -> boo
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+def atomic_folder(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    keep: Sequence[str | os.PathLike] = (),
+    marker: str | None = None,
+) -> Iterator[str]:
     """Build a folder so that it appears complete or not at all.
 
     Yields the path of a hidden temporary sibling folder to fill; when the ``with`` block ends
@@ -1274,11 +1315,12 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     ------
     InputError
         ``path`` exists and is not an empty folder (without ``overwrite``), is a file or a
-        symbolic link, holds subfolders, is or contains the current folder, or cannot be written.
+        symbolic link, holds subfolders or one of ``keep``, lacks ``marker``, is or contains
+        the current folder, or cannot be written (see :func:`check_folder_target`).
     """
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
-    exists = check_folder_target(p, overwrite)
+    exists = check_folder_target(p, overwrite, keep=keep, marker=marker)
     parent = _check_parent(target)
     try:
         name = os.path.basename(os.path.abspath(target))

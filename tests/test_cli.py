@@ -603,10 +603,37 @@ def test_fit_refuses_a_non_empty_folder_then_overwrites_it(data, tmp_path, truth
     assert Path("run/keep.txt").read_text() == "mine"
     assert listing(tmp_path) == {"run", "run/keep.txt"}
 
-    ok("fit", data, "--face-size", "16x12", "-o", "run", "--overwrite")
+    # Not an earlier run (no result.npz): refused even with --overwrite, nothing lost.
+    r = cli("fit", data, "--face-size", "16x12", "-o", "run", "--overwrite")
+    error_line(r, 1, "run", "result.npz")
+    assert Path("run/keep.txt").read_text() == "mine"
+
+    os.remove("run/keep.txt")
+    ok("fit", data, "--face-size", "16x12", "-o", "run")
+    ok("fit", data, "--face-size", "16x12", "-o", "run", "--overwrite", "--method", "hard")
     assert set(os.listdir("run")) == RUN_FILES
+    with np.load("run/result.npz") as z:
+        assert str(z["method"]) == "hard"
     check_fit(tmp_path / "run", truth)
     assert {p for p in os.listdir(tmp_path)} == {"run"}  # no temporary or backup folder left
+
+
+def test_overwrite_never_replaces_an_input(data, tmp_path):
+    ok("fit", data, "--face-size", "16x12", "-o", "run")
+    before = sorted(os.listdir(data))
+    # The output folder is the input folder.
+    r = cli("fit", data, "--face-size", "16x12", "-o", data, "--overwrite")
+    error_line(r, 1, str(data), "input")
+    assert sorted(os.listdir(data)) == before
+    # detect --draw into the model's folder.
+    r = cli("detect", "run", data, "--draw", "run", "--overwrite")
+    error_line(r, 1, "run", "input")
+    assert set(os.listdir("run")) == RUN_FILES
+    # detect's CSV over an image it reads.
+    first = sorted(os.listdir(data))[0]
+    r = cli("detect", "run", data, "-o", str(Path(data) / first), "--overwrite")
+    error_line(r, 1, first, "input")
+    assert sorted(os.listdir(data)) == before
 
 
 def test_fit_into_an_empty_existing_folder(data, truth, tmp_path):
