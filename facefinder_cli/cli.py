@@ -109,6 +109,14 @@ def _reports_errors(f: Callable) -> Callable:
             raise click.ClickException(
                 "out of memory: try a smaller --chunk-size or fewer/smaller images"
             ) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as err:  # a bug: still one line, the details with -v
+            log.debug("details", exc_info=True)
+            raise click.ClickException(
+                f"unexpected {type(err).__name__}: {err} (run with -v for details; please "
+                "report it)"
+            ) from None
 
     return wrapper
 
@@ -138,10 +146,13 @@ def _input_paths(source: str) -> list[str]:
 
 
 def _load(source: str, layout: str) -> images.Stack:
-    stack = images.load_stack(source, None if layout == "auto" else layout)
+    return images.load_stack(source, None if layout == "auto" else layout)
+
+
+def _log_notes(stack: images.Stack) -> None:
+    """How the input was read (after the checks, so that an error stays a single line)."""
     for note in stack.notes:
         log.info("note: %s", note)
-    return stack
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,6 +646,7 @@ def fit(
                 f"{truth_data.params.face.shape[1]}, not {h}x{w}",
                 param_hint="--face-size",
             )
+    _log_notes(stack)
     log.info(
         "fitting a %dx%d face in %d images of %dx%d (%s) by %s EM", h, w, K, H, W, input, method
     )
@@ -937,6 +949,7 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
     if (H, W) != run.params.background.shape:
         bh, bw = run.params.background.shape
         raise images.InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
+    _log_notes(stack)
     positions, probability = engine.locate(stack.images, run.params)
     with images.atomic_write(out, "w") as f:
         f.write("image,row,column,probability\n")

@@ -172,7 +172,7 @@ def calculate_lower_bound(X, F, B, s, A, q, use_MAP=False) -> float:
     """
     Xk = _stack(X)
     p = _params(Xk, F, B, s, A)
-    return float(engine.lower_bound(Xk, p, **_q_to_engine(q, Xk.shape[0], p.prior.shape, use_MAP)))
+    return float(engine.elbo(Xk, p, **_q_to_engine(q, Xk.shape[0], p.prior.shape, use_MAP)))
 
 
 def run_e_step(X, F, B, s, A, use_MAP=False) -> np.ndarray:
@@ -279,7 +279,7 @@ def run_EM(X, h, w, F=None, B=None, s=None, A=None, tolerance=0.001, max_iter=50
         init_params=init_params,
         prior_update="always",
     )
-    return (*_results(result.params), np.append(result.elbo, result.lower_bound))
+    return (*_results(result.params), np.append(result.elbo, result.final_elbo))
 
 
 def run_EM_with_restarts(
@@ -329,4 +329,4 @@ def run_EM_with_restarts(
         seed=seed,
         prior_update="always",
     )
-    return (*_results(result.params), float(result.lower_bound))
+    return (*_results(result.params), float(result.final_elbo))

@@ -56,11 +56,11 @@ __all__ = [
     "Params",
     "Progress",
     "RestartHistory",
+    "elbo",
     "fit",
     "initialize",
     "locate",
     "log_likelihood",
-    "lower_bound",
     "m_step",
     "map_positions",
     "posterior",
@@ -80,6 +80,8 @@ NOISE_FLOOR = 1e-5
 #: this fraction of one image per image (``Σ_k (1 - cover_k) > K · UNCOVERED_MIN``); elsewhere it is
 #: not identifiable and keeps its previous value. ``sqrt(eps)`` keeps round-off out of ``B``.
 UNCOVERED_MIN = math.sqrt(np.finfo(np.float64).eps)
+#: Default of ``tol``: the least gain of the lower bound per image and pixel worth iterating for.
+DEFAULT_TOL = 1e-7
 #: Images per chunk of the streaming pass.
 DEFAULT_CHUNK_SIZE = 32
 #: ``rfft2(X)`` is cached across iterations when it takes at most this many bytes.
@@ -175,7 +177,7 @@ class RestartHistory:
     seconds: np.ndarray
     n_iter: int
     converged: bool
-    lower_bound: float
+    final_elbo: float
     prior_fixed_until: int
 
 
@@ -191,9 +193,9 @@ class FitResult:
     prior : ndarray of shape (H-h+1, W-w+1)
     elbo, log_likelihood, seconds : ndarray of shape (n_iter + 1,)
         Histories of the best restart (see :class:`RestartHistory`).
-    lower_bound : float
-        ``L(q, θ)`` at the final parameters with their own posterior (soft EM: equals
-        ``log_likelihood[-1]``; hard EM: the MAP objective).
+    final_elbo : float
+        ``L(q, θ)`` at the final parameters with their own posterior (soft and Monte-Carlo EM:
+        the exact posterior, so it equals ``log_likelihood[-1]``; hard EM: the MAP objective).
     n_iter : int
     converged : bool
     positions : ndarray of shape (K, 2), int
@@ -219,7 +221,7 @@ class FitResult:
     elbo: np.ndarray
     log_likelihood: np.ndarray
     seconds: np.ndarray
-    lower_bound: float
+    final_elbo: float
     n_iter: int
     converged: bool
     positions: np.ndarray
@@ -299,7 +301,9 @@ class _Data:
         cache_fft: bool | None = None,
         workers: int | None = None,
     ) -> None:
-        if getattr(X, "ndim", None) != 3:
+        if not (hasattr(X, "ndim") and hasattr(X, "dtype")):
+            X = np.asarray(X)  # nested lists and other array-likes
+        if X.ndim != 3:
             raise ValueError(f"X must have shape (n_images, height, width), got {np.shape(X)}")
         if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
             raise ValueError(f"X must hold real numbers, got dtype {X.dtype}")
@@ -337,6 +341,18 @@ class _Data:
         std = math.sqrt(max(var, 0.0))
         self.scale = std if std > 0 else (abs(self.offset) or 1.0)
         self.noise_floor = NOISE_FLOOR * self.scale
+
+    @functools.cached_property
+    def median_background(self) -> tuple[np.ndarray, float]:
+        """The per-pixel median of (up to 512 of) the images and the robust spread (MAD) of the
+        residuals around it: computed once per fit, shared by the restarts."""
+        sample = _subsample(self)
+        background = np.median(sample, axis=0)
+        resid = sample - background
+        noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+        if not noise > self.noise_floor:
+            noise = max(float(np.std(resid)), self.noise_floor)
+        return background, noise
 
     def _chunks_raw(self):
         for a in range(0, self.K, self.chunk):
@@ -475,10 +491,12 @@ class _Posterior:
         return cls(q.reshape(lp.shape), top + log_z, np.maximum(entropy, 0.0), best, top)
 
 
-def _chunk_log_joint(X: np.ndarray, params: Params, with_prior: bool, chunk_size: int):
+def _data_for(X: np.ndarray, params: Params, chunk_size: int) -> _Data:
+    return _Data(X, np.shape(params.face), chunk_size=chunk_size, cache_fft=False)
+
+
+def _chunk_log_joint(data: _Data, params: Params, with_prior: bool):
     """Shared driver of the public E-step functions: yields ``(start, stop, lp, scorer)``."""
-    X = np.asarray(X) if not hasattr(X, "shape") else X
-    data = _Data(X, params.face.shape, chunk_size=chunk_size, cache_fft=False)
     scorer = _Scorer(_check_params(params, data), data, with_prior=with_prior)
     for a, b, x, xf in data.chunks():
         yield a, b, scorer.log_joint(x, xf, data.sq_x[a:b]), scorer
@@ -498,16 +516,11 @@ def log_likelihood(
     -------
     ndarray of shape (K, H-h+1, W-w+1)
     """
-    out = np.empty(_positions_shape(X, params))
-    for a, b, lp, _ in _chunk_log_joint(X, params, False, chunk_size):
+    data = _data_for(X, params, chunk_size)
+    out = np.empty((data.K, data.Dh, data.Dw))
+    for a, b, lp, _ in _chunk_log_joint(data, params, False):
         out[a:b] = lp
     return out
-
-
-def _positions_shape(X: np.ndarray, params: Params) -> tuple[int, int, int]:
-    K, H, W = np.shape(X)
-    h, w = np.shape(params.face)
-    return K, H - h + 1, W - w + 1
 
 
 def posterior(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
@@ -518,8 +531,9 @@ def posterior(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_
     ndarray of shape (K, H-h+1, W-w+1)
         Each ``q[k]`` sums to one; positions with zero prior get exactly zero.
     """
-    out = np.empty(_positions_shape(X, params))
-    for a, b, lp, _ in _chunk_log_joint(X, params, True, chunk_size):
+    data = _data_for(X, params, chunk_size)
+    out = np.empty((data.K, data.Dh, data.Dw))
+    for a, b, lp, _ in _chunk_log_joint(data, params, True):
         out[a:b] = _Posterior.from_log_joint(lp).q
     return out
 
@@ -549,10 +563,10 @@ def locate(
     positions : ndarray of shape (K, 2), int
     probability : ndarray of shape (K,)
     """
-    K = X.shape[0]
-    positions = np.empty((K, 2), dtype=np.intp)
-    probability = np.empty(K)
-    for a, b, lp, _ in _chunk_log_joint(X, params, True, chunk_size):
+    data = _data_for(X, params, chunk_size)
+    positions = np.empty((data.K, 2), dtype=np.intp)
+    probability = np.empty(data.K)
+    for a, b, lp, _ in _chunk_log_joint(data, params, True):
         post = _Posterior.from_log_joint(lp)
         positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
         probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
@@ -735,7 +749,7 @@ def m_step(
     return new
 
 
-def lower_bound(
+def elbo(
     X: np.ndarray,
     params: Params,
     *,
@@ -747,7 +761,7 @@ def lower_bound(
     positions (a one-hot ``q``, or the empirical distribution of ``S`` draws per image)."""
     data, q, pos = _prepare_q_input(X, params.face.shape, posterior, positions, chunk_size)
     total = 0.0
-    for a, b, lp, _ in _chunk_log_joint(X, params, True, chunk_size):
+    for a, b, lp, _ in _chunk_log_joint(data, params, True):
         if q is not None:
             qc = q[a:b]
             with np.errstate(invalid="ignore"):
@@ -822,12 +836,7 @@ def _init_median(data: _Data, rng: np.random.Generator | None, prior: np.ndarray
     average of the mean image's windows, a blur that favours no position. Restarts after the
     first (``rng`` given) start the face from a smoothed window of a random image instead.
     """
-    sample = _subsample(data)
-    background = np.median(sample, axis=0)
-    resid = sample - background
-    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
-    if not noise > data.noise_floor:
-        noise = max(float(np.std(resid)), data.noise_floor)
+    background, noise = data.median_background
     if rng is None:
         mean = data.sum_x / data.K + data.offset
         face = signal.correlate(mean, prior, mode="valid")
@@ -1053,10 +1062,11 @@ def _run(
                     stats.positions,
                 )
             )
-        if gain < tol:
-            if prior_update == "late" and not prior_free:
+        if prior_update == "late" and not prior_free:
+            if gain < (tol if tol > 0 else DEFAULT_TOL):
                 prior_free = True  # the rest has settled: from now on the prior is learnt too
-                continue
+            continue
+        if gain < tol:
             converged = True
             break
     final = _pass(data, p, "soft" if method == "mc" else method, accumulate=False)
@@ -1070,7 +1080,7 @@ def _run(
         seconds=np.array(seconds),
         n_iter=n_iter,
         converged=converged,
-        lower_bound=final.bound,
+        final_elbo=final.bound,
         prior_fixed_until=fixed_until,
     )
     return _Run(p, history, final.positions, final.probability, unidentified, floored)
@@ -1084,7 +1094,7 @@ def fit(
     init: str = "median",
     n_init: int = 1,
     max_iter: int = 200,
-    tol: float = 1e-7,
+    tol: float = DEFAULT_TOL,
     seed: int | np.random.SeedSequence | None = None,
     init_params: Params | dict | None = None,
     prior_update: PriorUpdate = "late",
@@ -1128,7 +1138,8 @@ def fit(
     prior_update : {"late", "always", "never"}
         When the M-step re-estimates the prior. ``"always"``: in every M-step, as the study does.
         ``"late"`` (default): hold it at its start until the other parameters converge (within
-        ``tol``), then re-estimate it in every M-step until all converge. With few images per
+        ``tol``, or ``DEFAULT_TOL`` if ``tol <= 0``), then re-estimate it in every M-step until
+        all converge. With few images per
         position a learnt prior sharpens on the current guesses and locks EM into them; holding
         it back first avoids that (see ``docs/INITIALISATION.md``). Either way the lower bound
         never decreases (holding a parameter is a partial M-step). ``"never"``: keep it.
@@ -1178,6 +1189,17 @@ def fit(
     _retain_freed_memory()
     data = _Data(X, face_shape, chunk_size=chunk_size, cache_fft=cache_fft, workers=workers)
     given = _given(init_params)
+    fixed_start = init in ("zeros", "bright") or all(
+        given.get(k) is not None for k in ("face", "background", "noise_std")
+    )
+    if n_init > 1 and fixed_start and method != "mc":
+        warnings.warn(
+            f"all {n_init} restarts start from the same parameters (given, or the fixed "
+            f"'{init}' start) and end the same; start from 'median', 'random' or 'smooth' "
+            "for different starts",
+            UserWarning,
+            stacklevel=2,
+        )
     ss, children = _seed_children(seed, int(n_init))
     runs: list[_Run] = []
     for r, child in enumerate(children):
@@ -1227,7 +1249,7 @@ def fit(
         elbo=h.elbo,
         log_likelihood=h.log_likelihood,
         seconds=h.seconds,
-        lower_bound=h.lower_bound,
+        final_elbo=h.final_elbo,
         n_iter=h.n_iter,
         converged=h.converged,
         positions=run.positions,

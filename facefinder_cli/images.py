@@ -272,8 +272,17 @@ def _resolve_layout(
     if default is not None:
         return default
     lay = _guess_layout(tuple(shape))
+    a, b, c = shape
     if lay == "hwk":
-        notes.append(f"read {disp} as (H, W, K) from its shape; pass layout to override")
+        notes.append(
+            f"read {disp} as {c} images of {a}x{b} (H, W, K) from its shape; "
+            "pass --layout khw if the images are along the first axis"
+        )
+    else:
+        notes.append(
+            f"read {disp} as {a} images of {b}x{c} (K, H, W); "
+            "pass --layout hwk if the images are along the last axis"
+        )
     return lay
 
 
@@ -608,7 +617,9 @@ def _read_npz(
         raise
     except Exception:
         raise InputError(bad) from None
-    return _stack_from_array(arr, f"{disp}", layout, None, notes), arr.ndim == 2, names
+    # Under 'images' (facefinder's own key) the stack is (K, H, W); otherwise guess.
+    default = "khw" if key == "images" else None
+    return _stack_from_array(arr, f"{disp}", layout, default, notes), arr.ndim == 2, names
 
 
 def _read_mat(

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,7 @@ def save_run(
         elbo=result.elbo,
         log_likelihood=result.log_likelihood,
         seconds=result.seconds,
-        lower_bound=result.lower_bound,
+        final_elbo=result.final_elbo,
         n_iter=result.n_iter,
         converged=result.converged,
         positions=result.positions,
@@ -155,12 +156,19 @@ def display_range(*arrays: np.ndarray) -> tuple[float, float]:
     return (0.0, 255.0) if lo >= 0 and hi <= 255 else (lo, hi)
 
 
-def _npz(path: Path) -> dict[str, np.ndarray]:
+def _npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` file written by facefinder (``what`` names it in errors)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        loaded = None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{path}: not {what} (expected an .npz file written by facefinder)")
+    try:
+        with loaded as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable .npz file ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise InputError(f"{path}: {what} is damaged or truncated") from None
 
 
 def _result_path(path: str | os.PathLike) -> Path:
@@ -181,7 +189,7 @@ def load_run(path: str | os.PathLike) -> Run:
     p = _result_path(path)
     if p.suffix == ".csv":
         return _load_history(p)
-    z = _npz(p)
+    z = _npz(p, "a facefinder result")
     missing = [k for k in ("face", "background", "noise_std", "prior", "elbo") if k not in z]
     if missing:
         raise InputError(f"{p}: not a facefinder result (missing {', '.join(missing)})")
@@ -252,7 +260,7 @@ def load_truth(path: str | os.PathLike) -> Truth:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
-    z = _npz(p)
+    z = _npz(p, "a truth file")
     missing = [k for k in ("face", "background", "noise_std", "prior", "positions") if k not in z]
     if missing:
         raise InputError(f"{p}: not a truth file (missing {', '.join(missing)})")

@@ -112,7 +112,7 @@ def test_lower_bound_is_engine_transposed(data):
     q = compat.run_e_step(X_hwk, *course_args(p))
     L = compat.calculate_lower_bound(X_hwk, *course_args(p), q)
     assert isinstance(L, float)
-    assert L == engine.lower_bound(X_khw, p, posterior=q.transpose(2, 0, 1))
+    assert L == engine.elbo(X_khw, p, posterior=q.transpose(2, 0, 1))
     # with its own posterior the bound is log p(X | θ)
     ll = compat.calculate_log_probability(X_hwk, p.face, p.background, p.noise_std)
     lj = ll + np.log(p.prior)[:, :, None]
@@ -122,7 +122,7 @@ def test_lower_bound_is_engine_transposed(data):
 
     pos = compat.run_e_step(X_hwk, *course_args(p), use_MAP=True)
     L_map = compat.calculate_lower_bound(X_hwk, *course_args(p), pos, use_MAP=True)
-    assert L_map == engine.lower_bound(X_khw, p, positions=pos.T)
+    assert L_map == engine.elbo(X_khw, p, positions=pos.T)
     # entropy 0: the sum of the log joints at the positions
     assert L_map == pytest.approx(lj[pos[0], pos[1], np.arange(K)].sum(), rel=1e-12)
 
@@ -276,7 +276,7 @@ def test_restarts_are_reproducible_and_keep_the_best():
         X_khw, (h, w), max_iter=4, tol=-np.inf, n_init=4, seed=123, prior_update="always"
     )
     assert ref.best_restart != 0
-    assert L == max(r.lower_bound for r in ref.restarts)
+    assert L == max(r.final_elbo for r in ref.restarts)
     one = compat.run_EM_with_restarts(X_hwk, h, w, **{**kw, "n_restarts": 1})
     assert L > one[-1]  # more restarts never worse; here strictly better
     # restart 0 is run_EM's start

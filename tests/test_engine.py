@@ -74,7 +74,7 @@ def test_hard_em_never_decreases_its_objective(study, init, seed):
     )
     assert np.all(np.diff(r.elbo) >= -1e-10 * np.abs(r.elbo).max())
     # The MAP objective is a lower bound of the log-likelihood.
-    assert r.lower_bound <= r.log_likelihood[-1]
+    assert r.final_elbo <= r.log_likelihood[-1]
 
 
 # --- recovery ----------------------------------------------------------------------------------
@@ -306,3 +306,29 @@ def test_memory_map_and_fft_cache_give_the_same_fit(tmp_path, study):
     b = quiet_fit(X.astype(np.float32), (16, 16), seed=0, max_iter=8, cache_fft=True)
     np.testing.assert_allclose(a.face, b.face, rtol=1e-9)
     np.testing.assert_allclose(a.elbo, b.elbo, rtol=1e-12)
+
+
+def test_late_prior_is_learnt_even_without_a_stopping_rule(study):
+    # tol=-inf runs max_iter iterations; the prior is still released once the rest settles.
+    r = quiet_fit(study.images[:60], (16, 16), max_iter=80, tol=-np.inf)
+    assert r.n_iter == 80
+    assert 0 < r.restarts[0].prior_fixed_until < 80
+    assert not np.allclose(r.prior, r.prior.mean())
+
+
+def test_identical_restarts_are_flagged(study):
+    X = study.images[:20]
+    with pytest.warns(UserWarning, match="all 3 restarts start from the same parameters"):
+        quiet_fit(X, (16, 16), init="zeros", n_init=3, max_iter=2)
+    start = E.initialize(X, (16, 16))
+    with pytest.warns(UserWarning, match="same parameters"):
+        quiet_fit(X, (16, 16), init_params=start, n_init=2, max_iter=2)
+
+
+def test_plain_lists_are_accepted(study):
+    X = study.images[:10]
+    a = quiet_fit(X.tolist(), (16, 16), max_iter=3)
+    b = quiet_fit(X, (16, 16), max_iter=3)
+    np.testing.assert_array_equal(a.face, b.face)
+    with pytest.raises(ValueError, match=r"shape \(n_images, height, width\)"):
+        E.log_likelihood(X[0], study.truth)

@@ -71,7 +71,7 @@ def test_bound_of_the_draws_is_below_the_log_likelihood_and_matches_brute_force(
     r = quiet_fit(X, (16, 16), method="mc", seed=2, max_iter=6, tol=-np.inf)
     # L(q, θ) <= log p(X | θ) for any q, the empirical distribution of draws included.
     assert np.all(r.elbo <= r.log_likelihood + 1e-9 * np.abs(r.log_likelihood))
-    assert r.lower_bound == r.log_likelihood[-1]  # the final bound uses the exact posterior
+    assert r.final_elbo == r.log_likelihood[-1]  # the final bound uses the exact posterior
     # One iteration by hand: the closed-form bound after the M-step equals L(q_draws, θ_1).
     p0 = E.initialize(X, (16, 16))
     data = E._Data(X, (16, 16))
@@ -83,7 +83,7 @@ def test_bound_of_the_draws_is_below_the_log_likelihood_and_matches_brute_force(
     ref = E.m_step(X, (16, 16), positions=pos, previous=p0)
     np.testing.assert_allclose(p1.face, ref.face, rtol=1e-10)
     assert p1.noise_std == pytest.approx(ref.noise_std, rel=1e-10)
-    bound = E.lower_bound(X, p1, positions=pos)
+    bound = E.elbo(X, p1, positions=pos)
     assert info["elbo"] == pytest.approx(bound, rel=1e-10)
 
 
