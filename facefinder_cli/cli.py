@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -175,6 +176,8 @@ class _Group(click.Group):
                 sys.exit(err.exit_code)
             where = err.ctx.command_path if err.ctx is not None else "facefinder"
             message = err.format_message().rstrip(".")
+            if "unexpected extra argument" in message:
+                message += "; quote glob patterns, e.g. 'imgs/*.png'"
             click.echo(f"Error: {message} (see '{where} --help')", err=True)
             sys.exit(err.exit_code)
         except click.ClickException as err:
@@ -226,21 +229,21 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
     path = Path(value)
     if path.suffix != ".npy":
         raise click.BadParameter(
-            f"expected uniform, centred or a .npy file; got {value!r}", param_hint="--prior"
+            f"expected uniform, centred or a .npy file; got {value!r}", param_hint="'--prior'"
         )
     if not path.is_file():
-        raise click.BadParameter(f"{value}: no such file", param_hint="--prior")
+        raise click.BadParameter(f"{value}: no such file", param_hint="'--prior'")
     try:
         prior = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise click.BadParameter(
-            f"{value}: not a readable .npy file ({err})", param_hint="--prior"
+            f"{value}: not a readable .npy file ({err})", param_hint="'--prior'"
         ) from None
     if prior.shape != shape:
         raise click.BadParameter(
             f"{value}: shape {prior.shape}; the positions of a {face_shape[0]}x{face_shape[1]} "
             f"face in {image_shape[0]}x{image_shape[1]} images need {shape}",
-            param_hint="--prior",
+            param_hint="'--prior'",
         )
     return prior
 
@@ -333,7 +336,7 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
     if fh > bh or fw > bw:
         raise click.BadParameter(
             f"the face ({fh}x{fw}) is larger than the background ({bh}x{bw})",
-            param_hint="--face-size" if face_size else "--face",
+            param_hint="'--face-size'" if face_size else "'--face'",
         )
     prior_table = _parse_prior(prior, (fh, fw), (bh, bw))
     data = synthetic.make_dataset(
@@ -342,7 +345,7 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
     try:
         fmt, stack_file = images.stack_target(out, fmt)
     except images.InputError as err:
-        raise click.BadParameter(str(err), param_hint="--out/--format") from None
+        raise click.BadParameter(str(err), param_hint="'--out/--format'") from None
     out_path = Path(out)
     if stack_file:
         truth_path = out_path.with_name(out_path.stem + ".truth.npz")
@@ -540,9 +543,8 @@ def _settings(**kw: Any) -> dict[str, Any]:
 @click.option(
     "--zoom",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Upscale the PNGs N times (nearest neighbour) for viewing small faces.",
+    help="Upscale the PNGs N times (nearest neighbour) [default: enough for the images to be "
+    "at least 256 pixels wide or high, at most 8; 1 for exact pixels].",
 )
 @click.option(
     "--json",
@@ -599,14 +601,20 @@ def fit(
     """
     if as_json and out == "-":
         raise click.UsageError("--json and -o - both write to stdout; choose one")
+    if out == "-" and sys.stdout.isatty():
+        raise click.UsageError(
+            "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
+        )
+    if math.isnan(tol):
+        raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
     warm = runs.load_run(init_from) if init_from else None
     if warm is not None and warm.params is None:
         raise click.BadParameter(
-            f"{init_from}: has no parameters (a history.csv alone)", param_hint="--init-from"
+            f"{init_from}: has no parameters (a history.csv alone)", param_hint="'--init-from'"
         )
     if face_size is None:
         if warm is None:
-            raise click.MissingParameter(param_hint="--face-size", param_type="option")
+            raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
         face_size = warm.params.face.shape
     if out != "-":
         keep = _input_paths(input) + [p for p in (init_from, truth) if p]
@@ -618,19 +626,19 @@ def fit(
     h, w = face_size
     if h > H or w > W:
         raise click.BadParameter(
-            f"{h}x{w} is larger than the images ({H}x{W}) of {input}", param_hint="--face-size"
+            f"{h}x{w} is larger than the images ({H}x{W}) of {input}", param_hint="'--face-size'"
         )
     if warm is not None and warm.params.background.shape != (H, W):
         raise click.BadParameter(
             f"{init_from}: fitted on {warm.params.background.shape[0]}x"
             f"{warm.params.background.shape[1]} images, these are {H}x{W}",
-            param_hint="--init-from",
+            param_hint="'--init-from'",
         )
     if warm is not None and warm.params.face.shape != (h, w):
         raise click.BadParameter(
             f"{init_from}: its face is {warm.params.face.shape[0]}x{warm.params.face.shape[1]},"
             f" not {h}x{w}",
-            param_hint="--init-from",
+            param_hint="'--init-from'",
         )
     if truth_data is not None:
         if truth_data.params.background.shape != (H, W) or len(truth_data.positions) != K:
@@ -638,17 +646,25 @@ def fit(
                 f"{truth}: describes {len(truth_data.positions)} images of "
                 f"{truth_data.params.background.shape[0]}x{truth_data.params.background.shape[1]}"
                 f", the input has {K} of {H}x{W}",
-                param_hint="--truth",
+                param_hint="'--truth'",
             )
         if truth_data.params.face.shape != (h, w):
             raise click.BadParameter(
                 f"{truth}: its face is {truth_data.params.face.shape[0]}x"
                 f"{truth_data.params.face.shape[1]}, not {h}x{w}",
-                param_hint="--face-size",
+                param_hint="'--face-size'",
             )
     _log_notes(stack)
     log.info(
-        "fitting a %dx%d face in %d images of %dx%d (%s) by %s EM", h, w, K, H, W, input, method
+        "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
+        h,
+        w,
+        K,
+        "" if K == 1 else "s",
+        H,
+        W,
+        input,
+        method,
     )
     bar = _ProgressBar(max_iter, truth_data)
     t0 = time.perf_counter()
@@ -677,7 +693,19 @@ def fit(
             bar.close()
     seconds = time.perf_counter() - t0
     for w_ in caught:
-        log.warning("%s", w_.message)
+        if issubclass(w_.category, engine.ConvergenceWarning):
+            kept = result.restarts[result.best_restart]
+            series = kept.log_likelihood if method == "mc" else kept.elbo
+            gain = (series[-1] - series[-2]) / X.size
+            log.warning(
+                "stopped at --max-iter %d before converging (the last iteration gained %.2g "
+                "nats per image and pixel; --tol is %g): raise --max-iter, or --tol",
+                max_iter,
+                gain,
+                tol,
+            )
+        else:
+            log.warning("%s", w_.message)
     errors = None
     if truth_data is not None:
         rows = bar.errors[result.best_restart]
@@ -706,6 +734,7 @@ def fit(
         image_size=(H, W),
         command=" ".join(sys.argv),
     )
+    zoom = zoom or runs.view_zoom((H, W))
     if out == "-":
         lo, hi = runs.display_range(result.face, result.background)
         images.write_png("-", result.face, lo, hi, zoom=zoom)
@@ -723,21 +752,21 @@ def fit(
 def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
     n = K * H * W
     s = {
-        "images": K,
+        "n_images": K,
         "image_size": [H, W],
         "face_size": list(result.face.shape),
         "method": result.method,
         "init": result.init,
         "restarts": len(result.restarts),
         "best_restart": result.best_restart,
-        "iterations": result.n_iter,
+        "n_iter": result.n_iter,
         "converged": result.converged,
         "seconds": round(seconds, 3),
         "noise_std": result.noise_std,
         "log_likelihood": float(result.log_likelihood[-1]),
         "log_likelihood_per_pixel": float(result.log_likelihood[-1]) / n,
         "elbo": float(result.elbo[-1]),
-        "seed": str(result.seed_entropy),
+        "seed_entropy": str(result.seed_entropy),
         "unidentified_background_pixels": int(result.unidentified.sum()),
         "mean_position_probability": float(np.mean(result.position_probability)),
         "out": out,
@@ -752,7 +781,7 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> 
     log.info(
         "%s after %d iterations in %.1f s: noise std %.4g, log-likelihood %.6g (%.4f per pixel)",
         state,
-        s["iterations"],
+        s["n_iter"],
         s["seconds"],
         s["noise_std"],
         s["log_likelihood"],
@@ -799,11 +828,11 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> 
 )
 @click.option(
     "--quantity",
-    type=click.Choice(["elbo", "log-likelihood"]),
+    type=click.Choice(["elbo", "log-likelihood", "log_likelihood"]),
     default="elbo",
     show_default=True,
     help="elbo: the bound L(q, θ) EM maximises; log-likelihood: log p(X | θ), the "
-    "number that compares soft and hard EM.",
+    "number that compares soft, hard and Monte-Carlo EM.",
 )
 @click.option(
     "--x",
@@ -846,13 +875,13 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     """
     if labels and len(labels) != len(runs_):
         raise click.BadParameter(
-            f"{len(labels)} labels for {len(runs_)} runs", param_hint="--label"
+            f"{len(labels)} labels for {len(runs_)} runs", param_hint="'--label'"
         )
     fmt = "png" if out == "-" else Path(out).suffix.lower().lstrip(".")
     if fmt not in ("png", "svg", "pdf"):
         raise click.BadParameter(
             f"{out}: the figure format comes from the extension: .png, .svg or .pdf",
-            param_hint="--out",
+            param_hint="'--out'",
         )
     images.check_file_target(out, overwrite, keep=runs_)
     loaded = [runs.load_run(r) for r in runs_]
@@ -915,9 +944,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
 @click.option(
     "--zoom",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Upscale the --draw PNGs N times (nearest neighbour).",
+    help="Upscale the --draw PNGs N times (nearest neighbour) [default: as for fit].",
 )
 @layout_opt
 @overwrite_opt
@@ -958,6 +985,7 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
     if draw:
         h, w = run.params.face.shape
         boxed = np.stack([_boxed(img, r, c, h, w) for img, (r, c) in zip(stack.images, positions)])
+        zoom = zoom or runs.view_zoom((H, W))
         with images.atomic_folder(draw, overwrite, keep=keep) as tmp:
             for stem, rgb in zip(images.file_stems(stack.names, K), boxed):
                 images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)

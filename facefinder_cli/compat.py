@@ -13,7 +13,7 @@ assignment (and its test vectors) runs unchanged. It uses the assignment's conve
 
 This is a thin layer: every function checks its arguments, moves the image axis and calls
 :mod:`facefinder_cli.engine`. There is no maths here; the model and its computation are described
-in ``docs/MODEL.md`` and in the engine.
+in the docstring of :mod:`facefinder_cli.engine`.
 
 ``X`` is copied once per call into the engine's contiguous ``(K, H, W)`` layout (the engine reads
 the stack image by image several times per iteration, which a strided view would make slow).

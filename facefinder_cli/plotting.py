@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-__all__ = ["Curve", "heat_map", "plot_curves"]
+__all__ = ["Curve", "curves_figure", "heat_map", "plot_curves"]
 
 Quantity = Literal["elbo", "log_likelihood"]
 XAxis = Literal["iteration", "seconds"]
@@ -53,21 +53,30 @@ def _pyplot():
 
 
 def plot_curves(
+    curves: Sequence[Curve], out: BinaryIO, *, fmt: str = "png", **options: Any
+) -> None:
+    """Draw the curves on one figure (see :func:`curves_figure` for ``options``) and write it
+    to ``out`` as ``fmt`` (png, svg or pdf)."""
+    plt = _pyplot()
+    fig = curves_figure(curves, **options)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    plt.close(fig)
+    out.write(buf.getvalue())
+
+
+def curves_figure(
     curves: Sequence[Curve],
-    out: BinaryIO,
     *,
     quantity: Quantity = "elbo",
     x: XAxis = "iteration",
     per_pixel: bool = False,
     gap: bool = False,
-    fmt: str = "png",
     title: str | None = None,
-) -> None:
-    """Draw the curves on one figure and write it to ``out`` as ``fmt`` (png, svg or pdf).
-
-    ``per_pixel`` divides by ``K H W`` so runs on different data compare; ``gap`` plots, on a
-    log scale, how far each point is below the best value of all curves.
-    """
+):
+    """A matplotlib figure of the curves. ``per_pixel`` divides by ``K H W`` so runs on
+    different data compare; ``gap`` plots, on a log scale, how far each point is below the
+    best value of all curves (the best point itself is left out)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     ys = []
@@ -77,11 +86,11 @@ def plot_curves(
     best = max(float(np.max(y)) for y in ys)
     for c, y in zip(curves, ys):
         xs = np.arange(len(y)) if x == "iteration" else np.asarray(c.seconds, dtype=float)
-        if gap:
-            y = np.maximum(best - y, np.finfo(float).tiny)
+        if gap:  # the best point itself (gap 0) cannot show on a log scale
+            y = np.where(best - y > 0, best - y, np.nan)
         (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=c.label)
         if 0 < c.prior_fixed_until < len(y) - 1:
-            t = c.prior_fixed_until
+            t = c.prior_fixed_until + 1  # the first parameters from a learnt prior
             ax.plot(xs[t], y[t], "o", mfc="none", color=line.get_color())
     unit = " per image and pixel" if per_pixel else ""
     if gap:
@@ -97,10 +106,7 @@ def plot_curves(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt)
-    plt.close(fig)
-    out.write(buf.getvalue())
+    return fig
 
 
 def heat_map(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:

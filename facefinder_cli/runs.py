@@ -24,7 +24,16 @@ from facefinder_cli import __version__
 from facefinder_cli.engine import FitResult, Params
 from facefinder_cli.images import InputError, atomic_write, write_png
 
-__all__ = ["Run", "Truth", "display_range", "load_run", "load_truth", "save_run", "save_truth"]
+__all__ = [
+    "Run",
+    "Truth",
+    "display_range",
+    "load_run",
+    "load_truth",
+    "save_run",
+    "save_truth",
+    "view_zoom",
+]
 
 RESULT = "result.npz"
 HISTORY = "history.csv"
@@ -93,13 +102,16 @@ def save_run(
     errors: dict[str, np.ndarray] | None = None,
     zoom: int = 1,
 ) -> list[str]:
-    """Write a run into ``folder`` (which must exist, e.g. a temporary folder being built).
+    """Write a run into ``folder`` (which must exist, e.g. a temporary folder being built):
+    ``result.npz``, PNGs of the face, background, prior and ELBO curve, ``history.csv`` and
+    ``positions.csv``.
 
     Returns the names of the files written.
     """
-    from facefinder_cli.plotting import heat_map
+    from facefinder_cli.plotting import Curve, heat_map, plot_curves
 
     folder = Path(folder)
+    n_values = result.positions.shape[0] * result.background.size
     errors = errors or {}
     restarts = result.restarts
     arrays: dict[str, Any] = dict(
@@ -145,7 +157,24 @@ def save_run(
     write_png(folder / "face.png", result.face, lo, hi, zoom=zoom)
     write_png(folder / "background.png", result.background, lo, hi, zoom=zoom)
     write_png(folder / "prior.png", heat_map(result.prior), zoom=zoom)
-    return [RESULT, "face.png", "background.png", "prior.png", HISTORY, POSITIONS]
+    h = restarts[result.best_restart]
+    curve = Curve(
+        f"{result.method} EM, {result.init} start",
+        result.elbo,
+        result.log_likelihood,
+        result.seconds,
+        n_values,
+        h.prior_fixed_until,
+    )
+    with atomic_write(folder / "elbo.png") as f:
+        plot_curves([curve], f)
+    return [RESULT, "face.png", "background.png", "prior.png", "elbo.png", HISTORY, POSITIONS]
+
+
+def view_zoom(image_shape: tuple[int, int], target: int = 256, most: int = 8) -> int:
+    """The default upscaling of the PNGs: the smallest integer that makes images at least
+    ``target`` pixels on their longer side, between 1 and ``most``."""
+    return max(1, min(most, -(-target // max(image_shape))))
 
 
 def display_range(*arrays: np.ndarray) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """A deliberately slow, obviously correct reference implementation of the model.
 
-Written straight from the model definition (``docs/MODEL.md``, "Generative model" and "EM"), not
+Written straight from the model definition (the engine's module docstring, "Model"), not
 from the engine's fast formulas: every function loops explicitly over images and face positions,
 builds the model image ``Model_d`` (the background with the face pasted with its top-left corner at
 ``d``) and works with plain sums of squares. Only for tiny inputs: the cost is

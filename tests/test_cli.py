@@ -27,6 +27,7 @@ from PIL import Image
 from facefinder_cli import __version__, synthetic
 from facefinder_cli.cli import main
 from facefinder_cli.images import natural_sort_key
+from facefinder_cli.runs import load_run, view_zoom
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "noisy"
@@ -42,25 +43,26 @@ RUN_FILES = {
     "face.png",
     "background.png",
     "prior.png",
+    "elbo.png",
     "history.csv",
     "positions.csv",
 }
 JSON_KEYS = {
-    "images",
+    "n_images",
     "image_size",
     "face_size",
     "method",
     "init",
     "restarts",
     "best_restart",
-    "iterations",
+    "n_iter",
     "converged",
     "seconds",
     "noise_std",
     "log_likelihood",
     "log_likelihood_per_pixel",
     "elbo",
-    "seed",
+    "seed_entropy",
     "unidentified_background_pixels",
     "mean_position_probability",
     "out",
@@ -422,9 +424,11 @@ def test_fit_writes_a_complete_run(fitted, truth):
     for name in ("face.png", "background.png", "prior.png"):
         img = iio.imread(run / name)
         assert img.dtype == np.uint8
-    assert iio.imread(run / "face.png").shape[:2] == FACE
-    assert iio.imread(run / "background.png").shape[:2] == SIZE
-    assert iio.imread(run / "prior.png").shape[:2] == N_POS
+    z = view_zoom(SIZE)
+    assert iio.imread(run / "face.png").shape[:2] == (FACE[0] * z, FACE[1] * z)
+    assert iio.imread(run / "background.png").shape[:2] == (SIZE[0] * z, SIZE[1] * z)
+    assert iio.imread(run / "elbo.png").shape[2] in (3, 4)  # the ELBO curve, in colour
+    assert iio.imread(run / "prior.png").shape[:2] == (N_POS[0] * z, N_POS[1] * z)
     settings = json.loads(str(res["settings"]))
     assert settings["face_size"] == list(FACE) and settings["n_images"] == N
 
@@ -479,13 +483,13 @@ def test_fit_json_summary_is_all_of_stdout(data, truth):
     summary = json.loads(r.stdout)
     assert set(summary) >= JSON_KEYS
     assert set(summary) - JSON_KEYS == {"face_rmse", "background_rmse", "positions_right"}
-    assert summary["images"] == N
+    assert summary["n_images"] == N
     assert summary["image_size"] == list(SIZE) and summary["face_size"] == list(FACE)
     assert summary["method"] == "soft" and summary["restarts"] == 1
     assert summary["out"] == "run"
     assert summary["positions_right"] >= 0.9
     res = check_fit(Path("run"), truth)
-    assert summary["iterations"] == int(res["n_iter"])
+    assert summary["n_iter"] == int(res["n_iter"])
     assert summary["noise_std"] == pytest.approx(float(res["noise_std"]))
     assert summary["elbo"] == pytest.approx(float(res["elbo"][-1]))
 
@@ -517,7 +521,7 @@ def test_fit_max_iter_0(data):
     assert int(res["n_iter"]) == 0
     assert len(read_csv(Path("run/history.csv"))) == 1
     assert len(read_csv(Path("run/positions.csv"))) == N
-    assert json.loads(r.stdout)["iterations"] == 0
+    assert json.loads(r.stdout)["n_iter"] == 0
 
 
 def test_fit_warm_start_from_a_run(fitted, data, truth):
@@ -784,7 +788,7 @@ def test_detect_prints_positions_csv(fitted, data, truth):
 
 def test_detect_with_result_npz_and_draw(fitted, npy, truth, tmp_path):
     run, _ = fitted
-    r = ok("detect", run / "result.npz", npy, "--draw", "boxed", "-o", "pos.csv")
+    r = ok("detect", run / "result.npz", npy, "--draw", "boxed", "-o", "pos.csv", "--zoom", "1")
     assert r.stdout == ""
     rows = read_csv(Path("pos.csv"))
     assert len(rows) == N
@@ -806,11 +810,13 @@ def test_detect_draw_from_a_folder(fitted, data, tmp_path):
     rows = read_csv(Path("pos.csv"))
     files = sorted(os.listdir("boxed"), key=natural_sort_key)
     assert files == [f"img{k:02d}.png" for k in range(1, N + 1)]
+    z = view_zoom(SIZE)  # small images are upscaled for viewing by default
+    assert z == 8
     for k in (0, N - 1):
         img = iio.imread(tmp_path / "boxed" / files[k])
-        assert img.shape == SIZE + (3,)
+        assert img.shape == (SIZE[0] * z, SIZE[1] * z, 3)
         r0, c0 = int(rows[k]["row"]), int(rows[k]["column"])
-        assert tuple(img[r0, c0]) == (255, 0, 0)
+        assert tuple(img[r0 * z, c0 * z]) == (255, 0, 0)
 
 
 def test_detect_images_of_another_size(fitted, tmp_path):
@@ -988,7 +994,7 @@ def test_installed_entry_points(tmp_path):
         cwd=tmp_path,
     )
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout)["images"] == 20
+    assert json.loads(p.stdout)["n_images"] == 20
     assert "Traceback" not in p.stderr
     assert set(os.listdir(tmp_path / "run")) == RUN_FILES
 
@@ -1014,3 +1020,57 @@ def test_readme_main_job_on_the_sample(tmp_path, monkeypatch):
     found = np.array([[int(r["row"]), int(r["column"])] for r in rows])
     assert (found == truth["positions"]).all(axis=1).mean() >= 0.95
     assert res["background"].shape == (72, 96)
+
+
+# ---------------------------------------------------------------------------------------------
+# found in review
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["npy", "jpg", "damaged"])
+def test_a_file_that_is_not_a_run_is_one_line(fitted, data, kind):
+    run, _ = fitted
+    name = {"npy": "pos.npy", "jpg": "shot.jpg", "damaged": "bad.npz"}[kind]
+    if kind == "npy":
+        np.save(name, np.zeros((3, 2)))
+    elif kind == "jpg":
+        iio.imwrite(name, np.zeros((8, 8), np.uint8))
+    else:
+        Path(name).write_bytes(b"PK\x03\x04 not really a zip")
+    error_line(cli("fit", data, "--face-size", "16x12", "--truth", name, "-o", "r"), 1, name)
+    error_line(cli("plot-elbo", name, "-o", "e.png"), 1, name)
+    error_line(cli("detect", name, data), 1, name)
+    error_line(cli("fit", data, "--init-from", name, "-o", "r"), 1, name)
+    assert not Path("r").exists() and not Path("e.png").exists()
+
+
+def test_tol_must_be_a_number(data):
+    error_line(cli("fit", data, "--face-size", "16x12", "--tol", "nan", "-o", "r"), 2, "--tol")
+
+
+def test_unquoted_glob_gets_a_hint(data):
+    files = sorted(str(p) for p in Path(data).glob("*.tif"))[:3]
+    r = cli("fit", *files, "--face-size", "16x12", "-o", "r")
+    error_line(r, 2, "quote glob patterns")
+
+
+def test_gap_plot_keeps_a_readable_scale(fitted):
+    from facefinder_cli.plotting import Curve, curves_figure
+
+    run, _ = fitted
+    ok("plot-elbo", run, run, "--gap", "-o", "gap.png")
+    r = load_run(run)
+    curve = Curve("a", r.elbo, r.log_likelihood, r.seconds, r.n_values)
+    fig = curves_figure([curve, curve], gap=True)
+    # The best point (gap 0) is left out rather than drawn at 1e-308.
+    low, high = fig.axes[0].get_ylim()
+    assert low > 1e-30 and high > low
+
+
+def test_not_converged_is_a_warning_in_cli_words(data):
+    r = ok("fit", data, "--face-size", "16x12", "--max-iter", "2", "--tol", "1e-12", "-o", "r")
+    warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "--max-iter 2" in warning[0] and "--tol" in warning[0]
+    with np.load("r/result.npz") as z:
+        assert json.loads(str(z["settings"]))["face_size"] == list(FACE)
+        assert not bool(z["converged"]) and int(z["n_iter"]) == 2
