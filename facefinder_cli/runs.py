@@ -69,7 +69,7 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
     w = csv.writer(out, lineterminator="\n")
     extra = [c for c in ERROR_COLUMNS if c in errors]
     w.writerow(
-        ["iteration", "elbo", "log_likelihood", "seconds", "prior_learnt", "n_values", *extra]
+        ["iteration", "elbo", "log_likelihood", "seconds", "prior_fixed", "n_values", *extra]
     )
     for t in range(len(result.elbo)):
         w.writerow(
@@ -78,7 +78,7 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
                 repr(float(result.elbo[t])),
                 repr(float(result.log_likelihood[t])),
                 f"{result.seconds[t]:.6f}",
-                int(t > h.prior_fixed_until),
+                int(0 < t <= h.prior_fixed_until),  # this M-step held the prior
                 n_values,
                 *(repr(float(errors[c][t])) for c in extra),
             ]
@@ -251,14 +251,13 @@ def _load_history(p: Path) -> Run:
         col = {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "iteration"}
     except ValueError:
         raise InputError(f"{p}: a value in the history is not a number") from None
-    learnt = col.get("prior_learnt", np.ones(len(rows)))
     return Run(
         source=str(p),
         elbo=col["elbo"],
         log_likelihood=col["log_likelihood"],
         seconds=col["seconds"],
         n_values=int(col["n_values"][0]),
-        prior_fixed_until=int(np.argmax(learnt > 0)) - 1 if learnt.any() else len(rows) - 1,
+        prior_fixed_until=int(col.get("prior_fixed", np.zeros(1)).sum()),
         errors={k: col[k] for k in ERROR_COLUMNS if k in col},
     )
 

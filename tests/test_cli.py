@@ -1074,3 +1074,12 @@ def test_not_converged_is_a_warning_in_cli_words(data):
     with np.load("r/result.npz") as z:
         assert json.loads(str(z["settings"]))["face_size"] == list(FACE)
         assert not bool(z["converged"]) and int(z["n_iter"]) == 2
+
+
+def test_history_csv_and_result_npz_read_back_alike(fitted):
+    run, _ = fitted
+    a, b = load_run(run / "result.npz"), load_run(run / "history.csv")
+    assert a.prior_fixed_until == b.prior_fixed_until > 0  # the default holds the prior first
+    np.testing.assert_allclose(a.elbo, b.elbo, rtol=1e-15)
+    np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-15)
+    assert a.n_values == b.n_values
