@@ -532,7 +532,8 @@ def _settings(**kw: Any) -> dict[str, Any]:
     "--init-from",
     type=click.Path(),
     metavar="RUN",
-    help="Warm start from a previous run (folder or result.npz).",
+    help="Start from the parameters of a previous run (folder or result.npz), or of a "
+    "truth.npz from generate (EM from the truth: a yardstick for the best fit).",
 )
 @click.option(
     "--truth",
@@ -607,15 +608,11 @@ def fit(
         )
     if math.isnan(tol):
         raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
-    warm = runs.load_run(init_from) if init_from else None
-    if warm is not None and warm.params is None:
-        raise click.BadParameter(
-            f"{init_from}: has no parameters (a history.csv alone)", param_hint="'--init-from'"
-        )
+    warm = runs.load_params(init_from) if init_from else None
     if face_size is None:
         if warm is None:
             raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
-        face_size = warm.params.face.shape
+        face_size = warm.face.shape
     if out != "-":
         keep = _input_paths(input) + [p for p in (init_from, truth) if p]
         images.check_folder_target(out, overwrite, keep=keep, marker=runs.RESULT)
@@ -628,16 +625,15 @@ def fit(
         raise click.BadParameter(
             f"{h}x{w} is larger than the images ({H}x{W}) of {input}", param_hint="'--face-size'"
         )
-    if warm is not None and warm.params.background.shape != (H, W):
+    if warm is not None and warm.background.shape != (H, W):
         raise click.BadParameter(
-            f"{init_from}: fitted on {warm.params.background.shape[0]}x"
-            f"{warm.params.background.shape[1]} images, these are {H}x{W}",
+            f"{init_from}: made for {warm.background.shape[0]}x{warm.background.shape[1]} "
+            f"images, these are {H}x{W}",
             param_hint="'--init-from'",
         )
-    if warm is not None and warm.params.face.shape != (h, w):
+    if warm is not None and warm.face.shape != (h, w):
         raise click.BadParameter(
-            f"{init_from}: its face is {warm.params.face.shape[0]}x{warm.params.face.shape[1]},"
-            f" not {h}x{w}",
+            f"{init_from}: its face is {warm.face.shape[0]}x{warm.face.shape[1]}, not {h}x{w}",
             param_hint="'--init-from'",
         )
     if truth_data is not None:
@@ -681,7 +677,7 @@ def fit(
                 max_iter=max_iter,
                 tol=tol,
                 seed=seed,
-                init_params=warm.params if warm else None,
+                init_params=warm,
                 prior_update=prior_update,
                 samples=samples,
                 samples_growth=samples_growth,

@@ -28,6 +28,7 @@ __all__ = [
     "Run",
     "Truth",
     "display_range",
+    "load_params",
     "load_run",
     "load_truth",
     "save_run",
@@ -38,7 +39,13 @@ __all__ = [
 RESULT = "result.npz"
 HISTORY = "history.csv"
 POSITIONS = "positions.csv"
-ERROR_COLUMNS = ("face_rmse", "background_rmse", "positions_right")
+ERROR_COLUMNS = (
+    "face_rmse",
+    "background_rmse",
+    "background_rmse_seen",
+    "background_rmse_hidden",
+    "positions_right",
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Run:
     """A run read back from disk.
 
     ``params`` is None when only a ``history.csv`` was found. ``errors`` holds the per-iteration
-    errors against a known truth (``face_rmse``, ``background_rmse``, ``positions_right``)
+    errors against a known truth (``face_rmse``, ``background_rmse``, ..., ``positions_right``)
     when the fit was given one: see :func:`facefinder_cli.synthetic.errors`.
     """
 
@@ -260,6 +267,18 @@ def _load_history(p: Path) -> Run:
         prior_fixed_until=int(col.get("prior_fixed", np.zeros(1)).sum()),
         errors={k: col[k] for k in ERROR_COLUMNS if k in col},
     )
+
+
+def load_params(path: str | os.PathLike) -> Params:
+    """The parameters of a run (folder or ``result.npz``) or of a ``truth.npz``."""
+    p = _result_path(path)
+    if p.suffix == ".csv":
+        raise InputError(f"{p}: a history holds no parameters; give the run folder or result.npz")
+    z = _npz(p, "a facefinder result or truth file")
+    missing = [k for k in ("face", "background", "noise_std", "prior") if k not in z]
+    if missing:
+        raise InputError(f"{p}: has no parameters (missing {', '.join(missing)})")
+    return Params(z["face"], z["background"], float(z["noise_std"]), z["prior"])
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from facefinder_cli.engine import Params
+from facefinder_cli.engine import Params, _box_full
 
 __all__ = [
     "Dataset",
     "cartoon_face",
     "centred_prior",
     "errors",
+    "hidden_pixels",
     "make_dataset",
     "paste",
     "resize",
@@ -167,8 +168,11 @@ def errors(
 ) -> dict[str, float]:
     """How far fitted parameters are from the truth.
 
-    Returns ``face_rmse`` and ``background_rmse`` (root mean square differences, in pixel units)
-    and ``positions_right`` (the share of images whose position is exactly right; NaN without
+    Returns root mean square differences in pixel units: ``face_rmse``, ``background_rmse``
+    over all pixels, ``background_rmse_seen`` over the pixels that some possible face position
+    (one the true prior allows) leaves uncovered, and ``background_rmse_hidden`` over those that
+    every position covers (not identifiable from any data; NaN when there are none); and
+    ``positions_right``, the share of images whose position is exactly right (NaN without
     ``positions``).
     """
     if params.face.shape != truth.face.shape or params.background.shape != truth.background.shape:
@@ -185,11 +189,27 @@ def errors(
                 f"the truth has {len(true_positions)} images, the fit {len(positions)}"
             )
         right = float(np.mean(np.all(positions == true_positions, axis=1)))
+    hidden = hidden_pixels(truth.prior, truth.face.shape)
+    sq = (params.background - truth.background) ** 2
     return {
         "face_rmse": float(np.sqrt(np.mean((params.face - truth.face) ** 2))),
-        "background_rmse": float(np.sqrt(np.mean((params.background - truth.background) ** 2))),
+        "background_rmse": float(np.sqrt(np.mean(sq))),
+        "background_rmse_seen": float(np.sqrt(np.mean(sq[~hidden])))
+        if (~hidden).any()
+        else math.nan,
+        "background_rmse_hidden": float(np.sqrt(np.mean(sq[hidden]))) if hidden.any() else math.nan,
         "positions_right": right,
     }
+
+
+def hidden_pixels(prior: np.ndarray, face_shape: tuple[int, int]) -> np.ndarray:
+    """Background pixels that every face position allowed by ``prior`` covers: shape (H, W).
+
+    With a 16x16 face on 20x30 images and any prior of full support, rows 4..15 of columns
+    14..15: no image ever shows the background there.
+    """
+    allowed = np.asarray(prior) > 0
+    return _box_full(allowed.astype(float), *face_shape) >= allowed.sum() - 0.5
 
 
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

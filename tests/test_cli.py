@@ -27,7 +27,7 @@ from PIL import Image
 from facefinder_cli import __version__, synthetic
 from facefinder_cli.cli import main
 from facefinder_cli.images import natural_sort_key
-from facefinder_cli.runs import load_run, view_zoom
+from facefinder_cli.runs import ERROR_COLUMNS, load_run, view_zoom
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "noisy"
@@ -459,7 +459,7 @@ def test_fit_positions_csv_and_truth_columns(fitted, truth):
     assert all(0 <= float(r["probability"]) <= 1 for r in rows)
 
     history = read_csv(run / "history.csv")
-    assert list(history[0])[-3:] == ["face_rmse", "background_rmse", "positions_right"]
+    assert list(history[0])[-5:] == list(ERROR_COLUMNS)
     assert float(history[-1]["positions_right"]) >= 0.9
     assert float(history[-1]["face_rmse"]) < float(history[0]["face_rmse"])
     assert "positions right" in result.stderr
@@ -482,7 +482,7 @@ def test_fit_json_summary_is_all_of_stdout(data, truth):
     )
     summary = json.loads(r.stdout)
     assert set(summary) >= JSON_KEYS
-    assert set(summary) - JSON_KEYS == {"face_rmse", "background_rmse", "positions_right"}
+    assert set(summary) - JSON_KEYS == set(ERROR_COLUMNS)
     assert summary["n_images"] == N
     assert summary["image_size"] == list(SIZE) and summary["face_size"] == list(FACE)
     assert summary["method"] == "soft" and summary["restarts"] == 1
@@ -1083,3 +1083,19 @@ def test_history_csv_and_result_npz_read_back_alike(fitted):
     np.testing.assert_allclose(a.elbo, b.elbo, rtol=1e-15)
     np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-15)
     assert a.n_values == b.n_values
+
+
+def test_em_from_the_truth_and_split_background_errors(data, truth):
+    # --init-from takes the truth (the yardstick for the best fit) as well as a run.
+    t = Path(data) / "truth.npz"
+    ok("fit", data, "--init-from", t, "--truth", t, "-o", "from-truth")
+    with np.load("from-truth/result.npz") as z:
+        seen, hidden = z["background_rmse_seen"], z["background_rmse_hidden"]
+        everywhere = z["background_rmse"]
+    # A 16x12 face on 24x32 images leaves every background pixel uncovered somewhere.
+    assert np.isnan(hidden).all() and np.allclose(seen, everywhere)
+    rows = read_csv(Path("from-truth/history.csv"))
+    assert {"background_rmse_seen", "background_rmse_hidden"} <= set(rows[0])
+    # The study's geometry hides a 12x2 block from every image.
+    block = synthetic.hidden_pixels(np.ones((5, 15)), (16, 16))
+    assert block.sum() == 24 and block[4:16, 14:16].all()
