@@ -127,6 +127,8 @@ class _StderrHandler(logging.Handler):
         msg = record.getMessage()
         if record.levelno >= logging.WARNING:
             msg = f"warning: {msg}"
+        if record.exc_info:  # with -v: the traceback behind an error
+            msg += "\n" + logging.Formatter().formatException(record.exc_info)
         click.echo(msg, err=True)
 
 
@@ -201,8 +203,9 @@ def main() -> None:
 
     \b
     Try it on the bundled sample (200 noisy 72x96 images hiding a 40x30 face):
-      facefinder fit sample_data/noisy --face-size 40x30 -o run
-      facefinder plot-elbo run -o elbo.png
+      facefinder fit sample_data/noisy --face-size 40x30 -o run     # face.png, elbo.png, ...
+      facefinder fit sample_data/noisy --face-size 40x30 --method hard -o run-hard
+      facefinder plot-elbo run run-hard --quantity log-likelihood -o compare.png
     \b
     Make your own data with a known truth, and fit it:
       facefinder generate -n 500 --noise 120 -o data
