@@ -49,6 +49,7 @@ from scipy import fft as sfft
 from scipy import ndimage, signal
 
 __all__ = [
+    "Checkpoint",
     "ConvergenceWarning",
     "FitResult",
     "INIT_METHODS",
@@ -56,6 +57,7 @@ __all__ = [
     "Params",
     "Progress",
     "RestartHistory",
+    "RestartResult",
     "elbo",
     "fit",
     "initialize",
@@ -157,6 +159,7 @@ class Progress:
     gain: float
     params: Params
     positions: np.ndarray | None
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -995,14 +998,43 @@ def _samples_at(iteration: int, start: int, growth: float, most: int) -> int:
     return int(min(most, math.ceil(start * growth ** (iteration - 1))))
 
 
-@dataclass
-class _Run:
+@dataclass(frozen=True)
+class RestartResult:
+    """One finished restart: its parameters, history and the final E-step's positions."""
+
     params: Params
     history: RestartHistory
     positions: np.ndarray
     probability: np.ndarray
     unidentified: np.ndarray
-    floored: bool
+    noise_floored: bool
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A fit after a completed iteration: with it, ``fit(..., resume=checkpoint)`` on the same
+    data and settings ends exactly as the uninterrupted fit (bit for bit; only the timings
+    differ). :class:`Progress` carries one after every iteration.
+
+    ``finished`` holds the restarts already done; restart ``restart`` has completed
+    ``iteration`` iterations and stands at ``params``; ``rng_state`` is its random generator's
+    state (``bit_generator.state``).
+    """
+
+    seed_entropy: int
+    finished: tuple[RestartResult, ...]
+    restart: int
+    iteration: int
+    params: Params
+    elbo: tuple[float, ...]
+    log_likelihood: tuple[float, ...]
+    seconds: tuple[float, ...]
+    converged: bool
+    prior_free: bool
+    prior_fixed_until: int
+    unidentified: np.ndarray
+    noise_floored: bool
+    rng_state: dict
 
 
 def _run(
@@ -1020,22 +1052,56 @@ def _run(
     t0: float,
     rng: np.random.Generator,
     samples: tuple[int, float, int],
-) -> _Run:
+    seed_entropy: int,
+    finished: tuple[RestartResult, ...],
+    resume: Checkpoint | None = None,
+) -> RestartResult:
     n_values = data.K * data.H * data.W
-    p = start
-    elbo: list[float] = []
-    loglik: list[float] = []
-    seconds = [time.perf_counter() - t0]
-    unidentified = np.zeros((data.H, data.W), dtype=bool)
-    floored = converged = False
-    n_iter = 0
-    prior_free = prior_update == "always"
-    fixed_until = 0
-    if callback is not None:
-        callback(Progress(restart, n_restarts, 0, max_iter, math.nan, math.nan, math.nan, p, None))
-    for it in range(1, max_iter + 1):
-        stats = _pass(data, p, method, True, rng, _samples_at(it, *samples))
-        if it == 1:
+    if resume is None:
+        p = start
+        elbo: list[float] = []
+        loglik: list[float] = []
+        seconds = [time.perf_counter() - t0]
+        unidentified = np.zeros((data.H, data.W), dtype=bool)
+        floored = converged = False
+        prior_free = prior_update == "always"
+        fixed_until = n_iter = 0
+    else:  # carry on from a checkpoint; its generator state is already in ``rng``
+        p = resume.params
+        elbo, loglik, seconds = list(resume.elbo), list(resume.log_likelihood), list(resume.seconds)
+        t0 = time.perf_counter() - seconds[-1]
+        unidentified, floored = resume.unidentified, resume.noise_floored
+        converged, prior_free = resume.converged, resume.prior_free
+        fixed_until, n_iter = resume.prior_fixed_until, resume.iteration
+
+    def report(gain: float, positions: np.ndarray | None) -> None:
+        if callback is None:
+            return
+        state = Checkpoint(
+            seed_entropy,
+            finished,
+            restart,
+            n_iter,
+            p,
+            tuple(elbo),
+            tuple(loglik),
+            tuple(seconds),
+            converged,
+            prior_free,
+            fixed_until,
+            unidentified,
+            floored,
+            rng.bit_generator.state,
+        )
+        last = (elbo[-1], loglik[-1]) if n_iter else (math.nan, math.nan)
+        callback(Progress(restart, n_restarts, n_iter, max_iter, *last, gain, p, positions, state))
+
+    if resume is None:
+        report(math.nan, None)
+    while not converged and n_iter < max_iter:
+        n_iter += 1
+        stats = _pass(data, p, method, True, rng, _samples_at(n_iter, *samples))
+        if n_iter == 1:
             elbo.append(stats.bound)
         loglik.append(stats.log_evidence)
         p, info = stats.m_step(p, update_prior=prior_free)
@@ -1043,32 +1109,16 @@ def _run(
         elbo.append(info["elbo"])
         unidentified, floored = info["unidentified"], info["floored"]
         seconds.append(time.perf_counter() - t0)
-        n_iter = it
         if method == "mc":  # the exact log-likelihood, averaged to see through the draws' noise
             gain = _window_gain(loglik) / n_values
         else:
             gain = (elbo[-1] - elbo[-2]) / n_values
-        if callback is not None:
-            callback(
-                Progress(
-                    restart,
-                    n_restarts,
-                    it,
-                    max_iter,
-                    elbo[-1],
-                    loglik[-1],
-                    gain,
-                    p,
-                    stats.positions,
-                )
-            )
         if prior_update == "late" and not prior_free:
             if gain < (tol if tol > 0 else DEFAULT_TOL):
                 prior_free = True  # the rest has settled: from now on the prior is learnt too
-            continue
-        if gain < tol:
+        elif gain < tol:
             converged = True
-            break
+        report(gain, stats.positions)
     final = _pass(data, p, "soft" if method == "mc" else method, accumulate=False)
     loglik.append(final.log_evidence)
     if max_iter == 0:
@@ -1083,7 +1133,7 @@ def _run(
         final_elbo=final.bound,
         prior_fixed_until=fixed_until,
     )
-    return _Run(p, history, final.positions, final.probability, unidentified, floored)
+    return RestartResult(p, history, final.positions, final.probability, unidentified, floored)
 
 
 def fit(
@@ -1105,6 +1155,7 @@ def fit(
     cache_fft: bool | None = None,
     workers: int | None = None,
     callback: Callable[[Progress], None] | None = None,
+    resume: Checkpoint | None = None,
 ) -> FitResult:
     """Fit face, background, noise std and prior to a stack of images by EM.
 
@@ -1154,7 +1205,11 @@ def fit(
     workers : int, optional
         Threads for ``scipy.fft``.
     callback : callable, optional
-        Called with a :class:`Progress` after every iteration.
+        Called with a :class:`Progress` after every iteration; its ``checkpoint`` resumes the
+        fit from there.
+    resume : Checkpoint, optional
+        Carry on an interrupted fit: the same data and arguments, and the last checkpoint it
+        reported. The result is the uninterrupted fit's, bit for bit (timings aside).
 
     Returns
     -------
@@ -1201,11 +1256,20 @@ def fit(
             stacklevel=2,
         )
     ss, children = _seed_children(seed, int(n_init))
-    runs: list[_Run] = []
-    for r, child in enumerate(children):
+    runs: list[RestartResult] = []
+    if resume is not None:
+        if resume.seed_entropy != ss.entropy or not resume.restart < int(n_init):
+            raise ValueError("the checkpoint belongs to another fit (other seed or restarts)")
+        runs = list(resume.finished)
+    for r in range(len(runs), int(n_init)):
         t0 = time.perf_counter()
-        rng = np.random.default_rng(child)
-        start = _initialize(data, init, rng, r, given)
+        rng = np.random.default_rng(children[r])
+        here = resume if resume is not None and r == resume.restart else None
+        if here is None:
+            start = _initialize(data, init, rng, r, given)
+        else:
+            start = here.params
+            rng.bit_generator.state = here.rng_state
         runs.append(
             _run(
                 data,
@@ -1221,6 +1285,9 @@ def fit(
                 t0=t0,
                 rng=rng,
                 samples=(int(samples), float(samples_growth), int(max_samples)),
+                seed_entropy=int(ss.entropy),
+                finished=tuple(runs),
+                resume=here,
             )
         )
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
@@ -1234,7 +1301,7 @@ def fit(
             ConvergenceWarning,
             stacklevel=2,
         )
-    if run.floored:
+    if run.noise_floored:
         warnings.warn(
             f"the noise std reached its floor {data.noise_floor:.3g} ({NOISE_FLOOR:g} x the data's "
             "std): the images may be noise-free copies of one scene",
@@ -1255,7 +1322,7 @@ def fit(
         positions=run.positions,
         position_probability=run.probability,
         unidentified=run.unidentified,
-        noise_floored=run.floored,
+        noise_floored=run.noise_floored,
         method=method,
         init=init,
         seed_entropy=int(ss.entropy),
