@@ -1267,14 +1267,14 @@ def check_folder_target(
     overwrite: bool = False,
     *,
     keep: Sequence[str | os.PathLike] = (),
-    marker: str | None = None,
+    marker: str | Sequence[str] | None = None,
 ) -> bool:
     """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
     whether it exists. Callers use it to fail before long work, not after.
 
     Even with ``overwrite``, a folder is never replaced when it is, or holds, one of ``keep``
-    (the command's inputs), or when ``marker`` is given and the folder lacks that file (it is
-    then not a previous output of the same command)."""
+    (the command's inputs), or when ``marker`` is given and the folder holds none of those
+    file names (it is then not a previous output of the same command)."""
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
     if not os.path.lexists(target):
@@ -1296,10 +1296,11 @@ def check_folder_target(
         raise InputError(
             f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
         )
-    if content and marker is not None and marker not in content:
+    markers = [marker] if isinstance(marker, str) else list(marker or [])
+    if content and markers and not set(markers) & set(content):
         raise InputError(
-            f"{p}: has no {marker}, so it is not an earlier output of this command; refusing "
-            "to replace it, even with --overwrite"
+            f"{p}: has no {' or '.join(markers)}, so it is not an earlier output of this "
+            "command; refusing to replace it, even with --overwrite"
         )
     here = os.path.abspath(os.getcwd())
     there = os.path.abspath(target)
@@ -1314,7 +1315,7 @@ def atomic_folder(
     overwrite: bool = False,
     *,
     keep: Sequence[str | os.PathLike] = (),
-    marker: str | None = None,
+    marker: str | Sequence[str] | None = None,
 ) -> Iterator[str]:
     """Build a folder so that it appears complete or not at all.
 
