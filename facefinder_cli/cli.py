@@ -88,6 +88,12 @@ def _verbosity(f: Callable) -> Callable:
 overwrite_opt = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs (refused without it)."
 )
+skip_opt = click.option(
+    "--skip-unreadable",
+    is_flag=True,
+    help="Leave out files of a folder or pattern that are not readable images (named in a "
+    "note) instead of stopping at the first.",
+)
 layout_opt = click.option(
     "--layout",
     type=click.Choice(["auto", "khw", "hwk"]),
@@ -150,8 +156,10 @@ def _input_paths(source: str) -> list[str]:
     return [source]
 
 
-def _load(source: str, layout: str) -> images.Stack:
-    return images.load_stack(source, None if layout == "auto" else layout)
+def _load(source: str, layout: str, skip_unreadable: bool = False) -> images.Stack:
+    return images.load_stack(
+        source, None if layout == "auto" else layout, skip_unreadable=skip_unreadable
+    )
 
 
 def _log_notes(stack: images.Stack) -> None:
@@ -583,6 +591,7 @@ def _settings(**kw: Any) -> dict[str, Any]:
     is_flag=True,
     help="Print a machine-readable summary on stdout (and nothing else there).",
 )
+@skip_opt
 @layout_opt
 @overwrite_opt
 @_verbosity
@@ -608,6 +617,7 @@ def fit(
     checkpoint_every,
     resume,
     as_json,
+    skip_unreadable,
     layout,
     overwrite,
 ):
@@ -654,6 +664,7 @@ def fit(
         )
         init_from, truth, zoom = saved["init_from"], saved["truth"], saved["zoom"]
         checkpoint_every = saved["checkpoint_every"]
+        skip_unreadable = saved["skip_unreadable"]
         log.info(
             "resuming %s at iteration %d of restart %d", resume, state.iteration, state.restart + 1
         )
@@ -680,13 +691,16 @@ def fit(
     if out != "-":
         images.check_folder_target(out, overwrite, keep=keep, marker=RUN_MARKERS)
     truth_data = runs.load_truth(truth) if truth else None
-    stack = _load(input, layout)
+    stack = _load(input, layout, skip_unreadable)
     X = stack.images
     K, H, W = X.shape
     h, w = face_size
     if h > H or w > W:
+        guess = [n for n in stack.notes if "--layout" in n]  # a misread axis order?
         raise click.BadParameter(
-            f"{h}x{w} is larger than the images ({H}x{W}) of {input}", param_hint="'--face-size'"
+            f"{h}x{w} is larger than the images ({H}x{W}) of {input}"
+            + (f" ({guess[0]})" if guess else ""),
+            param_hint="'--face-size'",
         )
     if warm is not None and warm.background.shape != (H, W):
         raise click.BadParameter(
@@ -733,6 +747,7 @@ def fit(
         layout=layout,
         zoom=zoom,
         checkpoint_every=checkpoint_every,
+        skip_unreadable=skip_unreadable,
         n_images=K,
         image_size=(H, W),
         command=" ".join(sys.argv),
@@ -1093,11 +1108,12 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     type=click.IntRange(1, 64),
     help="Upscale the --draw PNGs N times (nearest neighbour) [default: as for fit].",
 )
+@skip_opt
 @layout_opt
 @overwrite_opt
 @_verbosity
 @_reports_errors
-def detect(model, input, out, draw, zoom, layout, overwrite):
+def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
     """Find the face in new images with a fitted model.
 
     MODEL is a run folder or result.npz from `facefinder fit`; INPUT as for `fit`, with images
@@ -1118,7 +1134,7 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
     images.check_file_target(out, overwrite, keep=keep)
     if draw:
         images.check_folder_target(draw, overwrite, keep=keep)
-    stack = _load(input, layout)
+    stack = _load(input, layout, skip_unreadable)
     K, H, W = stack.images.shape
     if (H, W) != run.params.background.shape:
         bh, bw = run.params.background.shape

@@ -37,6 +37,7 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import os
 import sys
 import time
 import warnings
@@ -319,7 +320,7 @@ class _Data:
         self.X = X
         self.K, self.H, self.W, self.h, self.w = K, H, W, h, w
         self.Dh, self.Dw = H - h + 1, W - w + 1
-        self.chunk = int(chunk_size)
+        self.chunk = _chunk_for(chunk_size, H, W, self.Dh, self.Dw)
         self.workers = workers
         first = np.asarray(X[: min(K, 16)], dtype=np.float64)
         self.offset = float(first.mean()) if np.isfinite(first).all() else 0.0  # else: error below
@@ -368,6 +369,33 @@ class _Data:
         for a, b, x in self._chunks_raw():
             xf = self._xf[a:b] if self._xf is not None else sfft.rfft2(x, workers=self.workers)
             yield a, b, x, xf
+
+
+#: Working memory of one chunk of the streaming pass, at most (the chunk shrinks to fit).
+CHUNK_BYTES = 256 * 2**20
+
+
+def _chunk_for(chunk_size: int, H: int, W: int, Dh: int, Dw: int) -> int:
+    """Images per chunk: at most ``chunk_size``, and few enough that the pass's temporaries
+    (about 16 image-sized and 8 position-table-sized float64 arrays per image) fit in
+    ``CHUNK_BYTES``. Refuses images too large for this machine's memory even one at a time."""
+    per_image = 8 * (16 * H * W + 8 * Dh * Dw)
+    total = _physical_memory()
+    if total and per_image > total // 2:
+        raise ValueError(
+            f"images of {H}x{W} with {Dh}x{Dw} face positions need about "
+            f"{per_image / 2**30:.1f} GiB of working memory each, more than half of this "
+            f"machine's {total / 2**30:.1f} GiB: crop or downsample them"
+        )
+    return max(1, min(int(chunk_size), CHUNK_BYTES // per_image))
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory, or 0 where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 @functools.cache
@@ -1199,7 +1227,8 @@ def fit(
         ``samples_growth`` every iteration up to ``max_samples``. Few draws move fast while far
         from the optimum; more draws let the parameters settle.
     chunk_size : int
-        Images per chunk of the streaming pass; results do not depend on it beyond rounding.
+        Most images per chunk of the streaming pass (fewer when large images would need more
+        than ``CHUNK_BYTES`` of working memory); results do not depend on it beyond rounding.
     cache_fft : bool, optional
         Keep ``rfft2(X)`` in memory between iterations (default: when it takes at most 2 GiB).
     workers : int, optional
