@@ -165,7 +165,10 @@ def _load(source: str, layout: str, skip_unreadable: bool = False) -> images.Sta
 def _log_notes(stack: images.Stack) -> None:
     """How the input was read (after the checks, so that an error stays a single line)."""
     for note in stack.notes:
-        log.info("note: %s", note)
+        if note.startswith("skipped"):  # data left out: worth a warning
+            log.warning("%s", note)
+        else:
+            log.info("note: %s", note)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_junk_is_skipped_on_request():
     )
     assert r.exit_code == 0, r.output
     assert (
-        "note: skipped 1 unreadable file: j/a2.png: cannot read image (not an image file: "
+        "warning: skipped 1 unreadable file: j/a2.png: cannot read image (not an image file: "
         "it holds text)"
     ) in r.stderr.splitlines()
     with np.load("out/result.npz") as z:
@@ -353,3 +353,18 @@ def _load_cleanly(path):
         return
     assert stack.images.ndim == 3 and stack.images.dtype == np.float64
     assert np.isfinite(stack.images).all()
+
+
+def test_a_failed_write_leaves_no_run_behind(monkeypatch):
+    folder("d", {f"a{i}.png": good for i in range(4)})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full_disk)
+    r = CliRunner().invoke(
+        main, ["fit", "d", "--face-size", "6x6", "-o", "out", "--max-iter", "2", "-qq"]
+    )
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.splitlines() == ["Error: out: cannot write (No space left on device)"]
+    assert sorted(os.listdir()) == ["d"]  # no run folder, no temporary one
