@@ -7,12 +7,14 @@ stdout carries only data (a PNG with ``-o -``, a JSON summary with ``--json``, C
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -86,6 +88,12 @@ def _verbosity(f: Callable) -> Callable:
 overwrite_opt = click.option(
     "--overwrite", is_flag=True, help="Replace existing outputs (refused without it)."
 )
+skip_opt = click.option(
+    "--skip-unreadable",
+    is_flag=True,
+    help="Leave out files of a folder or pattern that are not readable images (named in a "
+    "note) instead of stopping at the first.",
+)
 layout_opt = click.option(
     "--layout",
     type=click.Choice(["auto", "khw", "hwk"]),
@@ -148,14 +156,19 @@ def _input_paths(source: str) -> list[str]:
     return [source]
 
 
-def _load(source: str, layout: str) -> images.Stack:
-    return images.load_stack(source, None if layout == "auto" else layout)
+def _load(source: str, layout: str, skip_unreadable: bool = False) -> images.Stack:
+    return images.load_stack(
+        source, None if layout == "auto" else layout, skip_unreadable=skip_unreadable
+    )
 
 
 def _log_notes(stack: images.Stack) -> None:
     """How the input was read (after the checks, so that an error stays a single line)."""
     for note in stack.notes:
-        log.info("note: %s", note)
+        if note.startswith("skipped"):  # data left out: worth a warning
+            log.warning("%s", note)
+        else:
+            log.info("note: %s", note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,16 +406,26 @@ class _ProgressBar:
     """The engine's progress callback as a tqdm bar on stderr (off when stderr is not a
     terminal); also collects per-iteration errors against a known truth."""
 
-    def __init__(self, max_iter: int, truth: runs.Truth | None) -> None:
+    def __init__(self, max_iter: int, truth: runs.Truth | None, saver=None) -> None:
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
         self.max_iter = max_iter
         self.bar = None
         self.truth = truth
+        self.saver = saver
+        self.restart = -1
+        self.latest: engine.Checkpoint | None = None  # what Ctrl-C saves
         self.errors: dict[int, list[dict[str, float]]] = {}
 
     def __call__(self, p: engine.Progress) -> None:
+        self.track(p)
+        self.latest = p.checkpoint
+        if self.saver is not None:
+            self.saver.maybe_save(p.checkpoint, self.errors)
+
+    def track(self, p: engine.Progress) -> None:
+        """Errors against the truth per iteration, and the bar."""
         if self.truth is not None:
             rows = self.errors.setdefault(p.restart, [])
             if p.positions is not None:  # the E-step of θ_{t-1}: its positions
@@ -410,11 +433,13 @@ class _ProgressBar:
                     p.params, p.positions, self.truth.params, self.truth.positions
                 )["positions_right"]
             rows.append(synthetic.errors(p.params, None, self.truth.params, self.truth.positions))
-        if p.iteration == 0:
+        if p.iteration == 0 or p.restart != self.restart:  # a new restart, or a resumed one
             self.close()
+            self.restart = p.restart
             desc = f"restart {p.restart + 1}/{p.n_restarts}" if p.n_restarts > 1 else "EM"
             self.bar = self._tqdm(
                 total=p.max_iter,
+                initial=max(p.iteration - 1, 0),
                 desc=desc,
                 unit="it",
                 file=sys.stderr,
@@ -422,10 +447,10 @@ class _ProgressBar:
                 leave=False,
                 dynamic_ncols=True,
             )
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"ELBO {p.elbo:.6g}, gain {p.gain:.2g}/px", refresh=False)
-            self.bar.update(1)
+            if p.iteration == 0:
+                return
+        self.bar.set_postfix_str(f"ELBO {p.elbo:.6g}, gain {p.gain:.2g}/px", refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -438,7 +463,7 @@ def _settings(**kw: Any) -> dict[str, Any]:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("input", metavar="INPUT")
+@click.argument("input", metavar="INPUT", required=False)
 @click.option(
     "--face-size",
     type=SHAPE,
@@ -447,7 +472,6 @@ def _settings(**kw: Any) -> dict[str, Any]:
 @click.option(
     "-o",
     "--out",
-    required=True,
     metavar="DIR|-",
     help="Output folder; '-' writes only the face as a PNG to stdout (for viewers).",
 )
@@ -551,11 +575,26 @@ def _settings(**kw: Any) -> dict[str, Any]:
     "at least 256 pixels wide or high, at most 8; 1 for exact pixels].",
 )
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Save the fit every N iterations into DIR/checkpoint.npz (it is also saved on Ctrl-C "
+    "or SIGTERM).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Carry on the interrupted fit saved in DIR, with its input and settings; ends exactly "
+    "as the uninterrupted fit would.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print a machine-readable summary on stdout (and nothing else there).",
 )
+@skip_opt
 @layout_opt
 @overwrite_opt
 @_verbosity
@@ -578,7 +617,10 @@ def fit(
     init_from,
     truth,
     zoom,
+    checkpoint_every,
+    resume,
     as_json,
+    skip_unreadable,
     layout,
     overwrite,
 ):
@@ -596,6 +638,9 @@ def fit(
       positions.csv              each image's most probable face position and its probability
       result.npz                 all of it, with every restart's history and the settings
 
+    Ctrl-C (or SIGTERM) saves the last completed iteration in DIR/checkpoint.npz and exits with
+    status 130 (143); `facefinder fit --resume DIR` carries on from there.
+
     \b
     Examples:
       facefinder fit sample_data/noisy --face-size 40x30 -o run
@@ -603,12 +648,41 @@ def fit(
       facefinder fit data.mat --face-size 16x16 --method hard --json -o run > summary.json
       facefinder fit imgs/ --face-size 36x30 --zoom 4 -o - | display -
     """
+    state = None
+    if resume:
+        _only_with_resume(click.get_current_context(), ("resume", "as_json"))
+        state, saved, extra = runs.load_checkpoint(resume)
+        input, out, overwrite = saved["input_path"], resume, True
+        face_size, method, init = tuple(saved["face_size"]), saved["method"], saved["init"]
+        restarts, max_iter, tol, seed = (saved[k] for k in ("restarts", "max_iter", "tol", "seed"))
+        prior_update, chunk_size, layout = (
+            saved["prior_update"],
+            saved["chunk_size"],
+            saved["layout"],
+        )
+        samples, samples_growth, max_samples = (
+            saved["samples"],
+            saved["samples_growth"],
+            saved["max_samples"],
+        )
+        init_from, truth, zoom = saved["init_from"], saved["truth"], saved["zoom"]
+        checkpoint_every = saved["checkpoint_every"]
+        skip_unreadable = saved["skip_unreadable"]
+        log.info(
+            "resuming %s at iteration %d of restart %d", resume, state.iteration, state.restart + 1
+        )
+    elif input is None:
+        raise click.MissingParameter(param_hint="'INPUT'", param_type="argument")
+    elif out is None:
+        raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
     if as_json and out == "-":
         raise click.UsageError("--json and -o - both write to stdout; choose one")
     if out == "-" and sys.stdout.isatty():
         raise click.UsageError(
             "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
         )
+    if out == "-" and checkpoint_every:
+        raise click.UsageError("--checkpoint-every needs an output folder, not -o -")
     if math.isnan(tol):
         raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
     warm = runs.load_params(init_from) if init_from else None
@@ -616,17 +690,20 @@ def fit(
         if warm is None:
             raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
         face_size = warm.face.shape
+    keep = _input_paths(input) + [p for p in (init_from, truth) if p]
     if out != "-":
-        keep = _input_paths(input) + [p for p in (init_from, truth) if p]
-        images.check_folder_target(out, overwrite, keep=keep, marker=runs.RESULT)
+        images.check_folder_target(out, overwrite, keep=keep, marker=RUN_MARKERS)
     truth_data = runs.load_truth(truth) if truth else None
-    stack = _load(input, layout)
+    stack = _load(input, layout, skip_unreadable)
     X = stack.images
     K, H, W = X.shape
     h, w = face_size
     if h > H or w > W:
+        guess = [n for n in stack.notes if "--layout" in n]  # a misread axis order?
         raise click.BadParameter(
-            f"{h}x{w} is larger than the images ({H}x{W}) of {input}", param_hint="'--face-size'"
+            f"{h}x{w} is larger than the images ({H}x{W}) of {input}"
+            + (f" ({guess[0]})" if guess else ""),
+            param_hint="'--face-size'",
         )
     if warm is not None and warm.background.shape != (H, W):
         raise click.BadParameter(
@@ -653,6 +730,31 @@ def fit(
                 f"{truth_data.params.face.shape[1]}, not {h}x{w}",
                 param_hint="'--face-size'",
             )
+    settings = _settings(
+        input=str(input),
+        input_path=os.path.abspath(input) if not _input_is_glob(input) else input,
+        face_size=(h, w),
+        method=method,
+        init=init,
+        restarts=restarts,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        prior_update=prior_update,
+        samples=samples,
+        samples_growth=samples_growth,
+        max_samples=max_samples,
+        chunk_size=chunk_size,
+        init_from=os.path.abspath(init_from) if init_from else None,
+        truth=os.path.abspath(truth) if truth else None,
+        layout=layout,
+        zoom=zoom,
+        checkpoint_every=checkpoint_every,
+        skip_unreadable=skip_unreadable,
+        n_images=K,
+        image_size=(H, W),
+        command=" ".join(sys.argv),
+    )
     _log_notes(stack)
     log.info(
         "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
@@ -665,29 +767,48 @@ def fit(
         input,
         method,
     )
-    bar = _ProgressBar(max_iter, truth_data)
+    saver = None if out == "-" else _CheckpointSaver(out, settings, keep, checkpoint_every)
+    bar = _ProgressBar(max_iter, truth_data, saver)
+    if resume:
+        bar.errors = {int(r): rows for r, rows in extra.get("errors", {}).items()}
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", engine.ConvergenceWarning)
         warnings.simplefilter("always", engine.NoiseFloorWarning)
         try:
-            result = engine.fit(
-                X,
-                (h, w),
-                method=method,
-                init=init,
-                n_init=restarts,
-                max_iter=max_iter,
-                tol=tol,
-                seed=seed,
-                init_params=warm,
-                prior_update=prior_update,
-                samples=samples,
-                samples_growth=samples_growth,
-                max_samples=max(max_samples, samples),
-                chunk_size=chunk_size,
-                callback=bar,
-            )
+            with _sigterm_as_interrupt():
+                result = engine.fit(
+                    X,
+                    (h, w),
+                    method=method,
+                    init=init,
+                    n_init=restarts,
+                    max_iter=max_iter,
+                    tol=tol,
+                    seed=seed,
+                    init_params=warm,
+                    prior_update=prior_update,
+                    samples=samples,
+                    samples_growth=samples_growth,
+                    max_samples=max(max_samples, samples),
+                    chunk_size=chunk_size,
+                    callback=bar,
+                    resume=state,
+                )
+        except (KeyboardInterrupt, _Terminated) as stop:
+            bar.close()
+            code = 143 if isinstance(stop, _Terminated) else 130
+            if saver is None or bar.latest is None:
+                click.echo("interrupted before anything could be saved", err=True)
+            else:
+                saver.save(bar.latest, bar.errors)
+                click.echo(
+                    f"interrupted after iteration {bar.latest.iteration} of restart "
+                    f"{bar.latest.restart + 1} of {restarts}; saved in {out}: carry on with "
+                    f"`facefinder fit --resume {out}`",
+                    err=True,
+                )
+            click.get_current_context().exit(code)
         finally:
             bar.close()
     seconds = time.perf_counter() - t0
@@ -712,33 +833,13 @@ def fit(
             result.params, result.positions, truth_data.params, truth_data.positions
         )["positions_right"]
         errors = {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
-    settings = _settings(
-        input=str(input),
-        face_size=(h, w),
-        method=method,
-        init=init,
-        restarts=restarts,
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        prior_update=prior_update,
-        samples=samples,
-        samples_growth=samples_growth,
-        max_samples=max_samples,
-        chunk_size=chunk_size,
-        init_from=init_from,
-        truth=truth,
-        layout=layout,
-        n_images=K,
-        image_size=(H, W),
-        command=" ".join(sys.argv),
-    )
     zoom = zoom or runs.view_zoom((H, W))
     if out == "-":
         lo, hi = runs.display_range(result.face, result.background)
         images.write_png("-", result.face, lo, hi, zoom=zoom)
     else:
-        with images.atomic_folder(out, overwrite, keep=keep, marker=runs.RESULT) as tmp:
+        overwrite = overwrite or saver.wrote
+        with images.atomic_folder(out, overwrite, keep=keep, marker=RUN_MARKERS) as tmp:
             written = runs.save_run(
                 tmp, result, names=stack.names, settings=settings, errors=errors, zoom=zoom
             )
@@ -746,6 +847,71 @@ def fit(
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     _report(summary, result, written if out != "-" else [])
+
+
+RUN_MARKERS = (runs.RESULT, runs.CHECKPOINT)
+
+
+def _input_is_glob(source: str) -> bool:
+    return any(c in source for c in "*?[")
+
+
+def _only_with_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
+    """--resume takes everything from the checkpoint: other options would be ignored."""
+    from click.core import ParameterSource
+
+    given = [
+        p.opts[0] if p.opts else p.name
+        for p in ctx.command.params
+        if p.name not in allowed + ("verbose", "quiet")
+        and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise click.UsageError(
+            f"--resume takes the input and settings from the checkpoint; drop {', '.join(given)}"
+        )
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so that the fit can be saved."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    def handler(signum, frame):  # noqa: ARG001
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _CheckpointSaver:
+    """Writes a fit's checkpoints into its output folder: the folder is created (or an earlier
+    run in it replaced) at the first save; later saves replace checkpoint.npz atomically."""
+
+    def __init__(self, out: str, settings: dict, keep: list[str], every: int | None) -> None:
+        self.out, self.settings, self.keep, self.every = out, settings, keep, every
+        self.wrote = False
+
+    def maybe_save(self, state: engine.Checkpoint, errors: dict) -> None:
+        if self.every and state.iteration and state.iteration % self.every == 0:
+            self.save(state, errors)
+
+    def save(self, state: engine.Checkpoint, errors: dict) -> None:
+        extra = {"errors": {str(r): rows for r, rows in errors.items()}}
+        if self.wrote or (os.path.isdir(self.out) and os.listdir(self.out) == [runs.CHECKPOINT]):
+            runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.settings, extra)
+        else:
+            with images.atomic_folder(self.out, True, keep=self.keep, marker=RUN_MARKERS) as tmp:
+                runs.save_checkpoint(Path(tmp) / runs.CHECKPOINT, state, self.settings, extra)
+        self.wrote = True
 
 
 def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
@@ -945,11 +1111,12 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     type=click.IntRange(1, 64),
     help="Upscale the --draw PNGs N times (nearest neighbour) [default: as for fit].",
 )
+@skip_opt
 @layout_opt
 @overwrite_opt
 @_verbosity
 @_reports_errors
-def detect(model, input, out, draw, zoom, layout, overwrite):
+def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
     """Find the face in new images with a fitted model.
 
     MODEL is a run folder or result.npz from `facefinder fit`; INPUT as for `fit`, with images
@@ -970,7 +1137,7 @@ def detect(model, input, out, draw, zoom, layout, overwrite):
     images.check_file_target(out, overwrite, keep=keep)
     if draw:
         images.check_folder_target(draw, overwrite, keep=keep)
-    stack = _load(input, layout)
+    stack = _load(input, layout, skip_unreadable)
     K, H, W = stack.images.shape
     if (H, W) != run.params.background.shape:
         bh, bw = run.params.background.shape

@@ -37,6 +37,7 @@ import ctypes
 import ctypes.util
 import functools
 import math
+import os
 import sys
 import time
 import warnings
@@ -49,6 +50,7 @@ from scipy import fft as sfft
 from scipy import ndimage, signal
 
 __all__ = [
+    "Checkpoint",
     "ConvergenceWarning",
     "FitResult",
     "INIT_METHODS",
@@ -56,6 +58,7 @@ __all__ = [
     "Params",
     "Progress",
     "RestartHistory",
+    "RestartResult",
     "elbo",
     "fit",
     "initialize",
@@ -157,6 +160,7 @@ class Progress:
     gain: float
     params: Params
     positions: np.ndarray | None
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,7 @@ class _Data:
         self.X = X
         self.K, self.H, self.W, self.h, self.w = K, H, W, h, w
         self.Dh, self.Dw = H - h + 1, W - w + 1
-        self.chunk = int(chunk_size)
+        self.chunk = _chunk_for(chunk_size, H, W, self.Dh, self.Dw)
         self.workers = workers
         first = np.asarray(X[: min(K, 16)], dtype=np.float64)
         self.offset = float(first.mean()) if np.isfinite(first).all() else 0.0  # else: error below
@@ -365,6 +369,33 @@ class _Data:
         for a, b, x in self._chunks_raw():
             xf = self._xf[a:b] if self._xf is not None else sfft.rfft2(x, workers=self.workers)
             yield a, b, x, xf
+
+
+#: Working memory of one chunk of the streaming pass, at most (the chunk shrinks to fit).
+CHUNK_BYTES = 256 * 2**20
+
+
+def _chunk_for(chunk_size: int, H: int, W: int, Dh: int, Dw: int) -> int:
+    """Images per chunk: at most ``chunk_size``, and few enough that the pass's temporaries
+    (about 16 image-sized and 8 position-table-sized float64 arrays per image) fit in
+    ``CHUNK_BYTES``. Refuses images too large for this machine's memory even one at a time."""
+    per_image = 8 * (16 * H * W + 8 * Dh * Dw)
+    total = _physical_memory()
+    if total and per_image > total // 2:
+        raise ValueError(
+            f"images of {H}x{W} with {Dh}x{Dw} face positions need about "
+            f"{per_image / 2**30:.1f} GiB of working memory each, more than half of this "
+            f"machine's {total / 2**30:.1f} GiB: crop or downsample them"
+        )
+    return max(1, min(int(chunk_size), CHUNK_BYTES // per_image))
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory, or 0 where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 @functools.cache
@@ -995,14 +1026,43 @@ def _samples_at(iteration: int, start: int, growth: float, most: int) -> int:
     return int(min(most, math.ceil(start * growth ** (iteration - 1))))
 
 
-@dataclass
-class _Run:
+@dataclass(frozen=True)
+class RestartResult:
+    """One finished restart: its parameters, history and the final E-step's positions."""
+
     params: Params
     history: RestartHistory
     positions: np.ndarray
     probability: np.ndarray
     unidentified: np.ndarray
-    floored: bool
+    noise_floored: bool
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A fit after a completed iteration: with it, ``fit(..., resume=checkpoint)`` on the same
+    data and settings ends exactly as the uninterrupted fit (bit for bit; only the timings
+    differ). :class:`Progress` carries one after every iteration.
+
+    ``finished`` holds the restarts already done; restart ``restart`` has completed
+    ``iteration`` iterations and stands at ``params``; ``rng_state`` is its random generator's
+    state (``bit_generator.state``).
+    """
+
+    seed_entropy: int
+    finished: tuple[RestartResult, ...]
+    restart: int
+    iteration: int
+    params: Params
+    elbo: tuple[float, ...]
+    log_likelihood: tuple[float, ...]
+    seconds: tuple[float, ...]
+    converged: bool
+    prior_free: bool
+    prior_fixed_until: int
+    unidentified: np.ndarray
+    noise_floored: bool
+    rng_state: dict
 
 
 def _run(
@@ -1020,22 +1080,56 @@ def _run(
     t0: float,
     rng: np.random.Generator,
     samples: tuple[int, float, int],
-) -> _Run:
+    seed_entropy: int,
+    finished: tuple[RestartResult, ...],
+    resume: Checkpoint | None = None,
+) -> RestartResult:
     n_values = data.K * data.H * data.W
-    p = start
-    elbo: list[float] = []
-    loglik: list[float] = []
-    seconds = [time.perf_counter() - t0]
-    unidentified = np.zeros((data.H, data.W), dtype=bool)
-    floored = converged = False
-    n_iter = 0
-    prior_free = prior_update == "always"
-    fixed_until = 0
-    if callback is not None:
-        callback(Progress(restart, n_restarts, 0, max_iter, math.nan, math.nan, math.nan, p, None))
-    for it in range(1, max_iter + 1):
-        stats = _pass(data, p, method, True, rng, _samples_at(it, *samples))
-        if it == 1:
+    if resume is None:
+        p = start
+        elbo: list[float] = []
+        loglik: list[float] = []
+        seconds = [time.perf_counter() - t0]
+        unidentified = np.zeros((data.H, data.W), dtype=bool)
+        floored = converged = False
+        prior_free = prior_update == "always"
+        fixed_until = n_iter = 0
+    else:  # carry on from a checkpoint; its generator state is already in ``rng``
+        p = resume.params
+        elbo, loglik, seconds = list(resume.elbo), list(resume.log_likelihood), list(resume.seconds)
+        t0 = time.perf_counter() - seconds[-1]
+        unidentified, floored = resume.unidentified, resume.noise_floored
+        converged, prior_free = resume.converged, resume.prior_free
+        fixed_until, n_iter = resume.prior_fixed_until, resume.iteration
+
+    def report(gain: float, positions: np.ndarray | None) -> None:
+        if callback is None:
+            return
+        state = Checkpoint(
+            seed_entropy,
+            finished,
+            restart,
+            n_iter,
+            p,
+            tuple(elbo),
+            tuple(loglik),
+            tuple(seconds),
+            converged,
+            prior_free,
+            fixed_until,
+            unidentified,
+            floored,
+            rng.bit_generator.state,
+        )
+        last = (elbo[-1], loglik[-1]) if n_iter else (math.nan, math.nan)
+        callback(Progress(restart, n_restarts, n_iter, max_iter, *last, gain, p, positions, state))
+
+    if resume is None:
+        report(math.nan, None)
+    while not converged and n_iter < max_iter:
+        n_iter += 1
+        stats = _pass(data, p, method, True, rng, _samples_at(n_iter, *samples))
+        if n_iter == 1:
             elbo.append(stats.bound)
         loglik.append(stats.log_evidence)
         p, info = stats.m_step(p, update_prior=prior_free)
@@ -1043,32 +1137,16 @@ def _run(
         elbo.append(info["elbo"])
         unidentified, floored = info["unidentified"], info["floored"]
         seconds.append(time.perf_counter() - t0)
-        n_iter = it
         if method == "mc":  # the exact log-likelihood, averaged to see through the draws' noise
             gain = _window_gain(loglik) / n_values
         else:
             gain = (elbo[-1] - elbo[-2]) / n_values
-        if callback is not None:
-            callback(
-                Progress(
-                    restart,
-                    n_restarts,
-                    it,
-                    max_iter,
-                    elbo[-1],
-                    loglik[-1],
-                    gain,
-                    p,
-                    stats.positions,
-                )
-            )
         if prior_update == "late" and not prior_free:
             if gain < (tol if tol > 0 else DEFAULT_TOL):
                 prior_free = True  # the rest has settled: from now on the prior is learnt too
-            continue
-        if gain < tol:
+        elif gain < tol:
             converged = True
-            break
+        report(gain, stats.positions)
     final = _pass(data, p, "soft" if method == "mc" else method, accumulate=False)
     loglik.append(final.log_evidence)
     if max_iter == 0:
@@ -1083,7 +1161,7 @@ def _run(
         final_elbo=final.bound,
         prior_fixed_until=fixed_until,
     )
-    return _Run(p, history, final.positions, final.probability, unidentified, floored)
+    return RestartResult(p, history, final.positions, final.probability, unidentified, floored)
 
 
 def fit(
@@ -1105,6 +1183,7 @@ def fit(
     cache_fft: bool | None = None,
     workers: int | None = None,
     callback: Callable[[Progress], None] | None = None,
+    resume: Checkpoint | None = None,
 ) -> FitResult:
     """Fit face, background, noise std and prior to a stack of images by EM.
 
@@ -1148,13 +1227,18 @@ def fit(
         ``samples_growth`` every iteration up to ``max_samples``. Few draws move fast while far
         from the optimum; more draws let the parameters settle.
     chunk_size : int
-        Images per chunk of the streaming pass; results do not depend on it beyond rounding.
+        Most images per chunk of the streaming pass (fewer when large images would need more
+        than ``CHUNK_BYTES`` of working memory); results do not depend on it beyond rounding.
     cache_fft : bool, optional
         Keep ``rfft2(X)`` in memory between iterations (default: when it takes at most 2 GiB).
     workers : int, optional
         Threads for ``scipy.fft``.
     callback : callable, optional
-        Called with a :class:`Progress` after every iteration.
+        Called with a :class:`Progress` after every iteration; its ``checkpoint`` resumes the
+        fit from there.
+    resume : Checkpoint, optional
+        Carry on an interrupted fit: the same data and arguments, and the last checkpoint it
+        reported. The result is the uninterrupted fit's, bit for bit (timings aside).
 
     Returns
     -------
@@ -1201,11 +1285,20 @@ def fit(
             stacklevel=2,
         )
     ss, children = _seed_children(seed, int(n_init))
-    runs: list[_Run] = []
-    for r, child in enumerate(children):
+    runs: list[RestartResult] = []
+    if resume is not None:
+        if resume.seed_entropy != ss.entropy or not resume.restart < int(n_init):
+            raise ValueError("the checkpoint belongs to another fit (other seed or restarts)")
+        runs = list(resume.finished)
+    for r in range(len(runs), int(n_init)):
         t0 = time.perf_counter()
-        rng = np.random.default_rng(child)
-        start = _initialize(data, init, rng, r, given)
+        rng = np.random.default_rng(children[r])
+        here = resume if resume is not None and r == resume.restart else None
+        if here is None:
+            start = _initialize(data, init, rng, r, given)
+        else:
+            start = here.params
+            rng.bit_generator.state = here.rng_state
         runs.append(
             _run(
                 data,
@@ -1221,6 +1314,9 @@ def fit(
                 t0=t0,
                 rng=rng,
                 samples=(int(samples), float(samples_growth), int(max_samples)),
+                seed_entropy=int(ss.entropy),
+                finished=tuple(runs),
+                resume=here,
             )
         )
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
@@ -1234,7 +1330,7 @@ def fit(
             ConvergenceWarning,
             stacklevel=2,
         )
-    if run.floored:
+    if run.noise_floored:
         warnings.warn(
             f"the noise std reached its floor {data.noise_floor:.3g} ({NOISE_FLOOR:g} x the data's "
             "std): the images may be noise-free copies of one scene",
@@ -1255,7 +1351,7 @@ def fit(
         positions=run.positions,
         position_probability=run.probability,
         unidentified=run.unidentified,
-        noise_floored=run.floored,
+        noise_floored=run.noise_floored,
         method=method,
         init=init,
         seed_entropy=int(ss.entropy),

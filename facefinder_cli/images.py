@@ -667,12 +667,23 @@ def _read_mat(
 # load_stack
 
 
-def _images_from_files(paths: list[str], displays: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Read one image per file into a (K, H, W) float64 stack; returns it and the notes."""
+def _images_from_files(
+    paths: list[str], displays: list[str], skip_unreadable: bool = False
+) -> tuple[np.ndarray, list[str], list[int]]:
+    """Read one image per file into a (K, H, W) float64 stack; returns it, the notes and the
+    indices of the files read (all of them unless ``skip_unreadable`` skipped some)."""
     conv = _Conversions()
     images: np.ndarray | None = None
-    for i, (path, disp) in enumerate(zip(paths, displays)):
-        blocks, c = _read_image_file(path, disp)
+    kept: list[int] = []
+    skipped: list[str] = []
+    for path, disp in zip(paths, displays):
+        try:
+            blocks, c = _read_image_file(path, disp)
+        except InputError as err:
+            if not skip_unreadable:
+                raise
+            skipped.append(str(err))
+            continue
         n = sum(len(b) for b in blocks)
         if n != 1:
             raise InputError(
@@ -686,20 +697,27 @@ def _images_from_files(paths: list[str], displays: list[str]) -> tuple[np.ndarra
         elif img.shape != images.shape[1:]:
             raise InputError(
                 f"{disp}: size {_size(img.shape)} differs from {_size(images.shape[1:])} "
-                f"of {displays[0]}"
+                f"of {displays[kept[0]]}"
             )
         _check_finite(img[np.newaxis], lambda k, disp=disp: f"{disp}:")
-        images[i] = img
-    assert images is not None
-    return images, conv.notes()
+        images[len(kept)] = img
+        kept.append(len(kept) + len(skipped))
+    if images is None:
+        raise InputError(f"{displays[0]} and the other {len(paths) - 1} files: none is readable")
+    notes = conv.notes()
+    if skipped:
+        notes.append(f"skipped {_plural(len(skipped), 'unreadable file')}: {_listing(skipped, 3)}")
+    return images[: len(kept)], notes, kept
 
 
-def _load_listing(source: str, paths: list[str], names: list[str], extra_notes: list[str]) -> Stack:
-    images, notes = _images_from_files(paths, paths)
-    return Stack(images, tuple(names), tuple(notes + extra_notes), source)
+def _load_listing(
+    source: str, paths: list[str], names: list[str], extra_notes: list[str], skip: bool
+) -> Stack:
+    images, notes, kept = _images_from_files(paths, paths, skip)
+    return Stack(images, tuple(names[i] for i in kept), tuple(notes + extra_notes), source)
 
 
-def _load_folder(source: str) -> Stack:
+def _load_folder(source: str, skip: bool = False) -> Stack:
     files: list[str] = []
     others: list[str] = []
     try:
@@ -728,10 +746,10 @@ def _load_folder(source: str) -> Stack:
         n = _plural(len(others), "non-image file")
         notes.append(f"ignored {n}: {_listing(others, 3)}")
     paths = [os.path.join(source, f) for f in files]
-    return _load_listing(source, paths, files, notes)
+    return _load_listing(source, paths, files, notes, skip)
 
 
-def _load_glob(source: str) -> Stack:
+def _load_glob(source: str, skip: bool = False) -> Stack:
     matches = _glob.glob(source, recursive=True)
     files = [m for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
@@ -740,7 +758,7 @@ def _load_glob(source: str) -> Stack:
     files.sort(key=natural_sort_key)
     base = [os.path.basename(f) for f in files]
     names = base if len(set(base)) == len(base) else files
-    return _load_listing(source, files, names, [])
+    return _load_listing(source, files, names, [], skip)
 
 
 def _load_file(source: str, layout: str | None, mmap: bool) -> Stack:
@@ -790,7 +808,12 @@ def _load_file(source: str, layout: str | None, mmap: bool) -> Stack:
     return Stack(images, tuple(names_list), tuple(conv.notes()), source)
 
 
-def load_stack(source: str | os.PathLike, layout: str | None = None, mmap: bool = False) -> Stack:
+def load_stack(
+    source: str | os.PathLike,
+    layout: str | None = None,
+    mmap: bool = False,
+    skip_unreadable: bool = False,
+) -> Stack:
     """Read a stack of grayscale images.
 
     Parameters
@@ -821,6 +844,10 @@ def load_stack(source: str | os.PathLike, layout: str | None = None, mmap: bool 
         float64 data, C-ordered, in (K, H, W) layout (or one 2-D image), ``images`` is then the
         read-only ``np.memmap`` itself (float32 stays float32); otherwise the data are copied as
         usual. The finite-values check reads the map in chunks. Ignored for other sources.
+    skip_unreadable : bool
+        For folders and patterns: leave out files that cannot be read as an image (with a note
+        naming them) instead of stopping at the first. Images of another size are still an
+        error.
 
     Returns
     -------
@@ -842,7 +869,7 @@ def load_stack(source: str | os.PathLike, layout: str | None = None, mmap: bool 
     src = os.fspath(source)
     layout = _check_layout(layout)
     if os.path.isdir(src):
-        return _load_folder(src)
+        return _load_folder(src, skip_unreadable)
     if os.path.lexists(src) and not os.path.exists(src):
         raise InputError(f"{src}: broken symbolic link")
     if os.path.exists(src):
@@ -850,7 +877,7 @@ def load_stack(source: str | os.PathLike, layout: str | None = None, mmap: bool 
             raise InputError(f"{src}: not a regular file or folder")
         return _load_file(src, layout, mmap)
     if any(ch in src for ch in _GLOB_CHARS):
-        return _load_glob(src)
+        return _load_glob(src, skip_unreadable)
     raise InputError(f"{src}: no such file or folder")
 
 
@@ -1267,14 +1294,14 @@ def check_folder_target(
     overwrite: bool = False,
     *,
     keep: Sequence[str | os.PathLike] = (),
-    marker: str | None = None,
+    marker: str | Sequence[str] | None = None,
 ) -> bool:
     """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
     whether it exists. Callers use it to fail before long work, not after.
 
     Even with ``overwrite``, a folder is never replaced when it is, or holds, one of ``keep``
-    (the command's inputs), or when ``marker`` is given and the folder lacks that file (it is
-    then not a previous output of the same command)."""
+    (the command's inputs), or when ``marker`` is given and the folder holds none of those
+    file names (it is then not a previous output of the same command)."""
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
     if not os.path.lexists(target):
@@ -1296,10 +1323,11 @@ def check_folder_target(
         raise InputError(
             f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
         )
-    if content and marker is not None and marker not in content:
+    markers = [marker] if isinstance(marker, str) else list(marker or [])
+    if content and markers and not set(markers) & set(content):
         raise InputError(
-            f"{p}: has no {marker}, so it is not an earlier output of this command; refusing "
-            "to replace it, even with --overwrite"
+            f"{p}: has no {' or '.join(markers)}, so it is not an earlier output of this "
+            "command; refusing to replace it, even with --overwrite"
         )
     here = os.path.abspath(os.getcwd())
     there = os.path.abspath(target)
@@ -1314,7 +1342,7 @@ def atomic_folder(
     overwrite: bool = False,
     *,
     keep: Sequence[str | os.PathLike] = (),
-    marker: str | None = None,
+    marker: str | Sequence[str] | None = None,
 ) -> Iterator[str]:
     """Build a folder so that it appears complete or not at all.
 

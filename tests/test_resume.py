@@ -1,0 +1,157 @@
+"""Interrupted fits resume exactly: engine checkpoints, and SIGINT/SIGTERM on the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facefinder_cli import engine as E
+from facefinder_cli import synthetic as S
+
+SAME = (
+    "face",
+    "background",
+    "prior",
+    "elbo",
+    "log_likelihood",
+    "positions",
+    "position_probability",
+    "unidentified",
+)
+
+
+def quiet_fit(X, face_shape, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", E.ConvergenceWarning)
+        return E.fit(X, face_shape, **kw)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return S.make_dataset(S.cartoon_face(16, 16), S.texture("stripes", (20, 30)), 80, 250.0, seed=2)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard", "mc"])
+@pytest.mark.parametrize("where", [(0, 0), (0, 3), (1, 5), (2, 0)])
+def test_resuming_from_any_checkpoint_gives_the_same_fit(data, method, where):
+    kw = dict(method=method, init="random", n_init=3, seed=5, max_iter=12)
+    seen = []
+    whole = quiet_fit(data.images, (16, 16), callback=lambda p: seen.append(p.checkpoint), **kw)
+    restart, iteration = where
+    cp = next(c for c in seen if (c.restart, c.iteration) == (restart, iteration))
+    again = quiet_fit(data.images, (16, 16), resume=cp, **kw)
+    for name in SAME:
+        np.testing.assert_array_equal(getattr(again, name), getattr(whole, name), err_msg=name)
+    assert again.noise_std == whole.noise_std and again.best_restart == whole.best_restart
+    for a, b in zip(again.restarts, whole.restarts):
+        np.testing.assert_array_equal(a.elbo, b.elbo)
+        assert (a.n_iter, a.converged, a.prior_fixed_until) == (
+            b.n_iter,
+            b.converged,
+            b.prior_fixed_until,
+        )
+
+
+def test_a_checkpoint_after_convergence_resumes_to_the_end(data):
+    seen = []
+    whole = E.fit(data.images, (16, 16), seed=1, callback=lambda p: seen.append(p.checkpoint))
+    assert whole.converged and seen[-1].converged
+    again = E.fit(data.images, (16, 16), seed=1, resume=seen[-1])
+    np.testing.assert_array_equal(again.face, whole.face)
+    assert again.n_iter == whole.n_iter
+
+
+def test_a_checkpoint_of_another_fit_is_refused(data):
+    seen = []
+    quiet_fit(
+        data.images, (16, 16), seed=1, max_iter=2, callback=lambda p: seen.append(p.checkpoint)
+    )
+    with pytest.raises(ValueError, match="another fit"):
+        E.fit(data.images, (16, 16), seed=2, resume=seen[-1])
+
+
+# --- the real command line ---------------------------------------------------------------------
+
+FF = [sys.executable, "-m", "facefinder_cli"]
+
+
+def _run_until_checkpoint(args, folder: Path, sig: int) -> subprocess.CompletedProcess:
+    """Start ``facefinder fit``, wait for its first checkpoint, then send ``sig``."""
+    proc = subprocess.Popen(FF + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (folder / "checkpoint.npz").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint within a minute"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    # ~25 ms per iteration: long enough to be interrupted after the first of 24.
+    d = S.make_dataset(S.cartoon_face(16, 14), S.texture("checker", (40, 52)), 400, 220.0, seed=3)
+    path = tmp_path_factory.mktemp("stack") / "stack.npz"
+    np.savez(path, images=d.images)
+    return path
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_fit_resumes_bit_for_bit(tmp_path, stack, sig, code):
+    args = [
+        str(stack),
+        "--face-size",
+        "24x20",
+        "--restarts",
+        "2",
+        "--init",
+        "random",
+        "--max-iter",
+        "12",
+        "--tol",
+        "-inf",
+        "--method",
+        "mc",
+        "--seed",
+        "4",
+        "-q",
+    ]
+    whole = subprocess.run(FF + ["fit", *args, "-o", str(tmp_path / "whole")], capture_output=True)
+    assert whole.returncode == 0, whole.stderr
+
+    cut = tmp_path / "cut"
+    stopped = _run_until_checkpoint(
+        ["fit", *args, "--checkpoint-every", "1", "-o", str(cut)], cut, sig
+    )
+    assert stopped.returncode == code, stopped.stderr
+    message = stopped.stderr.decode().strip().splitlines()[-1]
+    assert "interrupted after iteration" in message and f"--resume {cut}" in message
+    assert os.listdir(cut) == ["checkpoint.npz"]  # nothing half-written beside it
+
+    resumed = subprocess.run(FF + ["fit", "--resume", str(cut), "-q"], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    with np.load(tmp_path / "whole" / "result.npz") as a, np.load(cut / "result.npz") as b:
+        assert set(a.files) == set(b.files)
+        for key in a.files:
+            if key in ("seconds", "restart_seconds", "settings"):
+                continue  # timings, and the command line
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert "checkpoint.npz" not in os.listdir(cut)
+
+
+def test_resume_refuses_other_options_and_missing_checkpoints(tmp_path, stack):
+    r = subprocess.run(FF + ["fit", "--resume", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nothing to resume" in r.stderr
+    r = subprocess.run(
+        FF + ["fit", "--resume", str(tmp_path), "--max-iter", "3"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "--max-iter" in r.stderr and r.stderr.count("\n") == 1
