@@ -47,7 +47,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import ndimage, signal
+from scipy import ndimage
 
 __all__ = [
     "Checkpoint",
@@ -870,7 +870,9 @@ def _init_median(data: _Data, rng: np.random.Generator | None, prior: np.ndarray
     background, noise = data.median_background
     if rng is None:
         mean = data.sum_x / data.K + data.offset
-        face = signal.correlate(mean, prior, mode="valid")
+        # Σ_d A(d) mean(d + ·): a valid correlation, computed like the M-step's face sum.
+        spectrum = sfft.rfft2(mean) * np.conj(sfft.rfft2(prior, s=mean.shape))
+        face = sfft.irfft2(spectrum, s=mean.shape)[: data.h, : data.w]
     else:
         r, c = rng.integers(data.Dh), rng.integers(data.Dw)
         face = _smooth_image(data, rng.integers(data.K))[r : r + data.h, c : c + data.w].copy()
@@ -1138,7 +1140,9 @@ def _run(
         unidentified, floored = info["unidentified"], info["floored"]
         seconds.append(time.perf_counter() - t0)
         if method == "mc":  # the exact log-likelihood, averaged to see through the draws' noise
-            gain = _window_gain(loglik) / n_values
+            # Windows start afresh when the prior is released: its jump is a new phase.
+            since = fixed_until if prior_update == "late" and prior_free else 0
+            gain = _window_gain(loglik[since:]) / n_values
         else:
             gain = (elbo[-1] - elbo[-2]) / n_values
         if prior_update == "late" and not prior_free:

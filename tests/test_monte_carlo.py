@@ -151,3 +151,11 @@ def test_cli_fit_and_plot_with_mc(tmp_path, broad):
     assert res.exit_code == 0, res.output
     svg = (tmp_path / "c.svg").read_text()
     assert "mc" in svg and "soft" in svg
+
+
+def test_after_the_prior_is_released_two_fresh_windows_are_watched(broad):
+    # The release moves the log-likelihood; a window straddling it would stop EM at once.
+    r = E.fit(broad.images, (16, 16), method="mc", seed=0, max_iter=1000)
+    h = r.restarts[0]
+    assert r.converged and 0 < h.prior_fixed_until
+    assert r.n_iter >= h.prior_fixed_until + 2 * E.MC_WINDOW
