@@ -49,6 +49,21 @@ ERROR_COLUMNS = (
     "positions_right",
 )
 
+_PARAMS = ("face", "background", "noise_std", "prior")
+
+
+def _params_arrays(prefix: str, p: Params) -> dict[str, Any]:
+    return {prefix + k: np.asarray(getattr(p, k)) for k in _PARAMS}
+
+
+def _params_from(z: dict[str, np.ndarray], prefix: str) -> Params:
+    return Params(
+        z[prefix + "face"],
+        z[prefix + "background"],
+        float(z[prefix + "noise_std"]),
+        z[prefix + "prior"],
+    )
+
 
 @dataclass(frozen=True)
 class Run:
@@ -231,7 +246,7 @@ def load_run(path: str | os.PathLike) -> Run:
     missing = [k for k in ("face", "background", "noise_std", "prior", "elbo") if k not in z]
     if missing:
         raise InputError(f"{p}: not a facefinder result (missing {', '.join(missing)})")
-    params = Params(z["face"], z["background"], float(z["noise_std"]), z["prior"])
+    params = _params_from(z, "")
     n_values = int(z["positions"].shape[0]) * int(z["background"].size)
     return Run(
         source=str(p),
@@ -280,7 +295,7 @@ def load_params(path: str | os.PathLike) -> Params:
     missing = [k for k in ("face", "background", "noise_std", "prior") if k not in z]
     if missing:
         raise InputError(f"{p}: has no parameters (missing {', '.join(missing)})")
-    return Params(z["face"], z["background"], float(z["noise_std"]), z["prior"])
+    return _params_from(z, "")
 
 
 @dataclass(frozen=True)
@@ -313,9 +328,7 @@ def load_truth(path: str | os.PathLike) -> Truth:
     missing = [k for k in ("face", "background", "noise_std", "prior", "positions") if k not in z]
     if missing:
         raise InputError(f"{p}: not a truth file (missing {', '.join(missing)})")
-    return Truth(
-        Params(z["face"], z["background"], float(z["noise_std"]), z["prior"]), z["positions"]
-    )
+    return Truth(_params_from(z, ""), z["positions"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,20 +336,6 @@ def load_truth(path: str | os.PathLike) -> Truth:
 # ---------------------------------------------------------------------------------------------
 
 CHECKPOINT = "checkpoint.npz"
-_PARAMS = ("face", "background", "noise_std", "prior")
-
-
-def _params_arrays(prefix: str, p: Params) -> dict[str, Any]:
-    return {prefix + k: np.asarray(getattr(p, k)) for k in _PARAMS}
-
-
-def _params_from(z: dict[str, np.ndarray], prefix: str) -> Params:
-    return Params(
-        z[prefix + "face"],
-        z[prefix + "background"],
-        float(z[prefix + "noise_std"]),
-        z[prefix + "prior"],
-    )
 
 
 def save_checkpoint(
