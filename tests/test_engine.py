@@ -8,17 +8,12 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from helpers import quiet_fit
 
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
-
-
-def quiet_fit(X, face_shape, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", E.ConvergenceWarning)
-        return E.fit(X, face_shape, **kw)
 
 
 def corr(a, b):

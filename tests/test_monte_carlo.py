@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import quiet_fit
 
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
 from facefinder_cli.cli import main
-
-
-def quiet_fit(X, face_shape, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", E.ConvergenceWarning)
-        return E.fit(X, face_shape, **kw)
 
 
 @pytest.fixture(scope="module")

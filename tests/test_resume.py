@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import quiet_fit
 
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
@@ -26,12 +26,6 @@ SAME = (
     "position_probability",
     "unidentified",
 )
-
-
-def quiet_fit(X, face_shape, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", E.ConvergenceWarning)
-        return E.fit(X, face_shape, **kw)
 
 
 @pytest.fixture(scope="module")
