@@ -33,6 +33,7 @@ Everything here is NumPy/SciPy: no I/O, no printing. Progress is reported throug
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import functools
@@ -42,6 +43,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -55,10 +57,13 @@ __all__ = [
     "FitResult",
     "INIT_METHODS",
     "NoiseFloorWarning",
+    "NonFiniteError",
     "Params",
     "Progress",
     "RestartHistory",
     "RestartResult",
+    "available_cores",
+    "default_memory_limit",
     "elbo",
     "fit",
     "initialize",
@@ -87,11 +92,10 @@ UNCOVERED_MIN = math.sqrt(np.finfo(np.float64).eps)
 DEFAULT_TOL = 1e-7
 #: Images per chunk of the streaming pass.
 DEFAULT_CHUNK_SIZE = 32
-#: ``rfft2(X)`` is cached across iterations when it takes at most this many bytes.
-FFT_CACHE_BYTES = 2 * 2**30
 #: Posterior ratios below ``exp(_LOG_TINY)`` to the most probable position are set to exactly zero:
 #: they change no sum and would otherwise become slow subnormal numbers.
 _LOG_TINY = -680.0
+_LOG_TINY_32 = -80.0  # the same for float32 (smallest normal: exp(-87.3))
 #: Monte-Carlo EM: draws per image in the first iteration, growth per iteration, most draws,
 #: and iterations per window of its stopping rule (see ``fit``).
 MC_SAMPLES = 3
@@ -102,6 +106,15 @@ MC_WINDOW = 5
 
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before the lower bound settled within ``tol``."""
+
+
+class NonFiniteError(ValueError):
+    """Image ``index`` (the first such) holds NaN (``what == "NaN"``) or ``"infinite values"``."""
+
+    def __init__(self, index: int, what: str = "NaN or infinite values") -> None:
+        super().__init__(f"X contains {what} (image {index})")
+        self.index = index
+        self.what = what
 
 
 class NoiseFloorWarning(UserWarning):
@@ -248,14 +261,15 @@ class FitResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _box_valid(y: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Sums of ``y`` over every ``h x w`` window: ``(..., H, W) -> (..., H-h+1, W-w+1)``."""
-    c = np.cumsum(y, axis=-2)
+def _box_valid(y: np.ndarray, h: int, w: int, dtype: np.dtype = np.float64) -> np.ndarray:
+    """Sums of ``y`` over every ``h x w`` window: ``(..., H, W) -> (..., H-h+1, W-w+1)``.
+    The summed-area tables are float64 whatever ``y``'s dtype; the result is ``dtype``."""
+    c = np.cumsum(y, axis=-2, dtype=np.float64)
     rows = np.empty(c.shape[:-2] + (c.shape[-2] - h + 1, c.shape[-1]))
     rows[..., 0, :] = c[..., h - 1, :]
     np.subtract(c[..., h:, :], c[..., :-h, :], out=rows[..., 1:, :])
     c = np.cumsum(rows, axis=-1)
-    out = np.empty(c.shape[:-1] + (c.shape[-1] - w + 1,))
+    out = np.empty(c.shape[:-1] + (c.shape[-1] - w + 1,), dtype=dtype)
     out[..., 0] = c[..., w - 1]
     np.subtract(c[..., w:], c[..., :-w], out=out[..., 1:])
     return out
@@ -293,8 +307,15 @@ def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 class _Data:
     """The image stack, shifted, with what does not change between iterations.
 
-    ``X`` may be any array-like of shape ``(K, H, W)`` that slices to NumPy (a memory map, say);
-    chunks are read and shifted on the fly. The FFT cache holds ``rfft2`` of the shifted images.
+    ``X`` may be any array-like of shape ``(K, H, W)`` that slices to NumPy (an in-memory array,
+    a memory map, an :class:`~facefinder_cli.images.NpyReader` reading a file chunk by chunk);
+    chunks are read and shifted on the fly, so the pass holds one chunk per thread, never the
+    stack. The FFT cache holds ``rfft2`` of the first ``n_cached`` shifted images, as many as
+    ``memory_limit`` allows; the spectra of the others are recomputed in every pass.
+
+    ``dtype`` is the precision of the per-image work (reads, FFTs, posteriors): float64, or
+    float32 for half the memory traffic. Sums over images are always accumulated in float64, and
+    the per-fit sums (``sum_x``, ``sq_x``) are computed from float64 copies of the images.
     """
 
     def __init__(
@@ -304,6 +325,8 @@ class _Data:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         cache_fft: bool | None = None,
         workers: int | None = None,
+        memory_limit: int | None = None,
+        dtype: np.dtype | type | str = np.float64,
     ) -> None:
         if not (hasattr(X, "ndim") and hasattr(X, "dtype")):
             X = np.asarray(X)  # nested lists and other array-likes
@@ -317,34 +340,47 @@ class _Data:
             raise ValueError("X holds no images")
         if int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self.dtype = _check_dtype(dtype)
+        self.workers = _check_workers(workers)
+        limit = default_memory_limit() if memory_limit is None else _check_limit(memory_limit)
+        self.memory_limit = limit
         self.X = X
         self.K, self.H, self.W, self.h, self.w = K, H, W, h, w
         self.Dh, self.Dw = H - h + 1, W - w + 1
+        per_image = _working_bytes(H, W, self.Dh, self.Dw)
         self.chunk = _chunk_for(chunk_size, H, W, self.Dh, self.Dw)
-        self.workers = workers
         first = np.asarray(X[: min(K, 16)], dtype=np.float64)
         self.offset = float(first.mean()) if np.isfinite(first).all() else 0.0  # else: error below
-        n_freq = H * (W // 2 + 1)
+        spectrum_bytes = H * (W // 2 + 1) * 2 * self.dtype.itemsize
         if cache_fft is None:
-            cache_fft = K * n_freq * 16 <= FFT_CACHE_BYTES
-        self._xf = np.empty((K, H, W // 2 + 1), np.complex128) if cache_fft else None
-        # One pass: sums over images and, if cached, the spectra.
+            room = max(0, limit - self.workers * self.chunk * per_image) // spectrum_bytes
+            n_cached = K if room >= K else (room // self.chunk) * self.chunk
+        else:
+            n_cached = K if cache_fft else 0
+        self.n_cached = int(n_cached)
+        complex_type = np.complex64 if self.dtype == np.float32 else np.complex128
+        self._xf = np.empty((self.n_cached, H, W // 2 + 1), complex_type)
+        # One pass: sums over images (in float64) and the cached spectra.
         self.sum_x = np.zeros((H, W))
         self.sq_x = np.empty(K)  # Σ_ij X_k² per image (shifted)
-        for a, b, x in self._chunks_raw():
-            if not np.isfinite(x).all():
-                bad = a + int(np.flatnonzero(~np.isfinite(x).reshape(b - a, -1).all(1))[0])
-                raise ValueError(f"X contains NaN or infinite values (image {bad})")
-            self.sum_x += x.sum(axis=0)
-            self.sq_x[a:b] = np.einsum("kij,kij->k", x, x)
-            if self._xf is not None:
-                self._xf[a:b] = sfft.rfft2(x, workers=workers)
+        for _, _, part in self.map(self._first_pass):
+            self.sum_x += part
         self.total_sq = float(self.sq_x.sum())
         n = K * H * W
         var = self.total_sq / n - (self.sum_x.sum() / n) ** 2
         std = math.sqrt(max(var, 0.0))
         self.scale = std if std > 0 else (abs(self.offset) or 1.0)
         self.noise_floor = NOISE_FLOOR * self.scale
+
+    def _first_pass(self, a: int, b: int) -> np.ndarray:
+        x = self._read(a, b, np.float64)
+        if not np.isfinite(x).all():
+            k = int(np.argmin(np.isfinite(x).reshape(b - a, -1).all(1)))
+            raise NonFiniteError(a + k, "NaN" if np.isnan(x[k]).any() else "infinite values")
+        self.sq_x[a:b] = np.einsum("kij,kij->k", x, x)
+        if b <= self.n_cached:  # the same spectra as ``chunk`` computes when not cached
+            self._xf[a:b] = sfft.rfft2(x.astype(self.dtype, copy=False))
+        return x.sum(axis=0)
 
     @functools.cached_property
     def median_background(self) -> tuple[np.ndarray, float]:
@@ -358,28 +394,125 @@ class _Data:
             noise = max(float(np.std(resid)), self.noise_floor)
         return background, noise
 
-    def _chunks_raw(self):
-        for a in range(0, self.K, self.chunk):
-            b = min(a + self.chunk, self.K)
-            x = np.asarray(self.X[a:b], dtype=np.float64) - self.offset
-            yield a, b, x
+    def bounds(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of every chunk, in order."""
+        return [(a, min(a + self.chunk, self.K)) for a in range(0, self.K, self.chunk)]
+
+    def _read(self, a: int, b: int, dtype: np.dtype) -> np.ndarray:
+        x = np.subtract(self.X[a:b], self.offset, dtype=np.float64)
+        return x.astype(dtype, copy=False)
+
+    def chunk_data(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk ``[a, b)``: the shifted images in ``dtype`` and their spectra."""
+        x = self._read(a, b, self.dtype)
+        xf = self._xf[a:b] if b <= self.n_cached else sfft.rfft2(x)
+        return x, xf
 
     def chunks(self):
-        """Yield ``(start, stop, x, xf)``: shifted images and their spectra."""
-        for a, b, x in self._chunks_raw():
-            xf = self._xf[a:b] if self._xf is not None else sfft.rfft2(x, workers=self.workers)
-            yield a, b, x, xf
+        """Yield ``(start, stop, x, xf)`` for every chunk, in order, in this thread."""
+        for a, b in self.bounds():
+            yield (a, b, *self.chunk_data(a, b))
+
+    def map(self, fn: Callable, extra: Callable[[int, int], object] | None = None):
+        """Yield ``(start, stop, fn(start, stop, *extra(start, stop)))`` for every chunk, in
+        chunk order, computed on ``workers`` threads.
+
+        ``extra`` is called in this thread, in chunk order, when a chunk is handed out (random
+        draws, say, so that they do not depend on the threads). At most ``2 * workers`` chunks
+        are in flight, so memory stays bounded whatever K; the caller reduces the results in
+        chunk order, which makes every sum independent of the number of threads. NumPy and
+        ``scipy.fft`` release the GIL in the work that matters.
+        """
+        bounds = self.bounds()
+
+        def args(a: int, b: int) -> tuple:
+            return (a, b) if extra is None else (a, b, *extra(a, b))
+
+        if self.workers == 1 or len(bounds) == 1:
+            for a, b in bounds:
+                yield a, b, fn(*args(a, b))
+            return
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="facefinder")
+        try:
+            pending: collections.deque = collections.deque()
+            for a, b in bounds:
+                pending.append((a, b, pool.submit(fn, *args(a, b))))
+                if len(pending) >= 2 * self.workers:
+                    a0, b0, future = pending.popleft()
+                    yield a0, b0, future.result()
+            while pending:
+                a0, b0, future = pending.popleft()
+                yield a0, b0, future.result()
+        finally:  # on an error or an interrupt: drop what has not started, wait for the rest
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 #: Working memory of one chunk of the streaming pass, at most (the chunk shrinks to fit).
 CHUNK_BYTES = 256 * 2**20
 
+#: Memory a fit may use for its chunks and its FFT cache by default, at most (an eighth of the
+#: machine's memory if that is less); see :func:`default_memory_limit`.
+DEFAULT_MEMORY_LIMIT = 2**30
+
+DTYPES: tuple[str, ...] = ("float64", "float32")
+
+
+def default_memory_limit() -> int:
+    """The default ``memory_limit`` of :func:`fit` in bytes: ``DEFAULT_MEMORY_LIMIT`` (1 GiB),
+    or an eighth of this machine's physical memory if that is less.
+
+    It bounds what a fit allocates beyond the images it is given: the chunks in flight and the
+    cache of ``rfft2(X)``. With it a fit of 100,000 images of 64x64 stays under 1.5 GiB of
+    resident memory (``benchmarks/bench_scale.py``); a larger limit caches more spectra and saves
+    one FFT per image and iteration for the cached images.
+    """
+    total = _physical_memory()
+    return min(DEFAULT_MEMORY_LIMIT, total // 8) if total else DEFAULT_MEMORY_LIMIT
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_dtype(dtype: np.dtype | type | str) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _check_workers(workers: int | None) -> int:
+    if workers is None:
+        return available_cores()
+    if int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return int(workers)
+
+
+def _check_limit(limit: int) -> int:
+    if not int(limit) >= 0:
+        raise ValueError(f"memory_limit must be a number of bytes >= 0, got {limit}")
+    return int(limit)
+
+
+def _working_bytes(H: int, W: int, Dh: int, Dw: int) -> int:
+    """Working memory of the pass per image, about: 16 image-sized and 8 position-table-sized
+    float64 arrays (spectra, products, summed-area tables, the posterior and its transforms)."""
+    return 8 * (16 * H * W + 8 * Dh * Dw)
+
 
 def _chunk_for(chunk_size: int, H: int, W: int, Dh: int, Dw: int) -> int:
-    """Images per chunk: at most ``chunk_size``, and few enough that the pass's temporaries
-    (about 16 image-sized and 8 position-table-sized float64 arrays per image) fit in
-    ``CHUNK_BYTES``. Refuses images too large for this machine's memory even one at a time."""
-    per_image = 8 * (16 * H * W + 8 * Dh * Dw)
+    """Images per chunk: at most ``chunk_size``, and few enough that a chunk's temporaries
+    fit in ``CHUNK_BYTES``; at least one. Refuses images too large for this machine's memory
+    even one at a time."""
+    per_image = _working_bytes(H, W, Dh, Dw)
     total = _physical_memory()
     if total and per_image > total // 2:
         raise ValueError(
@@ -465,33 +598,41 @@ class _Scorer:
         H, W, h, w = data.H, data.W, data.h, data.w
         s2 = p.noise_std**2
         face = p.face - data.offset
+        background = p.background - data.offset
         self.data = data
-        self.background = p.background - data.offset
-        self.face_f = np.conj(sfft.rfft2(face, s=(H, W), workers=data.workers))
-        g = float(np.sum(face**2) + np.sum(self.background**2)) - _box_valid(
-            self.background**2, h, w
-        )
+        self.background = background.astype(data.dtype)
+        self.face_f = np.conj(sfft.rfft2(face.astype(data.dtype), s=(H, W)))
         with np.errstate(divide="ignore"):
             log_prior = np.log(p.prior) if with_prior else 0.0
-        # lp_k(d) = base(d) - a_k / (2 s²) - (box(P_k)(d) - C_k(d)) / s²
-        self.base = log_prior - g / (2 * s2) - 0.5 * H * W * math.log(2 * math.pi * s2)
+        # log p(X_k, d | θ) = lp_k(d) + c_k (see ``log_joint``) with
+        #   lp_k(d) = base(d) - (box(P_k)(d) - C_k(d)) / s²
+        #   base(d) = log A(d) + box(B²)(d) / (2 s²)
+        #   c_k = const - (Σ X_k² - 2 Σ P_k) / (2 s²)
+        #   const = -HW/2 log(2π s²) - (ΣF² + ΣB²) / (2 s²)
+        # The large per-image constant c_k stays in float64; lp_k varies with d only.
+        self.base = (log_prior + _box_valid(background**2, h, w) / (2 * s2)).astype(data.dtype)
+        self.const = -0.5 * H * W * math.log(2 * math.pi * s2) - float(
+            np.sum(face**2) + np.sum(background**2)
+        ) / (2 * s2)
         self.inv_s2 = 1.0 / s2
 
-    def log_joint(self, x: np.ndarray, xf: np.ndarray, sq: np.ndarray) -> np.ndarray:
-        """``log p(X_k, d | θ)`` for a chunk: ``(n, H, W) -> (n, Dh, Dw)``, given its spectra
-        ``xf`` and ``sq = Σ_ij X_k²`` (both computed once per fit)."""
+    def log_joint(
+        self, x: np.ndarray, xf: np.ndarray, sq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``log p(X_k, d | θ) = lp[k, d] + c[k]`` for a chunk: ``lp`` of shape (n, Dh, Dw) in
+        the data's dtype, ``c`` (n,) in float64. Needs the chunk's spectra ``xf`` and
+        ``sq = Σ_ij X_k²`` (both computed once per fit)."""
         d = self.data
         # irfft2(xf · conj(rfft2(F)))[:Dh, :Dw], inverting only the Dh rows that are needed.
-        rows = sfft.ifft(xf * self.face_f, axis=-2, overwrite_x=True, workers=d.workers)
-        corr = sfft.irfft(rows[:, : d.Dh], n=d.W, axis=-1, workers=d.workers)[:, :, : d.Dw]
+        rows = sfft.ifft(xf * self.face_f, axis=-2, overwrite_x=True)
+        corr = sfft.irfft(rows[:, : d.Dh], n=d.W, axis=-1)[:, :, : d.Dw]
         prod = x * self.background
-        a = sq - 2.0 * prod.sum(axis=(1, 2))
-        m = _box_valid(prod, d.h, d.w)
-        m -= corr
-        m *= -self.inv_s2
-        m += self.base
-        m -= (0.5 * self.inv_s2) * a[:, None, None]
-        return m
+        c = self.const - (0.5 * self.inv_s2) * (sq - 2.0 * prod.sum(axis=(1, 2), dtype=np.float64))
+        lp = _box_valid(prod, d.h, d.w, d.dtype)
+        lp -= corr
+        lp *= -self.inv_s2
+        lp += self.base
+        return lp, c
 
 
 @dataclass
@@ -505,20 +646,22 @@ class _Posterior:
     best_log_joint: np.ndarray  # (n,) log p(X_k, d*_k | θ)
 
     @classmethod
-    def from_log_joint(cls, lp: np.ndarray) -> _Posterior:
+    def from_log_joint(cls, lp: np.ndarray, c: np.ndarray | float = 0.0) -> _Posterior:
+        """From ``log p(X_k, d | θ) = lp[k, d] + c[k]`` (``lp`` float32 or float64)."""
         n = lp.shape[0]
         flat = lp.reshape(n, -1)
         best = np.argmax(flat, axis=1)
         top = flat[np.arange(n), best]
         flat -= top[:, None]  # t = lp - max <= 0; -inf where the prior is zero
-        drop = flat < _LOG_TINY
+        drop = flat < (_LOG_TINY if flat.dtype == np.float64 else _LOG_TINY_32)
         np.copyto(flat, 0.0, where=drop)  # keeps q * t finite in the entropy
         q = np.exp(flat)
         np.copyto(q, 0.0, where=drop)
-        z = q.sum(axis=1)
+        z = q.sum(axis=1, dtype=np.float64)
         q /= z[:, None]
         log_z = np.log(z)
-        entropy = log_z - np.einsum("kd,kd->k", q, flat)
+        entropy = log_z - np.einsum("kd,kd->k", q, flat, dtype=np.float64)
+        top = top.astype(np.float64) + c
         return cls(q.reshape(lp.shape), top + log_z, np.maximum(entropy, 0.0), best, top)
 
 
@@ -527,10 +670,11 @@ def _data_for(X: np.ndarray, params: Params, chunk_size: int) -> _Data:
 
 
 def _chunk_log_joint(data: _Data, params: Params, with_prior: bool):
-    """Shared driver of the public E-step functions: yields ``(start, stop, lp, scorer)``."""
+    """Shared driver of the public E-step functions: yields ``(start, stop, lp, c)``, the log
+    joint being ``lp + c[:, None, None]`` (see ``_Scorer.log_joint``)."""
     scorer = _Scorer(_check_params(params, data), data, with_prior=with_prior)
     for a, b, x, xf in data.chunks():
-        yield a, b, scorer.log_joint(x, xf, data.sq_x[a:b]), scorer
+        yield a, b, *scorer.log_joint(x, xf, data.sq_x[a:b])
 
 
 def log_likelihood(
@@ -549,8 +693,8 @@ def log_likelihood(
     """
     data = _data_for(X, params, chunk_size)
     out = np.empty((data.K, data.Dh, data.Dw))
-    for a, b, lp, _ in _chunk_log_joint(data, params, False):
-        out[a:b] = lp
+    for a, b, lp, c in _chunk_log_joint(data, params, False):
+        out[a:b] = lp + c[:, None, None]
     return out
 
 
@@ -564,8 +708,8 @@ def posterior(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_
     """
     data = _data_for(X, params, chunk_size)
     out = np.empty((data.K, data.Dh, data.Dw))
-    for a, b, lp, _ in _chunk_log_joint(data, params, True):
-        out[a:b] = _Posterior.from_log_joint(lp).q
+    for a, b, lp, c in _chunk_log_joint(data, params, True):
+        out[a:b] = _Posterior.from_log_joint(lp, c).q
     return out
 
 
@@ -597,8 +741,8 @@ def locate(
     data = _data_for(X, params, chunk_size)
     positions = np.empty((data.K, 2), dtype=np.intp)
     probability = np.empty(data.K)
-    for a, b, lp, _ in _chunk_log_joint(data, params, True):
-        post = _Posterior.from_log_joint(lp)
+    for a, b, lp, c in _chunk_log_joint(data, params, True):
+        post = _Posterior.from_log_joint(lp, c)
         positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
         probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
     return positions, probability
@@ -629,11 +773,14 @@ class _Stats:
         """Add a chunk with dense posteriors ``q`` of shape ``(n, Dh, Dw)``."""
         d = self.data
         # rfft2 of q zero-padded to H x W, transforming only its Dh non-zero rows first.
-        qf = sfft.rfft(q, n=d.W, axis=-1, workers=d.workers)
-        qf = sfft.fft(qf, n=d.H, axis=-2, overwrite_x=True, workers=d.workers)
-        self.face_f += np.einsum("kij,kij->ij", xf, qf.conj())
-        self.cover_x += np.einsum("kij,kij->ij", _box_full(q, d.h, d.w), x)
-        self.q_sum += q.sum(axis=0)
+        qf = sfft.rfft(q, n=d.W, axis=-1)
+        qf = sfft.fft(qf, n=d.H, axis=-2, overwrite_x=True)
+        if qf.dtype == np.complex128:
+            self.face_f += np.einsum("kij,kij->ij", xf, qf.conj())
+        else:  # single precision: products in float32, their sum over images in float64
+            self.face_f += np.multiply(xf, qf.conj(), out=qf).sum(axis=0, dtype=np.complex128)
+        self.cover_x += np.einsum("kij,kij->ij", _box_full(q, d.h, d.w), x, dtype=np.float64)
+        self.q_sum += q.sum(axis=0, dtype=np.float64)
 
     def add_positions(self, x: np.ndarray, pos: np.ndarray) -> None:
         """Add a chunk with ``S`` equally weighted positions per image, ``pos`` of shape
@@ -643,7 +790,7 @@ class _Stats:
         rows = pos[:, :, 0, None, None] + np.arange(d.h)[:, None]  # (n, S, h, 1)
         cols = pos[:, :, 1, None, None] + np.arange(d.w)  # (n, S, 1, w)
         crops = x[np.arange(n)[:, None, None, None], rows, cols]  # (n, S, h, w)
-        self.face_sum += crops.sum(axis=(0, 1)) / S
+        self.face_sum += crops.sum(axis=(0, 1), dtype=np.float64) / S
         flat = (rows * d.W + cols).ravel()
         self.cover_x += np.bincount(flat, crops.ravel(), d.H * d.W).reshape(d.H, d.W) / S
         pflat = (pos[:, :, 0] * d.Dw + pos[:, :, 1]).ravel()
@@ -661,7 +808,8 @@ class _Stats:
         entropy = _draws_entropy(draws)
         # log p(X_k, z | θ) = log q_k(z) + log p(X_k | θ) at every drawn z (q_k(z) > 0 there)
         log_q = np.log(np.take_along_axis(post.q.reshape(n, -1), draws, axis=1))
-        self.bound += float((log_q + post.log_evidence[:, None]).sum()) / S + entropy
+        self.bound += float((log_q + post.log_evidence[:, None]).sum(dtype=np.float64)) / S
+        self.bound += entropy
         self.entropy += entropy
         if not accumulate:
             return
@@ -673,13 +821,24 @@ class _Stats:
             counts = np.bincount((draws + D * np.arange(n)[:, None]).ravel(), minlength=n * D)
             self.add_dense(x, xf, counts.reshape(n, d.Dh, d.Dw) / S)
 
+    def merge(self, part: _Stats) -> None:
+        """Add the sums of another chunk (the pass adds chunks in order: same sums whatever
+        the number of threads)."""
+        self.face_f += part.face_f
+        self.face_sum += part.face_sum
+        self.cover_x += part.cover_x
+        self.q_sum += part.q_sum
+        self.entropy += part.entropy
+        self.log_evidence += part.log_evidence
+        self.bound += part.bound
+
     def m_step(self, previous: Params, update_prior: bool = True) -> tuple[Params, dict]:
         """Close the M-step: new parameters, and the bound ``L(q, θ_new)`` in closed form."""
         d = self.data
         K, H, W, h, w = d.K, d.H, d.W, d.h, d.w
         face_num = self.face_sum.copy()
         if self.face_f.any():
-            face_num += sfft.irfft2(self.face_f, s=(H, W), workers=d.workers)[:h, :w]
+            face_num += sfft.irfft2(self.face_f, s=(H, W))[:h, :w]
         face = face_num / K  # shifted
         prior = self.q_sum / K if update_prior else previous.prior
         den = K - _box_full(self.q_sum, h, w)  # Σ_k (1 - cover_k)
@@ -792,7 +951,8 @@ def elbo(
     positions (a one-hot ``q``, or the empirical distribution of ``S`` draws per image)."""
     data, q, pos = _prepare_q_input(X, params.face.shape, posterior, positions, chunk_size)
     total = 0.0
-    for a, b, lp, _ in _chunk_log_joint(data, params, True):
+    for a, b, lp, c in _chunk_log_joint(data, params, True):
+        lp += c[:, None, None]
         if q is not None:
             qc = q[a:b]
             with np.errstate(invalid="ignore"):
@@ -963,17 +1123,17 @@ def _seed_children(
 # --------------------------------------------------------------------------------------------
 
 
-def _draw(q: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """``samples`` independent draws from each image's posterior ``q`` (n, Dh, Dw), as flat
-    position indices of shape (n, samples); positions with ``q = 0`` are never drawn."""
+def _draw(q: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Independent draws from each image's posterior ``q`` (n, Dh, Dw) by inversion of the
+    uniform numbers ``u`` (n, S), as flat position indices of shape (n, S); positions with
+    ``q = 0`` are never drawn."""
     n = q.shape[0]
-    cdf = np.cumsum(q.reshape(n, -1), axis=1)
+    cdf = np.cumsum(q.reshape(n, -1), axis=1, dtype=np.float64)
     cdf /= cdf[:, -1:]
     rows = np.arange(n)[:, None]
-    u = rng.random((n, samples))
     # One searchsorted for the whole chunk: row k's CDF and draws shifted by k.
     flat = np.searchsorted((cdf + rows).ravel(), (u + rows).ravel(), side="right")
-    flat = flat.reshape(n, samples) - rows * cdf.shape[1]
+    flat = flat.reshape(u.shape) - rows * cdf.shape[1]
     return np.minimum(flat, cdf.shape[1] - 1)
 
 
@@ -990,27 +1150,38 @@ def _pass(
     draws ``samples`` positions per image from the posterior with ``rng``, and its ``q`` is the
     empirical distribution of the draws."""
     scorer = _Scorer(p, data)
+
+    def chunk(a: int, b: int, u: np.ndarray | None = None) -> tuple:
+        x, xf = data.chunk_data(a, b)
+        part = _Stats(data)
+        post = _Posterior.from_log_joint(*scorer.log_joint(x, xf, data.sq_x[a:b]))
+        log_evidence = float(post.log_evidence.sum())
+        part.log_evidence = log_evidence
+        best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))
+        if method == "soft":
+            part.bound = log_evidence
+            part.entropy = float(post.entropy.sum())
+            if accumulate:
+                part.add_dense(x, xf, post.q)
+        elif method == "hard":
+            part.bound = float(post.best_log_joint.sum())
+            if accumulate:
+                part.add_positions(x, best[:, None, :])
+        else:
+            part.add_draws(x, xf, post, _draw(post.q, u), accumulate)
+        return part, best, np.exp(post.best_log_joint - post.log_evidence)
+
+    def uniforms(a: int, b: int) -> tuple[np.ndarray]:
+        # drawn here, in chunk order, so that the draws do not depend on the threads
+        return (rng.random((b - a, samples)),)
+
     stats = _Stats(data)
     stats.positions = np.empty((data.K, 2), dtype=np.intp)
     stats.probability = np.empty(data.K)
-    for a, b, x, xf in data.chunks():
-        post = _Posterior.from_log_joint(scorer.log_joint(x, xf, data.sq_x[a:b]))
-        log_evidence = float(post.log_evidence.sum())
-        stats.log_evidence += log_evidence
-        best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))
-        if method == "soft":
-            stats.bound += log_evidence
-            stats.entropy += float(post.entropy.sum())
-            if accumulate:
-                stats.add_dense(x, xf, post.q)
-        elif method == "hard":
-            stats.bound += float(post.best_log_joint.sum())
-            if accumulate:
-                stats.add_positions(x, best[:, None, :])
-        else:
-            stats.add_draws(x, xf, post, _draw(post.q, samples, rng), accumulate)
+    for a, b, (part, best, probability) in data.map(chunk, uniforms if method == "mc" else None):
+        stats.merge(part)
         stats.positions[a:b] = best
-        stats.probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
+        stats.probability[a:b] = probability
     return stats
 
 
@@ -1184,8 +1355,10 @@ def fit(
     samples_growth: float = MC_GROWTH,
     max_samples: int = MC_MAX_SAMPLES,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    cache_fft: bool | None = None,
+    memory_limit: int | None = None,
+    dtype: str | type | np.dtype = np.float64,
     workers: int | None = None,
+    cache_fft: bool | None = None,
     callback: Callable[[Progress], None] | None = None,
     resume: Checkpoint | None = None,
 ) -> FitResult:
@@ -1194,7 +1367,10 @@ def fit(
     Parameters
     ----------
     X : array_like of shape (K, H, W)
-        The images; any real dtype, or a memory map (read chunk by chunk).
+        The images; any real dtype. Anything that slices like an array is read chunk by chunk
+        in every pass and never loaded whole: a memory map, or an
+        :class:`~facefinder_cli.images.NpyReader` of a ``.npy`` file (plain reads, so resident
+        memory stays flat however large the file).
     face_shape : (h, w)
         Size of the face, at most the image size.
     method : {"soft", "hard", "mc"}
@@ -1233,10 +1409,26 @@ def fit(
     chunk_size : int
         Most images per chunk of the streaming pass (fewer when large images would need more
         than ``CHUNK_BYTES`` of working memory); results do not depend on it beyond rounding.
-    cache_fft : bool, optional
-        Keep ``rfft2(X)`` in memory between iterations (default: when it takes at most 2 GiB).
+        Each thread works on one chunk at a time: the working memory is about
+        ``workers * chunk_size`` images' worth of temporaries (``_working_bytes``).
+    memory_limit : int, optional
+        Bytes the fit may use beyond the images themselves, for that working memory and the
+        cache of ``rfft2(X)`` (default: :func:`default_memory_limit`, 1 GiB or an eighth of
+        the machine's memory). The spectra of as many images as the rest of the limit holds
+        are kept between iterations; the others are recomputed in every pass (one more FFT
+        per image, the same numbers). Memory does not grow with K beyond that and the
+        per-image tables (about 40 bytes per image). The working memory itself is set by
+        ``chunk_size`` and ``workers``, not by this limit.
+    dtype : {"float64", "float32"}
+        Precision of the per-image work: reads, FFTs, posteriors. float32 halves the memory
+        traffic and the cache; sums over images stay float64. See ``docs/PERFORMANCE.md`` for
+        its measured speed and accuracy.
     workers : int, optional
-        Threads for ``scipy.fft``.
+        Threads that process chunks in parallel (default: every core this process may use).
+        Results are bit-identical for any number of threads: chunks are reduced in order and
+        Monte-Carlo draws are made in chunk order.
+    cache_fft : bool, optional
+        Force the cache of ``rfft2(X)`` on (all images, whatever ``memory_limit``) or off.
     callback : callable, optional
         Called with a :class:`Progress` after every iteration; its ``checkpoint`` resumes the
         fit from there.
@@ -1275,7 +1467,15 @@ def fit(
             f"unknown prior_update {prior_update!r}; choose from {', '.join(PRIOR_UPDATES)}"
         )
     _retain_freed_memory()
-    data = _Data(X, face_shape, chunk_size=chunk_size, cache_fft=cache_fft, workers=workers)
+    data = _Data(
+        X,
+        face_shape,
+        chunk_size=chunk_size,
+        cache_fft=cache_fft,
+        workers=workers,
+        memory_limit=memory_limit,
+        dtype=dtype,
+    )
     given = _given(init_params)
     fixed_start = init in ("zeros", "bright") or all(
         given.get(k) is not None for k in ("face", "background", "noise_std")

@@ -72,7 +72,7 @@ def test_bound_of_the_draws_is_below_the_log_likelihood_and_matches_brute_force(
     stats = E._pass(data, p0, "mc", True, np.random.default_rng(9), 7)
     p1, info = stats.m_step(p0, update_prior=True)
     post = E.posterior(X, p0)
-    draws = E._draw(post, 7, np.random.default_rng(9))
+    draws = E._draw(post, np.random.default_rng(9).random((len(post), 7)))
     pos = np.stack(np.unravel_index(draws, post.shape[1:]), axis=-1)
     ref = E.m_step(X, (16, 16), positions=pos, previous=p0)
     np.testing.assert_allclose(p1.face, ref.face, rtol=1e-10)
@@ -84,7 +84,7 @@ def test_bound_of_the_draws_is_below_the_log_likelihood_and_matches_brute_force(
 def test_draws_follow_the_posterior():
     rng = np.random.default_rng(0)
     q = np.array([[[0.0, 0.5], [0.2, 0.3]], [[1.0, 0.0], [0.0, 0.0]]])
-    draws = E._draw(q, 20000, rng)
+    draws = E._draw(q, rng.random((len(q), 20000)))
     assert draws.shape == (2, 20000)
     freq = np.bincount(draws[0], minlength=4) / 20000
     np.testing.assert_allclose(freq, [0.0, 0.5, 0.2, 0.3], atol=0.015)

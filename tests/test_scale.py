@@ -1,0 +1,109 @@
+"""Scale: threads, the memory budget and its FFT cache, float32, non-finite images found in the
+first pass. The speed and memory figures themselves are in ``benchmarks/bench_scale.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from helpers import quiet_fit
+
+from facefinder_cli import engine as E
+from facefinder_cli import synthetic as S
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A 12x12 face on a 32x32 background, 90 images at a moderate noise."""
+    return S.make_dataset(
+        S.cartoon_face(12, 12), S.texture("clouds", (32, 32), seed=4), 90, 40.0, seed=2
+    )
+
+
+def assert_same_fit(a: E.FitResult, b: E.FitResult) -> None:
+    """Every array and number of two fits equal, bit for bit (timings aside)."""
+    for f in dataclasses.fields(E.FitResult):
+        if f.name in ("seconds", "restarts"):
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=f.name)
+        else:
+            assert x == y, f.name
+    for ra, rb in zip(a.restarts, b.restarts, strict=True):
+        np.testing.assert_array_equal(ra.elbo, rb.elbo)
+        np.testing.assert_array_equal(ra.log_likelihood, rb.log_likelihood)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard", "mc"])
+def test_threads_change_nothing(scene, method):
+    kw = dict(method=method, seed=3, max_iter=6, tol=-np.inf, chunk_size=7, n_init=2)
+    one = quiet_fit(scene.images, (12, 12), workers=1, **kw)
+    three = quiet_fit(scene.images, (12, 12), workers=3, **kw)
+    assert_same_fit(one, three)
+
+
+def test_partly_cached_spectra_change_nothing(scene):
+    X = scene.images
+    full = E._Data(X, (12, 12), chunk_size=4, cache_fft=True, workers=2)
+    spectrum = 32 * 17 * 16
+    work = 2 * 4 * E._working_bytes(32, 32, 21, 21)  # 2 threads, 4 images each
+    part = E._Data(X, (12, 12), chunk_size=4, workers=2, memory_limit=work + 30 * spectrum)
+    none = E._Data(X, (12, 12), chunk_size=4, workers=2, memory_limit=0)
+    assert (full.n_cached, part.n_cached, none.n_cached) == (90, 28, 0)  # whole chunks only
+    p = E.initialize(X, (12, 12))
+    sums = [E._pass(d, p, "soft", True) for d in (full, part, none)]
+    for s in sums[1:]:
+        np.testing.assert_array_equal(s.face_f, sums[0].face_f)
+        np.testing.assert_array_equal(s.cover_x, sums[0].cover_x)
+        assert s.log_evidence == sums[0].log_evidence
+
+
+def test_memory_limit_sets_the_cache_and_changes_no_result(scene):
+    tiny = E._Data(scene.images, (12, 12), workers=2, memory_limit=1)
+    assert tiny.chunk == E.DEFAULT_CHUNK_SIZE and tiny.n_cached == 0
+    assert E._Data(scene.images, (12, 12)).n_cached == 90  # the default holds these
+    assert E.default_memory_limit() <= E.DEFAULT_MEMORY_LIMIT
+    r = quiet_fit(scene.images, (12, 12), seed=0, max_iter=3, memory_limit=0, chunk_size=7)
+    s = quiet_fit(scene.images, (12, 12), seed=0, max_iter=3, chunk_size=7)
+    assert_same_fit(r, s)
+
+
+def test_float32_agrees_with_float64(scene):
+    kw = dict(seed=0, max_iter=40)
+    a = quiet_fit(scene.images, (12, 12), dtype="float64", **kw)
+    b = quiet_fit(scene.images, (12, 12), dtype="float32", **kw)
+    n = scene.images.size
+    # The tolerance documented in docs/PERFORMANCE.md for noise near the images' contrast.
+    assert abs(a.final_elbo - b.final_elbo) / n < 1e-6
+    assert np.abs(a.face - b.face).max() < 1e-3
+    assert np.abs(a.background - b.background).max() < 1e-3
+    assert abs(a.noise_std - b.noise_std) < 1e-5 * a.noise_std
+    np.testing.assert_array_equal(a.positions, b.positions)
+    assert np.all(np.diff(b.elbo) > -1e-6 * n)  # monotone up to float32 round-off
+
+
+def test_float32_images_stay_float32_in_the_pass(scene):
+    data = E._Data(scene.images, (12, 12), dtype=np.float32, cache_fft=True)
+    x, xf = data.chunk_data(0, 5)
+    assert x.dtype == np.float32 and xf.dtype == np.complex64
+    assert data.sum_x.dtype == np.float64 and data.sq_x.dtype == np.float64
+    with pytest.raises(ValueError, match="float32 or float64"):
+        E._Data(scene.images, (12, 12), dtype="int16")
+
+
+def test_non_finite_image_is_named_whatever_the_threads(scene):
+    bad = scene.images.copy()
+    bad[61, 3, 4] = np.inf
+    for workers in (1, 2):
+        with pytest.raises(E.NonFiniteError, match="image 61") as err:
+            E.fit(bad, (12, 12), workers=workers, chunk_size=5)
+        assert err.value.index == 61
+
+
+def test_bad_settings_are_refused(scene):
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        E.fit(scene.images, (12, 12), workers=0)
+    with pytest.raises(ValueError, match="memory_limit"):
+        E.fit(scene.images, (12, 12), memory_limit=-1)
