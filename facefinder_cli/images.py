@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import glob as _glob
 import logging
+import math
+import operator
 import os
 import re
 import shutil
 import stat
+import struct
 import sys
 import tempfile
+import threading
 import warnings
+import weakref
 import zipfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,7 @@ import numpy as np
 __all__ = [
     "IMAGE_EXTENSIONS",
     "InputError",
+    "NpyReader",
     "Stack",
     "atomic_folder",
     "atomic_write",
@@ -47,6 +53,7 @@ __all__ = [
     "load_stack",
     "file_stems",
     "natural_sort_key",
+    "pack_stack",
     "read_image",
     "stack_target",
     "to_uint8",
@@ -78,17 +85,20 @@ class Stack:
     images : ndarray of shape (n_images, height, width)
         C-contiguous float64 pixel values in the file's own units; or, only when
         ``load_stack(..., mmap=True)`` returned a ``.npy`` file's data without copying, a
-        read-only float32 or float64 ``np.memmap``.
+        read-only float32 or float64 ``np.memmap``; or, from ``load_stack(..., stream=True)``
+        and :func:`pack_stack`, an :class:`NpyReader` that reads images from the file on demand
+        (index it: ``images[k]``, ``images[a:b]``).
     names : tuple of str, one per image
         File names for a folder or glob pattern; ``"<file>[k]"`` (k from 0) for the images of a
-        stack file; the file name alone for a file holding a single 2-D image.
+        stack file, unless it stores names (``.npz``) or has a names file beside it (``.npy``);
+        the file name alone for a file holding a single 2-D image.
     notes : tuple of str
         Human-readable notes on what was done while reading (conversions, guessed layout...).
     source : str
         The source as given.
     """
 
-    images: np.ndarray
+    images: np.ndarray | NpyReader
     names: tuple[str, ...]
     notes: tuple[str, ...] = ()
     source: str = ""
@@ -536,12 +546,18 @@ def _read_image_file(path: str, disp: str) -> tuple[list[np.ndarray], _Conversio
 # reading array files
 
 
-def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+def _npy_header_info(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order?, dtype) from a .npy header; leaves ``f`` at the first data byte."""
     fmt = np.lib.format
     major, _ = fmt.read_magic(f)
     reader = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
-    shape, _, dtype = reader(f)
-    return tuple(shape), np.dtype(dtype)
+    shape, fortran, dtype = reader(f)
+    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
+
+
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    shape, _, dtype = _npy_header_info(f)
+    return shape, dtype
 
 
 def _bad_npy(disp: str) -> str:
@@ -664,7 +680,312 @@ def _read_mat(
 
 
 # ------------------------------------------------------------------------------------------
+# streaming .npy stacks
+
+#: Most bytes asked of one ``os.pread`` where ``os.preadv`` is missing (Linux caps a read at
+#: about 2 GiB anyway).
+_READ_MAX = 2**30
+
+
+def _read_at(fd: int, buf: memoryview, offset: int, lock: threading.Lock | None) -> bool:
+    """Fill the byte buffer ``buf`` from ``offset`` of ``fd``, looping over short reads; False
+    when the file ends first. ``lock`` (platforms without ``os.pread``) guards seek-and-read."""
+    done = 0
+    while done < len(buf):
+        if lock is None and hasattr(os, "preadv"):
+            n = os.preadv(fd, [buf[done:]], offset + done)
+        else:
+            size = min(len(buf) - done, _READ_MAX)
+            if lock is None:
+                chunk = os.pread(fd, size, offset + done)
+            else:
+                with lock:
+                    os.lseek(fd, offset + done, os.SEEK_SET)
+                    chunk = os.read(fd, size)
+            n = len(chunk)
+            buf[done : done + n] = chunk
+        if n == 0:
+            return False
+        done += n
+    return True
+
+
+class NpyReader:
+    """A read-only stack of images in a ``.npy`` file, read on demand.
+
+    The file must hold a C-ordered 3-D array (n_images, height, width) of real numbers (bool,
+    integer or float, either byte order). Indexing reads only the images asked for, with
+    ``os.pread`` on one file descriptor: no memory map (the resident memory of the process stays
+    flat however large the file) and no shared file position, so several threads may read at
+    once. Use it as ``with NpyReader(path) as stack: ...``, or call :meth:`close`; the file is
+    also closed when the reader is garbage-collected.
+
+    There is deliberately no ``__array__``: ``np.asarray(reader)`` would read the whole file.
+    Read slices instead.
+
+    Parameters
+    ----------
+    path : str or path
+
+    Attributes
+    ----------
+    path : str
+    shape : tuple of int
+        (n_images, height, width).
+    ndim : int
+        3.
+    dtype : numpy.dtype
+        The file's dtype in native byte order: the dtype of every array returned.
+    nbytes : int
+        Bytes of pixel data in the file.
+
+    Raises
+    ------
+    InputError
+        The file cannot be opened, is not a .npy file, is shorter than its header says, or does
+        not hold a C-ordered 3-D array of real numbers.
+
+    Examples
+    --------
+    ``reader[k]`` is image k (negative k counts from the end), of shape (height, width);
+    ``reader[a:b:s]`` and ``reader[[k1, k2, ...]]`` are (n, height, width) in that order. Every
+    result is a new, writable, C-contiguous array; a step-1 slice is one read.
+    """
+
+    ndim = 3
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        p = os.fspath(path)
+        self.path = p
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as err:
+            raise InputError(f"{p}: cannot open ({err.strerror or err})") from None
+        try:
+            try:
+                with open(fd, "rb", closefd=False) as f:
+                    shape, fortran, dtype = _npy_header_info(f)
+                    offset = f.tell()
+                size = os.fstat(fd).st_size
+            except OSError as err:
+                raise InputError(f"{p}: cannot read ({err.strerror or err})") from None
+            except Exception:
+                raise InputError(_bad_npy(p)) from None
+            _check_kind(dtype, shape, p, "array")
+            if len(shape) != 3:
+                raise InputError(f"{p}: array of shape {shape} is not a 3-D stack (K, H, W)")
+            if fortran:
+                raise InputError(f"{p}: array is stored in Fortran order; expected C order")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if size < offset + nbytes:
+                raise InputError(_bad_npy(p))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.shape: tuple[int, int, int] = (shape[0], shape[1], shape[2])
+        self.dtype = dtype.newbyteorder("=")
+        self.nbytes = nbytes
+        self._swap = not dtype.isnative
+        self._offset = offset
+        self._frame = shape[1] * shape[2] * dtype.itemsize
+        self._lock = None if hasattr(os, "pread") else threading.Lock()
+        self._fd: int | None = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"NpyReader({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __enter__(self) -> NpyReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file; reading afterwards raises ValueError. Closing twice is harmless."""
+        self._fd = None
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for k in range(len(self)):
+            yield self[k]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Image ``key`` (an int) as (H, W), or the images of a slice or of a 1-D sequence of
+        ints as (n, H, W); IndexError for an index out of range."""
+        n = len(self)
+        if isinstance(key, slice):
+            return self._read(np.arange(*key.indices(n), dtype=np.int64))
+        if isinstance(key, (bool, np.bool_, tuple)):
+            raise TypeError(
+                f"NpyReader indices are ints, slices or 1-D sequences of ints, got {key!r}"
+            )
+        try:
+            k = operator.index(key)
+        except TypeError:
+            pass
+        else:
+            if not -n <= k < n:
+                raise IndexError(f"index {k} is out of range for {n} images")
+            return self._read(np.array([k % n], dtype=np.int64))[0]
+        try:
+            idx = np.asarray(key)
+        except Exception:
+            idx = np.asarray(None)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise TypeError(
+                f"NpyReader indices are ints, slices or 1-D sequences of ints, got {key!r}"
+            )
+        if idx.size and (bool((idx >= n).any()) or bool((idx < -n).any())):
+            bad = idx[(idx >= n) | (idx < -n)][0]
+            raise IndexError(f"index {int(bad)} is out of range for {n} images")
+        idx = idx.astype(np.int64)
+        return self._read(np.where(idx < 0, idx + n, idx))
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        """Images ``idx`` (valid, non-negative) with one read per run of consecutive images."""
+        fd = self._fd
+        if fd is None:
+            raise ValueError(f"I/O operation on a closed NpyReader ({self.path})")
+        out = np.empty((len(idx),) + self.shape[1:], dtype=self.dtype)
+        if out.size == 0:
+            return out
+        raw = memoryview(out.reshape(-1).view(np.uint8))
+        cuts = [0, *(np.flatnonzero(np.diff(idx) != 1) + 1).tolist(), len(idx)]
+        frame = self._frame
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            start = self._offset + int(idx[a]) * frame
+            if not _read_at(fd, raw[a * frame : b * frame], start, self._lock):
+                raise InputError(_bad_npy(self.path))
+        if self._swap:
+            out.byteswap(inplace=True)
+        return out
+
+
+def _names_path(npy_path: str) -> str:
+    """The names file beside a .npy stack: ``stack.npy`` -> ``stack.names.txt``."""
+    return os.path.splitext(npy_path)[0] + ".names.txt"
+
+
+def _clean_name(name: str) -> str:
+    """A name fit for one line of a names file (line breaks become spaces)."""
+    return str(name).replace("\r", " ").replace("\n", " ")
+
+
+def _read_names(npy_path: str, n: int, notes: list[str]) -> tuple[str, ...] | None:
+    """The image names from the names file beside a .npy stack of n images, if there is one
+    with exactly n lines; else None (with a note when the file is there but does not fit)."""
+    side = _names_path(npy_path)
+    if not os.path.isfile(side):
+        return None
+    try:
+        with open(side, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror or err
+        notes.append(f"ignored {side} ({why}); images are named {os.path.basename(npy_path)}[k]")
+        return None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if len(lines) != n:
+        notes.append(
+            f"ignored {side}: it holds {_plural(len(lines), 'name')} for "
+            f"{_plural(n, 'image')}; images are named {os.path.basename(npy_path)}[k]"
+        )
+        return None
+    return tuple(lines)
+
+
+def _stream_npy(path: str, disp: str, layout: str | None, notes: list[str]) -> NpyReader | None:
+    """An NpyReader when the .npy file holds a C-ordered 3-D array in (K, H, W) layout (given or
+    guessed); None when it must be read into memory instead."""
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _npy_header_info(f)
+    except OSError as err:
+        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+    except Exception:
+        raise InputError(_bad_npy(disp)) from None
+    _check_kind(dtype, shape, disp, "array")
+    if len(shape) != 3 or fortran:
+        return None
+    guessed: list[str] = []
+    if _resolve_layout(shape, disp, layout, None, guessed) != "khw":
+        return None
+    reader = NpyReader(path)
+    notes.extend(guessed)
+    return reader
+
+
+# ------------------------------------------------------------------------------------------
 # load_stack
+
+
+class _FileImages:
+    """The images of a list of files, one per file, read one at a time with the checks of
+    :func:`load_stack`: each file holds one image, all of the same size, finite values.
+
+    Iterating yields ``(display name, image)`` per file, the image float64 (H, W), or None for a
+    file that ``skip_unreadable`` skipped; the conversions done and the files read accumulate in
+    ``conv`` and ``kept`` (indices into ``paths``)."""
+
+    def __init__(self, paths: list[str], displays: list[str], skip_unreadable: bool) -> None:
+        self.paths = paths
+        self.displays = displays
+        self.skip_unreadable = skip_unreadable
+        self.conv = _Conversions()
+        self.kept: list[int] = []
+        self.skipped: list[str] = []
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray | None]]:
+        shape: tuple[int, ...] | None = None
+        for i, (path, disp) in enumerate(zip(self.paths, self.displays)):
+            try:
+                blocks, c = _read_image_file(path, disp)
+            except InputError as err:
+                if not self.skip_unreadable:
+                    raise
+                self.skipped.append(str(err))
+                yield disp, None
+                continue
+            n = sum(len(b) for b in blocks)
+            if n != 1:
+                raise InputError(
+                    f"{disp}: holds {n} images (a multi-page file); in a folder or pattern each "
+                    "file must hold one image (pass the file itself to read its pages)"
+                )
+            self.conv.update(c)
+            img = blocks[0][0]
+            if shape is None:
+                shape = img.shape
+            elif img.shape != shape:
+                raise InputError(
+                    f"{disp}: size {_size(img.shape)} differs from {_size(shape)} "
+                    f"of {self.displays[self.kept[0]]}"
+                )
+            _check_finite(img[np.newaxis], lambda k, disp=disp: f"{disp}:")
+            self.kept.append(i)
+            yield disp, img
+        if not self.kept:
+            raise InputError(
+                f"{self.displays[0]} and the other {len(self.paths) - 1} files: none is readable"
+            )
+
+    def notes(self) -> list[str]:
+        notes = self.conv.notes()
+        if self.skipped:
+            n = _plural(len(self.skipped), "unreadable file")
+            notes.append(f"skipped {n}: {_listing(self.skipped, 3)}")
+        return notes
 
 
 def _images_from_files(
@@ -672,42 +993,16 @@ def _images_from_files(
 ) -> tuple[np.ndarray, list[str], list[int]]:
     """Read one image per file into a (K, H, W) float64 stack; returns it, the notes and the
     indices of the files read (all of them unless ``skip_unreadable`` skipped some)."""
-    conv = _Conversions()
+    files = _FileImages(paths, displays, skip_unreadable)
     images: np.ndarray | None = None
-    kept: list[int] = []
-    skipped: list[str] = []
-    for path, disp in zip(paths, displays):
-        try:
-            blocks, c = _read_image_file(path, disp)
-        except InputError as err:
-            if not skip_unreadable:
-                raise
-            skipped.append(str(err))
+    for _, img in files:
+        if img is None:
             continue
-        n = sum(len(b) for b in blocks)
-        if n != 1:
-            raise InputError(
-                f"{disp}: holds {n} images (a multi-page file); in a folder or pattern each "
-                "file must hold one image (pass the file itself to read its pages)"
-            )
-        conv.update(c)
-        img = blocks[0][0]
         if images is None:
             images = np.empty((len(paths),) + img.shape, dtype=np.float64)
-        elif img.shape != images.shape[1:]:
-            raise InputError(
-                f"{disp}: size {_size(img.shape)} differs from {_size(images.shape[1:])} "
-                f"of {displays[kept[0]]}"
-            )
-        _check_finite(img[np.newaxis], lambda k, disp=disp: f"{disp}:")
-        images[len(kept)] = img
-        kept.append(len(kept) + len(skipped))
-    if images is None:
-        raise InputError(f"{displays[0]} and the other {len(paths) - 1} files: none is readable")
-    notes = conv.notes()
-    if skipped:
-        notes.append(f"skipped {_plural(len(skipped), 'unreadable file')}: {_listing(skipped, 3)}")
-    return images[: len(kept)], notes, kept
+        images[len(files.kept) - 1] = img
+    assert images is not None  # _FileImages raised otherwise
+    return images[: len(files.kept)], files.notes(), files.kept
 
 
 def _load_listing(
@@ -717,7 +1012,8 @@ def _load_listing(
     return Stack(images, tuple(names[i] for i in kept), tuple(notes + extra_notes), source)
 
 
-def _load_folder(source: str, skip: bool = False) -> Stack:
+def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
+    """The image files of a folder as :func:`load_stack` reads them: (paths, names, notes)."""
     files: list[str] = []
     others: list[str] = []
     try:
@@ -746,10 +1042,12 @@ def _load_folder(source: str, skip: bool = False) -> Stack:
         n = _plural(len(others), "non-image file")
         notes.append(f"ignored {n}: {_listing(others, 3)}")
     paths = [os.path.join(source, f) for f in files]
-    return _load_listing(source, paths, files, notes, skip)
+    return paths, files, notes
 
 
-def _load_glob(source: str, skip: bool = False) -> Stack:
+def _list_glob(source: str) -> tuple[list[str], list[str], list[str]]:
+    """The image files a glob pattern matches as :func:`load_stack` reads them: (paths, names,
+    notes)."""
     matches = _glob.glob(source, recursive=True)
     files = [m for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
@@ -758,10 +1056,18 @@ def _load_glob(source: str, skip: bool = False) -> Stack:
     files.sort(key=natural_sort_key)
     base = [os.path.basename(f) for f in files]
     names = base if len(set(base)) == len(base) else files
-    return _load_listing(source, files, names, [], skip)
+    return files, names, []
 
 
-def _load_file(source: str, layout: str | None, mmap: bool) -> Stack:
+def _load_folder(source: str, skip: bool = False) -> Stack:
+    return _load_listing(source, *_list_folder(source), skip)
+
+
+def _load_glob(source: str, skip: bool = False) -> Stack:
+    return _load_listing(source, *_list_glob(source), skip)
+
+
+def _load_file(source: str, layout: str | None, mmap: bool, stream: bool = False) -> Stack:
     path, disp = source, source
     base = os.path.basename(path)
     ext = os.path.splitext(path)[1].lower()
@@ -775,13 +1081,29 @@ def _load_file(source: str, layout: str | None, mmap: bool) -> Stack:
         if empty:
             raise InputError(f"{disp}: empty file (0 bytes)")
         if ext == ".npy":
+            guess: list[str] = []  # the layout guessed from the shape, if it was
+            reader = _stream_npy(path, disp, layout, guess) if stream else None
+            if reader is not None:
+                names = _read_names(path, len(reader), notes)
+                if names is None:  # (a names file from pack_stack vouches for (K, H, W))
+                    names = _stack_names(base, len(reader), False)
+                    notes[:0] = guess
+                return Stack(reader, names, tuple(notes), source)
             images, two_d = _read_npy(path, disp, layout, mmap, notes)
+            if not two_d:
+                if stream:
+                    notes.append(
+                        f"read {disp} into memory: a .npy stack streams only in (K, H, W) C order"
+                    )
+                names = _read_names(path, len(images), notes)
         elif ext == ".npz":
             images, two_d, names = _read_npz(path, disp, layout, notes)
         else:
             images, two_d = _read_mat(path, disp, layout, notes)
         _check_finite(images, lambda k: f"{disp}:" if two_d else _image_k(disp, k))
-        if names is not None and names.ndim == 1 and len(names) == len(images) and not two_d:
+        if isinstance(names, tuple):
+            pass  # from the names file of a .npy stack
+        elif names is not None and names.ndim == 1 and len(names) == len(images) and not two_d:
             names = tuple(str(n) for n in names)
         else:
             names = _stack_names(base, len(images), two_d)
@@ -813,6 +1135,8 @@ def load_stack(
     layout: str | None = None,
     mmap: bool = False,
     skip_unreadable: bool = False,
+    *,
+    stream: bool = False,
 ) -> Stack:
     """Read a stack of grayscale images.
 
@@ -826,7 +1150,10 @@ def load_stack(
           image per file; other files are ignored (with a note);
         - a glob pattern (contains ``*``, ``?`` or ``[``; ``**`` recurses): the image files it
           matches, likewise;
-        - a ``.npy`` file holding a 3-D array, or a 2-D array (one image);
+        - a ``.npy`` file holding a 3-D array, or a 2-D array (one image); a names file beside
+          a 3-D one (``stack.names.txt`` for ``stack.npy``, one name a line in UTF-8, as
+          :func:`pack_stack` writes) gives the names when it has one line per image (else it is
+          ignored, with a note);
         - a ``.npz`` file: the array under key ``images``, else ``X``, else its only array (a
           string array under ``names``, as :func:`write_stack` stores, gives the names);
         - a MATLAB ``.mat`` file (up to v7; not v7.3/HDF5): variable ``X`` of shape
@@ -844,6 +1171,14 @@ def load_stack(
         float64 data, C-ordered, in (K, H, W) layout (or one 2-D image), ``images`` is then the
         read-only ``np.memmap`` itself (float32 stays float32); otherwise the data are copied as
         usual. The finite-values check reads the map in chunks. Ignored for other sources.
+    stream : bool
+        Read no pixel data of a ``.npy`` file holding a C-ordered 3-D array in (K, H, W) layout
+        (given, or guessed as above): ``images`` is then an :class:`NpyReader` that reads images
+        on demand, in the file's dtype (native byte order; not converted to float64). Nor are
+        the values checked: the caller must check that they are finite, as
+        :mod:`facefinder_cli.engine` does in its first pass. Any other ``.npy`` array is read
+        as usual (a 3-D one with a note); other sources ignore ``stream``. Takes precedence
+        over ``mmap``.
     skip_unreadable : bool
         For folders and patterns: leave out files that cannot be read as an image (with a note
         naming them) instead of stopping at the first. Images of another size are still an
@@ -852,9 +1187,10 @@ def load_stack(
     Returns
     -------
     Stack
-        ``images`` of shape (n_images, height, width), float64 in the file's own units (no
-        rescaling of 16-bit or float images). Colour (RGB) images become grayscale by luminance
-        0.299 R + 0.587 G + 0.114 B (images whose channels are all equal keep their values);
+        ``images`` of shape (n_images, height, width), float64 in the file's own units (except
+        with ``mmap`` or ``stream``, see above; no rescaling of 16-bit or float images). Colour
+        (RGB) images become grayscale by luminance 0.299 R + 0.587 G + 0.114 B (images whose
+        channels are all equal keep their values);
         alpha channels are dropped, palette images expanded, 1-bit images read as 0 and 255;
         16-bit colour PNGs come at 8-bit precision (a Pillow limit). Each conversion is counted
         in ``notes``.
@@ -875,7 +1211,7 @@ def load_stack(
     if os.path.exists(src):
         if not os.path.isfile(src):
             raise InputError(f"{src}: not a regular file or folder")
-        return _load_file(src, layout, mmap)
+        return _load_file(src, layout, mmap, stream)
     if any(ch in src for ch in _GLOB_CHARS):
         return _load_glob(src, skip_unreadable)
     raise InputError(f"{src}: no such file or folder")
@@ -934,6 +1270,26 @@ def _check_parent(p: str) -> str:
     return parent
 
 
+def _temp_beside(p: str) -> tuple[str, int, str, int]:
+    """A new hidden temporary file beside ``p`` (beside the file a symbolic link ``p`` points
+    to): (final target, its descriptor, its path, the permissions the final file should get,
+    those of an existing ``p`` or else the umask's)."""
+    target = os.path.realpath(p) if os.path.islink(p) else p
+    if os.path.isdir(target):
+        raise InputError(f"{p}: is a folder; expected a file name")
+    parent = _check_parent(target)
+    try:
+        perms = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        perms = 0o666 & ~_umask()
+    try:
+        name = os.path.basename(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    return target, fd, tmp, perms
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it appears complete or not at all.
@@ -967,19 +1323,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         yield stream
         stream.flush()
         return
-    target = os.path.realpath(p) if os.path.islink(p) else p
-    if os.path.isdir(target):
-        raise InputError(f"{p}: is a folder; expected a file name")
-    parent = _check_parent(target)
-    try:
-        perms = stat.S_IMODE(os.stat(target).st_mode)
-    except OSError:
-        perms = 0o666 & ~_umask()
-    try:
-        name = os.path.basename(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-    except OSError as err:
-        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    target, fd, tmp, perms = _temp_beside(p)
     try:
         os.close(fd)  # reopened by name: some writers (tifffile) need ``f.name`` to be a path
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -1387,3 +1731,230 @@ def atomic_folder(
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# packing a source into one .npy stack
+
+_NPY_MAGIC_1_0 = b"\x93NUMPY\x01\x00"
+
+
+def _npy_header_bytes(dtype: np.dtype, shape: tuple[int, ...], length: int | None = None) -> bytes:
+    """A version 1.0 .npy header (magic included) for a C-ordered array: its dict is padded with
+    spaces before the final newline to ``length`` bytes in all, else to the next multiple of 64
+    as NumPy aligns it. A smaller shape written later with the same length fits in place."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    dims = tuple(int(n) for n in shape)
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {dims!r}, }}"
+    fixed = len(_NPY_MAGIC_1_0) + 2 + len(text) + 1
+    if length is None:
+        length = -(-fixed // 64) * 64
+    if not fixed <= length <= len(_NPY_MAGIC_1_0) + 2 + 0xFFFF:
+        raise ValueError(f"a .npy header for shape {dims} does not fit in {length} bytes")
+    text += " " * (length - fixed) + "\n"
+    return _NPY_MAGIC_1_0 + struct.pack("<H", length - 10) + text.encode("latin1")
+
+
+def _pack_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"pack_stack: dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _as_dtype(img: np.ndarray, dt: np.dtype, where: str) -> np.ndarray:
+    """A finite image in dtype ``dt``, C-contiguous; InputError (``where`` names the image) for
+    values too large for float32."""
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(img, dtype=dt)
+    if dt != np.float64 and not np.isfinite(out).all():
+        raise InputError(
+            f"{where} holds values beyond the float32 range (about 3.4e38); pack with dtype float64"
+        )
+    return out
+
+
+def _stage_text(p: str, text: str) -> tuple[str, str]:
+    """Write ``text`` (UTF-8) to a new temporary file beside ``p``, synced to disk and with the
+    permissions ``p`` should get; returns (final target, temporary path) for the caller to
+    rename once everything else succeeded."""
+    target, fd, tmp, perms = _temp_beside(p)
+    try:
+        with open(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, perms)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target, tmp
+
+
+def _pack_files(
+    f: IO[bytes],
+    listing: tuple[list[str], list[str], list[str]],
+    dt: np.dtype,
+    skip_unreadable: bool,
+    progress: Callable[[int, int], object] | None,
+) -> tuple[tuple[str, ...], list[str]]:
+    """Write the images of a folder or pattern listing as a .npy stack to ``f``, one file at a
+    time; returns the names and notes of the images written."""
+    paths, names, extra_notes = listing
+    total = len(paths)
+    files = _FileImages(paths, paths, skip_unreadable)
+    header = b""
+    frame: tuple[int, ...] = ()
+    for done, (disp, img) in enumerate(files, 1):
+        if img is not None:
+            out = _as_dtype(img, dt, f"{disp}:")
+            if not header:
+                frame = out.shape
+                header = _npy_header_bytes(dt, (total,) + frame)
+                f.write(header)
+            f.write(memoryview(out).cast("B"))
+        if progress is not None:
+            progress(done, total)
+    k = len(files.kept)
+    if k != total:  # files were skipped: the header must give the real count
+        f.seek(0)
+        f.write(_npy_header_bytes(dt, (k,) + frame, len(header)))
+        f.truncate(len(header) + k * math.prod(frame) * dt.itemsize)
+    kept = tuple(_clean_name(names[i]) for i in files.kept)
+    return kept, files.notes() + extra_notes
+
+
+def _pack_array(
+    f: IO[bytes],
+    images: np.ndarray,
+    dt: np.dtype,
+    disp: str,
+    progress: Callable[[int, int], object] | None,
+) -> None:
+    """Write a (K, H, W) stack as a .npy file to ``f``, image by image."""
+    f.write(_npy_header_bytes(dt, images.shape))
+    for k in range(len(images)):
+        f.write(memoryview(_as_dtype(images[k], dt, _image_k(disp, k))).cast("B"))
+        if progress is not None:
+            progress(k + 1, len(images))
+
+
+def pack_stack(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    dtype: Any = np.float32,
+    overwrite: bool = False,
+    skip_unreadable: bool = False,
+    layout: str | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Stack:
+    """Convert an image source into one ``.npy`` stack (K, H, W), to read later with
+    ``load_stack(target, stream=True)``.
+
+    A folder or glob pattern (listed as :func:`load_stack` lists it) is read one file at a time
+    and each image written straight to the file, so memory holds one image whatever the number
+    of images. Any other source (a ``.npy``, ``.npz``, ``.mat`` or TIFF stack file, or a single
+    image) is read with ``load_stack(source, layout)`` and then written. The images get the
+    conversions and checks of :func:`load_stack` (colour to luminance, finite values, one size).
+
+    The image names go to a names file beside the target (``stack.names.txt`` for
+    ``stack.npy``): one name a line, UTF-8, in stack order; line breaks in a name become spaces
+    (and bytes that are not UTF-8 backslash escapes). None is written when the names are only
+    the ``file[k]`` defaults of a stack file (with ``overwrite``, an old names file is then
+    removed).
+
+    Both files are written atomically: on any error or interruption neither the target nor its
+    names file is created or changed, and no temporary file is left.
+
+    Parameters
+    ----------
+    source : str or path
+        As for :func:`load_stack`.
+    target : str or path
+        The ``.npy`` file to write.
+    dtype : {numpy.float32, numpy.float64}
+        Pixel type of the file. float32 holds 8-bit and 16-bit values exactly and halves the
+        size; values beyond the float32 range are an error.
+    overwrite : bool
+        Replace an existing target (and names file).
+    skip_unreadable : bool
+        For folders and patterns: leave out unreadable files (with a note) instead of stopping.
+    layout : {None, "khw", "hwk"}
+        Axis order of a 3-D array source, as for :func:`load_stack`.
+    progress : callable, optional
+        ``progress(done, total)`` after each image (for a folder or pattern, after each file,
+        read or skipped).
+
+    Returns
+    -------
+    Stack
+        ``images`` an :class:`NpyReader` of the written file; ``names`` as written to the names
+        file (the source's names); ``notes`` as :func:`load_stack` gives for the source;
+        ``source`` the source.
+
+    Raises
+    ------
+    InputError
+        Any error of :func:`load_stack`; a target that does not end in ``.npy``, exists (or its
+        names file exists) without ``overwrite``, is the source itself or lies in the source
+        folder, or cannot be written; values beyond the float32 range.
+    ValueError
+        ``dtype`` is not float32 or float64.
+    """
+    dt = _pack_dtype(dtype)
+    layout = _check_layout(layout)
+    src, p = os.fspath(source), os.fspath(target)
+    if not p.lower().endswith(".npy"):
+        raise InputError(f"{p}: pack writes a .npy file; give a name ending in .npy")
+    side = _names_path(p)
+    listing = None
+    if os.path.isdir(src):
+        if _inside(p, src):
+            raise InputError(f"{p}: is inside the source folder {src}; write the stack elsewhere")
+        listing = _list_folder(src)
+    elif not os.path.lexists(src) and any(ch in src for ch in _GLOB_CHARS):
+        listing = _list_glob(src)
+    elif not os.path.isfile(src):
+        load_stack(src, layout)  # raises load_stack's error (missing path, broken link...)
+    elif _inside(p, src):
+        raise InputError(f"{p}: is the source itself; write the stack to another file")
+    check_file_target(p, overwrite)
+    check_file_target(side, overwrite)
+    if listing is None:
+        stack = load_stack(src, layout)
+        names = tuple(_clean_name(n) for n in stack.names)
+        default = stack.names == _stack_names(os.path.basename(src), len(stack.images), False)
+        notes = list(stack.notes)
+    staged: tuple[str, str] | None = None
+    written = False
+    try:
+        with atomic_write(p, "wb") as f:
+            if listing is None:
+                _pack_array(f, stack.images, dt, src, progress)
+            else:
+                names, notes = _pack_files(f, listing, dt, skip_unreadable, progress)
+                default = False
+            if not default:
+                staged = _stage_text(side, "".join(name + "\n" for name in names))
+        written = True
+        if staged is not None:
+            os.replace(staged[1], staged[0])
+            staged = None
+        elif os.path.lexists(side):  # only with overwrite: checked above
+            os.unlink(side)
+    except OSError as err:
+        if written:  # the new stack is in place: never leave it with an old names file
+            with suppress(OSError):
+                os.unlink(side)
+        shown = side if written else p
+        raise InputError(f"{shown}: cannot write ({err.strerror or err})") from None
+    finally:
+        if staged is not None:
+            with suppress(OSError):
+                os.unlink(staged[1])
+    return Stack(NpyReader(p), names, tuple(notes), src)
