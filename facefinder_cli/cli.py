@@ -56,6 +56,25 @@ class ShapeType(click.ParamType):
 SHAPE = ShapeType()
 
 
+class ByteSizeType(click.ParamType):
+    """A memory size: bytes, or a number with a unit K, M, G, T (powers of 1024; ``KiB``,
+    ``MB``... are read the same way), e.g. ``512M``, ``1.5G``."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.I)
+        if not m:
+            self.fail(f"expected a size like 512M or 2G; got {value!r}", param, ctx)
+        return int(float(m[1]) * self._UNITS[m[2].lower()])
+
+
+BYTE_SIZE = ByteSizeType()
+
+
 def _verbosity(f: Callable) -> Callable:
     """``-v``/``-q``: more or fewer messages on stderr."""
 
@@ -156,10 +175,22 @@ def _input_paths(source: str) -> list[str]:
     return [source]
 
 
-def _load(source: str, layout: str, skip_unreadable: bool = False) -> images.Stack:
+def _load(
+    source: str, layout: str, skip_unreadable: bool = False, stream: bool = False
+) -> images.Stack:
     return images.load_stack(
-        source, None if layout == "auto" else layout, skip_unreadable=skip_unreadable
+        source,
+        None if layout == "auto" else layout,
+        skip_unreadable=skip_unreadable,
+        stream=stream,
     )
+
+
+def _non_finite(source: str, stack: images.Stack, err: engine.NonFiniteError) -> images.InputError:
+    """The error for a non-finite image found by the engine in a streamed stack."""
+    k, name = err.index, stack.names[err.index]
+    named = "" if name == f"{os.path.basename(source)}[{k}]" else f", {name}"
+    return images.InputError(f"{source}: image {k} (counting from 0{named}) contains {err.what}")
 
 
 def _log_notes(stack: images.Stack) -> None:
@@ -226,6 +257,10 @@ def main() -> None:
     \b
     Find the face in new images with a fitted model:
       facefinder detect run new_images/ > positions.csv
+    \b
+    Many images? Pack them once into one .npy that fit streams from disk:
+      facefinder pack shots/ shots.npy
+      facefinder fit shots.npy --face-size 36x30 --dtype float32 -o run
 
     Run `facefinder COMMAND --help` for each command's options.
     """
@@ -406,9 +441,16 @@ class _ProgressBar:
     """The engine's progress callback as a tqdm bar on stderr (off when stderr is not a
     terminal); also collects per-iteration errors against a known truth."""
 
-    def __init__(self, max_iter: int, truth: runs.Truth | None, saver=None) -> None:
+    def __init__(
+        self,
+        max_iter: int,
+        truth: runs.Truth | None,
+        saver=None,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
         from tqdm.auto import tqdm
 
+        self.on_start = on_start
         self._tqdm = tqdm
         self.max_iter = max_iter
         self.bar = None
@@ -419,6 +461,9 @@ class _ProgressBar:
         self.errors: dict[int, list[dict[str, float]]] = {}
 
     def __call__(self, p: engine.Progress) -> None:
+        if self.on_start is not None:
+            self.on_start()
+            self.on_start = None
         self.track(p)
         self.latest = p.checkpoint
         if self.saver is not None:
@@ -556,6 +601,29 @@ def _settings(**kw: Any) -> dict[str, Any]:
     help="Images per chunk of the streaming pass (memory).",
 )
 @click.option(
+    "--memory-limit",
+    type=BYTE_SIZE,
+    help="Memory for the chunks in flight and the cache of the images' FFTs, e.g. 512M or 4G "
+    "(0: no cache). Spectra that do not fit are recomputed in every iteration (slower, same "
+    f"result) [default: {engine.default_memory_limit() / 2**30:.3g}G here: 1G, or an eighth of "
+    "the machine's memory if less].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(engine.DTYPES),
+    default="float64",
+    show_default=True,
+    help="Precision of the per-image work (sums over images stay float64). float32 is faster "
+    "and is accurate when the noise is not far below the images' contrast; see "
+    "docs/PERFORMANCE.md.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Threads working on chunks in parallel [default: all cores, here "
+    f"{engine.available_cores()}]. Results do not depend on it.",
+)
+@click.option(
     "--init-from",
     type=click.Path(),
     metavar="RUN",
@@ -614,6 +682,9 @@ def fit(
     samples_growth,
     max_samples,
     chunk_size,
+    memory_limit,
+    dtype,
+    workers,
     init_from,
     truth,
     zoom,
@@ -650,7 +721,9 @@ def fit(
     """
     state = None
     if resume:
-        _only_with_resume(click.get_current_context(), ("resume", "as_json"))
+        _only_with_resume(
+            click.get_current_context(), ("resume", "as_json", "memory_limit", "workers")
+        )
         state, saved, extra = runs.load_checkpoint(resume)
         input, out, overwrite = saved["input_path"], resume, True
         face_size, method, init = tuple(saved["face_size"]), saved["method"], saved["init"]
@@ -668,6 +741,7 @@ def fit(
         init_from, truth, zoom = saved["init_from"], saved["truth"], saved["zoom"]
         checkpoint_every = saved["checkpoint_every"]
         skip_unreadable = saved["skip_unreadable"]
+        dtype = saved.get("dtype", "float64")
         log.info(
             "resuming %s at iteration %d of restart %d", resume, state.iteration, state.restart + 1
         )
@@ -694,7 +768,7 @@ def fit(
     if out != "-":
         images.check_folder_target(out, overwrite, keep=keep, marker=RUN_MARKERS)
     truth_data = runs.load_truth(truth) if truth else None
-    stack = _load(input, layout, skip_unreadable)
+    stack = _load(input, layout, skip_unreadable, stream=True)
     X = stack.images
     K, H, W = X.shape
     h, w = face_size
@@ -745,6 +819,7 @@ def fit(
         samples_growth=samples_growth,
         max_samples=max_samples,
         chunk_size=chunk_size,
+        dtype=dtype,
         init_from=os.path.abspath(init_from) if init_from else None,
         truth=os.path.abspath(truth) if truth else None,
         layout=layout,
@@ -755,20 +830,27 @@ def fit(
         image_size=(H, W),
         command=" ".join(sys.argv),
     )
-    _log_notes(stack)
-    log.info(
-        "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
-        h,
-        w,
-        K,
-        "" if K == 1 else "s",
-        H,
-        W,
-        input,
-        method,
-    )
+
+    def announce() -> None:
+        _log_notes(stack)
+        log.info(
+            "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
+            h,
+            w,
+            K,
+            "" if K == 1 else "s",
+            H,
+            W,
+            input,
+            method,
+        )
+
+    if resume:
+        announce()
     saver = None if out == "-" else _CheckpointSaver(out, settings, keep, checkpoint_every)
-    bar = _ProgressBar(max_iter, truth_data, saver)
+    # Otherwise announced once the engine has read the data: a streamed stack is checked in
+    # that first pass, and an error there stays the only line.
+    bar = _ProgressBar(max_iter, truth_data, saver, on_start=None if resume else announce)
     if resume:
         bar.errors = {int(r): rows for r, rows in extra.get("errors", {}).items()}
     t0 = time.perf_counter()
@@ -792,9 +874,14 @@ def fit(
                     samples_growth=samples_growth,
                     max_samples=max(max_samples, samples),
                     chunk_size=chunk_size,
+                    memory_limit=memory_limit,
+                    dtype=dtype,
+                    workers=workers,
                     callback=bar,
                     resume=state,
                 )
+        except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
+            raise _non_finite(input, stack, err) from None
         except (KeyboardInterrupt, _Terminated) as stop:
             bar.close()
             code = 143 if isinstance(stop, _Terminated) else 130
@@ -816,7 +903,7 @@ def fit(
         if issubclass(w_.category, engine.ConvergenceWarning):
             kept = result.restarts[result.best_restart]
             series = kept.log_likelihood if method == "mc" else kept.elbo
-            gain = (series[-1] - series[-2]) / X.size
+            gain = (series[-1] - series[-2]) / (K * H * W)
             log.warning(
                 "stopped at --max-iter %d before converging (the last iteration gained %.2g "
                 "nats per image and pixel; --tol is %g): raise --max-iter, or --tol",
@@ -1137,13 +1224,16 @@ def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
     images.check_file_target(out, overwrite, keep=keep)
     if draw:
         images.check_folder_target(draw, overwrite, keep=keep)
-    stack = _load(input, layout, skip_unreadable)
+    stack = _load(input, layout, skip_unreadable, stream=True)
     K, H, W = stack.images.shape
     if (H, W) != run.params.background.shape:
         bh, bw = run.params.background.shape
         raise images.InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
+    try:
+        positions, probability = engine.locate(stack.images, run.params)
+    except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
+        raise _non_finite(input, stack, err) from None
     _log_notes(stack)
-    positions, probability = engine.locate(stack.images, run.params)
     with images.atomic_write(out, "w") as f:
         f.write("image,row,column,probability\n")
         for name, (r, c), p in zip(stack.names, positions, probability):
@@ -1171,6 +1261,80 @@ def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
     rgb[r, c : c + w] = rgb[r + h - 1, c : c + w] = red
     rgb[r : r + h, c] = rgb[r : r + h, c + w - 1] = red
     return rgb
+
+
+# ---------------------------------------------------------------------------------------------
+# pack
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("input", metavar="INPUT")
+@click.argument("target", metavar="STACK.npy")
+@click.option(
+    "--dtype",
+    type=click.Choice(engine.DTYPES),
+    default="float32",
+    show_default=True,
+    help="Pixel type of the stack; float32 holds 8- and 16-bit images exactly in half the "
+    "space of float64.",
+)
+@skip_opt
+@layout_opt
+@overwrite_opt
+@_verbosity
+@_reports_errors
+def pack(input, target, dtype, skip_unreadable, layout, overwrite):
+    """Pack images into one .npy stack that fit and detect stream from disk.
+
+    INPUT as for `fit`. A folder or pattern is read one image at a time, so any number of
+    images packs in little memory. The image names go to STACK.names.txt beside the stack
+    (one per line), which fit uses for positions.csv. Both files appear complete or not at all.
+
+    `fit STACK.npy` then reads the images chunk by chunk in every iteration instead of holding
+    them in memory: its memory stays flat however many images there are (see --memory-limit).
+
+    \b
+    Examples:
+      facefinder pack shots/ shots.npy
+      facefinder pack 'cam/**/*.png' cam.npy --skip-unreadable
+      facefinder fit shots.npy --face-size 36x30 -o run
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        desc="packing", unit="img", file=sys.stderr, disable=None, leave=False, dynamic_ncols=True
+    )
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        stack = images.pack_stack(
+            input,
+            target,
+            dtype=np.dtype(dtype),
+            overwrite=overwrite,
+            skip_unreadable=skip_unreadable,
+            layout=None if layout == "auto" else layout,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    _log_notes(stack)
+    K, H, W = stack.images.shape
+    size = os.path.getsize(target)
+    log.info(
+        "packed %d image%s of %dx%d into %s (%s, %.1f MB)",
+        K,
+        "" if K == 1 else "s",
+        H,
+        W,
+        target,
+        dtype,
+        size / 1e6,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,9 +24,9 @@ import scipy.io
 from click.testing import CliRunner
 from PIL import Image
 
-from facefinder_cli import __version__, synthetic
+from facefinder_cli import __version__, engine, synthetic
 from facefinder_cli.cli import main
-from facefinder_cli.images import natural_sort_key
+from facefinder_cli.images import NpyReader, natural_sort_key
 from facefinder_cli.runs import ERROR_COLUMNS, load_run, view_zoom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1099,3 +1099,59 @@ def test_em_from_the_truth_and_split_background_errors(data, truth):
     # The study's geometry hides a 12x2 block from every image.
     block = synthetic.hidden_pixels(np.ones((5, 15)), (16, 16))
     assert block.sum() == 24 and block[4:16, 14:16].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# pack, and fits streamed from a .npy stack
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pack_then_fit_streams_and_equals_the_folder_fit(data, fitted, monkeypatch):
+    r = ok("pack", data, "packed.npy")
+    assert "packed 60 images of 24x32 into packed.npy (float32" in r.stderr
+    assert Path("packed.names.txt").read_text().splitlines()[:2] == ["img01.tif", "img02.tif"]
+    seen = []
+    real_fit = engine.fit
+    monkeypatch.setattr(engine, "fit", lambda X, *a, **k: seen.append(X) or real_fit(X, *a, **k))
+    ok("fit", "packed.npy", "--face-size", "16x12", "--truth", data / "truth.npz", "-o", "run")
+    assert isinstance(seen[0], NpyReader)  # read chunk by chunk, never loaded whole
+    # The TIFFs hold float32 values: the packed stack holds them exactly, the fit is the same.
+    a, b = load_npz(fitted[0] / "result.npz"), load_npz(Path("run/result.npz"))
+    for key in ("face", "background", "prior", "elbo", "positions"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert Path("run/positions.csv").read_text() == (fitted[0] / "positions.csv").read_text()
+
+
+def test_fit_precision_threads_and_memory_limit_options(npy):
+    ok("fit", npy, "--face-size", "16x12", "-o", "a", "--max-iter", 5, "--workers", 1)
+    ok("fit", npy, "--face-size", "16x12", "-o", "b", "--max-iter", 5, "--memory-limit", "0")
+    ok("fit", npy, "--face-size", "16x12", "-o", "c", "--max-iter", 5, "--dtype", "float32")
+    a, b, c = (load_npz(Path(d) / "result.npz") for d in "abc")
+    np.testing.assert_array_equal(a["face"], b["face"])  # neither changes a result
+    assert json.loads(str(c["settings"]))["dtype"] == "float32"
+    assert np.abs(a["face"] - c["face"]).max() < 1e-3
+    for bad, needle in (("12Q", "--memory-limit"), ("-1G", "--memory-limit")):
+        error_line(
+            cli("fit", npy, "--face-size", "16x12", "-o", "d", "--memory-limit", bad), 2, needle
+        )
+    error_line(cli("fit", npy, "--face-size", "16x12", "-o", "d", "--workers", 0), 2, "--workers")
+    assert not Path("d").exists()
+
+
+def test_streamed_stack_with_nan_is_one_line_and_writes_nothing(stack):
+    bad = stack.astype(np.float32)
+    bad[41, 2, 2] = np.nan
+    np.save("bad.npy", bad)
+    r = cli("fit", "bad.npy", "--face-size", "16x12", "-o", "run")
+    error_line(r, 1, "bad.npy: image 41 (counting from 0) contains NaN")
+    assert not Path("run").exists() and listing(Path(".")) == {"bad.npy"}
+
+
+def test_pack_refuses_and_keeps(data):
+    ok("pack", data, "s.npy", "--dtype", "float64")
+    before = Path("s.npy").read_bytes()
+    error_line(cli("pack", data, "s.npy"), 1, "s.npy", "--overwrite")
+    error_line(cli("pack", data, "s.tif"), 1, "s.tif", ".npy")
+    error_line(cli("pack", "missing", "t.npy"), 1, "missing")
+    assert Path("s.npy").read_bytes() == before and np.load("s.npy").dtype == np.float64
+    assert listing(Path(".")) == {"s.npy", "s.names.txt"}
