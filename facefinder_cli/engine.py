@@ -26,7 +26,14 @@ One streaming pass over chunks of images does both steps; per image it costs one
 
 Data are shifted by a constant (the mean of the first images) before any arithmetic, which keeps
 the sums small and the FFT round-off low; parameters stay in the data's own units. ``rfft2(X)``
-and the per-image sums are computed once per fit and shared by all restarts.
+(as much of it as ``memory_limit`` holds) and the per-image sums are computed once per fit and
+shared by all restarts.
+
+Scale. The stack is only ever read a chunk at a time, so it may be a file read on demand
+(``images.NpyReader``) and memory does not grow with K beyond a few numbers per image. Chunks
+are processed on ``workers`` threads and their sums reduced in chunk order, so the result is the
+same bit for bit on any number of threads. ``dtype="float32"`` does the per-image work in single
+precision and keeps every sum over images in float64.
 
 Everything here is NumPy/SciPy: no I/O, no printing. Progress is reported through a callback.
 """
