@@ -6,6 +6,7 @@ The engine works on a stack ``X`` of shape ``(n_images, height, width)``::
     result = ff.fit(X, face_shape=(40, 30))
     result.face, result.background, result.noise_std, result.prior, result.positions
 
+``X`` may also be a stack on disk, read chunk by chunk: ``ff.fit(ff.NpyReader("stack.npy"), ...)``.
 See :func:`fit` for the options, :mod:`facefinder_cli.compat` for the course's (H, W, K) API.
 """
 
@@ -25,12 +26,14 @@ from facefinder_cli.engine import (  # noqa: E402
     map_positions,
     posterior,
 )
+from facefinder_cli.images import NpyReader  # noqa: E402
 from facefinder_cli.synthetic import make_dataset  # noqa: E402
 
 __all__ = [
     "ConvergenceWarning",
     "FitResult",
     "NoiseFloorWarning",
+    "NpyReader",
     "Params",
     "__version__",
     "elbo",

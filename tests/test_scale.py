@@ -24,7 +24,7 @@ def scene():
 def assert_same_fit(a: E.FitResult, b: E.FitResult) -> None:
     """Every array and number of two fits equal, bit for bit (timings aside)."""
     for f in dataclasses.fields(E.FitResult):
-        if f.name in ("seconds", "restarts"):
+        if f.name in ("seconds", "restarts", "fft_cached"):
             continue
         x, y = getattr(a, f.name), getattr(b, f.name)
         if isinstance(x, np.ndarray):
@@ -37,11 +37,29 @@ def assert_same_fit(a: E.FitResult, b: E.FitResult) -> None:
 
 
 @pytest.mark.parametrize("method", ["soft", "hard", "mc"])
-def test_threads_change_nothing(scene, method):
+def test_threads_change_nothing(scene, method, monkeypatch):
+    monkeypatch.setattr(E, "THREAD_MIN_VALUES", 0)  # these small chunks would run on one thread
     kw = dict(method=method, seed=3, max_iter=6, tol=-np.inf, chunk_size=7, n_init=2)
     one = quiet_fit(scene.images, (12, 12), workers=1, **kw)
     three = quiet_fit(scene.images, (12, 12), workers=3, **kw)
     assert_same_fit(one, three)
+
+
+def test_small_chunks_stay_on_one_thread(scene, monkeypatch):
+    import threading
+
+    seen = set()
+    data = E._Data(scene.images, (12, 12), chunk_size=7, workers=3)
+
+    def where(a, b):
+        seen.add(threading.current_thread().name)
+
+    list(data.map(where))
+    assert seen == {threading.current_thread().name}  # 7 x (32 x 32 + 21 x 21) values a chunk
+    monkeypatch.setattr(E, "THREAD_MIN_VALUES", 7 * (32 * 32 + 21 * 21))
+    seen.clear()
+    list(data.map(where))
+    assert seen and all(name.startswith("facefinder") for name in seen)  # the pool's threads
 
 
 def test_partly_cached_spectra_change_nothing(scene):
@@ -107,3 +125,32 @@ def test_bad_settings_are_refused(scene):
         E.fit(scene.images, (12, 12), workers=0)
     with pytest.raises(ValueError, match="memory_limit"):
         E.fit(scene.images, (12, 12), memory_limit=-1)
+
+
+def test_streamed_memory_mapped_and_in_memory_fits_are_equal(scene, tmp_path):
+    from facefinder_cli.images import NpyReader
+
+    path = tmp_path / "stack.npy"
+    np.save(path, scene.images.astype(np.float32))
+    kw = dict(seed=1, max_iter=6, tol=-np.inf, chunk_size=8, n_init=2, init="smooth")
+    in_memory = quiet_fit(np.load(path), (12, 12), **kw)
+    with NpyReader(path) as reader:
+        streamed = quiet_fit(reader, (12, 12), **kw)
+    mapped = quiet_fit(np.load(path, mmap_mode="r"), (12, 12), **kw)
+    assert_same_fit(in_memory, streamed)
+    assert_same_fit(in_memory, mapped)
+
+
+def test_float32_refuses_values_it_cannot_multiply(scene):
+    huge = scene.images * 1e17  # x * background over a window would overflow float32
+    with pytest.raises(ValueError, match="too large for float32 arithmetic: use dtype float64"):
+        E.fit(huge, (12, 12), dtype="float32")
+    r = quiet_fit(huge, (12, 12), max_iter=2)  # float64 copes
+    assert np.isfinite(r.elbo).all()
+
+
+def test_bool_images_are_numbers(scene):
+    mask = scene.images > np.median(scene.images)
+    r = quiet_fit(mask, (12, 12), max_iter=2, seed=0)
+    s = quiet_fit(mask.astype(np.float64), (12, 12), max_iter=2, seed=0)
+    assert_same_fit(r, s)
