@@ -1089,13 +1089,15 @@ def _load_file(source: str, layout: str | None, mmap: bool, stream: bool = False
                     names = _stack_names(base, len(reader), False)
                     notes[:0] = guess
                 return Stack(reader, names, tuple(notes), source)
-            images, two_d = _read_npy(path, disp, layout, mmap, notes)
+            images, two_d = _read_npy(path, disp, layout, mmap, guess)
             if not two_d:
                 if stream:
                     notes.append(
                         f"read {disp} into memory: a .npy stack streams only in (K, H, W) C order"
                     )
                 names = _read_names(path, len(images), notes)
+            # a names file with one name per image vouches for a (K, H, W) guess
+            notes[:0] = [n for n in guess if names is None or "(K, H, W)" not in n]
         elif ext == ".npz":
             images, two_d, names = _read_npz(path, disp, layout, notes)
         else:
@@ -1765,16 +1767,26 @@ def _pack_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def _as_dtype(img: np.ndarray, dt: np.dtype, where: str) -> np.ndarray:
-    """A finite image in dtype ``dt``, C-contiguous; InputError (``where`` names the image) for
-    values too large for float32."""
+def _as_dtype(img: np.ndarray, dt: np.dtype, where: str) -> tuple[np.ndarray, bool]:
+    """A finite image in dtype ``dt``, C-contiguous, and whether that rounded any value;
+    InputError (``where`` names the image) for values too large for float32."""
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(img, dtype=dt)
     if dt != np.float64 and not np.isfinite(out).all():
         raise InputError(
-            f"{where} holds values beyond the float32 range (about 3.4e38); pack with dtype float64"
+            f"{where} holds values beyond the float32 range (about 3.4e38); "
+            "pack with --dtype float64"
         )
-    return out
+    return out, dt != img.dtype and not np.array_equal(out, img)
+
+
+def _rounding_note(n: int) -> list[str]:
+    if not n:
+        return []
+    return [
+        f"rounded the values of {_plural(n, 'image')} to float32 (7 significant digits; colour "
+        "and float images are not whole numbers); pack with --dtype float64 to keep them exactly"
+    ]
 
 
 def _stage_text(p: str, text: str) -> tuple[str, str]:
@@ -1809,9 +1821,11 @@ def _pack_files(
     files = _FileImages(paths, paths, skip_unreadable)
     header = b""
     frame: tuple[int, ...] = ()
+    rounded = 0
     for done, (disp, img) in enumerate(files, 1):
         if img is not None:
-            out = _as_dtype(img, dt, f"{disp}:")
+            out, lossy = _as_dtype(img, dt, f"{disp}:")
+            rounded += lossy
             if not header:
                 frame = out.shape
                 header = _npy_header_bytes(dt, (total,) + frame)
@@ -1825,7 +1839,7 @@ def _pack_files(
         f.write(_npy_header_bytes(dt, (k,) + frame, len(header)))
         f.truncate(len(header) + k * math.prod(frame) * dt.itemsize)
     kept = tuple(_clean_name(names[i]) for i in files.kept)
-    return kept, files.notes() + extra_notes
+    return kept, files.notes() + extra_notes + _rounding_note(rounded)
 
 
 def _pack_array(
@@ -1834,13 +1848,17 @@ def _pack_array(
     dt: np.dtype,
     disp: str,
     progress: Callable[[int, int], object] | None,
-) -> None:
-    """Write a (K, H, W) stack as a .npy file to ``f``, image by image."""
+) -> list[str]:
+    """Write a (K, H, W) stack as a .npy file to ``f``, image by image; returns notes."""
     f.write(_npy_header_bytes(dt, images.shape))
+    rounded = 0
     for k in range(len(images)):
-        f.write(memoryview(_as_dtype(images[k], dt, _image_k(disp, k))).cast("B"))
+        out, lossy = _as_dtype(images[k], dt, _image_k(disp, k))
+        rounded += lossy
+        f.write(memoryview(out).cast("B"))
         if progress is not None:
             progress(k + 1, len(images))
+    return _rounding_note(rounded)
 
 
 def pack_stack(
@@ -1879,7 +1897,8 @@ def pack_stack(
         The ``.npy`` file to write.
     dtype : {numpy.float32, numpy.float64}
         Pixel type of the file. float32 holds 8-bit and 16-bit values exactly and halves the
-        size; values beyond the float32 range are an error.
+        size; other values (colour turned grey, float images) are rounded to float32's 7
+        significant digits, with a note; values beyond the float32 range are an error.
     overwrite : bool
         Replace an existing target (and names file).
     skip_unreadable : bool
@@ -1935,18 +1954,18 @@ def pack_stack(
     try:
         with atomic_write(p, "wb") as f:
             if listing is None:
-                _pack_array(f, stack.images, dt, src, progress)
+                notes += _pack_array(f, stack.images, dt, src, progress)
             else:
                 names, notes = _pack_files(f, listing, dt, skip_unreadable, progress)
                 default = False
             if not default:
                 staged = _stage_text(side, "".join(name + "\n" for name in names))
+            if os.path.lexists(side):  # (only with overwrite: checked above) so that an old
+                os.unlink(side)  # names file never names the new stack, even for a moment
         written = True
         if staged is not None:
             os.replace(staged[1], staged[0])
             staged = None
-        elif os.path.lexists(side):  # only with overwrite: checked above
-            os.unlink(side)
     except OSError as err:
         if written:  # the new stack is in place: never leave it with an old names file
             with suppress(OSError):

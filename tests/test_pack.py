@@ -290,6 +290,12 @@ def test_pack_glob_and_colour_notes():
     assert got.notes == ("converted 1 colour image to grayscale (luminance)",)
     want = load_stack("a/*.png")
     np.testing.assert_array_equal(np.load("g.npy"), want.images)
+    # float32 cannot hold the luminance of the colour image exactly: said in a note
+    got = pack_stack("a/*.png", "g32.npy")
+    assert got.notes[1].startswith("rounded the values of 1 image to float32")
+    assert "--dtype float64" in got.notes[1]
+    np.testing.assert_allclose(np.load("g32.npy"), want.images, rtol=1e-7)
+    assert pack_stack("a/img*.png", "ints.npy").notes == ()  # 8-bit grey: exact, no note
 
 
 def test_pack_names_with_line_breaks_become_spaces():
@@ -360,7 +366,7 @@ def test_float32_overflow_is_refused():
     failed_pack_leaves_nothing(
         "big.npy",
         "big.npy: image 0 (counting from 0) holds values beyond the float32 range (about 3.4e38); "
-        "pack with dtype float64",
+        "pack with --dtype float64",
     )
     pack_stack("big.npy", "out/s.npy", dtype="float64")
     assert np.load("out/s.npy")[1, 2, 2] == 1e39
@@ -384,6 +390,25 @@ def test_interrupt_leaves_old_files_untouched(monkeypatch):
         pack_stack("other", "s.npy", overwrite=True)
     assert listing() == ["imgs", "other", "s.names.txt", "s.npy"]
     assert {n: open(n, "rb").read() for n in before} == before
+
+
+def test_old_names_file_is_gone_before_the_new_stack_appears(monkeypatch):
+    png_folder(k=3)
+    pack_stack("imgs", "s.npy")
+    png_folder("other", k=3, seed=9)
+    real_replace = os.replace
+
+    def stop_before_the_names(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith("s.npy"):  # the new stack is in place: interrupted here
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(im.os, "replace", stop_before_the_names)
+    with pytest.raises(KeyboardInterrupt):
+        pack_stack("other", "s.npy", overwrite=True)
+    # the new stack, and no names file that would name its images after the old ones
+    assert listing() == ["imgs", "other", "s.npy"]  # no temporary file either
+    assert load_stack("s.npy").names == ("s.npy[0]", "s.npy[1]", "s.npy[2]")
 
 
 def test_existing_target_needs_overwrite():
