@@ -129,7 +129,7 @@ def gib(n: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ff-bench")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()

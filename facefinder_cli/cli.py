@@ -598,24 +598,25 @@ def _settings(**kw: Any) -> dict[str, Any]:
     type=click.IntRange(min=1),
     default=engine.DEFAULT_CHUNK_SIZE,
     show_default=True,
-    help="Images per chunk of the streaming pass (memory).",
+    help="Images per chunk of the streaming pass. Each thread holds one chunk's temporaries "
+    "(about 0.6 MB per image of 64x64).",
 )
 @click.option(
     "--memory-limit",
     type=BYTE_SIZE,
-    help="Memory for the chunks in flight and the cache of the images' FFTs, e.g. 512M or 4G "
-    "(0: no cache). Spectra that do not fit are recomputed in every iteration (slower, same "
-    f"result) [default: {engine.default_memory_limit() / 2**30:.3g}G here: 1G, or an eighth of "
-    "the machine's memory if less].",
+    help="Memory for the working chunks (--workers x --chunk-size images, always) and then a "
+    "cache of the images' FFTs, e.g. 512M or 4G; 0: no cache. Spectra that do not fit are "
+    "recomputed in every iteration: slower, same result. [default: 1G, or an eighth of the "
+    f"machine's memory if less; here {engine.default_memory_limit() / 2**30:.3g}G]",
 )
 @click.option(
     "--dtype",
     type=click.Choice(engine.DTYPES),
     default="float64",
     show_default=True,
-    help="Precision of the per-image work (sums over images stay float64). float32 is 10-20% "
-    "faster and finds the same face; its ELBO values are less precise when the noise is well "
-    "below the images' contrast (docs/PERFORMANCE.md).",
+    help="Precision of the per-image work (sums over images stay float64). float32 was 8-21% "
+    "faster in our benchmarks and finds the same face; its ELBO values are less precise when "
+    "the noise is well below the images' contrast (docs/PERFORMANCE.md).",
 )
 @click.option(
     "--workers",
@@ -653,8 +654,9 @@ def _settings(**kw: Any) -> dict[str, Any]:
     "--resume",
     type=click.Path(file_okay=False),
     metavar="DIR",
-    help="Carry on the interrupted fit saved in DIR, with its input and settings; ends exactly "
-    "as the uninterrupted fit would.",
+    help="Carry on the interrupted fit saved in DIR, with its input and settings (only "
+    "--workers and --memory-limit may be given again); ends exactly as the uninterrupted fit "
+    "would.",
 )
 @click.option(
     "--json",
@@ -699,7 +701,9 @@ def fit(
 
     INPUT is a folder of images (PNG, JPEG, TIFF, BMP; in natural order, img2 before img10), a
     glob pattern in quotes, a .npy/.npz stack, a multi-page TIFF or a MATLAB .mat file with X of
-    shape (H, W, K). Colour images are converted to grayscale.
+    shape (H, W, K). Colour images are converted to grayscale. A .npy stack of shape (K, H, W)
+    is read from disk chunk by chunk in every iteration, never held in memory: `facefinder
+    pack` makes one from a folder, with the image names in STACK.names.txt beside it.
 
     \b
     Writes into DIR:
@@ -899,6 +903,13 @@ def fit(
         finally:
             bar.close()
     seconds = time.perf_counter() - t0
+    if result.fft_cached < K:
+        log.info(
+            "note: the FFT cache held %d of %d images within --memory-limit; raising it saves "
+            "one FFT per other image and iteration",
+            result.fft_cached,
+            K,
+        )
     for w_ in caught:
         if issubclass(w_.category, engine.ConvergenceWarning):
             kept = result.restarts[result.best_restart]
@@ -1276,8 +1287,8 @@ def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
     type=click.Choice(engine.DTYPES),
     default="float32",
     show_default=True,
-    help="Pixel type of the stack; float32 holds 8- and 16-bit images exactly in half the "
-    "space of float64.",
+    help="Pixel type of the stack. float32 holds 8- and 16-bit grey images exactly in half the "
+    "space; colour and float images are rounded to 7 significant digits (with a note).",
 )
 @skip_opt
 @layout_opt
@@ -1292,7 +1303,8 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
     (one per line), which fit uses for positions.csv. Both files appear complete or not at all.
 
     `fit STACK.npy` then reads the images chunk by chunk in every iteration instead of holding
-    them in memory: its memory stays flat however many images there are (see --memory-limit).
+    them in memory, so its memory does not grow with the number of images (see --memory-limit).
+    Ctrl-C or SIGTERM leaves no file behind (exit status 130 or 143).
 
     \b
     Examples:
@@ -1311,15 +1323,20 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
         bar.update(done - bar.n)
 
     try:
-        stack = images.pack_stack(
-            input,
-            target,
-            dtype=np.dtype(dtype),
-            overwrite=overwrite,
-            skip_unreadable=skip_unreadable,
-            layout=None if layout == "auto" else layout,
-            progress=progress,
-        )
+        with _sigterm_as_interrupt():
+            stack = images.pack_stack(
+                input,
+                target,
+                dtype=np.dtype(dtype),
+                overwrite=overwrite,
+                skip_unreadable=skip_unreadable,
+                layout=None if layout == "auto" else layout,
+                progress=progress,
+            )
+    except (KeyboardInterrupt, _Terminated) as stop:
+        bar.close()
+        click.echo(f"interrupted: {target} was not written", err=True)
+        click.get_current_context().exit(143 if isinstance(stop, _Terminated) else 130)
     finally:
         bar.close()
     _log_notes(stack)

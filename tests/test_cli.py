@@ -1124,7 +1124,8 @@ def test_pack_then_fit_streams_and_equals_the_folder_fit(data, fitted, monkeypat
 
 def test_fit_precision_threads_and_memory_limit_options(npy):
     ok("fit", npy, "--face-size", "16x12", "-o", "a", "--max-iter", 5, "--workers", 1)
-    ok("fit", npy, "--face-size", "16x12", "-o", "b", "--max-iter", 5, "--memory-limit", "0")
+    b = ok("fit", npy, "--face-size", "16x12", "-o", "b", "--max-iter", 5, "--memory-limit", "0")
+    assert "note: the FFT cache held 0 of 60 images within --memory-limit" in b.stderr
     ok("fit", npy, "--face-size", "16x12", "-o", "c", "--max-iter", 5, "--dtype", "float32")
     a, b, c = (load_npz(Path(d) / "result.npz") for d in "abc")
     np.testing.assert_array_equal(a["face"], b["face"])  # neither changes a result
@@ -1145,6 +1146,26 @@ def test_streamed_stack_with_nan_is_one_line_and_writes_nothing(stack):
     r = cli("fit", "bad.npy", "--face-size", "16x12", "-o", "run")
     error_line(r, 1, "bad.npy: image 41 (counting from 0) contains NaN")
     assert not Path("run").exists() and listing(Path(".")) == {"bad.npy"}
+
+
+def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
+    from facefinder_cli import cli as cli_module
+
+    for signal_like, code in ((KeyboardInterrupt, 130), (cli_module._Terminated, 143)):
+
+        def stop(*args, signal_like=signal_like, **kwargs):
+            raise signal_like()
+
+        monkeypatch.setattr(cli_module.images, "pack_stack", stop)
+        r = cli("pack", data, "s.npy")
+        assert r.exit_code == code
+        assert r.stderr.strip() == "interrupted: s.npy was not written"
+
+
+def test_fit_streams_a_bool_stack(stack):
+    np.save("mask.npy", stack > np.median(stack))
+    ok("fit", "mask.npy", "--face-size", "16x12", "-o", "run", "--max-iter", 3)
+    assert Path("run/result.npz").exists()
 
 
 def test_pack_refuses_and_keeps(data):
