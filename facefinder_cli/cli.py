@@ -970,8 +970,10 @@ def _only_with_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
         )
 
 
-class _Terminated(Exception):
-    """SIGTERM, turned into an exception so that the fit can be saved."""
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that the fit can be saved. A BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` on the way (a file reader turning
+    errors into "cannot read") takes it for an error."""
 
 
 @contextlib.contextmanager

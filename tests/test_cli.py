@@ -1176,3 +1176,44 @@ def test_pack_refuses_and_keeps(data):
     error_line(cli("pack", "missing", "t.npy"), 1, "missing")
     assert Path("s.npy").read_bytes() == before and np.load("s.npy").dtype == np.float64
     assert listing(Path(".")) == {"s.npy", "s.names.txt"}
+
+
+PACK_SLOWLY = """
+import time
+import PIL.Image
+real_open = PIL.Image.open
+def slow_open(fp, *args, **kwargs):  # inside the reader's error handling, as a slow disk is
+    if str(fp).endswith("img2.png"):  # the second image takes a minute: the signal lands here
+        open("reading", "w").close()
+        time.sleep(60)
+    return real_open(fp, *args, **kwargs)
+PIL.Image.open = slow_open
+from facefinder_cli.cli import main
+main(["pack", "imgs", "out/s.npy"])
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_pack_killed_midway_leaves_nothing(sig, code):
+    import signal
+    import time
+
+    os.mkdir("imgs")
+    for k in (1, 2, 3):
+        iio.imwrite(f"imgs/img{k}.png", np.full((8, 8), 40 * k, dtype=np.uint8))
+    os.mkdir("out")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PACK_SLOWLY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not os.path.exists("reading") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(os.listdir("out")) == 1  # the temporary file, img1 written into it
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert err.strip() == "interrupted: out/s.npy was not written"
+    assert os.listdir("out") == []
