@@ -1251,12 +1251,13 @@ def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
         f.write("image,row,column,probability\n")
         for name, (r, c), p in zip(stack.names, positions, probability):
             f.write(f"{name},{r},{c},{p:.6g}\n")
-    if draw:
+    if draw:  # one image at a time: a streamed stack is never held in memory
         h, w = run.params.face.shape
-        boxed = np.stack([_boxed(img, r, c, h, w) for img, (r, c) in zip(stack.images, positions)])
         zoom = zoom or runs.view_zoom((H, W))
         with images.atomic_folder(draw, overwrite, keep=keep) as tmp:
-            for stem, rgb in zip(images.file_stems(stack.names, K), boxed):
+            for k, stem in enumerate(images.file_stems(stack.names, K)):
+                r, c = positions[k]
+                rgb = _boxed(np.asarray(stack.images[k]), r, c, h, w)
                 images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     log.info(
         "located the face in %d images (mean probability %.3f)%s",

@@ -1882,9 +1882,10 @@ def pack_stack(
 
     The image names go to a names file beside the target (``stack.names.txt`` for
     ``stack.npy``): one name a line, UTF-8, in stack order; line breaks in a name become spaces
-    (and bytes that are not UTF-8 backslash escapes). None is written when the names are only
-    the ``file[k]`` defaults of a stack file (with ``overwrite``, an old names file is then
-    removed).
+    (and bytes that are not UTF-8 backslash escapes). Only its line count is checked against the
+    stack when it is read: whoever rewrites the ``.npy`` by other means should delete it. None
+    is written when the names are only the ``file[k]`` defaults of a stack file (with
+    ``overwrite``, an old names file is then removed).
 
     Both files are written atomically: on any error or interruption neither the target nor its
     names file is created or changed, and no temporary file is left.
