@@ -1113,7 +1113,10 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> 
     help="Divide by images x pixels, so runs on different data compare.",
 )
 @click.option(
-    "--gap", is_flag=True, help="Plot, on a log scale, how far each point is below the best value."
+    "--gap",
+    is_flag=True,
+    help="Plot, on a log scale, how far each point is below the best value of the runs on the "
+    "same data (runs of several data sets each compare with their own best).",
 )
 @click.option(
     "-l",
@@ -1167,6 +1170,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
                 run.seconds,
                 run.n_values,
                 run.prior_fixed_until,
+                run.data,
             )
         )
     with images.atomic_write(out) as f:

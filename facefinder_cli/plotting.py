@@ -33,6 +33,9 @@ class Curve:
         ``K * H * W``, for per-pixel normalisation.
     prior_fixed_until : int
         Iterations with the prior held fixed (marked on the curve when > 0).
+    data : str
+        The data the run was fitted on (its input path), "" if unknown: gaps are measured to
+        the best of the curves with the same data and ``n_values``.
     """
 
     label: str
@@ -41,6 +44,7 @@ class Curve:
     seconds: np.ndarray
     n_values: int
     prior_fixed_until: int = 0
+    data: str = ""
 
 
 def _pyplot():
@@ -76,18 +80,23 @@ def curves_figure(
 ):
     """A matplotlib figure of the curves. ``per_pixel`` divides by ``K H W`` so runs on
     different data compare; ``gap`` plots, on a log scale, how far each point is below the
-    best value of all curves (the best point itself is left out)."""
+    best value of the curves fitted on the same data (``Curve.data`` and ``n_values``; the best
+    point itself is left out): runs on several data sets each compare with their own best."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     ys = []
     for c in curves:
         y = np.asarray(getattr(c, quantity), dtype=float)
         ys.append(y / c.n_values if per_pixel else y)
-    best = max(float(np.max(y)) for y in ys)
+    best: dict[tuple[str, int], float] = {}
+    for c, y in zip(curves, ys):
+        key = (c.data, c.n_values)
+        best[key] = max(best.get(key, -np.inf), float(np.max(y)))
     for c, y in zip(curves, ys):
         xs = np.arange(len(y)) if x == "iteration" else np.asarray(c.seconds, dtype=float)
         if gap:  # the best point itself (gap 0) cannot show on a log scale
-            y = np.where(best - y > 0, best - y, np.nan)
+            top = best[(c.data, c.n_values)]
+            y = np.where(top - y > 0, top - y, np.nan)
         (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=c.label)
         if 0 < c.prior_fixed_until < len(y) - 1:
             t = c.prior_fixed_until + 1  # the first parameters from a learnt prior
@@ -95,7 +104,8 @@ def curves_figure(
     unit = " per image and pixel" if per_pixel else ""
     if gap:
         ax.set_yscale("log")
-        ax.set_ylabel(f"best − {_YLABEL[quantity].split()[0]}{unit} (nats)")
+        of = " of the same data" if len(best) > 1 else ""
+        ax.set_ylabel(f"best{of} − {_YLABEL[quantity].split()[0]}{unit} (nats)")
     else:
         ax.set_ylabel(f"{_YLABEL[quantity]}{unit}")
     ax.set_xlabel("iteration" if x == "iteration" else "seconds")

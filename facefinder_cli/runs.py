@@ -84,6 +84,7 @@ class Run:
     method: str = ""
     init: str = ""
     errors: dict[str, np.ndarray] = field(default_factory=dict)
+    data: str = ""  # the input it was fitted on, from its settings ("" for a history.csv)
 
 
 def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
@@ -259,7 +260,16 @@ def load_run(path: str | os.PathLike) -> Run:
         method=str(z.get("method", "")),
         init=str(z.get("init", "")),
         errors={k: z[k] for k in ERROR_COLUMNS if k in z},
+        data=_input_of(z),
     )
+
+
+def _input_of(z: Any) -> str:
+    """The input path a result was fitted on, from its settings ("" if it does not say)."""
+    try:
+        return str(json.loads(str(z["settings"])).get("input_path") or "")
+    except (KeyError, ValueError, AttributeError):
+        return ""
 
 
 def _load_history(p: Path) -> Run:

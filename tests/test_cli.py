@@ -1067,6 +1067,22 @@ def test_gap_plot_keeps_a_readable_scale(fitted):
     assert low > 1e-30 and high > low
 
 
+def test_gap_is_measured_to_the_best_of_the_same_data(fitted, data):
+    from facefinder_cli.plotting import Curve, curves_figure
+
+    r = load_run(fitted[0])
+    assert r.data == str(Path(data).resolve())  # from the run's settings
+    a = Curve("a", r.elbo, r.log_likelihood, r.seconds, r.n_values, data="a")
+    worse = Curve("a2", r.elbo - 5.0, r.log_likelihood - 5.0, r.seconds, r.n_values, data="a")
+    other = Curve("b", r.elbo - 1e3, r.log_likelihood - 1e3, r.seconds, r.n_values, data="b")
+    fig = curves_figure([a, worse, other], gap=True)
+    ys = [line.get_ydata() for line in fig.axes[0].lines[:3]]
+    assert np.isnan(ys[0][-1]) and ys[1][-1] == pytest.approx(5.0)  # same data: its best
+    assert np.isnan(ys[2][-1])  # other data: its own best, not 1000 below a's
+    assert "best of the same data" in fig.axes[0].get_ylabel()
+    assert "same data" not in curves_figure([a, worse], gap=True).axes[0].get_ylabel()
+
+
 def test_not_converged_is_a_warning_in_cli_words(data):
     r = ok("fit", data, "--face-size", "16x12", "--max-iter", "2", "--tol", "1e-12", "-o", "r")
     warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
