@@ -12,9 +12,10 @@ measurement runs in a fresh process, which reports its own peak resident memory 
 per EM iteration (median of ``--iters`` soft iterations). The files sit in the page
 cache after the first read: the times are compute, not disk.
 
-Printed: seconds per iteration and per image for every K, peak RSS, the ratio of time per image
-to the smallest K's (linear time: close to 1), with the default memory limit and without an FFT
-cache; 1 thread versus all cores; float32 versus float64 speed and accuracy; and a memory map
+Printed (``--sections`` picks some): seconds per iteration and per image for every K, peak RSS,
+the ratio of time per image to the smallest K's (linear time: close to 1), with the default
+memory limit and without an FFT cache; 1 thread versus all cores; float32 versus float64 speed
+and accuracy; seconds per iteration for 32, 64 and 128 images per chunk; and a memory map
 instead of plain reads (whose mapped pages count as resident memory).
 """
 
@@ -38,6 +39,7 @@ from bench_engine import cpu_name  # noqa: E402
 from facefinder_cli import engine, images, synthetic  # noqa: E402
 
 SIZE, FACE, NOISE = 64, 24, 40.0
+SECTIONS = ("scaling", "threads", "chunks", "mmap")
 BLOCK = 2000  # images generated at a time
 
 
@@ -84,6 +86,7 @@ def child(spec: dict) -> dict:
             dtype=spec["dtype"],
             workers=spec["workers"],
             memory_limit=spec["memory_limit"],
+            chunk_size=spec["chunk_size"],
         )
     data_pass = float(np.median(np.diff(r.seconds)))
     return {
@@ -105,6 +108,7 @@ def measure(path: Path, start: engine.Params, iters: int, **kw) -> dict:
         "dtype": "float64",
         "workers": None,
         "memory_limit": None,
+        "chunk_size": engine.DEFAULT_CHUNK_SIZE,
         "reader": "plain",
     }
     spec.update(kw)
@@ -131,6 +135,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--iters", type=int, default=4)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ff-bench")
+    ap.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="what to measure (default: all)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -157,12 +168,38 @@ def main() -> None:
         f"default memory limit {gib(engine.default_memory_limit())}, "
         f"{engine.available_cores()} threads"
     )
+    if "scaling" in args.sections:
+        scaling(paths, sizes, start, args.iters)
+    mid = sizes[len(sizes) // 2]
+    if "threads" in args.sections:
+        threads_and_precision(paths[mid], mid, start, args.iters)
+    if "chunks" in args.sections:
+        print()
+        print(f"# K = {mid}: images per chunk (--chunk-size), s/iter, float64 and float32")
+        for chunk in (32, 64, 128):
+            r = [
+                measure(paths[mid], start, args.iters, chunk_size=chunk, dtype=dtype)
+                for dtype in ("float64", "float32")
+            ]
+            print(f"{chunk:<5} {r[0]['seconds']:8.3f} {r[1]['seconds']:8.3f}", flush=True)
+    if "mmap" in args.sections:
+        big = sizes[-1]
+        print()
+        print(f"# K = {big}: a memory map instead of plain reads")
+        rp = measure(paths[big], start, args.iters)
+        rm = measure(paths[big], start, args.iters, reader="mmap")
+        print(f"plain reads (NpyReader)  peak RSS {gib(rp['rss'])}  {rp['seconds']:.3f} s/iter")
+        print(f"np.load(mmap_mode='r')   peak RSS {gib(rm['rss'])}  {rm['seconds']:.3f} s/iter")
+        print(f"stack file: {gib(paths[big].stat().st_size)}")
+
+
+def scaling(paths: dict, sizes: list[int], start: engine.Params, iters: int) -> None:
     print()
     print("K        setting          s/iter   us/image  vs smallest K   peak RSS")
     for label, kw in (("default", {}), ("no FFT cache", {"memory_limit": 0})):
         base = None
         for n in sizes:
-            r = measure(paths[n], start, args.iters, **kw)
+            r = measure(paths[n], start, iters, **kw)
             per = r["seconds"] / n
             base = base or per
             print(
@@ -170,30 +207,24 @@ def main() -> None:
                 f"{per / base:13.2f}   {gib(r['rss'])}",
                 flush=True,
             )
-    mid = sizes[len(sizes) // 2]
+
+
+def threads_and_precision(path: Path, n: int, start: engine.Params, iters: int) -> None:
     print()
-    print(f"# K = {mid}: threads and precision")
-    r64 = measure(paths[mid], start, args.iters)
-    r1 = measure(paths[mid], start, args.iters, workers=1)
-    r32 = measure(paths[mid], start, args.iters, dtype="float32")
+    print(f"# K = {n}: threads and precision")
+    r64 = measure(path, start, iters)
+    r1 = measure(path, start, iters, workers=1)
+    r32 = measure(path, start, iters, dtype="float32")
     cores = engine.available_cores()
     print(f"1 thread / {cores} threads      {r1['seconds'] / r64['seconds']:.2f}")
     print(f"float64 / float32 time       {r64['seconds'] / r32['seconds']:.2f}")
-    n_values = mid * SIZE * SIZE
+    n_values = n * SIZE * SIZE
     print(
         f"float32 - float64: final ELBO {(r32['elbo'] - r64['elbo']) / n_values:+.1e} nats per "
         f"image and pixel; face max |diff| "
         f"{np.abs(np.subtract(r32['face'], r64['face'])).max():.1e} (0..255 scale); noise std "
         f"relative diff {abs(r32['noise_std'] / r64['noise_std'] - 1):.1e}"
     )
-    big = sizes[-1]
-    print()
-    print(f"# K = {big}: a memory map instead of plain reads")
-    rp = measure(paths[big], start, args.iters)
-    rm = measure(paths[big], start, args.iters, reader="mmap")
-    print(f"plain reads (NpyReader)  peak RSS {gib(rp['rss'])}  {rp['seconds']:.3f} s/iter")
-    print(f"np.load(mmap_mode='r')   peak RSS {gib(rm['rss'])}  {rm['seconds']:.3f} s/iter")
-    print(f"stack file: {gib(paths[big].stat().st_size)}")
 
 
 if __name__ == "__main__":

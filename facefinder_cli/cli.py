@@ -614,8 +614,8 @@ def _settings(**kw: Any) -> dict[str, Any]:
     type=click.Choice(engine.DTYPES),
     default="float64",
     show_default=True,
-    help="Precision of the per-image work (sums over images stay float64). float32 was 8-21% "
-    "faster in our benchmarks and finds the same face; its ELBO values are less precise when "
+    help="Precision of the per-image work (sums over images stay float64). float32 was up to "
+    "23% faster in our benchmarks and finds the same face; its ELBO values are less precise when "
     "the noise is well below the images' contrast (docs/PERFORMANCE.md).",
 )
 @click.option(

@@ -97,8 +97,9 @@ NOISE_FLOOR = 1e-5
 UNCOVERED_MIN = math.sqrt(np.finfo(np.float64).eps)
 #: Default of ``tol``: the least gain of the lower bound per image and pixel worth iterating for.
 DEFAULT_TOL = 1e-7
-#: Images per chunk of the streaming pass.
-DEFAULT_CHUNK_SIZE = 32
+#: Images per chunk of the streaming pass (64 was faster than 32 and 128 for 64x64 images:
+#: ``benchmarks/bench_scale.py --sections chunks``, docs/PERFORMANCE.md).
+DEFAULT_CHUNK_SIZE = 64
 #: Posterior ratios below ``exp(_LOG_TINY)`` to the most probable position are set to exactly zero:
 #: they change no sum and would otherwise become slow subnormal numbers.
 _LOG_TINY = -680.0
