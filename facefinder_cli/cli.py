@@ -454,6 +454,7 @@ class _ProgressBar:
         self._tqdm = tqdm
         self.max_iter = max_iter
         self.bar = None
+        self.images = None  # a second bar: images through the current pass, if passes are slow
         self.truth = truth
         self.saver = saver
         self.restart = -1
@@ -497,10 +498,33 @@ class _ProgressBar:
         self.bar.set_postfix_str(f"ELBO {p.elbo:.6g}, gain {p.gain:.2g}/px", refresh=False)
         self.bar.update(1)
 
+    def chunk(self, done: int, total: int) -> None:
+        """The engine's per-chunk report: a bar of images through the current pass, shown
+        only when a pass takes more than 2 seconds (large stacks)."""
+        if self.images is None:
+            self.images = self._tqdm(
+                total=total,
+                desc="images",
+                unit="img",
+                file=sys.stderr,
+                disable=None,
+                leave=False,
+                dynamic_ncols=True,
+                delay=2.0,
+                position=1,
+            )
+        self.images.update(done - self.images.n)
+        if done == total:  # a bar per pass, each shown only if that pass is slow
+            self.images.close()
+            self.images = None
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.images is not None:
+            self.images.close()
+            self.images = None
 
 
 def _settings(**kw: Any) -> dict[str, Any]:
@@ -882,6 +906,7 @@ def fit(
                     dtype=dtype,
                     workers=workers,
                     callback=bar,
+                    on_chunk=bar.chunk,
                     resume=state,
                 )
         except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read

@@ -339,6 +339,7 @@ class _Data:
         workers: int | None = None,
         memory_limit: int | None = None,
         dtype: np.dtype | type | str = np.float64,
+        on_chunk: Callable[[int, int], None] | None = None,
     ) -> None:
         if not (hasattr(X, "ndim") and hasattr(X, "dtype")):
             X = np.asarray(X)  # nested lists and other array-likes
@@ -354,6 +355,7 @@ class _Data:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.dtype = _check_dtype(dtype)
         self.workers = _check_workers(workers)
+        self.on_chunk = on_chunk
         limit = default_memory_limit() if memory_limit is None else _check_limit(memory_limit)
         self.memory_limit = limit
         self.X = X
@@ -376,9 +378,10 @@ class _Data:
         self.sum_x = np.zeros((H, W))
         self.sq_x = np.empty(K)  # Σ_ij X_k² per image (shifted)
         largest = 0.0
-        for _, _, (part, top) in self.map(self._first_pass):
+        for _, b, (part, top) in self.map(self._first_pass):
             self.sum_x += part
             largest = max(largest, top)
+            self.report(b)
         # float32 products of images, background and face, summed over a window, must not
         # overflow (largest: 3.4e38); values this large would lose all precision anyway.
         if self.dtype == np.float32 and largest**2 * H * W > 1e34:
@@ -414,6 +417,11 @@ class _Data:
         if not noise > self.noise_floor:
             noise = max(float(np.std(resid)), self.noise_floor)
         return background, noise
+
+    def report(self, done: int) -> None:
+        """Tell ``on_chunk`` that ``done`` of the K images of the current pass are through."""
+        if self.on_chunk is not None:
+            self.on_chunk(done, self.K)
 
     def bounds(self) -> list[tuple[int, int]]:
         """``(start, stop)`` of every chunk, in order."""
@@ -1227,6 +1235,7 @@ def _pass(
         stats.merge(part)
         stats.positions[a:b] = best
         stats.probability[a:b] = probability
+        data.report(b)
     return stats
 
 
@@ -1405,6 +1414,7 @@ def fit(
     workers: int | None = None,
     cache_fft: bool | None = None,
     callback: Callable[[Progress], None] | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
     resume: Checkpoint | None = None,
 ) -> FitResult:
     """Fit face, background, noise std and prior to a stack of images by EM.
@@ -1477,6 +1487,10 @@ def fit(
     callback : callable, optional
         Called with a :class:`Progress` after every iteration; its ``checkpoint`` resumes the
         fit from there.
+    on_chunk : callable, optional
+        ``on_chunk(done, K)`` after every chunk of every pass over the images (the first pass
+        that reads them, each iteration's, the final E-step's): ``done`` of the ``K`` images
+        are through. For progress within long passes; called from this thread.
     resume : Checkpoint, optional
         Carry on an interrupted fit: the same data and arguments, and the last checkpoint it
         reported. The result is the uninterrupted fit's, bit for bit (timings aside).
@@ -1520,6 +1534,7 @@ def fit(
         workers=workers,
         memory_limit=memory_limit,
         dtype=dtype,
+        on_chunk=on_chunk,
     )
     given = _given(init_params)
     fixed_start = init in ("zeros", "bright") or all(

@@ -154,3 +154,21 @@ def test_bool_images_are_numbers(scene):
     r = quiet_fit(mask, (12, 12), max_iter=2, seed=0)
     s = quiet_fit(mask.astype(np.float64), (12, 12), max_iter=2, seed=0)
     assert_same_fit(r, s)
+
+
+def test_on_chunk_reports_every_pass(scene):
+    seen = []
+    r = quiet_fit(
+        scene.images,
+        (12, 12),
+        seed=0,
+        max_iter=3,
+        tol=-np.inf,
+        chunk_size=20,
+        on_chunk=lambda done, total: seen.append((done, total)),
+    )
+    # the reading pass, one per iteration, the final E-step: each in chunk order up to K
+    passes = [seen[i : i + 5] for i in range(0, len(seen), 5)]
+    assert len(passes) == 1 + r.n_iter + 1
+    for p in passes:
+        assert p == [(20, 90), (40, 90), (60, 90), (80, 90), (90, 90)]
