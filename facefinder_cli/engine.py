@@ -56,7 +56,6 @@ from typing import Literal
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import ndimage
 
 __all__ = [
     "Checkpoint",
@@ -1067,6 +1066,8 @@ def _init_study(data: _Data, method: str, rng: np.random.Generator, prior: np.nd
 
 def _smooth_image(data: _Data, k: int) -> np.ndarray:
     """Image ``k`` filtered by a Gaussian of std ``min(h, w) / 8`` (at least one pixel)."""
+    from scipy import ndimage  # here: importing it costs every command 0.1 s of start-up
+
     sigma = max(1.0, min(data.h, data.w) / 8.0)
     return ndimage.gaussian_filter(np.asarray(data.X[k], dtype=np.float64), sigma)
 

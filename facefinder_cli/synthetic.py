@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from facefinder_cli.engine import Params, _box_full
 
@@ -155,6 +154,8 @@ def texture(kind: str, shape: tuple[int, int], seed: int | None = 0) -> np.ndarr
     if kind == "checker":
         return np.where(((y // 6) + (x // 6)) % 2 == 0, 170.0, 90.0)
     if kind == "clouds":
+        from scipy import ndimage  # here: importing it costs every command 0.1 s of start-up
+
         rng = np.random.default_rng(seed)
         field_ = ndimage.gaussian_filter(rng.normal(size=shape), 3.0, mode="wrap")
         return 128 + 60 * field_ / field_.std()
@@ -215,6 +216,8 @@ def hidden_pixels(prior: np.ndarray, face_shape: tuple[int, int]) -> np.ndarray:
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resample a 2-D image to ``shape`` (linear interpolation; smoothed first when shrinking,
     so that downsizing averages rather than aliases)."""
+    from scipy import ndimage  # here: importing it costs every command 0.1 s of start-up
+
     image = np.asarray(image, dtype=np.float64)
     factors = [n / m for n, m in zip(shape, image.shape)]
     sigma = [max(0.0, (1 / f - 1) / 2) for f in factors]
