@@ -733,6 +733,7 @@ def fit(
     Writes into DIR:
       face.png, background.png   the recovered face and background (same grey scale)
       prior.png                  the prior over face positions, as a heat map
+      elbo.png                   the ELBO per iteration
       history.csv                ELBO and log-likelihood per iteration
       positions.csv              each image's most probable face position and its probability
       result.npz                 all of it, with every restart's history and the settings
@@ -746,6 +747,7 @@ def fit(
       facefinder fit 'shots/*.png' --face-size 36x30 --restarts 4 -o run --overwrite
       facefinder fit data.mat --face-size 16x16 --method hard --json -o run > summary.json
       facefinder fit imgs/ --face-size 36x30 --zoom 4 -o - | display -
+      facefinder fit shots.npy --face-size 24x24 --dtype float32 --memory-limit 4G -o run
     """
     state = None
     if resume:
