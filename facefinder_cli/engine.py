@@ -356,7 +356,6 @@ class _Data:
         self.workers = _check_workers(workers)
         self.on_chunk = on_chunk
         limit = default_memory_limit() if memory_limit is None else _check_limit(memory_limit)
-        self.memory_limit = limit
         self.X = X
         self.K, self.H, self.W, self.h, self.w = K, H, W, h, w
         self.Dh, self.Dw = H - h + 1, W - w + 1
