@@ -44,6 +44,7 @@ import collections
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import math
 import os
 import sys
@@ -387,12 +388,46 @@ class _Data:
                 f"pixel values up to {largest:.3g} from their mean are too large for float32 "
                 "arithmetic: use dtype float64"
             )
+        if largest > LARGEST_VALUE:
+            raise ValueError(
+                f"pixel values up to {largest:.3g} from their mean are too large: their squares "
+                "overflow float64; divide the images by a constant"
+            )
         self.total_sq = float(self.sq_x.sum())
         n = K * H * W
         var = self.total_sq / n - (self.sum_x.sum() / n) ** 2
         std = math.sqrt(max(var, 0.0))
         self.scale = std if std > 0 else (abs(self.offset) or 1.0)
+        if self.scale < SMALLEST_SCALE:
+            raise ValueError(
+                f"pixel values vary by only {self.scale:.3g}: too little for float64 (the "
+                "noise variance would underflow); multiply the images by a constant"
+            )
         self.noise_floor = NOISE_FLOOR * self.scale
+
+    def fingerprint(self) -> dict:
+        """A summary of the images that changes when any of them changes, is reordered or is
+        replaced, cheap because it comes from sums the first pass computes anyway: the size,
+        the shift and a few fixed, irregularly weighted sums of each image's ``Σ X²`` and of
+        the pixel-wise ``Σ_k X_k``, with the sums of their magnitudes (to compare them within
+        round-off, see :func:`_fingerprint_differs`: a change of less than about 1e-12 of
+        these sums goes unnoticed; one grey level of one pixel among a million images of
+        64x64 with noise 50 is about 3e-9 of the pixel-wise sum). Needs ``total_sq``."""
+        k = np.arange(1, self.K + 1, dtype=np.float64)
+        i, j = np.indices((self.H, self.W), dtype=np.float64)
+        sums, scale = [], []
+        for a, b in zip(_IRRATIONAL, _IRRATIONAL[1:] + _IRRATIONAL[:1]):
+            weights = np.modf(k * a)[0]
+            sums.append(float(weights @ self.sq_x))
+            scale.append(float(self.sq_x.sum()))
+            field = np.modf(i * a + j * b + 0.5)[0]
+            sums.append(float(np.sum(field * self.sum_x)))
+            scale.append(float(np.abs(self.sum_x).sum()))
+        # the shift (the mean of the first images) with its own scale: data shifted by a
+        # constant have the same shifted sums
+        sums.append(self.offset)
+        scale.append(abs(self.offset) + math.sqrt(self.total_sq / (self.K * self.H * self.W)))
+        return {"n_images": self.K, "image_size": [self.H, self.W], "sums": sums, "scale": scale}
 
     def _first_pass(self, a: int, b: int) -> tuple[np.ndarray, float]:
         x = self._read(a, b, np.float64)
@@ -477,6 +512,16 @@ class _Data:
         finally:  # on an error or an interrupt: drop what has not started, wait for the rest
             pool.shutdown(wait=True, cancel_futures=True)
 
+
+#: Largest distance of a pixel value from the images' mean that the fit accepts: the sums of
+#: squares over millions of pixels must stay far from float64's 1.8e308.
+LARGEST_VALUE = 1e100
+#: Smallest spread of the pixel values the fit accepts: the noise floor squared must stay far
+#: above float64's smallest numbers.
+SMALLEST_SCALE = 1e-100
+#: Weights of the input fingerprint (``_Data.fingerprint``): fractional parts of multiples of
+#: these are irregular enough that no reordering or edit of the images keeps the sums.
+_IRRATIONAL = [math.sqrt(2.0), math.sqrt(3.0), math.sqrt(5.0), math.sqrt(7.0)]
 
 #: Chunks with fewer pixels and positions than this (summed over their images) are processed on
 #: one thread. Measured on 2 cores, 1 thread / 2 threads for chunks of 32 images: 0.74-0.82 for
@@ -628,6 +673,15 @@ def _check_params(p: Params, data: _Data) -> Params:
     for name, arr in (("face", face), ("background", background), ("prior", prior)):
         if not np.isfinite(arr).all():
             raise ValueError(f"{name} contains NaN or infinite values")
+    for name, arr in (("face", face - data.offset), ("background", background - data.offset)):
+        top = float(np.abs(arr).max())
+        if top > LARGEST_VALUE:
+            raise ValueError(
+                f"{name} holds values {top:.3g} away from the images' mean: too large to "
+                "compute with"
+            )
+    if not SMALLEST_SCALE * NOISE_FLOOR <= s <= LARGEST_VALUE:
+        raise ValueError(f"noise_std {s:.3g} is out of the range the fit can compute with")
     if (prior < 0).any() or prior.sum() <= 0:
         raise ValueError("prior must be non-negative with a positive sum")
     return Params(face, background, s, prior / prior.sum())
@@ -796,6 +850,9 @@ def locate(
         post = _Posterior.from_log_joint(lp, c)
         positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
         probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
+    if not np.isfinite(probability).all():
+        k = int(np.argmin(np.isfinite(probability)))
+        raise ValueError(f"the parameters give image {k} no finite probability")
     return positions, probability
 
 
@@ -1154,21 +1211,18 @@ def initialize(
         As in :func:`fit`: restart ``r`` draws from child ``r`` of ``SeedSequence(seed)``.
     """
     data = _Data(X, face_shape, cache_fft=False)
-    _, children = _seed_children(seed, restart + 1)
-    return _initialize(data, init, np.random.default_rng(children[restart]), restart, {})
+    child = _seed_child(_seed_sequence(seed), restart)
+    return _initialize(data, init, np.random.default_rng(child), restart, {})
 
 
-def _seed_children(
-    seed: int | np.random.SeedSequence | None, n: int
-) -> tuple[np.random.SeedSequence, list[np.random.SeedSequence]]:
-    """``SeedSequence(seed)`` and its first ``n`` children, without mutating a given sequence
-    (``spawn`` would), so that the same seed always gives the same children."""
-    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    children = [
-        np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, i), pool_size=ss.pool_size)
-        for i in range(n)
-    ]
-    return ss, children
+def _seed_sequence(seed: int | np.random.SeedSequence | None) -> np.random.SeedSequence:
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
+def _seed_child(ss: np.random.SeedSequence, r: int) -> np.random.SeedSequence:
+    """Child ``r`` of ``ss``, as ``ss.spawn`` would make it, without mutating ``ss`` and without
+    making the others: any number of restarts costs nothing up front."""
+    return np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, r), pool_size=ss.pool_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1250,6 +1304,8 @@ def _window_gain(loglik: list[float], window: int = MC_WINDOW) -> float:
 def _samples_at(iteration: int, start: int, growth: float, most: int) -> int:
     """Draws per image in Monte-Carlo iteration ``iteration`` (from 1): ``start`` growing by the
     factor ``growth`` per iteration, at most ``most``."""
+    if math.log(start) + (iteration - 1) * math.log(growth) >= math.log(most):
+        return most  # (growth ** iteration would overflow a float after enough iterations)
     return int(min(most, math.ceil(start * growth ** (iteration - 1))))
 
 
@@ -1273,7 +1329,10 @@ class Checkpoint:
 
     ``finished`` holds the restarts already done; restart ``restart`` has completed
     ``iteration`` iterations and stands at ``params``; ``rng_state`` is its random generator's
-    state (``bit_generator.state``).
+    state (``bit_generator.state``). ``settings`` records the arguments of :func:`fit` that
+    decide the result, and ``data`` a fingerprint of the images (their number, size and a few
+    weighted sums): ``fit(resume=...)`` refuses a checkpoint whose settings or images differ
+    (None, in a checkpoint of an older version: not checked).
     """
 
     seed_entropy: int
@@ -1290,6 +1349,60 @@ class Checkpoint:
     unidentified: np.ndarray
     noise_floored: bool
     rng_state: dict
+    settings: dict | None = None
+    data: dict | None = None
+
+
+def _fit_settings(**kw: object) -> dict:
+    """What a checkpoint records of the arguments of :func:`fit` that decide its result (as
+    JSON-able values), to refuse resuming it under others."""
+    given = kw.pop("init_params")
+    if given:
+        digest = hashlib.sha256()
+        for k in ("face", "background", "noise_std", "prior"):
+            value = given.get(k)
+            digest.update(k.encode())
+            if value is not None:
+                digest.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+        kw["init_params"] = digest.hexdigest()[:16]
+    else:
+        kw["init_params"] = None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+
+
+def _differs(old: dict, new: dict) -> str | None:
+    """Why a checkpoint made with settings ``old`` does not resume a fit with ``new``."""
+    changed = [
+        f"{k}={old[k]!r} (this fit: {new[k]!r})" for k in new if k in old and old[k] != new[k]
+    ]
+    if changed:
+        return "the checkpoint belongs to another fit: it was made with " + ", ".join(changed)
+    return None
+
+
+def _fingerprint_differs(old: dict, new: dict) -> str | None:
+    """Why a checkpoint made from images with fingerprint ``old`` (see ``_Data.fingerprint``)
+    does not resume a fit of images with ``new``; None when they are the same images."""
+    try:
+        n, (h, w) = int(old["n_images"]), old["image_size"]
+        if (n, [int(h), int(w)]) != (new["n_images"], new["image_size"]):
+            H, W = new["image_size"]
+            return (
+                f"the checkpoint was made from {n} images of {h}x{w}; these are "
+                f"{new['n_images']} images of {H}x{W}"
+            )
+        pairs = list(zip(old["sums"], new["sums"], new["scale"]))
+        if len(pairs) != len(new["sums"]):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        return "the checkpoint's record of its images is damaged"
+    for a, b, scale in pairs:
+        if not abs(float(a) - b) <= 1e-12 * scale:
+            return (
+                "the images differ from those the checkpoint was made from (as many, of the "
+                "same size, but other values or in another order)"
+            )
+    return None
 
 
 def _run(
@@ -1310,6 +1423,8 @@ def _run(
     seed_entropy: int,
     finished: tuple[RestartResult, ...],
     resume: Checkpoint | None = None,
+    settings: dict | None = None,
+    fingerprint: dict | None = None,
 ) -> RestartResult:
     n_values = data.K * data.H * data.W
     if resume is None:
@@ -1347,6 +1462,8 @@ def _run(
             unidentified,
             floored,
             rng.bit_generator.state,
+            settings,
+            fingerprint,
         )
         last = (elbo[-1], loglik[-1]) if n_iter else (math.nan, math.nan)
         callback(Progress(restart, n_restarts, n_iter, max_iter, *last, gain, p, positions, state))
@@ -1493,7 +1610,11 @@ def fit(
         are through. For progress within long passes; called from this thread.
     resume : Checkpoint, optional
         Carry on an interrupted fit: the same data and arguments, and the last checkpoint it
-        reported. The result is the uninterrupted fit's, bit for bit (timings aside).
+        reported. The result is the uninterrupted fit's, bit for bit (timings aside). A
+        checkpoint of other images (another number, size, values or order) or of other
+        arguments (any but ``memory_limit``, ``workers``, ``cache_fft`` and the callbacks) is
+        refused with a ValueError that says what differs, after the pass that reads the images
+        and before any EM work.
 
     Returns
     -------
@@ -1516,10 +1637,11 @@ def fit(
         raise ValueError(f"max_iter must be non-negative, got {max_iter}")
     if tol != tol:
         raise ValueError("tol must not be NaN")
-    if int(samples) < 1 or not samples_growth >= 1 or int(max_samples) < int(samples):
+    ok_growth = samples_growth >= 1 and math.isfinite(samples_growth)
+    if int(samples) < 1 or not ok_growth or int(max_samples) < int(samples):
         raise ValueError(
-            "samples must be at least 1, samples_growth at least 1 and max_samples at least "
-            f"samples; got {samples}, {samples_growth}, {max_samples}"
+            "samples must be at least 1, samples_growth at least 1 and finite, and "
+            f"max_samples at least samples; got {samples}, {samples_growth}, {max_samples}"
         )
     if prior_update not in PRIOR_UPDATES:
         raise ValueError(
@@ -1548,21 +1670,46 @@ def fit(
             UserWarning,
             stacklevel=2,
         )
-    ss, children = _seed_children(seed, int(n_init))
+    ss = _seed_sequence(seed)
+    settings = _fit_settings(
+        face_shape=(data.h, data.w),
+        method=method,
+        init=init,
+        n_init=int(n_init),
+        max_iter=int(max_iter),
+        tol=float(tol),
+        prior_update=prior_update,
+        samples=int(samples),
+        samples_growth=float(samples_growth),
+        max_samples=int(max_samples),
+        chunk_size=int(chunk_size),
+        dtype=data.dtype.name,
+        init_params=given,
+    )
+    fingerprint = data.fingerprint()
     runs: list[RestartResult] = []
     if resume is not None:
-        if resume.seed_entropy != ss.entropy or not resume.restart < int(n_init):
-            raise ValueError("the checkpoint belongs to another fit (other seed or restarts)")
+        why = _differs(resume.settings, settings) if resume.settings is not None else None
+        if why is None and (resume.seed_entropy != ss.entropy or not resume.restart < n_init):
+            why = "the checkpoint belongs to another fit (other seed or restarts)"
+        if why is None and resume.data is not None:
+            why = _fingerprint_differs(resume.data, fingerprint)
+        if why is not None:
+            raise ValueError(why)
         runs = list(resume.finished)
     for r in range(len(runs), int(n_init)):
         t0 = time.perf_counter()
-        rng = np.random.default_rng(children[r])
+        rng = np.random.default_rng(_seed_child(ss, r))
         here = resume if resume is not None and r == resume.restart else None
         if here is None:
             start = _initialize(data, init, rng, r, given)
         else:
+            _check_params(here.params, data)  # (not its normalised copy: bit for bit)
             start = here.params
-            rng.bit_generator.state = here.rng_state
+            try:
+                rng.bit_generator.state = here.rng_state
+            except (TypeError, ValueError, KeyError):
+                raise ValueError("the checkpoint's random generator state is damaged") from None
         runs.append(
             _run(
                 data,
@@ -1581,6 +1728,8 @@ def fit(
                 seed_entropy=int(ss.entropy),
                 finished=tuple(runs),
                 resume=here,
+                settings=settings,
+                fingerprint=fingerprint,
             )
         )
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))

@@ -106,8 +106,8 @@ def make_dataset(
         raise ValueError(f"the face ({h}x{w}) is larger than the background ({H}x{W})")
     if n_images < 1:
         raise ValueError(f"n_images must be at least 1, got {n_images}")
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be non-negative, got {noise_std}")
+    if not (noise_std >= 0 and np.isfinite(noise_std)):
+        raise ValueError(f"noise_std must be a non-negative finite number, got {noise_std}")
     shape = (H - h + 1, W - w + 1)
     if prior is None:
         prior = np.full(shape, 1.0 / (shape[0] * shape[1]))
@@ -121,8 +121,14 @@ def make_dataset(
     flat = rng.choice(prior.size, size=n_images, p=prior.ravel())
     positions = np.column_stack(np.unravel_index(flat, shape))
     images = np.empty((n_images, H, W), dtype=dtype)
-    for k, (r, c) in enumerate(positions):
-        images[k] = paste(background, face, (r, c)) + rng.normal(0.0, noise_std, (H, W))
+    with np.errstate(over="ignore"):
+        for k, (r, c) in enumerate(positions):
+            images[k] = paste(background, face, (r, c)) + rng.normal(0.0, noise_std, (H, W))
+            if not np.isfinite(images[k]).all():
+                raise ValueError(
+                    f"image {k} holds values beyond the range of {images.dtype.name} (face, "
+                    "background and noise are too large)"
+                )
     return Dataset(images, positions, Params(face, background, float(noise_std), prior))
 
 

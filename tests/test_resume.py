@@ -72,6 +72,63 @@ def test_a_checkpoint_of_another_fit_is_refused(data):
         E.fit(data.images, (16, 16), seed=2, resume=seen[-1])
 
 
+def _checkpoint(data, **kw):
+    seen = []
+    quiet_fit(data.images, (16, 16), seed=1, max_iter=3, callback=seen.append, **kw)
+    return seen[-1].checkpoint
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (dict(method="hard"), "method='soft' (this fit: 'hard')"),
+        (dict(max_iter=4), "max_iter=3 (this fit: 4)"),
+        (dict(dtype="float32"), "dtype='float64' (this fit: 'float32')"),
+        (dict(chunk_size=7), "chunk_size=64 (this fit: 7)"),
+        (dict(init_params={"noise_std": 5.0}), "init_params=None"),
+    ],
+)
+def test_a_checkpoint_resumes_only_under_its_own_settings(data, change, needle):
+    cp = _checkpoint(data)
+    kw = dict(seed=1, max_iter=3) | change
+    with pytest.raises(ValueError, match="belongs to another fit") as err:
+        E.fit(data.images, (16, 16), resume=cp, **kw)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda X: X + 1.0,  # the same shifted values: only the shift tells
+        lambda X: X[::-1],  # reordered
+        lambda X: np.concatenate([X[:1], X[2:3], X[1:2], X[3:]]),  # two images swapped
+        lambda X: np.where(np.arange(X.size).reshape(X.shape) == 12345, X + 1, X),  # a pixel
+        lambda X: X[:, :, ::-1],  # every image mirrored: the same sums of squares
+    ],
+)
+def test_a_checkpoint_refuses_other_images_of_the_same_size(data, change):
+    cp = _checkpoint(data)
+    with pytest.raises(ValueError, match="the images differ from those the checkpoint"):
+        quiet_fit(change(data.images), (16, 16), seed=1, max_iter=3, resume=cp)
+
+
+def test_a_checkpoint_refuses_another_number_of_images(data):
+    cp = _checkpoint(data)
+    with pytest.raises(ValueError, match="made from 80 images of 20x30; these are 79 images"):
+        E.fit(data.images[:79], (16, 16), seed=1, max_iter=3, resume=cp)
+
+
+def test_threads_and_memory_do_not_belong_to_the_checkpoint(data):
+    whole = quiet_fit(data.images, (16, 16), seed=1, max_iter=6)
+    seen = []
+    quiet_fit(data.images, (16, 16), seed=1, max_iter=6, callback=seen.append)
+    cp = seen[3].checkpoint
+    again = quiet_fit(
+        data.images.copy(), (16, 16), seed=1, max_iter=6, resume=cp, workers=2, memory_limit=0
+    )
+    np.testing.assert_array_equal(again.face, whole.face)
+
+
 # --- the real command line ---------------------------------------------------------------------
 
 FF = [sys.executable, "-m", "facefinder_cli"]
