@@ -8,26 +8,34 @@ The engine works on a stack ``X`` of shape ``(n_images, height, width)``::
 
 ``X`` may also be a stack on disk, read chunk by chunk: ``ff.fit(ff.NpyReader("stack.npy"), ...)``.
 See :func:`fit` for the options, :mod:`facefinder_cli.compat` for the course's (H, W, K) API.
+
+The names below are imported on first use, so that ``import facefinder_cli`` (and the start of
+the command line, which must handle Ctrl-C from its first moment) does not wait for NumPy.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from facefinder_cli.engine import (  # noqa: E402
-    ConvergenceWarning,
-    FitResult,
-    NoiseFloorWarning,
-    Params,
-    elbo,
-    fit,
-    initialize,
-    locate,
-    log_likelihood,
-    m_step,
-    map_positions,
-    posterior,
-)
-from facefinder_cli.images import NpyReader  # noqa: E402
-from facefinder_cli.synthetic import make_dataset  # noqa: E402
+_API = {
+    "ConvergenceWarning": "engine",
+    "FitResult": "engine",
+    "NoiseFloorWarning": "engine",
+    "Params": "engine",
+    "elbo": "engine",
+    "fit": "engine",
+    "initialize": "engine",
+    "locate": "engine",
+    "log_likelihood": "engine",
+    "m_step": "engine",
+    "map_positions": "engine",
+    "posterior": "engine",
+    "NpyReader": "images",
+    "make_dataset": "synthetic",
+}
 
 __all__ = [
     "ConvergenceWarning",
@@ -46,3 +54,33 @@ __all__ = [
     "map_positions",
     "posterior",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from facefinder_cli.engine import (
+        ConvergenceWarning,
+        FitResult,
+        NoiseFloorWarning,
+        Params,
+        elbo,
+        fit,
+        initialize,
+        locate,
+        log_likelihood,
+        m_step,
+        map_positions,
+        posterior,
+    )
+    from facefinder_cli.images import NpyReader
+    from facefinder_cli.synthetic import make_dataset
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(f"facefinder_cli.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'facefinder_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

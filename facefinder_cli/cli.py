@@ -8,24 +8,28 @@ stdout carries only data (a PNG with ``-o -``, a JSON summary with ``--json``, C
 from __future__ import annotations
 
 import contextlib
+import csv
+import decimal
 import functools
 import json
 import logging
 import math
 import os
 import re
-import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from facefinder_cli import __version__, engine, images, runs, synthetic
+from facefinder_cli import __version__, engine, images, interrupts, outputs, runs, synthetic
+from facefinder_cli.errors import InputError
+from facefinder_cli.interrupts import Interrupted
+from facefinder_cli.names import printable
 
 log = logging.getLogger("facefinder")
 
@@ -63,16 +67,60 @@ class ByteSizeType(click.ParamType):
     name = "SIZE"
     _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
+    _MOST = 2**60  # an exbibyte: more than any machine, less than any overflow
+
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         if isinstance(value, int):
             return value
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.I)
+        text = str(value)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
         if not m:
             self.fail(f"expected a size like 512M or 2G; got {value!r}", param, ctx)
-        return int(float(m[1]) * self._UNITS[m[2].lower()])
+        size = decimal.Decimal(m[1]) * self._UNITS[m[2].lower()]  # exact, however many digits
+        if size > self._MOST:
+            shown = text if len(text) <= 24 else text[:20] + "..."
+            self.fail(f"{shown!r} is more memory than any machine has", param, ctx)
+        return int(size)
 
 
 BYTE_SIZE = ByteSizeType()
+
+
+class FiniteFloatType(click.ParamType):
+    """A finite number (no inf or nan), at least ``minimum``."""
+
+    name = "FLOAT"
+
+    def __init__(self, minimum: float) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, not {value!r}", param, ctx)
+        if number < self.minimum:
+            self.fail(f"must be at least {self.minimum:g}, not {value!r}", param, ctx)
+        return number
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        return f"FLOAT>={self.minimum:g}"
+
+
+class OutputType(click.ParamType):
+    """An output path: any name but the empty one."""
+
+    name = "PATH"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        if str(value) == "":
+            self.fail("must not be empty", param, ctx)
+        return str(value)
+
+
+OUTPUT = OutputType()
 
 
 def _verbosity(f: Callable) -> Callable:
@@ -130,14 +178,22 @@ def _reports_errors(f: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
-        except (images.InputError, ValueError) as err:
+        except (InputError, ValueError) as err:
             log.debug("details", exc_info=True)
             raise click.ClickException(str(err)) from None
         except MemoryError:
+            command = click.get_current_context().info_name
+            hint = ": try a smaller --chunk-size, or fewer or smaller images"
             raise click.ClickException(
-                "out of memory: try a smaller --chunk-size or fewer/smaller images"
+                "out of memory" + (hint if command == "fit" else "")
             ) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except BrokenPipeError:
+            raise  # a reader closed standard output: a quiet end (see _Group.main)
+        except OSError as err:  # the system refused something: say what, on which file
+            log.debug("details", exc_info=True)
+            where = f"{err.filename}: " if err.filename else ""
+            raise click.ClickException(f"{where}{err.strerror or err}") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as err:  # a bug: still one line, the details with -v
             log.debug("details", exc_info=True)
@@ -166,15 +222,6 @@ def _setup_logging() -> None:
     log.setLevel(logging.INFO)
 
 
-def _input_paths(source: str) -> list[str]:
-    """The files or folders a command reads for ``source`` (for a glob pattern, the folder it
-    searches), so that no output replaces them."""
-    cut = [source.find(c) for c in "*?[" if c in source]
-    if cut:
-        return [os.path.dirname(source[: min(cut)]) or "."]
-    return [source]
-
-
 def _load(
     source: str, layout: str, skip_unreadable: bool = False, stream: bool = False
 ) -> images.Stack:
@@ -193,6 +240,20 @@ def _non_finite(source: str, stack: images.Stack, err: engine.NonFiniteError) ->
     return images.InputError(f"{source}: image {k} (counting from 0{named}) contains {err.what}")
 
 
+def _note_stale(stale: list[str]) -> None:
+    """Say that temporaries of a killed earlier run were removed (see ``outputs.claim``)."""
+    if stale:
+        shown = ", ".join(os.path.basename(t) for t in stale[:3])
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        log.info(
+            "note: removed %d temporary file%s left by an interrupted earlier run (%s%s)",
+            len(stale),
+            "" if len(stale) == 1 else "s",
+            shown,
+            more,
+        )
+
+
 def _log_notes(stack: images.Stack) -> None:
     """How the input was read (after the checks, so that an error stays a single line)."""
     for note in stack.notes:
@@ -208,31 +269,81 @@ def _log_notes(stack: images.Stack) -> None:
 
 
 class _Group(click.Group):
-    """Click's group, with every error on one line of stderr (no usage block, no traceback)."""
+    """Click's group, with every error on one line of stderr (no usage block, no traceback),
+    and the same end for every command when it is interrupted (Ctrl-C: 130, SIGTERM: 143) or
+    its reader goes away (``| head``: 141, quietly)."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         _setup_logging()
+        outputs.repair_std_streams()
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        with interrupts.handled(), _warnings_logged():
+            code = self._run(*args, **kwargs)
+        sys.exit(code)
+
+    def _run(self, *args: Any, **kwargs: Any) -> int:
+        _STOPPED.clear()
+        outputs.forget_broken_pipe()
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+            code = rv if isinstance(rv, int) else 0
         except click.UsageError as err:
             if type(err).__name__ == "NoArgsIsHelpError":  # bare `facefinder`: show the help
                 click.echo(err.format_message(), err=True)
-                sys.exit(err.exit_code)
+                return err.exit_code
             where = err.ctx.command_path if err.ctx is not None else "facefinder"
             message = err.format_message().rstrip(".")
             if "unexpected extra argument" in message:
                 message += "; quote glob patterns, e.g. 'imgs/*.png'"
             click.echo(f"Error: {message} (see '{where} --help')", err=True)
-            sys.exit(err.exit_code)
+            code = err.exit_code
         except click.ClickException as err:
             err.show()
-            sys.exit(err.exit_code)
+            code = err.exit_code
         except click.Abort:
             click.echo("Aborted.", err=True)
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
+            code = 1
+        except Interrupted as stop:
+            line = _STOPPED.get("line")
+            if line is None:
+                line = f"interrupted: {_STOPPED.get('note', 'no output file was written')}"
+            click.echo(line, err=True)
+            code = stop.exit_code
+        except BrokenPipeError:
+            code = 141
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            code = 141
+        except OSError as err:
+            click.echo(f"Error: standard output: cannot write ({err.strerror or err})", err=True)
+            code = code or 1
+        if outputs.stdout_broken() or code == 141:
+            outputs.close_stdout_quietly()
+            return 141
+        return code
+
+
+#: What an interrupted command has to say, set as it goes: the whole line (``"line"``), or
+#: what follows "interrupted: " (``"note"``).
+_STOPPED: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def _warnings_logged() -> Iterator[None]:
+    """Python warnings (NumPy's RuntimeWarning, say) go to the log at debug level (shown with
+    -v) instead of stderr: the commands say what matters in their own words."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        log.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 @click.group(cls=_Group, context_settings=CONTEXT)
@@ -304,6 +415,7 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
     "-o",
     "--out",
     required=True,
+    type=OUTPUT,
     metavar="PATH",
     help="A folder (one image per file), or a .npz / .npy / .tif stack file.",
 )
@@ -331,7 +443,7 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
 )
 @click.option(
     "--noise",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatType(0.0),
     default=60.0,
     show_default=True,
     help="Noise standard deviation, in pixel units (0..255 for 8-bit images; the "
@@ -376,6 +488,10 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
       facefinder generate -n 1500 --noise 400 --face-size 16x16 --size 20x30 -o study.npz
       facefinder generate --face me.png --background wall.jpg --prior centred -o mine
     """
+    try:
+        fmt, stack_file = images.stack_target(out, fmt)
+    except InputError as err:
+        raise click.BadParameter(str(err), param_hint="'--out/--format'") from None
     face_img = images.read_image(face or SAMPLE_FACE)
     bg_img = images.read_image(background or SAMPLE_BACKGROUND)
     if face_size:
@@ -390,27 +506,38 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
             param_hint="'--face-size'" if face_size else "'--face'",
         )
     prior_table = _parse_prior(prior, (fh, fw), (bh, bw))
-    data = synthetic.make_dataset(
-        face_img, bg_img, count, noise, prior=prior_table, seed=seed, dtype=np.float32
-    )
-    try:
-        fmt, stack_file = images.stack_target(out, fmt)
-    except images.InputError as err:
-        raise click.BadParameter(str(err), param_hint="'--out/--format'") from None
     out_path = Path(out)
-    if stack_file:
-        truth_path = out_path.with_name(out_path.stem + ".truth.npz")
-        sources = [p for p in (face, background) if p]
-        images.check_file_target(out, overwrite, keep=sources)
-        images.check_file_target(truth_path, overwrite, keep=sources)
-        clipped = images.write_stack(out, data.images, fmt=fmt, overwrite=overwrite)
-        runs.save_truth(truth_path, data.truth, data.positions)
-    else:
-        truth_path = out_path / "truth.npz"
-        keep = [p for p in (face, background) if p]
-        with images.atomic_folder(out, overwrite, keep=keep, marker="truth.npz") as tmp:
-            clipped = images.write_image_files(tmp, data.images, fmt=fmt)
-            runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
+    truth_path = (
+        out_path.with_name(out_path.stem + ".truth.npz") if stack_file else out_path / "truth.npz"
+    )
+    keep = [p for p in (face, background, prior) if p and os.path.lexists(p)]
+    _STOPPED["note"] = f"{out} was not written"
+    with outputs.claim(out, truth_path if stack_file else None) as stale:
+        _note_stale(stale)
+        if stack_file:
+            outputs.check_file_target(out, overwrite, keep=keep)
+            outputs.check_file_target(truth_path, overwrite, keep=keep)
+        else:
+            outputs.check_folder_target(
+                out, overwrite, keep=keep, made_for=images.IMAGES_FOLDER, legacy=("truth.npz",)
+            )
+        data = synthetic.make_dataset(
+            face_img, bg_img, count, noise, prior=prior_table, seed=seed, dtype=np.float32
+        )
+        if stack_file:
+            clipped = images.write_stack(out, data.images, fmt=fmt, overwrite=overwrite)
+            try:
+                runs.save_truth(truth_path, data.truth, data.positions, overwrite=overwrite)
+            except BaseException:  # the stack without its truth is half an output: remove it
+                with contextlib.suppress(OSError):
+                    os.unlink(out)
+                raise
+        else:
+            with outputs.atomic_folder(
+                out, overwrite, keep=keep, made_for=images.IMAGES_FOLDER, legacy=("truth.npz",)
+            ) as tmp:
+                clipped = images.write_image_files(tmp, data.images, fmt=fmt)
+                runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
     if clipped:
         log.warning(
             "%d of %d pixel values (%.2g%%) fell outside 0..255 and were clipped in "
@@ -541,8 +668,10 @@ def _settings(**kw: Any) -> dict[str, Any]:
 @click.option(
     "-o",
     "--out",
+    type=OUTPUT,
     metavar="DIR|-",
-    help="Output folder; '-' writes only the face as a PNG to stdout (for viewers).",
+    help="Output folder; '-' writes only the face as a PNG to stdout (for viewers), as does a "
+    "device or FIFO (e.g. /dev/null) into itself.",
 )
 @click.option(
     "--method",
@@ -605,7 +734,7 @@ def _settings(**kw: Any) -> dict[str, Any]:
 )
 @click.option(
     "--samples-growth",
-    type=click.FloatRange(min=1),
+    type=FiniteFloatType(1.0),
     default=engine.MC_GROWTH,
     show_default=True,
     help="mc: factor by which the draws grow every iteration.",
@@ -749,59 +878,206 @@ def fit(
       facefinder fit imgs/ --face-size 36x30 --zoom 4 -o - | display -
       facefinder fit shots.npy --face-size 24x24 --dtype float32 --memory-limit 4G -o run
     """
-    state = None
+    resumed: _Resumed | None = None
     if resume:
         _only_with_resume(
             click.get_current_context(), ("resume", "as_json", "memory_limit", "workers")
         )
-        state, saved, extra = runs.load_checkpoint(resume)
-        input, out, overwrite = saved["input_path"], resume, True
-        face_size, method, init = tuple(saved["face_size"]), saved["method"], saved["init"]
-        restarts, max_iter, tol, seed = (saved[k] for k in ("restarts", "max_iter", "tol", "seed"))
-        prior_update, chunk_size, layout = (
-            saved["prior_update"],
-            saved["chunk_size"],
-            saved["layout"],
-        )
-        samples, samples_growth, max_samples = (
-            saved["samples"],
-            saved["samples_growth"],
-            saved["max_samples"],
-        )
-        init_from, truth, zoom = saved["init_from"], saved["truth"], saved["zoom"]
-        checkpoint_every = saved["checkpoint_every"]
-        skip_unreadable = saved["skip_unreadable"]
-        dtype = saved.get("dtype", "float64")
-        log.info(
-            "resuming %s at iteration %d of restart %d", resume, state.iteration, state.restart + 1
-        )
+        resumed = _Resumed.load(resume)
+        o = resumed.options
+        input, out, overwrite = o["input_path"], resume, True
+        face_size, method, init = tuple(o["face_size"]), o["method"], o["init"]
+        restarts, max_iter, tol, seed = o["restarts"], o["max_iter"], o["tol"], o["seed"]
+        prior_update, chunk_size, layout = o["prior_update"], o["chunk_size"], o["layout"]
+        samples, samples_growth = o["samples"], o["samples_growth"]
+        max_samples, init_from, truth = o["max_samples"], o["init_from"], o["truth"]
+        zoom, checkpoint_every = o["zoom"], o["checkpoint_every"]
+        skip_unreadable, dtype = o["skip_unreadable"], o["dtype"]
     elif input is None:
         raise click.MissingParameter(param_hint="'INPUT'", param_type="argument")
     elif out is None:
         raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
+    elif outputs.is_stdout(out):
+        out = "-"
     if as_json and out == "-":
         raise click.UsageError("--json and -o - both write to stdout; choose one")
+    if (out == "-" or as_json) and outputs.stdout_closed():
+        what = "the face" if out == "-" else "the --json summary"
+        raise InputError(f"standard output is closed: there is nowhere to write {what}")
     if out == "-" and sys.stdout.isatty():
         raise click.UsageError(
             "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
         )
-    if out == "-" and checkpoint_every:
-        raise click.UsageError("--checkpoint-every needs an output folder, not -o -")
+    if checkpoint_every and outputs.is_stream(out):
+        raise click.UsageError(f"--checkpoint-every needs an output folder, not -o {out}")
     if math.isnan(tol):
         raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
     warm = runs.load_params(init_from) if init_from else None
-    if face_size is None:
-        if warm is None:
-            raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
-        face_size = warm.face.shape
-    keep = _input_paths(input) + [p for p in (init_from, truth) if p]
-    if out != "-":
-        images.check_folder_target(out, overwrite, keep=keep, marker=RUN_MARKERS)
     truth_data = runs.load_truth(truth) if truth else None
-    stack = _load(input, layout, skip_unreadable, stream=True)
-    X = stack.images
-    K, H, W = X.shape
-    h, w = face_size
+    if face_size is None and warm is None:
+        raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
+    keep = images.input_paths(input) + [p for p in (init_from, truth) if p]
+    folder = None if outputs.is_stream(out) else out  # else only the face, as a PNG, into it
+    with outputs.claim(folder) as stale:
+        _note_stale(stale)
+        if folder is not None:
+            outputs.check_folder_target(
+                folder, overwrite, keep=keep, made_for=RUN_FOLDER, legacy=RUN_MARKERS
+            )
+        stack = _load(input, layout, skip_unreadable, stream=True)
+        K, H, W = stack.images.shape
+        h, w = _fit_face_size(input, stack, face_size, warm, init_from, truth_data, truth)
+        if resumed is not None:
+            resumed.check_input(input, K, H, W)
+        settings = _settings(
+            input=str(input),
+            input_path=os.path.abspath(input) if not _input_is_glob(input) else input,
+            face_size=(h, w),
+            method=method,
+            init=init,
+            restarts=restarts,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            prior_update=prior_update,
+            samples=samples,
+            samples_growth=samples_growth,
+            max_samples=max_samples,
+            chunk_size=chunk_size,
+            dtype=dtype,
+            init_from=os.path.abspath(init_from) if init_from else None,
+            truth=os.path.abspath(truth) if truth else None,
+            layout=layout,
+            zoom=zoom,
+            checkpoint_every=checkpoint_every,
+            skip_unreadable=skip_unreadable,
+            n_images=K,
+            image_size=(H, W),
+            command=" ".join(sys.argv),
+        )
+
+        def announce() -> None:
+            if resumed is not None:
+                log.info(
+                    "resuming %s at iteration %d of restart %d",
+                    resume,
+                    resumed.state.iteration,
+                    resumed.state.restart + 1,
+                )
+            _log_notes(stack)
+            log.info(
+                "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
+                h,
+                w,
+                K,
+                "" if K == 1 else "s",
+                H,
+                W,
+                input,
+                method,
+            )
+
+        saver = None
+        if folder is not None:
+            saver = _CheckpointSaver(folder, settings, keep, checkpoint_every, overwrite)
+            saver.wrote = resumed is not None  # the folder holds our checkpoint already
+        # Announced once the engine has read the data: a streamed stack is checked in that first
+        # pass (and compared with a checkpoint's), and an error there stays the only line.
+        bar = _ProgressBar(max_iter, truth_data, saver, on_start=announce)
+        if resumed is not None:
+            bar.errors = {int(r): rows for r, rows in resumed.extra.get("errors", {}).items()}
+        _STOPPED["line"] = "interrupted before the first iteration: nothing was written"
+        in_place = False  # whether the finished run folder is in place
+        try:
+            t0 = time.perf_counter()
+            result, caught = _run_engine(
+                stack,
+                input,
+                (h, w),
+                bar,
+                resumed,
+                method=method,
+                init=init,
+                n_init=restarts,
+                max_iter=max_iter,
+                tol=tol,
+                seed=seed,
+                init_params=warm,
+                prior_update=prior_update,
+                samples=samples,
+                samples_growth=samples_growth,
+                max_samples=max(max_samples, samples),
+                chunk_size=chunk_size,
+                memory_limit=memory_limit,
+                dtype=dtype,
+                workers=workers,
+            )
+            seconds = time.perf_counter() - t0
+            _report_engine(result, caught, K, H, W, max_iter, tol, method)
+            errors = _truth_errors(bar, result, truth_data)
+            zoom = zoom or runs.view_zoom((H, W))
+            written: list[str] = []
+            if folder is None:
+                lo, hi = runs.display_range(result.face, result.background)
+                images.write_png(out, result.face, lo, hi, zoom=zoom)
+            else:
+                try:
+                    with outputs.atomic_folder(
+                        folder,
+                        overwrite or saver.wrote,
+                        keep=keep,
+                        made_for=RUN_FOLDER,
+                        legacy=RUN_MARKERS,
+                    ) as tmp:
+                        written = runs.save_run(
+                            tmp,
+                            result,
+                            names=stack.names,
+                            settings=settings,
+                            errors=errors,
+                            zoom=zoom,
+                        )
+                except Interrupted as stop:  # raised once the folder was renamed into place?
+                    in_place = bool(written) and stop.after_deferred
+                    raise
+                in_place = True
+        except Interrupted:
+            bar.close()
+            if in_place:
+                _STOPPED["line"] = f"interrupted after the run was written to {folder}"
+            else:
+                _STOPPED["line"] = _save_when_interrupted(saver, bar, restarts)
+            raise
+        if in_place:
+            _STOPPED["line"] = f"interrupted after the run was written to {folder}"
+    summary = _summary(result, K, H, W, seconds, out, errors)
+    if as_json:
+        with outputs.atomic_write("-", "w") as f:
+            f.write(json.dumps(summary, indent=2) + "\n")
+    _report(summary, result, written)
+
+
+#: What the marker of a run folder says it was made for (``outputs.MARKER``).
+RUN_FOLDER = "fit"
+#: Run folders of versions before the marker are recognised by these files.
+RUN_MARKERS = (runs.RESULT, runs.CHECKPOINT)
+
+
+def _input_is_glob(source: str) -> bool:
+    return any(c in source for c in "*?[")
+
+
+def _fit_face_size(input, stack, face_size, warm, init_from, truth_data, truth) -> tuple[int, int]:
+    """The face size of a fit of ``stack`` (given, or that of ``warm``), checked against the
+    images, the start and the truth, each error naming the option at fault."""
+    K, H, W = stack.images.shape
+    if warm is not None and warm.background.shape != (H, W):
+        bh, bw = warm.background.shape
+        raise click.BadParameter(
+            f"{init_from}: made for {bh}x{bw} images, these are {H}x{W}",
+            param_hint="'--init-from'",
+        )
+    h, w = face_size if face_size is not None else warm.face.shape
     if h > H or w > W:
         guess = [n for n in stack.notes if "--layout" in n]  # a misread axis order?
         raise click.BadParameter(
@@ -809,127 +1085,57 @@ def fit(
             + (f" ({guess[0]})" if guess else ""),
             param_hint="'--face-size'",
         )
-    if warm is not None and warm.background.shape != (H, W):
-        raise click.BadParameter(
-            f"{init_from}: made for {warm.background.shape[0]}x{warm.background.shape[1]} "
-            f"images, these are {H}x{W}",
-            param_hint="'--init-from'",
-        )
     if warm is not None and warm.face.shape != (h, w):
         raise click.BadParameter(
             f"{init_from}: its face is {warm.face.shape[0]}x{warm.face.shape[1]}, not {h}x{w}",
             param_hint="'--init-from'",
         )
     if truth_data is not None:
-        if truth_data.params.background.shape != (H, W) or len(truth_data.positions) != K:
+        tb = truth_data.params.background.shape
+        if tb != (H, W) or len(truth_data.positions) != K:
             raise click.BadParameter(
-                f"{truth}: describes {len(truth_data.positions)} images of "
-                f"{truth_data.params.background.shape[0]}x{truth_data.params.background.shape[1]}"
-                f", the input has {K} of {H}x{W}",
+                f"{truth}: describes {len(truth_data.positions)} images of {tb[0]}x{tb[1]}, "
+                f"the input has {K} of {H}x{W}",
                 param_hint="'--truth'",
             )
         if truth_data.params.face.shape != (h, w):
+            tf = truth_data.params.face.shape
             raise click.BadParameter(
-                f"{truth}: its face is {truth_data.params.face.shape[0]}x"
-                f"{truth_data.params.face.shape[1]}, not {h}x{w}",
-                param_hint="'--face-size'",
+                f"{truth}: its face is {tf[0]}x{tf[1]}, not {h}x{w}", param_hint="'--truth'"
             )
-    settings = _settings(
-        input=str(input),
-        input_path=os.path.abspath(input) if not _input_is_glob(input) else input,
-        face_size=(h, w),
-        method=method,
-        init=init,
-        restarts=restarts,
-        max_iter=max_iter,
-        tol=tol,
-        seed=seed,
-        prior_update=prior_update,
-        samples=samples,
-        samples_growth=samples_growth,
-        max_samples=max_samples,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        init_from=os.path.abspath(init_from) if init_from else None,
-        truth=os.path.abspath(truth) if truth else None,
-        layout=layout,
-        zoom=zoom,
-        checkpoint_every=checkpoint_every,
-        skip_unreadable=skip_unreadable,
-        n_images=K,
-        image_size=(H, W),
-        command=" ".join(sys.argv),
-    )
+    return int(h), int(w)
 
-    def announce() -> None:
-        _log_notes(stack)
-        log.info(
-            "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
-            h,
-            w,
-            K,
-            "" if K == 1 else "s",
-            H,
-            W,
-            input,
-            method,
-        )
 
-    if resume:
-        announce()
-    saver = None if out == "-" else _CheckpointSaver(out, settings, keep, checkpoint_every)
-    # Otherwise announced once the engine has read the data: a streamed stack is checked in
-    # that first pass, and an error there stays the only line.
-    bar = _ProgressBar(max_iter, truth_data, saver, on_start=None if resume else announce)
-    if resume:
-        bar.errors = {int(r): rows for r, rows in extra.get("errors", {}).items()}
-    t0 = time.perf_counter()
+def _run_engine(stack, input, face_shape, bar, resumed, **kw) -> tuple[engine.FitResult, list]:
+    """``engine.fit`` on the stack with the progress bar; its warnings are returned, to be said
+    in the command's words."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", engine.ConvergenceWarning)
         warnings.simplefilter("always", engine.NoiseFloorWarning)
         try:
-            with _sigterm_as_interrupt():
-                result = engine.fit(
-                    X,
-                    (h, w),
-                    method=method,
-                    init=init,
-                    n_init=restarts,
-                    max_iter=max_iter,
-                    tol=tol,
-                    seed=seed,
-                    init_params=warm,
-                    prior_update=prior_update,
-                    samples=samples,
-                    samples_growth=samples_growth,
-                    max_samples=max(max_samples, samples),
-                    chunk_size=chunk_size,
-                    memory_limit=memory_limit,
-                    dtype=dtype,
-                    workers=workers,
-                    callback=bar,
-                    on_chunk=bar.chunk,
-                    resume=state,
-                )
+            result = engine.fit(
+                stack.images,
+                face_shape,
+                callback=bar,
+                on_chunk=bar.chunk,
+                resume=None if resumed is None else resumed.state,
+                **kw,
+            )
         except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
             raise _non_finite(input, stack, err) from None
-        except (KeyboardInterrupt, _Terminated) as stop:
-            bar.close()
-            code = 143 if isinstance(stop, _Terminated) else 130
-            if saver is None or bar.latest is None:
-                click.echo("interrupted before anything could be saved", err=True)
-            else:
-                saver.save(bar.latest, bar.errors)
-                click.echo(
-                    f"interrupted after iteration {bar.latest.iteration} of restart "
-                    f"{bar.latest.restart + 1} of {restarts}; saved in {out}: carry on with "
-                    f"`facefinder fit --resume {out}`",
-                    err=True,
-                )
-            click.get_current_context().exit(code)
+        except ValueError as err:
+            if resumed is not None and "checkpoint" in str(err):
+                raise InputError(f"{resumed.path}: {err}") from None
+            if "pixel values" in str(err):
+                raise InputError(f"{input}: {err}") from None
+            raise
         finally:
             bar.close()
-    seconds = time.perf_counter() - t0
+    return result, list(caught)
+
+
+def _report_engine(result, caught, K, H, W, max_iter, tol, method) -> None:
+    """The engine's notes and warnings, in the command line's words."""
     if result.fft_cached < K:
         log.info(
             "note: the FFT cache held %d of %d images within --memory-limit; raising it saves "
@@ -949,36 +1155,108 @@ def fit(
                 gain,
                 tol,
             )
-        else:
+        elif issubclass(w_.category, UserWarning):  # the engine's: noise floor, restarts
             log.warning("%s", w_.message)
-    errors = None
-    if truth_data is not None:
-        rows = bar.errors[result.best_restart]
-        rows[-1]["positions_right"] = synthetic.errors(
-            result.params, result.positions, truth_data.params, truth_data.positions
-        )["positions_right"]
-        errors = {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
-    zoom = zoom or runs.view_zoom((H, W))
-    if out == "-":
-        lo, hi = runs.display_range(result.face, result.background)
-        images.write_png("-", result.face, lo, hi, zoom=zoom)
-    else:
-        overwrite = overwrite or saver.wrote
-        with images.atomic_folder(out, overwrite, keep=keep, marker=RUN_MARKERS) as tmp:
-            written = runs.save_run(
-                tmp, result, names=stack.names, settings=settings, errors=errors, zoom=zoom
+        else:
+            log.debug("%s: %s", w_.category.__name__, w_.message)
+
+
+def _truth_errors(bar, result, truth_data) -> dict[str, np.ndarray] | None:
+    """Errors against the truth per iteration of the kept restart (with the final positions)."""
+    if truth_data is None:
+        return None
+    rows = bar.errors[result.best_restart]
+    rows[-1]["positions_right"] = synthetic.errors(
+        result.params, result.positions, truth_data.params, truth_data.positions
+    )["positions_right"]
+    return {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
+
+
+def _save_when_interrupted(saver, bar, restarts: int) -> str:
+    """Save the last completed iteration of an interrupted fit; the line that says so.
+    (Further signals are ignored meanwhile: see ``interrupts``.)"""
+    state = bar.latest
+    if state is None:
+        return "interrupted before the first iteration: nothing was written"
+    if saver is None:
+        return "interrupted: -o - keeps no checkpoint, nothing was written"
+    saver.save(state, bar.errors)
+    return (
+        f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
+        f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume {saver.out}`"
+    )
+
+
+class _Resumed:
+    """The checkpoint an interrupted fit left, and the command-line options it was run with."""
+
+    #: The options a checkpoint must record, and their types.
+    OPTIONS: dict[str, tuple[type, ...]] = {
+        "input_path": (str,),
+        "face_size": (list,),
+        "method": (str,),
+        "init": (str,),
+        "restarts": (int,),
+        "max_iter": (int,),
+        "tol": (float, int),
+        "seed": (int,),
+        "prior_update": (str,),
+        "samples": (int,),
+        "samples_growth": (float, int),
+        "max_samples": (int,),
+        "chunk_size": (int,),
+        "dtype": (str,),
+        "layout": (str,),
+        "init_from": (str, type(None)),
+        "truth": (str, type(None)),
+        "zoom": (int, type(None)),
+        "checkpoint_every": (int, type(None)),
+        "skip_unreadable": (bool,),
+        "n_images": (int,),
+        "image_size": (list,),
+    }
+
+    def __init__(self, path: str, state: engine.Checkpoint, options: dict, extra: dict) -> None:
+        self.path, self.state, self.options, self.extra = path, state, options, extra
+
+    @classmethod
+    def load(cls, folder: str) -> _Resumed:
+        """Read and check ``folder``'s checkpoint: a damaged one is one line naming it."""
+        state, saved, extra = runs.load_checkpoint(folder)
+        path = os.path.join(folder, runs.CHECKPOINT)
+        saved.setdefault("dtype", "float64")  # checkpoints of versions before --dtype
+        missing = [k for k in cls.OPTIONS if k not in saved]
+        if missing:
+            raise InputError(
+                f"{path}: not a complete facefinder checkpoint (its settings lack "
+                f"{', '.join(missing)})"
             )
-    summary = _summary(result, K, H, W, seconds, out, errors)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    _report(summary, result, written if out != "-" else [])
+        choices = {
+            "method": engine.METHODS,
+            "init": engine.INIT_METHODS,
+            "prior_update": engine.PRIOR_UPDATES,
+            "dtype": engine.DTYPES,
+            "layout": ("auto", "khw", "hwk"),
+        }
+        for key, types in cls.OPTIONS.items():
+            value = saved[key]
+            bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+            bad = bad or (key in choices and value not in choices[key])
+            if key in ("face_size", "image_size") and not bad:
+                bad = len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)
+            if bad:
+                raise InputError(f"{path}: not a valid facefinder checkpoint (setting {key})")
+        return cls(path, state, saved, extra)
 
-
-RUN_MARKERS = (runs.RESULT, runs.CHECKPOINT)
-
-
-def _input_is_glob(source: str) -> bool:
-    return any(c in source for c in "*?[")
+    def check_input(self, input: str, K: int, H: int, W: int) -> None:
+        """Refuse images of another number or size than the checkpoint's, before any work (the
+        engine compares their values, in the pass that reads them)."""
+        n, (h, w) = self.options["n_images"], self.options["image_size"]
+        if (K, H, W) != (n, h, w):
+            raise InputError(
+                f"{self.path}: the fit was made from {n} images of {h}x{w}; {input} now holds "
+                f"{K} images of {H}x{W}"
+            )
 
 
 def _only_with_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
@@ -997,34 +1275,16 @@ def _only_with_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
         )
 
 
-class _Terminated(BaseException):
-    """SIGTERM, turned into an exception so that the fit can be saved. A BaseException, as
-    KeyboardInterrupt is, so that no ``except Exception`` on the way (a file reader turning
-    errors into "cannot read") takes it for an error."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    def handler(signum, frame):  # noqa: ARG001
-        raise _Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _CheckpointSaver:
     """Writes a fit's checkpoints into its output folder: the folder is created (or an earlier
-    run in it replaced) at the first save; later saves replace checkpoint.npz atomically."""
+    run in it replaced, with --overwrite) at the first save; later saves replace
+    checkpoint.npz atomically."""
 
-    def __init__(self, out: str, settings: dict, keep: list[str], every: int | None) -> None:
+    def __init__(
+        self, out: str, settings: dict, keep: list[str], every: int | None, overwrite: bool
+    ) -> None:
         self.out, self.settings, self.keep, self.every = out, settings, keep, every
+        self.overwrite = overwrite
         self.wrote = False
 
     def maybe_save(self, state: engine.Checkpoint, errors: dict) -> None:
@@ -1033,10 +1293,16 @@ class _CheckpointSaver:
 
     def save(self, state: engine.Checkpoint, errors: dict) -> None:
         extra = {"errors": {str(r): rows for r, rows in errors.items()}}
-        if self.wrote or (os.path.isdir(self.out) and os.listdir(self.out) == [runs.CHECKPOINT]):
+        if self.wrote:
             runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.settings, extra)
         else:
-            with images.atomic_folder(self.out, True, keep=self.keep, marker=RUN_MARKERS) as tmp:
+            with outputs.atomic_folder(
+                self.out,
+                self.overwrite,
+                keep=self.keep,
+                made_for=RUN_FOLDER,
+                legacy=RUN_MARKERS,
+            ) as tmp:
                 runs.save_checkpoint(Path(tmp) / runs.CHECKPOINT, state, self.settings, extra)
         self.wrote = True
 
@@ -1115,6 +1381,7 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> 
     "-o",
     "--out",
     required=True,
+    type=OUTPUT,
     metavar="FILE|-",
     help="Figure file: .png, .svg or .pdf; '-' writes a PNG to stdout.",
 )
@@ -1172,13 +1439,14 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
         raise click.BadParameter(
             f"{len(labels)} labels for {len(runs_)} runs", param_hint="'--label'"
         )
-    fmt = "png" if out == "-" else Path(out).suffix.lower().lstrip(".")
+    fmt = "png" if outputs.is_stream(out) else Path(out).suffix.lower().lstrip(".")
     if fmt not in ("png", "svg", "pdf"):
         raise click.BadParameter(
             f"{out}: the figure format comes from the extension: .png, .svg or .pdf",
             param_hint="'--out'",
         )
-    images.check_file_target(out, overwrite, keep=runs_)
+    if outputs.is_stdout(out) and outputs.stdout_closed():
+        raise InputError("standard output is closed: there is nowhere to write the figure")
     loaded = [runs.load_run(r) for r in runs_]
     from facefinder_cli.plotting import Curve, plot_curves
 
@@ -1200,18 +1468,22 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
                 run.data,
             )
         )
-    with images.atomic_write(out) as f:
-        plot_curves(
-            curves,
-            f,
-            quantity=quantity.replace("-", "_"),
-            x=x_axis,
-            per_pixel=per_pixel,
-            gap=gap,
-            fmt=fmt,
-            title=title,
-        )
-    if out != "-":
+    keep = list(runs_)
+    with outputs.claim(out) as stale:
+        _note_stale(stale)
+        outputs.check_file_target(out, overwrite, keep=keep)
+        with outputs.atomic_write(out, overwrite=overwrite) as f:
+            plot_curves(
+                curves,
+                f,
+                quantity=quantity.replace("-", "_"),
+                x=x_axis,
+                per_pixel=per_pixel,
+                gap=gap,
+                fmt=fmt,
+                title=title,
+            )
+    if out != "-" and not outputs.stdout_broken():
         log.info("wrote %s", out)
 
 
@@ -1228,12 +1500,13 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     "--out",
     default="-",
     show_default=True,
+    type=OUTPUT,
     metavar="FILE|-",
     help="CSV file for the positions; '-' is stdout.",
 )
 @click.option(
     "--draw",
-    type=click.Path(file_okay=False),
+    type=OUTPUT,
     metavar="DIR",
     help="Also write each image as a PNG with the found face boxed in red.",
 )
@@ -1259,43 +1532,55 @@ def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
       facefinder detect run new_images/ > positions.csv
       facefinder detect run/result.npz 'cam/*.png' --draw boxed/ -o positions.csv
     """
+    if outputs.is_stdout(out) and outputs.stdout_closed():
+        raise InputError("standard output is closed: there is nowhere to write the positions")
     run = runs.load_run(model)
     if run.params is None:
         raise click.BadParameter(
             f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
         )
-    keep = [model, *_input_paths(input)]
-    images.check_file_target(out, overwrite, keep=keep)
-    if draw:
-        images.check_folder_target(draw, overwrite, keep=keep)
-    stack = _load(input, layout, skip_unreadable, stream=True)
-    K, H, W = stack.images.shape
-    if (H, W) != run.params.background.shape:
-        bh, bw = run.params.background.shape
-        raise images.InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
-    try:
-        positions, probability = engine.locate(stack.images, run.params)
-    except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
-        raise _non_finite(input, stack, err) from None
-    _log_notes(stack)
-    with images.atomic_write(out, "w") as f:
-        f.write("image,row,column,probability\n")
-        for name, (r, c), p in zip(stack.names, positions, probability):
-            f.write(f"{name},{r},{c},{p:.6g}\n")
-    if draw:  # one image at a time: a streamed stack is never held in memory
-        h, w = run.params.face.shape
-        zoom = zoom or runs.view_zoom((H, W))
-        with images.atomic_folder(draw, overwrite, keep=keep) as tmp:
-            for k, stem in enumerate(images.file_stems(stack.names, K)):
-                r, c = positions[k]
-                rgb = _boxed(np.asarray(stack.images[k]), r, c, h, w)
-                images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+    keep = [model, *images.input_paths(input)]
+    with outputs.claim(out, draw) as stale:
+        _note_stale(stale)
+        outputs.check_file_target(out, overwrite, keep=keep)
+        if draw:
+            outputs.check_folder_target(draw, overwrite, keep=keep, made_for=DRAW_FOLDER)
+        stack = _load(input, layout, skip_unreadable, stream=True)
+        K, H, W = stack.images.shape
+        if (H, W) != run.params.background.shape:
+            bh, bw = run.params.background.shape
+            raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
+        try:
+            positions, probability = engine.locate(stack.images, run.params)
+        except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
+            raise _non_finite(input, stack, err) from None
+        except ValueError as err:  # values beyond what float64 computes with
+            culprit = input if "pixel values" in str(err) else run.source
+            raise InputError(f"{culprit}: {err}") from None
+        _log_notes(stack)
+        with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
+            rows = csv.writer(f, lineterminator="\n")
+            rows.writerow(["image", "row", "column", "probability"])
+            for name, (r, c), p in zip(stack.names, positions, probability):
+                rows.writerow([printable(name), int(r), int(c), f"{p:.6g}"])
+        if draw:  # one image at a time: a streamed stack is never held in memory
+            h, w = run.params.face.shape
+            zoom = zoom or runs.view_zoom((H, W))
+            with outputs.atomic_folder(draw, overwrite, keep=keep, made_for=DRAW_FOLDER) as tmp:
+                for k, stem in enumerate(images.file_stems(stack.names, K)):
+                    r, c = positions[k]
+                    rgb = _boxed(np.asarray(stack.images[k]), r, c, h, w)
+                    images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     log.info(
         "located the face in %d images (mean probability %.3f)%s",
         K,
         float(np.mean(probability)),
         f"; boxed images in {draw}" if draw else "",
     )
+
+
+#: What the marker of a folder of boxed images says it was made for (``outputs.MARKER``).
+DRAW_FOLDER = "detect --draw"
 
 
 def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
@@ -1332,9 +1617,11 @@ def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
 def pack(input, target, dtype, skip_unreadable, layout, overwrite):
     """Pack images into one .npy stack that fit and detect stream from disk.
 
-    INPUT as for `fit`. A folder or pattern is read one image at a time, so any number of
-    images packs in little memory. The image names go to STACK.names.txt beside the stack
-    (one per line), which fit uses for positions.csv. Both files appear complete or not at all.
+    INPUT as for `fit`. A folder, a pattern, a .npy stack or an .npz stack is read one image at
+    a time, so any number of images packs in little memory (.mat and TIFF files are read
+    whole). The image names go to STACK.names.txt beside the stack (one per line; line breaks,
+    backslashes and bytes that are not UTF-8 escaped as \\n, \\\\ and \\xNN), which fit uses
+    for positions.csv. Both files appear complete or not at all.
 
     `fit STACK.npy` then reads the images chunk by chunk in every iteration instead of holding
     them in memory, so its memory does not grow with the number of images (see --memory-limit).
@@ -1356,8 +1643,10 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
         bar.total = total
         bar.update(done - bar.n)
 
+    _STOPPED["note"] = f"{target} was not written"
     try:
-        with _sigterm_as_interrupt():
+        with outputs.claim(target, images.names_path(target)) as stale:
+            _note_stale(stale)
             stack = images.pack_stack(
                 input,
                 target,
@@ -1367,10 +1656,6 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
                 layout=None if layout == "auto" else layout,
                 progress=progress,
             )
-    except (KeyboardInterrupt, _Terminated) as stop:
-        bar.close()
-        click.echo(f"interrupted: {target} was not written", err=True)
-        click.get_current_context().exit(143 if isinstance(stop, _Terminated) else 130)
     finally:
         bar.close()
     _log_notes(stack)

@@ -11,27 +11,26 @@ raises :class:`InputError` with a one-line message naming the file or option. Wr
 from the calling code (e.g. an array of the wrong shape) raise ordinary ``ValueError`` /
 ``TypeError``.
 
-Writers never leave a partial file behind: they write a temporary file (or folder) next to the
-target and rename it into place only once everything was written.
+Writers go through :mod:`facefinder_cli.outputs`, whose rules keep a user's files safe: a file
+or folder appears complete or not at all, and only what facefinder made is ever replaced.
+Image names that are not plain text are written as :mod:`facefinder_cli.names` states.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob as _glob
 import logging
 import math
 import operator
 import os
 import re
-import shutil
-import stat
 import struct
-import sys
-import tempfile
 import threading
 import warnings
 import weakref
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -41,17 +40,27 @@ from typing import IO, Any
 
 import numpy as np
 
+from facefinder_cli import names as _names
+from facefinder_cli.errors import InputError
+from facefinder_cli.outputs import (
+    atomic_folder,
+    atomic_write,
+    check_file_target,
+    inside,
+    install,
+    stage_text,
+)
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "InputError",
     "NpyReader",
     "Stack",
-    "atomic_folder",
-    "atomic_write",
-    "check_file_target",
-    "check_folder_target",
+    "glob_paths",
+    "input_paths",
     "load_stack",
     "file_stems",
+    "names_path",
     "natural_sort_key",
     "pack_stack",
     "read_image",
@@ -69,11 +78,9 @@ _LAYOUTS = ("khw", "hwk")
 _GLOB_CHARS = ("*", "?", "[")
 #: Largest block of images examined at once by the finite-values check (bytes).
 _CHUNK_BYTES = 64 * 2**20
+#: What the marker of a folder of images written by :func:`write_stack` says it was made for.
+IMAGES_FOLDER = "images"
 _LUMA = (0.299, 0.587, 0.114)
-
-
-class InputError(ValueError):
-    """A problem with the user's files or options; the message is one line, fit to show as is."""
 
 
 @dataclass(frozen=True)
@@ -555,27 +562,37 @@ def _npy_header_info(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
 
 
-def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
-    shape, _, dtype = _npy_header_info(f)
-    return shape, dtype
-
-
 def _bad_npy(disp: str) -> str:
     return f"{disp}: cannot read .npy file (truncated or not a NumPy .npy file)"
+
+
+def _bad_npz(disp: str) -> str:
+    return f"{disp}: cannot read .npz file (truncated or not a NumPy .npz file)"
+
+
+def _npy_layout(path: str, disp: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order?, dtype, offset of the data) of a .npy file holding real numbers
+    in 2 or 3 dimensions, and long enough for its header's shape; else InputError."""
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _npy_header_info(f)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except OSError as err:
+        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+    except Exception:
+        raise InputError(_bad_npy(disp)) from None
+    _check_kind(dtype, shape, disp, "array")
+    if size < offset + math.prod(shape) * dtype.itemsize:
+        raise InputError(_bad_npy(disp))
+    return shape, fortran, dtype, offset
 
 
 def _read_npy(
     path: str, disp: str, layout: str | None, mmap: bool, notes: list[str]
 ) -> tuple[np.ndarray, bool]:
     """Returns (images as (K, H, W), whether the file held a single 2-D image)."""
-    try:
-        with open(path, "rb") as f:
-            shape, dtype = _npy_header(f)
-    except OSError as err:
-        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
-    except Exception:
-        raise InputError(_bad_npy(disp)) from None
-    _check_kind(dtype, shape, disp, "array")
+    _npy_layout(path, disp)
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except MemoryError:
@@ -592,25 +609,23 @@ def _read_npy(
     return _stack_from_array(arr, disp, layout, None, notes), two_d
 
 
-def _read_npz(
-    path: str, disp: str, layout: str | None, notes: list[str]
-) -> tuple[np.ndarray, bool, Any]:
-    """Returns (images (K, H, W), single 2-D image?, stored names or None)."""
-    bad = f"{disp}: cannot read .npz file (truncated or not a NumPy .npz file)"
+def _npz_key(path: str, disp: str) -> tuple[str, dict[str, tuple[tuple[int, ...], bool, np.dtype]]]:
+    """The key of the images in an .npz file (``images``, else ``X``, else its only array
+    besides ``names``) and the headers (shape, Fortran order?, dtype) of all its arrays."""
     try:
         with zipfile.ZipFile(path) as z:
             keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
             headers = {}
             for key in keys:
                 with z.open(key + ".npy") as f:
-                    headers[key] = _npy_header(f)
+                    headers[key] = _npy_header_info(f)
     except (PermissionError, FileNotFoundError) as err:
         raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
     except Exception:
-        raise InputError(bad) from None
+        raise InputError(_bad_npz(disp)) from None
     if not keys:
         raise InputError(f"{disp}: the .npz file holds no arrays")
-    candidates = [k for k in keys if not (k == "names" and headers[k][1].kind == "U")]
+    candidates = [k for k in keys if not (k == "names" and headers[k][2].kind == "U")]
     if "images" in keys:
         key = "images"
     elif "X" in keys:
@@ -622,17 +637,40 @@ def _read_npz(
             f"{disp}: no array named 'images' or 'X' among {_listing(keys)}; "
             "save the images under the key 'images'"
         )
-    shape, dtype = headers[key]
+    shape, _, dtype = headers[key]
     _check_kind(dtype, shape, disp, f"array '{key}'")
+    return key, headers
+
+
+def _npz_names(path: str, disp: str, key: str, headers: dict, n: int) -> tuple[str, ...] | None:
+    """The names stored beside the images of an .npz file (a string array ``names`` with one
+    entry per image), or None."""
+    if key == "names" or "names" not in headers or headers["names"][2].kind != "U":
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stored = npz["names"]
+    except Exception:
+        raise InputError(_bad_npz(disp)) from None
+    if stored.ndim != 1 or len(stored) != n:
+        return None
+    return tuple(str(s) for s in stored)
+
+
+def _read_npz(
+    path: str, disp: str, layout: str | None, notes: list[str]
+) -> tuple[np.ndarray, bool, Any]:
+    """Returns (images (K, H, W), single 2-D image?, stored names or None)."""
+    key, headers = _npz_key(path, disp)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arr = npz[key]
-            has_names = key != "names" and "names" in keys and headers["names"][1].kind == "U"
+            has_names = key != "names" and "names" in headers and headers["names"][2].kind == "U"
             names = npz["names"] if has_names else None
     except MemoryError:
         raise
     except Exception:
-        raise InputError(bad) from None
+        raise InputError(_bad_npz(disp)) from None
     # Under 'images' (facefinder's own key) the stack is (K, H, W); otherwise guess.
     default = "khw" if key == "images" else None
     return _stack_from_array(arr, f"{disp}", layout, default, notes), arr.ndim == 2, names
@@ -869,20 +907,15 @@ class NpyReader:
         return out
 
 
-def _names_path(npy_path: str) -> str:
+def names_path(npy_path: str | os.PathLike) -> str:
     """The names file beside a .npy stack: ``stack.npy`` -> ``stack.names.txt``."""
-    return os.path.splitext(npy_path)[0] + ".names.txt"
-
-
-def _clean_name(name: str) -> str:
-    """A name fit for one line of a names file (line breaks become spaces)."""
-    return str(name).replace("\r", " ").replace("\n", " ")
+    return os.path.splitext(os.fspath(npy_path))[0] + ".names.txt"
 
 
 def _read_names(npy_path: str, n: int, notes: list[str]) -> tuple[str, ...] | None:
     """The image names from the names file beside a .npy stack of n images, if there is one
     with exactly n lines; else None (with a note when the file is there but does not fit)."""
-    side = _names_path(npy_path)
+    side = names_path(npy_path)
     if not os.path.isfile(side):
         return None
     try:
@@ -895,7 +928,7 @@ def _read_names(npy_path: str, n: int, notes: list[str]) -> tuple[str, ...] | No
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
-    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    lines = [_names.from_line(line[:-1] if line.endswith("\r") else line) for line in lines]
     if len(lines) != n:
         notes.append(
             f"ignored {side}: it holds {_plural(len(lines), 'name')} for "
@@ -1045,10 +1078,88 @@ def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
     return paths, files, notes
 
 
+def _subfolders(folder: str) -> Iterator[str]:
+    """Every folder below ``folder`` (not hidden ones), depth first, without descending into
+    symbolic links to folders: a link loop can neither repeat paths nor recurse forever."""
+    try:
+        entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        with suppress(OSError):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            path = os.path.join(folder, entry.name)
+            yield path
+            yield from _subfolders(path)
+
+
+def glob_paths(pattern: str) -> list[str]:
+    """The paths a glob pattern matches, as ``glob.glob(pattern, recursive=True)`` finds them
+    (``**`` is any number of folders; names starting with a dot match only a pattern starting
+    with one), except that ``**`` does not follow symbolic links to folders. A link loop
+    (``sub/loop -> ..``) would otherwise list every file again through it, and two loops make
+    the listing grow without end. Links to files, and links named by the other parts of the
+    pattern, are followed as usual."""
+    if "**" not in pattern:
+        return _glob.glob(pattern)
+    root = os.sep if pattern.startswith(os.sep) else ""
+    parts = [part for part in pattern.split(os.sep) if part]
+    found: dict[str, None] = {}
+
+    def walk(base: str, i: int) -> None:
+        if i == len(parts):
+            found[base] = None
+            return
+        part = parts[i]
+        last = i == len(parts) - 1
+        if part == "**":
+            for folder in [base, *_subfolders(base)]:
+                if last:  # everything below, files and folders
+                    with suppress(OSError):
+                        for entry in sorted(os.scandir(folder or "."), key=lambda e: e.name):
+                            if not entry.name.startswith("."):
+                                found[os.path.join(folder, entry.name)] = None
+                else:
+                    walk(folder, i + 1)
+            return
+        if not _glob.has_magic(part):
+            path = os.path.join(base, part)
+            if os.path.lexists(path) if last else os.path.isdir(path):
+                walk(path, i + 1)
+            return
+        try:
+            entries = sorted(os.scandir(base or "."), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") and not part.startswith("."):
+                continue
+            if not fnmatch.fnmatchcase(entry.name, part):
+                continue
+            path = os.path.join(base, entry.name)
+            with suppress(OSError):
+                if last or entry.is_dir():
+                    walk(path, i + 1)
+
+    walk(root, 0)
+    return list(found)
+
+
+def input_paths(source: str | os.PathLike) -> list[str]:
+    """The files and folders that reading ``source`` reads, for the writers to keep them safe:
+    the folder or file itself (and the names file beside a ``.npy`` stack), or every path a glob
+    pattern matches."""
+    src = os.fspath(source)
+    if os.path.lexists(src) or not any(ch in src for ch in _GLOB_CHARS):
+        return [src, names_path(src)] if src.lower().endswith(".npy") else [src]
+    return glob_paths(src)
+
+
 def _list_glob(source: str) -> tuple[list[str], list[str], list[str]]:
     """The image files a glob pattern matches as :func:`load_stack` reads them: (paths, names,
     notes)."""
-    matches = _glob.glob(source, recursive=True)
+    matches = glob_paths(source)
     files = [m for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         extra = f" ({_plural(len(matches), 'path')} matched, none an image file)" if matches else ""
@@ -1247,102 +1358,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # writing
 
 
-def _umask() -> int:
-    with suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _parent_of(p: str) -> str:
-    return os.path.dirname(os.path.abspath(p))
-
-
-def _check_parent(p: str) -> str:
-    parent = _parent_of(p)
-    shown = os.path.dirname(p) or "."
-    if not os.path.isdir(parent):
-        raise InputError(f"{p}: cannot write (folder {shown} does not exist)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{p}: cannot write (folder {shown} is not writable)")
-    return parent
-
-
-def _temp_beside(p: str) -> tuple[str, int, str, int]:
-    """A new hidden temporary file beside ``p`` (beside the file a symbolic link ``p`` points
-    to): (final target, its descriptor, its path, the permissions the final file should get,
-    those of an existing ``p`` or else the umask's)."""
-    target = os.path.realpath(p) if os.path.islink(p) else p
-    if os.path.isdir(target):
-        raise InputError(f"{p}: is a folder; expected a file name")
-    parent = _check_parent(target)
-    try:
-        perms = stat.S_IMODE(os.stat(target).st_mode)
-    except OSError:
-        perms = 0o666 & ~_umask()
-    try:
-        name = os.path.basename(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-    except OSError as err:
-        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
-    return target, fd, tmp, perms
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open ``path`` for writing so that it appears complete or not at all.
-
-    Everything goes to a temporary file in the same folder, renamed over ``path`` when the
-    ``with`` block ends without error (an existing file keeps its permissions; a symbolic link
-    is written through). On any exception the temporary file is removed, ``path`` is left as it
-    was and the exception propagates.
-
-    Parameters
-    ----------
-    path : str or path
-        Target file; ``"-"`` means standard output (no temporary file then).
-    mode : {"wb", "w"}
-        Binary, or text (UTF-8).
-
-    Yields
-    ------
-    file object
-
-    Raises
-    ------
-    InputError
-        The path is a folder, its folder does not exist, or the file cannot be created.
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    p = os.fspath(path)
-    if p == "-":
-        stream = sys.stdout.buffer if mode == "wb" else sys.stdout
-        yield stream
-        stream.flush()
-        return
-    target, fd, tmp, perms = _temp_beside(p)
-    try:
-        os.close(fd)  # reopened by name: some writers (tifffile) need ``f.name`` to be a path
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.chmod(tmp, perms)
-            os.replace(tmp, target)
-        except OSError as err:
-            raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """Map values linearly from [vmin, vmax] to [0, 255], clipping and rounding.
 
@@ -1537,8 +1552,9 @@ def write_stack(
         negatives and values above 255 included) or ``"png"`` (8-bit: values clipped to 0..255
         and rounded). For files, None follows the extension and a different value is an error.
     overwrite : bool
-        Replace an existing file or non-empty folder. Without it an existing file or non-empty
-        folder is refused (an empty folder is used).
+        Replace an existing file, or a folder of images that facefinder wrote (see
+        :mod:`facefinder_cli.outputs`). Without it an existing file or non-empty folder is
+        refused (an empty folder is used).
 
     Returns
     -------
@@ -1565,7 +1581,7 @@ def write_stack(
     fmt, single = stack_target(p, fmt)
     if single:
         check_file_target(p, overwrite)
-        with atomic_write(p, "wb") as f:
+        with atomic_write(p, "wb", overwrite=overwrite) as f:
             if fmt == "npy":
                 np.save(f, arr)
             elif fmt == "npz":
@@ -1581,7 +1597,7 @@ def write_stack(
 def _write_folder(
     p: str, arr: np.ndarray, names: Sequence[str] | None, fmt: str, overwrite: bool
 ) -> int:
-    with atomic_folder(p, overwrite=overwrite) as tmp:
+    with atomic_folder(p, overwrite, made_for=IMAGES_FOLDER, legacy=("truth.npz",)) as tmp:
         return write_image_files(tmp, arr, names, fmt)
 
 
@@ -1608,131 +1624,6 @@ def write_image_files(
                 clipped += int(np.count_nonzero(~((img >= 0) & (img <= 255))))
                 _encode_png(f, to_uint8(img, 0.0, 255.0))
     return clipped
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or lies inside it (symbolic links resolved)."""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def check_file_target(
-    path: str | os.PathLike, overwrite: bool = False, *, keep: Sequence[str | os.PathLike] = ()
-) -> None:
-    """Raise :class:`InputError` unless a file can be written at ``path`` (``"-"``: stdout).
-
-    ``keep`` lists the command's inputs (files or folders): an existing ``path`` that is one of
-    them or lies in one is never replaced, even with ``overwrite``."""
-    p = os.fspath(path)
-    if p == "-":
-        return
-    if os.path.isdir(p):
-        raise InputError(f"{p}: is a folder; expected a file name")
-    if os.path.exists(p) and any(os.path.exists(k) and _inside(p, os.fspath(k)) for k in keep):
-        raise InputError(f"{p}: is an input of this command; refusing to replace it")
-    if os.path.lexists(p) and not overwrite:
-        raise InputError(f"{p}: file exists; pass --overwrite to replace it")
-    _check_parent(p)
-
-
-def check_folder_target(
-    path: str | os.PathLike,
-    overwrite: bool = False,
-    *,
-    keep: Sequence[str | os.PathLike] = (),
-    marker: str | Sequence[str] | None = None,
-) -> bool:
-    """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
-    whether it exists. Callers use it to fail before long work, not after.
-
-    Even with ``overwrite``, a folder is never replaced when it is, or holds, one of ``keep``
-    (the command's inputs), or when ``marker`` is given and the folder holds none of those
-    file names (it is then not a previous output of the same command)."""
-    p = os.fspath(path)
-    target = p.rstrip("/" + os.sep) or p
-    if not os.path.lexists(target):
-        _check_parent(target)
-        return False
-    for k in keep:
-        if os.path.exists(k) and _inside(os.fspath(k), target):
-            raise InputError(
-                f"{p}: holds {os.fspath(k)}, an input of this command; refusing to replace it"
-            )
-    if os.path.islink(target):
-        raise InputError(f"{p}: is a symbolic link; give the folder it points to")
-    if not os.path.isdir(target):
-        raise InputError(f"{p}: exists and is not a folder")
-    content = os.listdir(target)
-    if content and not overwrite:
-        raise InputError(f"{p}: folder is not empty; pass --overwrite to replace it")
-    if any(os.path.isdir(os.path.join(target, c)) for c in content):
-        raise InputError(
-            f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
-        )
-    markers = [marker] if isinstance(marker, str) else list(marker or [])
-    if content and markers and not set(markers) & set(content):
-        raise InputError(
-            f"{p}: has no {' or '.join(markers)}, so it is not an earlier output of this "
-            "command; refusing to replace it, even with --overwrite"
-        )
-    here = os.path.abspath(os.getcwd())
-    there = os.path.abspath(target)
-    if here == there or here.startswith(there.rstrip(os.sep) + os.sep):
-        raise InputError(f"{p}: is the current folder or contains it; refusing to replace it")
-    return True
-
-
-@contextmanager
-def atomic_folder(
-    path: str | os.PathLike,
-    overwrite: bool = False,
-    *,
-    keep: Sequence[str | os.PathLike] = (),
-    marker: str | Sequence[str] | None = None,
-) -> Iterator[str]:
-    """Build a folder so that it appears complete or not at all.
-
-    Yields the path of a hidden temporary sibling folder to fill; when the ``with`` block ends
-    without error it is renamed to ``path`` (an existing folder is replaced only with
-    ``overwrite``). On any exception the temporary folder is removed and ``path`` is untouched.
-
-    Raises
-    ------
-    InputError
-        ``path`` exists and is not an empty folder (without ``overwrite``), is a file or a
-        symbolic link, holds subfolders or one of ``keep``, lacks ``marker``, is or contains
-        the current folder, or cannot be written (see :func:`check_folder_target`).
-    """
-    p = os.fspath(path)
-    target = p.rstrip("/" + os.sep) or p
-    exists = check_folder_target(p, overwrite, keep=keep, marker=marker)
-    parent = _check_parent(target)
-    try:
-        name = os.path.basename(os.path.abspath(target))
-        tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-    except OSError as err:
-        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
-    backup = None
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        if exists:
-            backup = tmp + ".old"
-            os.rename(target, backup)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if backup is not None:
-                os.rename(backup, target)
-                backup = None
-            raise
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1789,24 +1680,6 @@ def _rounding_note(n: int) -> list[str]:
     ]
 
 
-def _stage_text(p: str, text: str) -> tuple[str, str]:
-    """Write ``text`` (UTF-8) to a new temporary file beside ``p``, synced to disk and with the
-    permissions ``p`` should get; returns (final target, temporary path) for the caller to
-    rename once everything else succeeded."""
-    target, fd, tmp, perms = _temp_beside(p)
-    try:
-        with open(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, perms)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target, tmp
-
-
 def _pack_files(
     f: IO[bytes],
     listing: tuple[list[str], list[str], list[str]],
@@ -1838,27 +1711,149 @@ def _pack_files(
         f.seek(0)
         f.write(_npy_header_bytes(dt, (k,) + frame, len(header)))
         f.truncate(len(header) + k * math.prod(frame) * dt.itemsize)
-    kept = tuple(_clean_name(names[i]) for i in files.kept)
+    kept = tuple(names[i] for i in files.kept)
     return kept, files.notes() + extra_notes + _rounding_note(rounded)
 
 
 def _pack_array(
     f: IO[bytes],
-    images: np.ndarray,
+    images: Any,
     dt: np.dtype,
     disp: str,
     progress: Callable[[int, int], object] | None,
 ) -> list[str]:
-    """Write a (K, H, W) stack as a .npy file to ``f``, image by image; returns notes."""
-    f.write(_npy_header_bytes(dt, images.shape))
+    """Write a (K, H, W) stack (anything that gives image k as ``images[k]``, read in order) as
+    a .npy file to ``f``, image by image; returns notes."""
+    K = len(images)
+    f.write(_npy_header_bytes(dt, (K, *images.shape[1:])))
     rounded = 0
-    for k in range(len(images)):
-        out, lossy = _as_dtype(images[k], dt, _image_k(disp, k))
+    for k in range(K):
+        img = np.asarray(images[k])
+        where = _image_k(disp, k)
+        _check_finite(img[np.newaxis], lambda _, where=where: where)
+        out, lossy = _as_dtype(img, dt, where)
         rounded += lossy
         f.write(memoryview(out).cast("B"))
         if progress is not None:
-            progress(k + 1, len(images))
+            progress(k + 1, K)
     return _rounding_note(rounded)
+
+
+class _MappedFrames:
+    """The images of a ``.npy`` stack whose images are not contiguous in the file (Fortran
+    order, or (H, W, K) layout), for reading in order: ``frames[k]`` for k = 0, 1, 2, ...
+
+    They are copied out in blocks of about ``_CHUNK_BYTES`` through a memory map made afresh
+    for each block and dropped after it, so the file is read a few times over at most and
+    memory holds one block, however large the file."""
+
+    def __init__(self, path: str, layout: str) -> None:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.shape = arr.shape if layout == "khw" else (arr.shape[2], *arr.shape[:2])
+        self.dtype = arr.dtype
+        del arr
+        self._path, self._layout = path, layout
+        self._per = max(1, _CHUNK_BYTES // (self.shape[1] * self.shape[2] * self.dtype.itemsize))
+        self._block: np.ndarray | None = None
+        self._start = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if self._block is None or not self._start <= k < self._start + len(self._block):
+            arr = np.load(self._path, mmap_mode="r", allow_pickle=False)
+            stop = min(k + self._per, self.shape[0])
+            part = arr[k:stop] if self._layout == "khw" else arr[:, :, k:stop].transpose(2, 0, 1)
+            self._block, self._start = np.array(part), k
+            del arr, part
+        return self._block[k - self._start]
+
+    def close(self) -> None:
+        self._block = None
+
+
+class _ZipFrames:
+    """The images of a C-ordered (K, H, W) array stored in an ``.npz`` file, decompressed one
+    at a time, in order: ``frames[k]`` for k = 0, 1, 2, ..."""
+
+    def __init__(self, path: str, key: str, disp: str) -> None:
+        self._bad = _bad_npz(disp)
+        self._zip = zipfile.ZipFile(path)
+        try:
+            self._f = self._zip.open(key + ".npy")
+            self.shape, _, self.dtype = _npy_header_info(self._f)
+        except BaseException:
+            self._zip.close()
+            raise
+        self._bytes = self.shape[1] * self.shape[2] * self.dtype.itemsize
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k != self._next:
+            raise IndexError("the images of an .npz member are read in order")
+        try:
+            raw = self._f.read(self._bytes)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error):
+            raise InputError(self._bad) from None
+        if len(raw) != self._bytes:
+            raise InputError(self._bad)
+        self._next += 1
+        return np.frombuffer(raw, self.dtype).reshape(self.shape[1:])
+
+    def close(self) -> None:
+        self._f.close()
+        self._zip.close()
+
+
+def _array_source(
+    src: str, layout: str | None, notes: list[str]
+) -> tuple[Any, tuple[str, ...], bool, Callable[[], None]]:
+    """The images of a ``.npy`` or ``.npz`` stack for :func:`pack_stack`, read one at a time
+    where the file allows: (images, names, whether the names are the ``file[k]`` defaults, a
+    function that closes the file). A ``.npy`` file is memory-mapped in any layout; an
+    ``.npz`` member is decompressed image by image when it is a C-ordered (K, H, W) array,
+    else read whole."""
+    disp, base = src, os.path.basename(src)
+    if src.lower().endswith(".npy"):
+        shape, fortran, _, _ = _npy_layout(src, disp)
+        if len(shape) == 2:
+            return _read_npy(src, disp, layout, False, [])[0], (base,), False, lambda: None
+        guess: list[str] = []
+        lay = _resolve_layout(shape, disp, layout, None, guess)
+        arr: Any = NpyReader(src) if lay == "khw" and not fortran else _MappedFrames(src, lay)
+        names = _read_names(src, len(arr), notes)
+        # a names file with one name per image vouches for a (K, H, W) guess
+        notes[:0] = [n for n in guess if names is None or "(K, H, W)" not in n]
+        if names is None:
+            return arr, _stack_names(base, len(arr), False), True, arr.close
+        return arr, names, False, arr.close
+    key, headers = _npz_key(src, disp)
+    shape, fortran, _ = headers[key]
+    lay = "khw" if key == "images" else None
+    if len(shape) == 3 and not fortran:
+        guess = []
+        lay = _resolve_layout(shape, disp, layout, lay, guess)
+        if lay == "khw":
+            notes.extend(guess)
+            stored = _npz_names(src, disp, key, headers, shape[0])
+            try:
+                frames = _ZipFrames(src, key, disp)
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error):
+                raise InputError(_bad_npz(disp)) from None
+            if stored is None:
+                return frames, _stack_names(base, shape[0], False), True, frames.close
+            return frames, stored, False, frames.close
+    images, two_d, stored = _read_npz(src, disp, layout, notes)
+    _check_finite(images, lambda k: f"{disp}:" if two_d else _image_k(disp, k))
+    if two_d:
+        return images, (base,), False, lambda: None
+    if stored is not None and stored.ndim == 1 and len(stored) == len(images):
+        return images, tuple(str(n) for n in stored), False, lambda: None
+    return images, _stack_names(base, len(images), False), True, lambda: None
 
 
 def pack_stack(
@@ -1876,13 +1871,17 @@ def pack_stack(
 
     A folder or glob pattern (listed as :func:`load_stack` lists it) is read one file at a time
     and each image written straight to the file, so memory holds one image whatever the number
-    of images. Any other source (a ``.npy``, ``.npz``, ``.mat`` or TIFF stack file, or a single
-    image) is read with ``load_stack(source, layout)`` and then written. The images get the
-    conversions and checks of :func:`load_stack` (colour to luminance, finite values, one size).
+    of images. So is a ``.npy`` stack (with plain reads when its images are contiguous, else in
+    blocks of a memory map made afresh for each) and an ``.npz`` stack whose images are
+    contiguous (decompressed one at a time). Any other source (another ``.npz``, a ``.mat`` or
+    TIFF stack file, or a single image) is read whole with ``load_stack(source, layout)`` and
+    then written. The images get the conversions and checks of :func:`load_stack` (colour to
+    luminance, finite values, one size).
 
     The image names go to a names file beside the target (``stack.names.txt`` for
-    ``stack.npy``): one name a line, UTF-8, in stack order; line breaks in a name become spaces
-    (and bytes that are not UTF-8 backslash escapes). Only its line count is checked against the
+    ``stack.npy``): one name a line, UTF-8, in stack order, escaped as
+    :func:`facefinder_cli.names.to_line` states (line breaks, backslashes and bytes that are
+    not UTF-8), so that they are read back exactly. Only its line count is checked against the
     stack when it is read: whoever rewrites the ``.npy`` by other means should delete it. None
     is written when the names are only the ``file[k]`` defaults of a stack file (with
     ``overwrite``, an old names file is then removed).
@@ -1931,50 +1930,49 @@ def pack_stack(
     src, p = os.fspath(source), os.fspath(target)
     if not p.lower().endswith(".npy"):
         raise InputError(f"{p}: pack writes a .npy file; give a name ending in .npy")
-    side = _names_path(p)
+    side = names_path(p)
     listing = None
     if os.path.isdir(src):
-        if _inside(p, src):
+        if inside(p, src):
             raise InputError(f"{p}: is inside the source folder {src}; write the stack elsewhere")
         listing = _list_folder(src)
     elif not os.path.lexists(src) and any(ch in src for ch in _GLOB_CHARS):
         listing = _list_glob(src)
     elif not os.path.isfile(src):
         load_stack(src, layout)  # raises load_stack's error (missing path, broken link...)
-    elif _inside(p, src):
+    elif inside(p, src):
         raise InputError(f"{p}: is the source itself; write the stack to another file")
-    check_file_target(p, overwrite)
-    check_file_target(side, overwrite)
+    keep = input_paths(src)
+    check_file_target(p, overwrite, keep=keep)
+    check_file_target(side, overwrite, keep=keep)
+    notes: list[str] = []
+    close: Callable[[], None] = lambda: None  # noqa: E731
     if listing is None:
-        stack = load_stack(src, layout)
-        names = tuple(_clean_name(n) for n in stack.names)
-        default = stack.names == _stack_names(os.path.basename(src), len(stack.images), False)
-        notes = list(stack.notes)
-    staged: tuple[str, str] | None = None
-    written = False
+        if src.lower().endswith((".npy", ".npz")):
+            images, names, default, close = _array_source(src, layout, notes)
+        else:  # .mat, TIFF and image files are read whole
+            stack = load_stack(src, layout)
+            images, names = stack.images, stack.names
+            default = names == _stack_names(os.path.basename(src), len(images), False)
+            notes = list(stack.notes)
+    staged: str | None = None
     try:
-        with atomic_write(p, "wb") as f:
+        with atomic_write(p, "wb", overwrite=overwrite) as f:
             if listing is None:
-                notes += _pack_array(f, stack.images, dt, src, progress)
+                notes += _pack_array(f, images, dt, src, progress)
             else:
                 names, notes = _pack_files(f, listing, dt, skip_unreadable, progress)
                 default = False
             if not default:
-                staged = _stage_text(side, "".join(name + "\n" for name in names))
-            if os.path.lexists(side):  # (only with overwrite: checked above) so that an old
-                os.unlink(side)  # names file never names the new stack, even for a moment
-        written = True
+                staged = stage_text(side, "".join(_names.to_line(n) + "\n" for n in names))
+            if os.path.isfile(side) and not os.path.islink(side):  # (only with overwrite:
+                os.unlink(side)  # checked above) an old names file never names the new stack
         if staged is not None:
-            os.replace(staged[1], staged[0])
+            install(staged, side, overwrite)
             staged = None
-    except OSError as err:
-        if written:  # the new stack is in place: never leave it with an old names file
-            with suppress(OSError):
-                os.unlink(side)
-        shown = side if written else p
-        raise InputError(f"{shown}: cannot write ({err.strerror or err})") from None
     finally:
+        close()
         if staged is not None:
             with suppress(OSError):
-                os.unlink(staged[1])
+                os.unlink(staged)
     return Stack(NpyReader(p), names, tuple(notes), src)

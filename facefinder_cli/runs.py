@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -20,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from facefinder_cli import __version__
+from facefinder_cli import __version__, engine
 from facefinder_cli.engine import Checkpoint, FitResult, Params, RestartHistory, RestartResult
-from facefinder_cli.images import InputError, atomic_write, write_png
+from facefinder_cli.errors import InputError
+from facefinder_cli.images import write_png
+from facefinder_cli.names import printable
+from facefinder_cli.outputs import atomic_write
 
 __all__ = [
     "Run",
@@ -63,6 +67,49 @@ def _params_from(z: dict[str, np.ndarray], prefix: str) -> Params:
         float(z[prefix + "noise_std"]),
         z[prefix + "prior"],
     )
+
+
+def _require(z: dict[str, np.ndarray], p: Path, what: str, keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in z]
+    if missing:
+        listed = ", ".join(f"'{k}'" for k in missing)
+        raise InputError(f"{p}: not {what} (no {listed} in it)")
+
+
+def _checked_params(z: dict[str, np.ndarray], p: Path) -> Params:
+    """The parameters stored in ``z`` (read from ``p``), checked so that a damaged or foreign
+    file is one line naming the file and the key, before any work."""
+    arrays = {}
+    for key in ("face", "background", "prior"):
+        arr = z[key]
+        if arr.ndim != 2 or arr.dtype.kind not in "biuf" or arr.size == 0:
+            raise InputError(f"{p}: '{key}' is not a 2-D array of numbers")
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all():
+            raise InputError(f"{p}: '{key}' holds NaN or infinite values")
+        arrays[key] = arr
+    for key in ("face", "background"):
+        top = float(np.abs(arrays[key]).max())
+        if top > engine.LARGEST_VALUE:
+            raise InputError(f"{p}: '{key}' holds values up to {top:.3g}, too large to use")
+    noise = z["noise_std"]
+    if noise.shape != () or noise.dtype.kind not in "biuf":
+        raise InputError(f"{p}: 'noise_std' is not a single number (shape {noise.shape})")
+    s = float(noise)
+    if not (math.isfinite(s) and 0 < s <= engine.LARGEST_VALUE):
+        raise InputError(f"{p}: 'noise_std' is {s!r}; it must be positive and at most 1e100")
+    (h, w), (H, W) = arrays["face"].shape, arrays["background"].shape
+    if h > H or w > W:
+        raise InputError(f"{p}: its face ({h}x{w}) is larger than its background ({H}x{W})")
+    prior = arrays["prior"]
+    if prior.shape != (H - h + 1, W - w + 1):
+        raise InputError(
+            f"{p}: 'prior' has shape {prior.shape}; a {h}x{w} face in {H}x{W} images has "
+            f"{(H - h + 1, W - w + 1)} positions"
+        )
+    if (prior < 0).any() or not prior.sum() > 0:
+        raise InputError(f"{p}: 'prior' is not a distribution (negative values or a zero sum)")
+    return Params(arrays["face"], arrays["background"], s, prior / prior.sum())
 
 
 @dataclass(frozen=True)
@@ -177,7 +224,7 @@ def save_run(
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["image", "row", "column", "probability"])
         for name, (r, c), p in zip(names, result.positions, result.position_probability):
-            w.writerow([name, int(r), int(c), f"{p:.6g}"])
+            w.writerow([printable(name), int(r), int(c), f"{p:.6g}"])
     lo, hi = display_range(result.face, result.background)
     write_png(folder / "face.png", result.face, lo, hi, zoom=zoom)
     write_png(folder / "background.png", result.background, lo, hi, zoom=zoom)
@@ -244,18 +291,32 @@ def load_run(path: str | os.PathLike) -> Run:
     if p.suffix == ".csv":
         return _load_history(p)
     z = _npz(p, "a facefinder result")
-    missing = [k for k in ("face", "background", "noise_std", "prior", "elbo") if k not in z]
-    if missing:
-        raise InputError(f"{p}: not a facefinder result (missing {', '.join(missing)})")
-    params = _params_from(z, "")
-    n_values = int(z["positions"].shape[0]) * int(z["background"].size)
+    what = "a facefinder result"
+    _require(z, p, what, [*_PARAMS, "elbo", "log_likelihood", "seconds", "positions"])
+    params = _checked_params(z, p)
+    series = {}
+    for key in ("elbo", "log_likelihood", "seconds"):
+        arr = z[key]
+        if arr.ndim != 1 or arr.dtype.kind not in "biuf" or arr.size == 0:
+            raise InputError(f"{p}: '{key}' is not a list of numbers")
+        series[key] = arr.astype(np.float64)
+    if len({len(v) for v in series.values()}) != 1:
+        raise InputError(f"{p}: 'elbo', 'log_likelihood' and 'seconds' differ in length")
+    positions = z["positions"]
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise InputError(f"{p}: 'positions' is not a table of (row, column) pairs")
+    n_values = int(positions.shape[0]) * int(params.background.size)
+    try:
+        fixed = int(z.get("prior_fixed_until", 0))
+    except (TypeError, ValueError):
+        raise InputError(f"{p}: 'prior_fixed_until' is not a number") from None
     return Run(
         source=str(p),
-        elbo=z["elbo"],
-        log_likelihood=z["log_likelihood"],
-        seconds=z["seconds"],
+        elbo=series["elbo"],
+        log_likelihood=series["log_likelihood"],
+        seconds=series["seconds"],
         n_values=n_values,
-        prior_fixed_until=int(z.get("prior_fixed_until", 0)),
+        prior_fixed_until=fixed,
         params=params,
         method=str(z.get("method", "")),
         init=str(z.get("init", "")),
@@ -302,10 +363,8 @@ def load_params(path: str | os.PathLike) -> Params:
     if p.suffix == ".csv":
         raise InputError(f"{p}: a history holds no parameters; give the run folder or result.npz")
     z = _npz(p, "a facefinder result or truth file")
-    missing = [k for k in ("face", "background", "noise_std", "prior") if k not in z]
-    if missing:
-        raise InputError(f"{p}: has no parameters (missing {', '.join(missing)})")
-    return _params_from(z, "")
+    _require(z, p, "a facefinder result or truth file", _PARAMS)
+    return _checked_params(z, p)
 
 
 @dataclass(frozen=True)
@@ -316,9 +375,16 @@ class Truth:
     positions: np.ndarray
 
 
-def save_truth(path: str | os.PathLike, truth: Params, positions: np.ndarray) -> None:
-    """Write the truth of a synthetic data set (``facefinder generate``) for ``fit --truth``."""
-    with atomic_write(path) as f:
+def save_truth(
+    path: str | os.PathLike,
+    truth: Params,
+    positions: np.ndarray,
+    *,
+    overwrite: bool | None = None,
+) -> None:
+    """Write the truth of a synthetic data set (``facefinder generate``) for ``fit --truth``
+    (``overwrite=False``: never over an existing file)."""
+    with atomic_write(path, overwrite=overwrite) as f:
         np.savez_compressed(
             f,
             face=truth.face,
@@ -335,10 +401,22 @@ def load_truth(path: str | os.PathLike) -> Truth:
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     z = _npz(p, "a truth file")
-    missing = [k for k in ("face", "background", "noise_std", "prior", "positions") if k not in z]
-    if missing:
-        raise InputError(f"{p}: not a truth file (missing {', '.join(missing)})")
-    return Truth(_params_from(z, ""), z["positions"])
+    _require(z, p, "a truth file", [*_PARAMS, "positions"])
+    params = _checked_params(z, p)
+    positions = z["positions"]
+    if positions.ndim != 2 or positions.shape[1] != 2 or positions.dtype.kind not in "iu":
+        raise InputError(
+            f"{p}: 'positions' has shape {positions.shape}; expected one (row, column) pair of "
+            "integers per image, shape (n_images, 2)"
+        )
+    Dh, Dw = params.prior.shape
+    if len(positions) and (
+        positions.min() < 0 or positions[:, 0].max() >= Dh or positions[:, 1].max() >= Dw
+    ):
+        raise InputError(
+            f"{p}: 'positions' lie outside the {Dh}x{Dw} positions of its face in its images"
+        )
+    return Truth(params, positions.astype(np.intp))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +448,8 @@ def save_checkpoint(
         "settings": json.dumps(settings, sort_keys=True),
         "extra": json.dumps(extra, sort_keys=True),
         "n_finished": len(state.finished),
+        "fit_settings": json.dumps(state.settings, sort_keys=True),
+        "data_fingerprint": json.dumps(state.data, sort_keys=True),
         "version": __version__,
         **_params_arrays("", state.params),
     }
@@ -445,7 +525,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             unidentified=z["unidentified"],
             noise_floored=bool(z["noise_floored"]),
             rng_state=json.loads(str(z["rng_state"])),
+            settings=json.loads(str(z["fit_settings"])) if "fit_settings" in z else None,
+            data=json.loads(str(z["data_fingerprint"])) if "data_fingerprint" in z else None,
         )
-        return state, json.loads(str(z["settings"])), json.loads(str(z["extra"]))
-    except (KeyError, ValueError) as err:
-        raise InputError(f"{p}: not a complete facefinder checkpoint ({err})") from None
+        settings, extra = json.loads(str(z["settings"])), json.loads(str(z["extra"]))
+    except KeyError as err:
+        raise InputError(f"{p}: not a complete facefinder checkpoint (no {err} in it)") from None
+    except (ValueError, TypeError):
+        raise InputError(f"{p}: not a complete facefinder checkpoint (a damaged value)") from None
+    if not isinstance(settings, dict) or not isinstance(extra, dict):
+        raise InputError(f"{p}: not a complete facefinder checkpoint (its settings are damaged)")
+    return state, settings, extra

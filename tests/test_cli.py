@@ -39,6 +39,7 @@ NOISE = 30.0
 N_POS = (SIZE[0] - FACE[0] + 1, SIZE[1] - FACE[1] + 1)  # (9, 21)
 GEN = ["--face-size", "16x12", "--size", "24x32", "-n", str(N), "--noise", str(NOISE)]
 RUN_FILES = {
+    ".facefinder",  # the marker: this folder is a run (outputs.MARKER)
     "result.npz",
     "face.png",
     "background.png",
@@ -224,8 +225,8 @@ def npy(shared, stack) -> Path:
 
 def test_generate_folder_writes_exact_float_tiffs_and_the_truth(data, truth, stack):
     files = sorted(os.listdir(data), key=natural_sort_key)
-    assert files == [f"img{k:02d}.tif" for k in range(1, N + 1)] + ["truth.npz"]
-    first = iio.imread(data / files[0])
+    assert files == [".facefinder"] + [f"img{k:02d}.tif" for k in range(1, N + 1)] + ["truth.npz"]
+    first = iio.imread(data / files[1])
     assert first.dtype == np.float32 and first.shape == SIZE
 
     assert set(truth) >= {"face", "background", "noise_std", "prior", "positions"}
@@ -278,7 +279,8 @@ def test_generate_png_warns_about_clipping_and_writes_8bit():
     )
     assert "clipped" in r.stderr
     assert r.stdout == ""
-    assert sorted(os.listdir("d")) == ["img1.png", "img2.png", "img3.png", "img4.png", "truth.npz"]
+    listed = sorted(os.listdir("d"))
+    assert listed == [".facefinder", "img1.png", "img2.png", "img3.png", "img4.png", "truth.npz"]
     truth = load_npz(Path("d/truth.npz"))
     exact = synthetic.make_dataset(
         truth["face"], truth["background"], 4, 300.0, seed=3, dtype=np.float32
@@ -607,9 +609,9 @@ def test_fit_refuses_a_non_empty_folder_then_overwrites_it(data, tmp_path, truth
     assert Path("run/keep.txt").read_text() == "mine"
     assert listing(tmp_path) == {"run", "run/keep.txt"}
 
-    # Not an earlier run (no result.npz): refused even with --overwrite, nothing lost.
+    # Not an earlier run (no marker, no result.npz): refused even with --overwrite.
     r = cli("fit", data, "--face-size", "16x12", "-o", "run", "--overwrite")
-    error_line(r, 1, "run", "result.npz")
+    error_line(r, 1, "run", "not made by facefinder", "even with --overwrite")
     assert Path("run/keep.txt").read_text() == "mine"
 
     os.remove("run/keep.txt")
@@ -793,6 +795,7 @@ def test_detect_with_result_npz_and_draw(fitted, npy, truth, tmp_path):
     rows = read_csv(Path("pos.csv"))
     assert len(rows) == N
     files = sorted(os.listdir("boxed"), key=natural_sort_key)
+    assert files.pop(0) == ".facefinder"  # the marker: boxed images made by detect --draw
     assert len(files) == N and all(f.endswith(".png") for f in files)
     for k in (0, 1, N - 1):
         img = iio.imread(tmp_path / "boxed" / files[k])
@@ -809,7 +812,8 @@ def test_detect_draw_from_a_folder(fitted, data, tmp_path):
     ok("detect", run, data, "--draw", "boxed", "-o", "pos.csv")
     rows = read_csv(Path("pos.csv"))
     files = sorted(os.listdir("boxed"), key=natural_sort_key)
-    assert files == [f"img{k:02d}.png" for k in range(1, N + 1)]
+    assert files == [".facefinder"] + [f"img{k:02d}.png" for k in range(1, N + 1)]
+    files.pop(0)
     z = view_zoom(SIZE)  # small images are upscaled for viewing by default
     assert z == 8
     for k in (0, N - 1):
@@ -1165,12 +1169,15 @@ def test_streamed_stack_with_nan_is_one_line_and_writes_nothing(stack):
 
 
 def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
+    import signal
+
     from facefinder_cli import cli as cli_module
+    from facefinder_cli.interrupts import Interrupted
 
-    for signal_like, code in ((KeyboardInterrupt, 130), (cli_module._Terminated, 143)):
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
 
-        def stop(*args, signal_like=signal_like, **kwargs):
-            raise signal_like()
+        def stop(*args, signum=signum, **kwargs):
+            raise Interrupted(signum)
 
         monkeypatch.setattr(cli_module.images, "pack_stack", stop)
         r = cli("pack", data, "s.npy")
@@ -1227,7 +1234,8 @@ def test_pack_killed_midway_leaves_nothing(sig, code):
     deadline = time.monotonic() + 60
     while not os.path.exists("reading") and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert len(os.listdir("out")) == 1  # the temporary file, img1 written into it
+    # the temporary file, img1 written into it (and the locks on the stack and its names)
+    assert len([f for f in os.listdir("out") if f.endswith(".tmp")]) == 1
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code

@@ -366,5 +366,6 @@ def test_a_failed_write_leaves_no_run_behind(monkeypatch):
         main, ["fit", "d", "--face-size", "6x6", "-o", "out", "--max-iter", "2", "-qq"]
     )
     assert r.exit_code == 1 and "Traceback" not in r.output
-    assert r.stderr.splitlines() == ["Error: out: cannot write (No space left on device)"]
+    message = "Error: out/result.npz: cannot write (No space left on device)"
+    assert r.stderr.splitlines() == [message]
     assert sorted(os.listdir()) == ["d"]  # no run folder, no temporary one

@@ -15,7 +15,6 @@ from facefinder_cli import images as im
 from facefinder_cli.images import (
     InputError,
     Stack,
-    atomic_write,
     load_stack,
     natural_sort_key,
     read_image,
@@ -23,6 +22,7 @@ from facefinder_cli.images import (
     write_png,
     write_stack,
 )
+from facefinder_cli.outputs import atomic_write, write_marker
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,7 @@ def test_float_tiff_folder_round_trip_is_exact():
     stack = rng.normal(0, 500, (12, 5, 6)).astype(np.float32)
     stack[0, 0, 0], stack[1, 0, 0] = -3.25, 1000.5
     assert write_stack("out", stack) == 0
-    assert listing("out") == [f"img{k:02d}.tif" for k in range(1, 13)]
+    assert listing("out") == [".facefinder"] + [f"img{k:02d}.tif" for k in range(1, 13)]
     got = load_stack("out")
     assert isinstance(got, Stack)
     assert got.images.dtype == np.float64 and got.images.flags.c_contiguous
@@ -573,13 +573,15 @@ def test_failed_folder_write_leaves_nothing_and_keeps_existing(monkeypatch):
     assert listing() == []
 
     os.mkdir("old")
+    write_marker("old", im.IMAGES_FOLDER)  # an earlier output: overwrite may replace it
     with open("old/img1.tif", "wb") as f:
         f.write(b"previous")
     calls.clear()
     with pytest.raises(RuntimeError):
         write_stack("old", np.zeros((3, 4, 5)), overwrite=True)
     assert listing() == ["old"]
-    assert listing("old") == ["img1.tif"] and open("old/img1.tif", "rb").read() == b"previous"
+    assert listing("old") == [".facefinder", "img1.tif"]
+    assert open("old/img1.tif", "rb").read() == b"previous"
 
 
 # ---------------------------------------------------------------------------- write_stack
@@ -593,15 +595,22 @@ def test_write_stack_refuses_non_empty_folder_without_overwrite():
     with pytest.raises(InputError, match=msg):
         write_stack("out", np.zeros((2, 3, 4)))
     assert listing("out") == ["keep.txt"]
-    write_stack("out", np.ones((2, 3, 4)), overwrite=True)
-    assert listing("out") == ["img1.tif", "img2.tif"]
+    # a folder facefinder did not make is never replaced, even with overwrite
+    with pytest.raises(InputError, match=r"^out: was not made by facefinder"):
+        write_stack("out", np.ones((2, 3, 4)), overwrite=True)
+    assert listing("out") == ["keep.txt"]
+    os.remove("out/keep.txt")
+    write_stack("out", np.zeros((2, 3, 4)))
+    write_stack("out", np.ones((2, 3, 4)), overwrite=True)  # its own folder: replaced
+    assert listing("out") == [".facefinder", "img1.tif", "img2.tif"]
+    assert load_stack("out").images.min() == 1
     assert listing() == ["out"]
 
 
 def test_write_stack_into_empty_folder():
     os.mkdir("out")
     write_stack("out", np.ones((2, 3, 4)))
-    assert listing("out") == ["img1.tif", "img2.tif"]
+    assert listing("out") == [".facefinder", "img1.tif", "img2.tif"]
 
 
 def test_write_stack_refuses_existing_file_without_overwrite():
@@ -622,10 +631,10 @@ def test_write_stack_png_clips_and_counts():
 def test_write_stack_uses_plain_names_and_numbers_otherwise():
     stack = np.zeros((3, 2, 2))
     write_stack("a", stack, names=["img2.png", "img10.png", "x11.png"])
-    assert listing("a") == ["img10.tif", "img2.tif", "x11.tif"]
+    assert listing("a") == [".facefinder", "img10.tif", "img2.tif", "x11.tif"]
     assert load_stack("a").names == ("img2.tif", "img10.tif", "x11.tif")
     write_stack("b", stack, names=["s.npy[0]", "s.npy[1]", "s.npy[2]"])
-    assert listing("b") == ["img1.tif", "img2.tif", "img3.tif"]
+    assert listing("b") == [".facefinder", "img1.tif", "img2.tif", "img3.tif"]
 
 
 def test_write_stack_format_must_fit_path():

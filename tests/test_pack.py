@@ -298,13 +298,16 @@ def test_pack_glob_and_colour_notes():
     assert pack_stack("a/img*.png", "ints.npy").notes == ()  # 8-bit grey: exact, no note
 
 
-def test_pack_names_with_line_breaks_become_spaces():
+def test_pack_names_with_line_breaks_and_backslashes_come_back_exactly():
     os.mkdir("imgs")
-    for k, name in enumerate(["a1.png", "a\n2.png", "a\r3.png"]):
+    names = ["a1.png", "a\n2.png", "a\r3.png", "a\\n4.png"]
+    for k, name in enumerate(names):
         Image.fromarray(np.full((2, 3), k, dtype=np.uint8)).save(os.path.join("imgs", name))
     got = pack_stack("imgs", "s.npy")
-    assert got.names == ("a1.png", "a 2.png", "a 3.png")
+    assert got.names == tuple(names)
     assert load_stack("s.npy", stream=True).names == got.names
+    # one name a line, escaped: a\n2.png, a\r3.png, a\\n4.png
+    assert read_names("s.names.txt") == ["a1.png", "a\\n2.png", "a\\r3.png", "a\\\\n4.png"]
 
 
 def test_pack_skip_unreadable_rewrites_the_header_in_place():
@@ -441,7 +444,7 @@ def test_bad_targets_are_refused(target, message):
     with pytest.raises(InputError) as err:
         pack_stack("imgs", target)
     assert str(err.value) == message
-    assert listing() == ["imgs"] and len(listing("imgs")) == 2
+    assert listing() == ["imgs"] and listing("imgs") == [".facefinder", "img1.png", "img2.png"]
 
 
 def test_target_is_the_source_file_and_bad_dtype():

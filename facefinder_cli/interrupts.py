@@ -1,0 +1,96 @@
+"""Ctrl-C and SIGTERM as exceptions that every command handles the same way.
+
+Inside :func:`handled` the first SIGINT or SIGTERM raises :class:`Interrupted` in the main
+thread (a ``BaseException``, as ``KeyboardInterrupt`` is, so no ``except Exception`` on the way
+mistakes it for an error). Later signals are noted and ignored: the command is already on its
+way out, and its clean-up (removing temporaries, saving a checkpoint) must not be cut short by
+an impatient second Ctrl-C. Inside :func:`deferred` a signal waits until the block ends, so that
+short steps which must not be split (renaming a finished folder into place) run whole.
+
+Outside :func:`handled` (the library used from Python) nothing changes: SIGINT raises
+``KeyboardInterrupt`` as usual and :func:`deferred` only defers signals that arrive while some
+caller has :func:`handled` installed.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["Interrupted", "deferred", "handled", "raise_pending"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM. ``exit_code`` is the shell's code for it: 130 or 143.
+    ``after_deferred`` is True when the signal arrived inside a :func:`deferred` block and is
+    raised as it ends: that block's work is done."""
+
+    def __init__(self, signum: int, after_deferred: bool = False) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.after_deferred = after_deferred
+
+
+class _State:
+    installed = False
+    stopping = False  # the first signal was raised: later ones are ignored
+    depth = 0  # nesting of ``deferred`` blocks
+    pending: int | None = None  # a signal that arrived inside ``deferred``
+
+
+def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
+    if _State.stopping:
+        return
+    if _State.depth:
+        if _State.pending is None:
+            _State.pending = signum
+        return
+    _State.stopping = True
+    raise Interrupted(signum)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` for the duration of the block (only
+    in the main thread; elsewhere the block runs with the signals as they were)."""
+    if threading.current_thread() is not threading.main_thread() or _State.installed:
+        yield
+        return
+    previous = [signal.signal(s, _handler) for s in _SIGNALS]
+    _State.installed, _State.stopping, _State.depth, _State.pending = True, False, 0, None
+    try:
+        yield
+    finally:
+        for s, old in zip(_SIGNALS, previous):
+            signal.signal(s, old)
+        _State.installed, _State.stopping, _State.depth, _State.pending = False, False, 0, None
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Run the block whole: a signal that arrives inside it is raised when it ends (if no
+    other exception is on its way out)."""
+    _State.depth += 1
+    try:
+        yield
+    finally:
+        _State.depth -= 1
+    raise_pending()
+
+
+def raise_pending() -> None:
+    """Raise the signal that arrived inside a :func:`deferred` block, if any (outside one)."""
+    if _State.depth == 0 and _State.pending is not None and not _State.stopping:
+        signum, _State.pending = _State.pending, None
+        _State.stopping = True
+        raise Interrupted(signum, after_deferred=True)
+
+
+def stopping() -> bool:
+    """Whether an interrupt has been raised (the command is on its way out)."""
+    return _State.stopping

@@ -1,0 +1,785 @@
+"""Where facefinder writes, and the rules that keep a user's files safe.
+
+Every file and folder the tool writes goes through this module, and obeys these rules:
+
+* **Complete or absent.** A file is written to a hidden temporary file beside it
+  (``.NAME.XXXXXXXX.tmp``) and renamed into place once complete; a folder is built as a hidden
+  temporary folder and renamed. On any error or interruption the temporary is removed and the
+  target is as it was.
+* **Replaced only when asked, and only what the tool made.** An existing output is replaced
+  only with ``overwrite``, and then only when it is a regular file, or a folder this tool made
+  for the same purpose (it holds the marker file ``.facefinder`` naming that purpose; older runs
+  are recognised by their ``result.npz`` or ``checkpoint.npz``). Never a symbolic link (the file
+  it points to is not the tool's), a block device or socket, an input of the command, or a
+  folder holding one.
+* **Devices and FIFOs are written into**, as a shell redirection does: ``-o /dev/null`` works,
+  and leaves ``/dev/null`` a device. ``-``, ``/dev/stdout``, ``/dev/fd/N`` and
+  ``/proc/self/fd/N`` write to the descriptor the process already has.
+* **One writer per output.** :func:`claim` locks each output for the whole command (an
+  ``flock`` on ``.NAME.lock`` beside it): a second facefinder process asking for the same
+  output fails at once, in one line. Holding the lock also proves that temporaries of that
+  output left by a killed process (SIGKILL, a power cut) are stale: :func:`claim` removes them.
+* **Standard output.** A reader that goes away (``| head``) ends the writing quietly: the rest
+  of the command (files it writes too) carries on, and :data:`stdout_broken` tells the caller
+  to exit with 141 as a process killed by SIGPIPE would. A closed standard output (``>&-``)
+  or a full device is an :class:`~facefinder_cli.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from typing import IO, Any
+
+from facefinder_cli import interrupts
+from facefinder_cli.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locks, the other rules still hold
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "MARKER",
+    "atomic_folder",
+    "atomic_write",
+    "check_file_target",
+    "check_folder_target",
+    "claim",
+    "close_stdout_quietly",
+    "forget_broken_pipe",
+    "inside",
+    "install",
+    "is_stdout",
+    "is_stream",
+    "repair_std_streams",
+    "stage_text",
+    "stdout_broken",
+    "stdout_closed",
+]
+
+#: The file that marks a folder as made by facefinder, with the purpose it was made for.
+MARKER = ".facefinder"
+
+_STDOUT = "stdout"
+
+
+# ------------------------------------------------------------------------------------------
+# standard streams
+
+
+class _Streams:
+    closed: set[int] = set()  # standard descriptors that were closed when the process started
+    broken = False  # a reader closed standard output while we wrote to it
+
+
+def repair_std_streams() -> None:
+    """Give every closed standard descriptor (0, 1, 2) ``/dev/null``, as careful Unix tools do.
+
+    Otherwise the next file the process opens would get descriptor 1 or 2, and anything written
+    to standard output or error would land in it. A closed standard output is remembered
+    (:func:`stdout_closed`): commands that write data there refuse to run. Messages to a closed
+    standard error are lost, and the command otherwise works."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        _Streams.closed.add(fd)
+    if 1 in _Streams.closed and (sys.stdout is None or _closed_stream(sys.stdout)):
+        sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8")
+    if 2 in _Streams.closed and (sys.stderr is None or _closed_stream(sys.stderr)):
+        sys.stderr = io.TextIOWrapper(
+            open(2, "wb", closefd=False), encoding="utf-8", errors="backslashreplace"
+        )
+
+
+def _closed_stream(stream: Any) -> bool:
+    try:
+        return stream.closed
+    except Exception:
+        return True
+
+
+def stdout_closed() -> bool:
+    """Whether standard output was closed when the process started (``>&-``)."""
+    return 1 in _Streams.closed
+
+
+def forget_broken_pipe() -> None:
+    """Start a new command with standard output presumed open (for several commands run in
+    one process, as tests do)."""
+    _Streams.broken = False
+
+
+def stdout_broken() -> bool:
+    """Whether a reader closed standard output while the command wrote to it (``| head``)."""
+    return _Streams.broken
+
+
+def _pipe_broke() -> None:
+    """Standard output lost its reader: note it, and send whatever else is written there
+    (including the interpreter's last flush) to /dev/null."""
+    _Streams.broken = True
+    close_stdout_quietly()
+
+
+def close_stdout_quietly() -> None:
+    """Point descriptor 1 at /dev/null, so that what is still buffered for a standard output
+    whose reader went away is dropped without an error at exit."""
+    with suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+
+
+@contextmanager
+def _stdout(mode: str) -> Iterator[IO[Any]]:
+    if stdout_closed():
+        raise InputError("standard output is closed: there is nowhere to write to (use -o FILE)")
+    if sys.stdout is None:
+        raise InputError("standard output is missing: there is nowhere to write to")
+    with suppress(Exception):
+        sys.stdout.flush()
+    buffer = sys.stdout.buffer
+    stream: Any = buffer
+    if mode == "w":  # UTF-8 whatever the locale, as the files are
+        stream = io.TextIOWrapper(buffer, encoding="utf-8", newline="", write_through=True)
+    try:
+        yield stream
+        stream.flush()
+        buffer.flush()
+    except BrokenPipeError:
+        _pipe_broke()
+    except OSError as err:
+        raise InputError(f"standard output: cannot write ({err.strerror or err})") from None
+    finally:
+        if stream is not buffer:
+            with suppress(Exception):
+                stream.detach()
+
+
+# ------------------------------------------------------------------------------------------
+# what a path is
+
+
+_FD_PATH = re.compile(r"/dev/(?:fd/(\d+)|std(out|err))|/proc/self/fd/(\d+)")
+
+
+def _descriptor(p: str) -> int | None:
+    """The descriptor that ``p`` names: 1 for ``-`` and ``/dev/stdout``, N for ``/dev/fd/N``
+    and ``/proc/self/fd/N``, 2 for ``/dev/stderr``; None for other paths."""
+    if p == "-":
+        return 1
+    m = _FD_PATH.fullmatch(p)
+    if not m:
+        return None
+    if m[2]:
+        return 1 if m[2] == "out" else 2
+    return int(m[1] or m[3])
+
+
+def is_stdout(path: str | os.PathLike) -> bool:
+    """Whether writing to ``path`` writes to standard output (``-``, ``/dev/stdout``...)."""
+    return _descriptor(os.fspath(path)) == 1
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is written into as a stream rather than replaced by a file: standard
+    output, a descriptor, a character device (``/dev/null``) or a FIFO."""
+    return _kind(os.fspath(path)) in (_STDOUT, "descriptor", "device")
+
+
+def _kind(p: str) -> str:
+    """``"stdout"``, ``"descriptor"``, ``"missing"``, ``"file"``, ``"folder"``, ``"link"``,
+    ``"device"`` (a character device or FIFO: written into) or ``"special"`` (refused)."""
+    fd = _descriptor(p)
+    if fd is not None:
+        return _STDOUT if fd == 1 else "descriptor"
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        if err.errno == errno.ENOTDIR:
+            return "missing"  # the parent check names the problem
+        raise InputError(f"{p}: cannot check ({err.strerror or err})") from None
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return "device"
+    return "special"
+
+
+def _special(p: str) -> InputError:
+    try:
+        mode = os.lstat(p).st_mode
+    except OSError:
+        mode = 0
+    what = (
+        "a block device"
+        if stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    return InputError(f"{p}: is {what}; refusing to write to it")
+
+
+def _refuse_unless_file(p: str, kind: str) -> None:
+    """Raise for the kinds of path a file is never written over: a folder, a symbolic link, a
+    block device, a socket."""
+    if kind == "folder":
+        raise InputError(f"{p}: is a folder; expected a file name")
+    if kind == "link":
+        raise _link(p)
+    if kind == "special":
+        raise _special(p)
+
+
+def _link(p: str) -> InputError:
+    return InputError(
+        f"{p}: is a symbolic link; facefinder does not write through links (give the path it "
+        "points to, or remove the link)"
+    )
+
+
+def _umask() -> int:
+    with suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _check_parent(p: str) -> str:
+    """The absolute folder ``p`` goes into, which must exist and be writable."""
+    if p == "":
+        raise InputError("an output name is empty")
+    parent = os.path.dirname(os.path.abspath(p))
+    shown = os.path.dirname(p) or "."
+    if not os.path.isdir(parent):
+        raise InputError(f"{p}: cannot write (folder {shown} does not exist)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{p}: cannot write (folder {shown} is not writable)")
+    return parent
+
+
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (symbolic links resolved)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _real_inputs(keep: Sequence[str | os.PathLike]) -> list[str]:
+    """The real paths of the inputs that exist (each folder resolved once: a glob may list
+    many thousands of files in a few folders)."""
+    folders: dict[str, str] = {}
+    out = []
+    for k in keep:
+        k = os.fspath(k)
+        if not os.path.lexists(k):
+            continue
+        if os.path.islink(k) or os.path.isdir(k):
+            out.append(os.path.realpath(k))
+            continue
+        head, tail = os.path.split(os.path.abspath(k))
+        if head not in folders:
+            folders[head] = os.path.realpath(head)
+        out.append(os.path.join(folders[head], tail))
+    return out
+
+
+def _under(real: str, folder_real: str) -> bool:
+    return real == folder_real or real.startswith(folder_real.rstrip(os.sep) + os.sep)
+
+
+# ------------------------------------------------------------------------------------------
+# checks made before the work, so that a refusal comes first
+
+
+def check_file_target(
+    path: str | os.PathLike, overwrite: bool = False, *, keep: Sequence[str | os.PathLike] = ()
+) -> None:
+    """Raise :class:`InputError` unless a file may be written at ``path`` (see the module's
+    rules). ``keep`` lists the command's inputs (files or folders): an existing file that is
+    one of them, or lies in one, is never replaced."""
+    p = os.fspath(path)
+    kind = _kind(p)
+    if kind in (_STDOUT, "descriptor", "device"):
+        return
+    _refuse_unless_file(p, kind)
+    if kind == "file":
+        real = os.path.realpath(p)
+        for k in _real_inputs(keep):
+            if _under(real, k) or _same_file(p, k):
+                raise InputError(f"{p}: is an input of this command; refusing to replace it")
+        if not overwrite:
+            raise InputError(f"{p}: file exists; pass --overwrite to replace it")
+    _check_parent(p)
+
+
+def _marker_kind(folder: str) -> str | None:
+    """The purpose written in a folder's marker file, or None."""
+    try:
+        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
+            made = json.loads(f.read(4096))
+        return str(made["made_for"]) if isinstance(made, dict) else None
+    except (OSError, ValueError, KeyError, UnicodeDecodeError):
+        return None
+
+
+def _is_facefinder_npz(path: str) -> bool:
+    """Whether ``path`` is an .npz file that facefinder wrote (it stores its ``version``)."""
+    try:
+        if os.path.islink(path) or not os.path.isfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return "version.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def _made_here(folder: str, made_for: str | None, legacy: Sequence[str]) -> bool:
+    if made_for is not None and _marker_kind(folder) == made_for:
+        return True
+    return any(_is_facefinder_npz(os.path.join(folder, name)) for name in legacy)
+
+
+def check_folder_target(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    keep: Sequence[str | os.PathLike] = (),
+    made_for: str | None = None,
+    legacy: Sequence[str] = (),
+) -> bool:
+    """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
+    whether it exists. Callers use it to fail before long work, not after.
+
+    An existing empty folder is used. A non-empty one is replaced only with ``overwrite``, and
+    only when its marker says it was made for ``made_for`` (or it holds one of the ``legacy``
+    files, ``.npz`` files written by facefinder), it holds no subfolder and none of ``keep``
+    (the command's inputs), and it is not the current folder or one of its parents."""
+    p = os.fspath(path)
+    target = p.rstrip("/" + os.sep) or p
+    kind = _kind(target)
+    if kind == "missing":
+        _check_parent(target)
+        return False
+    real = os.path.realpath(target)
+    for k in _real_inputs(keep):
+        if _under(k, real):
+            raise InputError(
+                f"{p}: holds an input of this command; refusing to replace it, even with "
+                "--overwrite"
+            )
+    if kind == "link":
+        raise InputError(f"{p}: is a symbolic link; give the folder it points to")
+    if kind != "folder":
+        raise InputError(f"{p}: exists and is not a folder")
+    try:
+        content = os.listdir(target)
+    except OSError as err:
+        raise InputError(f"{p}: cannot list folder ({err.strerror or err})") from None
+    here = os.path.realpath(os.getcwd())
+    if _under(here, real):
+        raise InputError(f"{p}: is the current folder or contains it; refusing to replace it")
+    if not content:
+        _check_parent(target)
+        return True
+    if not overwrite:
+        raise InputError(f"{p}: folder is not empty; pass --overwrite to replace it")
+    if any(os.path.isdir(os.path.join(target, c)) for c in content):
+        raise InputError(
+            f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
+        )
+    if not _made_here(target, made_for, legacy):
+        raise InputError(
+            f"{p}: was not made by facefinder for this purpose (no {MARKER} marker says so); "
+            "refusing to replace it, even with --overwrite"
+        )
+    _check_parent(target)
+    return True
+
+
+# ------------------------------------------------------------------------------------------
+# writing
+
+
+def _temp_beside(p: str) -> tuple[int, str, int]:
+    """A new hidden temporary file beside ``p``: (its descriptor, its path, the permissions the
+    final file should get: those of an existing ``p``, else the umask's)."""
+    parent = _check_parent(p)
+    try:
+        perms = stat.S_IMODE(os.lstat(p).st_mode)
+    except OSError:
+        perms = 0o666 & ~_umask()
+    try:
+        name = os.path.basename(p)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    return fd, tmp, perms
+
+
+def _install(tmp: str, p: str, overwrite: bool | None) -> None:
+    """Rename the finished temporary file ``tmp`` to ``p``. Without ``overwrite`` (False) an
+    existing ``p`` is never replaced, even one that appeared while we wrote: the file is linked
+    into place, which fails if the name is taken."""
+    if overwrite is False:
+        try:
+            os.link(tmp, p)
+        except FileExistsError:
+            raise InputError(f"{p}: file exists; pass --overwrite to replace it") from None
+        except OSError:  # no hard links here (some network or FAT file systems)
+            if os.path.lexists(p):
+                raise InputError(f"{p}: file exists; pass --overwrite to replace it") from None
+            os.rename(tmp, p)
+            return
+        os.unlink(tmp)
+        return
+    if _kind(p) not in ("missing", "file"):  # became something else while we wrote
+        raise InputError(f"{p}: is no longer a regular file; refusing to replace it")
+    os.replace(tmp, p)
+
+
+def stage_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` (UTF-8) to a new temporary file beside ``path``, synced to disk and with
+    the permissions ``path`` should get; returns its name, for :func:`install` once everything
+    else succeeded (or for the caller to remove)."""
+    p = os.fspath(path)
+    tmp = ""
+    try:
+        with interrupts.deferred():  # the temporary is created and known, or neither
+            fd, tmp, perms = _temp_beside(p)
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, perms)
+    except BaseException as exc:
+        if tmp:
+            with suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
+        raise
+    return tmp
+
+
+def install(tmp: str, path: str | os.PathLike, overwrite: bool | None = None) -> None:
+    """Rename a file made by :func:`stage_text` to ``path``, as :func:`atomic_write` does."""
+    p = os.fspath(path)
+    with interrupts.deferred():
+        try:
+            _install(tmp, p, overwrite)
+        except OSError as err:
+            raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+
+
+@contextmanager
+def _write_into(p: str, fd: int | None, mode: str) -> Iterator[IO[Any]]:
+    """Write into a character device or FIFO (``p``) or a descriptor ``fd``, in place."""
+    try:
+        if fd is None:
+            flags = os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NOFOLLOW", 0)
+            handle = os.open(p, flags)
+            st = os.fstat(handle)
+            if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+                os.close(handle)
+                raise InputError(f"{p}: changed while opening it; refusing to write to it")
+        else:
+            handle = os.dup(fd)
+    except OSError as err:
+        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    f: Any = os.fdopen(handle, "wb")
+    if mode == "w":
+        f = io.TextIOWrapper(f, encoding="utf-8", newline="")
+    try:
+        yield f
+        f.flush()
+    except BrokenPipeError:
+        if fd == 1 or stat.S_ISFIFO(os.fstat(handle).st_mode):
+            _pipe_broke()
+        else:
+            raise InputError(f"{p}: cannot write (broken pipe)") from None
+    except OSError as err:
+        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    finally:
+        with suppress(OSError):
+            f.close()
+
+
+@contextmanager
+def atomic_write(
+    path: str | os.PathLike, mode: str = "wb", *, overwrite: bool | None = None
+) -> Iterator[IO[Any]]:
+    """Open ``path`` for writing so that it appears complete or not at all.
+
+    Everything goes to a temporary file in the same folder, renamed to ``path`` when the
+    ``with`` block ends without error (an existing file keeps its permissions). On any
+    exception, interrupts included, the temporary file is removed, ``path`` is as it was and
+    the exception propagates.
+
+    Parameters
+    ----------
+    path : str or path
+        Target file. ``"-"`` and ``/dev/stdout`` are standard output, ``/dev/fd/N`` its
+        descriptor; a character device or FIFO is written into (no temporary file then). A
+        symbolic link, a block device or a socket is refused.
+    mode : {"wb", "w"}
+        Binary, or text (UTF-8).
+    overwrite : bool or None
+        False: never replace an existing file, even one that appears while writing. True or
+        None: replace a regular file (the caller checked that it may: see
+        :func:`check_file_target`).
+
+    Raises
+    ------
+    InputError
+        The path is a folder, a link or a special file, its folder does not exist, or the file
+        cannot be written (disk full, closed standard output...).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    p = os.fspath(path)
+    kind = _kind(p)
+    if kind == _STDOUT:
+        with _stdout(mode) as f:
+            yield f
+        return
+    if kind in ("descriptor", "device"):
+        with _write_into(p, _descriptor(p), mode) as f:
+            yield f
+        return
+    _refuse_unless_file(p, kind)
+    tmp = ""
+    try:
+        with interrupts.deferred():  # the temporary is created and known, or neither
+            fd, tmp, perms = _temp_beside(p)
+        os.close(fd)  # reopened by name: some writers (tifffile) need ``f.name`` to be a path
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        with interrupts.deferred():
+            try:
+                os.chmod(tmp, perms)
+                _install(tmp, p, overwrite)
+            except OSError as err:
+                raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+    except BaseException as exc:
+        if tmp:
+            with suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
+        raise
+
+
+def write_marker(folder: str | os.PathLike, made_for: str) -> None:
+    """Mark ``folder`` as made by facefinder for ``made_for`` (e.g. ``"fit"``)."""
+    from facefinder_cli import __version__
+
+    with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as f:
+        json.dump({"made_by": "facefinder", "made_for": made_for, "version": __version__}, f)
+        f.write("\n")
+
+
+@contextmanager
+def atomic_folder(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    keep: Sequence[str | os.PathLike] = (),
+    made_for: str | None = None,
+    legacy: Sequence[str] = (),
+) -> Iterator[str]:
+    """Build a folder so that it appears complete or not at all.
+
+    Yields the path of a hidden temporary sibling folder to fill; when the ``with`` block ends
+    without error the marker file is added (with ``made_for``) and the folder is renamed to
+    ``path``, replacing an existing one only as :func:`check_folder_target` allows. On any
+    exception, interrupts included, the temporary folder is removed and ``path`` is as it was.
+    """
+    p = os.fspath(path)
+    target = p.rstrip("/" + os.sep) or p
+    exists = check_folder_target(p, overwrite, keep=keep, made_for=made_for, legacy=legacy)
+    parent = os.path.dirname(os.path.abspath(target))
+    name = os.path.basename(os.path.abspath(target))
+    tmp = ""
+    try:
+        with interrupts.deferred():  # the temporary is created and known, or neither
+            tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+        yield tmp
+        if made_for is not None:
+            write_marker(tmp, made_for)
+        os.chmod(tmp, 0o777 & ~_umask())
+        with interrupts.deferred():
+            _install_folder(tmp, target, exists)
+    except BaseException as exc:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
+        if isinstance(exc, InputError) and tmp and tmp in str(exc):  # a file inside it:
+            shown = os.path.join(target, "")  # name it as it would have been
+            raise InputError(str(exc).replace(os.path.join(tmp, ""), shown)) from None
+        raise
+
+
+def _install_folder(tmp: str, target: str, exists: bool) -> None:
+    """Rename the finished folder ``tmp`` to ``target``, moving an existing ``target`` aside
+    first and removing it once the new one is in place (put back if the rename fails)."""
+    if not exists:
+        if os.path.lexists(target) and os.listdir(target):
+            raise InputError(f"{target}: appeared while writing it; refusing to replace it")
+        os.rename(tmp, target)
+        return
+    backup = tmp + ".old"
+    os.rename(target, backup)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# claims: one writer per output
+
+
+def _temporaries(parent: str, name: str) -> list[str]:
+    """The temporaries :func:`atomic_write` and :func:`atomic_folder` make for ``name``."""
+    pattern = re.compile(r"\." + re.escape(name) + r"\.[A-Za-z0-9_]{8}\.tmp(?:\.old)?")
+    try:
+        return [os.path.join(parent, e) for e in os.listdir(parent) if pattern.fullmatch(e)]
+    except OSError:
+        return []
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``.NAME.lock`` beside an output, held until :meth:`release`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        name = os.path.basename(os.path.abspath(target))
+        self.parent = os.path.dirname(os.path.abspath(target))
+        self.name = name
+        self.path = os.path.join(self.parent, f".{name}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when it cannot be made (no such folder, not writable: the
+        output checks then say why). InputError when another process holds it."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, flags, 0o644)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise InputError(
+                        f"{self.target}: cannot lock it ({self.path} is a symbolic link)"
+                    ) from None
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                pid = ""
+                with suppress(OSError, ValueError):
+                    pid = f" (pid {int(os.pread(fd, 32, 0).split()[0])})"
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise InputError(
+                        f"{self.target}: another facefinder process{pid} is writing it; wait "
+                        "for it to finish, or choose another output"
+                    ) from None
+                return False  # no locks on this file system
+            try:  # the lock file may have been removed by its last holder as we opened it
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+            except OSError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            with suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self.fd = fd
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with suppress(OSError):
+            os.unlink(self.path)  # while still holding it: see ``acquire``
+        with suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+
+@contextmanager
+def claim(*paths: str | os.PathLike | None) -> Iterator[list[str]]:
+    """Hold the outputs ``paths`` for this process until the block ends.
+
+    A second facefinder process that claims one of them meanwhile gets an
+    :class:`InputError` at once, naming it. While held, the temporaries that an earlier, killed
+    process left for those outputs cannot belong to a live process: they are removed, and the
+    block receives their paths (for a note). Standard output, descriptors, devices and None are
+    not claimed; where locks are not available (Windows, some network file systems) the block
+    runs without them."""
+    with ExitStack() as stack:
+        stale: list[str] = []
+        for path in paths:
+            if path is None:
+                continue
+            p = os.fspath(path)
+            target = p.rstrip("/" + os.sep) or p
+            if target == "" or fcntl is None or _kind(target) not in ("missing", "file", "folder"):
+                continue
+            lock = _Lock(target)
+            if not lock.acquire():
+                continue
+            stack.callback(lock.release)
+            for t in _temporaries(lock.parent, lock.name):
+                if os.path.isdir(t) and not os.path.islink(t):
+                    shutil.rmtree(t, ignore_errors=True)
+                else:
+                    with suppress(OSError):
+                        os.unlink(t)
+                stale.append(t)
+        yield stale

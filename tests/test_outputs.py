@@ -1,0 +1,257 @@
+"""The safe-output rules (facefinder_cli.outputs), image names (facefinder_cli.names) and the
+interrupt handling every command shares (facefinder_cli.interrupts), tested directly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from facefinder_cli import interrupts, names, outputs
+from facefinder_cli.errors import InputError
+from facefinder_cli.images import glob_paths, input_paths
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def write(path: str, text: str = "x") -> None:
+    Path(path).write_text(text)
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def test_a_symbolic_link_is_never_written_through():
+    write("precious.txt", "mine")
+    os.symlink("precious.txt", "out.csv")
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="^out.csv: is a symbolic link"):
+            outputs.check_file_target("out.csv", overwrite)
+        with pytest.raises(InputError, match="^out.csv: is a symbolic link"):
+            with outputs.atomic_write("out.csv", overwrite=overwrite) as f:
+                f.write(b"new")
+    assert Path("precious.txt").read_text() == "mine" and os.path.islink("out.csv")
+    assert sorted(os.listdir()) == ["out.csv", "precious.txt"]
+
+
+def test_a_fifo_is_written_into_and_stays_a_fifo():
+    os.mkfifo("pipe")
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print(open('pipe').read())"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    outputs.check_file_target("pipe", overwrite=False)  # no --overwrite needed, as with >
+    with outputs.atomic_write("pipe", "w") as f:
+        f.write("through the pipe")
+    assert reader.communicate(timeout=30)[0].strip() == "through the pipe"
+    assert stat.S_ISFIFO(os.lstat("pipe").st_mode) and os.listdir() == ["pipe"]
+
+
+def test_a_character_device_is_written_into_and_stays_one():
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    os.mknod("mynull", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    with outputs.atomic_write("mynull", overwrite=True) as f:
+        f.write(b"gone")
+    assert stat.S_ISCHR(os.lstat("mynull").st_mode) and os.listdir() == ["mynull"]
+
+
+def test_a_socket_is_refused():
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind("sock")
+    try:
+        with pytest.raises(InputError, match="^sock: is a socket; refusing to write to it$"):
+            outputs.check_file_target("sock", overwrite=True)
+    finally:
+        s.close()
+
+
+def test_without_overwrite_a_file_that_appears_meanwhile_is_not_replaced():
+    with pytest.raises(InputError, match="^f.txt: file exists; pass --overwrite"):
+        with outputs.atomic_write("f.txt", "w", overwrite=False) as f:
+            f.write("ours")
+            write("f.txt", "theirs")  # another program, while we write
+    assert Path("f.txt").read_text() == "theirs" and os.listdir() == ["f.txt"]
+
+
+def test_an_input_is_never_replaced_even_through_another_name():
+    os.mkdir("imgs")
+    write("imgs/a.png")
+    os.link("imgs/a.png", "hard.png")
+    os.symlink("imgs", "alias")
+    for target, keep in (
+        ("imgs/a.png", "imgs"),
+        ("alias/a.png", "imgs"),
+        ("imgs/a.png", "alias"),
+        ("hard.png", "imgs/a.png"),
+    ):
+        with pytest.raises(InputError, match="is an input of this command"):
+            outputs.check_file_target(target, True, keep=[keep])
+
+
+# --- folders ------------------------------------------------------------------------------------
+
+
+def test_a_folder_is_replaced_only_when_made_for_the_same_purpose():
+    os.mkdir("user")
+    write("user/thesis.txt", "years of work")
+    with pytest.raises(InputError, match="not made by facefinder"):
+        outputs.check_folder_target("user", True, made_for="fit")
+    with outputs.atomic_folder("run", made_for="fit") as tmp:
+        write(os.path.join(tmp, "a.txt"))
+    assert sorted(os.listdir("run")) == [".facefinder", "a.txt"]
+    with pytest.raises(InputError, match="not made by facefinder"):  # another purpose
+        outputs.check_folder_target("run", True, made_for="detect --draw")
+    with pytest.raises(InputError, match="pass --overwrite"):
+        outputs.check_folder_target("run", False, made_for="fit")
+    with outputs.atomic_folder("run", True, made_for="fit") as tmp:
+        write(os.path.join(tmp, "b.txt"))
+    assert sorted(os.listdir("run")) == [".facefinder", "b.txt"]
+    assert sorted(os.listdir()) == ["run", "user"]  # no backup, no temporary left
+
+
+def test_a_folder_holding_an_input_is_never_replaced():
+    with outputs.atomic_folder("copy", made_for="detect --draw") as tmp:
+        write(os.path.join(tmp, "img1.tif"))
+    with pytest.raises(InputError, match="holds an input of this command"):
+        outputs.check_folder_target("copy", True, keep=["copy/img1.tif"], made_for="detect --draw")
+
+
+def test_an_interrupt_while_filling_a_folder_leaves_nothing():
+    with pytest.raises(interrupts.Interrupted):
+        with outputs.atomic_folder("out", made_for="fit") as tmp:
+            write(os.path.join(tmp, "half.txt"))
+            raise interrupts.Interrupted(signal.SIGINT)
+    assert os.listdir() == []
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from facefinder_cli import outputs
+    with outputs.claim("out"):
+        open("held", "w").close()
+        while not __import__("os").path.exists("release"):
+            time.sleep(0.02)
+    """
+)
+
+
+def test_a_second_process_cannot_claim_a_held_output():
+    holder = subprocess.Popen([sys.executable, "-c", HOLD])
+    try:
+        while not os.path.exists("held"):
+            assert holder.poll() is None
+        with pytest.raises(
+            InputError, match=rf"^out: another facefinder process \(pid {holder.pid}\)"
+        ):
+            with outputs.claim("out"):
+                pass
+    finally:
+        write("release")
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+    with outputs.claim("out"):  # free again; the lock file goes with the claim
+        assert ".out.lock" in os.listdir()
+    assert sorted(os.listdir()) == ["held", "release"]
+
+
+def test_a_claim_removes_what_a_killed_run_left_and_only_that():
+    os.mkdir(".out.ab12cd_9.tmp")  # a run folder being built when the process was killed
+    write(".out.ab12cd_9.tmp/result.npz")
+    write(".out.zz99yy00.tmp.old")
+    write(".out.mine.txt")  # not a temporary of ours
+    write(".other.ab12cd_9.tmp")  # another output's
+    with outputs.claim("out") as stale:
+        assert sorted(os.path.basename(p) for p in stale) == [
+            ".out.ab12cd_9.tmp",
+            ".out.zz99yy00.tmp.old",
+        ]
+    assert sorted(os.listdir()) == [".other.ab12cd_9.tmp", ".out.mine.txt"]
+
+
+# --- names --------------------------------------------------------------------------------------
+
+NAME_CHARS = st.characters(blacklist_categories=("Cs",)) | st.sampled_from(
+    ["\n", "\r", "\\", ",", '"', "\udcff", "\udc80"]
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(st.text(NAME_CHARS, max_size=20))
+def test_names_files_give_back_every_name_exactly(name):
+    line = names.to_line(name)
+    assert "\n" not in line and "\r" not in line
+    line.encode("utf-8")  # always writable as UTF-8
+    assert names.from_line(line) == name
+
+
+def test_printable_names_show_bytes_that_are_not_utf8():
+    name = os.fsdecode(b"bad\xff\xfe.tif")
+    assert names.printable(name) == "bad\\xff\\xfe.tif"
+    assert names.printable('é,".tif') == 'é,".tif'
+
+
+# --- glob patterns ------------------------------------------------------------------------------
+
+
+def test_a_double_star_pattern_does_not_follow_links_to_folders():
+    os.makedirs("imgs/sub")
+    for p in ("imgs/a.png", "imgs/sub/b.png"):
+        write(p)
+    os.symlink("..", "imgs/sub/loop")
+    os.symlink("../..", "imgs/sub/loop2")
+    os.symlink("a.png", "imgs/link.png")  # a link to a file is followed
+    found = sorted(glob_paths("imgs/**/*.png"))
+    assert found == ["imgs/a.png", "imgs/link.png", "imgs/sub/b.png"]
+    assert sorted(glob_paths("imgs/**")) == sorted(
+        [
+            "imgs/a.png",
+            "imgs/link.png",
+            "imgs/sub",
+            "imgs/sub/b.png",
+            "imgs/sub/loop",
+            "imgs/sub/loop2",
+        ]
+    )
+    assert input_paths("imgs/s*/*.png") == ["imgs/sub/b.png"]
+    assert input_paths("stack.npy") == ["stack.npy", "stack.names.txt"]
+
+
+# --- interrupts ---------------------------------------------------------------------------------
+
+DEFERRED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from facefinder_cli import interrupts
+    with interrupts.handled():
+        try:
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)  # arrives inside: waits
+                os.kill(os.getpid(), signal.SIGTERM)  # a second one: ignored
+                print("finished the block", flush=True)
+        except interrupts.Interrupted as stop:
+            print(stop.exit_code, stop.after_deferred, flush=True)
+    """
+)
+
+
+def test_a_signal_inside_a_deferred_block_waits_for_its_end():
+    out = subprocess.run([sys.executable, "-c", DEFERRED], capture_output=True, text=True)
+    assert out.stdout.split("\n")[:2] == ["finished the block", "130 True"], out.stderr
