@@ -60,6 +60,7 @@ from scipy import fft as sfft
 
 __all__ = [
     "Checkpoint",
+    "Detection",
     "ConvergenceWarning",
     "FitResult",
     "INIT_METHODS",
@@ -71,6 +72,7 @@ __all__ = [
     "RestartResult",
     "available_cores",
     "default_memory_limit",
+    "detect",
     "elbo",
     "fit",
     "initialize",
@@ -79,6 +81,7 @@ __all__ = [
     "m_step",
     "map_positions",
     "posterior",
+    "predictive_prior",
 ]
 
 Method = Literal["soft", "hard", "mc"]
@@ -724,9 +727,7 @@ class _Scorer:
         the data's dtype, ``c`` (n,) in float64. Needs the chunk's spectra ``xf`` and
         ``sq = Σ_ij X_k²`` (both computed once per fit)."""
         d = self.data
-        # irfft2(xf · conj(rfft2(F)))[:Dh, :Dw], inverting only the Dh rows that are needed.
-        rows = sfft.ifft(xf * self.face_f, axis=-2, overwrite_x=True)
-        corr = sfft.irfft(rows[:, : d.Dh], n=d.W, axis=-1)[:, :, : d.Dw]
+        corr = _valid_correlation(d, xf, self.face_f)
         prod = x * self.background
         c = self.const - (0.5 * self.inv_s2) * (sq - 2.0 * prod.sum(axis=(1, 2), dtype=np.float64))
         lp = _box_valid(prod, d.h, d.w, d.dtype)
@@ -734,6 +735,54 @@ class _Scorer:
         lp *= -self.inv_s2
         lp += self.base
         return lp, c
+
+
+def _valid_correlation(data: _Data, xf: np.ndarray, template_f: np.ndarray) -> np.ndarray:
+    """``Σ_uv X_k(d + (u, v)) T(u, v)`` at every valid position ``d``, shape (n, Dh, Dw), from
+    the images' spectra ``xf`` (n, H, W//2+1) and ``conj(rfft2(T))`` of a template zero-padded
+    to H x W (one for all images, or one per image): ``irfft2(xf · conj(rfft2(T)))[:Dh, :Dw]``,
+    inverting only the Dh rows that are needed."""
+    rows = sfft.ifft(xf * template_f, axis=-2, overwrite_x=True)
+    return sfft.irfft(rows[:, : data.Dh], n=data.W, axis=-1)[:, :, : data.Dw]
+
+
+#: Pseudo-count per position of the Dirichlet prior behind :func:`predictive_prior`.
+PRIOR_PSEUDO_COUNT = 1.0
+
+
+def predictive_prior(prior: np.ndarray, n_images: int, alpha: float = PRIOR_PSEUDO_COUNT):
+    """The prior over positions to use for a new image, given a prior fitted to ``n_images``.
+
+    A fitted prior ``A`` is an average of ``n_images`` posteriors: with many more positions
+    than images it puts its mass on the positions of the training images and none elsewhere,
+    and a new image whose face sits elsewhere is then located wrongly, with confidence. The
+    probability that a new image's face is at ``d``, given the training images and a uniform
+    Dirichlet(``alpha``) prior on ``A``, is the posterior predictive ::
+
+        (n_images · A(d) + alpha) / (n_images + alpha · D)        (D positions)
+
+    close to the fitted prior when there are many images per position, close to uniform when
+    there are few.
+
+    Parameters
+    ----------
+    prior : ndarray of shape (H-h+1, W-w+1)
+    n_images : int
+        Images the prior was fitted to.
+    alpha : float
+        Pseudo-count per position (1: every position counts as seen once before any image).
+
+    Returns
+    -------
+    ndarray of the shape of ``prior``, summing to one
+    """
+    a = np.asarray(prior, dtype=np.float64)
+    if a.ndim != 2 or (a < 0).any() or not a.sum() > 0 or not np.isfinite(a).all():
+        raise ValueError("prior must be a 2-D table of non-negative numbers with a positive sum")
+    if not (int(n_images) >= 0 and alpha > 0):
+        raise ValueError(f"need n_images >= 0 and alpha > 0, got {n_images} and {alpha}")
+    counts = int(n_images) * a / a.sum()
+    return (counts + alpha) / (int(n_images) + alpha * a.size)
 
 
 @dataclass
@@ -831,29 +880,70 @@ def map_positions(
     return locate(X, params, chunk_size=chunk_size)[0]
 
 
+@dataclass(frozen=True)
+class Detection:
+    """Where the face is in each image (:func:`detect`).
+
+    Attributes
+    ----------
+    positions : ndarray of shape (K, 2), int
+        The most probable position of the face's top-left corner, ``(row, column)``.
+    probability : ndarray of shape (K,)
+        Its posterior probability.
+    residual_std : ndarray of shape (K,)
+        The root mean square of ``X_k - Model_d`` at that position: about ``noise_std`` when
+        the images fit the model, far from it when they do not (another value scale, another
+        scene).
+    """
+
+    positions: np.ndarray
+    probability: np.ndarray
+    residual_std: np.ndarray
+
+
+def detect(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Detection:
+    """Find the face in every image: the MAP position, its posterior probability, and how well
+    the image fits the model there. Streams ``X`` chunk by chunk.
+
+    For images the parameters were not fitted to, give ``params.prior`` the prior of a new
+    image, e.g. :func:`predictive_prior` of the fitted one (a fitted prior favours the training
+    images' positions)."""
+    data = _data_for(X, params, chunk_size)
+    positions = np.empty((data.K, 2), dtype=np.intp)
+    probability = np.empty(data.K)
+    residual = np.empty(data.K)
+    prior = _check_params(params, data).prior
+    s2 = float(params.noise_std) ** 2
+    n = data.H * data.W
+    with np.errstate(divide="ignore"):
+        log_prior = np.log(prior).ravel()
+    for a, b, lp, c in _chunk_log_joint(data, params, True):
+        post = _Posterior.from_log_joint(lp, c)
+        positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
+        probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
+        # log p(X_k | d*) = -n/2 log(2π s²) - SSE / (2 s²)
+        log_lik = post.best_log_joint - log_prior[post.best]
+        sse = -2.0 * s2 * (log_lik + 0.5 * n * math.log(2 * math.pi * s2))
+        residual[a:b] = np.sqrt(np.maximum(sse, 0.0) / n)
+    if not np.isfinite(probability).all():
+        k = int(np.argmin(np.isfinite(probability)))
+        raise ValueError(f"the parameters give image {k} no finite probability")
+    return Detection(positions, probability, residual)
+
+
 def locate(
     X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Find the face in every image: the MAP position and its posterior probability.
-
-    Streams ``X`` chunk by chunk; memory does not grow with the number of positions times K.
+    """Find the face in every image: the MAP position and its posterior probability, as
+    :func:`detect` does.
 
     Returns
     -------
     positions : ndarray of shape (K, 2), int
     probability : ndarray of shape (K,)
     """
-    data = _data_for(X, params, chunk_size)
-    positions = np.empty((data.K, 2), dtype=np.intp)
-    probability = np.empty(data.K)
-    for a, b, lp, c in _chunk_log_joint(data, params, True):
-        post = _Posterior.from_log_joint(lp, c)
-        positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
-        probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
-    if not np.isfinite(probability).all():
-        k = int(np.argmin(np.isfinite(probability)))
-        raise ValueError(f"the parameters give image {k} no finite probability")
-    return positions, probability
+    found = detect(X, params, chunk_size=chunk_size)
+    return found.positions, found.probability
 
 
 # --------------------------------------------------------------------------------------------
@@ -1244,6 +1334,48 @@ def _draw(q: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(flat, cdf.shape[1] - 1)
 
 
+def _held_out(
+    scorer: _Scorer,
+    data: _Data,
+    x: np.ndarray,
+    xf: np.ndarray,
+    q: np.ndarray,
+    prior: np.ndarray,
+    fitted: tuple[bool, bool],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's MAP position and its probability under the parameters fitted to the other
+    images: ``(best flat index (n,), probability (n,))`` for a chunk whose posterior under the
+    fitted parameters is ``q`` (its soft assignment; one-hot for hard EM).
+
+    The fitted face holds each image's own crop with weight 1/K (noise included), and a learnt
+    prior its own posterior: scored with them, an image matches itself, and its probability is
+    too high (measured: 1.000 where 65% of the positions were right). Here image k is scored with
+    the face without its crop, ``F_{-k} = (K F - c_k) / (K - 1)`` with ``c_k(u) = Σ_d q_k(d)
+    X_k(d + u)`` (one more correlation per image, in the final pass only), and with the
+    :func:`predictive_prior` of the other images' posteriors. ``fitted`` says whether the
+    face and the prior were fitted (re-estimated by an M-step): those that were not are used as
+    they are."""
+    K, H, W = data.K, data.H, data.W
+    n = x.shape[0]
+    face_fitted, prior_learnt = fitted
+    lp, _ = scorer.log_joint(x, xf, np.zeros(n))  # log p(X_k | d), but a constant per image
+    if face_fitted and K >= 2:
+        qf = sfft.fft(sfft.rfft(q, n=W, axis=-1), n=H, axis=-2, overwrite_x=True)
+        crop = sfft.irfft2(xf * qf.conj(), s=(H, W))[:, : data.h, : data.w]  # c_k (shifted)
+        own = _valid_correlation(data, xf, np.conj(sfft.rfft2(crop, s=(H, W))))
+        face = _valid_correlation(data, xf, scorer.face_f)
+        lp += ((face - own) * (scorer.inv_s2 / (K - 1))).astype(lp.dtype)
+    if prior_learnt:
+        others = np.maximum(K * prior[None] - q, 0.0)
+        held = (others + PRIOR_PSEUDO_COUNT) / (K - 1 + PRIOR_PSEUDO_COUNT * prior.size)
+    else:
+        held = np.broadcast_to(prior, lp.shape)
+    with np.errstate(divide="ignore"):
+        lp += np.log(held).astype(lp.dtype)
+    post = _Posterior.from_log_joint(lp)
+    return post.best, np.exp(post.best_log_joint - post.log_evidence)
+
+
 def _pass(
     data: _Data,
     p: Params,
@@ -1251,12 +1383,15 @@ def _pass(
     accumulate: bool,
     rng: np.random.Generator | None = None,
     samples: int = 0,
+    held_out: tuple[bool, bool] | None = None,
 ) -> _Stats:
     """One streaming pass: the E-step at ``p`` (log-likelihood, bound, MAP positions and their
     probabilities) and, if ``accumulate``, the M-step sums. Monte-Carlo EM (``method="mc"``)
     draws ``samples`` positions per image from the posterior with ``rng``, and its ``q`` is the
-    empirical distribution of the draws."""
+    empirical distribution of the draws. With ``held_out`` (whether the face and the prior
+    were fitted) the positions and probabilities are the held-out ones of :func:`_held_out`."""
     scorer = _Scorer(p, data)
+    plain = _Scorer(p, data, with_prior=False) if held_out is not None else None
 
     def chunk(a: int, b: int, u: np.ndarray | None = None) -> tuple:
         x, xf = data.chunk_data(a, b)
@@ -1265,6 +1400,15 @@ def _pass(
         log_evidence = float(post.log_evidence.sum())
         part.log_evidence = log_evidence
         best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))
+        if plain is not None:
+            q = post.q
+            if method == "hard":  # its face is built from each image's MAP crop
+                q = np.zeros_like(post.q)
+                q.reshape(len(q), -1)[np.arange(len(q)), post.best] = 1.0
+            flat, probability = _held_out(plain, data, x, xf, q, p.prior, held_out)
+            part.bound = log_evidence if method == "soft" else float(post.best_log_joint.sum())
+            part.entropy = float(post.entropy.sum())
+            return part, np.column_stack(np.unravel_index(flat, (data.Dh, data.Dw))), probability
         if method == "soft":
             part.bound = log_evidence
             part.entropy = float(post.entropy.sum())
@@ -1493,7 +1637,10 @@ def _run(
         elif gain < tol:
             converged = True
         report(gain, stats.positions)
-    final = _pass(data, p, "soft" if method == "mc" else method, accumulate=False)
+    # Positions and probabilities held out: scored with what the other images fitted (the face
+    # after any M-step, the prior if an M-step re-estimated it).
+    fitted = (n_iter > 0, n_iter > fixed_until)
+    final = _pass(data, p, "soft" if method == "mc" else method, False, held_out=fitted)
     loglik.append(final.log_evidence)
     if max_iter == 0:
         elbo.append(final.bound)

@@ -305,3 +305,36 @@ def lower_bound(X, face, background, noise_std, prior, q):
                     continue
                 total += qd * (ll[k, r, c] + _log(float(prior[r, c])) - math.log(qd))
     return total
+
+
+def held_out_posterior(
+    X, face, background, noise_std, prior, *, face_fitted, prior_learnt, hard=False
+):
+    """Each image's posterior under the parameters fitted to the *other* images, ``(K, Dh, Dw)``.
+
+    ``q`` is the posterior under the given (fitted) parameters. With ``face_fitted`` image k is
+    scored with ``F_{-k} = (K F - c_k) / (K - 1)``, ``c_k = Σ_d q_k(d) X_k(d + ·)``; with
+    ``prior_learnt`` its prior is ``(max(K A - q_k, 0) + 1) / (K - 1 + D)`` (the Dirichlet
+    predictive of the other images' posteriors). ``hard``: ``q_k`` is one-hot at image k's MAP
+    position (hard EM built its face from those crops). Model images built pixel by pixel."""
+    X = np.asarray(X, dtype=np.float64)
+    K = X.shape[0]
+    face = np.asarray(face, dtype=np.float64)
+    h, w = face.shape
+    q = posterior(X, face, background, noise_std, prior)
+    if hard:
+        q = positions_to_q(map_positions(X, face, background, noise_std, prior), q.shape[1:])
+    prior = np.asarray(prior, dtype=np.float64)
+    out = np.empty_like(q)
+    for k in range(K):
+        f = face
+        if face_fitted and K >= 2:
+            crop = np.zeros((h, w))
+            for (r, c), weight in np.ndenumerate(q[k]):
+                crop += weight * X[k, r : r + h, c : c + w]
+            f = (K * face - crop) / (K - 1)
+        a = prior
+        if prior_learnt:
+            a = (np.maximum(K * prior - q[k], 0.0) + 1.0) / (K - 1 + prior.size)
+        out[k] = posterior(X[k : k + 1], f, background, noise_std, a)[0]
+    return out
