@@ -388,26 +388,38 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
         return None
     if value in ("centred", "centered"):
         return synthetic.centred_prior(face_shape, image_shape)
-    path = Path(value)
-    if path.suffix != ".npy":
+    if Path(value).suffix != ".npy":
         raise click.BadParameter(
             f"expected uniform, centred or a .npy file; got {value!r}", param_hint="'--prior'"
         )
+    need = (
+        f"the positions of a {face_shape[0]}x{face_shape[1]} face in "
+        f"{image_shape[0]}x{image_shape[1]} images need {shape}"
+    )
+    return _prior_file(value, shape, need)
+
+
+def _prior_file(value: str, shape: tuple[int, int], need: str) -> np.ndarray:
+    """The prior table in the .npy file ``value`` (for --prior): of ``shape``, non-negative,
+    with a positive sum; else a usage error saying what it holds and that ``need``."""
+    path = Path(value)
     if not path.is_file():
         raise click.BadParameter(f"{value}: no such file", param_hint="'--prior'")
     try:
         prior = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise click.BadParameter(
             f"{value}: not a readable .npy file ({err})", param_hint="'--prior'"
         ) from None
     if prior.shape != shape:
+        raise click.BadParameter(f"{value}: shape {prior.shape}; {need}", param_hint="'--prior'")
+    good = prior.dtype.kind in "biuf" and np.isfinite(prior).all()
+    if not good or (prior < 0).any() or not prior.sum() > 0:
         raise click.BadParameter(
-            f"{value}: shape {prior.shape}; the positions of a {face_shape[0]}x{face_shape[1]} "
-            f"face in {image_shape[0]}x{image_shape[1]} images need {shape}",
+            f"{value}: not a distribution (values must be finite, non-negative, not all zero)",
             param_hint="'--prior'",
         )
-    return prior
+    return prior.astype(np.float64)
 
 
 @main.command(context_settings=CONTEXT)
@@ -1353,6 +1365,17 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> 
             s["restarts"],
             lls,
         )
+    kept = result.restarts[result.best_restart]
+    K, D = s["n_images"], result.prior.size
+    if kept.prior_fixed_until < kept.n_iter and D > K:  # a learnt prior, few images per position
+        log.info(
+            "note: the prior over %d positions was fitted to %d images (%.2g per position): it "
+            "is barely determined and favours the positions seen; positions.csv and detect use "
+            "it smoothed (see detect --prior)",
+            D,
+            K,
+            K / D,
+        )
     if s["unidentified_background_pixels"]:
         log.info(
             "%d background pixels were covered by the face in every image: they cannot be "
@@ -1515,12 +1538,23 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     type=click.IntRange(1, 64),
     help="Upscale the --draw PNGs N times (nearest neighbour) [default: as for fit].",
 )
+@click.option(
+    "--prior",
+    "prior_choice",
+    default="smoothed",
+    show_default=True,
+    metavar="smoothed|fitted|uniform|FILE.npy",
+    help="Prior over the face's position in these images. smoothed: the fitted prior as the "
+    "positions of a new image would follow it, given how many images it was fitted to (close to "
+    "uniform when they were few); fitted: as fitted (it favours the training images' "
+    "positions); uniform; or a .npy table of shape (H-h+1, W-w+1).",
+)
 @skip_opt
 @layout_opt
 @overwrite_opt
 @_verbosity
 @_reports_errors
-def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
+def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout, overwrite):
     """Find the face in new images with a fitted model.
 
     MODEL is a run folder or result.npz from `facefinder fit`; INPUT as for `fit`, with images
@@ -1539,6 +1573,7 @@ def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
         raise click.BadParameter(
             f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
         )
+    params = _detect_params(run, prior_choice)
     keep = [model, *images.input_paths(input)]
     with outputs.claim(out, draw) as stale:
         _note_stale(stale)
@@ -1551,13 +1586,15 @@ def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
             bh, bw = run.params.background.shape
             raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
         try:
-            positions, probability = engine.locate(stack.images, run.params)
+            found = engine.detect(stack.images, params)
         except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
             raise _non_finite(input, stack, err) from None
         except ValueError as err:  # values beyond what float64 computes with
             culprit = input if "pixel values" in str(err) else run.source
             raise InputError(f"{culprit}: {err}") from None
+        positions, probability = found.positions, found.probability
         _log_notes(stack)
+        _warn_if_mismatched(found, run.params.noise_std, input)
         with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
             rows = csv.writer(f, lineterminator="\n")
             rows.writerow(["image", "row", "column", "probability"])
@@ -1581,6 +1618,51 @@ def detect(model, input, out, draw, zoom, skip_unreadable, layout, overwrite):
 
 #: What the marker of a folder of boxed images says it was made for (``outputs.MARKER``).
 DRAW_FOLDER = "detect --draw"
+
+#: detect warns when the images' typical residual around the model is further than this factor
+#: from the model's noise std (images that fit give a ratio within a few per cent of 1).
+MISMATCH_FACTOR = 1.5
+
+
+def _detect_params(run: runs.Run, choice: str) -> engine.Params:
+    """The model's parameters with the prior ``--prior`` asks for."""
+    p = run.params
+    if choice == "fitted":
+        return p
+    if choice == "uniform":
+        return engine.Params(p.face, p.background, p.noise_std, np.ones_like(p.prior))
+    if choice == "smoothed":
+        prior = engine.predictive_prior(p.prior, run.n_images)
+        return engine.Params(p.face, p.background, p.noise_std, prior)
+    if Path(choice).suffix != ".npy":
+        raise click.BadParameter(
+            f"expected smoothed, fitted, uniform or a .npy file; got {choice!r}",
+            param_hint="'--prior'",
+        )
+    need = f"the model's {p.face.shape[0]}x{p.face.shape[1]} face has {p.prior.shape} positions"
+    return engine.Params(
+        p.face, p.background, p.noise_std, _prior_file(choice, p.prior.shape, need)
+    )
+
+
+def _warn_if_mismatched(found: engine.Detection, noise_std: float, input: str) -> None:
+    """Warn when the images do not look like the model's: their residuals around it are far
+    from its noise (another value scale, such as 8-bit images for a 16-bit model, or another
+    scene); the positions and probabilities assume they fit."""
+    typical = float(np.median(found.residual_std))
+    ratio = typical / noise_std
+    if 1 / MISMATCH_FACTOR <= ratio <= MISMATCH_FACTOR:
+        return
+    log.warning(
+        "%s does not match the model: the images differ from it by %.4g (typical residual "
+        "std), where the model's noise std is %.4g (%.3gx). Are they of the same scene, and on "
+        "the same value scale (e.g. 8-bit images, a model fitted on 16-bit ones)? Positions "
+        "and probabilities assume they are",
+        input,
+        typical,
+        noise_std,
+        ratio,
+    )
 
 
 def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:

@@ -132,6 +132,7 @@ class Run:
     init: str = ""
     errors: dict[str, np.ndarray] = field(default_factory=dict)
     data: str = ""  # the input it was fitted on, from its settings ("" for a history.csv)
+    n_images: int = 0  # the images it was fitted on (0 for a history.csv)
 
 
 def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
@@ -316,6 +317,7 @@ def load_run(path: str | os.PathLike) -> Run:
         log_likelihood=series["log_likelihood"],
         seconds=series["seconds"],
         n_values=n_values,
+        n_images=int(positions.shape[0]),
         prior_fixed_until=fixed,
         params=params,
         method=str(z.get("method", "")),

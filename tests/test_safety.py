@@ -658,7 +658,7 @@ def test_08_signal_in_detect_and_generate(data, tmp_path, spawn, command, sig, c
     130/143, one line, no "Aborted.", nothing written."""
     if command == "detect":
         args = ["detect", data.run, data.imgs, "-o", "pos.csv", "--draw", "boxed", "-qq"]
-        where = "facefinder_cli.engine.locate"
+        where = "facefinder_cli.engine.detect"
     else:
         args = ["generate", "-n", "5", "--face-size", FACE, "--size", "12x16", "-o", "gen", "-qq"]
         where = "facefinder_cli.images.write_image_files"
