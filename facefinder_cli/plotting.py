@@ -1,7 +1,7 @@
-"""Figures: lower-bound curves of one or more runs, and the prior as a heat map.
+"""Figures: lower-bound curves of one or more runs, and the prior over face positions.
 
-matplotlib is imported inside the functions, with the non-interactive Agg backend, so the rest
-of the tool never pays for it and nothing needs a screen.
+matplotlib is imported inside the functions, and figures are drawn on its Agg canvas directly
+(no pyplot: no global state, nothing needs a screen), so the rest of the tool never pays for it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-__all__ = ["Curve", "curves_figure", "heat_map", "plot_curves"]
+__all__ = ["Curve", "curves_figure", "heat_map", "plot_curves", "plot_prior", "prior_figure"]
 
 Quantity = Literal["elbo", "log_likelihood"]
 XAxis = Literal["iteration", "seconds"]
@@ -47,13 +47,20 @@ class Curve:
     data: str = ""
 
 
-def _pyplot():
-    import matplotlib
+def _figure(size: tuple[float, float]):
+    """A new figure on its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
 
-    return plt
+
+def _save(fig, out: BinaryIO, fmt: str) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    out.write(buf.getvalue())
 
 
 def plot_curves(
@@ -61,12 +68,52 @@ def plot_curves(
 ) -> None:
     """Draw the curves on one figure (see :func:`curves_figure` for ``options``) and write it
     to ``out`` as ``fmt`` (png, svg or pdf)."""
-    plt = _pyplot()
-    fig = curves_figure(curves, **options)
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt)
-    plt.close(fig)
-    out.write(buf.getvalue())
+    _save(curves_figure(curves, **options), out, fmt)
+
+
+def plot_prior(prior: np.ndarray, out: BinaryIO, *, fmt: str = "png", **options: Any) -> None:
+    """Draw the prior (see :func:`prior_figure`) and write it to ``out`` as ``fmt``."""
+    _save(prior_figure(prior, **options), out, fmt)
+
+
+def _describe(prior: np.ndarray) -> str:
+    """How peaked a prior over D positions is, in words: "uniform (each of the D positions
+    1/D)", or its largest value against the uniform one and how few positions hold half of it."""
+    p = np.asarray(prior, dtype=float).ravel()
+    p = p / p.sum()
+    D = p.size
+    if np.ptp(p) <= 1e-9 / D:
+        return f"uniform: each of the {D} positions 1/{D}"
+    half = int(np.searchsorted(np.cumsum(np.sort(p)[::-1]), 0.5) + 1)
+    return f"peak {p.max() * D:.3g}x uniform; {half} of the {D} positions hold half the probability"
+
+
+def prior_figure(prior: np.ndarray, *, title: str | None = None):
+    """A heat map of the prior over the face's positions: the axes are the row and column of
+    the face's top-left corner, the colour bar is in probability, and the title says whether
+    the prior is uniform or how peaked it is."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
+    a = np.asarray(prior, dtype=float)
+    Dh, Dw = a.shape
+    width = min(9.0, max(4.5, 2.0 + 5.0 * Dw / max(Dh, Dw)))
+    height = min(7.0, max(3.2, 1.4 + 4.5 * Dh / max(Dh, Dw)))
+    fig = _figure((width, height))
+    ax = fig.add_subplot()
+    extent = (-0.5, Dw - 0.5, Dh - 0.5, -0.5)  # pixel centres on the integers
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:  # uniform: one colour, but a colour bar that still reads as probability
+        lo, hi = lo * 0.5, hi * 1.5 if hi > 0 else 1.0
+    image = ax.imshow(a, cmap="viridis", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+    ax.set_xlabel("column of the face's top-left corner")
+    ax.set_ylabel("row")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    bar = fig.colorbar(image, ax=ax, shrink=0.9, format=FormatStrFormatter("%.3g"))
+    bar.set_label("probability")
+    ax.set_title(title or f"prior over face positions\n{_describe(a)}", fontsize="medium")
+    fig.tight_layout()
+    return fig
 
 
 def curves_figure(
@@ -81,9 +128,12 @@ def curves_figure(
     """A matplotlib figure of the curves. ``per_pixel`` divides by ``K H W`` so runs on
     different data compare; ``gap`` plots, on a log scale, how far each point is below the
     best value of the curves fitted on the same data (``Curve.data`` and ``n_values``; the best
-    point itself is left out): runs on several data sets each compare with their own best."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    point itself, and any within round-off of it, is drawn on a dashed floor line below the
+    smallest gap): runs on several data sets each compare with their own best."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    fig = _figure((7, 4.5))
+    ax = fig.add_subplot()
     ys = []
     for c in curves:
         y = np.asarray(getattr(c, quantity), dtype=float)
@@ -92,11 +142,19 @@ def curves_figure(
     for c, y in zip(curves, ys):
         key = (c.data, c.n_values)
         best[key] = max(best.get(key, -np.inf), float(np.max(y)))
+    floor = None
+    if gap:  # gaps within round-off of the best (0, a few ulps) are drawn at a floor
+        gaps = []
+        for c, y in zip(curves, ys):
+            top = best[(c.data, c.n_values)]
+            g = top - y
+            g[g <= 16 * np.finfo(float).eps * max(abs(top), 1e-300)] = 0.0
+            gaps.append(g)
+        positive = [float(g[g > 0].min()) for g in gaps if (g > 0).any()]
+        floor = min(positive) / 10 if positive else 1.0
+        ys = [np.where(g > 0, g, floor) for g in gaps]
     for c, y in zip(curves, ys):
         xs = np.arange(len(y)) if x == "iteration" else np.asarray(c.seconds, dtype=float)
-        if gap:  # the best point itself (gap 0) cannot show on a log scale
-            top = best[(c.data, c.n_values)]
-            y = np.where(top - y > 0, top - y, np.nan)
         (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=c.label)
         if 0 < c.prior_fixed_until < len(y) - 1:
             t = c.prior_fixed_until + 1  # the first parameters from a learnt prior
@@ -104,10 +162,17 @@ def curves_figure(
     unit = " per image and pixel" if per_pixel else ""
     if gap:
         ax.set_yscale("log")
+        ax.axhline(floor, color="grey", linestyle="--", linewidth=0.8)
+        ax.plot([], [], color="grey", linestyle="--", linewidth=0.8, label="at the best (gap 0)")
         of = " of the same data" if len(best) > 1 else ""
-        ax.set_ylabel(f"best{of} − {_YLABEL[quantity].split()[0]}{unit} (nats)")
+        ax.set_ylabel(f"best{of} − {_YLABEL[quantity].split()[0]} (nats{unit})")
     else:
-        ax.set_ylabel(f"{_YLABEL[quantity]}{unit}")
+        ax.set_ylabel(f"{_YLABEL[quantity]} (nats{unit})")
+        plain = ScalarFormatter(useOffset=False)
+        plain.set_scientific(False)
+        ax.yaxis.set_major_formatter(plain)
+    if x == "iteration":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration" if x == "iteration" else "seconds")
     if any(0 < c.prior_fixed_until for c in curves):
         ax.plot([], [], "o", mfc="none", color="grey", label="prior learnt from here")

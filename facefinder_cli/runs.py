@@ -181,7 +181,7 @@ def save_run(
 
     Returns the names of the files written.
     """
-    from facefinder_cli.plotting import Curve, heat_map, plot_curves
+    from facefinder_cli.plotting import Curve, plot_curves, plot_prior
 
     folder = Path(folder)
     n_values = result.positions.shape[0] * result.background.size
@@ -229,7 +229,8 @@ def save_run(
     lo, hi = display_range(result.face, result.background)
     write_png(folder / "face.png", result.face, lo, hi, zoom=zoom)
     write_png(folder / "background.png", result.background, lo, hi, zoom=zoom)
-    write_png(folder / "prior.png", heat_map(result.prior), zoom=zoom)
+    with atomic_write(folder / "prior.png") as f:
+        plot_prior(result.prior, f)
     h = restarts[result.best_restart]
     curve = Curve(
         f"{result.method} EM, {result.init} start",

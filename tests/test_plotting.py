@@ -1,0 +1,54 @@
+"""The figures (facefinder_cli.plotting), read through matplotlib's artist tree: axes, labels,
+colour bar and title are there and say what the picture shows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facefinder_cli.plotting import Curve, curves_figure, prior_figure
+
+
+def texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+
+
+def test_prior_figure_has_axes_colour_bar_and_a_title_that_reads_it():
+    prior = np.full((9, 21), 1e-4)
+    prior[3, 5] = 1.0
+    prior /= prior.sum()
+    fig = prior_figure(prior)
+    image_ax, bar_ax = fig.axes  # the map and its colour bar
+    assert "column" in image_ax.get_xlabel() and "top-left" in image_ax.get_xlabel()
+    assert image_ax.get_ylabel() == "row"
+    assert bar_ax.get_ylabel() == "probability"
+    title = image_ax.get_title()
+    assert f"{prior.max() * prior.size:.3g}x uniform" in title
+    assert "1 of the 189 positions hold half the probability" in title
+    # the extent puts position (r, c) at coordinates (c, r): ticks are positions
+    assert image_ax.images[0].get_extent() == [-0.5, 20.5, 8.5, -0.5]
+    ticks = [t for t in image_ax.get_xticks() if -0.5 <= t <= 20.5]
+    assert all(float(t).is_integer() for t in ticks)
+    bar_labels = [t.get_text() for t in bar_ax.get_yticklabels() if t.get_text()]
+    assert bar_labels and all("e" not in t for t in bar_labels)  # plain numbers, no 1e-2 offset
+
+
+def test_a_uniform_prior_is_said_to_be_uniform():
+    fig = prior_figure(np.full((5, 9), 1 / 45))
+    assert "uniform: each of the 45 positions 1/45" in fig.axes[0].get_title()
+
+
+@pytest.mark.parametrize("per_pixel", [False, True])
+def test_elbo_figure_has_units_plain_numbers_and_whole_iterations(per_pixel):
+    elbo = -7.2e6 + np.array([0, 1.5e5, 1.9e5, 1.9e5 + 3, 1.9e5 + 3.5])
+    fig = curves_figure(
+        [Curve("soft", elbo, elbo, np.arange(5.0), 100_000, 2)], per_pixel=per_pixel
+    )
+    ax = fig.axes[0]
+    assert ax.get_ylabel().endswith("(nats per image and pixel)" if per_pixel else "(nats)")
+    assert ax.get_xlabel() == "iteration"
+    fig.canvas.draw()
+    assert ax.yaxis.get_offset_text().get_text() == ""  # no bare "1e6" above the axis
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # no 2.5 iterations
+    assert "prior learnt from here" in texts(fig)
