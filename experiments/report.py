@@ -733,7 +733,7 @@ class Report:
             verdict(lo <= speedup <= hi, speedup > 1),
             f"soft/hard time to convergence {f1(speedup)} times (median over the starts where hard "
             f"EM finds the face: {listing(i for i in a.inits if ok[i]) or 'none'}); per "
-            f"iteration hard EM is {min(per_it):.1f}-{max(per_it):.1f}x faster. Rule: "
+            f"iteration soft/hard time {min(per_it):.1f}-{max(per_it):.1f}. Rule: "
             f"{lo:.2f}-{hi:.1f} agrees, > 1 partly. Times vary a little between reruns.",
         )
         hz, sz = runs[("hard", "zeros")], runs[("soft", "zeros")]

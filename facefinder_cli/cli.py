@@ -254,9 +254,11 @@ def _note_stale(stale: list[str]) -> None:
         )
 
 
-def _log_notes(stack: images.Stack) -> None:
+def _log_notes(stack: images.Stack, truth_given: bool = False) -> None:
     """How the input was read (after the checks, so that an error stays a single line)."""
     for note in stack.notes:
+        if truth_given and note.startswith("not read: truth.npz"):
+            continue  # the user gave it already
         if note.startswith("skipped"):  # data left out: worth a warning
             log.warning("%s", note)
         else:
@@ -293,9 +295,7 @@ class _Group(click.Group):
                 click.echo(err.format_message(), err=True)
                 return err.exit_code
             where = err.ctx.command_path if err.ctx is not None else "facefinder"
-            message = err.format_message().rstrip(".")
-            if "unexpected extra argument" in message:
-                message += "; quote glob patterns, e.g. 'imgs/*.png'"
+            message = _unquoted_glob(err.format_message()) or err.format_message().rstrip(".")
             click.echo(f"Error: {message} (see '{where} --help')", err=True)
             code = err.exit_code
         except click.ClickException as err:
@@ -323,6 +323,20 @@ class _Group(click.Group):
             outputs.close_stdout_quietly()
             return 141
         return code
+
+
+def _unquoted_glob(message: str) -> str | None:
+    """Click's "Got unexpected extra arguments (a b c ...)", which the shell makes of an
+    unquoted pattern with one argument per file, as a short message that leads with the fix."""
+    m = re.fullmatch(r"Got unexpected extra arguments? \((.*)\)\.?", message, re.S)
+    if m is None:
+        return None
+    extra = m[1].split()
+    shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+    return (
+        f"quote glob patterns, e.g. 'imgs/*.png': the shell gave {len(extra)} more "
+        f"argument{'s' if len(extra) > 1 else ''} than expected ({shown})"
+    )
 
 
 #: What an interrupted command has to say, set as it goes: the whole line (``"line"``), or
@@ -636,6 +650,16 @@ class _ProgressBar:
                 return
         self.bar.set_postfix_str(f"ELBO {p.elbo:.6g}, gain {p.gain:.2g}/px", refresh=False)
         self.bar.update(1)
+        log.debug(
+            "restart %d, iteration %d: ELBO %.10g, log-likelihood of the previous %.10g, gain "
+            "%.3g nats per image and pixel, noise std %.6g",
+            p.restart + 1,
+            p.iteration,
+            p.elbo,
+            p.log_likelihood,
+            p.gain,
+            p.params.noise_std,
+        )
 
     def chunk(self, done: int, total: int) -> None:
         """The engine's per-chunk report: a bar of images through the current pass, shown
@@ -720,7 +744,8 @@ def _settings(**kw: Any) -> dict[str, Any]:
     type=float,
     default=1e-7,
     show_default=True,
-    help="Stop when an iteration raises the ELBO by less than this many nats per image and pixel.",
+    help="Stop when an iteration raises the ELBO by less than this many nats per image and pixel; "
+    "0 or less: run --max-iter iterations (the ELBO never falls), with no warning.",
 )
 @click.option(
     "--seed",
@@ -805,8 +830,8 @@ def _settings(**kw: Any) -> dict[str, Any]:
 @click.option(
     "--zoom",
     type=click.IntRange(1, 64),
-    help="Upscale the PNGs N times (nearest neighbour) [default: enough for the images to be "
-    "at least 256 pixels wide or high, at most 8; 1 for exact pixels].",
+    help="Upscale face.png and background.png N times (nearest neighbour) [default: enough for "
+    "the images to be at least 256 pixels wide or high, at most 8; 1 for exact pixels].",
 )
 @click.option(
     "--checkpoint-every",
@@ -873,7 +898,7 @@ def fit(
     \b
     Writes into DIR:
       face.png, background.png   the recovered face and background (same grey scale)
-      prior.png                  the prior over face positions, as a heat map
+      prior.png                  the prior over face positions: a map with axes and a scale
       elbo.png                   the ELBO per iteration
       history.csv                ELBO and log-likelihood per iteration
       positions.csv              each image's most probable face position and its probability
@@ -930,6 +955,8 @@ def fit(
         raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
     keep = images.input_paths(input) + [p for p in (init_from, truth) if p]
     folder = None if outputs.is_stream(out) else out  # else only the face, as a PNG, into it
+    if folder is not None and resumed is None:
+        _check_run_folder_name(folder, overwrite)
     with outputs.claim(folder) as stale:
         _note_stale(stale)
         if folder is not None:
@@ -976,7 +1003,7 @@ def fit(
                     resumed.state.iteration,
                     resumed.state.restart + 1,
                 )
-            _log_notes(stack)
+            _log_notes(stack, truth_given=truth is not None)
             log.info(
                 "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
                 h,
@@ -1066,13 +1093,33 @@ def fit(
     if as_json:
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
-    _report(summary, result, written)
+    _report(summary, result, written, tol)
 
 
 #: What the marker of a run folder says it was made for (``outputs.MARKER``).
 RUN_FOLDER = "fit"
 #: Run folders of versions before the marker are recognised by these files.
 RUN_MARKERS = (runs.RESULT, runs.CHECKPOINT)
+
+
+#: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
+FILE_EXTENSIONS = (".npz", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".csv", ".json")
+
+
+def _check_run_folder_name(folder: str, overwrite: bool) -> None:
+    """Refuse a file-like name for fit's output folder, and point a fit into the folder of an
+    interrupted one at --resume."""
+    if Path(folder).suffix.lower() in FILE_EXTENSIONS and not os.path.isdir(folder):
+        raise click.BadParameter(
+            f"{folder}: fit writes a folder of files (result.npz, face.png, ...); give a folder "
+            f"name without {Path(folder).suffix}, or -o - for the face alone",
+            param_hint="'-o' / '--out'",
+        )
+    if not overwrite and os.path.isfile(os.path.join(folder, runs.CHECKPOINT)):
+        raise InputError(
+            f"{folder}: holds an interrupted fit: carry on with `facefinder fit --resume "
+            f"{folder}`, or pass --overwrite to start afresh"
+        )
 
 
 def _input_is_glob(source: str) -> bool:
@@ -1332,6 +1379,8 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
         "n_iter": result.n_iter,
         "converged": result.converged,
         "seconds": round(seconds, 3),
+        # every restart's time, interrupted sessions included (history.csv's are per restart)
+        "seconds_total": round(float(sum(h.seconds[-1] for h in result.restarts)), 3),
         "noise_std": result.noise_std,
         "log_likelihood": float(result.log_likelihood[-1]),
         "log_likelihood_per_pixel": float(result.log_likelihood[-1]) / n,
@@ -1346,13 +1395,18 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
     return s
 
 
-def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> None:
-    state = "converged" if s["converged"] else "stopped at --max-iter"
+def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], tol: float) -> None:
+    n = s["n_iter"]
+    state = f"converged after {n} iterations"
+    if not s["converged"]:  # (tol <= 0: as many iterations as asked for)
+        state = f"ran {n} iterations" if tol <= 0 else f"stopped at --max-iter after {n} iterations"
+    took = f"{s['seconds']:.1f} s"
+    if s["seconds_total"] > s["seconds"] + 0.05:  # resumed: the earlier sessions count too
+        took = f"{s['seconds_total']:.1f} s ({s['seconds']:.1f} s since --resume)"
     log.info(
-        "%s after %d iterations in %.1f s: noise std %.4g, log-likelihood %.6g (%.4f per pixel)",
+        "%s in %s: noise std %.4g, log-likelihood %.6g (%.4f per pixel)",
         state,
-        s["n_iter"],
-        s["seconds"],
+        took,
         s["noise_std"],
         s["log_likelihood"],
         s["log_likelihood_per_pixel"],
@@ -1360,9 +1414,11 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str]) -> 
     if s["restarts"] > 1:
         lls = ", ".join(f"{h.log_likelihood[-1]:.6g}" for h in result.restarts)
         log.info(
-            "restart %d of %d kept (final log-likelihoods: %s)",
+            "kept restart %d of %d (best_restart %d in --json and result.npz, which count from "
+            "0; final log-likelihoods: %s)",
             s["best_restart"] + 1,
             s["restarts"],
+            s["best_restart"],
             lls,
         )
     kept = result.restarts[result.best_restart]

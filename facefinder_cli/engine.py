@@ -1704,7 +1704,8 @@ def fit(
         Maximum EM iterations per restart; 0 returns the initialisation.
     tol : float
         Stop when an iteration raises the lower bound by less than ``tol`` nats per image and
-        pixel, i.e. ``(elbo[t] - elbo[t-1]) / (K H W) < tol``. ``-inf`` runs ``max_iter``.
+        pixel, i.e. ``(elbo[t] - elbo[t-1]) / (K H W) < tol``. ``tol <= 0`` runs ``max_iter``
+        iterations (the soft-EM ELBO never falls), without a ConvergenceWarning.
         Monte-Carlo EM, whose bound is noisy, compares the exact log-likelihood instead,
         averaged over windows of ``MC_WINDOW`` iterations: it stops when the mean of the last
         window exceeds the mean of the one before by less than ``tol * K H W`` per iteration.
@@ -1882,7 +1883,7 @@ def fit(
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
     run = runs[best]
     h = run.history
-    if max_iter > 0 and not h.converged and tol > -np.inf:
+    if max_iter > 0 and not h.converged and tol > 0:  # (tol <= 0: run max_iter, as asked)
         warnings.warn(
             f"EM did not converge in {max_iter} iterations (last gain "
             f"{(h.elbo[-1] - h.elbo[-2]) / (data.K * data.H * data.W):.3g} nats per image and "

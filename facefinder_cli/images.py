@@ -48,6 +48,7 @@ from facefinder_cli.outputs import (
     check_file_target,
     inside,
     install,
+    is_facefinder_npz,
     stage_text,
 )
 
@@ -1070,6 +1071,12 @@ def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
         )
     files.sort(key=natural_sort_key)
     notes = []
+    if "truth.npz" in others and is_facefinder_npz(os.path.join(source, "truth.npz")):
+        others.remove("truth.npz")  # facefinder's own file: said apart, not as junk
+        notes.append(
+            "not read: truth.npz, the truth of data made by facefinder generate (fit --truth "
+            f"{os.path.join(source, 'truth.npz')} measures the fit against it)"
+        )
     if others:
         others.sort(key=natural_sort_key)
         n = _plural(len(others), "non-image file")
@@ -1359,7 +1366,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """Map values linearly from [vmin, vmax] to [0, 255], clipping and rounding.
+    """Map values linearly from [vmin, vmax] to [0, 255], clipping and rounding (halves up,
+    robustly: see the code).
 
     Parameters
     ----------
@@ -1406,7 +1414,10 @@ def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = 
                 scaled = (a - lo) / (hi - lo) * 255.0
         scaled = np.clip(scaled, 0.0, 255.0)
         scaled[np.isnan(scaled)] = 0.0
-        return np.rint(scaled).astype(np.uint8)
+        # Halves round up, and so do values within 1e-6 below one: averages of whole grey
+        # levels often end in exactly .5, and a last-bit difference between machines (their
+        # FFTs) must not flip them (PNGs made by `make -C docs` are the same everywhere).
+        return np.minimum(np.floor(scaled + (0.5 + 1e-6)), 255.0).astype(np.uint8)
     out = np.full(a.shape, 128, dtype=np.uint8)
     out[a < lo] = 0
     out[a > hi] = 255

@@ -60,6 +60,7 @@ __all__ = [
     "forget_broken_pipe",
     "inside",
     "install",
+    "is_facefinder_npz",
     "is_stdout",
     "is_stream",
     "repair_std_streams",
@@ -360,7 +361,7 @@ def _marker_kind(folder: str) -> str | None:
         return None
 
 
-def _is_facefinder_npz(path: str) -> bool:
+def is_facefinder_npz(path: str) -> bool:
     """Whether ``path`` is an .npz file that facefinder wrote (it stores its ``version``)."""
     try:
         if os.path.islink(path) or not os.path.isfile(path):
@@ -374,7 +375,7 @@ def _is_facefinder_npz(path: str) -> bool:
 def _made_here(folder: str, made_for: str | None, legacy: Sequence[str]) -> bool:
     if made_for is not None and _marker_kind(folder) == made_for:
         return True
-    return any(_is_facefinder_npz(os.path.join(folder, name)) for name in legacy)
+    return any(is_facefinder_npz(os.path.join(folder, name)) for name in legacy)
 
 
 def check_folder_target(
@@ -401,9 +402,9 @@ def check_folder_target(
     real = os.path.realpath(target)
     for k in _real_inputs(keep):
         if _under(k, real):
+            what = "is an input" if k == real else "holds an input"
             raise InputError(
-                f"{p}: holds an input of this command; refusing to replace it, even with "
-                "--overwrite"
+                f"{p}: {what} of this command; refusing to replace it, even with --overwrite"
             )
     if kind == "link":
         raise InputError(f"{p}: is a symbolic link; give the folder it points to")

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
-__all__ = ["Curve", "curves_figure", "heat_map", "plot_curves", "plot_prior", "prior_figure"]
+__all__ = ["Curve", "curves_figure", "plot_curves", "plot_prior", "prior_figure"]
 
 Quantity = Literal["elbo", "log_likelihood"]
 XAxis = Literal["iteration", "seconds"]
@@ -182,15 +182,3 @@ def curves_figure(
         ax.set_title(title)
     fig.tight_layout()
     return fig
-
-
-def heat_map(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
-    """An ``(n, m)`` array as an ``(n, m, 3)`` uint8 RGB image, colour-mapped from its minimum
-    (dark) to its maximum (bright); a constant array maps to the middle colour."""
-    from matplotlib import colormaps
-
-    v = np.asarray(values, dtype=float)
-    lo, hi = float(v.min()), float(v.max())
-    t = (v - lo) / (hi - lo) if hi > lo else np.full(v.shape, 0.5)
-    rgba = colormaps[cmap](t)
-    return (rgba[..., :3] * 255).round().astype(np.uint8)

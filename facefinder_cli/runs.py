@@ -281,6 +281,11 @@ def _result_path(path: str | os.PathLike) -> Path:
             return p / RESULT
         if (p / HISTORY).is_file():
             return p / HISTORY
+        if (p / CHECKPOINT).is_file():
+            raise InputError(
+                f"{p}: holds an interrupted fit ({CHECKPOINT}), no result yet: finish it with "
+                f"`facefinder fit --resume {p}`"
+            )
         raise InputError(f"{p}: no {RESULT} or {HISTORY} in this folder")
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -487,6 +492,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
     if p.is_dir():
         p = p / CHECKPOINT
     if not p.is_file():
+        if (p.parent / RESULT).is_file():
+            raise InputError(f"{path}: the fit is complete ({RESULT}): nothing to resume")
         raise InputError(f"{path}: no {CHECKPOINT} here: nothing to resume")
     z = _npz(p, "a checkpoint")
     try:

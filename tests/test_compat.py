@@ -8,6 +8,7 @@ absolute tolerance, starting point) and ``run_EM_with_restarts``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -203,9 +204,13 @@ def test_run_em_infinite_tolerance_stops_after_one_iteration(data):
 
 
 def test_run_em_warns_when_not_converged(data):
+    """A positive tolerance not met warns; tolerance <= 0 asks for max_iter and does not."""
     _, X_hwk, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", engine.ConvergenceWarning)
+        compat.run_EM(X_hwk, h, w, tolerance=0.0, max_iter=1)
     with pytest.warns(engine.ConvergenceWarning):
-        *_, LL = compat.run_EM(X_hwk, h, w, tolerance=0.0, max_iter=1)
+        *_, LL = compat.run_EM(X_hwk, h, w, tolerance=1e-12, max_iter=1)
     assert len(LL) == 3
 
 

@@ -464,6 +464,14 @@ def test_to_uint8_constant_arrays():
     np.testing.assert_array_equal(to_uint8(np.full((2, 3), 40.0)), np.full((2, 3), 40))
 
 
+def test_to_uint8_rounds_halves_up_whatever_the_last_bit():
+    """Averages of whole grey levels end in .5; a last-bit difference between machines must not
+    decide their rounding (it made `make -C docs` PNGs differ by one grey level)."""
+    half = 127.5
+    values = np.array([half, np.nextafter(half, 0), np.nextafter(half, 256), 0.5, 2.5, 127.49])
+    assert to_uint8(values).tolist() == [128, 128, 128, 1, 3, 127]
+
+
 def test_to_uint8_range_mapping():
     out = to_uint8(np.array([-1.0, 0.0, 1.0]))
     assert out.dtype == np.uint8 and out.tolist() == [0, 128, 255]

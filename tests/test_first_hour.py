@@ -1,0 +1,139 @@
+"""What a new user stumbles on in the first hour (issue 12): each point that changed behaviour,
+run through the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from facefinder_cli import engine
+from facefinder_cli.cli import main
+from facefinder_cli.interrupts import Interrupted
+
+GEN = ["generate", "-n", "40", "--face-size", "8x8", "--size", "12x16", "--noise", "20", "-q"]
+FIT = ["--face-size", "8x8"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(*args):
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    return r
+
+
+def one_error(r, code: int) -> str:
+    assert r.exit_code == code, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def data():
+    ok(*GEN, "-o", "data")
+    return "data"
+
+
+def interrupted_fit(monkeypatch, out: str, after: int = 2) -> None:
+    """fit, stopped by SIGINT after ``after`` iterations: its checkpoint is in ``out``."""
+    real = engine.fit
+
+    def stopping(*args, callback=None, **kw):
+        def cb(progress):
+            callback(progress)
+            if progress.iteration == after:
+                raise Interrupted(signal.SIGINT)
+
+        return real(*args, callback=cb, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "fit", stopping)
+        r = cli("fit", "data", *FIT, "-o", out, "--tol", "-1", "--max-iter", 6)
+    assert r.exit_code == 130 and "interrupted after iteration 2" in r.stderr
+
+
+def test_an_unquoted_pattern_leads_with_the_fix(tmp_path):
+    files = [f"f{k:03d}.png" for k in range(300)]
+    r = cli("fit", *files, *FIT, "-o", "run")
+    line = one_error(r, 2)
+    assert line.startswith("Error: quote glob patterns, e.g. 'imgs/*.png': the shell gave 299")
+    assert "f001.png, f002.png, f003.png and 296 more" in line and len(line) < 200
+
+
+def test_a_negative_tolerance_runs_max_iter_without_advice(data):
+    r = ok("fit", data, *FIT, "-o", "run", "--tol", "-1", "--max-iter", 4)
+    assert "warning" not in r.stderr and "--max-iter" not in r.stderr
+    assert "ran 4 iterations in" in r.stderr
+    with np.load("run/result.npz") as z:
+        assert int(z["n_iter"]) == 4
+    assert "0 or less: run --max-iter" in " ".join(cli("fit", "--help").output.split())
+
+
+def test_restarts_are_numbered_one_way(data):
+    r = ok("fit", data, *FIT, "-o", "run", "--restarts", 3, "--init", "random", "--json")
+    best = json.loads(r.stdout)["best_restart"]
+    assert f"kept restart {best + 1} of 3 (best_restart {best} in --json and result.npz" in r.stderr
+    with np.load("run/result.npz") as z:
+        assert int(z["best_restart"]) == best
+
+
+def test_a_resumed_fit_reports_its_whole_time(data, monkeypatch):
+    interrupted_fit(monkeypatch, "run")
+    r = ok("fit", "--resume", "run", "--json")
+    summary = json.loads(r.stdout)
+    assert summary["seconds_total"] >= summary["seconds"]
+    assert "since --resume" in r.stderr or summary["seconds_total"] <= summary["seconds"] + 0.05
+
+
+def test_dead_ends_point_the_way(data, monkeypatch):
+    interrupted_fit(monkeypatch, "r3")
+    line = one_error(cli("fit", data, *FIT, "-o", "r3"), 1)
+    assert "r3: holds an interrupted fit" in line and "fit --resume r3" in line
+    line = one_error(cli("plot-elbo", "r3", "-o", "e.png"), 1)
+    assert "interrupted fit" in line and "fit --resume r3" in line
+    ok("fit", "--resume", "r3")
+    line = one_error(cli("fit", "--resume", "r3"), 1)
+    assert "the fit is complete (result.npz): nothing to resume" in line
+
+
+def test_a_file_name_is_not_taken_for_a_folder(data):
+    line = one_error(cli("fit", data, *FIT, "-o", "out.npz"), 2)
+    assert "fit writes a folder" in line and "without .npz" in line
+    assert not os.path.exists("out.npz")
+
+
+def test_the_input_itself_is_named_as_such(data):
+    ok("fit", data, *FIT, "-o", "run")
+    line = one_error(cli("fit", data, *FIT, "-o", data, "--overwrite"), 1)
+    end = "is an input of this command; refusing to replace it, even with --overwrite"
+    assert line == f"Error: {data}: {end}"
+
+
+def test_the_truth_of_generated_data_is_recognised(data):
+    r = ok("fit", data, *FIT, "-o", "run", "--max-iter", 2)
+    assert "non-image" not in r.stderr
+    assert f"fit --truth {Path(data) / 'truth.npz'}" in r.stderr
+    r = ok("fit", data, *FIT, "-o", "run2", "--max-iter", 2, "--truth", Path(data) / "truth.npz")
+    assert "truth.npz" not in r.stderr.replace("--truth", "")
+
+
+def test_verbose_fit_says_more(data):
+    quiet = ok("fit", data, *FIT, "-o", "a", "--max-iter", 3)
+    loud = ok("fit", data, *FIT, "-o", "b", "--max-iter", 3, "-v")
+    lines = [line for line in loud.stderr.splitlines() if ", iteration " in line]
+    assert len(lines) == 3 and "ELBO" in lines[0] and "noise std" in lines[0]
+    assert len(loud.stderr.splitlines()) > len(quiet.stderr.splitlines())
