@@ -8,9 +8,9 @@ stdout carries only data (a PNG with ``-o -``, a JSON summary with ``--json``, C
 from __future__ import annotations
 
 import contextlib
-import csv
 import decimal
 import functools
+import glob
 import json
 import logging
 import math
@@ -26,7 +26,16 @@ from typing import Any
 import click
 import numpy as np
 
-from facefinder_cli import __version__, engine, images, interrupts, outputs, runs, synthetic
+from facefinder_cli import (
+    __version__,
+    engine,
+    images,
+    interrupts,
+    names,
+    outputs,
+    runs,
+    synthetic,
+)
 from facefinder_cli.errors import InputError
 from facefinder_cli.interrupts import Interrupted
 from facefinder_cli.names import printable
@@ -240,18 +249,11 @@ def _non_finite(source: str, stack: images.Stack, err: engine.NonFiniteError) ->
     return images.InputError(f"{source}: image {k} (counting from 0{named}) contains {err.what}")
 
 
-def _note_stale(stale: list[str]) -> None:
-    """Say that temporaries of a killed earlier run were removed (see ``outputs.claim``)."""
-    if stale:
-        shown = ", ".join(os.path.basename(t) for t in stale[:3])
-        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
-        log.info(
-            "note: removed %d temporary file%s left by an interrupted earlier run (%s%s)",
-            len(stale),
-            "" if len(stale) == 1 else "s",
-            shown,
-            more,
-        )
+def _note_stale(done: list[str]) -> None:
+    """Say what was cleaned up after a killed earlier run (see ``outputs.claim``)."""
+    if done:
+        more = f"; and {len(done) - 3} more" if len(done) > 3 else ""
+        log.info("note: after an interrupted earlier run, %s%s", "; ".join(done[:3]), more)
 
 
 def _log_notes(stack: images.Stack, truth_given: bool = False) -> None:
@@ -296,10 +298,10 @@ class _Group(click.Group):
                 return err.exit_code
             where = err.ctx.command_path if err.ctx is not None else "facefinder"
             message = _unquoted_glob(err.format_message()) or err.format_message().rstrip(".")
-            click.echo(f"Error: {message} (see '{where} --help')", err=True)
+            _say(f"Error: {message} (see '{where} --help')")
             code = err.exit_code
         except click.ClickException as err:
-            err.show()
+            _say(f"Error: {err.format_message()}")
             code = err.exit_code
         except click.Abort:
             click.echo("Aborted.", err=True)
@@ -308,7 +310,7 @@ class _Group(click.Group):
             line = _STOPPED.get("line")
             if line is None:
                 line = f"interrupted: {_STOPPED.get('note', 'no output file was written')}"
-            click.echo(line, err=True)
+            _say(line)
             code = stop.exit_code
         except BrokenPipeError:
             code = 141
@@ -323,6 +325,15 @@ class _Group(click.Group):
             outputs.close_stdout_quietly()
             return 141
         return code
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever it holds (a path with a line break stays one line) and
+    whatever became of stderr (a terminal closed with SIGHUP)."""
+    try:
+        click.echo(line.replace("\r", "\\r").replace("\n", "\\n"), err=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _unquoted_glob(message: str) -> str | None:
@@ -545,22 +556,34 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
             outputs.check_file_target(truth_path, overwrite, keep=keep)
         else:
             outputs.check_folder_target(
-                out, overwrite, keep=keep, made_for=images.IMAGES_FOLDER, legacy=("truth.npz",)
+                out,
+                overwrite,
+                keep=keep,
+                made_for=images.IMAGES_FOLDER,
+                legacy=("truth.npz",),
+                expected=images.image_folder_file,
             )
         data = synthetic.make_dataset(
             face_img, bg_img, count, noise, prior=prior_table, seed=seed, dtype=np.float32
         )
-        if stack_file:
-            clipped = images.write_stack(out, data.images, fmt=fmt, overwrite=overwrite)
+        if stack_file:  # the stack and its truth appear together, or neither changes
+            clipped, batch = 0, None
             try:
-                runs.save_truth(truth_path, data.truth, data.positions, overwrite=overwrite)
-            except BaseException:  # the stack without its truth is half an output: remove it
-                with contextlib.suppress(OSError):
-                    os.unlink(out)
+                with outputs.atomic_files([out, truth_path], overwrite=overwrite) as batch:
+                    images.encode_stack(batch.files[0], data.images, fmt)
+                    runs.write_truth(batch.files[1], data.truth, data.positions)
+            except Interrupted:
+                if batch is not None and batch.installed:
+                    _STOPPED["note"] = f"{out} and {truth_path} were written all the same"
                 raise
         else:
             with outputs.atomic_folder(
-                out, overwrite, keep=keep, made_for=images.IMAGES_FOLDER, legacy=("truth.npz",)
+                out,
+                overwrite,
+                keep=keep,
+                made_for=images.IMAGES_FOLDER,
+                legacy=("truth.npz",),
+                expected=images.image_folder_file,
             ) as tmp:
                 clipped = images.write_image_files(tmp, data.images, fmt=fmt)
                 runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
@@ -921,6 +944,12 @@ def fit(
             click.get_current_context(), ("resume", "as_json", "memory_limit", "workers")
         )
         resumed = _Resumed.load(resume)
+        if resumed.state.data is None:
+            log.warning(
+                "%s was saved by an older facefinder, without a record of its images: "
+                "--resume cannot check that they are the same",
+                resumed.path,
+            )
         o = resumed.options
         input, out, overwrite = o["input_path"], resume, True
         face_size, method, init = tuple(o["face_size"]), o["method"], o["init"]
@@ -961,7 +990,12 @@ def fit(
         _note_stale(stale)
         if folder is not None:
             outputs.check_folder_target(
-                folder, overwrite, keep=keep, made_for=RUN_FOLDER, legacy=RUN_MARKERS
+                folder,
+                overwrite,
+                keep=keep,
+                made_for=RUN_FOLDER,
+                legacy=RUN_MARKERS,
+                expected=_run_file,
             )
         stack = _load(input, layout, skip_unreadable, stream=True)
         K, H, W = stack.images.shape
@@ -970,7 +1004,7 @@ def fit(
             resumed.check_input(input, K, H, W)
         settings = _settings(
             input=str(input),
-            input_path=os.path.abspath(input) if not _input_is_glob(input) else input,
+            input_path=_absolute_input(input),
             face_size=(h, w),
             method=method,
             init=init,
@@ -1024,7 +1058,7 @@ def fit(
         # pass (and compared with a checkpoint's), and an error there stays the only line.
         bar = _ProgressBar(max_iter, truth_data, saver, on_start=announce)
         if resumed is not None:
-            bar.errors = {int(r): rows for r, rows in resumed.extra.get("errors", {}).items()}
+            bar.errors = resumed.extra.get("errors", {})
         _STOPPED["line"] = "interrupted before the first iteration: nothing was written"
         in_place = False  # whether the finished run folder is in place
         try:
@@ -1067,6 +1101,7 @@ def fit(
                         keep=keep,
                         made_for=RUN_FOLDER,
                         legacy=RUN_MARKERS,
+                        expected=_run_file,
                     ) as tmp:
                         written = runs.save_run(
                             tmp,
@@ -1077,7 +1112,7 @@ def fit(
                             zoom=zoom,
                         )
                 except Interrupted as stop:  # raised once the folder was renamed into place?
-                    in_place = bool(written) and stop.after_deferred
+                    in_place = bool(written) and stop.after == "install"
                     raise
                 in_place = True
         except Interrupted:
@@ -1100,6 +1135,15 @@ def fit(
 RUN_FOLDER = "fit"
 #: Run folders of versions before the marker are recognised by these files.
 RUN_MARKERS = (runs.RESULT, runs.CHECKPOINT)
+#: The files fit writes into a run folder: --overwrite replaces one holding only these.
+RUN_FILES = frozenset(
+    {runs.RESULT, runs.CHECKPOINT, runs.HISTORY, runs.POSITIONS}
+    | {"face.png", "background.png", "prior.png", "elbo.png"}
+)
+
+
+def _run_file(name: str) -> bool:
+    return name in RUN_FILES
 
 
 #: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
@@ -1122,8 +1166,14 @@ def _check_run_folder_name(folder: str, overwrite: bool) -> None:
         )
 
 
-def _input_is_glob(source: str) -> bool:
-    return any(c in source for c in "*?[")
+def _absolute_input(source: str) -> str:
+    """``source`` as --resume finds it from any folder: an absolute path, or for a pattern the
+    pattern under the current folder (whose name is escaped: it may hold * ? [)."""
+    if os.path.lexists(source) or not any(c in source for c in "*?["):
+        return os.path.abspath(source)
+    if os.path.isabs(source):
+        return source
+    return os.path.join(glob.escape(os.getcwd()), source)
 
 
 def _fit_face_size(input, stack, face_size, warm, init_from, truth_data, truth) -> tuple[int, int]:
@@ -1238,7 +1288,7 @@ def _save_when_interrupted(saver, bar, restarts: int) -> str:
     if state is None:
         return "interrupted before the first iteration: nothing was written"
     if saver is None:
-        return "interrupted: -o - keeps no checkpoint, nothing was written"
+        return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
     saver.save(state, bar.errors)
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
@@ -1305,6 +1355,18 @@ class _Resumed:
                 bad = len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)
             if bad:
                 raise InputError(f"{path}: not a valid facefinder checkpoint (setting {key})")
+        errors = extra.get("errors", {})
+        if not isinstance(errors, dict) or not all(
+            isinstance(rows, list) and all(isinstance(row, dict) for row in rows)
+            for rows in errors.values()
+        ):
+            raise InputError(f"{path}: not a valid facefinder checkpoint (its errors record)")
+        try:
+            extra["errors"] = {int(r): rows for r, rows in errors.items()}
+        except ValueError:
+            raise InputError(
+                f"{path}: not a valid facefinder checkpoint (its errors record)"
+            ) from None
         return cls(path, state, saved, extra)
 
     def check_input(self, input: str, K: int, H: int, W: int) -> None:
@@ -1361,6 +1423,7 @@ class _CheckpointSaver:
                 keep=self.keep,
                 made_for=RUN_FOLDER,
                 legacy=RUN_MARKERS,
+                expected=_run_file,
             ) as tmp:
                 runs.save_checkpoint(Path(tmp) / runs.CHECKPOINT, state, self.settings, extra)
         self.wrote = True
@@ -1392,7 +1455,8 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
     }
     if errors is not None:
         s.update({k: float(v[-1]) for k, v in errors.items()})
-    return s
+    # strict JSON has no NaN or infinity: a value that is not a number is null
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in s.items()}
 
 
 def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], tol: float) -> None:
@@ -1635,7 +1699,9 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
         _note_stale(stale)
         outputs.check_file_target(out, overwrite, keep=keep)
         if draw:
-            outputs.check_folder_target(draw, overwrite, keep=keep, made_for=DRAW_FOLDER)
+            outputs.check_folder_target(
+                draw, overwrite, keep=keep, made_for=DRAW_FOLDER, expected=_drawn_file
+            )
         stack = _load(input, layout, skip_unreadable, stream=True)
         K, H, W = stack.images.shape
         if (H, W) != run.params.background.shape:
@@ -1652,14 +1718,18 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
         _log_notes(stack)
         _warn_if_mismatched(found, run.params.noise_std, input)
         with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
-            rows = csv.writer(f, lineterminator="\n")
+            rows = names.csv_writer(f)
             rows.writerow(["image", "row", "column", "probability"])
             for name, (r, c), p in zip(stack.names, positions, probability):
                 rows.writerow([printable(name), int(r), int(c), f"{p:.6g}"])
         if draw:  # one image at a time: a streamed stack is never held in memory
+            if not outputs.is_stream(out):
+                _STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
             h, w = run.params.face.shape
             zoom = zoom or runs.view_zoom((H, W))
-            with outputs.atomic_folder(draw, overwrite, keep=keep, made_for=DRAW_FOLDER) as tmp:
+            with outputs.atomic_folder(
+                draw, overwrite, keep=keep, made_for=DRAW_FOLDER, expected=_drawn_file
+            ) as tmp:
                 for k, stem in enumerate(images.file_stems(stack.names, K)):
                     r, c = positions[k]
                     rgb = _boxed(np.asarray(stack.images[k]), r, c, h, w)
@@ -1674,6 +1744,11 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
 
 #: What the marker of a folder of boxed images says it was made for (``outputs.MARKER``).
 DRAW_FOLDER = "detect --draw"
+
+
+def _drawn_file(name: str) -> bool:
+    return name.lower().endswith(".png")
+
 
 #: detect warns when the images' typical residual around the model is further than this factor
 #: from the model's noise std (images that fit give a ratio within a few per cent of 1).

@@ -1516,11 +1516,32 @@ def _fit_settings(**kw: object) -> dict:
 
 def _differs(old: dict, new: dict) -> str | None:
     """Why a checkpoint made with settings ``old`` does not resume a fit with ``new``."""
-    changed = [
-        f"{k}={old[k]!r} (this fit: {new[k]!r})" for k in new if k in old and old[k] != new[k]
-    ]
+    if set(old) != set(new):
+        return "the checkpoint was made by another version of facefinder (other settings)"
+    changed = [f"{k}={old[k]!r} (this fit: {new[k]!r})" for k in new if old[k] != new[k]]
     if changed:
         return "the checkpoint belongs to another fit: it was made with " + ", ".join(changed)
+    return None
+
+
+def _damaged(cp: Checkpoint, data: _Data, max_iter: int) -> str | None:
+    """What is inconsistent in a checkpoint (edited, or damaged on disk), or None."""
+    t = cp.iteration
+    if not (isinstance(t, int) and 0 <= t <= max_iter and cp.restart >= 0):
+        return "its iteration or restart is out of range"
+    # (elbo[0] is added with the first iteration's E-step: none before it)
+    if len(cp.log_likelihood) != t or len(cp.elbo) != (t + 1 if t else 0):
+        return "its histories do not have one value per iteration"
+    if len(cp.seconds) != t + 1:
+        return "its histories do not have one value per iteration"
+    if np.shape(cp.unidentified) != (data.H, data.W):
+        return "its record of unidentified background pixels has the wrong shape"
+    for done in cp.finished:
+        h = done.history
+        if np.shape(done.positions) != (data.K, 2) or np.shape(done.probability) != (data.K,):
+            return "a finished restart's positions do not match the images"
+        if len(h.elbo) != h.n_iter + 1 or len(h.log_likelihood) != h.n_iter + 1:
+            return "a finished restart's histories do not match its iterations"
     return None
 
 
@@ -1842,6 +1863,9 @@ def fit(
             why = "the checkpoint belongs to another fit (other seed or restarts)"
         if why is None and resume.data is not None:
             why = _fingerprint_differs(resume.data, fingerprint)
+        if why is None:
+            damage = _damaged(resume, data, int(max_iter))
+            why = None if damage is None else f"the checkpoint is damaged: {damage}"
         if why is not None:
             raise ValueError(why)
         runs = list(resume.finished)

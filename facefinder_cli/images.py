@@ -43,13 +43,12 @@ import numpy as np
 from facefinder_cli import names as _names
 from facefinder_cli.errors import InputError
 from facefinder_cli.outputs import (
+    atomic_files,
     atomic_folder,
     atomic_write,
     check_file_target,
     inside,
-    install,
     is_facefinder_npz,
-    stage_text,
 )
 
 __all__ = [
@@ -60,6 +59,7 @@ __all__ = [
     "glob_paths",
     "input_paths",
     "load_stack",
+    "encode_stack",
     "file_stems",
     "names_path",
     "natural_sort_key",
@@ -1593,23 +1593,41 @@ def write_stack(
     if single:
         check_file_target(p, overwrite)
         with atomic_write(p, "wb", overwrite=overwrite) as f:
-            if fmt == "npy":
-                np.save(f, arr)
-            elif fmt == "npz":
-                extra = {"names": np.array([str(n) for n in names])} if names is not None else {}
-                np.savez(f, images=arr, **extra)
-            else:
-                with np.errstate(over="ignore"):
-                    _encode_tiff(f, arr.astype(np.float32))
+            encode_stack(f, arr, fmt, names)
         return 0
     return _write_folder(p, arr, names, fmt, overwrite)
+
+
+def encode_stack(
+    f: IO[bytes], images: np.ndarray, fmt: str, names: Sequence[str] | None = None
+) -> None:
+    """Write a (K, H, W) stack to the binary file ``f`` as ``fmt``: ``"npy"`` (dtype kept),
+    ``"npz"`` (key ``images``, plus ``names`` when given) or ``"tiff"`` (32-bit float pages)."""
+    if fmt == "npy":
+        np.save(f, images)
+    elif fmt == "npz":
+        extra = {"names": np.array([str(n) for n in names])} if names is not None else {}
+        np.savez(f, images=images, **extra)
+    elif fmt == "tiff":
+        with np.errstate(over="ignore"):
+            _encode_tiff(f, np.asarray(images).astype(np.float32))
+    else:
+        raise ValueError(f"fmt must be npy, npz or tiff, got {fmt!r}")
 
 
 def _write_folder(
     p: str, arr: np.ndarray, names: Sequence[str] | None, fmt: str, overwrite: bool
 ) -> int:
-    with atomic_folder(p, overwrite, made_for=IMAGES_FOLDER, legacy=("truth.npz",)) as tmp:
+    with atomic_folder(
+        p, overwrite, made_for=IMAGES_FOLDER, legacy=("truth.npz",), expected=image_folder_file
+    ) as tmp:
         return write_image_files(tmp, arr, names, fmt)
+
+
+def image_folder_file(name: str) -> bool:
+    """Whether ``name`` is a file that facefinder writes into a folder of images (so that
+    ``--overwrite`` may replace a folder holding only such files)."""
+    return name == "truth.npz" or name.lower().endswith((".tif", ".png"))
 
 
 def write_image_files(
@@ -1966,24 +1984,23 @@ def pack_stack(
             images, names = stack.images, stack.names
             default = names == _stack_names(os.path.basename(src), len(images), False)
             notes = list(stack.notes)
-    staged: str | None = None
+    # The stack and its names file appear together or not at all; with the default names
+    # (none to write), an old names file goes with the old stack.
+    with_names = listing is not None or not default
     try:
-        with atomic_write(p, "wb", overwrite=overwrite) as f:
+        with atomic_files(
+            [p, side] if with_names else [p],
+            overwrite=overwrite,
+            remove=[] if with_names else [side],
+        ) as batch:
+            f = batch.files[0]
             if listing is None:
                 notes += _pack_array(f, images, dt, src, progress)
             else:
                 names, notes = _pack_files(f, listing, dt, skip_unreadable, progress)
-                default = False
-            if not default:
-                staged = stage_text(side, "".join(_names.to_line(n) + "\n" for n in names))
-            if os.path.isfile(side) and not os.path.islink(side):  # (only with overwrite:
-                os.unlink(side)  # checked above) an old names file never names the new stack
-        if staged is not None:
-            install(staged, side, overwrite)
-            staged = None
+            if with_names:
+                text = "".join(_names.to_line(n) + "\n" for n in names)
+                batch.files[1].write(text.encode("utf-8"))
     finally:
         close()
-        if staged is not None:
-            with suppress(OSError):
-                os.unlink(staged)
     return Stack(NpyReader(p), names, tuple(notes), src)

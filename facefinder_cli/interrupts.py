@@ -1,6 +1,6 @@
-"""Ctrl-C and SIGTERM as exceptions that every command handles the same way.
+"""Ctrl-C, SIGTERM and SIGHUP as exceptions that every command handles the same way.
 
-Inside :func:`handled` the first SIGINT or SIGTERM raises :class:`Interrupted` in the main
+Inside :func:`handled` the first SIGINT, SIGTERM or SIGHUP raises :class:`Interrupted` in the main
 thread (a ``BaseException``, as ``KeyboardInterrupt`` is, so no ``except Exception`` on the way
 mistakes it for an error). Later signals are noted and ignored: the command is already on its
 way out, and its clean-up (removing temporaries, saving a checkpoint) must not be cut short by
@@ -21,26 +21,31 @@ from contextlib import contextmanager
 
 __all__ = ["Interrupted", "deferred", "handled", "raise_pending"]
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: SIGHUP too: a closed terminal or a dropped ssh session ends a fit as Ctrl-C does.
+_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM. ``exit_code`` is the shell's code for it: 130 or 143.
-    ``after_deferred`` is True when the signal arrived inside a :func:`deferred` block and is
-    raised as it ends: that block's work is done."""
+    """SIGINT, SIGTERM or SIGHUP. ``exit_code`` is the shell's code for it: 130, 143 or 129.
+    ``after`` names the :func:`deferred` block the signal arrived in, when it is raised as that
+    block ends (the block's work is then done); None otherwise."""
 
-    def __init__(self, signum: int, after_deferred: bool = False) -> None:
+    def __init__(self, signum: int, after: str | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.exit_code = 128 + signum
-        self.after_deferred = after_deferred
+        self.after = after
 
 
 class _State:
     installed = False
     stopping = False  # the first signal was raised: later ones are ignored
     depth = 0  # nesting of ``deferred`` blocks
+    label: str | None = None  # the innermost one's
     pending: int | None = None  # a signal that arrived inside ``deferred``
+    where: str | None = None  # the label of the deferred block it arrived in
 
 
 def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
@@ -48,7 +53,7 @@ def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
         return
     if _State.depth:
         if _State.pending is None:
-            _State.pending = signum
+            _State.pending, _State.where = signum, _State.label
         return
     _State.stopping = True
     raise Interrupted(signum)
@@ -56,13 +61,14 @@ def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into :class:`Interrupted` for the duration of the block (only
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` for the block's duration (only
     in the main thread; elsewhere the block runs with the signals as they were)."""
     if threading.current_thread() is not threading.main_thread() or _State.installed:
         yield
         return
     previous = [signal.signal(s, _handler) for s in _SIGNALS]
     _State.installed, _State.stopping, _State.depth, _State.pending = True, False, 0, None
+    _State.label = _State.where = None
     try:
         yield
     finally:
@@ -72,14 +78,16 @@ def handled() -> Iterator[None]:
 
 
 @contextmanager
-def deferred() -> Iterator[None]:
+def deferred(label: str = "") -> Iterator[None]:
     """Run the block whole: a signal that arrives inside it is raised when it ends (if no
-    other exception is on its way out)."""
+    other exception is on its way out), as :class:`Interrupted` with ``after=label``."""
     _State.depth += 1
+    outer, _State.label = _State.label, label
     try:
         yield
     finally:
         _State.depth -= 1
+        _State.label = outer
     raise_pending()
 
 
@@ -88,7 +96,7 @@ def raise_pending() -> None:
     if _State.depth == 0 and _State.pending is not None and not _State.stopping:
         signum, _State.pending = _State.pending, None
         _State.stopping = True
-        raise Interrupted(signum, after_deferred=True)
+        raise Interrupted(signum, after=_State.where)
 
 
 def stopping() -> bool:

@@ -14,9 +14,11 @@ file facefinder writes is UTF-8 text, so such names are written with a stated es
 
 from __future__ import annotations
 
+import csv
 import re
+from typing import IO, Any
 
-__all__ = ["from_line", "printable", "to_line"]
+__all__ = ["csv_writer", "from_line", "printable", "to_line"]
 
 
 def _bytes(name: str) -> bytes | None:
@@ -63,3 +65,22 @@ def from_line(line: str) -> str:
     """The name that :func:`to_line` wrote as ``line`` (a backslash before anything else is
     kept as it is)."""
     return _ESCAPE.sub(_unescape, line)
+
+
+class _Rows:
+    """A ``csv.writer`` whose rows end in ``\n`` and whose first field (the name) is quoted
+    when it holds a carriage return: the csv module quotes only the characters of its line
+    terminator, and a bare ``\r`` ends a line for most readers."""
+
+    def __init__(self, f: IO[str]) -> None:
+        self._plain = csv.writer(f, lineterminator="\n")
+        self._quoted = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, row: list[Any]) -> None:
+        writer = self._quoted if "\r" in str(row[0]) else self._plain
+        writer.writerow(row)
+
+
+def csv_writer(f: IO[str]) -> _Rows:
+    """A writer of CSV rows (a name first) that any CSV reader reads back, whatever the name."""
+    return _Rows(f)

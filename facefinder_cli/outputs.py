@@ -28,16 +28,18 @@ Every file and folder the tool writes goes through this module, and obeys these 
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from typing import IO, Any
 
@@ -51,6 +53,8 @@ except ImportError:  # pragma: no cover - Windows: no locks, the other rules sti
 
 __all__ = [
     "MARKER",
+    "Batch",
+    "atomic_files",
     "atomic_folder",
     "atomic_write",
     "check_file_target",
@@ -59,12 +63,10 @@ __all__ = [
     "close_stdout_quietly",
     "forget_broken_pipe",
     "inside",
-    "install",
     "is_facefinder_npz",
     "is_stdout",
     "is_stream",
     "repair_std_streams",
-    "stage_text",
     "stdout_broken",
     "stdout_closed",
 ]
@@ -219,6 +221,8 @@ def _kind(p: str) -> str:
     except OSError as err:
         if err.errno == errno.ENOTDIR:
             return "missing"  # the parent check names the problem
+        if err.errno == errno.ENAMETOOLONG:
+            raise InputError(f"{p}: the name is too long (more than 255 bytes)") from None
         raise InputError(f"{p}: cannot check ({err.strerror or err})") from None
     mode = st.st_mode
     if stat.S_ISLNK(mode):
@@ -276,12 +280,39 @@ def _umask() -> int:
     return mask
 
 
+#: Suffix of the temporaries beside an output (``.NAME.XXXXXXXX.facefinder.tmp``): distinct
+#: enough that cleaning up after a killed run never takes a user's file for one.
+_TMP = ".facefinder.tmp"
+
+
+def _split(p: str) -> tuple[str, str]:
+    """(the real folder ``p`` goes into, its last name): the folder as the kernel resolves it
+    (``deep/../x`` through a link ``deep`` is not ``./x``), for temporaries and locks."""
+    head, name = os.path.split(p.rstrip("/" + os.sep) or p)
+    return os.path.realpath(head or "."), name
+
+
+def _stem(name: str) -> str:
+    """``name`` for the hidden helper files beside it (temporaries, lock): shortened, with a
+    hash to keep it unique, when the helper's name would pass the 255 bytes a name may have."""
+    raw = os.fsencode(name)
+    if len(raw) <= 200:
+        return name
+    digest = hashlib.sha1(raw).hexdigest()[:8]
+    return os.fsdecode(raw[:150]) + "~" + digest
+
+
 def _check_parent(p: str) -> str:
-    """The absolute folder ``p`` goes into, which must exist and be writable."""
+    """The real folder ``p`` goes into, which must exist and be writable; ``p``'s name must be
+    one a file may have."""
     if p == "":
         raise InputError("an output name is empty")
-    parent = os.path.dirname(os.path.abspath(p))
-    shown = os.path.dirname(p) or "."
+    parent, name = _split(p)
+    shown = os.path.dirname(p.rstrip("/" + os.sep)) or "."
+    if name in (".", ".."):
+        raise InputError(f"{p}: give the output its own name, not one ending in {name}")
+    if len(os.fsencode(name)) > 255:
+        raise InputError(f"{p}: the name is too long (more than 255 bytes)")
     if not os.path.isdir(parent):
         raise InputError(f"{p}: cannot write (folder {shown} does not exist)")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -385,19 +416,23 @@ def check_folder_target(
     keep: Sequence[str | os.PathLike] = (),
     made_for: str | None = None,
     legacy: Sequence[str] = (),
+    expected: Callable[[str], bool] | None = None,
 ) -> bool:
     """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
     whether it exists. Callers use it to fail before long work, not after.
 
     An existing empty folder is used. A non-empty one is replaced only with ``overwrite``, and
     only when its marker says it was made for ``made_for`` (or it holds one of the ``legacy``
-    files, ``.npz`` files written by facefinder), it holds no subfolder and none of ``keep``
-    (the command's inputs), and it is not the current folder or one of its parents."""
+    files, ``.npz`` files written by facefinder), every file in it is one facefinder writes
+    there (``expected(name)``: a file a user added is never deleted with it), it holds no
+    subfolder and none of ``keep`` (the command's inputs), it is not a mount point (it could
+    not be renamed) and it is not the current folder or one of its parents."""
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
     kind = _kind(target)
-    if kind == "missing":
+    if kind in ("missing", "folder"):
         _check_parent(target)
+    if kind == "missing":
         return False
     real = os.path.realpath(target)
     for k in _real_inputs(keep):
@@ -417,8 +452,11 @@ def check_folder_target(
     here = os.path.realpath(os.getcwd())
     if _under(here, real):
         raise InputError(f"{p}: is the current folder or contains it; refusing to replace it")
+    if os.path.ismount(target):
+        raise InputError(
+            f"{p}: is a mount point, which cannot be replaced by renaming; give a folder inside it"
+        )
     if not content:
-        _check_parent(target)
         return True
     if not overwrite:
         raise InputError(f"{p}: folder is not empty; pass --overwrite to replace it")
@@ -426,12 +464,20 @@ def check_folder_target(
         raise InputError(
             f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
         )
+    foreign = sorted(c for c in content if c != MARKER and expected and not expected(c))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise InputError(
+            f"{p}: holds files facefinder does not write there ({shown}); refusing to replace it, "
+            "even with --overwrite"
+        )
     if not _made_here(target, made_for, legacy):
         raise InputError(
             f"{p}: was not made by facefinder for this purpose (no {MARKER} marker says so); "
             "refusing to replace it, even with --overwrite"
         )
-    _check_parent(target)
     return True
 
 
@@ -448,8 +494,8 @@ def _temp_beside(p: str) -> tuple[int, str, int]:
     except OSError:
         perms = 0o666 & ~_umask()
     try:
-        name = os.path.basename(p)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+        name = _stem(_split(p)[1])
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=_TMP, dir=parent)
     except OSError as err:
         raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
     return fd, tmp, perms
@@ -474,40 +520,6 @@ def _install(tmp: str, p: str, overwrite: bool | None) -> None:
     if _kind(p) not in ("missing", "file"):  # became something else while we wrote
         raise InputError(f"{p}: is no longer a regular file; refusing to replace it")
     os.replace(tmp, p)
-
-
-def stage_text(path: str | os.PathLike, text: str) -> str:
-    """Write ``text`` (UTF-8) to a new temporary file beside ``path``, synced to disk and with
-    the permissions ``path`` should get; returns its name, for :func:`install` once everything
-    else succeeded (or for the caller to remove)."""
-    p = os.fspath(path)
-    tmp = ""
-    try:
-        with interrupts.deferred():  # the temporary is created and known, or neither
-            fd, tmp, perms = _temp_beside(p)
-        with open(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, perms)
-    except BaseException as exc:
-        if tmp:
-            with suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
-        raise
-    return tmp
-
-
-def install(tmp: str, path: str | os.PathLike, overwrite: bool | None = None) -> None:
-    """Rename a file made by :func:`stage_text` to ``path``, as :func:`atomic_write` does."""
-    p = os.fspath(path)
-    with interrupts.deferred():
-        try:
-            _install(tmp, p, overwrite)
-        except OSError as err:
-            raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
 
 
 @contextmanager
@@ -595,7 +607,7 @@ def atomic_write(
             yield f
             f.flush()
             os.fsync(f.fileno())
-        with interrupts.deferred():
+        with interrupts.deferred("install"):
             try:
                 os.chmod(tmp, perms)
                 _install(tmp, p, overwrite)
@@ -627,6 +639,7 @@ def atomic_folder(
     keep: Sequence[str | os.PathLike] = (),
     made_for: str | None = None,
     legacy: Sequence[str] = (),
+    expected: Callable[[str], bool] | None = None,
 ) -> Iterator[str]:
     """Build a folder so that it appears complete or not at all.
 
@@ -637,19 +650,20 @@ def atomic_folder(
     """
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
-    exists = check_folder_target(p, overwrite, keep=keep, made_for=made_for, legacy=legacy)
-    parent = os.path.dirname(os.path.abspath(target))
-    name = os.path.basename(os.path.abspath(target))
+    exists = check_folder_target(
+        p, overwrite, keep=keep, made_for=made_for, legacy=legacy, expected=expected
+    )
+    parent, name = _split(target)
     tmp = ""
     try:
         with interrupts.deferred():  # the temporary is created and known, or neither
-            tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+            tmp = tempfile.mkdtemp(prefix=f".{_stem(name)}.", suffix=_TMP, dir=parent)
         yield tmp
         if made_for is not None:
             write_marker(tmp, made_for)
         os.chmod(tmp, 0o777 & ~_umask())
-        with interrupts.deferred():
-            _install_folder(tmp, target, exists)
+        with interrupts.deferred("install"):
+            _install_folder(tmp, os.path.join(parent, name), exists)
     except BaseException as exc:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -685,43 +699,66 @@ def _install_folder(tmp: str, target: str, exists: bool) -> None:
 
 def _temporaries(parent: str, name: str) -> list[str]:
     """The temporaries :func:`atomic_write` and :func:`atomic_folder` make for ``name``."""
-    pattern = re.compile(r"\." + re.escape(name) + r"\.[A-Za-z0-9_]{8}\.tmp(?:\.old)?")
+    pattern = re.compile(
+        r"\." + re.escape(_stem(name)) + r"\.[a-z0-9_]{8}" + re.escape(_TMP) + r"(?:\.old)?"
+    )
     try:
         return [os.path.join(parent, e) for e in os.listdir(parent) if pattern.fullmatch(e)]
     except OSError:
         return []
 
 
+_LOCK_TEXT = re.compile(rb"\d*\n?")
+
+
+def _lock_path(target: str) -> tuple[str, str]:
+    parent, name = _split(target)
+    return parent, os.path.join(parent, f".{_stem(name)}.lock")
+
+
 class _Lock:
-    """An exclusive ``flock`` on ``.NAME.lock`` beside an output, held until :meth:`release`."""
+    """An exclusive ``flock`` on ``.NAME.lock`` beside an output, held until :meth:`release`.
+
+    The lock file holds the holder's pid and nothing else; a file of that name that holds
+    anything else, has other links or is not a regular file is a user's, and is never
+    written, truncated or removed."""
 
     def __init__(self, target: str) -> None:
         self.target = target
-        name = os.path.basename(os.path.abspath(target))
-        self.parent = os.path.dirname(os.path.abspath(target))
-        self.name = name
-        self.path = os.path.join(self.parent, f".{name}.lock")
+        self.parent, self.path = _lock_path(target)
         self.fd: int | None = None
 
+    def _foreign(self) -> InputError:
+        return InputError(
+            f"{self.target}: cannot lock it: {self.path} exists and is not a facefinder lock "
+            "file (move it away)"
+        )
+
     def acquire(self) -> bool:
-        """Take the lock; False when it cannot be made (no such folder, not writable: the
-        output checks then say why). InputError when another process holds it."""
+        """Take the lock; False when it cannot be made here (a missing or read-only folder: the
+        output checks then say so). InputError when another process holds it, or when the lock
+        file's name is taken by a file of the user's."""
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         for _ in range(100):
             try:
                 fd = os.open(self.path, flags, 0o644)
             except OSError as err:
-                if err.errno == errno.ELOOP:
-                    raise InputError(
-                        f"{self.target}: cannot lock it ({self.path} is a symbolic link)"
-                    ) from None
+                if err.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS):
+                    return False
+                raise self._foreign() from None  # a link, a folder...
+            try:
+                st = os.fstat(fd)
+                head = os.pread(fd, 64, 0)
+            except OSError:
+                os.close(fd)
                 return False
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _LOCK_TEXT.fullmatch(head):
+                os.close(fd)
+                raise self._foreign()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
-                pid = ""
-                with suppress(OSError, ValueError):
-                    pid = f" (pid {int(os.pread(fd, 32, 0).split()[0])})"
+                pid = f" (pid {int(head)})" if head.strip().isdigit() else ""
                 os.close(fd)
                 if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise InputError(
@@ -737,7 +774,7 @@ class _Lock:
                 os.close(fd)
                 continue
             with suppress(OSError):
-                os.ftruncate(fd, 0)
+                os.ftruncate(fd, 0)  # ours: a lock file, as checked above
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             self.fd = fd
             return True
@@ -746,11 +783,58 @@ class _Lock:
     def release(self) -> None:
         if self.fd is None:
             return
-        with suppress(OSError):
-            os.unlink(self.path)  # while still holding it: see ``acquire``
+        with suppress(OSError):  # while still holding it (see ``acquire``), and only ours
+            if os.path.samestat(os.fstat(self.fd), os.stat(self.path, follow_symlinks=False)):
+                os.unlink(self.path)
         with suppress(OSError):
             os.close(self.fd)
         self.fd = None
+
+
+def _held_folder(target: str) -> str | None:
+    """The folder around ``target`` that another facefinder process is writing (a run folder
+    being fitted, say), if any: writing inside it would be lost, or spoil that run."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(target)) or ".")
+    while True:
+        up = os.path.dirname(folder)
+        if up == folder:
+            return None
+        path = os.path.join(up, f".{_stem(os.path.basename(folder))}.lock")
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError as err:
+                if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    return folder
+            finally:
+                os.close(fd)
+        folder = up
+
+
+def _clean_up(parent: str, name: str) -> list[str]:
+    """Deal with the temporaries a killed run left for ``name`` (the caller holds its lock, so
+    no live process owns them): an earlier output moved aside (``.old``) goes back in place
+    if nothing took it; the rest is removed. Returns what was done, for a note."""
+    target = os.path.join(parent, name)
+    done = []
+    for t in sorted(_temporaries(parent, name), key=lambda t: not t.endswith(".old")):
+        if t.endswith(".old") and not os.path.lexists(target):
+            with suppress(OSError):
+                os.rename(t, target)
+                done.append(f"restored {name} from {os.path.basename(t)}")
+                continue
+        if os.path.isdir(t) and not os.path.islink(t):
+            shutil.rmtree(t, ignore_errors=True)
+        else:
+            with suppress(OSError):
+                os.unlink(t)
+        done.append(f"removed {os.path.basename(t)}")
+    return done
 
 
 @contextmanager
@@ -758,13 +842,14 @@ def claim(*paths: str | os.PathLike | None) -> Iterator[list[str]]:
     """Hold the outputs ``paths`` for this process until the block ends.
 
     A second facefinder process that claims one of them meanwhile gets an
-    :class:`InputError` at once, naming it. While held, the temporaries that an earlier, killed
-    process left for those outputs cannot belong to a live process: they are removed, and the
-    block receives their paths (for a note). Standard output, descriptors, devices and None are
-    not claimed; where locks are not available (Windows, some network file systems) the block
-    runs without them."""
+    :class:`InputError` at once, naming it; so does one whose output lies inside a folder
+    that another process holds. While held, the temporaries that an earlier, killed process
+    left for those outputs cannot belong to a live process: an output it had moved aside is
+    put back, the rest removed, and the block receives what was done (for a note). Standard
+    output, descriptors, devices and None are not claimed; where locks are not available
+    (Windows, some network file systems) the block runs without them."""
     with ExitStack() as stack:
-        stale: list[str] = []
+        done: list[str] = []
         for path in paths:
             if path is None:
                 continue
@@ -772,15 +857,111 @@ def claim(*paths: str | os.PathLike | None) -> Iterator[list[str]]:
             target = p.rstrip("/" + os.sep) or p
             if target == "" or fcntl is None or _kind(target) not in ("missing", "file", "folder"):
                 continue
+            held = _held_folder(target)
+            if held is not None:
+                raise InputError(
+                    f"{p}: is inside {held}, which another facefinder process is writing; wait "
+                    "for it to finish, or choose another output"
+                )
             lock = _Lock(target)
             if not lock.acquire():
                 continue
             stack.callback(lock.release)
-            for t in _temporaries(lock.parent, lock.name):
-                if os.path.isdir(t) and not os.path.islink(t):
-                    shutil.rmtree(t, ignore_errors=True)
-                else:
-                    with suppress(OSError):
-                        os.unlink(t)
-                stale.append(t)
-        yield stale
+            done += _clean_up(lock.parent, _split(target)[1])
+        yield done
+
+
+class Batch:
+    """Files being written together by :func:`atomic_files`: ``files`` to write to, in the
+    order of the paths; ``installed`` once all of them are in place."""
+
+    def __init__(self) -> None:
+        self.files: list[IO[bytes]] = []
+        self.installed = False
+
+
+@contextmanager
+def atomic_files(
+    paths: Sequence[str | os.PathLike],
+    *,
+    overwrite: bool | None = None,
+    remove: Sequence[str | os.PathLike] = (),
+) -> Iterator[Batch]:
+    """Write files that belong together (a stack and its names file, a stack and its truth)
+    so that all of them appear, complete, or none changes; ``remove`` names files that must
+    go when they do (an old names file that would name the new stack wrongly).
+
+    Each file is written to a temporary beside it. When the block ends, existing targets are
+    moved aside, every temporary is renamed into place and what was moved aside is deleted;
+    if a rename fails, everything moved goes back. Devices, FIFOs and standard output are
+    written into directly (they cannot be replaced). ``overwrite=False`` refuses a target that
+    exists by then."""
+    batch = Batch()
+    staged: list[tuple[str, str, int]] = []  # (temporary, target, permissions)
+    with ExitStack() as streams:
+        try:
+            for path in paths:
+                p = os.fspath(path)
+                kind = _kind(p)
+                if kind in (_STDOUT, "descriptor", "device"):
+                    batch.files.append(streams.enter_context(atomic_write(p, "wb")))
+                    continue
+                _refuse_unless_file(p, kind)
+                with interrupts.deferred():  # the temporary is created and known, or neither
+                    fd, tmp, perms = _temp_beside(p)
+                    staged.append((tmp, p, perms))
+                batch.files.append(streams.enter_context(open(fd, "wb")))
+            yield batch
+            for f in batch.files:
+                f.flush()
+                with suppress(OSError, ValueError):
+                    os.fsync(f.fileno())
+            with interrupts.deferred("install"):
+                _install_all(staged, [os.fspath(r) for r in remove], overwrite)
+                batch.installed = True
+        except BaseException as exc:
+            for tmp, _, _ in staged:
+                with suppress(OSError):
+                    os.unlink(tmp)
+            if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+                where = staged[0][1] if staged else os.fspath(paths[0])
+                raise InputError(f"{where}: cannot write ({exc.strerror or exc})") from None
+            raise
+
+
+def _install_all(staged: list[tuple[str, str, int]], remove: list[str], overwrite) -> None:
+    moved: list[tuple[str, str]] = []  # (where it went, where it was)
+    placed: list[str] = []
+    try:
+        for tmp, _, perms in staged:
+            os.chmod(tmp, perms)
+        for tmp, p, _ in staged:
+            kind = _kind(p)
+            if kind == "missing":
+                continue
+            if overwrite is False:
+                raise InputError(f"{p}: file exists; pass --overwrite to replace it")
+            if kind != "file":
+                raise InputError(f"{p}: is no longer a regular file; refusing to replace it")
+            os.rename(p, tmp + ".old")
+            moved.append((tmp + ".old", p))
+        for r in remove:
+            if _kind(r) == "file":
+                parent, name = _split(r)
+                aside = os.path.join(parent, f".{_stem(name)}.{secrets.token_hex(4)}{_TMP}.old")
+                os.rename(r, aside)
+                moved.append((aside, r))
+        for tmp, p, _ in staged:
+            os.rename(tmp, p)
+            placed.append(p)
+    except BaseException:
+        for p in placed:
+            with suppress(OSError):
+                os.unlink(p)
+        for aside, p in moved:
+            with suppress(OSError):
+                os.rename(aside, p)
+        raise
+    for aside, _ in moved:
+        with suppress(OSError):
+            os.unlink(aside)

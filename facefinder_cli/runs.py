@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from facefinder_cli import __version__, engine
 from facefinder_cli.engine import Checkpoint, FitResult, Params, RestartHistory, RestartResult
 from facefinder_cli.errors import InputError
 from facefinder_cli.images import write_png
-from facefinder_cli.names import printable
+from facefinder_cli.names import csv_writer, printable
 from facefinder_cli.outputs import atomic_write
 
 __all__ = [
@@ -222,7 +222,7 @@ def save_run(
     with atomic_write(folder / HISTORY, "w") as f:
         f.write(_history_rows(result, errors))
     with atomic_write(folder / POSITIONS, "w") as f:
-        w = csv.writer(f, lineterminator="\n")
+        w = csv_writer(f)
         w.writerow(["image", "row", "column", "probability"])
         for name, (r, c), p in zip(names, result.positions, result.position_probability):
             w.writerow([printable(name), int(r), int(c), f"{p:.6g}"])
@@ -393,15 +393,20 @@ def save_truth(
     """Write the truth of a synthetic data set (``facefinder generate``) for ``fit --truth``
     (``overwrite=False``: never over an existing file)."""
     with atomic_write(path, overwrite=overwrite) as f:
-        np.savez_compressed(
-            f,
-            face=truth.face,
-            background=truth.background,
-            noise_std=truth.noise_std,
-            prior=truth.prior,
-            positions=positions,
-            version=__version__,
-        )
+        write_truth(f, truth, positions)
+
+
+def write_truth(f: IO[bytes], truth: Params, positions: np.ndarray) -> None:
+    """The truth of a synthetic data set, as an ``.npz`` file, to the binary file ``f``."""
+    np.savez_compressed(
+        f,
+        face=truth.face,
+        background=truth.background,
+        noise_std=truth.noise_std,
+        prior=truth.prior,
+        positions=positions,
+        version=__version__,
+    )
 
 
 def load_truth(path: str | os.PathLike) -> Truth:

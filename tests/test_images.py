@@ -604,7 +604,7 @@ def test_write_stack_refuses_non_empty_folder_without_overwrite():
         write_stack("out", np.zeros((2, 3, 4)))
     assert listing("out") == ["keep.txt"]
     # a folder facefinder did not make is never replaced, even with overwrite
-    with pytest.raises(InputError, match=r"^out: was not made by facefinder"):
+    with pytest.raises(InputError, match=r"^out: holds files facefinder does not write there"):
         write_stack("out", np.ones((2, 3, 4)), overwrite=True)
     assert listing("out") == ["keep.txt"]
     os.remove("out/keep.txt")

@@ -173,17 +173,94 @@ def test_a_second_process_cannot_claim_a_held_output():
 
 
 def test_a_claim_removes_what_a_killed_run_left_and_only_that():
-    os.mkdir(".out.ab12cd_9.tmp")  # a run folder being built when the process was killed
-    write(".out.ab12cd_9.tmp/result.npz")
-    write(".out.zz99yy00.tmp.old")
+    os.mkdir(".out.ab12cd_9.facefinder.tmp")  # a run folder being built when it was killed
+    write(".out.ab12cd_9.facefinder.tmp/result.npz")
+    write(".out.zz99yy00.facefinder.tmp")
+    write(".out.20261130.tmp")  # a user's, named like the temporaries of other tools
     write(".out.mine.txt")  # not a temporary of ours
-    write(".other.ab12cd_9.tmp")  # another output's
-    with outputs.claim("out") as stale:
-        assert sorted(os.path.basename(p) for p in stale) == [
-            ".out.ab12cd_9.tmp",
-            ".out.zz99yy00.tmp.old",
+    write(".other.ab12cd_9.facefinder.tmp")  # another output's
+    with outputs.claim("out") as done:
+        assert sorted(done) == [
+            "removed .out.ab12cd_9.facefinder.tmp",
+            "removed .out.zz99yy00.facefinder.tmp",
         ]
-    assert sorted(os.listdir()) == [".other.ab12cd_9.tmp", ".out.mine.txt"]
+    assert sorted(os.listdir()) == sorted(
+        [".out.20261130.tmp", ".other.ab12cd_9.facefinder.tmp", ".out.mine.txt"]
+    )
+
+
+def test_a_claim_puts_back_an_output_that_a_killed_replacement_moved_aside():
+    """Killed between moving the old output aside and renaming the new one into place: the
+    next claim restores the old one (the new one's completeness is not known)."""
+    os.mkdir(".run.k1ll3d_0.facefinder.tmp.old")
+    write(".run.k1ll3d_0.facefinder.tmp.old/result.npz", "old run")
+    os.mkdir(".run.k1ll3d_0.facefinder.tmp")
+    with outputs.claim("run") as done:
+        assert done[0] == "restored run from .run.k1ll3d_0.facefinder.tmp.old"
+    assert sorted(os.listdir()) == ["run"]
+    assert Path("run/result.npz").read_text() == "old run"
+
+
+def test_the_lock_file_of_a_user_is_never_written_nor_removed():
+    write("thesis.txt", "years of work")
+    os.link("thesis.txt", ".o.csv.lock")  # the lock's name, taken by a hard link
+    with pytest.raises(InputError, match="is not a facefinder lock file"):
+        with outputs.claim("o.csv"):
+            pass
+    assert Path("thesis.txt").read_text() == "years of work"
+    os.unlink(".o.csv.lock")
+    write(".p.csv.lock", "my notes")
+    with pytest.raises(InputError, match="is not a facefinder lock file"):
+        with outputs.claim("p.csv"):
+            pass
+    os.mkdir(".q.csv.lock")
+    with pytest.raises(InputError, match="is not a facefinder lock file"):
+        with outputs.claim("q.csv"):
+            pass
+    assert Path(".p.csv.lock").read_text() == "my notes" and os.path.isdir(".q.csv.lock")
+
+
+def test_the_lock_is_where_the_kernel_puts_the_output():
+    """``deep/../x`` through a link ``deep -> real/sub`` is ``real/x``, not ``./x``."""
+    os.makedirs("real/sub")
+    os.symlink("real/sub", "deep")
+    with outputs.claim("real/x"):
+        with pytest.raises(InputError, match="another facefinder process"):
+            with outputs.claim("deep/../x"):
+                pass
+
+
+def test_an_output_inside_a_folder_being_written_is_refused():
+    holder = subprocess.Popen([sys.executable, "-c", HOLD])
+    try:
+        while not os.path.exists("held"):
+            assert holder.poll() is None
+        os.mkdir("out")
+        with pytest.raises(
+            InputError, match=r"^out/checkpoint.npz: is inside .*out, which another"
+        ):
+            with outputs.claim("out/checkpoint.npz"):
+                pass
+    finally:
+        write("release")
+        holder.wait(timeout=30)
+
+
+def test_files_written_together_appear_together_or_not_at_all():
+    write("a.npy", "old a")
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_files(["a.npy", "b.txt"], overwrite=True) as batch:
+            batch.files[0].write(b"new a")
+            raise RuntimeError("disk on fire")
+    assert sorted(os.listdir()) == ["a.npy"] and Path("a.npy").read_text() == "old a"
+    write("a.names.txt", "old names")
+    with outputs.atomic_files(["a.npy"], overwrite=True, remove=["a.names.txt"]) as batch:
+        batch.files[0].write(b"new a")
+    assert batch.installed and sorted(os.listdir()) == ["a.npy"]
+    with pytest.raises(InputError, match="file exists"):
+        with outputs.atomic_files(["a.npy", "c.txt"], overwrite=False) as batch:
+            batch.files[0].write(b"newer")
+    assert sorted(os.listdir()) == ["a.npy"] and Path("a.npy").read_text() == "new a"
 
 
 # --- names --------------------------------------------------------------------------------------
@@ -242,16 +319,16 @@ DEFERRED = textwrap.dedent(
     from facefinder_cli import interrupts
     with interrupts.handled():
         try:
-            with interrupts.deferred():
+            with interrupts.deferred("install"):
                 os.kill(os.getpid(), signal.SIGINT)  # arrives inside: waits
                 os.kill(os.getpid(), signal.SIGTERM)  # a second one: ignored
                 print("finished the block", flush=True)
         except interrupts.Interrupted as stop:
-            print(stop.exit_code, stop.after_deferred, flush=True)
+            print(stop.exit_code, stop.after, flush=True)
     """
 )
 
 
 def test_a_signal_inside_a_deferred_block_waits_for_its_end():
     out = subprocess.run([sys.executable, "-c", DEFERRED], capture_output=True, text=True)
-    assert out.stdout.split("\n")[:2] == ["finished the block", "130 True"], out.stderr
+    assert out.stdout.split("\n")[:2] == ["finished the block", "130 install"], out.stderr

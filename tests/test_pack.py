@@ -395,23 +395,29 @@ def test_interrupt_leaves_old_files_untouched(monkeypatch):
     assert {n: open(n, "rb").read() for n in before} == before
 
 
-def test_old_names_file_is_gone_before_the_new_stack_appears(monkeypatch):
+def test_the_stack_and_its_names_file_change_together(monkeypatch):
+    """Interrupted between putting the new stack in place and its names file, the old pair is
+    put back: never a new stack named after the old images, nor an old one without names."""
+    from facefinder_cli import outputs
+
     png_folder(k=3)
     pack_stack("imgs", "s.npy")
-    png_folder("other", k=3, seed=9)
-    real_replace = os.replace
+    old_stack, old_names = open("s.npy", "rb").read(), read_names("s.names.txt")
+    png_folder("other", k=4, seed=9)
+    real_rename = os.rename
 
-    def stop_before_the_names(src, dst):
-        real_replace(src, dst)
-        if str(dst).endswith("s.npy"):  # the new stack is in place: interrupted here
-            raise KeyboardInterrupt
+    def stop_at_the_names(src, dst):
+        if str(dst).endswith("s.names.txt") and str(src).endswith(".facefinder.tmp"):
+            raise KeyboardInterrupt  # the new stack is in place by now
+        real_rename(src, dst)
 
-    monkeypatch.setattr(im.os, "replace", stop_before_the_names)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(outputs.os, "rename", stop_at_the_names)
         pack_stack("other", "s.npy", overwrite=True)
-    # the new stack, and no names file that would name its images after the old ones
-    assert listing() == ["imgs", "other", "s.npy"]  # no temporary file either
-    assert load_stack("s.npy").names == ("s.npy[0]", "s.npy[1]", "s.npy[2]")
+    assert listing() == ["imgs", "other", "s.names.txt", "s.npy"]  # no temporary file either
+    assert open("s.npy", "rb").read() == old_stack and read_names("s.names.txt") == old_names
+    pack_stack("other", "s.npy", overwrite=True)  # and without the interruption, the new pair
+    assert load_stack("s.npy", stream=True).names == tuple(f"img{k}.png" for k in range(1, 5))
 
 
 def test_existing_target_needs_overwrite():

@@ -521,7 +521,7 @@ def test_05_a_second_fit_on_the_same_output_fails_or_waits(data, tmp_path, spawn
 
 def test_06_detect_csv_round_trips_odd_names(data, tmp_path):
     """Item 6: names with a comma, a quote and a newline come back exactly from csv.reader."""
-    names = ["a,b.tif", 'quote".tif', "new\nline.tif", "plain.tif"]
+    names = ["a,b.tif", 'quote".tif', "new\nline.tif", "cr\rx.tif", "plain.tif"]
     for src, name in zip(data.names, names):
         Path("odd").mkdir(exist_ok=True)
         shutil.copy(data.imgs / src, Path("odd") / name)

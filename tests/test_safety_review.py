@@ -1,0 +1,278 @@
+"""The second hostile review of issue 11's fixes, replayed: each defect it found, as a test.
+
+(The first round is tests/test_safety.py; the output rules themselves are tested directly in
+tests/test_outputs.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from facefinder_cli import engine, runs
+from facefinder_cli.cli import main
+from facefinder_cli.interrupts import Interrupted
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+GEN = ["generate", "-n", "30", "--face-size", "8x8", "--size", "12x16", "--noise", "20", "-q"]
+FIT = ["--face-size", "8x8", "--max-iter", "3"]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(*args):
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    return r
+
+
+def one_error(r, code: int = 1) -> str:
+    assert r.exit_code == code, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    assert "unexpected" not in lines[0]
+    return lines[0]
+
+
+def hidden_leftovers() -> list[str]:
+    return [f for f in os.listdir() if f.startswith(".")]
+
+
+@pytest.fixture
+def data():
+    ok(*GEN, "-o", "data")
+    return "data"
+
+
+# --- 1 and 2: files written together -----------------------------------------------------------
+
+
+def test_generate_never_removes_a_device_nor_loses_the_old_pair(monkeypatch):
+    """generate unlinked its stack when the truth failed: a device node at the stack's name
+    was deleted, and an --overwrite lost the old stack."""
+    if os.geteuid() == 0:
+        os.mknod("null.npy", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        ok(*GEN, "-o", "null.npy")  # written into, as > would
+        assert stat.S_ISCHR(os.lstat("null.npy").st_mode)
+    ok(*GEN, "-o", "s.npy")
+    before = {f: Path(f).read_bytes() for f in ("s.npy", "s.truth.npz")}
+
+    def stop(*args, **kwargs):
+        raise Interrupted(signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(runs, "write_truth", stop)
+        r = cli(*GEN, "-n", "12", "--seed", "3", "-o", "s.npy", "--overwrite")
+    assert r.exit_code == 130 and r.stderr.strip() == "interrupted: s.npy was not written"
+    assert {f: Path(f).read_bytes() for f in before} == before
+    assert hidden_leftovers() == []
+    if os.geteuid() == 0:
+        assert stat.S_ISCHR(os.lstat("null.npy").st_mode)
+
+
+def test_pack_overwrite_keeps_the_old_names_file_when_interrupted(monkeypatch):
+    from facefinder_cli import images
+
+    ok(*GEN, "-o", "src")
+    ok("pack", "src", "e.npy")
+    before = {f: Path(f).read_bytes() for f in ("e.npy", "e.names.txt")}
+    real = images._pack_files
+
+    def stop(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Interrupted(signal.SIGINT)  # the new stack is written, not yet in place
+
+    with monkeypatch.context() as m:
+        m.setattr(images, "_pack_files", stop)
+        r = cli("pack", "src", "e.npy", "--overwrite")
+    assert r.exit_code == 130 and "e.npy was not written" in r.stderr
+    assert {f: Path(f).read_bytes() for f in before} == before
+    assert hidden_leftovers() == []
+
+
+# --- 6: carriage returns in names ---------------------------------------------------------------
+
+
+def test_a_carriage_return_in_a_name_keeps_the_csv_rows(data):
+    import csv
+
+    os.mkdir("cr")
+    for k, name in enumerate(["cr\rx.tif", "plain.tif", "b.tif"]):
+        os.link(Path(data) / f"img{k + 1:02d}.tif", Path("cr") / name)
+    ok("fit", "cr", *FIT, "-o", "run")
+    ok("detect", "run", "cr", "-o", "d.csv")
+    for table in ("run/positions.csv", "d.csv"):
+        with open(table, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        assert sorted(r[0] for r in rows[1:]) == sorted(["cr\rx.tif", "plain.tif", "b.tif"])
+
+
+# --- 7: refused before the work, not after ------------------------------------------------------
+
+
+def test_outputs_that_cannot_be_renamed_into_place_are_refused_first(data):
+    os.mkdir("run")
+    line = one_error(cli("fit", data, *FIT, "-o", "run/."))
+    assert "give the output its own name" in line
+    long = "r" * 250  # a legal name, whose temporary would not be
+    ok("fit", data, *FIT, "-o", long)
+    assert os.path.isdir(long) and hidden_leftovers() == []
+    line = one_error(cli("fit", data, *FIT, "-o", "x" * 256))
+    assert "the name is too long" in line
+
+
+# --- 8: damaged checkpoints ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(data, monkeypatch):
+    real = engine.fit
+
+    def stopping(*args, callback=None, **kw):
+        def cb(p):
+            callback(p)
+            if p.iteration == 2:
+                raise Interrupted(signal.SIGINT)
+
+        return real(*args, callback=cb, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "fit", stopping)
+        r = cli("fit", data, "--face-size", "8x8", "-o", "run", "--tol", "-1", "--max-iter", 5)
+    assert r.exit_code == 130
+    return Path("run/checkpoint.npz")
+
+
+def _edit(path: Path, **changes) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(iteration=-5),
+        dict(iteration=10**18),
+        dict(elbo=np.array([1.0])),
+        dict(unidentified=np.zeros((3, 3), bool)),
+        dict(extra=json.dumps({"errors": 5})),
+    ],
+    ids=["negative-iteration", "huge-iteration", "short-elbo", "unidentified-shape", "errors"],
+)
+def test_a_damaged_checkpoint_is_one_line(checkpoint, change):
+    _edit(checkpoint, **change)
+    before = checkpoint.read_bytes()
+    line = one_error(cli("fit", "--resume", "run"))
+    assert "checkpoint" in line
+    assert checkpoint.read_bytes() == before and not Path("run/result.npz").exists()
+
+
+def test_a_checkpoint_with_unknown_settings_is_refused(checkpoint):
+    with np.load(checkpoint) as z:
+        fit_settings = json.loads(str(z["fit_settings"]))
+    fit_settings["new_knob"] = 3
+    _edit(checkpoint, fit_settings=json.dumps(fit_settings))
+    assert "another version" in one_error(cli("fit", "--resume", "run"))
+
+
+# --- 9: what an interrupt says ------------------------------------------------------------------
+
+
+def test_an_interrupt_while_drawing_says_the_csv_was_written(data, monkeypatch):
+    from facefinder_cli import images
+
+    def stop(*args, **kwargs):
+        raise Interrupted(signal.SIGINT)
+
+    model = _run(data)
+    with monkeypatch.context() as m:
+        m.setattr(images, "write_png", stop)
+        r = cli("detect", model, data, "-o", "d.csv", "--draw", "dd")
+    assert r.exit_code == 130
+    last = r.stderr.splitlines()[-1]
+    assert last == "interrupted: d.csv was written, the boxed images in dd were not"
+    assert Path("d.csv").exists() and not Path("dd").exists()
+
+
+def _run(data) -> str:
+    if not Path("run0").exists():
+        ok("fit", data, *FIT, "-o", "run0")
+    return "run0"
+
+
+# --- 10: --resume from another folder -----------------------------------------------------------
+
+
+def test_resume_of_a_pattern_works_from_any_folder(data, monkeypatch, tmp_path):
+    os.rename(data, "shots[1]")
+    real = engine.fit
+
+    def stopping(*args, callback=None, **kw):
+        def cb(p):
+            callback(p)
+            if p.iteration == 1:
+                raise Interrupted(signal.SIGINT)
+
+        return real(*args, callback=cb, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "fit", stopping)
+        r = cli("fit", "shots[[]1]/*.tif", "--face-size", "8x8", "-o", "gr", "--tol", "-1")
+    assert r.exit_code == 130, r.stderr
+    os.mkdir("elsewhere")
+    monkeypatch.chdir("elsewhere")
+    ok("fit", "--resume", tmp_path / "gr")
+    assert (tmp_path / "gr" / "result.npz").exists()
+
+
+# --- smaller points -----------------------------------------------------------------------------
+
+
+def test_json_is_strict(data):
+    r = ok("fit", data, *FIT, "-o", "run", "--json", "--truth", Path(data) / "truth.npz")
+    assert "NaN" not in r.stdout
+    json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json"))
+
+
+def test_an_error_about_a_path_with_a_line_break_is_one_line():
+    r = cli("fit", "no\nsuch", "--face-size", "8x8", "-o", "run")
+    assert one_error(r) == "Error: no\\nsuch: no such file or folder"
+
+
+def test_sighup_saves_the_fit_as_sigterm_does(data):
+    """A closed terminal or a dropped ssh session: 129, and a checkpoint to resume from."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facefinder_cli", "fit", data, "--face-size", "8x8", "-o", "run"]
+        + ["--tol", "-1", "--max-iter", "100000", "--checkpoint-every", "1", "-q"],
+        env=ENV,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not Path("run/checkpoint.npz").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129, err
+    assert "interrupted after iteration" in err.decode()
+    runs.load_checkpoint("run")
