@@ -559,9 +559,7 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
                 out,
                 overwrite,
                 keep=keep,
-                made_for=images.IMAGES_FOLDER,
-                legacy=("truth.npz",),
-                expected=images.image_folder_file,
+                kind=images.IMAGES_FOLDER,
             )
         data = synthetic.make_dataset(
             face_img, bg_img, count, noise, prior=prior_table, seed=seed, dtype=np.float32
@@ -581,9 +579,7 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
                 out,
                 overwrite,
                 keep=keep,
-                made_for=images.IMAGES_FOLDER,
-                legacy=("truth.npz",),
-                expected=images.image_folder_file,
+                kind=images.IMAGES_FOLDER,
             ) as tmp:
                 clipped = images.write_image_files(tmp, data.images, fmt=fmt)
                 runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
@@ -993,9 +989,7 @@ def fit(
                 folder,
                 overwrite,
                 keep=keep,
-                made_for=RUN_FOLDER,
-                legacy=RUN_MARKERS,
-                expected=_run_file,
+                kind=RUN_FOLDER,
             )
         stack = _load(input, layout, skip_unreadable, stream=True)
         K, H, W = stack.images.shape
@@ -1099,9 +1093,7 @@ def fit(
                         folder,
                         overwrite or saver.wrote,
                         keep=keep,
-                        made_for=RUN_FOLDER,
-                        legacy=RUN_MARKERS,
-                        expected=_run_file,
+                        kind=RUN_FOLDER,
                     ) as tmp:
                         written = runs.save_run(
                             tmp,
@@ -1131,19 +1123,15 @@ def fit(
     _report(summary, result, written, tol)
 
 
-#: What the marker of a run folder says it was made for (``outputs.MARKER``).
-RUN_FOLDER = "fit"
-#: Run folders of versions before the marker are recognised by these files.
-RUN_MARKERS = (runs.RESULT, runs.CHECKPOINT)
 #: The files fit writes into a run folder: --overwrite replaces one holding only these.
 RUN_FILES = frozenset(
     {runs.RESULT, runs.CHECKPOINT, runs.HISTORY, runs.POSITIONS}
     | {"face.png", "background.png", "prior.png", "elbo.png"}
 )
-
-
-def _run_file(name: str) -> bool:
-    return name in RUN_FILES
+#: A run folder; those of versions before the marker are known by a result or checkpoint.
+RUN_FOLDER = outputs.FolderKind(
+    "fit", legacy=(runs.RESULT, runs.CHECKPOINT), expected=RUN_FILES.__contains__
+)
 
 
 #: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
@@ -1421,9 +1409,7 @@ class _CheckpointSaver:
                 self.out,
                 self.overwrite,
                 keep=self.keep,
-                made_for=RUN_FOLDER,
-                legacy=RUN_MARKERS,
-                expected=_run_file,
+                kind=RUN_FOLDER,
             ) as tmp:
                 runs.save_checkpoint(Path(tmp) / runs.CHECKPOINT, state, self.settings, extra)
         self.wrote = True
@@ -1699,9 +1685,7 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
         _note_stale(stale)
         outputs.check_file_target(out, overwrite, keep=keep)
         if draw:
-            outputs.check_folder_target(
-                draw, overwrite, keep=keep, made_for=DRAW_FOLDER, expected=_drawn_file
-            )
+            outputs.check_folder_target(draw, overwrite, keep=keep, kind=DRAW_FOLDER)
         stack = _load(input, layout, skip_unreadable, stream=True)
         K, H, W = stack.images.shape
         if (H, W) != run.params.background.shape:
@@ -1727,9 +1711,7 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
                 _STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
             h, w = run.params.face.shape
             zoom = zoom or runs.view_zoom((H, W))
-            with outputs.atomic_folder(
-                draw, overwrite, keep=keep, made_for=DRAW_FOLDER, expected=_drawn_file
-            ) as tmp:
+            with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
                 for k, stem in enumerate(images.file_stems(stack.names, K)):
                     r, c = positions[k]
                     rgb = _boxed(np.asarray(stack.images[k]), r, c, h, w)
@@ -1742,12 +1724,10 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
     )
 
 
-#: What the marker of a folder of boxed images says it was made for (``outputs.MARKER``).
-DRAW_FOLDER = "detect --draw"
-
-
-def _drawn_file(name: str) -> bool:
-    return name.lower().endswith(".png")
+#: A folder of boxed images that detect --draw writes.
+DRAW_FOLDER = outputs.FolderKind(
+    "detect --draw", expected=lambda name: name.lower().endswith(".png")
+)
 
 
 #: detect warns when the images' typical residual around the model is further than this factor

@@ -43,6 +43,7 @@ import numpy as np
 from facefinder_cli import names as _names
 from facefinder_cli.errors import InputError
 from facefinder_cli.outputs import (
+    FolderKind,
     atomic_files,
     atomic_folder,
     atomic_write,
@@ -79,8 +80,12 @@ _LAYOUTS = ("khw", "hwk")
 _GLOB_CHARS = ("*", "?", "[")
 #: Largest block of images examined at once by the finite-values check (bytes).
 _CHUNK_BYTES = 64 * 2**20
-#: What the marker of a folder of images written by :func:`write_stack` says it was made for.
-IMAGES_FOLDER = "images"
+#: A folder of images as :func:`write_stack` and ``facefinder generate`` write it.
+IMAGES_FOLDER = FolderKind(
+    "images",
+    legacy=("truth.npz",),
+    expected=lambda name: name == "truth.npz" or name.lower().endswith((".tif", ".png")),
+)
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -1618,16 +1623,8 @@ def encode_stack(
 def _write_folder(
     p: str, arr: np.ndarray, names: Sequence[str] | None, fmt: str, overwrite: bool
 ) -> int:
-    with atomic_folder(
-        p, overwrite, made_for=IMAGES_FOLDER, legacy=("truth.npz",), expected=image_folder_file
-    ) as tmp:
+    with atomic_folder(p, overwrite, kind=IMAGES_FOLDER) as tmp:
         return write_image_files(tmp, arr, names, fmt)
-
-
-def image_folder_file(name: str) -> bool:
-    """Whether ``name`` is a file that facefinder writes into a folder of images (so that
-    ``--overwrite`` may replace a folder holding only such files)."""
-    return name == "truth.npz" or name.lower().endswith((".tif", ".png"))
 
 
 def write_image_files(

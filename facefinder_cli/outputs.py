@@ -41,6 +41,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from typing import IO, Any
 
 from facefinder_cli import interrupts
@@ -54,6 +55,7 @@ except ImportError:  # pragma: no cover - Windows: no locks, the other rules sti
 __all__ = [
     "MARKER",
     "Batch",
+    "FolderKind",
     "atomic_files",
     "atomic_folder",
     "atomic_write",
@@ -73,6 +75,19 @@ __all__ = [
 
 #: The file that marks a folder as made by facefinder, with the purpose it was made for.
 MARKER = ".facefinder"
+
+
+@dataclass(frozen=True)
+class FolderKind:
+    """What a folder facefinder writes is for, and how to recognise one: the purpose its
+    marker names, the files that marked a folder of this kind before markers (``legacy``,
+    ``.npz`` files facefinder wrote), and which file names it writes into one (``expected``;
+    --overwrite replaces a folder holding only those)."""
+
+    made_for: str
+    legacy: tuple[str, ...] = ()
+    expected: Callable[[str], bool] | None = None
+
 
 _STDOUT = "stdout"
 
@@ -403,10 +418,12 @@ def is_facefinder_npz(path: str) -> bool:
         return False
 
 
-def _made_here(folder: str, made_for: str | None, legacy: Sequence[str]) -> bool:
-    if made_for is not None and _marker_kind(folder) == made_for:
+def _made_here(folder: str, kind: FolderKind | None) -> bool:
+    if kind is None:
+        return False
+    if _marker_kind(folder) == kind.made_for:
         return True
-    return any(is_facefinder_npz(os.path.join(folder, name)) for name in legacy)
+    return any(is_facefinder_npz(os.path.join(folder, name)) for name in kind.legacy)
 
 
 def check_folder_target(
@@ -414,25 +431,23 @@ def check_folder_target(
     overwrite: bool = False,
     *,
     keep: Sequence[str | os.PathLike] = (),
-    made_for: str | None = None,
-    legacy: Sequence[str] = (),
-    expected: Callable[[str], bool] | None = None,
+    kind: FolderKind | None = None,
 ) -> bool:
     """Raise :class:`InputError` unless :func:`atomic_folder` may build ``path``; returns
     whether it exists. Callers use it to fail before long work, not after.
 
     An existing empty folder is used. A non-empty one is replaced only with ``overwrite``, and
-    only when its marker says it was made for ``made_for`` (or it holds one of the ``legacy``
-    files, ``.npz`` files written by facefinder), every file in it is one facefinder writes
-    there (``expected(name)``: a file a user added is never deleted with it), it holds no
+    only when it is of ``kind``: its marker names that purpose (or it holds one of the kind's
+    legacy files) and every file in it is one facefinder writes there (a file a user added is
+    never deleted with it); and only when it holds no
     subfolder and none of ``keep`` (the command's inputs), it is not a mount point (it could
     not be renamed) and it is not the current folder or one of its parents."""
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
-    kind = _kind(target)
-    if kind in ("missing", "folder"):
+    what = _kind(target)
+    if what in ("missing", "folder"):
         _check_parent(target)
-    if kind == "missing":
+    if what == "missing":
         return False
     real = os.path.realpath(target)
     for k in _real_inputs(keep):
@@ -441,9 +456,9 @@ def check_folder_target(
             raise InputError(
                 f"{p}: {what} of this command; refusing to replace it, even with --overwrite"
             )
-    if kind == "link":
+    if what == "link":
         raise InputError(f"{p}: is a symbolic link; give the folder it points to")
-    if kind != "folder":
+    if what != "folder":
         raise InputError(f"{p}: exists and is not a folder")
     try:
         content = os.listdir(target)
@@ -464,6 +479,7 @@ def check_folder_target(
         raise InputError(
             f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
         )
+    expected = kind.expected if kind is not None else None
     foreign = sorted(c for c in content if c != MARKER and expected and not expected(c))
     if foreign:
         shown = ", ".join(foreign[:3]) + (
@@ -473,7 +489,7 @@ def check_folder_target(
             f"{p}: holds files facefinder does not write there ({shown}); refusing to replace it, "
             "even with --overwrite"
         )
-    if not _made_here(target, made_for, legacy):
+    if not _made_here(target, kind):
         raise InputError(
             f"{p}: was not made by facefinder for this purpose (no {MARKER} marker says so); "
             "refusing to replace it, even with --overwrite"
@@ -637,30 +653,26 @@ def atomic_folder(
     overwrite: bool = False,
     *,
     keep: Sequence[str | os.PathLike] = (),
-    made_for: str | None = None,
-    legacy: Sequence[str] = (),
-    expected: Callable[[str], bool] | None = None,
+    kind: FolderKind | None = None,
 ) -> Iterator[str]:
     """Build a folder so that it appears complete or not at all.
 
     Yields the path of a hidden temporary sibling folder to fill; when the ``with`` block ends
-    without error the marker file is added (with ``made_for``) and the folder is renamed to
+    without error the marker file is added (naming ``kind``'s purpose) and the folder is renamed to
     ``path``, replacing an existing one only as :func:`check_folder_target` allows. On any
     exception, interrupts included, the temporary folder is removed and ``path`` is as it was.
     """
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
-    exists = check_folder_target(
-        p, overwrite, keep=keep, made_for=made_for, legacy=legacy, expected=expected
-    )
+    exists = check_folder_target(p, overwrite, keep=keep, kind=kind)
     parent, name = _split(target)
     tmp = ""
     try:
         with interrupts.deferred():  # the temporary is created and known, or neither
             tmp = tempfile.mkdtemp(prefix=f".{_stem(name)}.", suffix=_TMP, dir=parent)
         yield tmp
-        if made_for is not None:
-            write_marker(tmp, made_for)
+        if kind is not None:
+            write_marker(tmp, kind.made_for)
         os.chmod(tmp, 0o777 & ~_umask())
         with interrupts.deferred("install"):
             _install_folder(tmp, os.path.join(parent, name), exists)

@@ -18,11 +18,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from helpers import cli, ok
 
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
-from facefinder_cli.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -31,16 +30,6 @@ SAMPLE = REPO / "sample_data"
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(*args):
-    r = cli(*args)
-    assert r.exit_code == 0, r.stderr
-    return r
 
 
 def share_right(found, truth) -> float:
@@ -159,10 +148,7 @@ def small_run(tmp_path_factory):
     for k, img in enumerate(pixels):
         tifffile.imwrite(root / "t16" / f"img{k:02d}.tif", (img * 257).astype(np.uint16))
         iio.imwrite(root / "p8" / f"img{k:02d}.png", img.astype(np.uint8))
-    r = CliRunner().invoke(
-        main, ["fit", str(root / "t16"), "--face-size", "16x12", "-o", str(root / "run16"), "-q"]
-    )
-    assert r.exit_code == 0, r.stderr
+    ok("fit", root / "t16", "--face-size", "16x12", "-o", root / "run16", "-q")
     return root
 
 

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from facefinder_cli import engine
-from facefinder_cli.cli import main
-from facefinder_cli.interrupts import Interrupted
+from helpers import cli, ok, stop_fit_at
 
 GEN = ["generate", "-n", "40", "--face-size", "8x8", "--size", "12x16", "--noise", "20", "-q"]
 FIT = ["--face-size", "8x8"]
@@ -23,16 +18,6 @@ FIT = ["--face-size", "8x8"]
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(*args):
-    r = cli(*args)
-    assert r.exit_code == 0, r.stderr
-    return r
 
 
 def one_error(r, code: int) -> str:
@@ -50,18 +35,7 @@ def data():
 
 def interrupted_fit(monkeypatch, out: str, after: int = 2) -> None:
     """fit, stopped by SIGINT after ``after`` iterations: its checkpoint is in ``out``."""
-    real = engine.fit
-
-    def stopping(*args, callback=None, **kw):
-        def cb(progress):
-            callback(progress)
-            if progress.iteration == after:
-                raise Interrupted(signal.SIGINT)
-
-        return real(*args, callback=cb, **kw)
-
-    with monkeypatch.context() as m:
-        m.setattr(engine, "fit", stopping)
+    with stop_fit_at(monkeypatch, after):
         r = cli("fit", "data", *FIT, "-o", out, "--tol", "-1", "--max-iter", 6)
     assert r.exit_code == 130 and "interrupted after iteration 2" in r.stderr
 

@@ -581,7 +581,7 @@ def test_failed_folder_write_leaves_nothing_and_keeps_existing(monkeypatch):
     assert listing() == []
 
     os.mkdir("old")
-    write_marker("old", im.IMAGES_FOLDER)  # an earlier output: overwrite may replace it
+    write_marker("old", im.IMAGES_FOLDER.made_for)  # an earlier output: overwrite may replace it
     with open("old/img1.tif", "wb") as f:
         f.write(b"previous")
     calls.clear()

@@ -106,34 +106,38 @@ def test_an_input_is_never_replaced_even_through_another_name():
 # --- folders ------------------------------------------------------------------------------------
 
 
+FIT = outputs.FolderKind("fit")
+DRAW = outputs.FolderKind("detect --draw")
+
+
 def test_a_folder_is_replaced_only_when_made_for_the_same_purpose():
     os.mkdir("user")
     write("user/thesis.txt", "years of work")
     with pytest.raises(InputError, match="not made by facefinder"):
-        outputs.check_folder_target("user", True, made_for="fit")
-    with outputs.atomic_folder("run", made_for="fit") as tmp:
+        outputs.check_folder_target("user", True, kind=FIT)
+    with outputs.atomic_folder("run", kind=FIT) as tmp:
         write(os.path.join(tmp, "a.txt"))
     assert sorted(os.listdir("run")) == [".facefinder", "a.txt"]
     with pytest.raises(InputError, match="not made by facefinder"):  # another purpose
-        outputs.check_folder_target("run", True, made_for="detect --draw")
+        outputs.check_folder_target("run", True, kind=DRAW)
     with pytest.raises(InputError, match="pass --overwrite"):
-        outputs.check_folder_target("run", False, made_for="fit")
-    with outputs.atomic_folder("run", True, made_for="fit") as tmp:
+        outputs.check_folder_target("run", False, kind=FIT)
+    with outputs.atomic_folder("run", True, kind=FIT) as tmp:
         write(os.path.join(tmp, "b.txt"))
     assert sorted(os.listdir("run")) == [".facefinder", "b.txt"]
     assert sorted(os.listdir()) == ["run", "user"]  # no backup, no temporary left
 
 
 def test_a_folder_holding_an_input_is_never_replaced():
-    with outputs.atomic_folder("copy", made_for="detect --draw") as tmp:
+    with outputs.atomic_folder("copy", kind=DRAW) as tmp:
         write(os.path.join(tmp, "img1.tif"))
     with pytest.raises(InputError, match="holds an input of this command"):
-        outputs.check_folder_target("copy", True, keep=["copy/img1.tif"], made_for="detect --draw")
+        outputs.check_folder_target("copy", True, keep=["copy/img1.tif"], kind=DRAW)
 
 
 def test_an_interrupt_while_filling_a_folder_leaves_nothing():
     with pytest.raises(interrupts.Interrupted):
-        with outputs.atomic_folder("out", made_for="fit") as tmp:
+        with outputs.atomic_folder("out", kind=FIT) as tmp:
             write(os.path.join(tmp, "half.txt"))
             raise interrupts.Interrupted(signal.SIGINT)
     assert os.listdir() == []

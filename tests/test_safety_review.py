@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import cli, ok, stop_fit_at
 
-from facefinder_cli import engine, runs
-from facefinder_cli.cli import main
+from facefinder_cli import runs
 from facefinder_cli.interrupts import Interrupted
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,16 +31,6 @@ FIT = ["--face-size", "8x8", "--max-iter", "3"]
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(*args):
-    r = cli(*args)
-    assert r.exit_code == 0, r.stderr
-    return r
 
 
 def one_error(r, code: int = 1) -> str:
@@ -144,18 +133,7 @@ def test_outputs_that_cannot_be_renamed_into_place_are_refused_first(data):
 
 @pytest.fixture
 def checkpoint(data, monkeypatch):
-    real = engine.fit
-
-    def stopping(*args, callback=None, **kw):
-        def cb(p):
-            callback(p)
-            if p.iteration == 2:
-                raise Interrupted(signal.SIGINT)
-
-        return real(*args, callback=cb, **kw)
-
-    with monkeypatch.context() as m:
-        m.setattr(engine, "fit", stopping)
+    with stop_fit_at(monkeypatch, 2):
         r = cli("fit", data, "--face-size", "8x8", "-o", "run", "--tol", "-1", "--max-iter", 5)
     assert r.exit_code == 130
     return Path("run/checkpoint.npz")
@@ -225,18 +203,7 @@ def _run(data) -> str:
 
 def test_resume_of_a_pattern_works_from_any_folder(data, monkeypatch, tmp_path):
     os.rename(data, "shots[1]")
-    real = engine.fit
-
-    def stopping(*args, callback=None, **kw):
-        def cb(p):
-            callback(p)
-            if p.iteration == 1:
-                raise Interrupted(signal.SIGINT)
-
-        return real(*args, callback=cb, **kw)
-
-    with monkeypatch.context() as m:
-        m.setattr(engine, "fit", stopping)
+    with stop_fit_at(monkeypatch, 1):
         r = cli("fit", "shots[[]1]/*.tif", "--face-size", "8x8", "-o", "gr", "--tol", "-1")
     assert r.exit_code == 130, r.stderr
     os.mkdir("elsewhere")
