@@ -1667,6 +1667,10 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
     of the size the model was fitted on. Prints, for each image, the most probable position of
     the face's top-left corner (row, column, from 0) and its posterior probability.
 
+    The faces may sit anywhere, not only where the training images had them (see --prior). A
+    warning says when the images do not fit the model (another value scale, another scene).
+    How far the probabilities can be trusted is measured in docs/PROBABILITIES.md.
+
     \b
     Examples:
       facefinder detect run new_images/ > positions.csv

@@ -2,25 +2,30 @@
 
 Every file and folder the tool writes goes through this module, and obeys these rules:
 
-* **Complete or absent.** A file is written to a hidden temporary file beside it
-  (``.NAME.XXXXXXXX.tmp``) and renamed into place once complete; a folder is built as a hidden
-  temporary folder and renamed. On any error or interruption the temporary is removed and the
-  target is as it was.
+* **Complete or absent.** A file is written to a hidden temporary beside it
+  (``.NAME.XXXXXXXX.facefinder.tmp``) and renamed into place once complete; a folder is built
+  as a hidden temporary folder and renamed; files that belong together are renamed together
+  (:func:`atomic_files`). On any error or interruption the temporaries are removed and the
+  targets are as they were.
 * **Replaced only when asked, and only what the tool made.** An existing output is replaced
   only with ``overwrite``, and then only when it is a regular file, or a folder this tool made
-  for the same purpose (it holds the marker file ``.facefinder`` naming that purpose; older runs
-  are recognised by their ``result.npz`` or ``checkpoint.npz``). Never a symbolic link (the file
-  it points to is not the tool's), a block device or socket, an input of the command, or a
-  folder holding one.
+  for the same purpose (:class:`FolderKind`: its marker file ``.facefinder`` names that
+  purpose; older runs are recognised by their ``result.npz`` or ``checkpoint.npz``) holding
+  only files the tool writes there. Never a symbolic link (the file it points to is not the
+  tool's), a block device or socket, a mount point, an input of the command, or a folder
+  holding one.
 * **Devices and FIFOs are written into**, as a shell redirection does: ``-o /dev/null`` works,
   and leaves ``/dev/null`` a device. ``-``, ``/dev/stdout``, ``/dev/fd/N`` and
   ``/proc/self/fd/N`` write to the descriptor the process already has.
 * **One writer per output.** :func:`claim` locks each output for the whole command (an
-  ``flock`` on ``.NAME.lock`` beside it): a second facefinder process asking for the same
-  output fails at once, in one line. Holding the lock also proves that temporaries of that
-  output left by a killed process (SIGKILL, a power cut) are stale: :func:`claim` removes them.
+  ``flock`` on ``.NAME.lock`` beside it, in the folder as the kernel resolves it): a second
+  facefinder process asking for the same output, or for one inside a folder being written,
+  fails at once, in one line. A lock file holds a pid and nothing else; a user's file under
+  its name is never touched. Holding the lock also proves that temporaries of that output left
+  by a killed process (SIGKILL, a power cut) are stale: :func:`claim` removes them, and puts
+  back an output that process had moved aside.
 * **Standard output.** A reader that goes away (``| head``) ends the writing quietly: the rest
-  of the command (files it writes too) carries on, and :data:`stdout_broken` tells the caller
+  of the command (files it writes too) carries on, and :func:`stdout_broken` tells the caller
   to exit with 141 as a process killed by SIGPIPE would. A closed standard output (``>&-``)
   or a full device is an :class:`~facefinder_cli.errors.InputError`.
 """
