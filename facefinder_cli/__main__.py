@@ -22,16 +22,23 @@ def _stop_during_start(signum: int, frame: object) -> None:  # noqa: ARG001
     os._exit(128 + signum)
 
 
+_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+
+
 def main() -> None:
     """Run the command line with ``sys.argv``; exits with its status."""
-    signal.signal(signal.SIGINT, _stop_during_start)
-    signal.signal(signal.SIGTERM, _stop_during_start)
+    for signum in _SIGNALS:
+        signal.signal(signum, _stop_during_start)
     from facefinder_cli import outputs
 
     outputs.repair_std_streams()
     from facefinder_cli.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    finally:  # the command has said how it ended: a signal now changes nothing
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

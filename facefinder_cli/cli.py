@@ -290,8 +290,15 @@ class _Group(click.Group):
         _STOPPED.clear()
         outputs.forget_broken_pipe()
         try:
+            return self._finish(self._command(*args, **kwargs))
+        except Interrupted as stop:  # a signal while an error was being said: end quietly
+            return stop.exit_code
+
+    def _command(self, *args: Any, **kwargs: Any) -> int:
+        """Run the command; its exit status, its error said in one line."""
+        try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-            code = rv if isinstance(rv, int) else 0
+            return rv if isinstance(rv, int) else 0
         except click.UsageError as err:
             if type(err).__name__ == "NoArgsIsHelpError":  # bare `facefinder`: show the help
                 click.echo(err.format_message(), err=True)
@@ -299,27 +306,34 @@ class _Group(click.Group):
             where = err.ctx.command_path if err.ctx is not None else "facefinder"
             message = _unquoted_glob(err.format_message()) or err.format_message().rstrip(".")
             _say(f"Error: {message} (see '{where} --help')")
-            code = err.exit_code
+            return err.exit_code
         except click.ClickException as err:
             _say(f"Error: {err.format_message()}")
-            code = err.exit_code
+            return err.exit_code
         except click.Abort:
             click.echo("Aborted.", err=True)
-            code = 1
+            return 1
         except Interrupted as stop:
             line = _STOPPED.get("line")
+            if line is None and stop.after == "install":  # the signal came as it was put in place
+                line = "interrupted: " + _STOPPED.get(
+                    "installed", "all the same, the output is complete"
+                )
             if line is None:
                 line = f"interrupted: {_STOPPED.get('note', 'no output file was written')}"
             _say(line)
-            code = stop.exit_code
+            return stop.exit_code
         except BrokenPipeError:
-            code = 141
+            return 141
+
+    def _finish(self, code: int) -> int:
+        """Flush standard output; 141, quietly, if its reader went away."""
         try:
             sys.stdout.flush()
         except BrokenPipeError:
             code = 141
         except OSError as err:
-            click.echo(f"Error: standard output: cannot write ({err.strerror or err})", err=True)
+            _say(f"Error: standard output: cannot write ({err.strerror or err})")
             code = code or 1
         if outputs.stdout_broken() or code == 141:
             outputs.close_stdout_quietly()
@@ -980,10 +994,10 @@ def fit(
         raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
     keep = images.input_paths(input) + [p for p in (init_from, truth) if p]
     folder = None if outputs.is_stream(out) else out  # else only the face, as a PNG, into it
-    if folder is not None and resumed is None:
-        _check_run_folder_name(folder, overwrite)
-    with outputs.claim(folder) as stale:
+    with outputs.claim(folder) as stale:  # (a running fit's folder: refused here, in one line)
         _note_stale(stale)
+        if folder is not None and resumed is None:
+            _check_run_folder_name(folder, overwrite)
         if folder is not None:
             outputs.check_folder_target(
                 folder,
@@ -1116,11 +1130,13 @@ def fit(
             raise
         if in_place:
             _STOPPED["line"] = f"interrupted after the run was written to {folder}"
+        elif folder is None:
+            _STOPPED["line"] = f"interrupted after the face was written to {out}"
     summary = _summary(result, K, H, W, seconds, out, errors)
     if as_json:
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
-    _report(summary, result, written, tol)
+    _report(summary, result, written, tol, resumed is not None)
 
 
 #: The files fit writes into a run folder: --overwrite replaces one holding only these.
@@ -1220,12 +1236,10 @@ def _run_engine(stack, input, face_shape, bar, resumed, **kw) -> tuple[engine.Fi
             )
         except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
             raise _non_finite(input, stack, err) from None
-        except ValueError as err:
-            if resumed is not None and "checkpoint" in str(err):
-                raise InputError(f"{resumed.path}: {err}") from None
-            if "pixel values" in str(err):
-                raise InputError(f"{input}: {err}") from None
-            raise
+        except engine.CheckpointError as err:
+            raise InputError(f"{resumed.path}: {err}") from None
+        except engine.ValueRangeError as err:
+            raise InputError(f"{input}: {err}") from None
         finally:
             bar.close()
     return result, list(caught)
@@ -1405,13 +1419,16 @@ class _CheckpointSaver:
         if self.wrote:
             runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.settings, extra)
         else:
-            with outputs.atomic_folder(
-                self.out,
-                self.overwrite,
-                keep=self.keep,
-                kind=RUN_FOLDER,
-            ) as tmp:
-                runs.save_checkpoint(Path(tmp) / runs.CHECKPOINT, state, self.settings, extra)
+            try:
+                with outputs.atomic_folder(
+                    self.out, self.overwrite, keep=self.keep, kind=RUN_FOLDER
+                ) as tmp:
+                    runs.save_checkpoint(
+                        Path(tmp) / runs.CHECKPOINT, state, self.settings, extra, overwrite=False
+                    )
+            except Interrupted as stop:
+                self.wrote = stop.after == "install"  # in place all the same
+                raise
         self.wrote = True
 
 
@@ -1427,9 +1444,10 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
         "best_restart": result.best_restart,
         "n_iter": result.n_iter,
         "converged": result.converged,
-        "seconds": round(seconds, 3),
-        # every restart's time, interrupted sessions included (history.csv's are per restart)
-        "seconds_total": round(float(sum(h.seconds[-1] for h in result.restarts)), 3),
+        "seconds": round(seconds, 3),  # this session's, reading included
+        # the restarts' times as history.csv counts them (from each restart's start to its
+        # last M-step), interrupted sessions included
+        "history_seconds": round(float(sum(h.seconds[-1] for h in result.restarts)), 3),
         "noise_std": result.noise_std,
         "log_likelihood": float(result.log_likelihood[-1]),
         "log_likelihood_per_pixel": float(result.log_likelihood[-1]) / n,
@@ -1445,14 +1463,18 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in s.items()}
 
 
-def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], tol: float) -> None:
+def _report(
+    s: dict[str, Any], result: engine.FitResult, written: list[str], tol: float, resumed: bool
+) -> None:
     n = s["n_iter"]
     state = f"converged after {n} iterations"
     if not s["converged"]:  # (tol <= 0: as many iterations as asked for)
         state = f"ran {n} iterations" if tol <= 0 else f"stopped at --max-iter after {n} iterations"
     took = f"{s['seconds']:.1f} s"
-    if s["seconds_total"] > s["seconds"] + 0.05:  # resumed: the earlier sessions count too
-        took = f"{s['seconds_total']:.1f} s ({s['seconds']:.1f} s since --resume)"
+    if resumed:  # history.csv counts the earlier sessions too
+        took += (
+            f" since --resume ({s['history_seconds']:.1f} s of EM in all, as history.csv has it)"
+        )
     log.info(
         "%s in %s: noise std %.4g, log-likelihood %.6g (%.4f per pixel)",
         state,
@@ -1685,6 +1707,14 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
         )
     params = _detect_params(run, prior_choice)
     keep = [model, *images.input_paths(input)]
+    if Path(prior_choice).suffix == ".npy":
+        keep.append(prior_choice)
+    if draw and not outputs.is_stream(out) and outputs.inside(out, draw):
+        raise click.BadParameter(
+            f"{out} is inside the --draw folder {draw}, which is replaced whole: write it "
+            "elsewhere",
+            param_hint="'-o' / '--out'",
+        )
     with outputs.claim(out, draw) as stale:
         _note_stale(stale)
         outputs.check_file_target(out, overwrite, keep=keep)
@@ -1699,12 +1729,15 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
             found = engine.detect(stack.images, params)
         except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
             raise _non_finite(input, stack, err) from None
-        except ValueError as err:  # values beyond what float64 computes with
-            culprit = input if "pixel values" in str(err) else run.source
-            raise InputError(f"{culprit}: {err}") from None
+        except engine.ValueRangeError as err:  # values beyond what float64 computes with
+            raise InputError(f"{input}: {err}") from None
+        except ValueError as err:  # the model's, likewise
+            raise InputError(f"{run.source}: {err}") from None
         positions, probability = found.positions, found.probability
         _log_notes(stack)
         _warn_if_mismatched(found, run.params.noise_std, input)
+        if draw:
+            _STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
         with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
             rows = names.csv_writer(f)
             rows.writerow(["image", "row", "column", "probability"])
@@ -1713,6 +1746,9 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
         if draw:  # one image at a time: a streamed stack is never held in memory
             if not outputs.is_stream(out):
                 _STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
+            _STOPPED["installed"] = (
+                f"{out} and the boxed images in {draw} were written all the same"
+            )
             h, w = run.params.face.shape
             zoom = zoom or runs.view_zoom((H, W))
             with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
@@ -1747,6 +1783,8 @@ def _detect_params(run: runs.Run, choice: str) -> engine.Params:
     if choice == "uniform":
         return engine.Params(p.face, p.background, p.noise_std, np.ones_like(p.prior))
     if choice == "smoothed":
+        if run.prior_fixed_until >= len(run.elbo) - 1:  # never re-estimated: given, not fitted
+            return p
         prior = engine.predictive_prior(p.prior, run.n_images)
         return engine.Params(p.face, p.background, p.noise_std, prior)
     if Path(choice).suffix != ".npy":

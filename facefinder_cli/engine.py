@@ -70,6 +70,7 @@ __all__ = [
     "Progress",
     "RestartHistory",
     "RestartResult",
+    "ValueRangeError",
     "available_cores",
     "default_memory_limit",
     "detect",
@@ -126,6 +127,15 @@ class NonFiniteError(ValueError):
         super().__init__(f"X contains {what} (image {index})")
         self.index = index
         self.what = what
+
+
+class CheckpointError(ValueError):
+    """A checkpoint given to ``fit(resume=...)`` that does not resume this fit: made from other
+    images or with other settings, or damaged."""
+
+
+class ValueRangeError(ValueError):
+    """Pixel values too large or too spread out (or too little) for float64 arithmetic."""
 
 
 class NoiseFloorWarning(UserWarning):
@@ -227,9 +237,12 @@ class FitResult:
     n_iter : int
     converged : bool
     positions : ndarray of shape (K, 2), int
-        Every image's most probable face position ``(row, column)`` under the final parameters.
+        Every image's most probable face position ``(row, column)``, held out: under the final
+        parameters with the face and a learnt prior as the *other* images fitted them (see
+        ``_held_out``: an image scored with its own crop in the face matches itself). It can
+        differ from ``locate(X, result.params)`` where an image's position is ambiguous.
     position_probability : ndarray of shape (K,)
-        The posterior probability of that position.
+        The held-out posterior probability of that position.
     unidentified : ndarray of shape (H, W), bool
         Background pixels the face covered in every image (up to ``UNCOVERED_MIN``) at the last
         M-step: not identifiable, they kept their previous value.
@@ -387,12 +400,12 @@ class _Data:
         # float32 products of images, background and face, summed over a window, must not
         # overflow (largest: 3.4e38); values this large would lose all precision anyway.
         if self.dtype == np.float32 and largest**2 * H * W > 1e34:
-            raise ValueError(
+            raise ValueRangeError(
                 f"pixel values up to {largest:.3g} from their mean are too large for float32 "
                 "arithmetic: use dtype float64"
             )
         if largest > LARGEST_VALUE:
-            raise ValueError(
+            raise ValueRangeError(
                 f"pixel values up to {largest:.3g} from their mean are too large: their squares "
                 "overflow float64; divide the images by a constant"
             )
@@ -402,7 +415,7 @@ class _Data:
         std = math.sqrt(max(var, 0.0))
         self.scale = std if std > 0 else (abs(self.offset) or 1.0)
         if self.scale < SMALLEST_SCALE:
-            raise ValueError(
+            raise ValueRangeError(
                 f"pixel values vary by only {self.scale:.3g}: too little for float64 (the "
                 "noise variance would underflow); multiply the images by a constant"
             )
@@ -726,6 +739,14 @@ class _Scorer:
         """``log p(X_k, d | θ) = lp[k, d] + c[k]`` for a chunk: ``lp`` of shape (n, Dh, Dw) in
         the data's dtype, ``c`` (n,) in float64. Needs the chunk's spectra ``xf`` and
         ``sq = Σ_ij X_k²`` (both computed once per fit)."""
+        lp, c, _ = self.log_joint_and_correlation(x, xf, sq)
+        return lp, c
+
+    def log_joint_and_correlation(
+        self, x: np.ndarray, xf: np.ndarray, sq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`log_joint`, and the correlation ``C_k(d)`` of the images with the face (in
+        the shifted units) that it is built from."""
         d = self.data
         corr = _valid_correlation(d, xf, self.face_f)
         prod = x * self.background
@@ -734,7 +755,7 @@ class _Scorer:
         lp -= corr
         lp *= -self.inv_s2
         lp += self.base
-        return lp, c
+        return lp, c, corr
 
 
 def _valid_correlation(data: _Data, xf: np.ndarray, template_f: np.ndarray) -> np.ndarray:
@@ -1337,34 +1358,35 @@ def _draw(q: np.ndarray, u: np.ndarray) -> np.ndarray:
 def _held_out(
     scorer: _Scorer,
     data: _Data,
-    x: np.ndarray,
     xf: np.ndarray,
+    lp: np.ndarray,
+    corr: np.ndarray,
     q: np.ndarray,
     prior: np.ndarray,
     fitted: tuple[bool, bool],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each image's MAP position and its probability under the parameters fitted to the other
-    images: ``(best flat index (n,), probability (n,))`` for a chunk whose posterior under the
-    fitted parameters is ``q`` (its soft assignment; one-hot for hard EM).
+    images: ``(best flat index (n,), probability (n,))`` for a chunk with spectra ``xf``, log
+    likelihoods ``lp`` (:meth:`_Scorer.log_joint` without the prior; modified in place), their
+    face correlations ``corr``, and posterior ``q`` under the fitted parameters (its soft
+    assignment; one-hot for hard EM).
 
     The fitted face holds each image's own crop with weight 1/K (noise included), and a learnt
     prior its own posterior: scored with them, an image matches itself, and its probability is
     too high (measured: 1.000 where 65% of the positions were right). Here image k is scored with
     the face without its crop, ``F_{-k} = (K F - c_k) / (K - 1)`` with ``c_k(u) = Σ_d q_k(d)
-    X_k(d + u)`` (one more correlation per image, in the final pass only), and with the
-    :func:`predictive_prior` of the other images' posteriors. ``fitted`` says whether the
-    face and the prior were fitted (re-estimated by an M-step): those that were not are used as
-    they are."""
+    X_k(d + u)``, and with the :func:`predictive_prior` of the other images' posteriors; the
+    background and noise std stay those of all the images. It costs three FFTs per image
+    (``c_k``, its spectrum, its correlation with the image), in the final pass only.
+    ``fitted`` says whether the face and the prior were fitted (re-estimated by an M-step):
+    those that were not are used as they are."""
     K, H, W = data.K, data.H, data.W
-    n = x.shape[0]
     face_fitted, prior_learnt = fitted
-    lp, _ = scorer.log_joint(x, xf, np.zeros(n))  # log p(X_k | d), but a constant per image
     if face_fitted and K >= 2:
         qf = sfft.fft(sfft.rfft(q, n=W, axis=-1), n=H, axis=-2, overwrite_x=True)
         crop = sfft.irfft2(xf * qf.conj(), s=(H, W))[:, : data.h, : data.w]  # c_k (shifted)
         own = _valid_correlation(data, xf, np.conj(sfft.rfft2(crop, s=(H, W))))
-        face = _valid_correlation(data, xf, scorer.face_f)
-        lp += ((face - own) * (scorer.inv_s2 / (K - 1))).astype(lp.dtype)
+        lp += ((corr - own) * (scorer.inv_s2 / (K - 1))).astype(lp.dtype)
     if prior_learnt:
         others = np.maximum(K * prior[None] - q, 0.0)
         held = (others + PRIOR_PSEUDO_COUNT) / (K - 1 + PRIOR_PSEUDO_COUNT * prior.size)
@@ -1390,22 +1412,33 @@ def _pass(
     draws ``samples`` positions per image from the posterior with ``rng``, and its ``q`` is the
     empirical distribution of the draws. With ``held_out`` (whether the face and the prior
     were fitted) the positions and probabilities are the held-out ones of :func:`_held_out`."""
-    scorer = _Scorer(p, data)
-    plain = _Scorer(p, data, with_prior=False) if held_out is not None else None
+    if held_out is not None:
+        assert not accumulate, "held-out positions are for the final pass"
+        # The final pass scores with the likelihood alone, then adds the prior, so that the
+        # held-out scores reuse the likelihood and its face correlation.
+        scorer = _Scorer(p, data, with_prior=False)
+        with np.errstate(divide="ignore"):
+            log_prior = np.log(p.prior).astype(data.dtype)
+    else:
+        scorer = _Scorer(p, data)
 
     def chunk(a: int, b: int, u: np.ndarray | None = None) -> tuple:
         x, xf = data.chunk_data(a, b)
         part = _Stats(data)
-        post = _Posterior.from_log_joint(*scorer.log_joint(x, xf, data.sq_x[a:b]))
+        if held_out is None:
+            post = _Posterior.from_log_joint(*scorer.log_joint(x, xf, data.sq_x[a:b]))
+        else:
+            lp, c, corr = scorer.log_joint_and_correlation(x, xf, data.sq_x[a:b])
+            post = _Posterior.from_log_joint(lp + log_prior, c)
         log_evidence = float(post.log_evidence.sum())
         part.log_evidence = log_evidence
         best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))
-        if plain is not None:
+        if held_out is not None:
             q = post.q
             if method == "hard":  # its face is built from each image's MAP crop
                 q = np.zeros_like(post.q)
                 q.reshape(len(q), -1)[np.arange(len(q)), post.best] = 1.0
-            flat, probability = _held_out(plain, data, x, xf, q, p.prior, held_out)
+            flat, probability = _held_out(scorer, data, xf, lp, corr, q, p.prior, held_out)
             part.bound = log_evidence if method == "soft" else float(post.best_log_joint.sum())
             part.entropy = float(post.entropy.sum())
             return part, np.column_stack(np.unravel_index(flat, (data.Dh, data.Dw))), probability
@@ -1858,7 +1891,11 @@ def fit(
     fingerprint = data.fingerprint()
     runs: list[RestartResult] = []
     if resume is not None:
-        why = _differs(resume.settings, settings) if resume.settings is not None else None
+        why = None
+        if not all(isinstance(v, (dict, type(None))) for v in (resume.settings, resume.data)):
+            why = "the checkpoint is damaged: its record of settings or images is not one"
+        elif resume.settings is not None:
+            why = _differs(resume.settings, settings)
         if why is None and (resume.seed_entropy != ss.entropy or not resume.restart < n_init):
             why = "the checkpoint belongs to another fit (other seed or restarts)"
         if why is None and resume.data is not None:
@@ -1867,7 +1904,7 @@ def fit(
             damage = _damaged(resume, data, int(max_iter))
             why = None if damage is None else f"the checkpoint is damaged: {damage}"
         if why is not None:
-            raise ValueError(why)
+            raise CheckpointError(why)
         runs = list(resume.finished)
     for r in range(len(runs), int(n_init)):
         t0 = time.perf_counter()
@@ -1876,12 +1913,17 @@ def fit(
         if here is None:
             start = _initialize(data, init, rng, r, given)
         else:
-            _check_params(here.params, data)  # (not its normalised copy: bit for bit)
+            try:
+                _check_params(here.params, data)  # (not its normalised copy: bit for bit)
+            except ValueError as err:
+                raise CheckpointError(f"the checkpoint's parameters are damaged: {err}") from None
             start = here.params
             try:
                 rng.bit_generator.state = here.rng_state
             except (TypeError, ValueError, KeyError):
-                raise ValueError("the checkpoint's random generator state is damaged") from None
+                raise CheckpointError(
+                    "the checkpoint's random generator state is damaged"
+                ) from None
         runs.append(
             _run(
                 data,

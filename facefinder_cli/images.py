@@ -1770,8 +1770,8 @@ class _MappedFrames:
     order, or (H, W, K) layout), for reading in order: ``frames[k]`` for k = 0, 1, 2, ...
 
     They are copied out in blocks of about ``_CHUNK_BYTES`` through a memory map made afresh
-    for each block and dropped after it, so the file is read a few times over at most and
-    memory holds one block, however large the file."""
+    for each block and dropped after it, so memory holds one block however large the file.
+    Each block reads pages from all over the file: the file is read about once per block."""
 
     def __init__(self, path: str, layout: str) -> None:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)

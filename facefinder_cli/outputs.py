@@ -522,7 +522,7 @@ def _temp_beside(p: str) -> tuple[int, str, int]:
     return fd, tmp, perms
 
 
-def _install(tmp: str, p: str, overwrite: bool | None) -> None:
+def _install(tmp: str, p: str, overwrite: bool) -> None:
     """Rename the finished temporary file ``tmp`` to ``p``. Without ``overwrite`` (False) an
     existing ``p`` is never replaced, even one that appeared while we wrote: the file is linked
     into place, which fails if the name is taken."""
@@ -578,7 +578,7 @@ def _write_into(p: str, fd: int | None, mode: str) -> Iterator[IO[Any]]:
 
 @contextmanager
 def atomic_write(
-    path: str | os.PathLike, mode: str = "wb", *, overwrite: bool | None = None
+    path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = False
 ) -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it appears complete or not at all.
 
@@ -595,9 +595,9 @@ def atomic_write(
         symbolic link, a block device or a socket is refused.
     mode : {"wb", "w"}
         Binary, or text (UTF-8).
-    overwrite : bool or None
-        False: never replace an existing file, even one that appears while writing. True or
-        None: replace a regular file (the caller checked that it may: see
+    overwrite : bool
+        False (the default): never replace an existing file, even one that appears while
+        writing. True: replace a regular file (the caller checked that it may: see
         :func:`check_file_target`).
 
     Raises
@@ -851,6 +851,14 @@ def _clean_up(parent: str, name: str) -> list[str]:
             with suppress(OSError):
                 os.unlink(t)
         done.append(f"removed {os.path.basename(t)}")
+    if os.path.isdir(target) and not os.path.islink(target):  # a file being replaced inside
+        inner = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(_TMP))  # (a checkpoint, say)
+        with suppress(OSError):
+            for e in os.listdir(target):
+                path = os.path.join(target, e)
+                if inner.fullmatch(e) and os.path.isfile(path) and not os.path.islink(path):
+                    os.unlink(path)
+                    done.append(f"removed {name}/{e}")
     return done
 
 
@@ -901,7 +909,7 @@ class Batch:
 def atomic_files(
     paths: Sequence[str | os.PathLike],
     *,
-    overwrite: bool | None = None,
+    overwrite: bool = False,
     remove: Sequence[str | os.PathLike] = (),
 ) -> Iterator[Batch]:
     """Write files that belong together (a stack and its names file, a stack and its truth)

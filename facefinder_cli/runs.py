@@ -283,8 +283,8 @@ def _result_path(path: str | os.PathLike) -> Path:
             return p / HISTORY
         if (p / CHECKPOINT).is_file():
             raise InputError(
-                f"{p}: holds an interrupted fit ({CHECKPOINT}), no result yet: finish it with "
-                f"`facefinder fit --resume {p}`"
+                f"{p}: holds a fit's {CHECKPOINT} (running, or interrupted), no result yet; an "
+                f"interrupted fit finishes with `facefinder fit --resume {p}`"
             )
         raise InputError(f"{p}: no {RESULT} or {HISTORY} in this folder")
     if not p.exists():
@@ -388,10 +388,10 @@ def save_truth(
     truth: Params,
     positions: np.ndarray,
     *,
-    overwrite: bool | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Write the truth of a synthetic data set (``facefinder generate``) for ``fit --truth``
-    (``overwrite=False``: never over an existing file)."""
+    (``overwrite=True`` to replace a file there)."""
     with atomic_write(path, overwrite=overwrite) as f:
         write_truth(f, truth, positions)
 
@@ -440,7 +440,12 @@ CHECKPOINT = "checkpoint.npz"
 
 
 def save_checkpoint(
-    path: str | os.PathLike, state: Checkpoint, settings: dict[str, Any], extra: dict[str, Any]
+    path: str | os.PathLike,
+    state: Checkpoint,
+    settings: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    overwrite: bool = True,
 ) -> None:
     """Write a fit's :class:`~facefinder_cli.engine.Checkpoint`, the settings that resume it and
     ``extra`` (JSON-able, e.g. per-iteration errors) to ``path``, atomically. Every float is
@@ -485,7 +490,7 @@ def save_checkpoint(
                 f"finished{i}_noise_floored": done.noise_floored,
             }
         )
-    with atomic_write(path) as f:
+    with atomic_write(path, overwrite=overwrite) as f:  # (replaces the previous checkpoint)
         np.savez(f, **arrays)
 
 

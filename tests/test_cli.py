@@ -59,7 +59,7 @@ JSON_KEYS = {
     "n_iter",
     "converged",
     "seconds",
-    "seconds_total",
+    "history_seconds",
     "noise_std",
     "log_likelihood",
     "log_likelihood_per_pixel",

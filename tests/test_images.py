@@ -546,11 +546,14 @@ def test_atomic_write_replaces_on_success_only():
     with open("f.bin", "wb") as f:
         f.write(b"old")
     with pytest.raises(KeyError):
-        with atomic_write("f.bin") as f:
+        with atomic_write("f.bin", overwrite=True) as f:
             f.write(b"new")
             raise KeyError("boom")
     assert open("f.bin", "rb").read() == b"old" and listing() == ["f.bin"]
-    with atomic_write("f.bin") as f:
+    with pytest.raises(InputError, match="file exists"):  # never replaced unless asked
+        with atomic_write("f.bin") as f:
+            f.write(b"new")
+    with atomic_write("f.bin", overwrite=True) as f:
         f.write(b"new")
     assert open("f.bin", "rb").read() == b"new" and listing() == ["f.bin"]
 

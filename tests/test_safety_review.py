@@ -243,3 +243,53 @@ def test_sighup_saves_the_fit_as_sigterm_does(data):
     assert proc.returncode == 129, err
     assert "interrupted after iteration" in err.decode()
     runs.load_checkpoint("run")
+
+
+# --- the review of the diff ---------------------------------------------------------------------
+
+
+def test_detect_never_writes_over_its_prior_file(data):
+    ok("fit", data, *FIT, "-o", "run")
+    shape = np.load("run/result.npz")["prior"].shape
+    np.save("p.npy", np.ones(shape))
+    before = Path("p.npy").read_bytes()
+    line = one_error(cli("detect", "run", data, "--prior", "p.npy", "-o", "p.npy", "--overwrite"))
+    assert "is an input of this command" in line and Path("p.npy").read_bytes() == before
+
+
+def test_a_csv_inside_the_draw_folder_is_refused_first(data):
+    ok("fit", data, *FIT, "-o", "run")
+    line = one_error(cli("detect", "run", data, "--draw", "boxed", "-o", "boxed/pos.csv"), 2)
+    assert "inside the --draw folder boxed" in line
+
+
+def test_a_temporary_left_inside_a_run_folder_does_not_block_resume(checkpoint):
+    left = checkpoint.parent / ".checkpoint.npz.abcd1234.facefinder.tmp"
+    left.write_bytes(b"half a checkpoint: the fit was killed while saving it")
+    r = ok("fit", "--resume", "run")
+    assert "removed run/.checkpoint.npz.abcd1234.facefinder.tmp" in r.stderr
+    assert Path("run/result.npz").exists() and not left.exists()
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (dict(fit_settings="5"), "record of settings or images"),
+        (dict(face=np.full((8, 8), np.nan)), "parameters are damaged"),
+    ],
+    ids=["settings", "nan-face"],
+)
+def test_a_damaged_checkpoint_is_named(checkpoint, change, needle):
+    _edit(checkpoint, **change)
+    line = one_error(cli("fit", "--resume", "run"))
+    assert line.startswith("Error: run/checkpoint.npz: ") and needle in line
+
+
+def test_detect_smooths_only_a_prior_that_was_learnt(data):
+    ok(*GEN, "--prior", "centred", "-o", "centred")
+    truth = Path("centred") / "truth.npz"
+    fit = ["fit", "centred", *FIT, "--init-from", truth, "--prior-update", "never", "-o", "run"]
+    ok(*fit)
+    ok("detect", "run", "centred", "-o", "smoothed.csv")
+    ok("detect", "run", "centred", "-o", "fitted.csv", "--prior", "fitted")
+    assert Path("smoothed.csv").read_text() == Path("fitted.csv").read_text()
