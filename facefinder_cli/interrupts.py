@@ -97,8 +97,3 @@ def raise_pending() -> None:
         signum, _State.pending = _State.pending, None
         _State.stopping = True
         raise Interrupted(signum, after=_State.where)
-
-
-def stopping() -> bool:
-    """Whether an interrupt has been raised (the command is on its way out)."""
-    return _State.stopping

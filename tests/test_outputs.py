@@ -9,6 +9,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -157,20 +159,28 @@ HOLD = textwrap.dedent(
 )
 
 
-def test_a_second_process_cannot_claim_a_held_output():
+@contextmanager
+def another_process_holding_out():
+    """Another process that holds the claim on ``out`` for the duration of the block."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD])
     try:
         while not os.path.exists("held"):
             assert holder.poll() is None
+            time.sleep(0.01)
+        yield holder
+    finally:
+        write("release")
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+
+
+def test_a_second_process_cannot_claim_a_held_output():
+    with another_process_holding_out() as holder:
         with pytest.raises(
             InputError, match=rf"^out: another facefinder process \(pid {holder.pid}\)"
         ):
             with outputs.claim("out"):
                 pass
-    finally:
-        write("release")
-        holder.wait(timeout=30)
-    assert holder.returncode == 0
     with outputs.claim("out"):  # free again; the lock file goes with the claim
         assert ".out.lock" in os.listdir()
     assert sorted(os.listdir()) == ["held", "release"]
@@ -235,19 +245,13 @@ def test_the_lock_is_where_the_kernel_puts_the_output():
 
 
 def test_an_output_inside_a_folder_being_written_is_refused():
-    holder = subprocess.Popen([sys.executable, "-c", HOLD])
-    try:
-        while not os.path.exists("held"):
-            assert holder.poll() is None
+    with another_process_holding_out():
         os.mkdir("out")
         with pytest.raises(
             InputError, match=r"^out/checkpoint.npz: is inside .*out, which another"
         ):
             with outputs.claim("out/checkpoint.npz"):
                 pass
-    finally:
-        write("release")
-        holder.wait(timeout=30)
 
 
 def test_files_written_together_appear_together_or_not_at_all():
