@@ -1,0 +1,108 @@
+"""Results pinned bit for bit: refactoring must not change a single number.
+
+``tests/data/pinned_input.npz`` holds a small fixed stack (integer grey values, so it is
+exact in any float format) and ``tests/data/pinned_results.npz`` what the engine and the
+command line made of it before the refactor of the settings and the loop state. A change that
+is *meant* to change results regenerates them with ``python tests/test_pinned.py`` and says why
+in its commit; any other difference is a bug.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+INPUT = DATA / "pinned_input.npz"
+RESULTS = DATA / "pinned_results.npz"
+
+#: name -> keyword arguments of ``engine.fit`` on the pinned stack (face size 10x8)
+CASES = {
+    "soft": dict(seed=0, restarts=2, max_iter=12, tol=-np.inf),
+    "soft_tol": dict(seed=3, init="random", tol=1e-5, max_iter=200),
+    "hard": dict(method="hard", seed=1, init="smooth", max_iter=10, tol=-np.inf),
+    "mc": dict(method="mc", seed=2, max_iter=9, tol=-np.inf),
+    "always": dict(prior_update="always", init="bright", max_iter=8, tol=-np.inf),
+    "float32": dict(dtype="float32", seed=4, max_iter=6, tol=-np.inf, chunk_size=7),
+}
+FIELDS = ("face", "background", "noise_std", "prior", "elbo", "log_likelihood", "positions",
+          "position_probability", "final_elbo", "n_iter", "best_restart")  # fmt: skip
+FACE = (10, 8)
+
+
+def _engine_fit(X, name):
+    from facefinder_cli import engine
+
+    kw = dict(CASES[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return engine.fit(X, FACE, **kw)
+        except TypeError:  # (the engine before the settings value named restarts n_init)
+            kw["n_init"] = kw.pop("restarts", 1)
+            return engine.fit(X, FACE, **kw)
+
+
+def _results(X) -> dict[str, np.ndarray]:
+    out = {}
+    for name in CASES:
+        r = _engine_fit(X, name)
+        for f in FIELDS:
+            out[f"{name}.{f}"] = np.asarray(getattr(r, f))
+        out[f"{name}.restart_elbo"] = np.concatenate([h.elbo for h in r.restarts])
+    return out
+
+
+@pytest.fixture(scope="module")
+def pinned():
+    X = np.load(INPUT)["X"].astype(np.float64)
+    with np.load(RESULTS) as z:
+        return X, dict(z)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_engine_results_are_bit_identical(pinned, name):
+    X, want = pinned
+    r = _engine_fit(X, name)
+    for f in FIELDS:
+        np.testing.assert_array_equal(np.asarray(getattr(r, f)), want[f"{name}.{f}"], err_msg=f)
+    np.testing.assert_array_equal(
+        np.concatenate([h.elbo for h in r.restarts]), want[f"{name}.restart_elbo"]
+    )
+
+
+def test_command_line_results_are_bit_identical(pinned, tmp_path, monkeypatch):
+    from helpers import ok
+
+    monkeypatch.chdir(tmp_path)
+    X, want = pinned
+    np.save("stack.npy", X)
+    ok("fit", "stack.npy", "--face-size", "10x8", "--restarts", "2", "--max-iter", "12",
+       "--tol", "-1", "-o", "run", "-q")  # fmt: skip
+    with np.load("run/result.npz") as z:
+        for f in ("face", "background", "noise_std", "prior", "elbo", "log_likelihood"):
+            np.testing.assert_array_equal(z[f], want[f"soft.{f}"], err_msg=f)
+        np.testing.assert_array_equal(z["positions"], want["soft.positions"])
+
+
+def _regenerate() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from facefinder_cli import synthetic
+
+    if not INPUT.exists():
+        face = synthetic.cartoon_face(*FACE)
+        background = synthetic.texture("stripes", (24, 32))
+        d = synthetic.make_dataset(face, background, 30, 40.0, seed=11)
+        X = np.clip(np.round(d.images), 0, 255).astype(np.uint8)
+        np.savez_compressed(INPUT, X=X)
+    X = np.load(INPUT)["X"].astype(np.float64)
+    np.savez_compressed(RESULTS, **_results(X))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    _regenerate()
