@@ -18,8 +18,10 @@ import os
 import re
 import sys
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -629,7 +631,6 @@ class _ProgressBar:
 
     def __init__(
         self,
-        max_iter: int,
         truth: runs.Truth | None,
         saver=None,
         on_start: Callable[[], None] | None = None,
@@ -638,7 +639,6 @@ class _ProgressBar:
 
         self.on_start = on_start
         self._tqdm = tqdm
-        self.max_iter = max_iter
         self.bar = None
         self.images = None  # a second bar: images through the current pass, if passes are slow
         self.truth = truth
@@ -668,7 +668,7 @@ class _ProgressBar:
         if p.iteration == 0 or p.restart != self.restart:  # a new restart, or a resumed one
             self.close()
             self.restart = p.restart
-            desc = f"restart {p.restart + 1}/{p.n_restarts}" if p.n_restarts > 1 else "EM"
+            desc = f"restart {p.restart + 1}/{p.restarts}" if p.restarts > 1 else "EM"
             self.bar = self._tqdm(
                 total=p.max_iter,
                 initial=max(p.iteration - 1, 0),
@@ -723,8 +723,85 @@ class _ProgressBar:
             self.images = None
 
 
-def _settings(**kw: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}
+@dataclass(frozen=True)
+class FitJob:
+    """What one `facefinder fit` does: the engine's settings and the command line's own
+    options. Built once, from the options or (--resume) from the checkpoint; stored in
+    result.npz and checkpoint.npz (as one JSON record: :meth:`to_dict`).
+
+    A fit option whose name is a field of :class:`engine.FitSettings` goes there by that name;
+    the others are fields here. Adding a setting touches its field, its option and its user.
+    """
+
+    settings: engine.FitSettings
+    input: str  # as given
+    input_path: str  # as --resume finds it from any folder (see _absolute_input)
+    layout: str
+    skip_unreadable: bool
+    init_from: str | None
+    truth: str | None
+    zoom: int | None
+    checkpoint_every: int | None
+    command: str
+
+    def options(self) -> dict[str, Any]:
+        """The command line's own fields (JSON-able), stored beside the settings."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.settings.to_dict(), **self.options()}
+
+    @classmethod
+    def restore(cls, settings: engine.FitSettings, options: dict, path: str) -> FitJob:
+        """The job a checkpoint at ``path`` recorded; a damaged record is one line naming it."""
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in fields(cls) if f.name != "settings"]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise InputError(
+                f"{path}: made by another version of facefinder (with settings this one does "
+                f"not know: {', '.join(unknown)}); fit again with --overwrite"
+            )
+        missing = [n for n in names if n not in options]
+        if missing:
+            raise InputError(
+                f"{path}: not a complete facefinder checkpoint (its settings lack "
+                f"{', '.join(missing)})"
+            )
+        for name in names:
+            value = options[name]
+            if not isinstance(value, hints[name]) or (
+                isinstance(value, bool) and hints[name] is not bool
+            ):
+                raise InputError(f"{path}: not a valid facefinder checkpoint (setting {name})")
+        if options["layout"] not in ("auto", "khw", "hwk"):
+            raise InputError(f"{path}: not a valid facefinder checkpoint (setting layout)")
+        return cls(settings, **{n: options[n] for n in names})
+
+
+_SETTING_NAMES = frozenset(f.name for f in fields(engine.FitSettings))
+
+
+def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, Any]) -> FitJob:
+    """The job of a new fit, from its options; the face size is --face-size, or that of the
+    --init-from start."""
+    if math.isnan(options["tol"]):
+        raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
+    init_from, truth = options.pop("init_from"), options.pop("truth")
+    if face_size is None:
+        if init_from is None:
+            raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
+        face_size = runs.load_params(init_from).face.shape
+    given = {k: v for k, v in options.items() if k in _SETTING_NAMES}
+    return FitJob(
+        settings=engine.FitSettings(face_size, **given),
+        input=str(input),
+        input_path=_absolute_input(input),
+        init_from=os.path.abspath(init_from) if init_from else None,
+        truth=os.path.abspath(truth) if truth else None,
+        command=" ".join(sys.argv),
+        **{k: v for k, v in options.items() if k not in _SETTING_NAMES},
+    )
 
 
 @main.command(context_settings=CONTEXT)
@@ -892,34 +969,7 @@ def _settings(**kw: Any) -> dict[str, Any]:
 @overwrite_opt
 @_verbosity
 @_reports_errors
-def fit(
-    input,
-    face_size,
-    out,
-    method,
-    init,
-    restarts,
-    max_iter,
-    tol,
-    seed,
-    prior_update,
-    samples,
-    samples_growth,
-    max_samples,
-    chunk_size,
-    memory_limit,
-    dtype,
-    workers,
-    init_from,
-    truth,
-    zoom,
-    checkpoint_every,
-    resume,
-    as_json,
-    skip_unreadable,
-    layout,
-    overwrite,
-):
+def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite, **options):
     """Recover face, background, noise and prior from noisy images.
 
     INPUT is a folder of images (PNG, JPEG, TIFF, BMP; in natural order, img2 before img10), a
@@ -954,27 +1004,14 @@ def fit(
             click.get_current_context(), ("resume", "as_json", "memory_limit", "workers")
         )
         resumed = _Resumed.load(resume)
-        if resumed.state.data is None:
-            log.warning(
-                "%s was saved by an older facefinder, without a record of its images: "
-                "--resume cannot check that they are the same",
-                resumed.path,
-            )
-        o = resumed.options
-        input, out, overwrite = o["input_path"], resume, True
-        face_size, method, init = tuple(o["face_size"]), o["method"], o["init"]
-        restarts, max_iter, tol, seed = o["restarts"], o["max_iter"], o["tol"], o["seed"]
-        prior_update, chunk_size, layout = o["prior_update"], o["chunk_size"], o["layout"]
-        samples, samples_growth = o["samples"], o["samples_growth"]
-        max_samples, init_from, truth = o["max_samples"], o["init_from"], o["truth"]
-        zoom, checkpoint_every = o["zoom"], o["checkpoint_every"]
-        skip_unreadable, dtype = o["skip_unreadable"], o["dtype"]
-    elif input is None:
-        raise click.MissingParameter(param_hint="'INPUT'", param_type="argument")
-    elif out is None:
-        raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
-    elif outputs.is_stdout(out):
-        out = "-"
+        job, out, overwrite = resumed.job, resume, True
+    else:
+        if input is None:
+            raise click.MissingParameter(param_hint="'INPUT'", param_type="argument")
+        if out is None:
+            raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
+        out = "-" if outputs.is_stdout(out) else out
+        job = _new_job(input, face_size, options)
     if as_json and out == "-":
         raise click.UsageError("--json and -o - both write to stdout; choose one")
     if (out == "-" or as_json) and outputs.stdout_closed():
@@ -984,58 +1021,25 @@ def fit(
         raise click.UsageError(
             "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
         )
-    if checkpoint_every and outputs.is_stream(out):
+    if job.checkpoint_every and outputs.is_stream(out):
         raise click.UsageError(f"--checkpoint-every needs an output folder, not -o {out}")
-    if math.isnan(tol):
-        raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
-    warm = runs.load_params(init_from) if init_from else None
-    truth_data = runs.load_truth(truth) if truth else None
-    if face_size is None and warm is None:
-        raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
-    keep = images.input_paths(input) + [p for p in (init_from, truth) if p]
+    input, settings = job.input_path if resumed else job.input, job.settings
+    warm = runs.load_params(job.init_from) if job.init_from else None
+    truth_data = runs.load_truth(job.truth) if job.truth else None
+    keep = images.input_paths(input) + [p for p in (job.init_from, job.truth) if p]
     folder = None if outputs.is_stream(out) else out  # else only the face, as a PNG, into it
     with outputs.claim(folder) as stale:  # (a running fit's folder: refused here, in one line)
         _note_stale(stale)
         if folder is not None and resumed is None:
             _check_run_folder_name(folder, overwrite)
         if folder is not None:
-            outputs.check_folder_target(
-                folder,
-                overwrite,
-                keep=keep,
-                kind=RUN_FOLDER,
-            )
-        stack = _load(input, layout, skip_unreadable, stream=True)
+            outputs.check_folder_target(folder, overwrite, keep=keep, kind=RUN_FOLDER)
+        stack = _load(input, job.layout, job.skip_unreadable, stream=True)
         K, H, W = stack.images.shape
-        h, w = _fit_face_size(input, stack, face_size, warm, init_from, truth_data, truth)
         if resumed is not None:
             resumed.check_input(input, K, H, W)
-        settings = _settings(
-            input=str(input),
-            input_path=_absolute_input(input),
-            face_size=(h, w),
-            method=method,
-            init=init,
-            restarts=restarts,
-            max_iter=max_iter,
-            tol=tol,
-            seed=seed,
-            prior_update=prior_update,
-            samples=samples,
-            samples_growth=samples_growth,
-            max_samples=max_samples,
-            chunk_size=chunk_size,
-            dtype=dtype,
-            init_from=os.path.abspath(init_from) if init_from else None,
-            truth=os.path.abspath(truth) if truth else None,
-            layout=layout,
-            zoom=zoom,
-            checkpoint_every=checkpoint_every,
-            skip_unreadable=skip_unreadable,
-            n_images=K,
-            image_size=(H, W),
-            command=" ".join(sys.argv),
-        )
+        _check_face_size(input, stack, job, warm, truth_data)
+        h, w = settings.face_shape
 
         def announce() -> None:
             if resumed is not None:
@@ -1045,7 +1049,7 @@ def fit(
                     resumed.state.iteration,
                     resumed.state.restart + 1,
                 )
-            _log_notes(stack, truth_given=truth is not None)
+            _log_notes(stack, truth_given=job.truth is not None)
             log.info(
                 "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
                 h,
@@ -1055,16 +1059,16 @@ def fit(
                 H,
                 W,
                 input,
-                method,
+                settings.method,
             )
 
         saver = None
         if folder is not None:
-            saver = _CheckpointSaver(folder, settings, keep, checkpoint_every, overwrite)
+            saver = _CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
             saver.wrote = resumed is not None  # the folder holds our checkpoint already
         # Announced once the engine has read the data: a streamed stack is checked in that first
         # pass (and compared with a checkpoint's), and an error there stays the only line.
-        bar = _ProgressBar(max_iter, truth_data, saver, on_start=announce)
+        bar = _ProgressBar(truth_data, saver, on_start=announce)
         if resumed is not None:
             bar.errors = resumed.extra.get("errors", {})
         _STOPPED["line"] = "interrupted before the first iteration: nothing was written"
@@ -1074,29 +1078,17 @@ def fit(
             result, caught = _run_engine(
                 stack,
                 input,
-                (h, w),
+                settings,
                 bar,
                 resumed,
-                method=method,
-                init=init,
-                n_init=restarts,
-                max_iter=max_iter,
-                tol=tol,
-                seed=seed,
                 init_params=warm,
-                prior_update=prior_update,
-                samples=samples,
-                samples_growth=samples_growth,
-                max_samples=max(max_samples, samples),
-                chunk_size=chunk_size,
                 memory_limit=memory_limit,
-                dtype=dtype,
                 workers=workers,
             )
             seconds = time.perf_counter() - t0
-            _report_engine(result, caught, K, H, W, max_iter, tol, method)
+            _report_engine(result, caught, K)
             errors = _truth_errors(bar, result, truth_data)
-            zoom = zoom or runs.view_zoom((H, W))
+            zoom = job.zoom or runs.view_zoom((H, W))
             written: list[str] = []
             if folder is None:
                 lo, hi = runs.display_range(result.face, result.background)
@@ -1113,7 +1105,7 @@ def fit(
                             tmp,
                             result,
                             names=stack.names,
-                            settings=settings,
+                            options=job.options(),
                             errors=errors,
                             zoom=zoom,
                         )
@@ -1126,7 +1118,7 @@ def fit(
             if in_place:
                 _STOPPED["line"] = f"interrupted after the run was written to {folder}"
             else:
-                _STOPPED["line"] = _save_when_interrupted(saver, bar, restarts)
+                _STOPPED["line"] = _save_when_interrupted(saver, bar, settings.restarts)
             raise
         if in_place:
             _STOPPED["line"] = f"interrupted after the run was written to {folder}"
@@ -1136,7 +1128,7 @@ def fit(
     if as_json:
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
-    _report(summary, result, written, tol, resumed is not None)
+    _report(summary, result, written, resumed is not None)
 
 
 #: The files fit writes into a run folder: --overwrite replaces one holding only these.
@@ -1180,17 +1172,17 @@ def _absolute_input(source: str) -> str:
     return os.path.join(glob.escape(os.getcwd()), source)
 
 
-def _fit_face_size(input, stack, face_size, warm, init_from, truth_data, truth) -> tuple[int, int]:
-    """The face size of a fit of ``stack`` (given, or that of ``warm``), checked against the
-    images, the start and the truth, each error naming the option at fault."""
+def _check_face_size(input, stack, job: FitJob, warm, truth_data) -> None:
+    """Check the face size of a fit of ``stack`` against the images, the start and the truth,
+    each error naming the option at fault."""
     K, H, W = stack.images.shape
+    h, w = job.settings.face_shape
     if warm is not None and warm.background.shape != (H, W):
         bh, bw = warm.background.shape
         raise click.BadParameter(
-            f"{init_from}: made for {bh}x{bw} images, these are {H}x{W}",
+            f"{job.init_from}: made for {bh}x{bw} images, these are {H}x{W}",
             param_hint="'--init-from'",
         )
-    h, w = face_size if face_size is not None else warm.face.shape
     if h > H or w > W:
         guess = [n for n in stack.notes if "--layout" in n]  # a misread axis order?
         raise click.BadParameter(
@@ -1200,26 +1192,25 @@ def _fit_face_size(input, stack, face_size, warm, init_from, truth_data, truth) 
         )
     if warm is not None and warm.face.shape != (h, w):
         raise click.BadParameter(
-            f"{init_from}: its face is {warm.face.shape[0]}x{warm.face.shape[1]}, not {h}x{w}",
+            f"{job.init_from}: its face is {warm.face.shape[0]}x{warm.face.shape[1]}, not {h}x{w}",
             param_hint="'--init-from'",
         )
     if truth_data is not None:
         tb = truth_data.params.background.shape
         if tb != (H, W) or len(truth_data.positions) != K:
             raise click.BadParameter(
-                f"{truth}: describes {len(truth_data.positions)} images of {tb[0]}x{tb[1]}, "
+                f"{job.truth}: describes {len(truth_data.positions)} images of {tb[0]}x{tb[1]}, "
                 f"the input has {K} of {H}x{W}",
                 param_hint="'--truth'",
             )
         if truth_data.params.face.shape != (h, w):
             tf = truth_data.params.face.shape
             raise click.BadParameter(
-                f"{truth}: its face is {tf[0]}x{tf[1]}, not {h}x{w}", param_hint="'--truth'"
+                f"{job.truth}: its face is {tf[0]}x{tf[1]}, not {h}x{w}", param_hint="'--truth'"
             )
-    return int(h), int(w)
 
 
-def _run_engine(stack, input, face_shape, bar, resumed, **kw) -> tuple[engine.FitResult, list]:
+def _run_engine(stack, input, settings, bar, resumed, **kw) -> tuple[engine.FitResult, list]:
     """``engine.fit`` on the stack with the progress bar; its warnings are returned, to be said
     in the command's words."""
     with warnings.catch_warnings(record=True) as caught:
@@ -1228,7 +1219,7 @@ def _run_engine(stack, input, face_shape, bar, resumed, **kw) -> tuple[engine.Fi
         try:
             result = engine.fit(
                 stack.images,
-                face_shape,
+                settings,
                 callback=bar,
                 on_chunk=bar.chunk,
                 resume=None if resumed is None else resumed.state,
@@ -1245,7 +1236,7 @@ def _run_engine(stack, input, face_shape, bar, resumed, **kw) -> tuple[engine.Fi
     return result, list(caught)
 
 
-def _report_engine(result, caught, K, H, W, max_iter, tol, method) -> None:
+def _report_engine(result: engine.FitResult, caught: list, K: int) -> None:
     """The engine's notes and warnings, in the command line's words."""
     if result.fft_cached < K:
         log.info(
@@ -1256,15 +1247,12 @@ def _report_engine(result, caught, K, H, W, max_iter, tol, method) -> None:
         )
     for w_ in caught:
         if issubclass(w_.category, engine.ConvergenceWarning):
-            kept = result.restarts[result.best_restart]
-            series = kept.log_likelihood if method == "mc" else kept.elbo
-            gain = (series[-1] - series[-2]) / (K * H * W)
             log.warning(
                 "stopped at --max-iter %d before converging (the last iteration gained %.2g "
                 "nats per image and pixel; --tol is %g): raise --max-iter, or --tol",
-                max_iter,
-                gain,
-                tol,
+                result.settings.max_iter,
+                result.gain[-1],
+                result.settings.tol,
             )
         elif issubclass(w_.category, UserWarning):  # the engine's: noise floor, restarts
             log.warning("%s", w_.message)
@@ -1299,64 +1287,17 @@ def _save_when_interrupted(saver, bar, restarts: int) -> str:
 
 
 class _Resumed:
-    """The checkpoint an interrupted fit left, and the command-line options it was run with."""
+    """The checkpoint an interrupted fit left, and the job it was doing."""
 
-    #: The options a checkpoint must record, and their types.
-    OPTIONS: dict[str, tuple[type, ...]] = {
-        "input_path": (str,),
-        "face_size": (list,),
-        "method": (str,),
-        "init": (str,),
-        "restarts": (int,),
-        "max_iter": (int,),
-        "tol": (float, int),
-        "seed": (int,),
-        "prior_update": (str,),
-        "samples": (int,),
-        "samples_growth": (float, int),
-        "max_samples": (int,),
-        "chunk_size": (int,),
-        "dtype": (str,),
-        "layout": (str,),
-        "init_from": (str, type(None)),
-        "truth": (str, type(None)),
-        "zoom": (int, type(None)),
-        "checkpoint_every": (int, type(None)),
-        "skip_unreadable": (bool,),
-        "n_images": (int,),
-        "image_size": (list,),
-    }
-
-    def __init__(self, path: str, state: engine.Checkpoint, options: dict, extra: dict) -> None:
-        self.path, self.state, self.options, self.extra = path, state, options, extra
+    def __init__(self, path: str, state: engine.Checkpoint, job: FitJob, extra: dict) -> None:
+        self.path, self.state, self.job, self.extra = path, state, job, extra
 
     @classmethod
     def load(cls, folder: str) -> _Resumed:
         """Read and check ``folder``'s checkpoint: a damaged one is one line naming it."""
-        state, saved, extra = runs.load_checkpoint(folder)
+        state, options, extra = runs.load_checkpoint(folder)
         path = os.path.join(folder, runs.CHECKPOINT)
-        saved.setdefault("dtype", "float64")  # checkpoints of versions before --dtype
-        missing = [k for k in cls.OPTIONS if k not in saved]
-        if missing:
-            raise InputError(
-                f"{path}: not a complete facefinder checkpoint (its settings lack "
-                f"{', '.join(missing)})"
-            )
-        choices = {
-            "method": engine.METHODS,
-            "init": engine.INIT_METHODS,
-            "prior_update": engine.PRIOR_UPDATES,
-            "dtype": engine.DTYPES,
-            "layout": ("auto", "khw", "hwk"),
-        }
-        for key, types in cls.OPTIONS.items():
-            value = saved[key]
-            bad = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-            bad = bad or (key in choices and value not in choices[key])
-            if key in ("face_size", "image_size") and not bad:
-                bad = len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)
-            if bad:
-                raise InputError(f"{path}: not a valid facefinder checkpoint (setting {key})")
+        job = FitJob.restore(state.settings, options, path)
         errors = extra.get("errors", {})
         if not isinstance(errors, dict) or not all(
             isinstance(rows, list) and all(isinstance(row, dict) for row in rows)
@@ -1369,12 +1310,17 @@ class _Resumed:
             raise InputError(
                 f"{path}: not a valid facefinder checkpoint (its errors record)"
             ) from None
-        return cls(path, state, saved, extra)
+        return cls(path, state, job, extra)
 
     def check_input(self, input: str, K: int, H: int, W: int) -> None:
         """Refuse images of another number or size than the checkpoint's, before any work (the
         engine compares their values, in the pass that reads them)."""
-        n, (h, w) = self.options["n_images"], self.options["image_size"]
+        try:
+            n, (h, w) = int(self.state.data["n_images"]), self.state.data["image_size"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                f"{self.path}: not a valid facefinder checkpoint (its record of the images)"
+            ) from None
         if (K, H, W) != (n, h, w):
             raise InputError(
                 f"{self.path}: the fit was made from {n} images of {h}x{w}; {input} now holds "
@@ -1404,9 +1350,9 @@ class _CheckpointSaver:
     checkpoint.npz atomically."""
 
     def __init__(
-        self, out: str, settings: dict, keep: list[str], every: int | None, overwrite: bool
+        self, out: str, options: dict, keep: list[str], every: int | None, overwrite: bool
     ) -> None:
-        self.out, self.settings, self.keep, self.every = out, settings, keep, every
+        self.out, self.options, self.keep, self.every = out, options, keep, every
         self.overwrite = overwrite
         self.wrote = False
 
@@ -1417,14 +1363,14 @@ class _CheckpointSaver:
     def save(self, state: engine.Checkpoint, errors: dict) -> None:
         extra = {"errors": {str(r): rows for r, rows in errors.items()}}
         if self.wrote:
-            runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.settings, extra)
+            runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
         else:
             try:
                 with outputs.atomic_folder(
                     self.out, self.overwrite, keep=self.keep, kind=RUN_FOLDER
                 ) as tmp:
                     runs.save_checkpoint(
-                        Path(tmp) / runs.CHECKPOINT, state, self.settings, extra, overwrite=False
+                        Path(tmp) / runs.CHECKPOINT, state, self.options, extra, overwrite=False
                     )
             except Interrupted as stop:
                 self.wrote = stop.after == "install"  # in place all the same
@@ -1463,13 +1409,13 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in s.items()}
 
 
-def _report(
-    s: dict[str, Any], result: engine.FitResult, written: list[str], tol: float, resumed: bool
-) -> None:
+def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], resumed: bool) -> None:
     n = s["n_iter"]
     state = f"converged after {n} iterations"
     if not s["converged"]:  # (tol <= 0: as many iterations as asked for)
-        state = f"ran {n} iterations" if tol <= 0 else f"stopped at --max-iter after {n} iterations"
+        state = f"stopped at --max-iter after {n} iterations"
+        if result.settings.tol <= 0:
+            state = f"ran {n} iterations"
     took = f"{s['seconds']:.1f} s"
     if resumed:  # history.csv counts the earlier sessions too
         took += (

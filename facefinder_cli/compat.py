@@ -148,7 +148,7 @@ def calculate_log_probability(X, F, B, s) -> np.ndarray:
         ``(dh, dw)``.
     """
     Xk = _stack(X)
-    return engine.log_likelihood(Xk, _params(Xk, F, B, s)).transpose(1, 2, 0)
+    return engine.position_log_likelihood(Xk, _params(Xk, F, B, s)).transpose(1, 2, 0)
 
 
 def calculate_lower_bound(X, F, B, s, A, q, use_MAP=False) -> float:
@@ -295,7 +295,7 @@ def run_EM_with_restarts(
         As in :func:`run_EM`.
     n_restarts : int
         Restart 0 is the engine's default start (the one :func:`run_EM` uses), the others are
-        random data-driven variants of it (``engine.fit(..., n_init=n_restarts)``).
+        random data-driven variants of it (``engine.fit(..., restarts=n_restarts)``).
     seed : int, optional
         Restart ``r`` draws from child ``r`` of ``SeedSequence(seed)``: a seed repeats the run,
         and more restarts with one seed never end worse (soft EM).
@@ -325,7 +325,7 @@ def run_EM_with_restarts(
         method="hard" if use_MAP else "soft",
         max_iter=max_iter,
         tol=float(tolerance) / (K * H * W),
-        n_init=n_restarts,
+        restarts=n_restarts,
         seed=seed,
         prior_update="always",
     )

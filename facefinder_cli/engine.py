@@ -52,7 +52,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import numpy as np
@@ -78,7 +78,8 @@ __all__ = [
     "fit",
     "initialize",
     "locate",
-    "log_likelihood",
+    "position_log_likelihood",
+    "FitSettings",
     "m_step",
     "map_positions",
     "posterior",
@@ -176,6 +177,157 @@ class Params:
 
 
 @dataclass(frozen=True)
+class FitSettings:
+    """Everything that decides what :func:`fit` returns, besides the images and a given start:
+    one value, built once (by the command line from its options), stored in results and
+    checkpoints, and compared on resume. Fields are validated and normalised on construction
+    (a ValueError names the field).
+
+    Attributes
+    ----------
+    face_shape : (h, w)
+        Size of the face, at most the image size.
+    method : {"soft", "hard", "mc"}
+        Soft EM (exact posteriors), hard EM (each image's MAP position) or Monte-Carlo EM (the
+        M-step on ``samples`` positions drawn from each image's posterior).
+    init : {"median", "zeros", "bright", "random", "smooth"}
+        How each restart starts; see :func:`initialize`. ``init_params`` entries override it.
+    restarts : int
+        Number of restarts; the one with the highest final ``log p(X | θ)`` is returned.
+        Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``.
+    max_iter : int
+        Maximum EM iterations per restart; 0 returns the initialisation.
+    tol : float
+        Stop when an iteration's gain is below ``tol`` nats per image and pixel: the rise of
+        the lower bound, ``(elbo[t] - elbo[t-1]) / (K H W)``. ``tol <= 0`` runs ``max_iter``
+        iterations (the soft-EM ELBO never falls), without a ConvergenceWarning.
+        Monte-Carlo EM, whose bound is noisy, uses the exact log-likelihood instead, averaged
+        over windows of ``MC_WINDOW`` iterations: its gain is the mean rise per iteration of
+        the last window over the one before. Either way the gain is kept in the history.
+    seed : int or None
+        ``None`` draws fresh entropy; the result's settings record it, so they repeat the run.
+    prior_update : {"late", "always", "never"}
+        When the M-step re-estimates the prior. ``"always"``: in every M-step, as the study does.
+        ``"late"`` (default): hold it at its start until the other parameters converge (within
+        ``tol``, or ``DEFAULT_TOL`` if ``tol <= 0``), then re-estimate it in every M-step until
+        all converge. With few images per position a learnt prior sharpens on the current
+        guesses and locks EM into them; holding it back first avoids that (see
+        ``docs/INITIALISATION.md``). Either way the lower bound never decreases (holding a
+        parameter is a partial M-step). ``"never"``: keep it.
+    samples, samples_growth, max_samples : int, float, int
+        Monte-Carlo EM only: ``samples`` draws per image in the first iteration, multiplied by
+        ``samples_growth`` every iteration up to ``max_samples`` (raised to ``samples`` if
+        lower). Few draws move fast while far from the optimum; more let the parameters settle.
+    chunk_size : int
+        Most images per chunk of the streaming pass (fewer when large images would need more
+        than ``CHUNK_BYTES`` of working memory); results do not depend on it beyond rounding.
+        Each thread works on one chunk at a time: the working memory is about
+        ``workers * chunk_size`` images' worth of temporaries.
+    dtype : {"float64", "float32"}
+        Precision of the per-image work: reads, FFTs, posteriors. float32 halves the memory
+        traffic and the cache; sums over images stay float64. See ``docs/PERFORMANCE.md``.
+    """
+
+    face_shape: tuple[int, int]
+    method: Method = "soft"
+    init: str = "median"
+    restarts: int = 1
+    max_iter: int = 200
+    tol: float = DEFAULT_TOL
+    seed: int | None = None
+    prior_update: PriorUpdate = "late"
+    samples: int = MC_SAMPLES
+    samples_growth: float = MC_GROWTH
+    max_samples: int = MC_MAX_SAMPLES
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        def whole(name: str, least: int) -> int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value}")
+            put(name, int(value))
+            return int(value)
+
+        def real(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if value != value:
+                raise ValueError(f"{name} must not be NaN")
+            put(name, float(value))
+            return float(value)
+
+        def choice(name: str, choices: tuple[str, ...]) -> None:
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(choices)}"
+                )
+
+        shape = self.face_shape
+        if isinstance(shape, (str, bytes)) or len(shape) != 2:
+            raise ValueError(f"face_shape must be two whole numbers (h, w), got {shape!r}")
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape):
+            raise ValueError(f"face_shape must be two whole numbers (h, w), got {shape!r}")
+        if min(shape) < 1:
+            raise ValueError(f"face_shape must be positive, got {tuple(shape)}")
+        put("face_shape", (int(shape[0]), int(shape[1])))
+        choice("method", METHODS)
+        choice("init", INIT_METHODS)
+        choice("prior_update", PRIOR_UPDATES)
+        whole("restarts", 1)
+        whole("max_iter", 0)
+        real("tol")
+        if self.seed is not None:
+            whole("seed", 0)
+        samples = whole("samples", 1)
+        growth = real("samples_growth")
+        if not (growth >= 1 and math.isfinite(growth)):
+            raise ValueError(f"samples_growth must be at least 1 and finite, got {growth}")
+        put("max_samples", max(whole("max_samples", 1), samples))
+        whole("chunk_size", 1)
+        put("dtype", _check_dtype(self.dtype).name)
+
+    @classmethod
+    def of(cls, settings: FitSettings | Sequence[int] | None, **changes: object) -> FitSettings:
+        """``settings`` with ``changes``; new settings for a face of shape ``settings``; or,
+        with ``settings`` None, settings of the fields ``changes``."""
+        if isinstance(settings, FitSettings):
+            return replace(settings, **changes) if changes else settings
+        if settings is None:
+            return cls(**changes)  # type: ignore[arg-type]
+        return cls(tuple(settings), **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        """The settings as JSON-able values (``face_shape`` a list)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FitSettings:
+        """What :meth:`to_dict` made; a ValueError if any field is missing, unknown or bad."""
+        if not isinstance(values, dict):
+            raise ValueError("the settings are not a record of fields")
+        names = {f.name for f in fields(cls)}
+        if set(values) != names:
+            odd = sorted(set(values) ^ names)
+            raise ValueError(f"the settings have other fields than these settings ({odd})")
+        face_shape = values["face_shape"]
+        if not isinstance(face_shape, (list, tuple)):
+            raise ValueError(f"face_shape must be two whole numbers (h, w), got {face_shape!r}")
+        return cls(**{**values, "face_shape": tuple(face_shape)})
+
+
+def _jsonable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
 class Progress:
     """What the fit reports to its callback: once per restart with the starting parameters
     (``iteration`` 0; the numbers are NaN, ``positions`` None), then after every iteration.
@@ -186,7 +338,7 @@ class Progress:
     """
 
     restart: int
-    n_restarts: int
+    restarts: int
     iteration: int
     max_iter: int
     elbo: float
@@ -204,7 +356,9 @@ class RestartHistory:
     ``elbo[t]`` and ``log_likelihood[t]`` belong to the parameters after ``t`` iterations
     (``t = 0`` is the initialisation): ``log_likelihood[t] = log p(X | θ_t)`` and
     ``elbo[t] = L(q_{t-1}, θ_t)``, the bound with the posterior that produced ``θ_t``
-    (for ``t = 0``, the posterior at ``θ_0``). ``seconds[t]`` is the time since the start
+    (for ``t = 0``, the posterior at ``θ_0``). ``gain[t]`` is what the stopping rule compared
+    with ``tol`` after iteration ``t`` (see :class:`FitSettings`; ``gain[0]`` is NaN).
+    ``seconds[t]`` is the time since the start
     (``seconds[0]``: the initialisation). The prior was held fixed in the first
     ``prior_fixed_until`` iterations.
     """
@@ -212,6 +366,7 @@ class RestartHistory:
     init: str
     elbo: np.ndarray
     log_likelihood: np.ndarray
+    gain: np.ndarray
     seconds: np.ndarray
     n_iter: int
     converged: bool
@@ -229,7 +384,7 @@ class FitResult:
     background : ndarray of shape (H, W)
     noise_std : float
     prior : ndarray of shape (H-h+1, W-w+1)
-    elbo, log_likelihood, seconds : ndarray of shape (n_iter + 1,)
+    elbo, log_likelihood, gain, seconds : ndarray of shape (n_iter + 1,)
         Histories of the best restart (see :class:`RestartHistory`).
     final_elbo : float
         ``L(q, θ)`` at the final parameters with their own posterior (soft and Monte-Carlo EM:
@@ -248,9 +403,12 @@ class FitResult:
         M-step: not identifiable, they kept their previous value.
     noise_floored : bool
         Whether ``noise_std`` was clipped at its floor.
+    settings : FitSettings
+        The fit's settings, ``seed`` resolved: ``fit(X, result.settings)`` repeats the run.
     method, init : str
+        ``settings.method`` and ``settings.init``.
     seed_entropy : int
-        Entropy of the ``SeedSequence``: ``fit(..., seed=seed_entropy)`` repeats the run.
+        Entropy of the ``SeedSequence`` (``settings.seed``).
     best_restart : int
     restarts : tuple of RestartHistory
     fft_cached : int
@@ -264,6 +422,7 @@ class FitResult:
     prior: np.ndarray
     elbo: np.ndarray
     log_likelihood: np.ndarray
+    gain: np.ndarray
     seconds: np.ndarray
     final_elbo: float
     n_iter: int
@@ -272,8 +431,7 @@ class FitResult:
     position_probability: np.ndarray
     unidentified: np.ndarray
     noise_floored: bool
-    method: str
-    init: str
+    settings: FitSettings
     seed_entropy: int
     best_restart: int
     restarts: tuple[RestartHistory, ...] = field(repr=False)
@@ -282,6 +440,14 @@ class FitResult:
     @property
     def params(self) -> Params:
         return Params(self.face, self.background, self.noise_std, self.prior)
+
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    @property
+    def init(self) -> str:
+        return self.settings.init
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,7 +977,7 @@ class _Posterior:
     """A chunk's normalised posterior, from its log joint ``lp`` (modified in place)."""
 
     q: np.ndarray  # (n, Dh, Dw) probabilities
-    log_evidence: np.ndarray  # (n,) log p(X_k | θ)
+    log_likelihood: np.ndarray  # (n,) log p(X_k | θ)
     entropy: np.ndarray  # (n,) H(q_k)
     best: np.ndarray  # (n,) flat index of the MAP position
     best_log_joint: np.ndarray  # (n,) log p(X_k, d*_k | θ)
@@ -852,10 +1018,11 @@ def _chunk_log_joint(data: _Data, params: Params, with_prior: bool):
         yield a, b, lp, c
 
 
-def log_likelihood(
+def position_log_likelihood(
     X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> np.ndarray:
-    """``log p(X_k | d, θ)`` for every image and position.
+    """``log p(X_k | d, θ)`` for every image and position (not summed over the positions:
+    that is :attr:`FitResult.log_likelihood`, ``log p(X | θ)``).
 
     Parameters
     ----------
@@ -941,7 +1108,7 @@ def detect(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZ
     for a, b, lp, c in _chunk_log_joint(data, params, True):
         post = _Posterior.from_log_joint(lp, c)
         positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
-        probability[a:b] = np.exp(post.best_log_joint - post.log_evidence)
+        probability[a:b] = np.exp(post.best_log_joint - post.log_likelihood)
         # log p(X_k | d*) = -n/2 log(2π s²) - SSE / (2 s²)
         log_lik = post.best_log_joint - log_prior[post.best]
         sse = -2.0 * s2 * (log_lik + 0.5 * n * math.log(2 * math.pi * s2))
@@ -983,8 +1150,8 @@ class _Stats:
         self.cover_x = np.zeros((H, W))  # Σ_k cover_k ⊙ X_k
         self.q_sum = np.zeros((data.Dh, data.Dw))  # Σ_k q_k
         self.entropy = 0.0  # Σ_k H(q_k)
-        self.log_evidence = 0.0  # Σ_k log p(X_k | θ)
-        self.bound = 0.0  # L(q, θ) at the parameters of the E-step
+        self.log_likelihood = 0.0  # Σ_k log p(X_k | θ)
+        self.elbo = 0.0  # L(q, θ) at the parameters of the E-step
         self.positions: np.ndarray | None = None  # (K, 2) MAP positions, filled by a full pass
         self.probability: np.ndarray | None = None  # (K,) their posterior probabilities
 
@@ -1027,8 +1194,8 @@ class _Stats:
         entropy = _draws_entropy(draws)
         # log p(X_k, z | θ) = log q_k(z) + log p(X_k | θ) at every drawn z (q_k(z) > 0 there)
         log_q = np.log(np.take_along_axis(post.q.reshape(n, -1), draws, axis=1))
-        self.bound += float((log_q + post.log_evidence[:, None]).sum(dtype=np.float64)) / S
-        self.bound += entropy
+        self.elbo += float((log_q + post.log_likelihood[:, None]).sum(dtype=np.float64)) / S
+        self.elbo += entropy
         self.entropy += entropy
         if not accumulate:
             return
@@ -1048,8 +1215,8 @@ class _Stats:
         self.cover_x += part.cover_x
         self.q_sum += part.q_sum
         self.entropy += part.entropy
-        self.log_evidence += part.log_evidence
-        self.bound += part.bound
+        self.log_likelihood += part.log_likelihood
+        self.elbo += part.elbo
 
     def m_step(self, previous: Params, update_prior: bool = True) -> tuple[Params, dict]:
         """Close the M-step: new parameters, and the bound ``L(q, θ_new)`` in closed form."""
@@ -1395,7 +1562,7 @@ def _held_out(
     with np.errstate(divide="ignore"):
         lp += np.log(held).astype(lp.dtype)
     post = _Posterior.from_log_joint(lp)
-    return post.best, np.exp(post.best_log_joint - post.log_evidence)
+    return post.best, np.exp(post.best_log_joint - post.log_likelihood)
 
 
 def _pass(
@@ -1430,8 +1597,8 @@ def _pass(
         else:
             lp, c, corr = scorer.log_joint_and_correlation(x, xf, data.sq_x[a:b])
             post = _Posterior.from_log_joint(lp + log_prior, c)
-        log_evidence = float(post.log_evidence.sum())
-        part.log_evidence = log_evidence
+        ll = float(post.log_likelihood.sum())
+        part.log_likelihood = ll
         best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))
         if held_out is not None:
             q = post.q
@@ -1439,21 +1606,21 @@ def _pass(
                 q = np.zeros_like(post.q)
                 q.reshape(len(q), -1)[np.arange(len(q)), post.best] = 1.0
             flat, probability = _held_out(scorer, data, xf, lp, corr, q, p.prior, held_out)
-            part.bound = log_evidence if method == "soft" else float(post.best_log_joint.sum())
+            part.elbo = ll if method == "soft" else float(post.best_log_joint.sum())
             part.entropy = float(post.entropy.sum())
             return part, np.column_stack(np.unravel_index(flat, (data.Dh, data.Dw))), probability
         if method == "soft":
-            part.bound = log_evidence
+            part.elbo = ll
             part.entropy = float(post.entropy.sum())
             if accumulate:
                 part.add_dense(x, xf, post.q)
         elif method == "hard":
-            part.bound = float(post.best_log_joint.sum())
+            part.elbo = float(post.best_log_joint.sum())
             if accumulate:
                 part.add_positions(x, best[:, None, :])
         else:
             part.add_draws(x, xf, post, _draw(post.q, u), accumulate)
-        return part, best, np.exp(post.best_log_joint - post.log_evidence)
+        return part, best, np.exp(post.best_log_joint - post.log_likelihood)
 
     def uniforms(a: int, b: int) -> tuple[np.ndarray]:
         # drawn here, in chunk order, so that the draws do not depend on the threads
@@ -1470,12 +1637,13 @@ def _pass(
     return stats
 
 
-def _window_gain(loglik: list[float], window: int = MC_WINDOW) -> float:
+def _window_gain(log_likelihood: list[float], window: int = MC_WINDOW) -> float:
     """Mean gain per iteration of the log-likelihood between the last two windows of
     ``window`` iterations; ``inf`` until there are two windows."""
-    if len(loglik) < 2 * window:
+    ll = log_likelihood
+    if len(ll) < 2 * window:
         return math.inf
-    return (np.mean(loglik[-window:]) - np.mean(loglik[-2 * window : -window])) / window
+    return (np.mean(ll[-window:]) - np.mean(ll[-2 * window : -window])) / window
 
 
 def _samples_at(iteration: int, start: int, growth: float, most: int) -> int:
@@ -1500,80 +1668,86 @@ class RestartResult:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A fit after a completed iteration: with it, ``fit(..., resume=checkpoint)`` on the same
-    data and settings ends exactly as the uninterrupted fit (bit for bit; only the timings
-    differ). :class:`Progress` carries one after every iteration.
+    """The state of a fit after a completed iteration, which is all the loop keeps: the loop
+    advances it one iteration at a time, :class:`Progress` carries it after every iteration,
+    and ``fit(X, settings, resume=checkpoint)`` on the same images ends exactly as the
+    uninterrupted fit (bit for bit; only the timings differ).
 
+    ``settings`` are the fit's (their ``seed`` resolved), ``start`` a digest of the given
+    ``init_params`` (None: none given) and ``data`` a fingerprint of the images (their number,
+    size and a few weighted sums): resuming with other settings, start or images is refused.
     ``finished`` holds the restarts already done; restart ``restart`` has completed
-    ``iteration`` iterations and stands at ``params``; ``rng_state`` is its random generator's
-    state (``bit_generator.state``). ``settings`` records the arguments of :func:`fit` that
-    decide the result, and ``data`` a fingerprint of the images (their number, size and a few
-    weighted sums): ``fit(resume=...)`` refuses a checkpoint whose settings or images differ
-    (None, in a checkpoint of an older version: not checked).
+    ``iteration`` iterations and stands at ``params``. The histories hold one value per
+    iteration (``elbo`` also one for the start, from the first iteration on; ``seconds`` one for
+    the start); ``gain`` is what the stopping rule compared with ``tol``. ``rng_state`` is the
+    restart's random generator's state (``bit_generator.state``).
     """
 
+    settings: FitSettings
     seed_entropy: int
+    start: str | None
+    data: dict
     finished: tuple[RestartResult, ...]
     restart: int
     iteration: int
     params: Params
     elbo: tuple[float, ...]
     log_likelihood: tuple[float, ...]
+    gain: tuple[float, ...]
     seconds: tuple[float, ...]
     converged: bool
     prior_free: bool
     prior_fixed_until: int
     unidentified: np.ndarray
     noise_floored: bool
-    rng_state: dict
-    settings: dict | None = None
-    data: dict | None = None
+    rng_state: dict = field(default_factory=dict, repr=False)
 
 
-def _fit_settings(**kw: object) -> dict:
-    """What a checkpoint records of the arguments of :func:`fit` that decide its result (as
-    JSON-able values), to refuse resuming it under others."""
-    given = kw.pop("init_params")
-    if given:
-        digest = hashlib.sha256()
-        for k in ("face", "background", "noise_std", "prior"):
-            value = given.get(k)
-            digest.update(k.encode())
-            if value is not None:
-                digest.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
-        kw["init_params"] = digest.hexdigest()[:16]
-    else:
-        kw["init_params"] = None
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+def _start_digest(given: dict) -> str | None:
+    """A digest of the given starting parameters (None if none), for checkpoints to compare."""
+    if not given:
+        return None
+    digest = hashlib.sha256()
+    for k in ("face", "background", "noise_std", "prior"):
+        value = given.get(k)
+        digest.update(k.encode())
+        if value is not None:
+            digest.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
 
 
-def _differs(old: dict, new: dict) -> str | None:
+def _differs(old: FitSettings, new: FitSettings) -> str | None:
     """Why a checkpoint made with settings ``old`` does not resume a fit with ``new``."""
-    if set(old) != set(new):
-        return "the checkpoint was made by another version of facefinder (other settings)"
-    changed = [f"{k}={old[k]!r} (this fit: {new[k]!r})" for k in new if old[k] != new[k]]
+    changed = [
+        f"{f.name}={getattr(old, f.name)!r} (this fit: {getattr(new, f.name)!r})"
+        for f in fields(FitSettings)
+        if getattr(old, f.name) != getattr(new, f.name)
+    ]
     if changed:
         return "the checkpoint belongs to another fit: it was made with " + ", ".join(changed)
     return None
 
 
-def _damaged(cp: Checkpoint, data: _Data, max_iter: int) -> str | None:
+def _damaged(cp: Checkpoint, data: _Data) -> str | None:
     """What is inconsistent in a checkpoint (edited, or damaged on disk), or None."""
     t = cp.iteration
-    if not (isinstance(t, int) and 0 <= t <= max_iter and cp.restart >= 0):
+    if not (isinstance(t, int) and 0 <= t <= cp.settings.max_iter and cp.restart >= 0):
         return "its iteration or restart is out of range"
     # (elbo[0] is added with the first iteration's E-step: none before it)
-    if len(cp.log_likelihood) != t or len(cp.elbo) != (t + 1 if t else 0):
+    if len(cp.log_likelihood) != t or len(cp.gain) != t or len(cp.elbo) != (t + 1 if t else 0):
         return "its histories do not have one value per iteration"
     if len(cp.seconds) != t + 1:
         return "its histories do not have one value per iteration"
     if np.shape(cp.unidentified) != (data.H, data.W):
         return "its record of unidentified background pixels has the wrong shape"
+    if len(cp.finished) != cp.restart:
+        return "its record of finished restarts does not match its restart"
     for done in cp.finished:
         h = done.history
         if np.shape(done.positions) != (data.K, 2) or np.shape(done.probability) != (data.K,):
             return "a finished restart's positions do not match the images"
-        if len(h.elbo) != h.n_iter + 1 or len(h.log_likelihood) != h.n_iter + 1:
+        n = h.n_iter + 1
+        if len(h.elbo) != n or len(h.log_likelihood) != n or len(h.gain) != n:
             return "a finished restart's histories do not match its iterations"
     return None
 
@@ -1603,139 +1777,141 @@ def _fingerprint_differs(old: dict, new: dict) -> str | None:
     return None
 
 
+def _resume_refused(cp: Checkpoint, settings: FitSettings, start: str | None, data: _Data):
+    """Why ``cp`` does not resume the fit of ``data`` with ``settings``; None if it does."""
+    if not isinstance(cp.settings, FitSettings) or not isinstance(cp.data, dict):
+        return "the checkpoint is damaged: its record of settings or images is not one"
+    why = _differs(cp.settings, settings)
+    if why is None and cp.start != start:
+        why = "the checkpoint belongs to another fit: it started from other given parameters"
+    if why is None and not cp.restart < settings.restarts:
+        why = "the checkpoint belongs to another fit (other restarts)"
+    if why is None:
+        why = _fingerprint_differs(cp.data, data.fingerprint())
+    if why is None:
+        damage = _damaged(cp, data)
+        why = None if damage is None else f"the checkpoint is damaged: {damage}"
+    return why
+
+
+def _gain(state: Checkpoint, n_values: int) -> float:
+    """The stopping rule's measure of the last iteration, per image and pixel: the rise of
+    the ELBO, or for Monte-Carlo EM the windowed rise of the exact log-likelihood (windows
+    start afresh when a held prior is released: its jump is a new phase)."""
+    s = state.settings
+    if s.method != "mc":
+        return (state.elbo[-1] - state.elbo[-2]) / n_values
+    since = state.prior_fixed_until if s.prior_update == "late" and state.prior_free else 0
+    return _window_gain(list(state.log_likelihood[since:])) / n_values
+
+
+def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float):
+    """One EM iteration from ``state``: the next state, and the E-step's MAP positions."""
+    s, t = state.settings, state.iteration + 1
+    samples = _samples_at(t, s.samples, s.samples_growth, s.max_samples)
+    stats = _pass(data, state.params, s.method, True, rng, samples)
+    params, info = stats.m_step(state.params, update_prior=state.prior_free)
+    state = replace(
+        state,
+        iteration=t,
+        params=params,
+        elbo=state.elbo + ((stats.elbo,) if t == 1 else ()) + (info["elbo"],),
+        log_likelihood=state.log_likelihood + (stats.log_likelihood,),
+        seconds=state.seconds + (time.perf_counter() - t0,),
+        prior_fixed_until=state.prior_fixed_until + (not state.prior_free),
+        unidentified=info["unidentified"],
+        noise_floored=info["floored"],
+    )
+    gain = float(_gain(state, data.K * data.H * data.W))
+    if s.prior_update == "late" and not state.prior_free:
+        # the rest has settled: from now on the prior is learnt too
+        released = gain < (s.tol if s.tol > 0 else DEFAULT_TOL)
+        state = replace(state, gain=state.gain + (gain,), prior_free=released)
+    else:
+        state = replace(state, gain=state.gain + (gain,), converged=gain < s.tol)
+    return state, stats.positions
+
+
 def _run(
     data: _Data,
-    start: Params,
-    *,
-    init: str,
-    method: str,
-    max_iter: int,
-    tol: float,
-    prior_update: str,
-    callback: Callable[[Progress], None] | None,
-    restart: int,
-    n_restarts: int,
-    t0: float,
+    state: Checkpoint,
     rng: np.random.Generator,
-    samples: tuple[int, float, int],
-    seed_entropy: int,
-    finished: tuple[RestartResult, ...],
-    resume: Checkpoint | None = None,
-    settings: dict | None = None,
-    fingerprint: dict | None = None,
+    t0: float,
+    callback: Callable[[Progress], None] | None,
 ) -> RestartResult:
-    n_values = data.K * data.H * data.W
-    if resume is None:
-        p = start
-        elbo: list[float] = []
-        loglik: list[float] = []
-        seconds = [time.perf_counter() - t0]
-        unidentified = np.zeros((data.H, data.W), dtype=bool)
-        floored = converged = False
-        prior_free = prior_update == "always"
-        fixed_until = n_iter = 0
-    else:  # carry on from a checkpoint; its generator state is already in ``rng``
-        p = resume.params
-        elbo, loglik, seconds = list(resume.elbo), list(resume.log_likelihood), list(resume.seconds)
-        t0 = time.perf_counter() - seconds[-1]
-        unidentified, floored = resume.unidentified, resume.noise_floored
-        converged, prior_free = resume.converged, resume.prior_free
-        fixed_until, n_iter = resume.prior_fixed_until, resume.iteration
+    """Restart ``state.restart`` from ``state`` (its start, or a checkpoint) to its end."""
+    s = state.settings
 
-    def report(gain: float, positions: np.ndarray | None) -> None:
+    def report(positions: np.ndarray | None) -> None:
         if callback is None:
             return
-        state = Checkpoint(
-            seed_entropy,
-            finished,
-            restart,
-            n_iter,
-            p,
-            tuple(elbo),
-            tuple(loglik),
-            tuple(seconds),
-            converged,
-            prior_free,
-            fixed_until,
-            unidentified,
-            floored,
-            rng.bit_generator.state,
-            settings,
-            fingerprint,
+        done = replace(state, rng_state=rng.bit_generator.state)
+        last = (math.nan, math.nan, math.nan)
+        if state.iteration:
+            last = (state.elbo[-1], state.log_likelihood[-1], state.gain[-1])
+        callback(
+            Progress(
+                state.restart,
+                s.restarts,
+                state.iteration,
+                s.max_iter,
+                *last,
+                state.params,
+                positions,
+                done,
+            )  # fmt: skip
         )
-        last = (elbo[-1], loglik[-1]) if n_iter else (math.nan, math.nan)
-        callback(Progress(restart, n_restarts, n_iter, max_iter, *last, gain, p, positions, state))
 
-    if resume is None:
-        report(math.nan, None)
-    while not converged and n_iter < max_iter:
-        n_iter += 1
-        stats = _pass(data, p, method, True, rng, _samples_at(n_iter, *samples))
-        if n_iter == 1:
-            elbo.append(stats.bound)
-        loglik.append(stats.log_evidence)
-        p, info = stats.m_step(p, update_prior=prior_free)
-        fixed_until += not prior_free
-        elbo.append(info["elbo"])
-        unidentified, floored = info["unidentified"], info["floored"]
-        seconds.append(time.perf_counter() - t0)
-        if method == "mc":  # the exact log-likelihood, averaged to see through the draws' noise
-            # Windows start afresh when the prior is released: its jump is a new phase.
-            since = fixed_until if prior_update == "late" and prior_free else 0
-            gain = _window_gain(loglik[since:]) / n_values
-        else:
-            gain = (elbo[-1] - elbo[-2]) / n_values
-        if prior_update == "late" and not prior_free:
-            if gain < (tol if tol > 0 else DEFAULT_TOL):
-                prior_free = True  # the rest has settled: from now on the prior is learnt too
-        elif gain < tol:
-            converged = True
-        report(gain, stats.positions)
+    if state.iteration == 0:
+        report(None)
+    while not state.converged and state.iteration < s.max_iter:
+        state, positions = _iterate(data, state, rng, t0)
+        report(positions)
     # Positions and probabilities held out: scored with what the other images fitted (the face
     # after any M-step, the prior if an M-step re-estimated it).
-    fitted = (n_iter > 0, n_iter > fixed_until)
-    final = _pass(data, p, "soft" if method == "mc" else method, False, held_out=fitted)
-    loglik.append(final.log_evidence)
-    if max_iter == 0:
-        elbo.append(final.bound)
+    fitted = (state.iteration > 0, state.iteration > state.prior_fixed_until)
+    method = "soft" if s.method == "mc" else s.method
+    final = _pass(data, state.params, method, False, held_out=fitted)
+    elbo = state.elbo if state.iteration else (final.elbo,)
     history = RestartHistory(
-        init=init,
+        init=s.init,
         elbo=np.array(elbo),
-        log_likelihood=np.array(loglik),
-        seconds=np.array(seconds),
-        n_iter=n_iter,
-        converged=converged,
-        final_elbo=final.bound,
-        prior_fixed_until=fixed_until,
+        log_likelihood=np.array(state.log_likelihood + (final.log_likelihood,)),
+        gain=np.array((math.nan,) + state.gain),
+        seconds=np.array(state.seconds),
+        n_iter=state.iteration,
+        converged=state.converged,
+        final_elbo=final.elbo,
+        prior_fixed_until=state.prior_fixed_until,
     )
-    return RestartResult(p, history, final.positions, final.probability, unidentified, floored)
+    return RestartResult(
+        state.params,
+        history,
+        final.positions,
+        final.probability,
+        state.unidentified,
+        state.noise_floored,
+    )
 
 
 def fit(
     X: np.ndarray,
-    face_shape: tuple[int, int],
+    settings: FitSettings | Sequence[int] | None = None,
     *,
-    method: Method = "soft",
-    init: str = "median",
-    n_init: int = 1,
-    max_iter: int = 200,
-    tol: float = DEFAULT_TOL,
-    seed: int | np.random.SeedSequence | None = None,
     init_params: Params | dict | None = None,
-    prior_update: PriorUpdate = "late",
-    samples: int = MC_SAMPLES,
-    samples_growth: float = MC_GROWTH,
-    max_samples: int = MC_MAX_SAMPLES,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
     memory_limit: int | None = None,
-    dtype: str | type | np.dtype = np.float64,
     workers: int | None = None,
     cache_fft: bool | None = None,
     callback: Callable[[Progress], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
     resume: Checkpoint | None = None,
+    **options: object,
 ) -> FitResult:
     """Fit face, background, noise std and prior to a stack of images by EM.
+
+    ``fit(X, (40, 30), method="hard")`` and ``fit(X, FitSettings((40, 30), method="hard"))``
+    are the same fit: the settings are one :class:`FitSettings` value, built from the face
+    shape and ``options`` (any of its fields) or given whole (``options`` then change it).
 
     Parameters
     ----------
@@ -1744,59 +1920,19 @@ def fit(
         in every pass and never loaded whole: a memory map, or an
         :class:`~facefinder_cli.images.NpyReader` of a ``.npy`` file (plain reads, so resident
         memory stays flat however large the file).
-    face_shape : (h, w)
-        Size of the face, at most the image size.
-    method : {"soft", "hard", "mc"}
-        Soft EM (exact posteriors), hard EM (each image's MAP position) or Monte-Carlo EM (the
-        M-step on ``samples`` positions drawn from each image's posterior).
-    init : {"median", "zeros", "bright", "random", "smooth"}
-        How each restart starts; see :func:`initialize`. ``init_params`` entries override it.
-    n_init : int
-        Number of restarts; the one with the highest final ``log p(X | θ)`` is returned.
-        Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``.
-    max_iter : int
-        Maximum EM iterations per restart; 0 returns the initialisation.
-    tol : float
-        Stop when an iteration raises the lower bound by less than ``tol`` nats per image and
-        pixel, i.e. ``(elbo[t] - elbo[t-1]) / (K H W) < tol``. ``tol <= 0`` runs ``max_iter``
-        iterations (the soft-EM ELBO never falls), without a ConvergenceWarning.
-        Monte-Carlo EM, whose bound is noisy, compares the exact log-likelihood instead,
-        averaged over windows of ``MC_WINDOW`` iterations: it stops when the mean of the last
-        window exceeds the mean of the one before by less than ``tol * K H W`` per iteration.
-    seed : int, SeedSequence or None
-        ``None`` draws fresh entropy, recorded in ``FitResult.seed_entropy``.
+    settings : FitSettings or (h, w)
+        What decides the result (see :class:`FitSettings`), or the face's shape (which may
+        also be given as ``face_shape=``).
     init_params : Params or dict, optional
         Starting values for any of ``face``, ``background``, ``noise_std``, ``prior``
-        (default prior: uniform).
-    prior_update : {"late", "always", "never"}
-        When the M-step re-estimates the prior. ``"always"``: in every M-step, as the study does.
-        ``"late"`` (default): hold it at its start until the other parameters converge (within
-        ``tol``, or ``DEFAULT_TOL`` if ``tol <= 0``), then re-estimate it in every M-step until
-        all converge. With few images per
-        position a learnt prior sharpens on the current guesses and locks EM into them; holding
-        it back first avoids that (see ``docs/INITIALISATION.md``). Either way the lower bound
-        never decreases (holding a parameter is a partial M-step). ``"never"``: keep it.
-    samples, samples_growth, max_samples : int, float, int
-        Monte-Carlo EM only: ``samples`` draws per image in the first iteration, multiplied by
-        ``samples_growth`` every iteration up to ``max_samples``. Few draws move fast while far
-        from the optimum; more draws let the parameters settle.
-    chunk_size : int
-        Most images per chunk of the streaming pass (fewer when large images would need more
-        than ``CHUNK_BYTES`` of working memory); results do not depend on it beyond rounding.
-        Each thread works on one chunk at a time: the working memory is about
-        ``workers * chunk_size`` images' worth of temporaries (``_working_bytes``).
+        (default prior: uniform); they override ``settings.init``'s.
     memory_limit : int, optional
-        Bytes the fit may use beyond the images themselves, for that working memory and the
+        Bytes the fit may use beyond the images themselves, for its working memory and the
         cache of ``rfft2(X)`` (default: :func:`default_memory_limit`, 1 GiB or an eighth of
         the machine's memory). The spectra of as many images as the rest of the limit holds
         are kept between iterations; the others are recomputed in every pass (one more FFT
         per image, the same numbers). Memory does not grow with K beyond that and the
-        per-image tables (about 40 bytes per image). The working memory itself is set by
-        ``chunk_size`` and ``workers``, not by this limit.
-    dtype : {"float64", "float32"}
-        Precision of the per-image work: reads, FFTs, posteriors. float32 halves the memory
-        traffic and the cache; sums over images stay float64. See ``docs/PERFORMANCE.md`` for
-        its measured speed and accuracy.
+        per-image tables (about 40 bytes per image).
     workers : int, optional
         Threads that process chunks in parallel (default: every core this process may use).
         Results are bit-identical for any number of threads: chunks are reduced in order and
@@ -1811,12 +1947,14 @@ def fit(
         that reads them, each iteration's, the final E-step's): ``done`` of the ``K`` images
         are through. For progress within long passes; called from this thread.
     resume : Checkpoint, optional
-        Carry on an interrupted fit: the same data and arguments, and the last checkpoint it
-        reported. The result is the uninterrupted fit's, bit for bit (timings aside). A
-        checkpoint of other images (another number, size, values or order) or of other
-        arguments (any but ``memory_limit``, ``workers``, ``cache_fft`` and the callbacks) is
-        refused with a ValueError that says what differs, after the pass that reads the images
-        and before any EM work.
+        Carry on an interrupted fit: the same images, settings and ``init_params``, and the
+        last checkpoint it reported (with ``settings.seed`` None, the checkpoint's seed). The
+        result is the uninterrupted fit's, bit for bit (timings aside). Anything else is
+        refused with a :class:`CheckpointError` that says what differs, after the pass that
+        reads the images and before any EM work. ``memory_limit``, ``workers``,
+        ``cache_fft`` and the callbacks may differ.
+    **options
+        Fields of :class:`FitSettings`.
 
     Returns
     -------
@@ -1829,131 +1967,85 @@ def fit(
     NoiseFloorWarning
         If the noise std of the result is clipped at its floor.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if init not in INIT_METHODS:
-        raise ValueError(f"unknown init {init!r}; choose from {', '.join(INIT_METHODS)}")
-    if int(n_init) < 1:
-        raise ValueError(f"n_init must be at least 1, got {n_init}")
-    if int(max_iter) < 0:
-        raise ValueError(f"max_iter must be non-negative, got {max_iter}")
-    if tol != tol:
-        raise ValueError("tol must not be NaN")
-    ok_growth = samples_growth >= 1 and math.isfinite(samples_growth)
-    if int(samples) < 1 or not ok_growth or int(max_samples) < int(samples):
-        raise ValueError(
-            "samples must be at least 1, samples_growth at least 1 and finite, and "
-            f"max_samples at least samples; got {samples}, {samples_growth}, {max_samples}"
-        )
-    if prior_update not in PRIOR_UPDATES:
-        raise ValueError(
-            f"unknown prior_update {prior_update!r}; choose from {', '.join(PRIOR_UPDATES)}"
-        )
+    settings = FitSettings.of(settings, **options)
+    if resume is not None and settings.seed is None and isinstance(resume.settings, FitSettings):
+        settings = replace(settings, seed=resume.settings.seed)
     _retain_freed_memory()
     data = _Data(
         X,
-        face_shape,
-        chunk_size=chunk_size,
+        settings.face_shape,
+        chunk_size=settings.chunk_size,
         cache_fft=cache_fft,
         workers=workers,
         memory_limit=memory_limit,
-        dtype=dtype,
+        dtype=settings.dtype,
         on_chunk=on_chunk,
     )
     given = _given(init_params)
-    fixed_start = init in ("zeros", "bright") or all(
+    fixed_start = settings.init in ("zeros", "bright") or all(
         given.get(k) is not None for k in ("face", "background", "noise_std")
     )
-    if n_init > 1 and fixed_start and method != "mc":
+    if settings.restarts > 1 and fixed_start and settings.method != "mc":
         warnings.warn(
-            f"all {n_init} restarts start from the same parameters (given, or the fixed "
-            f"'{init}' start) and end the same; start from 'median', 'random' or 'smooth' "
-            "for different starts",
+            f"all {settings.restarts} restarts start from the same parameters (given, or the "
+            f"fixed '{settings.init}' start) and end the same; start from 'median', 'random' or "
+            "'smooth' for different starts",
             UserWarning,
             stacklevel=2,
         )
-    ss = _seed_sequence(seed)
-    settings = _fit_settings(
-        face_shape=(data.h, data.w),
-        method=method,
-        init=init,
-        n_init=int(n_init),
-        max_iter=int(max_iter),
-        tol=float(tol),
-        prior_update=prior_update,
-        samples=int(samples),
-        samples_growth=float(samples_growth),
-        max_samples=int(max_samples),
-        chunk_size=int(chunk_size),
-        dtype=data.dtype.name,
-        init_params=given,
-    )
-    fingerprint = data.fingerprint()
+    ss = _seed_sequence(settings.seed)
+    settings = replace(settings, seed=int(ss.entropy))
+    start = _start_digest(given)
     runs: list[RestartResult] = []
     if resume is not None:
-        why = None
-        if not all(isinstance(v, (dict, type(None))) for v in (resume.settings, resume.data)):
-            why = "the checkpoint is damaged: its record of settings or images is not one"
-        elif resume.settings is not None:
-            why = _differs(resume.settings, settings)
-        if why is None and (resume.seed_entropy != ss.entropy or not resume.restart < n_init):
-            why = "the checkpoint belongs to another fit (other seed or restarts)"
-        if why is None and resume.data is not None:
-            why = _fingerprint_differs(resume.data, fingerprint)
-        if why is None:
-            damage = _damaged(resume, data, int(max_iter))
-            why = None if damage is None else f"the checkpoint is damaged: {damage}"
+        why = _resume_refused(resume, settings, start, data)
         if why is not None:
             raise CheckpointError(why)
         runs = list(resume.finished)
-    for r in range(len(runs), int(n_init)):
+    for r in range(len(runs), settings.restarts):
         t0 = time.perf_counter()
         rng = np.random.default_rng(_seed_child(ss, r))
-        here = resume if resume is not None and r == resume.restart else None
-        if here is None:
-            start = _initialize(data, init, rng, r, given)
-        else:
+        if resume is not None and r == resume.restart:
             try:
-                _check_params(here.params, data)  # (not its normalised copy: bit for bit)
+                _check_params(resume.params, data)  # (not its normalised copy: bit for bit)
             except ValueError as err:
                 raise CheckpointError(f"the checkpoint's parameters are damaged: {err}") from None
-            start = here.params
             try:
-                rng.bit_generator.state = here.rng_state
+                rng.bit_generator.state = resume.rng_state
             except (TypeError, ValueError, KeyError):
                 raise CheckpointError(
                     "the checkpoint's random generator state is damaged"
                 ) from None
-        runs.append(
-            _run(
-                data,
-                start,
-                init=init,
-                method=method,
-                max_iter=int(max_iter),
-                tol=float(tol),
-                prior_update=prior_update,
-                callback=callback,
-                restart=r,
-                n_restarts=int(n_init),
-                t0=t0,
-                rng=rng,
-                samples=(int(samples), float(samples_growth), int(max_samples)),
-                seed_entropy=int(ss.entropy),
-                finished=tuple(runs),
-                resume=here,
+            t0 -= resume.seconds[-1]
+            state = replace(resume, rng_state={})
+        else:
+            state = Checkpoint(
                 settings=settings,
-                fingerprint=fingerprint,
+                seed_entropy=int(ss.entropy),
+                start=start,
+                data=data.fingerprint(),
+                finished=tuple(runs),
+                restart=r,
+                iteration=0,
+                params=_initialize(data, settings.init, rng, r, given),
+                elbo=(),
+                log_likelihood=(),
+                gain=(),
+                seconds=(time.perf_counter() - t0,),
+                converged=False,
+                prior_free=settings.prior_update == "always",
+                prior_fixed_until=0,
+                unidentified=np.zeros((data.H, data.W), dtype=bool),
+                noise_floored=False,
             )
-        )
+        runs.append(_run(data, state, rng, t0, callback))
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
     run = runs[best]
     h = run.history
-    if max_iter > 0 and not h.converged and tol > 0:  # (tol <= 0: run max_iter, as asked)
+    if settings.max_iter > 0 and not h.converged and settings.tol > 0:  # (tol <= 0: as asked)
         warnings.warn(
-            f"EM did not converge in {max_iter} iterations (last gain "
-            f"{(h.elbo[-1] - h.elbo[-2]) / (data.K * data.H * data.W):.3g} nats per image and "
-            f"pixel, tol {tol:g}); raise max_iter or tol",
+            f"EM did not converge in {settings.max_iter} iterations (last gain {h.gain[-1]:.3g} "
+            f"nats per image and pixel, tol {settings.tol:g}); raise max_iter or tol",
             ConvergenceWarning,
             stacklevel=2,
         )
@@ -1971,6 +2063,7 @@ def fit(
         prior=run.params.prior,
         elbo=h.elbo,
         log_likelihood=h.log_likelihood,
+        gain=h.gain,
         seconds=h.seconds,
         final_elbo=h.final_elbo,
         n_iter=h.n_iter,
@@ -1979,8 +2072,7 @@ def fit(
         position_probability=run.probability,
         unidentified=run.unidentified,
         noise_floored=run.noise_floored,
-        method=method,
-        init=init,
+        settings=settings,
         seed_entropy=int(ss.entropy),
         best_restart=best,
         restarts=tuple(r.history for r in runs),

@@ -9,6 +9,7 @@ The ``.npz`` keys use the engine's names: ``face``, ``background``, ``noise_std`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -22,7 +23,14 @@ from typing import IO, Any
 import numpy as np
 
 from facefinder_cli import __version__, engine
-from facefinder_cli.engine import Checkpoint, FitResult, Params, RestartHistory, RestartResult
+from facefinder_cli.engine import (
+    Checkpoint,
+    FitResult,
+    FitSettings,
+    Params,
+    RestartHistory,
+    RestartResult,
+)
 from facefinder_cli.errors import InputError
 from facefinder_cli.images import write_png
 from facefinder_cli.names import csv_writer, printable
@@ -141,15 +149,15 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     extra = [c for c in ERROR_COLUMNS if c in errors]
-    w.writerow(
-        ["iteration", "elbo", "log_likelihood", "seconds", "prior_fixed", "n_values", *extra]
-    )
+    head = ["iteration", "elbo", "log_likelihood", "gain", "seconds", "prior_fixed", "n_values"]
+    w.writerow([*head, *extra])
     for t in range(len(result.elbo)):
         w.writerow(
             [
                 t,
                 repr(float(result.elbo[t])),
                 repr(float(result.log_likelihood[t])),
+                repr(float(result.gain[t])),
                 f"{result.seconds[t]:.6f}",
                 int(0 < t <= h.prior_fixed_until),  # this M-step held the prior
                 n_values,
@@ -171,13 +179,15 @@ def save_run(
     result: FitResult,
     *,
     names: Sequence[str],
-    settings: dict[str, Any],
+    options: dict[str, Any] | None = None,
     errors: dict[str, np.ndarray] | None = None,
     zoom: int = 1,
 ) -> list[str]:
     """Write a run into ``folder`` (which must exist, e.g. a temporary folder being built):
     ``result.npz``, PNGs of the face, background, prior and ELBO curve, ``history.csv`` and
-    ``positions.csv``.
+    ``positions.csv``. ``result.npz``'s ``settings`` (JSON) are the fit's settings
+    (:class:`~facefinder_cli.engine.FitSettings`) with ``options``, the caller's own (e.g. the
+    command line's input path).
 
     Returns the names of the files written.
     """
@@ -194,6 +204,7 @@ def save_run(
         prior=result.prior,
         elbo=result.elbo,
         log_likelihood=result.log_likelihood,
+        gain=result.gain,
         seconds=result.seconds,
         final_elbo=result.final_elbo,
         n_iter=result.n_iter,
@@ -210,10 +221,11 @@ def save_run(
         names=np.array([str(n) for n in names]),
         restart_elbo=_padded([r.elbo for r in restarts]),
         restart_log_likelihood=_padded([r.log_likelihood for r in restarts]),
+        restart_gain=_padded([r.gain for r in restarts]),
         restart_seconds=_padded([r.seconds for r in restarts]),
         restart_n_iter=np.array([r.n_iter for r in restarts]),
         restart_converged=np.array([r.converged for r in restarts]),
-        settings=json.dumps(settings, sort_keys=True),
+        settings=json.dumps({**result.settings.to_dict(), **(options or {})}, sort_keys=True),
         version=__version__,
         **{k: np.asarray(v) for k, v in errors.items()},
     )
@@ -442,20 +454,25 @@ CHECKPOINT = "checkpoint.npz"
 def save_checkpoint(
     path: str | os.PathLike,
     state: Checkpoint,
-    settings: dict[str, Any],
+    options: dict[str, Any],
     extra: dict[str, Any],
     *,
     overwrite: bool = True,
 ) -> None:
-    """Write a fit's :class:`~facefinder_cli.engine.Checkpoint`, the settings that resume it and
-    ``extra`` (JSON-able, e.g. per-iteration errors) to ``path``, atomically. Every float is
-    stored exactly, so the resumed fit equals the uninterrupted one bit for bit."""
+    """Write a fit's :class:`~facefinder_cli.engine.Checkpoint` to ``path``, atomically, with
+    ``options`` (the caller's own settings, JSON-able: stored beside the fit's settings as
+    ``result.npz`` stores them) and ``extra`` (JSON-able, e.g. per-iteration errors). Every
+    float is stored exactly, so the resumed fit equals the uninterrupted one bit for bit."""
     arrays: dict[str, Any] = {
+        "settings": json.dumps({**state.settings.to_dict(), **options}, sort_keys=True),
         "seed_entropy": str(state.seed_entropy),
+        "start": state.start or "",
+        "data_fingerprint": json.dumps(state.data, sort_keys=True),
         "restart": state.restart,
         "iteration": state.iteration,
         "elbo": np.array(state.elbo, dtype=float),
         "log_likelihood": np.array(state.log_likelihood, dtype=float),
+        "gain": np.array(state.gain, dtype=float),
         "seconds": np.array(state.seconds, dtype=float),
         "converged": state.converged,
         "prior_free": state.prior_free,
@@ -463,11 +480,8 @@ def save_checkpoint(
         "unidentified": state.unidentified,
         "noise_floored": state.noise_floored,
         "rng_state": json.dumps(state.rng_state),
-        "settings": json.dumps(settings, sort_keys=True),
         "extra": json.dumps(extra, sort_keys=True),
         "n_finished": len(state.finished),
-        "fit_settings": json.dumps(state.settings, sort_keys=True),
-        "data_fingerprint": json.dumps(state.data, sort_keys=True),
         "version": __version__,
         **_params_arrays("", state.params),
     }
@@ -479,6 +493,7 @@ def save_checkpoint(
                 f"finished{i}_init": h.init,
                 f"finished{i}_elbo": h.elbo,
                 f"finished{i}_log_likelihood": h.log_likelihood,
+                f"finished{i}_gain": h.gain,
                 f"finished{i}_seconds": h.seconds,
                 f"finished{i}_n_iter": h.n_iter,
                 f"finished{i}_converged": h.converged,
@@ -495,9 +510,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any], dict[str, Any]]:
-    """Read what :func:`save_checkpoint` wrote: the checkpoint, its settings and ``extra``.
-
-    ``path`` is the checkpoint file or the run folder holding it."""
+    """Read what :func:`save_checkpoint` wrote: the checkpoint, the caller's ``options`` and
+    ``extra``. ``path`` is the checkpoint file or the run folder holding it."""
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
@@ -506,6 +520,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             raise InputError(f"{path}: the fit is complete ({RESULT}): nothing to resume")
         raise InputError(f"{path}: no {CHECKPOINT} here: nothing to resume")
     z = _npz(p, "a checkpoint")
+    if "gain" not in z or "start" not in z:
+        raise InputError(
+            f"{p}: made by an older facefinder ({z.get('version', 'before 0.1')}), whose "
+            "checkpoints this one cannot resume: fit again with --overwrite"
+        )
     try:
         finished = []
         for i in range(int(z["n_finished"])):
@@ -514,6 +533,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
                 init=str(z[f + "init"]),
                 elbo=z[f + "elbo"],
                 log_likelihood=z[f + "log_likelihood"],
+                gain=z[f + "gain"],
                 seconds=z[f + "seconds"],
                 n_iter=int(z[f + "n_iter"]),
                 converged=bool(z[f + "converged"]),
@@ -530,14 +550,24 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
                     bool(z[f + "noise_floored"]),
                 )
             )
+        saved = json.loads(str(z["settings"]))
+        if not isinstance(saved, dict):
+            raise InputError(f"{p}: not a facefinder checkpoint: its record of settings is damaged")
+        engine_fields = {f.name for f in dataclasses.fields(FitSettings)}
+        settings = FitSettings.from_dict({k: v for k, v in saved.items() if k in engine_fields})
+        options = {k: v for k, v in saved.items() if k not in engine_fields}
         state = Checkpoint(
+            settings=settings,
             seed_entropy=int(str(z["seed_entropy"])),
+            start=str(z["start"]) or None,
+            data=json.loads(str(z["data_fingerprint"])),
             finished=tuple(finished),
             restart=int(z["restart"]),
             iteration=int(z["iteration"]),
             params=_params_from(z, ""),
             elbo=tuple(float(v) for v in z["elbo"]),
             log_likelihood=tuple(float(v) for v in z["log_likelihood"]),
+            gain=tuple(float(v) for v in z["gain"]),
             seconds=tuple(float(v) for v in z["seconds"]),
             converged=bool(z["converged"]),
             prior_free=bool(z["prior_free"]),
@@ -545,14 +575,14 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             unidentified=z["unidentified"],
             noise_floored=bool(z["noise_floored"]),
             rng_state=json.loads(str(z["rng_state"])),
-            settings=json.loads(str(z["fit_settings"])) if "fit_settings" in z else None,
-            data=json.loads(str(z["data_fingerprint"])) if "data_fingerprint" in z else None,
         )
-        settings, extra = json.loads(str(z["settings"])), json.loads(str(z["extra"]))
+        extra = json.loads(str(z["extra"]))
     except KeyError as err:
         raise InputError(f"{p}: not a complete facefinder checkpoint (no {err} in it)") from None
-    except (ValueError, TypeError):
-        raise InputError(f"{p}: not a complete facefinder checkpoint (a damaged value)") from None
-    if not isinstance(settings, dict) or not isinstance(extra, dict):
-        raise InputError(f"{p}: not a complete facefinder checkpoint (its settings are damaged)")
-    return state, settings, extra
+    except (ValueError, TypeError) as err:
+        raise InputError(
+            f"{p}: not a complete facefinder checkpoint (a damaged value: {err})"
+        ) from None
+    if not isinstance(extra, dict):
+        raise InputError(f"{p}: not a complete facefinder checkpoint (its extra record is damaged)")
+    return state, options, extra

@@ -415,7 +415,7 @@ def test_generate_prior_of_wrong_shape_is_a_usage_error(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_fit_writes_a_complete_run(fitted, truth):
+def test_fit_writes_a_complete_run(fitted, truth, data):
     run, result = fitted
     assert result.stdout == ""
     assert set(os.listdir(run)) == RUN_FILES
@@ -433,7 +433,8 @@ def test_fit_writes_a_complete_run(fitted, truth):
     assert iio.imread(run / "elbo.png").shape[2] in (3, 4)  # the ELBO curve, in colour
     assert iio.imread(run / "prior.png").shape[2] in (3, 4)  # a figure, with axes and a bar
     settings = json.loads(str(res["settings"]))
-    assert settings["face_size"] == list(FACE) and settings["n_images"] == N
+    assert settings["face_shape"] == list(FACE) and settings["method"] == "soft"
+    assert settings["input_path"] == os.path.abspath(data) and len(res["positions"]) == N
 
 
 def test_fit_history_csv(fitted):
@@ -1101,7 +1102,7 @@ def test_not_converged_is_a_warning_in_cli_words(data):
     warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "--max-iter 2" in warning[0] and "--tol" in warning[0]
     with np.load("r/result.npz") as z:
-        assert json.loads(str(z["settings"]))["face_size"] == list(FACE)
+        assert json.loads(str(z["settings"]))["face_shape"] == list(FACE)
         assert not bool(z["converged"]) and int(z["n_iter"]) == 2
 
 

@@ -67,7 +67,7 @@ def test_log_probability_is_engine_transposed(data):
     X_khw, X_hwk, p = data
     ll = compat.calculate_log_probability(X_hwk, p.face, p.background, p.noise_std)
     assert ll.shape == (H - h + 1, W - w + 1, K)
-    np.testing.assert_array_equal(ll, engine.log_likelihood(X_khw, p).transpose(1, 2, 0))
+    np.testing.assert_array_equal(ll, engine.position_log_likelihood(X_khw, p).transpose(1, 2, 0))
 
 
 def test_e_step_is_engine_transposed(data):
@@ -278,7 +278,7 @@ def test_restarts_are_reproducible_and_keep_the_best():
     L = first[-1]
     assert isinstance(L, float)
     ref = engine.fit(
-        X_khw, (h, w), max_iter=4, tol=-np.inf, n_init=4, seed=123, prior_update="always"
+        X_khw, (h, w), max_iter=4, tol=-np.inf, restarts=4, seed=123, prior_update="always"
     )
     assert ref.best_restart != 0
     assert L == max(r.final_elbo for r in ref.restarts)

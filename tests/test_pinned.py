@@ -42,8 +42,8 @@ def _engine_fit(X, name):
         warnings.simplefilter("ignore")
         try:
             return engine.fit(X, FACE, **kw)
-        except TypeError:  # (the engine before the settings value named restarts n_init)
-            kw["n_init"] = kw.pop("restarts", 1)
+        except TypeError:  # (the engine before the settings value named restarts restarts)
+            kw["restarts"] = kw.pop("restarts", 1)
             return engine.fit(X, FACE, **kw)
 
 

@@ -224,7 +224,7 @@ def test_reference_is_self_consistent(case):
 def test_log_likelihood(case, scale):
     pb = Problem(case, scale)
     want = ref.log_likelihood(pb.X, *pb.ref_args()[:3])
-    got = E.log_likelihood(pb.X, pb.params)
+    got = E.position_log_likelihood(pb.X, pb.params)
     assert got.shape == (pb.K, pb.Dh, pb.Dw)
     np.testing.assert_allclose(got, want, rtol=0, atol=SCALE_RTOL * np.max(np.abs(want)))
 

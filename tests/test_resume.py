@@ -36,7 +36,7 @@ def data():
 @pytest.mark.parametrize("method", ["soft", "hard", "mc"])
 @pytest.mark.parametrize("where", [(0, 0), (0, 3), (1, 5), (2, 0)])
 def test_resuming_from_any_checkpoint_gives_the_same_fit(data, method, where):
-    kw = dict(method=method, init="random", n_init=3, seed=5, max_iter=12)
+    kw = dict(method=method, init="random", restarts=3, seed=5, max_iter=12)
     seen = []
     whole = quiet_fit(data.images, (16, 16), callback=lambda p: seen.append(p.checkpoint), **kw)
     restart, iteration = where
@@ -85,7 +85,7 @@ def _checkpoint(data, **kw):
         (dict(max_iter=4), "max_iter=3 (this fit: 4)"),
         (dict(dtype="float32"), "dtype='float64' (this fit: 'float32')"),
         (dict(chunk_size=7), "chunk_size=64 (this fit: 7)"),
-        (dict(init_params={"noise_std": 5.0}), "init_params=None"),
+        (dict(init_params={"noise_std": 5.0}), "started from other given parameters"),
     ],
 )
 def test_a_checkpoint_resumes_only_under_its_own_settings(data, change, needle):

@@ -167,9 +167,9 @@ def test_a_damaged_checkpoint_is_one_line(checkpoint, change):
 
 def test_a_checkpoint_with_unknown_settings_is_refused(checkpoint):
     with np.load(checkpoint) as z:
-        fit_settings = json.loads(str(z["fit_settings"]))
-    fit_settings["new_knob"] = 3
-    _edit(checkpoint, fit_settings=json.dumps(fit_settings))
+        settings = json.loads(str(z["settings"]))
+    settings["new_knob"] = 3
+    _edit(checkpoint, settings=json.dumps(settings))
     assert "another version" in one_error(cli("fit", "--resume", "run"))
 
 
@@ -274,7 +274,7 @@ def test_a_temporary_left_inside_a_run_folder_does_not_block_resume(checkpoint):
 @pytest.mark.parametrize(
     "change, needle",
     [
-        (dict(fit_settings="5"), "record of settings or images"),
+        (dict(settings="5"), "its record of settings is damaged"),
         (dict(face=np.full((8, 8), np.nan)), "parameters are damaged"),
     ],
     ids=["settings", "nan-face"],

@@ -39,7 +39,7 @@ def assert_same_fit(a: E.FitResult, b: E.FitResult) -> None:
 @pytest.mark.parametrize("method", ["soft", "hard", "mc"])
 def test_threads_change_nothing(scene, method, monkeypatch):
     monkeypatch.setattr(E, "THREAD_MIN_VALUES", 0)  # these small chunks would run on one thread
-    kw = dict(method=method, seed=3, max_iter=6, tol=-np.inf, chunk_size=7, n_init=2)
+    kw = dict(method=method, seed=3, max_iter=6, tol=-np.inf, chunk_size=7, restarts=2)
     one = quiet_fit(scene.images, (12, 12), workers=1, **kw)
     three = quiet_fit(scene.images, (12, 12), workers=3, **kw)
     assert_same_fit(one, three)
@@ -75,7 +75,7 @@ def test_partly_cached_spectra_change_nothing(scene):
     for s in sums[1:]:
         np.testing.assert_array_equal(s.face_f, sums[0].face_f)
         np.testing.assert_array_equal(s.cover_x, sums[0].cover_x)
-        assert s.log_evidence == sums[0].log_evidence
+        assert s.log_likelihood == sums[0].log_likelihood
 
 
 def test_memory_limit_sets_the_cache_and_changes_no_result(scene):
@@ -132,7 +132,7 @@ def test_streamed_memory_mapped_and_in_memory_fits_are_equal(scene, tmp_path):
 
     path = tmp_path / "stack.npy"
     np.save(path, scene.images.astype(np.float32))
-    kw = dict(seed=1, max_iter=6, tol=-np.inf, chunk_size=8, n_init=2, init="smooth")
+    kw = dict(seed=1, max_iter=6, tol=-np.inf, chunk_size=8, restarts=2, init="smooth")
     in_memory = quiet_fit(np.load(path), (12, 12), **kw)
     with NpyReader(path) as reader:
         streamed = quiet_fit(reader, (12, 12), **kw)
