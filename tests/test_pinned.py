@@ -37,14 +37,9 @@ FACE = (10, 8)
 def _engine_fit(X, name):
     from facefinder_cli import engine
 
-    kw = dict(CASES[name])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            return engine.fit(X, FACE, **kw)
-        except TypeError:  # (the engine before the settings value named restarts restarts)
-            kw["restarts"] = kw.pop("restarts", 1)
-            return engine.fit(X, FACE, **kw)
+        return engine.fit(X, FACE, **CASES[name])
 
 
 def _results(X) -> dict[str, np.ndarray]:
