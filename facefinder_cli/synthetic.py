@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facefinder_cli.engine import Params, _box_full
+from facefinder_cli.engine import Params
+from facefinder_cli.engine.model import _box_full
 
 __all__ = [
     "Dataset",

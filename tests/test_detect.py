@@ -2,7 +2,7 @@
 
 A fitted prior puts its mass on the training images' positions; detect's default prior is its
 posterior predictive (engine.predictive_prior), so faces at positions never seen are found.
-fit's positions.csv scores each image with what the *other* images fitted (engine._held_out).
+fit's positions.csv scores each image with what the *other* images fitted (engine.passes._held_out).
 On generated data with a known truth, the mean reported probability is compared with the share
 of exactly right positions.
 """

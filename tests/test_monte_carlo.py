@@ -12,6 +12,8 @@ from helpers import quiet_fit
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
 from facefinder_cli.cli import main
+from facefinder_cli.engine import data as data_mod
+from facefinder_cli.engine import loop, passes
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +70,11 @@ def test_bound_of_the_draws_is_below_the_log_likelihood_and_matches_brute_force(
     assert r.final_elbo == r.log_likelihood[-1]  # the final bound uses the exact posterior
     # One iteration by hand: the closed-form bound after the M-step equals L(q_draws, θ_1).
     p0 = E.initialize(X, (16, 16))
-    data = E._Data(X, (16, 16))
-    stats = E._pass(data, p0, "mc", True, np.random.default_rng(9), 7)
+    data = data_mod._Data(X, (16, 16))
+    stats = passes._pass(data, p0, "mc", True, np.random.default_rng(9), 7)
     p1, info = stats.m_step(p0, update_prior=True)
     post = E.posterior(X, p0)
-    draws = E._draw(post, np.random.default_rng(9).random((len(post), 7)))
+    draws = passes._draw(post, np.random.default_rng(9).random((len(post), 7)))
     pos = np.stack(np.unravel_index(draws, post.shape[1:]), axis=-1)
     ref = E.m_step(X, (16, 16), positions=pos, previous=p0)
     np.testing.assert_allclose(p1.face, ref.face, rtol=1e-10)
@@ -84,7 +86,7 @@ def test_bound_of_the_draws_is_below_the_log_likelihood_and_matches_brute_force(
 def test_draws_follow_the_posterior():
     rng = np.random.default_rng(0)
     q = np.array([[[0.0, 0.5], [0.2, 0.3]], [[1.0, 0.0], [0.0, 0.0]]])
-    draws = E._draw(q, rng.random((len(q), 20000)))
+    draws = passes._draw(q, rng.random((len(q), 20000)))
     assert draws.shape == (2, 20000)
     freq = np.bincount(draws[0], minlength=4) / 20000
     np.testing.assert_allclose(freq, [0.0, 0.5, 0.2, 0.3], atol=0.015)
@@ -92,9 +94,9 @@ def test_draws_follow_the_posterior():
 
 
 def test_samples_schedule_and_window():
-    assert [E._samples_at(t, 10, 1.2, 20) for t in (1, 2, 3, 5, 10)] == [10, 12, 15, 21 - 1, 20]
-    assert E._window_gain([1.0] * 9) == np.inf
-    assert E._window_gain([0.0] * 5 + [5.0] * 5) == pytest.approx(1.0)
+    assert [loop._samples_at(t, 10, 1.2, 20) for t in (1, 2, 3, 5, 10)] == [10, 12, 15, 21 - 1, 20]
+    assert loop._window_gain([1.0] * 9) == np.inf
+    assert loop._window_gain([0.0] * 5 + [5.0] * 5) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="samples"):
         E.fit(np.zeros((3, 8, 8)), (2, 2), method="mc", samples=0)
 

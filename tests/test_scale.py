@@ -11,6 +11,8 @@ from helpers import quiet_fit
 
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
+from facefinder_cli.engine import data as data_mod
+from facefinder_cli.engine import machine, passes
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def assert_same_fit(a: E.FitResult, b: E.FitResult) -> None:
 
 @pytest.mark.parametrize("method", ["soft", "hard", "mc"])
 def test_threads_change_nothing(scene, method, monkeypatch):
-    monkeypatch.setattr(E, "THREAD_MIN_VALUES", 0)  # these small chunks would run on one thread
+    monkeypatch.setattr(data_mod, "THREAD_MIN_VALUES", 0)  # (else one thread: small chunks)
     kw = dict(method=method, seed=3, max_iter=6, tol=-np.inf, chunk_size=7, restarts=2)
     one = quiet_fit(scene.images, (12, 12), workers=1, **kw)
     three = quiet_fit(scene.images, (12, 12), workers=3, **kw)
@@ -49,14 +51,14 @@ def test_small_chunks_stay_on_one_thread(scene, monkeypatch):
     import threading
 
     seen = set()
-    data = E._Data(scene.images, (12, 12), chunk_size=7, workers=3)
+    data = data_mod._Data(scene.images, (12, 12), chunk_size=7, workers=3)
 
     def where(a, b):
         seen.add(threading.current_thread().name)
 
     list(data.map(where))
     assert seen == {threading.current_thread().name}  # 7 x (32 x 32 + 21 x 21) values a chunk
-    monkeypatch.setattr(E, "THREAD_MIN_VALUES", 7 * (32 * 32 + 21 * 21))
+    monkeypatch.setattr(data_mod, "THREAD_MIN_VALUES", 7 * (32 * 32 + 21 * 21))
     seen.clear()
     list(data.map(where))
     assert seen and all(name.startswith("facefinder") for name in seen)  # the pool's threads
@@ -64,14 +66,14 @@ def test_small_chunks_stay_on_one_thread(scene, monkeypatch):
 
 def test_partly_cached_spectra_change_nothing(scene):
     X = scene.images
-    full = E._Data(X, (12, 12), chunk_size=4, cache_fft=True, workers=2)
+    full = data_mod._Data(X, (12, 12), chunk_size=4, cache_fft=True, workers=2)
     spectrum = 32 * 17 * 16
-    work = 2 * 4 * E._working_bytes(32, 32, 21, 21)  # 2 threads, 4 images each
-    part = E._Data(X, (12, 12), chunk_size=4, workers=2, memory_limit=work + 30 * spectrum)
-    none = E._Data(X, (12, 12), chunk_size=4, workers=2, memory_limit=0)
+    work = 2 * 4 * machine._working_bytes(32, 32, 21, 21)  # 2 threads, 4 images each
+    part = data_mod._Data(X, (12, 12), chunk_size=4, workers=2, memory_limit=work + 30 * spectrum)
+    none = data_mod._Data(X, (12, 12), chunk_size=4, workers=2, memory_limit=0)
     assert (full.n_cached, part.n_cached, none.n_cached) == (90, 28, 0)  # whole chunks only
     p = E.initialize(X, (12, 12))
-    sums = [E._pass(d, p, "soft", True) for d in (full, part, none)]
+    sums = [passes._pass(d, p, "soft", True) for d in (full, part, none)]
     for s in sums[1:]:
         np.testing.assert_array_equal(s.face_f, sums[0].face_f)
         np.testing.assert_array_equal(s.cover_x, sums[0].cover_x)
@@ -79,9 +81,9 @@ def test_partly_cached_spectra_change_nothing(scene):
 
 
 def test_memory_limit_sets_the_cache_and_changes_no_result(scene):
-    tiny = E._Data(scene.images, (12, 12), workers=2, memory_limit=1)
+    tiny = data_mod._Data(scene.images, (12, 12), workers=2, memory_limit=1)
     assert tiny.chunk == E.DEFAULT_CHUNK_SIZE and tiny.n_cached == 0
-    assert E._Data(scene.images, (12, 12)).n_cached == 90  # the default holds these
+    assert data_mod._Data(scene.images, (12, 12)).n_cached == 90  # the default holds these
     assert E.default_memory_limit() <= E.DEFAULT_MEMORY_LIMIT
     r = quiet_fit(scene.images, (12, 12), seed=0, max_iter=3, memory_limit=0, chunk_size=7)
     s = quiet_fit(scene.images, (12, 12), seed=0, max_iter=3, chunk_size=7)
@@ -103,12 +105,12 @@ def test_float32_agrees_with_float64(scene):
 
 
 def test_float32_images_stay_float32_in_the_pass(scene):
-    data = E._Data(scene.images, (12, 12), dtype=np.float32, cache_fft=True)
+    data = data_mod._Data(scene.images, (12, 12), dtype=np.float32, cache_fft=True)
     x, xf = data.chunk_data(0, 5)
     assert x.dtype == np.float32 and xf.dtype == np.complex64
     assert data.sum_x.dtype == np.float64 and data.sq_x.dtype == np.float64
     with pytest.raises(ValueError, match="float32 or float64"):
-        E._Data(scene.images, (12, 12), dtype="int16")
+        data_mod._Data(scene.images, (12, 12), dtype="int16")
 
 
 def test_non_finite_image_is_named_whatever_the_threads(scene):

@@ -1,0 +1,285 @@
+"""The E-step: every position's log-likelihood from one FFT correlation per image
+(``_Scorer``), posteriors in the log domain (``_Posterior``), the predictive prior for new
+images, and the public step functions ``position_log_likelihood``, ``posterior``,
+``map_positions``, ``detect`` and ``locate``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+
+from facefinder_cli.engine.data import _check_params, _Data
+from facefinder_cli.engine.model import (
+    _LOG_TINY,
+    _LOG_TINY_32,
+    DEFAULT_CHUNK_SIZE,
+    Params,
+    _box_valid,
+)
+
+# --------------------------------------------------------------------------------------------
+# E-step
+# --------------------------------------------------------------------------------------------
+
+
+class _Scorer:
+    """Per-iteration constants of the E-step for parameters ``p``."""
+
+    def __init__(self, p: Params, data: _Data, with_prior: bool = True) -> None:
+        H, W, h, w = data.H, data.W, data.h, data.w
+        s2 = p.noise_std**2
+        face = p.face - data.offset
+        background = p.background - data.offset
+        self.data = data
+        self.background = background.astype(data.dtype)
+        self.face_f = np.conj(sfft.rfft2(face.astype(data.dtype), s=(H, W)))
+        with np.errstate(divide="ignore"):
+            log_prior = np.log(p.prior) if with_prior else 0.0
+        # log p(X_k, d | θ) = lp_k(d) + c_k (see ``log_joint``) with
+        #   lp_k(d) = base(d) - (box(P_k)(d) - C_k(d)) / s²
+        #   base(d) = log A(d) + box(B²)(d) / (2 s²)
+        #   c_k = const - (Σ X_k² - 2 Σ P_k) / (2 s²)
+        #   const = -HW/2 log(2π s²) - (ΣF² + ΣB²) / (2 s²)
+        # The large per-image constant c_k stays in float64; lp_k varies with d only.
+        self.base = (log_prior + _box_valid(background**2, h, w) / (2 * s2)).astype(data.dtype)
+        self.const = -0.5 * H * W * math.log(2 * math.pi * s2) - float(
+            np.sum(face**2) + np.sum(background**2)
+        ) / (2 * s2)
+        self.inv_s2 = 1.0 / s2
+
+    def log_joint(
+        self, x: np.ndarray, xf: np.ndarray, sq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``log p(X_k, d | θ) = lp[k, d] + c[k]`` for a chunk: ``lp`` of shape (n, Dh, Dw) in
+        the data's dtype, ``c`` (n,) in float64. Needs the chunk's spectra ``xf`` and
+        ``sq = Σ_ij X_k²`` (both computed once per fit)."""
+        lp, c, _ = self.log_joint_and_correlation(x, xf, sq)
+        return lp, c
+
+    def log_joint_and_correlation(
+        self, x: np.ndarray, xf: np.ndarray, sq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`log_joint`, and the correlation ``C_k(d)`` of the images with the face (in
+        the shifted units) that it is built from."""
+        d = self.data
+        corr = _valid_correlation(d, xf, self.face_f)
+        prod = x * self.background
+        c = self.const - (0.5 * self.inv_s2) * (sq - 2.0 * prod.sum(axis=(1, 2), dtype=np.float64))
+        lp = _box_valid(prod, d.h, d.w, d.dtype)
+        lp -= corr
+        lp *= -self.inv_s2
+        lp += self.base
+        return lp, c, corr
+
+
+def _valid_correlation(data: _Data, xf: np.ndarray, template_f: np.ndarray) -> np.ndarray:
+    """``Σ_uv X_k(d + (u, v)) T(u, v)`` at every valid position ``d``, shape (n, Dh, Dw), from
+    the images' spectra ``xf`` (n, H, W//2+1) and ``conj(rfft2(T))`` of a template zero-padded
+    to H x W (one for all images, or one per image): ``irfft2(xf · conj(rfft2(T)))[:Dh, :Dw]``,
+    inverting only the Dh rows that are needed."""
+    rows = sfft.ifft(xf * template_f, axis=-2, overwrite_x=True)
+    return sfft.irfft(rows[:, : data.Dh], n=data.W, axis=-1)[:, :, : data.Dw]
+
+
+#: Pseudo-count per position of the Dirichlet prior behind :func:`predictive_prior`.
+PRIOR_PSEUDO_COUNT = 1.0
+
+
+def predictive_prior(prior: np.ndarray, n_images: int, alpha: float = PRIOR_PSEUDO_COUNT):
+    """The prior over positions to use for a new image, given a prior fitted to ``n_images``.
+
+    A fitted prior ``A`` is an average of ``n_images`` posteriors: with many more positions
+    than images it puts its mass on the positions of the training images and none elsewhere,
+    and a new image whose face sits elsewhere is then located wrongly, with confidence. The
+    probability that a new image's face is at ``d``, given the training images and a uniform
+    Dirichlet(``alpha``) prior on ``A``, is the posterior predictive ::
+
+        (n_images · A(d) + alpha) / (n_images + alpha · D)        (D positions)
+
+    close to the fitted prior when there are many images per position, close to uniform when
+    there are few.
+
+    Parameters
+    ----------
+    prior : ndarray of shape (H-h+1, W-w+1)
+    n_images : int
+        Images the prior was fitted to.
+    alpha : float
+        Pseudo-count per position (1: every position counts as seen once before any image).
+
+    Returns
+    -------
+    ndarray of the shape of ``prior``, summing to one
+    """
+    a = np.asarray(prior, dtype=np.float64)
+    if a.ndim != 2 or (a < 0).any() or not a.sum() > 0 or not np.isfinite(a).all():
+        raise ValueError("prior must be a 2-D table of non-negative numbers with a positive sum")
+    if not (int(n_images) >= 0 and alpha > 0):
+        raise ValueError(f"need n_images >= 0 and alpha > 0, got {n_images} and {alpha}")
+    counts = int(n_images) * a / a.sum()
+    return (counts + alpha) / (int(n_images) + alpha * a.size)
+
+
+@dataclass
+class _Posterior:
+    """A chunk's normalised posterior, from its log joint ``lp`` (modified in place)."""
+
+    q: np.ndarray  # (n, Dh, Dw) probabilities
+    log_likelihood: np.ndarray  # (n,) log p(X_k | θ)
+    entropy: np.ndarray  # (n,) H(q_k)
+    best: np.ndarray  # (n,) flat index of the MAP position
+    best_log_joint: np.ndarray  # (n,) log p(X_k, d*_k | θ)
+
+    @classmethod
+    def from_log_joint(cls, lp: np.ndarray, c: np.ndarray | float = 0.0) -> _Posterior:
+        """From ``log p(X_k, d | θ) = lp[k, d] + c[k]`` (``lp`` float32 or float64)."""
+        n = lp.shape[0]
+        flat = lp.reshape(n, -1)
+        best = np.argmax(flat, axis=1)
+        top = flat[np.arange(n), best]
+        flat -= top[:, None]  # t = lp - max <= 0; -inf where the prior is zero
+        drop = flat < (_LOG_TINY if flat.dtype == np.float64 else _LOG_TINY_32)
+        np.copyto(flat, 0.0, where=drop)  # keeps q * t finite in the entropy
+        q = np.exp(flat)
+        np.copyto(q, 0.0, where=drop)
+        z = q.sum(axis=1, dtype=np.float64)
+        q /= z[:, None]
+        log_z = np.log(z)
+        entropy = log_z - np.einsum("kd,kd->k", q, flat, dtype=np.float64)
+        top = top.astype(np.float64) + c
+        return cls(q.reshape(lp.shape), top + log_z, np.maximum(entropy, 0.0), best, top)
+
+
+def _data_for(X: np.ndarray, params: Params, chunk_size: int) -> _Data:
+    return _Data(X, np.shape(params.face), chunk_size=chunk_size, cache_fft=False)
+
+
+def _chunk_log_joint(data: _Data, params: Params, with_prior: bool):
+    """Shared driver of the public E-step functions: yields ``(start, stop, lp, c)``, the log
+    joint being ``lp + c[:, None, None]`` (see ``_Scorer.log_joint``)."""
+    scorer = _Scorer(_check_params(params, data), data, with_prior=with_prior)
+
+    def chunk(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        return scorer.log_joint(*data.chunk_data(a, b), data.sq_x[a:b])
+
+    for a, b, (lp, c) in data.map(chunk):
+        yield a, b, lp, c
+
+
+def position_log_likelihood(
+    X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> np.ndarray:
+    """``log p(X_k | d, θ)`` for every image and position (not summed over the positions:
+    that is :attr:`FitResult.log_likelihood`, ``log p(X | θ)``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (K, H, W)
+    params : Params
+
+    Returns
+    -------
+    ndarray of shape (K, H-h+1, W-w+1)
+    """
+    data = _data_for(X, params, chunk_size)
+    out = np.empty((data.K, data.Dh, data.Dw))
+    for a, b, lp, c in _chunk_log_joint(data, params, False):
+        out[a:b] = lp + c[:, None, None]
+    return out
+
+
+def posterior(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+    """The E-step: ``q_k(d) = p(d | X_k, θ)``, computed in the log domain.
+
+    Returns
+    -------
+    ndarray of shape (K, H-h+1, W-w+1)
+        Each ``q[k]`` sums to one; positions with zero prior get exactly zero.
+    """
+    data = _data_for(X, params, chunk_size)
+    out = np.empty((data.K, data.Dh, data.Dw))
+    for a, b, lp, c in _chunk_log_joint(data, params, True):
+        out[a:b] = _Posterior.from_log_joint(lp, c).q
+    return out
+
+
+def map_positions(
+    X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> np.ndarray:
+    """The hard E-step: every image's most probable position (first one on ties).
+
+    Returns
+    -------
+    ndarray of shape (K, 2), int
+        ``(row, column)`` of the face's top-left corner.
+    """
+    return locate(X, params, chunk_size=chunk_size)[0]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Where the face is in each image (:func:`detect`).
+
+    Attributes
+    ----------
+    positions : ndarray of shape (K, 2), int
+        The most probable position of the face's top-left corner, ``(row, column)``.
+    probability : ndarray of shape (K,)
+        Its posterior probability.
+    residual_std : ndarray of shape (K,)
+        The root mean square of ``X_k - Model_d`` at that position: about ``noise_std`` when
+        the images fit the model, far from it when they do not (another value scale, another
+        scene).
+    """
+
+    positions: np.ndarray
+    probability: np.ndarray
+    residual_std: np.ndarray
+
+
+def detect(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Detection:
+    """Find the face in every image: the MAP position, its posterior probability, and how well
+    the image fits the model there. Streams ``X`` chunk by chunk.
+
+    For images the parameters were not fitted to, give ``params.prior`` the prior of a new
+    image, e.g. :func:`predictive_prior` of the fitted one (a fitted prior favours the training
+    images' positions)."""
+    data = _data_for(X, params, chunk_size)
+    positions = np.empty((data.K, 2), dtype=np.intp)
+    probability = np.empty(data.K)
+    residual = np.empty(data.K)
+    prior = _check_params(params, data).prior
+    s2 = float(params.noise_std) ** 2
+    n = data.H * data.W
+    with np.errstate(divide="ignore"):
+        log_prior = np.log(prior).ravel()
+    for a, b, lp, c in _chunk_log_joint(data, params, True):
+        post = _Posterior.from_log_joint(lp, c)
+        positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
+        probability[a:b] = np.exp(post.best_log_joint - post.log_likelihood)
+        # log p(X_k | d*) = -n/2 log(2π s²) - SSE / (2 s²)
+        log_lik = post.best_log_joint - log_prior[post.best]
+        sse = -2.0 * s2 * (log_lik + 0.5 * n * math.log(2 * math.pi * s2))
+        residual[a:b] = np.sqrt(np.maximum(sse, 0.0) / n)
+    if not np.isfinite(probability).all():
+        k = int(np.argmin(np.isfinite(probability)))
+        raise ValueError(f"the parameters give image {k} no finite probability")
+    return Detection(positions, probability, residual)
+
+
+def locate(
+    X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find the face in every image: the MAP position and its posterior probability, as
+    :func:`detect` does.
+
+    Returns
+    -------
+    positions : ndarray of shape (K, 2), int
+    probability : ndarray of shape (K,)
+    """
+    found = detect(X, params, chunk_size=chunk_size)
+    return found.positions, found.probability

@@ -1,0 +1,597 @@
+"""The EM loop and its values: :func:`fit` runs the restarts; each restart is a
+:class:`Checkpoint` (the loop's whole state) advanced one iteration at a time by
+``_iterate``, reported through :class:`Progress`, and ended in a :class:`RestartHistory`;
+the best restart becomes the :class:`FitResult`. Resuming compares a checkpoint's settings,
+start and images with the fit's before any work."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+
+from facefinder_cli.engine.data import _check_params, _Data
+from facefinder_cli.engine.machine import _retain_freed_memory
+from facefinder_cli.engine.model import (
+    DEFAULT_TOL,
+    MC_WINDOW,
+    NOISE_FLOOR,
+    CheckpointError,
+    ConvergenceWarning,
+    NoiseFloorWarning,
+    Params,
+)
+from facefinder_cli.engine.passes import _pass
+from facefinder_cli.engine.settings import FitSettings
+from facefinder_cli.engine.starts import _given, _initialize, _seed_child, _seed_sequence
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the fit reports to its callback: once per restart with the starting parameters
+    (``iteration`` 0; the numbers are NaN, ``positions`` None), then after every iteration.
+
+    ``elbo`` is the lower bound after the M-step, ``gain`` its change per image and pixel,
+    ``params`` the new θ. ``log_likelihood`` and ``positions`` (the MAP positions, shape (K, 2))
+    belong to the parameters the iteration started from, whose E-step computed them.
+    """
+
+    restart: int
+    restarts: int
+    iteration: int
+    max_iter: int
+    elbo: float
+    log_likelihood: float
+    gain: float
+    params: Params
+    positions: np.ndarray | None
+    checkpoint: Checkpoint | None = None
+
+
+@dataclass(frozen=True)
+class RestartHistory:
+    """One restart of a fit: where it started and how it went.
+
+    ``elbo[t]`` and ``log_likelihood[t]`` belong to the parameters after ``t`` iterations
+    (``t = 0`` is the initialisation): ``log_likelihood[t] = log p(X | θ_t)`` and
+    ``elbo[t] = L(q_{t-1}, θ_t)``, the bound with the posterior that produced ``θ_t``
+    (for ``t = 0``, the posterior at ``θ_0``). ``gain[t]`` is what the stopping rule compared
+    with ``tol`` after iteration ``t`` (see :class:`FitSettings`; ``gain[0]`` is NaN).
+    ``seconds[t]`` is the time since the start
+    (``seconds[0]``: the initialisation). The prior was held fixed in the first
+    ``prior_fixed_until`` iterations.
+    """
+
+    init: str
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    gain: np.ndarray
+    seconds: np.ndarray
+    n_iter: int
+    converged: bool
+    final_elbo: float
+    prior_fixed_until: int
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`fit`: the best restart's parameters, histories and positions.
+
+    Attributes
+    ----------
+    face : ndarray of shape (h, w)
+    background : ndarray of shape (H, W)
+    noise_std : float
+    prior : ndarray of shape (H-h+1, W-w+1)
+    elbo, log_likelihood, gain, seconds : ndarray of shape (n_iter + 1,)
+        Histories of the best restart (see :class:`RestartHistory`).
+    final_elbo : float
+        ``L(q, θ)`` at the final parameters with their own posterior (soft and Monte-Carlo EM:
+        the exact posterior, so it equals ``log_likelihood[-1]``; hard EM: the MAP objective).
+    n_iter : int
+    converged : bool
+    positions : ndarray of shape (K, 2), int
+        Every image's most probable face position ``(row, column)``, held out: under the final
+        parameters with the face and a learnt prior as the *other* images fitted them (see
+        ``_held_out``: an image scored with its own crop in the face matches itself). It can
+        differ from ``locate(X, result.params)`` where an image's position is ambiguous.
+    position_probability : ndarray of shape (K,)
+        The held-out posterior probability of that position.
+    unidentified : ndarray of shape (H, W), bool
+        Background pixels the face covered in every image (up to ``UNCOVERED_MIN``) at the last
+        M-step: not identifiable, they kept their previous value.
+    noise_floored : bool
+        Whether ``noise_std`` was clipped at its floor.
+    settings : FitSettings
+        The fit's settings, ``seed`` resolved: ``fit(X, result.settings)`` repeats the run.
+    method, init : str
+        ``settings.method`` and ``settings.init``.
+    seed_entropy : int
+        Entropy of the ``SeedSequence`` (``settings.seed``).
+    best_restart : int
+    restarts : tuple of RestartHistory
+    fft_cached : int
+        Images whose spectra ``memory_limit`` let the fit keep between iterations (the others
+        were recomputed in every pass).
+    """
+
+    face: np.ndarray
+    background: np.ndarray
+    noise_std: float
+    prior: np.ndarray
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    gain: np.ndarray
+    seconds: np.ndarray
+    final_elbo: float
+    n_iter: int
+    converged: bool
+    positions: np.ndarray
+    position_probability: np.ndarray
+    unidentified: np.ndarray
+    noise_floored: bool
+    settings: FitSettings
+    seed_entropy: int
+    best_restart: int
+    restarts: tuple[RestartHistory, ...] = field(repr=False)
+    fft_cached: int = 0
+
+    @property
+    def params(self) -> Params:
+        return Params(self.face, self.background, self.noise_std, self.prior)
+
+    @property
+    def method(self) -> str:
+        return self.settings.method
+
+    @property
+    def init(self) -> str:
+        return self.settings.init
+
+
+def _window_gain(log_likelihood: list[float], window: int = MC_WINDOW) -> float:
+    """Mean gain per iteration of the log-likelihood between the last two windows of
+    ``window`` iterations; ``inf`` until there are two windows."""
+    ll = log_likelihood
+    if len(ll) < 2 * window:
+        return math.inf
+    return (np.mean(ll[-window:]) - np.mean(ll[-2 * window : -window])) / window
+
+
+def _samples_at(iteration: int, start: int, growth: float, most: int) -> int:
+    """Draws per image in Monte-Carlo iteration ``iteration`` (from 1): ``start`` growing by the
+    factor ``growth`` per iteration, at most ``most``."""
+    if math.log(start) + (iteration - 1) * math.log(growth) >= math.log(most):
+        return most  # (growth ** iteration would overflow a float after enough iterations)
+    return int(min(most, math.ceil(start * growth ** (iteration - 1))))
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """One finished restart: its parameters, history and the final E-step's positions."""
+
+    params: Params
+    history: RestartHistory
+    positions: np.ndarray
+    probability: np.ndarray
+    unidentified: np.ndarray
+    noise_floored: bool
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state of a fit after a completed iteration, which is all the loop keeps: the loop
+    advances it one iteration at a time, :class:`Progress` carries it after every iteration,
+    and ``fit(X, settings, resume=checkpoint)`` on the same images ends exactly as the
+    uninterrupted fit (bit for bit; only the timings differ).
+
+    ``settings`` are the fit's (their ``seed`` resolved), ``start`` a digest of the given
+    ``init_params`` (None: none given) and ``data`` a fingerprint of the images (their number,
+    size and a few weighted sums): resuming with other settings, start or images is refused.
+    ``finished`` holds the restarts already done; restart ``restart`` has completed
+    ``iteration`` iterations and stands at ``params``. The histories hold one value per
+    iteration (``elbo`` also one for the start, from the first iteration on; ``seconds`` one for
+    the start); ``gain`` is what the stopping rule compared with ``tol``. ``rng_state`` is the
+    restart's random generator's state (``bit_generator.state``).
+    """
+
+    settings: FitSettings
+    seed_entropy: int
+    start: str | None
+    data: dict
+    finished: tuple[RestartResult, ...]
+    restart: int
+    iteration: int
+    params: Params
+    elbo: tuple[float, ...]
+    log_likelihood: tuple[float, ...]
+    gain: tuple[float, ...]
+    seconds: tuple[float, ...]
+    converged: bool
+    prior_free: bool
+    prior_fixed_until: int
+    unidentified: np.ndarray
+    noise_floored: bool
+    rng_state: dict = field(default_factory=dict, repr=False)
+
+
+def _start_digest(given: dict) -> str | None:
+    """A digest of the given starting parameters (None if none), for checkpoints to compare."""
+    if not given:
+        return None
+    digest = hashlib.sha256()
+    for k in ("face", "background", "noise_std", "prior"):
+        value = given.get(k)
+        digest.update(k.encode())
+        if value is not None:
+            digest.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _differs(old: FitSettings, new: FitSettings) -> str | None:
+    """Why a checkpoint made with settings ``old`` does not resume a fit with ``new``."""
+    changed = [
+        f"{f.name}={getattr(old, f.name)!r} (this fit: {getattr(new, f.name)!r})"
+        for f in fields(FitSettings)
+        if getattr(old, f.name) != getattr(new, f.name)
+    ]
+    if changed:
+        return "the checkpoint belongs to another fit: it was made with " + ", ".join(changed)
+    return None
+
+
+def _damaged(cp: Checkpoint, data: _Data) -> str | None:
+    """What is inconsistent in a checkpoint (edited, or damaged on disk), or None."""
+    t = cp.iteration
+    if not (isinstance(t, int) and 0 <= t <= cp.settings.max_iter and cp.restart >= 0):
+        return "its iteration or restart is out of range"
+    # (elbo[0] is added with the first iteration's E-step: none before it)
+    if len(cp.log_likelihood) != t or len(cp.gain) != t or len(cp.elbo) != (t + 1 if t else 0):
+        return "its histories do not have one value per iteration"
+    if len(cp.seconds) != t + 1:
+        return "its histories do not have one value per iteration"
+    if np.shape(cp.unidentified) != (data.H, data.W):
+        return "its record of unidentified background pixels has the wrong shape"
+    if len(cp.finished) != cp.restart:
+        return "its record of finished restarts does not match its restart"
+    for done in cp.finished:
+        h = done.history
+        if np.shape(done.positions) != (data.K, 2) or np.shape(done.probability) != (data.K,):
+            return "a finished restart's positions do not match the images"
+        n = h.n_iter + 1
+        if len(h.elbo) != n or len(h.log_likelihood) != n or len(h.gain) != n:
+            return "a finished restart's histories do not match its iterations"
+    return None
+
+
+def _fingerprint_differs(old: dict, new: dict) -> str | None:
+    """Why a checkpoint made from images with fingerprint ``old`` (see ``_Data.fingerprint``)
+    does not resume a fit of images with ``new``; None when they are the same images."""
+    try:
+        n, (h, w) = int(old["n_images"]), old["image_size"]
+        if (n, [int(h), int(w)]) != (new["n_images"], new["image_size"]):
+            H, W = new["image_size"]
+            return (
+                f"the checkpoint was made from {n} images of {h}x{w}; these are "
+                f"{new['n_images']} images of {H}x{W}"
+            )
+        pairs = list(zip(old["sums"], new["sums"], new["scale"]))
+        if len(pairs) != len(new["sums"]):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        return "the checkpoint's record of its images is damaged"
+    for a, b, scale in pairs:
+        if not abs(float(a) - b) <= 1e-12 * scale:
+            return (
+                "the images differ from those the checkpoint was made from (as many, of the "
+                "same size, but other values or in another order)"
+            )
+    return None
+
+
+def _resume_refused(cp: Checkpoint, settings: FitSettings, start: str | None, data: _Data):
+    """Why ``cp`` does not resume the fit of ``data`` with ``settings``; None if it does."""
+    if not isinstance(cp.settings, FitSettings) or not isinstance(cp.data, dict):
+        return "the checkpoint is damaged: its record of settings or images is not one"
+    why = _differs(cp.settings, settings)
+    if why is None and cp.start != start:
+        why = "the checkpoint belongs to another fit: it started from other given parameters"
+    if why is None and not cp.restart < settings.restarts:
+        why = "the checkpoint belongs to another fit (other restarts)"
+    if why is None:
+        why = _fingerprint_differs(cp.data, data.fingerprint())
+    if why is None:
+        damage = _damaged(cp, data)
+        why = None if damage is None else f"the checkpoint is damaged: {damage}"
+    return why
+
+
+def _gain(state: Checkpoint, n_values: int) -> float:
+    """The stopping rule's measure of the last iteration, per image and pixel: the rise of
+    the ELBO, or for Monte-Carlo EM the windowed rise of the exact log-likelihood (windows
+    start afresh when a held prior is released: its jump is a new phase)."""
+    s = state.settings
+    if s.method != "mc":
+        return (state.elbo[-1] - state.elbo[-2]) / n_values
+    since = state.prior_fixed_until if s.prior_update == "late" and state.prior_free else 0
+    return _window_gain(list(state.log_likelihood[since:])) / n_values
+
+
+def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float):
+    """One EM iteration from ``state``: the next state, and the E-step's MAP positions."""
+    s, t = state.settings, state.iteration + 1
+    samples = _samples_at(t, s.samples, s.samples_growth, s.max_samples)
+    stats = _pass(data, state.params, s.method, True, rng, samples)
+    params, info = stats.m_step(state.params, update_prior=state.prior_free)
+    state = replace(
+        state,
+        iteration=t,
+        params=params,
+        elbo=state.elbo + ((stats.elbo,) if t == 1 else ()) + (info["elbo"],),
+        log_likelihood=state.log_likelihood + (stats.log_likelihood,),
+        seconds=state.seconds + (time.perf_counter() - t0,),
+        prior_fixed_until=state.prior_fixed_until + (not state.prior_free),
+        unidentified=info["unidentified"],
+        noise_floored=info["floored"],
+    )
+    gain = float(_gain(state, data.K * data.H * data.W))
+    if s.prior_update == "late" and not state.prior_free:
+        # the rest has settled: from now on the prior is learnt too
+        released = gain < (s.tol if s.tol > 0 else DEFAULT_TOL)
+        state = replace(state, gain=state.gain + (gain,), prior_free=released)
+    else:
+        state = replace(state, gain=state.gain + (gain,), converged=gain < s.tol)
+    return state, stats.positions
+
+
+def _run(
+    data: _Data,
+    state: Checkpoint,
+    rng: np.random.Generator,
+    t0: float,
+    callback: Callable[[Progress], None] | None,
+) -> RestartResult:
+    """Restart ``state.restart`` from ``state`` (its start, or a checkpoint) to its end."""
+    s = state.settings
+
+    def report(positions: np.ndarray | None) -> None:
+        if callback is None:
+            return
+        done = replace(state, rng_state=rng.bit_generator.state)
+        last = (math.nan, math.nan, math.nan)
+        if state.iteration:
+            last = (state.elbo[-1], state.log_likelihood[-1], state.gain[-1])
+        callback(
+            Progress(
+                state.restart,
+                s.restarts,
+                state.iteration,
+                s.max_iter,
+                *last,
+                state.params,
+                positions,
+                done,
+            )  # fmt: skip
+        )
+
+    if state.iteration == 0:
+        report(None)
+    while not state.converged and state.iteration < s.max_iter:
+        state, positions = _iterate(data, state, rng, t0)
+        report(positions)
+    # Positions and probabilities held out: scored with what the other images fitted (the face
+    # after any M-step, the prior if an M-step re-estimated it).
+    fitted = (state.iteration > 0, state.iteration > state.prior_fixed_until)
+    method = "soft" if s.method == "mc" else s.method
+    final = _pass(data, state.params, method, False, held_out=fitted)
+    elbo = state.elbo if state.iteration else (final.elbo,)
+    history = RestartHistory(
+        init=s.init,
+        elbo=np.array(elbo),
+        log_likelihood=np.array(state.log_likelihood + (final.log_likelihood,)),
+        gain=np.array((math.nan,) + state.gain),
+        seconds=np.array(state.seconds),
+        n_iter=state.iteration,
+        converged=state.converged,
+        final_elbo=final.elbo,
+        prior_fixed_until=state.prior_fixed_until,
+    )
+    return RestartResult(
+        state.params,
+        history,
+        final.positions,
+        final.probability,
+        state.unidentified,
+        state.noise_floored,
+    )
+
+
+def fit(
+    X: np.ndarray,
+    settings: FitSettings | Sequence[int] | None = None,
+    *,
+    init_params: Params | dict | None = None,
+    memory_limit: int | None = None,
+    workers: int | None = None,
+    cache_fft: bool | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+    resume: Checkpoint | None = None,
+    **options: object,
+) -> FitResult:
+    """Fit face, background, noise std and prior to a stack of images by EM.
+
+    ``fit(X, (40, 30), method="hard")`` and ``fit(X, FitSettings((40, 30), method="hard"))``
+    are the same fit: the settings are one :class:`FitSettings` value, built from the face
+    shape and ``options`` (any of its fields) or given whole (``options`` then change it).
+
+    Parameters
+    ----------
+    X : array_like of shape (K, H, W)
+        The images; any real dtype. Anything that slices like an array is read chunk by chunk
+        in every pass and never loaded whole: a memory map, or an
+        :class:`~facefinder_cli.images.NpyReader` of a ``.npy`` file (plain reads, so resident
+        memory stays flat however large the file).
+    settings : FitSettings or (h, w)
+        What decides the result (see :class:`FitSettings`), or the face's shape (which may
+        also be given as ``face_shape=``).
+    init_params : Params or dict, optional
+        Starting values for any of ``face``, ``background``, ``noise_std``, ``prior``
+        (default prior: uniform); they override ``settings.init``'s.
+    memory_limit : int, optional
+        Bytes the fit may use beyond the images themselves, for its working memory and the
+        cache of ``rfft2(X)`` (default: :func:`default_memory_limit`, 1 GiB or an eighth of
+        the machine's memory). The spectra of as many images as the rest of the limit holds
+        are kept between iterations; the others are recomputed in every pass (one more FFT
+        per image, the same numbers). Memory does not grow with K beyond that and the
+        per-image tables (about 40 bytes per image).
+    workers : int, optional
+        Threads that process chunks in parallel (default: every core this process may use).
+        Results are bit-identical for any number of threads: chunks are reduced in order and
+        Monte-Carlo draws are made in chunk order.
+    cache_fft : bool, optional
+        Force the cache of ``rfft2(X)`` on (all images, whatever ``memory_limit``) or off.
+    callback : callable, optional
+        Called with a :class:`Progress` after every iteration; its ``checkpoint`` resumes the
+        fit from there.
+    on_chunk : callable, optional
+        ``on_chunk(done, K)`` after every chunk of every pass over the images (the first pass
+        that reads them, each iteration's, the final E-step's): ``done`` of the ``K`` images
+        are through. For progress within long passes; called from this thread.
+    resume : Checkpoint, optional
+        Carry on an interrupted fit: the same images, settings and ``init_params``, and the
+        last checkpoint it reported (with ``settings.seed`` None, the checkpoint's seed). The
+        result is the uninterrupted fit's, bit for bit (timings aside). Anything else is
+        refused with a :class:`CheckpointError` that says what differs, after the pass that
+        reads the images and before any EM work. ``memory_limit``, ``workers``,
+        ``cache_fft`` and the callbacks may differ.
+    **options
+        Fields of :class:`FitSettings`.
+
+    Returns
+    -------
+    FitResult
+
+    Warns
+    -----
+    ConvergenceWarning
+        If the best restart stopped at ``max_iter`` (``max_iter > 0``) without meeting ``tol``.
+    NoiseFloorWarning
+        If the noise std of the result is clipped at its floor.
+    """
+    settings = FitSettings.of(settings, **options)
+    if resume is not None and settings.seed is None and isinstance(resume.settings, FitSettings):
+        settings = replace(settings, seed=resume.settings.seed)
+    _retain_freed_memory()
+    data = _Data(
+        X,
+        settings.face_shape,
+        chunk_size=settings.chunk_size,
+        cache_fft=cache_fft,
+        workers=workers,
+        memory_limit=memory_limit,
+        dtype=settings.dtype,
+        on_chunk=on_chunk,
+    )
+    given = _given(init_params)
+    fixed_start = settings.init in ("zeros", "bright") or all(
+        given.get(k) is not None for k in ("face", "background", "noise_std")
+    )
+    if settings.restarts > 1 and fixed_start and settings.method != "mc":
+        warnings.warn(
+            f"all {settings.restarts} restarts start from the same parameters (given, or the "
+            f"fixed '{settings.init}' start) and end the same; start from 'median', 'random' or "
+            "'smooth' for different starts",
+            UserWarning,
+            stacklevel=2,
+        )
+    ss = _seed_sequence(settings.seed)
+    settings = replace(settings, seed=int(ss.entropy))
+    start = _start_digest(given)
+    runs: list[RestartResult] = []
+    if resume is not None:
+        why = _resume_refused(resume, settings, start, data)
+        if why is not None:
+            raise CheckpointError(why)
+        runs = list(resume.finished)
+    for r in range(len(runs), settings.restarts):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(_seed_child(ss, r))
+        if resume is not None and r == resume.restart:
+            try:
+                _check_params(resume.params, data)  # (not its normalised copy: bit for bit)
+            except ValueError as err:
+                raise CheckpointError(f"the checkpoint's parameters are damaged: {err}") from None
+            try:
+                rng.bit_generator.state = resume.rng_state
+            except (TypeError, ValueError, KeyError):
+                raise CheckpointError(
+                    "the checkpoint's random generator state is damaged"
+                ) from None
+            t0 -= resume.seconds[-1]
+            state = replace(resume, rng_state={})
+        else:
+            state = Checkpoint(
+                settings=settings,
+                seed_entropy=int(ss.entropy),
+                start=start,
+                data=data.fingerprint(),
+                finished=tuple(runs),
+                restart=r,
+                iteration=0,
+                params=_initialize(data, settings.init, rng, r, given),
+                elbo=(),
+                log_likelihood=(),
+                gain=(),
+                seconds=(time.perf_counter() - t0,),
+                converged=False,
+                prior_free=settings.prior_update == "always",
+                prior_fixed_until=0,
+                unidentified=np.zeros((data.H, data.W), dtype=bool),
+                noise_floored=False,
+            )
+        runs.append(_run(data, state, rng, t0, callback))
+    best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
+    run = runs[best]
+    h = run.history
+    if settings.max_iter > 0 and not h.converged and settings.tol > 0:  # (tol <= 0: as asked)
+        warnings.warn(
+            f"EM did not converge in {settings.max_iter} iterations (last gain {h.gain[-1]:.3g} "
+            f"nats per image and pixel, tol {settings.tol:g}); raise max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    if run.noise_floored:
+        warnings.warn(
+            f"the noise std reached its floor {data.noise_floor:.3g} ({NOISE_FLOOR:g} x the data's "
+            "std): the images may be noise-free copies of one scene",
+            NoiseFloorWarning,
+            stacklevel=2,
+        )
+    return FitResult(
+        face=run.params.face,
+        background=run.params.background,
+        noise_std=run.params.noise_std,
+        prior=run.params.prior,
+        elbo=h.elbo,
+        log_likelihood=h.log_likelihood,
+        gain=h.gain,
+        seconds=h.seconds,
+        final_elbo=h.final_elbo,
+        n_iter=h.n_iter,
+        converged=h.converged,
+        positions=run.positions,
+        position_probability=run.probability,
+        unidentified=run.unidentified,
+        noise_floored=run.noise_floored,
+        settings=settings,
+        seed_entropy=int(ss.entropy),
+        best_restart=best,
+        restarts=tuple(r.history for r in runs),
+        fft_cached=data.n_cached,
+    )

@@ -1,0 +1,156 @@
+"""The model's vocabulary: its parameters (:class:`Params`), the constants and choices of a
+fit, the errors and warnings the engine raises, and the summed-area-table primitives (box sums)
+that the E- and M-steps share."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Method = Literal["soft", "hard", "mc"]
+METHODS: tuple[str, ...] = ("soft", "hard", "mc")
+PriorUpdate = Literal["late", "always", "never"]
+PRIOR_UPDATES: tuple[str, ...] = ("late", "always", "never")
+INIT_METHODS: tuple[str, ...] = ("median", "zeros", "bright", "random", "smooth")
+
+#: The study's white level: its initialisations assume pixels on the 0..255 scale.
+WHITE = 255.0
+#: ``noise_std`` never goes below this fraction of the data's standard deviation.
+NOISE_FLOOR = 1e-5
+#: A background pixel is re-estimated only where the posterior expects it uncovered in more than
+#: this fraction of one image per image (``Σ_k (1 - cover_k) > K · UNCOVERED_MIN``); elsewhere it is
+#: not identifiable and keeps its previous value. ``sqrt(eps)`` keeps round-off out of ``B``.
+UNCOVERED_MIN = math.sqrt(np.finfo(np.float64).eps)
+#: Default of ``tol``: the least gain of the lower bound per image and pixel worth iterating for.
+DEFAULT_TOL = 1e-7
+#: Images per chunk of the streaming pass (64 was faster than 32 and 128 for 64x64 images:
+#: ``benchmarks/bench_scale.py --sections chunks``, docs/PERFORMANCE.md).
+DEFAULT_CHUNK_SIZE = 64
+#: Posterior ratios below ``exp(_LOG_TINY)`` to the most probable position are set to exactly zero:
+#: they change no sum and would otherwise become slow subnormal numbers.
+_LOG_TINY = -680.0
+_LOG_TINY_32 = -80.0  # the same for float32 (smallest normal: exp(-87.3))
+#: Monte-Carlo EM: draws per image in the first iteration, growth per iteration, most draws,
+#: and iterations per window of its stopping rule (see ``fit``).
+MC_SAMPLES = 3
+MC_GROWTH = 1.05
+MC_MAX_SAMPLES = 30
+MC_WINDOW = 5
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the lower bound settled within ``tol``."""
+
+
+class NonFiniteError(ValueError):
+    """Image ``index`` (the first such) holds NaN (``what == "NaN"``) or ``"infinite values"``."""
+
+    def __init__(self, index: int, what: str = "NaN or infinite values") -> None:
+        super().__init__(f"X contains {what} (image {index})")
+        self.index = index
+        self.what = what
+
+
+class CheckpointError(ValueError):
+    """A checkpoint given to ``fit(resume=...)`` that does not resume this fit: made from other
+    images or with other settings, or damaged."""
+
+
+class ValueRangeError(ValueError):
+    """Pixel values too large or too spread out (or too little) for float64 arithmetic."""
+
+
+class NoiseFloorWarning(UserWarning):
+    """The noise std hit its floor: the data may be noise-free or the fit degenerate."""
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    """The model parameters θ.
+
+    Attributes
+    ----------
+    face : ndarray of shape (h, w)
+    background : ndarray of shape (H, W)
+    noise_std : float
+        Standard deviation ``s`` of the pixel noise (a std, not a variance).
+    prior : ndarray of shape (H-h+1, W-w+1)
+        Prior ``A`` over the face's top-left corner; non-negative, sums to one.
+    """
+
+    face: np.ndarray
+    background: np.ndarray
+    noise_std: float
+    prior: np.ndarray
+
+    @property
+    def face_shape(self) -> tuple[int, int]:
+        return self.face.shape  # type: ignore[return-value]
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.background.shape  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Box sums (summed-area tables)
+# --------------------------------------------------------------------------------------------
+
+
+def _box_valid(y: np.ndarray, h: int, w: int, dtype: np.dtype = np.float64) -> np.ndarray:
+    """Sums of ``y`` over every ``h x w`` window: ``(..., H, W) -> (..., H-h+1, W-w+1)``.
+    The summed-area tables are float64 whatever ``y``'s dtype; the result is ``dtype``."""
+    c = np.cumsum(y, axis=-2, dtype=np.float64)
+    rows = np.empty(c.shape[:-2] + (c.shape[-2] - h + 1, c.shape[-1]))
+    rows[..., 0, :] = c[..., h - 1, :]
+    np.subtract(c[..., h:, :], c[..., :-h, :], out=rows[..., 1:, :])
+    c = np.cumsum(rows, axis=-1)
+    out = np.empty(c.shape[:-1] + (c.shape[-1] - w + 1,), dtype=dtype)
+    out[..., 0] = c[..., w - 1]
+    np.subtract(c[..., w:], c[..., :-w], out=out[..., 1:])
+    return out
+
+
+def _box_full(q: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Full box filter: ``out[i, j] = Σ q[d]`` over the positions ``d`` whose window covers
+    ``(i, j)``: ``(..., Dh, Dw) -> (..., Dh+h-1, Dw+w-1)``."""
+    return _full_sum(_full_sum(q, h, -2), w, -1)
+
+
+def _full_sum(q: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Along ``axis`` (length ``D``): ``out[i] = Σ q[max(0, i-n+1) : i+1]``, ``i < D + n - 1``."""
+    q = np.moveaxis(q, axis, -1)
+    D = q.shape[-1]
+    c = np.zeros(q.shape[:-1] + (D + 2 * n - 1,))  # c[n - 1 + m] = Σ q[:m], m = 0 .. D + n - 1
+    np.cumsum(q, axis=-1, out=c[..., n : n + D])
+    c[..., n + D :] = c[..., n + D - 1 : n + D]
+    out = c[..., n:] - c[..., : D + n - 1]
+    return np.moveaxis(out, -1, axis)
+
+
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x * log(y)`` with ``0 * log(0) = 0``."""
+    out = np.zeros(np.broadcast(x, y).shape)
+    np.multiply(x, np.log(y, out=np.full(y.shape, -np.inf), where=y > 0), out=out, where=x != 0)
+    return out
+
+
+DTYPES: tuple[str, ...] = ("float64", "float32")
+
+
+def _check_dtype(dtype: np.dtype | type | str) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt

@@ -1,0 +1,176 @@
+"""A fit's settings: :class:`FitSettings`, one frozen value holding everything that decides
+what :func:`~facefinder_cli.engine.fit` returns, validated once, stored in results and
+checkpoints (``to_dict``/``from_dict``) and compared on resume."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from facefinder_cli.engine.model import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_TOL,
+    INIT_METHODS,
+    MC_GROWTH,
+    MC_MAX_SAMPLES,
+    MC_SAMPLES,
+    METHODS,
+    PRIOR_UPDATES,
+    Method,
+    PriorUpdate,
+    _check_dtype,
+)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything that decides what :func:`fit` returns, besides the images and a given start:
+    one value, built once (by the command line from its options), stored in results and
+    checkpoints, and compared on resume. Fields are validated and normalised on construction
+    (a ValueError names the field).
+
+    Attributes
+    ----------
+    face_shape : (h, w)
+        Size of the face, at most the image size.
+    method : {"soft", "hard", "mc"}
+        Soft EM (exact posteriors), hard EM (each image's MAP position) or Monte-Carlo EM (the
+        M-step on ``samples`` positions drawn from each image's posterior).
+    init : {"median", "zeros", "bright", "random", "smooth"}
+        How each restart starts; see :func:`initialize`. ``init_params`` entries override it.
+    restarts : int
+        Number of restarts; the one with the highest final ``log p(X | θ)`` is returned.
+        Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``.
+    max_iter : int
+        Maximum EM iterations per restart; 0 returns the initialisation.
+    tol : float
+        Stop when an iteration's gain is below ``tol`` nats per image and pixel: the rise of
+        the lower bound, ``(elbo[t] - elbo[t-1]) / (K H W)``. ``tol <= 0`` runs ``max_iter``
+        iterations (the soft-EM ELBO never falls), without a ConvergenceWarning.
+        Monte-Carlo EM, whose bound is noisy, uses the exact log-likelihood instead, averaged
+        over windows of ``MC_WINDOW`` iterations: its gain is the mean rise per iteration of
+        the last window over the one before. Either way the gain is kept in the history.
+    seed : int or None
+        ``None`` draws fresh entropy; the result's settings record it, so they repeat the run.
+    prior_update : {"late", "always", "never"}
+        When the M-step re-estimates the prior. ``"always"``: in every M-step, as the study does.
+        ``"late"`` (default): hold it at its start until the other parameters converge (within
+        ``tol``, or ``DEFAULT_TOL`` if ``tol <= 0``), then re-estimate it in every M-step until
+        all converge. With few images per position a learnt prior sharpens on the current
+        guesses and locks EM into them; holding it back first avoids that (see
+        ``docs/INITIALISATION.md``). Either way the lower bound never decreases (holding a
+        parameter is a partial M-step). ``"never"``: keep it.
+    samples, samples_growth, max_samples : int, float, int
+        Monte-Carlo EM only: ``samples`` draws per image in the first iteration, multiplied by
+        ``samples_growth`` every iteration up to ``max_samples`` (raised to ``samples`` if
+        lower). Few draws move fast while far from the optimum; more let the parameters settle.
+    chunk_size : int
+        Most images per chunk of the streaming pass (fewer when large images would need more
+        than ``CHUNK_BYTES`` of working memory); results do not depend on it beyond rounding.
+        Each thread works on one chunk at a time: the working memory is about
+        ``workers * chunk_size`` images' worth of temporaries.
+    dtype : {"float64", "float32"}
+        Precision of the per-image work: reads, FFTs, posteriors. float32 halves the memory
+        traffic and the cache; sums over images stay float64. See ``docs/PERFORMANCE.md``.
+    """
+
+    face_shape: tuple[int, int]
+    method: Method = "soft"
+    init: str = "median"
+    restarts: int = 1
+    max_iter: int = 200
+    tol: float = DEFAULT_TOL
+    seed: int | None = None
+    prior_update: PriorUpdate = "late"
+    samples: int = MC_SAMPLES
+    samples_growth: float = MC_GROWTH
+    max_samples: int = MC_MAX_SAMPLES
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        def whole(name: str, least: int) -> int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}, got {value}")
+            put(name, int(value))
+            return int(value)
+
+        def real(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if value != value:
+                raise ValueError(f"{name} must not be NaN")
+            put(name, float(value))
+            return float(value)
+
+        def choice(name: str, choices: tuple[str, ...]) -> None:
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(choices)}"
+                )
+
+        shape = self.face_shape
+        if isinstance(shape, (str, bytes)) or len(shape) != 2:
+            raise ValueError(f"face_shape must be two whole numbers (h, w), got {shape!r}")
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape):
+            raise ValueError(f"face_shape must be two whole numbers (h, w), got {shape!r}")
+        if min(shape) < 1:
+            raise ValueError(f"face_shape must be positive, got {tuple(shape)}")
+        put("face_shape", (int(shape[0]), int(shape[1])))
+        choice("method", METHODS)
+        choice("init", INIT_METHODS)
+        choice("prior_update", PRIOR_UPDATES)
+        whole("restarts", 1)
+        whole("max_iter", 0)
+        real("tol")
+        if self.seed is not None:
+            whole("seed", 0)
+        samples = whole("samples", 1)
+        growth = real("samples_growth")
+        if not (growth >= 1 and math.isfinite(growth)):
+            raise ValueError(f"samples_growth must be at least 1 and finite, got {growth}")
+        put("max_samples", max(whole("max_samples", 1), samples))
+        whole("chunk_size", 1)
+        put("dtype", _check_dtype(self.dtype).name)
+
+    @classmethod
+    def of(cls, settings: FitSettings | Sequence[int] | None, **changes: object) -> FitSettings:
+        """``settings`` with ``changes``; new settings for a face of shape ``settings``; or,
+        with ``settings`` None, settings of the fields ``changes``."""
+        if isinstance(settings, FitSettings):
+            return replace(settings, **changes) if changes else settings
+        if settings is None:
+            return cls(**changes)  # type: ignore[arg-type]
+        return cls(tuple(settings), **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        """The settings as JSON-able values (``face_shape`` a list)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FitSettings:
+        """What :meth:`to_dict` made; a ValueError if any field is missing, unknown or bad."""
+        if not isinstance(values, dict):
+            raise ValueError("the settings are not a record of fields")
+        names = {f.name for f in fields(cls)}
+        if set(values) != names:
+            odd = sorted(set(values) ^ names)
+            raise ValueError(f"the settings have other fields than these settings ({odd})")
+        face_shape = values["face_shape"]
+        if not isinstance(face_shape, (list, tuple)):
+            raise ValueError(f"face_shape must be two whole numbers (h, w), got {face_shape!r}")
+        return cls(**{**values, "face_shape": tuple(face_shape)})
+
+
+def _jsonable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
