@@ -27,6 +27,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from facefinder_cli.synthetic import hidden_pixels  # noqa: E402
+
 # The rules behind the verdicts (nats are per image and pixel: log-likelihood / (K H W)).
 SAME_BOUND = 1e-5  # final log-likelihoods closer than this: the same optimum
 NEAR_BOUND = 1e-4  # closer than this (but not SAME_BOUND): nearby optima, "partly"
@@ -155,23 +157,13 @@ class Build:
             bg_sum += np.where(visible, x, 0)
             bg_count += visible
         face = face_sum / len(files)
-        seen = ~hidden_block(t["prior"], (h, w)) & (bg_count > 0)
+        seen = ~hidden_pixels(t["prior"], (h, w)) & (bg_count > 0)
         return {
             "face": face,
             "corr": correlation(face, t["face"]),
             "face_rmse": rms(face - t["face"]),
             "background_rmse_seen": rms(bg_sum[seen] / bg_count[seen] - t["background"][seen]),
         }
-
-
-def hidden_block(prior: np.ndarray, face_shape: tuple[int, int]) -> np.ndarray:
-    """Background pixels that every possible face position covers (never visible)."""
-    h, w = face_shape
-    cover = np.zeros((prior.shape[0] + h - 1, prior.shape[1] + w - 1), int)
-    positions = np.argwhere(prior > 0)
-    for r, c in positions:
-        cover[r : r + h, c : c + w] += 1
-    return cover == len(positions)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -508,7 +500,7 @@ class Report:
             "leave out the start or to measure each curve from its own end.\n\n",
         )
         error_curves(a.fig / "grid-errors.png", em, ks, noises)
-        hidden_n = int(hidden_block(build.truth(name[lo])["prior"], (16, 16)).sum())
+        hidden_n = int(hidden_pixels(build.truth(name[lo])["prior"], (16, 16)).sum())
         f_err = {s: [em[(k, s)].final("face_rmse") for k in ks] for s in noises}
         b_all = {s: [em[(k, s)].final("background_rmse") for k in ks] for s in noises}
         b_seen = {s: [em[(k, s)].final("background_rmse_seen") for k in ks] for s in noises}

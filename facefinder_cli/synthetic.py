@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from facefinder_cli.engine import Params
-from facefinder_cli.engine.model import _box_full
+from facefinder_cli.engine.model import _box_full, uniform_prior
 
 __all__ = [
     "Dataset",
@@ -111,7 +111,7 @@ def make_dataset(
         raise ValueError(f"noise_std must be a non-negative finite number, got {noise_std}")
     shape = (H - h + 1, W - w + 1)
     if prior is None:
-        prior = np.full(shape, 1.0 / (shape[0] * shape[1]))
+        prior = uniform_prior(shape)
     prior = np.asarray(prior, dtype=np.float64)
     if prior.shape != shape:
         raise ValueError(f"prior has shape {prior.shape}, expected {shape} for these sizes")

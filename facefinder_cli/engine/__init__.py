@@ -97,6 +97,7 @@ from facefinder_cli.engine.model import (
     NonFiniteError,
     Params,
     ValueRangeError,
+    uniform_prior,
 )
 from facefinder_cli.engine.mstep import elbo, m_step
 from facefinder_cli.engine.settings import FitSettings
@@ -145,4 +146,5 @@ __all__ = [
     "position_log_likelihood",
     "posterior",
     "predictive_prior",
+    "uniform_prior",
 ]

@@ -91,13 +91,10 @@ class Params:
     noise_std: float
     prior: np.ndarray
 
-    @property
-    def face_shape(self) -> tuple[int, int]:
-        return self.face.shape  # type: ignore[return-value]
 
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        return self.background.shape  # type: ignore[return-value]
+def uniform_prior(shape: tuple[int, int]) -> np.ndarray:
+    """The uniform prior over ``shape = (H-h+1, W-w+1)`` positions."""
+    return np.full(shape, 1.0 / (shape[0] * shape[1]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,14 @@ from scipy import fft as sfft
 
 from facefinder_cli.engine.data import _check_params, _Data
 from facefinder_cli.engine.estep import _chunk_log_joint, _Posterior
-from facefinder_cli.engine.model import DEFAULT_CHUNK_SIZE, UNCOVERED_MIN, Params, _box_full, _xlogy
+from facefinder_cli.engine.model import (
+    DEFAULT_CHUNK_SIZE,
+    UNCOVERED_MIN,
+    Params,
+    _box_full,
+    _xlogy,
+    uniform_prior,
+)
 
 # --------------------------------------------------------------------------------------------
 # M-step
@@ -196,7 +203,7 @@ def m_step(
             np.zeros((data.h, data.w)),
             data.sum_x / data.K + data.offset,
             1.0,
-            np.full((data.Dh, data.Dw), 1.0 / (data.Dh * data.Dw)),
+            uniform_prior((data.Dh, data.Dw)),
         )
     else:
         prev = _check_params(previous, data)

@@ -10,15 +10,11 @@ import numpy as np
 from scipy import fft as sfft
 
 from facefinder_cli.engine.data import _check_params, _Data
-from facefinder_cli.engine.model import INIT_METHODS, WHITE, Params
+from facefinder_cli.engine.model import INIT_METHODS, WHITE, Params, uniform_prior
 
 # --------------------------------------------------------------------------------------------
 # Initialisation
 # --------------------------------------------------------------------------------------------
-
-
-def _uniform_prior(data: _Data) -> np.ndarray:
-    return np.full((data.Dh, data.Dw), 1.0 / (data.Dh * data.Dw))
 
 
 def _init_study(data: _Data, method: str, rng: np.random.Generator, prior: np.ndarray) -> Params:
@@ -80,7 +76,9 @@ def _initialize(
 ) -> Params:
     """Starting parameters; ``given`` entries override the method's."""
     prior = given.get("prior")
-    prior = _uniform_prior(data) if prior is None else np.asarray(prior, dtype=np.float64)
+    prior = (
+        uniform_prior((data.Dh, data.Dw)) if prior is None else np.asarray(prior, dtype=np.float64)
+    )
     if prior.shape != (data.Dh, data.Dw) or (prior < 0).any() or not prior.sum() > 0:
         raise ValueError(
             f"prior must be non-negative of shape {(data.Dh, data.Dw)} with a positive sum"
