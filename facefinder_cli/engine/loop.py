@@ -560,9 +560,12 @@ def fit(
     run = runs[best]
     h = run.history
     if settings.max_iter > 0 and not h.converged and settings.tol > 0:  # (tol <= 0: as asked)
+        gain = f"last gain {h.gain[-1]:.3g} nats per image and pixel"
+        if math.isinf(h.gain[-1]):  # Monte-Carlo EM, before its second window
+            gain = f"Monte-Carlo EM's gain needs {2 * MC_WINDOW} iterations"
         warnings.warn(
-            f"EM did not converge in {settings.max_iter} iterations (last gain {h.gain[-1]:.3g} "
-            f"nats per image and pixel, tol {settings.tol:g}); raise max_iter or tol",
+            f"EM did not converge in {settings.max_iter} iterations ({gain}, tol "
+            f"{settings.tol:g}); raise max_iter or tol",
             ConvergenceWarning,
             stacklevel=2,
         )
