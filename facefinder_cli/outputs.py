@@ -28,6 +28,12 @@ Every file and folder the tool writes goes through this module, and obeys these 
   of the command (files it writes too) carries on, and :func:`stdout_broken` tells the caller
   to exit with 141 as a process killed by SIGPIPE would. A closed standard output (``>&-``)
   or a full device is an :class:`~facefinder_cli.errors.InputError`.
+
+Why one module of about 1,000 lines: the rules interlock. Claims must know the temporaries'
+names to clean them up, atomic writes the claims' lock files to refuse them as targets, the
+target checks both; split, each part would import the others' private names. A reviewer
+checks a file-safety rule here, in one place, against ``tests/test_outputs.py`` and
+``tests/test_safety.py``.
 """
 
 from __future__ import annotations
