@@ -1181,7 +1181,7 @@ def test_streamed_stack_with_nan_is_one_line_and_writes_nothing(stack):
 def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
     import signal
 
-    from facefinder_cli import cli as cli_module
+    from facefinder_cli import images
     from facefinder_cli.interrupts import Interrupted
 
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
@@ -1189,7 +1189,7 @@ def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
         def stop(*args, signum=signum, **kwargs):
             raise Interrupted(signum)
 
-        monkeypatch.setattr(cli_module.images, "pack_stack", stop)
+        monkeypatch.setattr(images, "pack_stack", stop)
         r = cli("pack", data, "s.npy")
         assert r.exit_code == code
         assert r.stderr.strip() == "interrupted: s.npy was not written"
