@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -342,9 +343,8 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
             saver.wrote = resumed is not None  # the folder holds our checkpoint already
         # Announced once the engine has read the data: a streamed stack is checked in that first
         # pass (and compared with a checkpoint's), and an error there stays the only line.
-        bar = ProgressBar(truth_data, saver, on_start=announce)
-        if resumed is not None:
-            bar.errors = resumed.extra.get("errors", {})
+        truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
+        progress = _Progress(announce, truth_errors, ProgressBar(), saver)
         STOPPED["line"] = "interrupted before the first iteration: nothing was written"
         in_place = False  # whether the finished run folder is in place
         try:
@@ -353,7 +353,7 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
                 stack,
                 input,
                 settings,
-                bar,
+                progress,
                 resumed,
                 init_params=warm,
                 memory_limit=memory_limit,
@@ -361,7 +361,7 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
             )
             seconds = time.perf_counter() - t0
             _report_engine(result, caught, K)
-            errors = _truth_errors(bar, result, truth_data)
+            errors = truth_errors.history(result)
             zoom = job.zoom or runs.view_zoom((H, W))
             written: list[str] = []
             if folder is None:
@@ -388,11 +388,11 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
                     raise
                 in_place = True
         except Interrupted:
-            bar.close()
+            progress.bar.close()
             if in_place:
                 STOPPED["line"] = f"interrupted after the run was written to {folder}"
             else:
-                STOPPED["line"] = _save_when_interrupted(saver, bar, settings.restarts)
+                STOPPED["line"] = _save_when_interrupted(saver, progress, settings.restarts)
             raise
         if in_place:
             STOPPED["line"] = f"interrupted after the run was written to {folder}"
@@ -473,8 +473,8 @@ def _check_face_size(input, stack, job: FitJob, warm, truth_data) -> None:
             )
 
 
-def _run_engine(stack, input, settings, bar, resumed, **kw) -> tuple[engine.FitResult, list]:
-    """``engine.fit`` on the stack with the progress bar; its warnings are returned, to be said
+def _run_engine(stack, input, settings, progress, resumed, **kw) -> tuple[engine.FitResult, list]:
+    """``engine.fit`` on the stack with the progress callback; its warnings are returned, to be said
     in the command's words."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", engine.ConvergenceWarning)
@@ -483,8 +483,8 @@ def _run_engine(stack, input, settings, bar, resumed, **kw) -> tuple[engine.FitR
             result = engine.fit(
                 stack.images,
                 settings,
-                callback=bar,
-                on_chunk=bar.chunk,
+                callback=progress,
+                on_chunk=progress.bar.chunk,
                 resume=None if resumed is None else resumed.state,
                 **kw,
             )
@@ -495,7 +495,7 @@ def _run_engine(stack, input, settings, bar, resumed, **kw) -> tuple[engine.FitR
         except engine.ValueRangeError as err:
             raise InputError(f"{input}: {err}") from None
         finally:
-            bar.close()
+            progress.bar.close()
     return result, list(caught)
 
 
@@ -523,26 +523,72 @@ def _report_engine(result: engine.FitResult, caught: list, K: int) -> None:
             log.debug("%s: %s", w_.category.__name__, w_.message)
 
 
-def _truth_errors(bar, result, truth_data) -> dict[str, np.ndarray] | None:
-    """Errors against the truth per iteration of the kept restart (with the final positions)."""
-    if truth_data is None:
-        return None
-    rows = bar.errors[result.best_restart]
-    rows[-1]["positions_right"] = synthetic.errors(
-        result.params, result.positions, truth_data.params, truth_data.positions
-    )["positions_right"]
-    return {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
+class _Progress:
+    """The engine's progress callback in a fit, which hands each report on: to the fit's
+    announcement (at the first report, once the engine has read the data), to the errors
+    against the truth, to the bar; then it keeps the report's checkpoint (the latest, what
+    Ctrl-C saves) and gives it to the checkpoint saver."""
+
+    def __init__(
+        self,
+        on_start: Callable[[], None] | None,
+        truth: _TruthErrors,
+        bar: ProgressBar,
+        saver: CheckpointSaver | None,
+    ) -> None:
+        self.on_start, self.truth, self.bar, self.saver = on_start, truth, bar, saver
+        self.latest: engine.Checkpoint | None = None  # what Ctrl-C saves
+
+    def __call__(self, p: engine.Progress) -> None:
+        if self.on_start is not None:
+            self.on_start()
+            self.on_start = None
+        self.truth(p)
+        self.bar(p)
+        self.latest = p.checkpoint
+        if self.saver is not None:
+            self.saver.maybe_save(p.checkpoint, self.truth.errors)
 
 
-def _save_when_interrupted(saver, bar, restarts: int) -> str:
+class _TruthErrors:
+    """Errors against a known truth (``--truth``) per iteration of each restart, measured from
+    the engine's progress reports; none without a truth. A resumed fit carries on with the
+    ``errors`` its checkpoint saved."""
+
+    def __init__(self, truth: runs.Truth | None, errors: dict[int, list[dict[str, float]]]) -> None:
+        self.truth = truth
+        self.errors = errors
+
+    def __call__(self, p: engine.Progress) -> None:
+        if self.truth is not None:
+            rows = self.errors.setdefault(p.restart, [])
+            if p.positions is not None:  # the E-step of θ_{t-1}: its positions
+                rows[-1]["positions_right"] = synthetic.errors(
+                    p.params, p.positions, self.truth.params, self.truth.positions
+                )["positions_right"]
+            rows.append(synthetic.errors(p.params, None, self.truth.params, self.truth.positions))
+
+    def history(self, result: engine.FitResult) -> dict[str, np.ndarray] | None:
+        """Errors against the truth per iteration of the kept restart (with the final
+        positions)."""
+        if self.truth is None:
+            return None
+        rows = self.errors[result.best_restart]
+        rows[-1]["positions_right"] = synthetic.errors(
+            result.params, result.positions, self.truth.params, self.truth.positions
+        )["positions_right"]
+        return {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
+
+
+def _save_when_interrupted(saver, progress, restarts: int) -> str:
     """Save the last completed iteration of an interrupted fit; the line that says so.
     (Further signals are ignored meanwhile: see ``interrupts``.)"""
-    state = bar.latest
+    state = progress.latest
     if state is None:
         return "interrupted before the first iteration: nothing was written"
     if saver is None:
         return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
-    saver.save(state, bar.errors)
+    saver.save(state, progress.truth.errors)
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
         f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume {saver.out}`"

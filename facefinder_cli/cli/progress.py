@@ -1,56 +1,33 @@
-"""The progress display of ``facefinder fit``: the engine's progress callback as tqdm bars."""
+"""The progress display of ``facefinder fit``: the engine's progress reports as tqdm bars.
+
+It only displays; what else a fit does with each report (errors against a known truth, the
+checkpoint) is in :mod:`.fit`, which chains it with this bar.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 
-from facefinder_cli import engine, runs, synthetic
+from facefinder_cli import engine
 
 log = logging.getLogger("facefinder")
 
 
 class ProgressBar:
     """The engine's progress callback as a tqdm bar on stderr (off when stderr is not a
-    terminal); also collects per-iteration errors against a known truth."""
+    terminal), with a second bar of images through a slow pass (:meth:`chunk`)."""
 
-    def __init__(
-        self,
-        truth: runs.Truth | None,
-        saver=None,
-        on_start: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self) -> None:
         from tqdm.auto import tqdm
 
-        self.on_start = on_start
         self._tqdm = tqdm
         self.bar = None
         self.images = None  # a second bar: images through the current pass, if passes are slow
-        self.truth = truth
-        self.saver = saver
         self.restart = -1
-        self.latest: engine.Checkpoint | None = None  # what Ctrl-C saves
-        self.errors: dict[int, list[dict[str, float]]] = {}
 
     def __call__(self, p: engine.Progress) -> None:
-        if self.on_start is not None:
-            self.on_start()
-            self.on_start = None
-        self.track(p)
-        self.latest = p.checkpoint
-        if self.saver is not None:
-            self.saver.maybe_save(p.checkpoint, self.errors)
-
-    def track(self, p: engine.Progress) -> None:
-        """Errors against the truth per iteration, and the bar."""
-        if self.truth is not None:
-            rows = self.errors.setdefault(p.restart, [])
-            if p.positions is not None:  # the E-step of θ_{t-1}: its positions
-                rows[-1]["positions_right"] = synthetic.errors(
-                    p.params, p.positions, self.truth.params, self.truth.positions
-                )["positions_right"]
-            rows.append(synthetic.errors(p.params, None, self.truth.params, self.truth.positions))
+        """The bar, and each iteration's numbers in the log at debug level (-v)."""
         if p.iteration == 0 or p.restart != self.restart:  # a new restart, or a resumed one
             self.close()
             self.restart = p.restart
