@@ -469,6 +469,24 @@ def test_fit_positions_csv_and_truth_columns(fitted, truth):
     assert "positions right" in result.stderr
 
 
+def test_fit_truth_errors_survive_an_interruption(data, monkeypatch):
+    """The errors against the truth are kept in the checkpoint that Ctrl-C saves: the resumed
+    fit's history has the errors of the fit never stopped, bit for bit."""
+    from helpers import stop_fit_at
+
+    args = ["--face-size", "16x12", "--truth", data / "truth.npz", "--tol", "-1", "--max-iter", 4]
+    args += ["--restarts", 2]
+    ok("fit", data, *args, "-o", "whole")
+    with stop_fit_at(monkeypatch, 2):  # in the first restart
+        r = cli("fit", data, *args, "-o", "cut")
+    assert r.exit_code == 130 and "saved in cut" in r.stderr
+    ok("fit", "--resume", "cut")
+    whole, cut = load_run(Path("whole")), load_run(Path("cut"))
+    assert set(cut.errors) == set(ERROR_COLUMNS) and len(cut.errors["face_rmse"]) == 5
+    for name in ERROR_COLUMNS:
+        np.testing.assert_array_equal(cut.errors[name], whole.errors[name], err_msg=name)
+
+
 def test_fit_positions_follow_natural_order(tmp_path, stack, truth):
     os.mkdir("pngs")
     for k in range(N):  # names a1..a60: a plain sort would put a10 before a2
@@ -1181,7 +1199,7 @@ def test_streamed_stack_with_nan_is_one_line_and_writes_nothing(stack):
 def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
     import signal
 
-    from facefinder_cli import cli as cli_module
+    from facefinder_cli import images
     from facefinder_cli.interrupts import Interrupted
 
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
@@ -1189,7 +1207,7 @@ def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
         def stop(*args, signum=signum, **kwargs):
             raise Interrupted(signum)
 
-        monkeypatch.setattr(cli_module.images, "pack_stack", stop)
+        monkeypatch.setattr(images, "pack_stack", stop)
         r = cli("pack", data, "s.npy")
         assert r.exit_code == code
         assert r.stderr.strip() == "interrupted: s.npy was not written"

@@ -85,7 +85,7 @@ def test_the_gain_the_stopping_rule_used_is_in_the_history():
 def test_every_setting_is_a_fit_option_of_the_same_name():
     """Adding a setting to FitSettings needs only an option of its name (and its user): the
     command line builds the value from the options by name."""
-    from facefinder_cli.cli import fit
+    from facefinder_cli.cli.fit import fit
 
     params = {p.name for p in fit.params}
     names = {f.name for f in dataclasses.fields(E.FitSettings)} - {"face_shape"}

@@ -1,0 +1,211 @@
+"""``facefinder detect``: find the face in new images with a fitted model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+
+from facefinder_cli import engine, images, names, outputs, runs
+from facefinder_cli.cli.options import (
+    CONTEXT,
+    OUTPUT,
+    STOPPED,
+    layout_opt,
+    load,
+    log_notes,
+    non_finite,
+    note_stale,
+    overwrite_opt,
+    prior_file,
+    reports_errors,
+    skip_opt,
+    verbosity,
+)
+from facefinder_cli.errors import InputError
+from facefinder_cli.names import printable
+
+log = logging.getLogger("facefinder")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model", metavar="MODEL")
+@click.argument("input", metavar="INPUT")
+@click.option(
+    "-o",
+    "--out",
+    default="-",
+    show_default=True,
+    type=OUTPUT,
+    metavar="FILE|-",
+    help="CSV file for the positions; '-' is stdout.",
+)
+@click.option(
+    "--draw",
+    type=OUTPUT,
+    metavar="DIR",
+    help="Also write each image as a PNG with the found face boxed in red.",
+)
+@click.option(
+    "--zoom",
+    type=click.IntRange(1, 64),
+    help="Upscale the --draw PNGs N times (nearest neighbour) [default: as for fit].",
+)
+@click.option(
+    "--prior",
+    "prior_choice",
+    default="smoothed",
+    show_default=True,
+    metavar="smoothed|fitted|uniform|FILE.npy",
+    help="Prior over the face's position in these images. smoothed: the fitted prior as the "
+    "positions of a new image would follow it, given how many images it was fitted to (close to "
+    "uniform when they were few); fitted: as fitted (it favours the training images' "
+    "positions); uniform; or a .npy table of shape (H-h+1, W-w+1).",
+)
+@skip_opt
+@layout_opt
+@overwrite_opt
+@verbosity
+@reports_errors
+def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout, overwrite):
+    """Find the face in new images with a fitted model.
+
+    MODEL is a run folder or result.npz from `facefinder fit`; INPUT as for `fit`, with images
+    of the size the model was fitted on. Prints, for each image, the most probable position of
+    the face's top-left corner (row, column, from 0) and its posterior probability.
+
+    The faces may sit anywhere, not only where the training images had them (see --prior). A
+    warning says when the images do not fit the model (another value scale, another scene).
+    How far the probabilities can be trusted is measured in docs/PROBABILITIES.md.
+
+    \b
+    Examples:
+      facefinder detect run new_images/ > positions.csv
+      facefinder detect run/result.npz 'cam/*.png' --draw boxed/ -o positions.csv
+    """
+    if outputs.is_stdout(out) and outputs.stdout_closed():
+        raise InputError("standard output is closed: there is nowhere to write the positions")
+    run = runs.load_run(model)
+    if run.params is None:
+        raise click.BadParameter(
+            f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
+        )
+    params = _detect_params(run, prior_choice)
+    keep = [model, *images.input_paths(input)]
+    if Path(prior_choice).suffix == ".npy":
+        keep.append(prior_choice)
+    if draw and not outputs.is_stream(out) and outputs.inside(out, draw):
+        raise click.BadParameter(
+            f"{out} is inside the --draw folder {draw}, which is replaced whole: write it "
+            "elsewhere",
+            param_hint="'-o' / '--out'",
+        )
+    with outputs.claim(out, draw) as stale:
+        note_stale(stale)
+        outputs.check_file_target(out, overwrite, keep=keep)
+        if draw:
+            outputs.check_folder_target(draw, overwrite, keep=keep, kind=DRAW_FOLDER)
+        stack = load(input, layout, skip_unreadable, stream=True)
+        K, H, W = stack.images.shape
+        if (H, W) != run.params.background.shape:
+            bh, bw = run.params.background.shape
+            raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
+        try:
+            found = engine.detect(stack.images, params)
+        except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
+            raise non_finite(input, stack, err) from None
+        except engine.ValueRangeError as err:  # values beyond what float64 computes with
+            raise InputError(f"{input}: {err}") from None
+        except ValueError as err:  # the model's, likewise
+            raise InputError(f"{run.source}: {err}") from None
+        positions, probability = found.positions, found.probability
+        log_notes(stack)
+        _warn_if_mismatched(found, run.params.noise_std, input)
+        if draw:
+            STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
+        with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
+            rows = names.csv_writer(f)
+            rows.writerow(["image", "row", "column", "probability"])
+            for name, (r, c), p in zip(stack.names, positions, probability):
+                rows.writerow([printable(name), int(r), int(c), f"{p:.6g}"])
+        if draw:  # one image at a time: a streamed stack is never held in memory
+            if not outputs.is_stream(out):
+                STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
+            STOPPED["installed"] = f"{out} and the boxed images in {draw} were written all the same"
+            h, w = run.params.face.shape
+            zoom = zoom or runs.view_zoom((H, W))
+            with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
+                for k, stem in enumerate(images.file_stems(stack.names, K)):
+                    r, c = positions[k]
+                    rgb = _boxed(np.asarray(stack.images[k]), r, c, h, w)
+                    images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+    log.info(
+        "located the face in %d images (mean probability %.3f)%s",
+        K,
+        float(np.mean(probability)),
+        f"; boxed images in {draw}" if draw else "",
+    )
+
+
+#: A folder of boxed images that detect --draw writes.
+DRAW_FOLDER = outputs.FolderKind(
+    "detect --draw", expected=lambda name: name.lower().endswith(".png")
+)
+
+
+#: detect warns when the images' typical residual around the model is further than this factor
+#: from the model's noise std (images that fit give a ratio within a few per cent of 1).
+MISMATCH_FACTOR = 1.5
+
+
+def _detect_params(run: runs.Run, choice: str) -> engine.Params:
+    """The model's parameters with the prior ``--prior`` asks for."""
+    p = run.params
+    if choice == "fitted":
+        return p
+    if choice == "uniform":
+        return engine.Params(p.face, p.background, p.noise_std, np.ones_like(p.prior))
+    if choice == "smoothed":
+        if run.prior_fixed_until >= len(run.elbo) - 1:  # never re-estimated: given, not fitted
+            return p
+        prior = engine.predictive_prior(p.prior, run.n_images)
+        return engine.Params(p.face, p.background, p.noise_std, prior)
+    if Path(choice).suffix != ".npy":
+        raise click.BadParameter(
+            f"expected smoothed, fitted, uniform or a .npy file; got {choice!r}",
+            param_hint="'--prior'",
+        )
+    need = f"the model's {p.face.shape[0]}x{p.face.shape[1]} face has {p.prior.shape} positions"
+    return engine.Params(p.face, p.background, p.noise_std, prior_file(choice, p.prior.shape, need))
+
+
+def _warn_if_mismatched(found: engine.Detection, noise_std: float, input: str) -> None:
+    """Warn when the images do not look like the model's: their residuals around it are far
+    from its noise (another value scale, such as 8-bit images for a 16-bit model, or another
+    scene); the positions and probabilities assume they fit."""
+    typical = float(np.median(found.residual_std))
+    ratio = typical / noise_std
+    if 1 / MISMATCH_FACTOR <= ratio <= MISMATCH_FACTOR:
+        return
+    log.warning(
+        "%s does not match the model: the images differ from it by %.4g (typical residual "
+        "std), where the model's noise std is %.4g (%.3gx). Are they of the same scene, and on "
+        "the same value scale (e.g. 8-bit images, a model fitted on 16-bit ones)? Positions "
+        "and probabilities assume they are",
+        input,
+        typical,
+        noise_std,
+        ratio,
+    )
+
+
+def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
+    """The image as 8-bit RGB with a one-pixel red rectangle around the ``h x w`` box."""
+    grey = images.to_uint8(image)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    red = np.array([255, 0, 0], dtype=np.uint8)
+    rgb[r, c : c + w] = rgb[r + h - 1, c : c + w] = red
+    rgb[r : r + h, c] = rgb[r : r + h, c + w - 1] = red
+    return rgb

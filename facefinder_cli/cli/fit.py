@@ -1,0 +1,684 @@
+"""``facefinder fit``: recover face, background, noise and prior from noisy images.
+
+The command, the checks of its options against the images, the run of the engine and the
+report. What a fit does and how it is checkpointed and resumed is in :mod:`.fit_resume`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from facefinder_cli import engine, images, outputs, runs, synthetic
+from facefinder_cli.cli.fit_resume import (
+    RUN_FOLDER,
+    CheckpointSaver,
+    FitJob,
+    Resumed,
+    only_with_resume,
+)
+from facefinder_cli.cli.options import (
+    BYTE_SIZE,
+    CONTEXT,
+    OUTPUT,
+    SHAPE,
+    STOPPED,
+    FiniteFloatType,
+    layout_opt,
+    load,
+    log_notes,
+    non_finite,
+    note_stale,
+    overwrite_opt,
+    reports_errors,
+    skip_opt,
+    verbosity,
+)
+from facefinder_cli.cli.progress import ProgressBar
+from facefinder_cli.errors import InputError
+from facefinder_cli.interrupts import Interrupted
+
+log = logging.getLogger("facefinder")
+
+
+_SETTING_NAMES = frozenset(f.name for f in fields(engine.FitSettings))
+
+
+def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, Any]) -> FitJob:
+    """The job of a new fit, from its options; the face size is --face-size, or that of the
+    --init-from start."""
+    if math.isnan(options["tol"]):
+        raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
+    init_from, truth = options.pop("init_from"), options.pop("truth")
+    if face_size is None:
+        if init_from is None:
+            raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
+        face_size = runs.load_params(init_from).face.shape
+    given = {k: v for k, v in options.items() if k in _SETTING_NAMES}
+    return FitJob(
+        settings=engine.FitSettings(face_size, **given),
+        input=str(input),
+        input_path=_absolute_input(input),
+        init_from=os.path.abspath(init_from) if init_from else None,
+        truth=os.path.abspath(truth) if truth else None,
+        command=" ".join(sys.argv),
+        **{k: v for k, v in options.items() if k not in _SETTING_NAMES},
+    )
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("input", metavar="INPUT", required=False)
+@click.option(
+    "--face-size",
+    type=SHAPE,
+    help="Size of the face in pixels, HxW (required unless --init-from gives it).",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=OUTPUT,
+    metavar="DIR|-",
+    help="Output folder; '-' writes only the face as a PNG to stdout (for viewers), as does a "
+    "device or FIFO (e.g. /dev/null) into itself.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(engine.METHODS),
+    default="soft",
+    show_default=True,
+    help="soft: exact posteriors over positions; hard: each image's best position "
+    "only (faster, rougher); mc: Monte-Carlo EM, positions drawn from the posteriors.",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Choice(engine.INIT_METHODS),
+    default="median",
+    show_default=True,
+    help="Start: median (from the data; reliable) or the study's zeros, bright, random, smooth.",
+)
+@click.option(
+    "--restarts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Independent starts; the one with the best log-likelihood is kept.",
+)
+@click.option(
+    "--max-iter",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Most EM iterations per start (0: just the start).",
+)
+@click.option(
+    "--tol",
+    type=float,
+    default=1e-7,
+    show_default=True,
+    help="Stop when an iteration raises the ELBO by less than this many nats per image and pixel; "
+    "0 or less: run --max-iter iterations (the ELBO never falls), with no warning.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed of the starts: the same seed gives the same result.",
+)
+@click.option(
+    "--prior-update",
+    type=click.Choice(engine.PRIOR_UPDATES),
+    default="late",
+    show_default=True,
+    help="When the prior over positions is learnt: late (after the rest converges), "
+    "always (every iteration, as in the study), never.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=engine.MC_SAMPLES,
+    show_default=True,
+    help="mc: positions drawn per image in the first iteration.",
+)
+@click.option(
+    "--samples-growth",
+    type=FiniteFloatType(1.0),
+    default=engine.MC_GROWTH,
+    show_default=True,
+    help="mc: factor by which the draws grow every iteration.",
+)
+@click.option(
+    "--max-samples",
+    type=click.IntRange(min=1),
+    default=engine.MC_MAX_SAMPLES,
+    show_default=True,
+    help="mc: most draws per image (raised to --samples if lower).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=engine.DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Images per chunk of the streaming pass. Each thread holds one chunk's temporaries "
+    "(about 0.6 MB per image of 64x64).",
+)
+@click.option(
+    "--memory-limit",
+    type=BYTE_SIZE,
+    help="Memory for the working chunks (--workers x --chunk-size images, always) and then a "
+    "cache of the images' FFTs, e.g. 512M or 4G; 0: no cache. Spectra that do not fit are "
+    "recomputed in every iteration: slower, same result. [default: 1G, or an eighth of the "
+    f"machine's memory if less; here {engine.default_memory_limit() / 2**30:.3g}G]",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(engine.DTYPES),
+    default="float64",
+    show_default=True,
+    help="Precision of the per-image work (sums over images stay float64). float32 was up to "
+    "23% faster in our benchmarks and finds the same face; its ELBO values are less precise when "
+    "the noise is well below the images' contrast (docs/PERFORMANCE.md).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Threads working on chunks in parallel [default: all cores, here "
+    f"{engine.available_cores()}]. Results do not depend on it.",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(),
+    metavar="RUN",
+    help="Start from the parameters of a previous run (folder or result.npz), or of a "
+    "truth.npz from generate (EM from the truth: a yardstick for the best fit).",
+)
+@click.option(
+    "--truth",
+    type=click.Path(),
+    metavar="TRUTH.npz",
+    help="Known truth (from `generate`): adds errors per iteration to the history.",
+)
+@click.option(
+    "--zoom",
+    type=click.IntRange(1, 64),
+    help="Upscale face.png and background.png N times (nearest neighbour) [default: enough for "
+    "the images to be at least 256 pixels wide or high, at most 8; 1 for exact pixels].",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Save the fit every N iterations into DIR/checkpoint.npz (it is also saved on Ctrl-C "
+    "or SIGTERM).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Carry on the interrupted fit saved in DIR, with its input and settings (only "
+    "--workers and --memory-limit may be given again); ends exactly as the uninterrupted fit "
+    "would.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a machine-readable summary on stdout (and nothing else there).",
+)
+@skip_opt
+@layout_opt
+@overwrite_opt
+@verbosity
+@reports_errors
+def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite, **options):
+    """Recover face, background, noise and prior from noisy images.
+
+    INPUT is a folder of images (PNG, JPEG, TIFF, BMP; in natural order, img2 before img10), a
+    glob pattern in quotes, a .npy/.npz stack, a multi-page TIFF or a MATLAB .mat file with X of
+    shape (H, W, K). Colour images are converted to grayscale. A .npy stack of shape (K, H, W)
+    is read from disk chunk by chunk in every iteration, never held in memory: `facefinder
+    pack` makes one from a folder, with the image names in STACK.names.txt beside it.
+
+    \b
+    Writes into DIR:
+      face.png, background.png   the recovered face and background (same grey scale)
+      prior.png                  the prior over face positions: a map with axes and a scale
+      elbo.png                   the ELBO per iteration
+      history.csv                ELBO and log-likelihood per iteration
+      positions.csv              each image's most probable face position and its probability
+      result.npz                 all of it, with every restart's history and the settings
+
+    Ctrl-C (or SIGTERM) saves the last completed iteration in DIR/checkpoint.npz and exits with
+    status 130 (143); `facefinder fit --resume DIR` carries on from there.
+
+    \b
+    Examples:
+      facefinder fit sample_data/noisy --face-size 40x30 -o run
+      facefinder fit 'shots/*.png' --face-size 36x30 --restarts 4 -o run --overwrite
+      facefinder fit data.mat --face-size 16x16 --method hard --json -o run > summary.json
+      facefinder fit imgs/ --face-size 36x30 --zoom 4 -o - | display -
+      facefinder fit shots.npy --face-size 24x24 --dtype float32 --memory-limit 4G -o run
+    """
+    resumed: Resumed | None = None
+    if resume:
+        only_with_resume(
+            click.get_current_context(), ("resume", "as_json", "memory_limit", "workers")
+        )
+        resumed = Resumed.load(resume)
+        job, out, overwrite = resumed.job, resume, True
+    else:
+        if input is None:
+            raise click.MissingParameter(param_hint="'INPUT'", param_type="argument")
+        if out is None:
+            raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
+        out = "-" if outputs.is_stdout(out) else out
+        job = _new_job(input, face_size, options)
+    if as_json and out == "-":
+        raise click.UsageError("--json and -o - both write to stdout; choose one")
+    if (out == "-" or as_json) and outputs.stdout_closed():
+        what = "the face" if out == "-" else "the --json summary"
+        raise InputError(f"standard output is closed: there is nowhere to write {what}")
+    if out == "-" and sys.stdout.isatty():
+        raise click.UsageError(
+            "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
+        )
+    if job.checkpoint_every and outputs.is_stream(out):
+        raise click.UsageError(f"--checkpoint-every needs an output folder, not -o {out}")
+    input, settings = job.input_path if resumed else job.input, job.settings
+    warm = runs.load_params(job.init_from) if job.init_from else None
+    truth_data = runs.load_truth(job.truth) if job.truth else None
+    keep = images.input_paths(input) + [p for p in (job.init_from, job.truth) if p]
+    folder = None if outputs.is_stream(out) else out  # else only the face, as a PNG, into it
+    with outputs.claim(folder) as stale:  # (a running fit's folder: refused here, in one line)
+        note_stale(stale)
+        if folder is not None and resumed is None:
+            _check_run_folder_name(folder, overwrite)
+        if folder is not None:
+            outputs.check_folder_target(folder, overwrite, keep=keep, kind=RUN_FOLDER)
+        stack = load(input, job.layout, job.skip_unreadable, stream=True)
+        K, H, W = stack.images.shape
+        if resumed is not None:
+            resumed.check_input(input, K, H, W)
+        _check_face_size(input, stack, job, warm, truth_data)
+        h, w = settings.face_shape
+
+        def announce() -> None:
+            if resumed is not None:
+                log.info(
+                    "resuming %s at iteration %d of restart %d",
+                    resume,
+                    resumed.state.iteration,
+                    resumed.state.restart + 1,
+                )
+            log_notes(stack, truth_given=job.truth is not None)
+            log.info(
+                "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
+                h,
+                w,
+                K,
+                "" if K == 1 else "s",
+                H,
+                W,
+                input,
+                settings.method,
+            )
+
+        saver = None
+        if folder is not None:
+            saver = CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
+            saver.wrote = resumed is not None  # the folder holds our checkpoint already
+        # Announced once the engine has read the data: a streamed stack is checked in that first
+        # pass (and compared with a checkpoint's), and an error there stays the only line.
+        truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
+        progress = _Progress(announce, truth_errors, ProgressBar(), saver)
+        STOPPED["line"] = "interrupted before the first iteration: nothing was written"
+        in_place = False  # whether the finished run folder is in place
+        try:
+            t0 = time.perf_counter()
+            result, caught = _run_engine(
+                stack,
+                input,
+                settings,
+                progress,
+                resumed,
+                init_params=warm,
+                memory_limit=memory_limit,
+                workers=workers,
+            )
+            seconds = time.perf_counter() - t0
+            _report_engine(result, caught, K)
+            errors = truth_errors.history(result)
+            zoom = job.zoom or runs.view_zoom((H, W))
+            written: list[str] = []
+            if folder is None:
+                lo, hi = runs.display_range(result.face, result.background)
+                images.write_png(out, result.face, lo, hi, zoom=zoom)
+            else:
+                try:
+                    with outputs.atomic_folder(
+                        folder,
+                        overwrite or saver.wrote,
+                        keep=keep,
+                        kind=RUN_FOLDER,
+                    ) as tmp:
+                        written = runs.save_run(
+                            tmp,
+                            result,
+                            names=stack.names,
+                            options=job.options(),
+                            errors=errors,
+                            zoom=zoom,
+                        )
+                except Interrupted as stop:  # raised once the folder was renamed into place?
+                    in_place = bool(written) and stop.after == "install"
+                    raise
+                in_place = True
+        except Interrupted:
+            progress.bar.close()
+            if in_place:
+                STOPPED["line"] = f"interrupted after the run was written to {folder}"
+            else:
+                STOPPED["line"] = _save_when_interrupted(saver, progress, settings.restarts)
+            raise
+        if in_place:
+            STOPPED["line"] = f"interrupted after the run was written to {folder}"
+        elif folder is None:
+            STOPPED["line"] = f"interrupted after the face was written to {out}"
+    summary = _summary(result, K, H, W, seconds, out, errors)
+    if as_json:
+        with outputs.atomic_write("-", "w") as f:
+            f.write(json.dumps(summary, indent=2) + "\n")
+    _report(summary, result, written, resumed is not None)
+
+
+#: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
+FILE_EXTENSIONS = (".npz", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".csv", ".json")
+
+
+def _check_run_folder_name(folder: str, overwrite: bool) -> None:
+    """Refuse a file-like name for fit's output folder, and point a fit into the folder of an
+    interrupted one at --resume."""
+    if Path(folder).suffix.lower() in FILE_EXTENSIONS and not os.path.isdir(folder):
+        raise click.BadParameter(
+            f"{folder}: fit writes a folder of files (result.npz, face.png, ...); give a folder "
+            f"name without {Path(folder).suffix}, or -o - for the face alone",
+            param_hint="'-o' / '--out'",
+        )
+    if not overwrite and os.path.isfile(os.path.join(folder, runs.CHECKPOINT)):
+        raise InputError(
+            f"{folder}: holds an interrupted fit: carry on with `facefinder fit --resume "
+            f"{folder}`, or pass --overwrite to start afresh"
+        )
+
+
+def _absolute_input(source: str) -> str:
+    """``source`` as --resume finds it from any folder: an absolute path, or for a pattern the
+    pattern under the current folder (whose name is escaped: it may hold * ? [)."""
+    if os.path.lexists(source) or not any(c in source for c in "*?["):
+        return os.path.abspath(source)
+    if os.path.isabs(source):
+        return source
+    return os.path.join(glob.escape(os.getcwd()), source)
+
+
+def _check_face_size(input, stack, job: FitJob, warm, truth_data) -> None:
+    """Check the face size of a fit of ``stack`` against the images, the start and the truth,
+    each error naming the option at fault."""
+    K, H, W = stack.images.shape
+    h, w = job.settings.face_shape
+    if warm is not None and warm.background.shape != (H, W):
+        bh, bw = warm.background.shape
+        raise click.BadParameter(
+            f"{job.init_from}: made for {bh}x{bw} images, these are {H}x{W}",
+            param_hint="'--init-from'",
+        )
+    if h > H or w > W:
+        guess = [n for n in stack.notes if "--layout" in n]  # a misread axis order?
+        raise click.BadParameter(
+            f"{h}x{w} is larger than the images ({H}x{W}) of {input}"
+            + (f" ({guess[0]})" if guess else ""),
+            param_hint="'--face-size'",
+        )
+    if warm is not None and warm.face.shape != (h, w):
+        raise click.BadParameter(
+            f"{job.init_from}: its face is {warm.face.shape[0]}x{warm.face.shape[1]}, not {h}x{w}",
+            param_hint="'--init-from'",
+        )
+    if truth_data is not None:
+        tb = truth_data.params.background.shape
+        if tb != (H, W) or len(truth_data.positions) != K:
+            raise click.BadParameter(
+                f"{job.truth}: describes {len(truth_data.positions)} images of {tb[0]}x{tb[1]}, "
+                f"the input has {K} of {H}x{W}",
+                param_hint="'--truth'",
+            )
+        if truth_data.params.face.shape != (h, w):
+            tf = truth_data.params.face.shape
+            raise click.BadParameter(
+                f"{job.truth}: its face is {tf[0]}x{tf[1]}, not {h}x{w}", param_hint="'--truth'"
+            )
+
+
+def _run_engine(stack, input, settings, progress, resumed, **kw) -> tuple[engine.FitResult, list]:
+    """``engine.fit`` on the stack with the progress callback; its warnings are returned, to be said
+    in the command's words."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", engine.ConvergenceWarning)
+        warnings.simplefilter("always", engine.NoiseFloorWarning)
+        try:
+            result = engine.fit(
+                stack.images,
+                settings,
+                callback=progress,
+                on_chunk=progress.bar.chunk,
+                resume=None if resumed is None else resumed.state,
+                **kw,
+            )
+        except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
+            raise non_finite(input, stack, err) from None
+        except engine.CheckpointError as err:
+            raise InputError(f"{resumed.path}: {err}") from None
+        except engine.ValueRangeError as err:
+            raise InputError(f"{input}: {err}") from None
+        finally:
+            progress.bar.close()
+    return result, list(caught)
+
+
+def _report_engine(result: engine.FitResult, caught: list, K: int) -> None:
+    """The engine's notes and warnings, in the command line's words."""
+    if result.fft_cached < K:
+        log.info(
+            "note: the FFT cache held %d of %d images within --memory-limit; raising it saves "
+            "one FFT per other image and iteration",
+            result.fft_cached,
+            K,
+        )
+    for w_ in caught:
+        if issubclass(w_.category, engine.ConvergenceWarning):
+            log.warning(
+                "stopped at --max-iter %d before converging (the last iteration gained %.2g "
+                "nats per image and pixel; --tol is %g): raise --max-iter, or --tol",
+                result.settings.max_iter,
+                result.gain[-1],
+                result.settings.tol,
+            )
+        elif issubclass(w_.category, UserWarning):  # the engine's: noise floor, restarts
+            log.warning("%s", w_.message)
+        else:
+            log.debug("%s: %s", w_.category.__name__, w_.message)
+
+
+class _Progress:
+    """The engine's progress callback in a fit, which hands each report on: to the fit's
+    announcement (at the first report, once the engine has read the data), to the errors
+    against the truth, to the bar; then it keeps the report's checkpoint (the latest, what
+    Ctrl-C saves) and gives it to the checkpoint saver."""
+
+    def __init__(
+        self,
+        on_start: Callable[[], None] | None,
+        truth: _TruthErrors,
+        bar: ProgressBar,
+        saver: CheckpointSaver | None,
+    ) -> None:
+        self.on_start, self.truth, self.bar, self.saver = on_start, truth, bar, saver
+        self.latest: engine.Checkpoint | None = None  # what Ctrl-C saves
+
+    def __call__(self, p: engine.Progress) -> None:
+        if self.on_start is not None:
+            self.on_start()
+            self.on_start = None
+        self.truth(p)
+        self.bar(p)
+        self.latest = p.checkpoint
+        if self.saver is not None:
+            self.saver.maybe_save(p.checkpoint, self.truth.errors)
+
+
+class _TruthErrors:
+    """Errors against a known truth (``--truth``) per iteration of each restart, measured from
+    the engine's progress reports; none without a truth. A resumed fit carries on with the
+    ``errors`` its checkpoint saved."""
+
+    def __init__(self, truth: runs.Truth | None, errors: dict[int, list[dict[str, float]]]) -> None:
+        self.truth = truth
+        self.errors = errors
+
+    def __call__(self, p: engine.Progress) -> None:
+        if self.truth is not None:
+            rows = self.errors.setdefault(p.restart, [])
+            if p.positions is not None:  # the E-step of θ_{t-1}: its positions
+                rows[-1]["positions_right"] = synthetic.errors(
+                    p.params, p.positions, self.truth.params, self.truth.positions
+                )["positions_right"]
+            rows.append(synthetic.errors(p.params, None, self.truth.params, self.truth.positions))
+
+    def history(self, result: engine.FitResult) -> dict[str, np.ndarray] | None:
+        """Errors against the truth per iteration of the kept restart (with the final
+        positions)."""
+        if self.truth is None:
+            return None
+        rows = self.errors[result.best_restart]
+        rows[-1]["positions_right"] = synthetic.errors(
+            result.params, result.positions, self.truth.params, self.truth.positions
+        )["positions_right"]
+        return {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
+
+
+def _save_when_interrupted(saver, progress, restarts: int) -> str:
+    """Save the last completed iteration of an interrupted fit; the line that says so.
+    (Further signals are ignored meanwhile: see ``interrupts``.)"""
+    state = progress.latest
+    if state is None:
+        return "interrupted before the first iteration: nothing was written"
+    if saver is None:
+        return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
+    saver.save(state, progress.truth.errors)
+    return (
+        f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
+        f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume {saver.out}`"
+    )
+
+
+def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
+    n = K * H * W
+    s = {
+        "n_images": K,
+        "image_size": [H, W],
+        "face_size": list(result.face.shape),
+        "method": result.method,
+        "init": result.init,
+        "restarts": len(result.restarts),
+        "best_restart": result.best_restart,
+        "n_iter": result.n_iter,
+        "converged": result.converged,
+        "seconds": round(seconds, 3),  # this session's, reading included
+        # the restarts' times as history.csv counts them (from each restart's start to its
+        # last M-step), interrupted sessions included
+        "history_seconds": round(float(sum(h.seconds[-1] for h in result.restarts)), 3),
+        "noise_std": result.noise_std,
+        "log_likelihood": float(result.log_likelihood[-1]),
+        "log_likelihood_per_pixel": float(result.log_likelihood[-1]) / n,
+        "elbo": float(result.elbo[-1]),
+        "seed_entropy": str(result.seed_entropy),
+        "unidentified_background_pixels": int(result.unidentified.sum()),
+        "mean_position_probability": float(np.mean(result.position_probability)),
+        "out": out,
+    }
+    if errors is not None:
+        s.update({k: float(v[-1]) for k, v in errors.items()})
+    # strict JSON has no NaN or infinity: a value that is not a number is null
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in s.items()}
+
+
+def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], resumed: bool) -> None:
+    n = s["n_iter"]
+    state = f"converged after {n} iterations"
+    if not s["converged"]:  # (tol <= 0: as many iterations as asked for)
+        state = f"stopped at --max-iter after {n} iterations"
+        if result.settings.tol <= 0:
+            state = f"ran {n} iterations"
+    took = f"{s['seconds']:.1f} s"
+    if resumed:  # history.csv counts the earlier sessions too
+        took += (
+            f" since --resume ({s['history_seconds']:.1f} s of EM in all, as history.csv has it)"
+        )
+    log.info(
+        "%s in %s: noise std %.4g, log-likelihood %.6g (%.4f per pixel)",
+        state,
+        took,
+        s["noise_std"],
+        s["log_likelihood"],
+        s["log_likelihood_per_pixel"],
+    )
+    if s["restarts"] > 1:
+        lls = ", ".join(f"{h.log_likelihood[-1]:.6g}" for h in result.restarts)
+        log.info(
+            "kept restart %d of %d (best_restart %d in --json and result.npz, which count from "
+            "0; final log-likelihoods: %s)",
+            s["best_restart"] + 1,
+            s["restarts"],
+            s["best_restart"],
+            lls,
+        )
+    kept = result.restarts[result.best_restart]
+    K, D = s["n_images"], result.prior.size
+    if kept.prior_fixed_until < kept.n_iter and D > K:  # a learnt prior, few images per position
+        log.info(
+            "note: the prior over %d positions was fitted to %d images (%.2g per position): it "
+            "is barely determined and favours the positions seen; positions.csv and detect use "
+            "it smoothed (see detect --prior)",
+            D,
+            K,
+            K / D,
+        )
+    if s["unidentified_background_pixels"]:
+        log.info(
+            "%d background pixels were covered by the face in every image: they cannot be "
+            "estimated and kept their starting value",
+            s["unidentified_background_pixels"],
+        )
+    if "face_rmse" in s:
+        log.info(
+            "against the truth: face RMSE %.4g, background RMSE %.4g, positions right %.1f%%",
+            s["face_rmse"],
+            s["background_rmse"],
+            100 * s["positions_right"],
+        )
+    if written:
+        log.info("wrote %s: %s", s["out"], ", ".join(written))

@@ -1,0 +1,183 @@
+"""What a ``facefinder fit`` leaves behind to be carried on: its job, its checkpoint, its folder.
+
+:class:`FitJob` is what one fit does (stored in result.npz and checkpoint.npz);
+:class:`CheckpointSaver` writes checkpoint.npz while the fit runs, :class:`Resumed` reads it
+back for ``--resume``, which :func:`only_with_resume` keeps from being mixed with other options;
+:data:`RUN_FOLDER` is the folder a fit writes, its checkpoint included.
+
+Apart from :mod:`.fit`, which imports them, because with them that module grew past 800
+lines; they are one concern, the state that outlives a session, used by the command through a
+few calls.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from facefinder_cli import engine, outputs, runs
+from facefinder_cli.errors import InputError
+from facefinder_cli.interrupts import Interrupted
+
+#: The files fit writes into a run folder: --overwrite replaces one holding only these.
+RUN_FILES = frozenset(
+    {runs.RESULT, runs.CHECKPOINT, runs.HISTORY, runs.POSITIONS}
+    | {"face.png", "background.png", "prior.png", "elbo.png"}
+)
+#: A run folder; those of versions before the marker are known by a result or checkpoint.
+RUN_FOLDER = outputs.FolderKind(
+    "fit", legacy=(runs.RESULT, runs.CHECKPOINT), expected=RUN_FILES.__contains__
+)
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """What one `facefinder fit` does: the engine's settings and the command line's own
+    options. Built once, from the options or (--resume) from the checkpoint; stored in
+    result.npz and checkpoint.npz (as one JSON record: :meth:`to_dict`).
+
+    A fit option whose name is a field of :class:`engine.FitSettings` goes there by that name;
+    the others are fields here. Adding a setting touches its field, its option and its user.
+    """
+
+    settings: engine.FitSettings
+    input: str  # as given
+    input_path: str  # as --resume finds it from any folder (see _absolute_input)
+    layout: str
+    skip_unreadable: bool
+    init_from: str | None
+    truth: str | None
+    zoom: int | None
+    checkpoint_every: int | None
+    command: str
+
+    def options(self) -> dict[str, Any]:
+        """The command line's own fields (JSON-able), stored beside the settings."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.settings.to_dict(), **self.options()}
+
+    @classmethod
+    def restore(cls, settings: engine.FitSettings, options: dict, path: str) -> FitJob:
+        """The job a checkpoint at ``path`` recorded; a damaged record is one line naming it."""
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in fields(cls) if f.name != "settings"]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise InputError(
+                f"{path}: made by another version of facefinder (with settings this one does "
+                f"not know: {', '.join(unknown)}); fit again with --overwrite"
+            )
+        missing = [n for n in names if n not in options]
+        if missing:
+            raise InputError(
+                f"{path}: not a complete facefinder checkpoint (its settings lack "
+                f"{', '.join(missing)})"
+            )
+        for name in names:
+            value = options[name]
+            if not isinstance(value, hints[name]) or (
+                isinstance(value, bool) and hints[name] is not bool
+            ):
+                raise InputError(f"{path}: not a valid facefinder checkpoint (setting {name})")
+        if options["layout"] not in ("auto", "khw", "hwk"):
+            raise InputError(f"{path}: not a valid facefinder checkpoint (setting layout)")
+        return cls(settings, **{n: options[n] for n in names})
+
+
+class Resumed:
+    """The checkpoint an interrupted fit left, and the job it was doing."""
+
+    def __init__(self, path: str, state: engine.Checkpoint, job: FitJob, extra: dict) -> None:
+        self.path, self.state, self.job, self.extra = path, state, job, extra
+
+    @classmethod
+    def load(cls, folder: str) -> Resumed:
+        """Read and check ``folder``'s checkpoint: a damaged one is one line naming it."""
+        state, options, extra = runs.load_checkpoint(folder)
+        path = os.path.join(folder, runs.CHECKPOINT)
+        job = FitJob.restore(state.settings, options, path)
+        errors = extra.get("errors", {})
+        if not isinstance(errors, dict) or not all(
+            isinstance(rows, list) and all(isinstance(row, dict) for row in rows)
+            for rows in errors.values()
+        ):
+            raise InputError(f"{path}: not a valid facefinder checkpoint (its errors record)")
+        try:
+            extra["errors"] = {int(r): rows for r, rows in errors.items()}
+        except ValueError:
+            raise InputError(
+                f"{path}: not a valid facefinder checkpoint (its errors record)"
+            ) from None
+        return cls(path, state, job, extra)
+
+    def check_input(self, input: str, K: int, H: int, W: int) -> None:
+        """Refuse images of another number or size than the checkpoint's, before any work (the
+        engine compares their values, in the pass that reads them)."""
+        try:
+            n, (h, w) = int(self.state.data["n_images"]), self.state.data["image_size"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                f"{self.path}: not a valid facefinder checkpoint (its record of the images)"
+            ) from None
+        if (K, H, W) != (n, h, w):
+            raise InputError(
+                f"{self.path}: the fit was made from {n} images of {h}x{w}; {input} now holds "
+                f"{K} images of {H}x{W}"
+            )
+
+
+def only_with_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
+    """--resume takes everything from the checkpoint: other options would be ignored."""
+    from click.core import ParameterSource
+
+    given = [
+        p.opts[0] if p.opts else p.name
+        for p in ctx.command.params
+        if p.name not in allowed + ("verbose", "quiet")
+        and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise click.UsageError(
+            f"--resume takes the input and settings from the checkpoint; drop {', '.join(given)}"
+        )
+
+
+class CheckpointSaver:
+    """Writes a fit's checkpoints into its output folder: the folder is created (or an earlier
+    run in it replaced, with --overwrite) at the first save; later saves replace
+    checkpoint.npz atomically."""
+
+    def __init__(
+        self, out: str, options: dict, keep: list[str], every: int | None, overwrite: bool
+    ) -> None:
+        self.out, self.options, self.keep, self.every = out, options, keep, every
+        self.overwrite = overwrite
+        self.wrote = False
+
+    def maybe_save(self, state: engine.Checkpoint, errors: dict) -> None:
+        if self.every and state.iteration and state.iteration % self.every == 0:
+            self.save(state, errors)
+
+    def save(self, state: engine.Checkpoint, errors: dict) -> None:
+        extra = {"errors": {str(r): rows for r, rows in errors.items()}}
+        if self.wrote:
+            runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
+        else:
+            try:
+                with outputs.atomic_folder(
+                    self.out, self.overwrite, keep=self.keep, kind=RUN_FOLDER
+                ) as tmp:
+                    runs.save_checkpoint(
+                        Path(tmp) / runs.CHECKPOINT, state, self.options, extra, overwrite=False
+                    )
+            except Interrupted as stop:
+                self.wrote = stop.after == "install"  # in place all the same
+                raise
+        self.wrote = True

@@ -1,0 +1,395 @@
+"""What the commands share: option types, option decorators and the error edge.
+
+The error edge is :func:`reports_errors`, which turns the library's errors into one-line
+messages, and :class:`Group`, the ``main`` group's class, which says every error in one line of
+stderr and ends every command alike when it is interrupted; with them the logging on stderr,
+:data:`STOPPED` (what an interrupted command has to say) and the small helpers that every
+command reads its input and reports through (:func:`load`, :func:`log_notes`...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import functools
+import logging
+import math
+import os
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from facefinder_cli import engine, images, interrupts, outputs
+from facefinder_cli.errors import InputError
+from facefinder_cli.interrupts import Interrupted
+
+log = logging.getLogger("facefinder")
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared option types and decorators
+# ---------------------------------------------------------------------------------------------
+
+
+class ShapeType(click.ParamType):
+    """``HxW`` (e.g. ``40x30``) as a ``(height, width)`` tuple of positive integers."""
+
+    name = "HxW"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", str(value))
+        if not m or int(m[1]) < 1 or int(m[2]) < 1:
+            self.fail(f"expected HEIGHTxWIDTH in pixels, like 40x30; got {value!r}", param, ctx)
+        return int(m[1]), int(m[2])
+
+
+SHAPE = ShapeType()
+
+
+class ByteSizeType(click.ParamType):
+    """A memory size: bytes, or a number with a unit K, M, G, T (powers of 1024; ``KiB``,
+    ``MB``... are read the same way), e.g. ``512M``, ``1.5G``."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+    _MOST = 2**60  # an exbibyte: more than any machine, less than any overflow
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
+        if not m:
+            self.fail(f"expected a size like 512M or 2G; got {value!r}", param, ctx)
+        size = decimal.Decimal(m[1]) * self._UNITS[m[2].lower()]  # exact, however many digits
+        if size > self._MOST:
+            shown = text if len(text) <= 24 else text[:20] + "..."
+            self.fail(f"{shown!r} is more memory than any machine has", param, ctx)
+        return int(size)
+
+
+BYTE_SIZE = ByteSizeType()
+
+
+class FiniteFloatType(click.ParamType):
+    """A finite number (no inf or nan), at least ``minimum``."""
+
+    name = "FLOAT"
+
+    def __init__(self, minimum: float) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, not {value!r}", param, ctx)
+        if number < self.minimum:
+            self.fail(f"must be at least {self.minimum:g}, not {value!r}", param, ctx)
+        return number
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        return f"FLOAT>={self.minimum:g}"
+
+
+class OutputType(click.ParamType):
+    """An output path: any name but the empty one."""
+
+    name = "PATH"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        if str(value) == "":
+            self.fail("must not be empty", param, ctx)
+        return str(value)
+
+
+OUTPUT = OutputType()
+
+
+def verbosity(f: Callable) -> Callable:
+    """``-v``/``-q``: more or fewer messages on stderr."""
+
+    def set_level(ctx: click.Context, param: click.Parameter, value: int) -> int:
+        level = ctx.meta.get("facefinder_level", logging.INFO)
+        level += 10 * value if param.name == "quiet" else -10 * value
+        ctx.meta["facefinder_level"] = level
+        log.setLevel(min(max(level, logging.DEBUG), logging.ERROR))
+        return value
+
+    f = click.option(
+        "-q",
+        "--quiet",
+        count=True,
+        expose_value=False,
+        callback=set_level,
+        help="Fewer messages (-qq: errors only).",
+    )(f)
+    f = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=set_level,
+        help="More messages (-v: details).",
+    )(f)
+    return f
+
+
+overwrite_opt = click.option(
+    "--overwrite", is_flag=True, help="Replace existing outputs (refused without it)."
+)
+skip_opt = click.option(
+    "--skip-unreadable",
+    is_flag=True,
+    help="Leave out files of a folder or pattern that are not readable images (named in a "
+    "note) instead of stopping at the first.",
+)
+layout_opt = click.option(
+    "--layout",
+    type=click.Choice(["auto", "khw", "hwk"]),
+    default="auto",
+    show_default=True,
+    help="Axis order of a .npy/.npz/.mat stack: images first (khw) or last (hwk, as the "
+    "course's .mat files); auto guesses from the file type and shape.",
+)
+
+
+def reports_errors(f: Callable) -> Callable:
+    """Turn the library's errors into one-line messages (exit 1), never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except (InputError, ValueError) as err:
+            log.debug("details", exc_info=True)
+            raise click.ClickException(str(err)) from None
+        except MemoryError:
+            command = click.get_current_context().info_name
+            hint = ": try a smaller --chunk-size, or fewer or smaller images"
+            raise click.ClickException(
+                "out of memory" + (hint if command == "fit" else "")
+            ) from None
+        except BrokenPipeError:
+            raise  # a reader closed standard output: a quiet end (see Group.main)
+        except OSError as err:  # the system refused something: say what, on which file
+            log.debug("details", exc_info=True)
+            where = f"{err.filename}: " if err.filename else ""
+            raise click.ClickException(f"{where}{err.strerror or err}") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:  # a bug: still one line, the details with -v
+            log.debug("details", exc_info=True)
+            raise click.ClickException(
+                f"unexpected {type(err).__name__}: {err} (run with -v for details; please "
+                "report it)"
+            ) from None
+
+    return wrapper
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            msg = f"warning: {msg}"
+        if record.exc_info:  # with -v: the traceback behind an error
+            msg += "\n" + logging.Formatter().formatException(record.exc_info)
+        click.echo(msg, err=True)
+
+
+def _setup_logging() -> None:
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
+    log.propagate = False
+    log.setLevel(logging.INFO)
+
+
+def load(
+    source: str, layout: str, skip_unreadable: bool = False, stream: bool = False
+) -> images.Stack:
+    return images.load_stack(
+        source,
+        None if layout == "auto" else layout,
+        skip_unreadable=skip_unreadable,
+        stream=stream,
+    )
+
+
+def non_finite(source: str, stack: images.Stack, err: engine.NonFiniteError) -> images.InputError:
+    """The error for a non-finite image found by the engine in a streamed stack."""
+    k, name = err.index, stack.names[err.index]
+    named = "" if name == f"{os.path.basename(source)}[{k}]" else f", {name}"
+    return images.InputError(f"{source}: image {k} (counting from 0{named}) contains {err.what}")
+
+
+def note_stale(done: list[str]) -> None:
+    """Say what was cleaned up after a killed earlier run (see ``outputs.claim``)."""
+    if done:
+        more = f"; and {len(done) - 3} more" if len(done) > 3 else ""
+        log.info("note: after an interrupted earlier run, %s%s", "; ".join(done[:3]), more)
+
+
+def log_notes(stack: images.Stack, truth_given: bool = False) -> None:
+    """How the input was read (after the checks, so that an error stays a single line)."""
+    for note in stack.notes:
+        if truth_given and note.startswith("not read: truth.npz"):
+            continue  # the user gave it already
+        if note.startswith("skipped"):  # data left out: worth a warning
+            log.warning("%s", note)
+        else:
+            log.info("note: %s", note)
+
+
+def prior_file(value: str, shape: tuple[int, int], need: str) -> np.ndarray:
+    """The prior table in the .npy file ``value`` (for --prior): of ``shape``, non-negative,
+    with a positive sum; else a usage error saying what it holds and that ``need``."""
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"{value}: no such file", param_hint="'--prior'")
+    try:
+        prior = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise click.BadParameter(
+            f"{value}: not a readable .npy file ({err})", param_hint="'--prior'"
+        ) from None
+    if prior.shape != shape:
+        raise click.BadParameter(f"{value}: shape {prior.shape}; {need}", param_hint="'--prior'")
+    good = prior.dtype.kind in "biuf" and np.isfinite(prior).all()
+    if not good or (prior < 0).any() or not prior.sum() > 0:
+        raise click.BadParameter(
+            f"{value}: not a distribution (values must be finite, non-negative, not all zero)",
+            param_hint="'--prior'",
+        )
+    return prior.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The group's class: the error edge
+# ---------------------------------------------------------------------------------------------
+
+
+class Group(click.Group):
+    """Click's group, with every error on one line of stderr (no usage block, no traceback),
+    and the same end for every command when it is interrupted (Ctrl-C: 130, SIGTERM: 143) or
+    its reader goes away (``| head``: 141, quietly)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        _setup_logging()
+        outputs.repair_std_streams()
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        with interrupts.handled(), _warnings_logged():
+            code = self._run(*args, **kwargs)
+        sys.exit(code)
+
+    def _run(self, *args: Any, **kwargs: Any) -> int:
+        STOPPED.clear()
+        outputs.forget_broken_pipe()
+        try:
+            return self._finish(self._command(*args, **kwargs))
+        except Interrupted as stop:  # a signal while an error was being said: end quietly
+            return stop.exit_code
+
+    def _command(self, *args: Any, **kwargs: Any) -> int:
+        """Run the command; its exit status, its error said in one line."""
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+            return rv if isinstance(rv, int) else 0
+        except click.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # bare `facefinder`: show the help
+                click.echo(err.format_message(), err=True)
+                return err.exit_code
+            where = err.ctx.command_path if err.ctx is not None else "facefinder"
+            message = _unquoted_glob(err.format_message()) or err.format_message().rstrip(".")
+            _say(f"Error: {message} (see '{where} --help')")
+            return err.exit_code
+        except click.ClickException as err:
+            _say(f"Error: {err.format_message()}")
+            return err.exit_code
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            return 1
+        except Interrupted as stop:
+            line = STOPPED.get("line")
+            if line is None and stop.after == "install":  # the signal came as it was put in place
+                line = "interrupted: " + STOPPED.get(
+                    "installed", "all the same, the output is complete"
+                )
+            if line is None:
+                line = f"interrupted: {STOPPED.get('note', 'no output file was written')}"
+            _say(line)
+            return stop.exit_code
+        except BrokenPipeError:
+            return 141
+
+    def _finish(self, code: int) -> int:
+        """Flush standard output; 141, quietly, if its reader went away."""
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            code = 141
+        except OSError as err:
+            _say(f"Error: standard output: cannot write ({err.strerror or err})")
+            code = code or 1
+        if outputs.stdout_broken() or code == 141:
+            outputs.close_stdout_quietly()
+            return 141
+        return code
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever it holds (a path with a line break stays one line) and
+    whatever became of stderr (a terminal closed with SIGHUP)."""
+    try:
+        click.echo(line.replace("\r", "\\r").replace("\n", "\\n"), err=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _unquoted_glob(message: str) -> str | None:
+    """Click's "Got unexpected extra arguments (a b c ...)", which the shell makes of an
+    unquoted pattern with one argument per file, as a short message that leads with the fix."""
+    m = re.fullmatch(r"Got unexpected extra arguments? \((.*)\)\.?", message, re.S)
+    if m is None:
+        return None
+    extra = m[1].split()
+    shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+    return (
+        f"quote glob patterns, e.g. 'imgs/*.png': the shell gave {len(extra)} more "
+        f"argument{'s' if len(extra) > 1 else ''} than expected ({shown})"
+    )
+
+
+#: What an interrupted command has to say, set as it goes: the whole line (``"line"``), or
+#: what follows "interrupted: " (``"note"``).
+STOPPED: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def _warnings_logged() -> Iterator[None]:
+    """Python warnings (NumPy's RuntimeWarning, say) go to the log at debug level (shown with
+    -v) instead of stderr: the commands say what matters in their own words."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        log.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
