@@ -1215,7 +1215,7 @@ import time
 import PIL.Image
 real_open = PIL.Image.open
 def slow_open(fp, *args, **kwargs):  # inside the reader's error handling, as a slow disk is
-    if str(fp).endswith("img2.png"):  # the second image takes a minute: the signal lands here
+    if str(getattr(fp, "name", fp)).endswith("img2.png"):  # the second image takes a minute
         open("reading", "w").close()
         time.sleep(60)
     return real_open(fp, *args, **kwargs)

@@ -8,11 +8,13 @@ import os
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from facefinder_cli.images import (
     IMAGES_FOLDER,
     InputError,
+    encode_stack,
     load_stack,
     to_uint8,
     write_png,
@@ -231,3 +233,17 @@ def test_write_stack_format_must_fit_path():
     with pytest.raises(InputError, match=msg):
         write_stack("s.npy", np.zeros((1, 2, 2)), fmt="png")
     assert listing() == []
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_tiff_stack_has_one_grey_page_per_image(k):
+    """3 or 4 images are not taken for the colour planes of one page."""
+    stack = np.random.default_rng(k).normal(0, 300, (k, 5, 6)).astype(np.float32)
+    write_stack("s.tif", stack)
+    with tifffile.TiffFile("s.tif") as tif:
+        assert len(tif.pages) == k
+        assert all(p.photometric == 1 and p.samplesperpixel == 1 for p in tif.pages)
+    np.testing.assert_array_equal(load_stack("s.tif").images, stack)
+    buf = io.BytesIO()
+    encode_stack(buf, stack, "tiff")
+    assert buf.getvalue() == open("s.tif", "rb").read()

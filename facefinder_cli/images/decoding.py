@@ -1,13 +1,18 @@
 """Reading single image files: PNG, JPEG, BMP and the other formats Pillow reads, and TIFF
 files (every page), each image as float64 grey values in the file's own units.
 
+Files are decoded by imageio's Pillow plugin (``imageio.v3.imopen(..., plugin="pillow")``),
+TIFF files by tifffile (see :func:`_read_tifffile` for why not through imageio), with the
+Pillow plugin again for the TIFF compressions tifffile cannot decode without imagecodecs.
 Colour images become grey by luminance, palettes are expanded, alpha channels dropped, 1-bit
 images read as 0 and 255; each conversion is counted and said in a note. A file no decoder can
-read is an :class:`InputError` saying why as well as can be told (empty, text, truncated...).
+read is an :class:`InputError` saying why as well as can be told (empty, text, truncated, too
+many pixels for Pillow's decompression-bomb limit...).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import warnings
@@ -89,6 +94,14 @@ def _luminance(rgb: np.ndarray, conv: _Conversions) -> np.ndarray:
     return out
 
 
+def _cause(exc: BaseException | None) -> BaseException | None:
+    """The decoder's own exception behind ``exc``: imageio's ``imopen`` raises an OSError in
+    place of whatever a plugin raised while opening the file, with that as its cause."""
+    if isinstance(exc, OSError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
 def _unreadable(path: str, disp: str, exc: BaseException | None = None) -> InputError:
     """The InputError for an image file no decoder could read, saying why as well as we can."""
     try:
@@ -98,9 +111,10 @@ def _unreadable(path: str, disp: str, exc: BaseException | None = None) -> Input
         return InputError(f"{disp}: cannot open ({err.strerror or err})")
     if not head:
         return InputError(f"{disp}: cannot read image (empty file, 0 bytes)")
-    from PIL import UnidentifiedImageError
+    from imageio.core.request import InitializationError
 
-    if isinstance(exc, UnidentifiedImageError):
+    exc = _cause(exc)
+    if isinstance(exc, InitializationError):  # the plugin does not know the file's format
         looks_text = b"\0" not in head
         if looks_text:
             with suppress(UnicodeDecodeError):
@@ -112,65 +126,79 @@ def _unreadable(path: str, disp: str, exc: BaseException | None = None) -> Input
     if isinstance(exc, MemoryError):
         return InputError(f"{disp}: cannot read image (not enough memory)")
     name = type(exc).__name__ if exc is not None else ""
-    if name == "DecompressionBombError":
+    if name == "DecompressionBombError":  # Pillow's limit (Image.MAX_IMAGE_PIXELS), kept
         return InputError(f"{disp}: cannot read image (too many pixels: {exc})")
     return InputError(f"{disp}: cannot read image (truncated or corrupt file)")
 
 
 def _png_is_16bit_colour(path: str) -> bool:
+    """Whether the file is a PNG of 16-bit samples with colour or alpha (from its header)."""
     with suppress(OSError):
         with open(path, "rb") as f:
             head = f.read(26)
-        return len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+        return (
+            len(head) == 26
+            and head.startswith(b"\x89PNG\r\n\x1a\n")
+            and head[24] == 16
+            and head[25] in (2, 4, 6)
+        )
     return False
 
 
-def _pil_to_gray(im: Any, conv: _Conversions) -> np.ndarray:
-    """One Pillow frame as a float64 (H, W) array; see :func:`load_stack` for the conversions."""
-    mode = im.mode
+def _pillow_frame(image: Any, k: int, conv: _Conversions) -> np.ndarray:
+    """Frame ``k`` of a file open in imageio's Pillow plugin as a float64 (H, W) array; see
+    :func:`~facefinder_cli.images.reading.load_stack` for the conversions. The frame is read
+    in its own mode (or 1-bit as 8-bit, a palette as RGB or RGBA, other colour models as RGB):
+    naming the mode keeps the plugin's own choices (a 16-bit PNG as uint16) out of it."""
+    meta = image.metadata(index=k, exclude_applied=False)
+    mode = meta["mode"]  # the frame's own mode, before any conversion
     if mode == "1":
         conv.counts["bilevel"] += 1
         conv.depths.add("uint8")
-        return np.asarray(im.convert("L"), dtype=np.float64)
+        return image.read(index=k, mode="L").astype(np.float64)
     if mode == "L" or mode == "F" or mode.startswith("I"):
-        arr = np.asarray(im)
+        arr = image.read(index=k, mode=mode)
         conv.depths.add(arr.dtype.name if arr.dtype.isnative else arr.dtype.newbyteorder().name)
         return arr.astype(np.float64)
     conv.depths.add("uint8")
     if mode in ("LA", "La"):
         conv.counts["alpha"] += 1
-        return np.asarray(im)[..., 0].astype(np.float64)
+        return image.read(index=k, mode=mode)[..., 0].astype(np.float64)
     if mode in ("P", "PA"):
         conv.counts["palette"] += 1
-        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
-        mode = im.mode
+        mode = "RGBA" if mode == "PA" or "transparency" in meta else "RGB"
     if mode in ("RGBA", "RGBa"):
         conv.counts["alpha"] += 1
-        rgb = np.asarray(im)[..., :3]
+        rgb = image.read(index=k, mode=mode)[..., :3]
     elif mode == "RGBX":
-        rgb = np.asarray(im)[..., :3]
+        rgb = image.read(index=k, mode=mode)[..., :3]
     elif mode == "RGB":
-        rgb = np.asarray(im)
+        rgb = image.read(index=k, mode=mode)
     else:  # CMYK, YCbCr, LAB, HSV, ...
-        rgb = np.asarray(im.convert("RGB"))
+        rgb = image.read(index=k, mode="RGB")
     return _luminance(rgb[np.newaxis], conv)[0]
 
 
 def _read_pillow(path: str, disp: str, all_frames: bool) -> tuple[list[np.ndarray], _Conversions]:
-    """Decode with Pillow: the first frame, or every frame (multi-page TIFF)."""
-    from PIL import Image, ImageSequence
+    """Decode with imageio's Pillow plugin: the first frame, or every frame (multi-page TIFF)."""
+    import imageio.v3 as iio
 
     conv = _Conversions()
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not ours to print
-        with Image.open(path) as im:
-            frames = ImageSequence.Iterator(im) if all_frames else [im]
-            for frame in frames:
-                frame.load()
-                out.append(_pil_to_gray(frame, conv))
-            if im.format == "PNG" and _png_is_16bit_colour(path):
-                conv.counts["png16"] += 1
+        # An open file, not the path: imageio would take a path such as "http://..." or
+        # "data.zip/img.png" for a URL or a zip member.
+        with open(path, "rb") as f, iio.imopen(f, "r", plugin="pillow") as image:
+            for k in itertools.count() if all_frames else (0,):
+                try:
+                    out.append(_pillow_frame(image, k, conv))
+                except EOFError:  # past the last frame, as Pillow's ImageSequence ends
+                    if k == 0:
+                        raise
+                    break
+    if _png_is_16bit_colour(path):
+        conv.counts["png16"] += 1
     return out, conv
 
 
@@ -258,12 +286,18 @@ def _tiff_series_to_gray(
 
 
 def _read_tifffile(path: str, disp: str) -> tuple[list[np.ndarray], _Conversions]:
+    """Decode with tifffile: every series (pages of one shape) of the file.
+
+    tifffile directly, not through imageio's tifffile plugin: the plugin gives a series'
+    pixels but not its axes (which are pages, rows, columns, samples), which the conversion
+    to grey needs, and its metadata fails on tags that tifffile reads past (a ResolutionUnit
+    other than 1, 2 or 3), which would leave such files, float64 ones included, to Pillow."""
     import tifffile
 
     conv = _Conversions()
     out = []
     with _tifffile_log() as records:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path) as tif:  # not through imageio: see above
             for series in tif.series:
                 arr = series.asarray()
                 out.append(_tiff_series_to_gray(arr, str(series.axes), series.keyframe, disp, conv))
@@ -318,6 +352,6 @@ def _read_image_file(path: str, disp: str) -> tuple[list[np.ndarray], _Conversio
         return _read_tiff(path, disp)
     try:
         frames, conv = _read_pillow(path, disp, all_frames=False)
-    except Exception as exc:  # Pillow raises many types for bad files; all mean "unreadable"
+    except Exception as exc:  # decoders raise many types for bad files; all mean "unreadable"
         raise _unreadable(path, disp, exc) from None
     return [frames[0][np.newaxis]], conv

@@ -106,16 +106,21 @@ def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = 
 
 def _encode_png(f: IO[bytes], u8: np.ndarray) -> None:
     """Write a uint8 (H, W), (H, W, 3) or (H, W, 4) array as PNG to a binary file object."""
-    from PIL import Image
+    import imageio.v3 as iio
 
-    Image.fromarray(np.ascontiguousarray(u8)).save(f, format="PNG")
+    iio.imwrite(f, np.ascontiguousarray(u8), plugin="pillow", extension=".png", is_batch=False)
 
 
 def _encode_tiff(f: IO[bytes], images: np.ndarray) -> None:
     """Write float32 (H, W) or (K, H, W) data as a grayscale (multi-page) TIFF."""
-    import tifffile
+    import imageio.v3 as iio
 
-    tifffile.imwrite(f, images, photometric="minisblack")
+    # BigTIFF past 4 GiB, as tifffile.imwrite decides it: the writer takes it when opened.
+    big = images.nbytes > 2**32 - 2**25
+    with iio.imopen(f, "w", plugin="tifffile", extension=".tif", bigtiff=big) as tiff:
+        # planarconfig given (None: tifffile's choice), else the plugin takes 3 or 4 images
+        # for the colour planes of one page
+        tiff.write(images, photometric="minisblack", planarconfig=None)
 
 
 def _check_zoom(zoom: int) -> int:
