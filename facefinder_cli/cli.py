@@ -36,7 +36,7 @@ from facefinder_cli import (
     runs,
     synthetic,
 )
-from facefinder_cli.errors import InputError
+from facefinder_cli.errors import Hint, InputError, worded
 from facefinder_cli.interrupts import Interrupted
 from facefinder_cli.names import printable
 
@@ -189,7 +189,7 @@ def _reports_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except (InputError, ValueError) as err:
             log.debug("details", exc_info=True)
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(_said(err)) from None
         except MemoryError:
             command = click.get_current_context().info_name
             hint = ": try a smaller --chunk-size, or fewer or smaller images"
@@ -256,15 +256,26 @@ def _note_stale(done: list[str]) -> None:
         log.info("note: after an interrupted earlier run, %s%s", "; ".join(done[:3]), more)
 
 
+def _flag(hint: Hint) -> str:
+    """A library's hint in the command line's words: the option and its value."""
+    flag = f"--{hint.option.replace('_', '-')} {hint.value}"
+    return f"{hint.command} {flag}" if hint.command else flag
+
+
+def _said(message: object) -> str:
+    """A library's error or note as the command line says it: settings named as options."""
+    return worded(message, _flag)
+
+
 def _log_notes(stack: images.Stack, truth_given: bool = False) -> None:
     """How the input was read (after the checks, so that an error stays a single line)."""
     for note in stack.notes:
         if truth_given and note.startswith("not read: truth.npz"):
             continue  # the user gave it already
         if note.startswith("skipped"):  # data left out: worth a warning
-            log.warning("%s", note)
+            log.warning("%s", _said(note))
         else:
-            log.info("note: %s", note)
+            log.info("note: %s", _said(note))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1192,7 +1203,7 @@ def _fit_face_size(input, stack, face_size, warm, init_from, truth_data, truth) 
         )
     h, w = face_size if face_size is not None else warm.face.shape
     if h > H or w > W:
-        guess = [n for n in stack.notes if "--layout" in n]  # a misread axis order?
+        guess = [n for n in map(_said, stack.notes) if "--layout" in n]  # misread axes?
         raise click.BadParameter(
             f"{h}x{w} is larger than the images ({H}x{W}) of {input}"
             + (f" ({guess[0]})" if guess else ""),

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from facefinder_cli.errors import Hint
 from facefinder_cli.images import (
     InputError,
     NpyReader,
@@ -98,7 +99,8 @@ def test_pack_glob_and_colour_notes():
     # float32 cannot hold the luminance of the colour image exactly: said in a note
     got = pack_stack("a/*.png", "g32.npy")
     assert got.notes[1].startswith("rounded the values of 1 image to float32")
-    assert "--dtype float64" in got.notes[1]
+    assert got.notes[1].endswith("pack with dtype='float64' to keep them exactly")
+    assert got.notes[1].hints == (Hint("dtype", "float64"),)
     np.testing.assert_allclose(np.load("g32.npy"), want.images, rtol=1e-7)
     assert pack_stack("a/img*.png", "ints.npy").notes == ()  # 8-bit grey: exact, no note
 
@@ -154,6 +156,7 @@ def failed_pack_leaves_nothing(source, message, **kw):
         pack_stack(source, "out/s.npy", **kw)
     assert str(err.value) == message
     assert listing("out") == []
+    return err.value
 
 
 def test_size_mismatch_midway_leaves_nothing():
@@ -171,11 +174,12 @@ def test_nan_image_leaves_nothing():
 
 def test_float32_overflow_is_refused():
     np.save("big.npy", np.full((2, 3, 3), 1e39))
-    failed_pack_leaves_nothing(
+    err = failed_pack_leaves_nothing(
         "big.npy",
         "big.npy: image 0 (counting from 0) holds values beyond the float32 range (about 3.4e38); "
-        "pack with --dtype float64",
+        "pack with dtype='float64'",
     )
+    assert err.hints == (Hint("dtype", "float64"),)  # the command line says --dtype float64
     pack_stack("big.npy", "out/s.npy", dtype="float64")
     assert np.load("out/s.npy")[1, 2, 2] == 1e39
 

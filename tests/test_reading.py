@@ -11,6 +11,7 @@ import scipy.io
 import tifffile
 from PIL import Image
 
+from facefinder_cli.errors import Hint
 from facefinder_cli.images import (
     InputError,
     Stack,
@@ -88,6 +89,17 @@ def test_folder_reads_in_natural_order_and_ignores_other_files():
     assert got.names == ("img1.png", "img2.png", "img10.png")
     assert got.images[:, 0, 0].tolist() == [1.0, 2.0, 10.0]
     assert "ignored 2 non-image files: README, truth.npz" in got.notes
+
+
+def test_folder_names_facefinders_own_truth_file_apart():
+    save_png("imgs/img1.png", gray(value=1))
+    np.savez("imgs/truth.npz", version=np.array("0.1.0"))  # as facefinder writes it
+    (note,) = load_stack("imgs").notes
+    assert note == (
+        "not read: truth.npz, the truth of data made by facefinder generate "
+        "(truth='imgs/truth.npz' measures the fit against it)"
+    )
+    assert note.hints == (Hint("truth", "imgs/truth.npz", command="fit"),)
 
 
 def test_folder_extensions_are_case_insensitive_and_include_jpg_bmp():
@@ -183,8 +195,9 @@ def test_layout_auto_detects_hwk_with_note():
     np.testing.assert_array_equal(got.images[7], X[:, :, 7])
     assert got.notes == (
         "read hwk.npy as 500 images of 20x30 (H, W, K) from its shape; "
-        "pass --layout khw if the images are along the first axis",
+        "pass layout='khw' if the images are along the first axis",
     )
+    assert got.notes[0].hints == (Hint("layout", "khw"),)  # the command line says --layout khw
     assert load_stack("hwk.npy", layout="khw").notes == ()
 
 
@@ -195,8 +208,9 @@ def test_layout_small_stack_of_wide_images_stays_khw():
     # The guess is said, with the way out: the axis order of a bare array is ambiguous.
     assert got.notes == (
         "read khw.npy as 20 images of 30x40 (K, H, W); "
-        "pass --layout hwk if the images are along the last axis",
+        "pass layout='hwk' if the images are along the last axis",
     )
+    assert got.notes[0].hints == (Hint("layout", "hwk"),)
     assert load_stack("khw.npy", layout="hwk").images.shape == (40, 20, 30)
     np.savez("own.npz", images=np.zeros((20, 30, 40)))  # facefinder's own key: no guess
     assert load_stack("own.npz").notes == ()

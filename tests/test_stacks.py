@@ -170,7 +170,7 @@ def test_stream_khw_npy_reads_no_pixels(monkeypatch):
     assert got.names == tuple(f"s.npy[{k}]" for k in range(4))
     assert got.source == "s.npy"
     assert got.notes == (
-        "read s.npy as 4 images of 5x6 (K, H, W); pass --layout hwk if the images are along "
+        "read s.npy as 4 images of 5x6 (K, H, W); pass layout='hwk' if the images are along "
         "the last axis",
     )
     np.testing.assert_array_equal(got.images[:2], arr[:2])

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from facefinder_cli.errors import InputError
+from facefinder_cli.errors import Hint, InputError, Note
 
 __all__ = ["IMAGE_EXTENSIONS", "natural_sort_key"]
 
@@ -134,13 +134,19 @@ def _resolve_layout(
     a, b, c = shape
     if lay == "hwk":
         notes.append(
-            f"read {disp} as {c} images of {a}x{b} (H, W, K) from its shape; "
-            "pass --layout khw if the images are along the first axis"
+            Note(
+                f"read {disp} as {c} images of {a}x{b} (H, W, K) from its shape; pass ",
+                Hint("layout", "khw"),
+                " if the images are along the first axis",
+            )
         )
     else:
         notes.append(
-            f"read {disp} as {a} images of {b}x{c} (K, H, W); "
-            "pass --layout hwk if the images are along the last axis"
+            Note(
+                f"read {disp} as {a} images of {b}x{c} (K, H, W); pass ",
+                Hint("layout", "hwk"),
+                " if the images are along the last axis",
+            )
         )
     return lay
 

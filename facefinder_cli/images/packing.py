@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 
 from facefinder_cli import names as _names
-from facefinder_cli.errors import InputError
+from facefinder_cli.errors import Hint, InputError, Note
 from facefinder_cli.images.arrays import (
     _bad_npz,
     _npy_layout,
@@ -83,8 +83,8 @@ def _as_dtype(img: np.ndarray, dt: np.dtype, where: str) -> tuple[np.ndarray, bo
         out = np.ascontiguousarray(img, dtype=dt)
     if dt != np.float64 and not np.isfinite(out).all():
         raise InputError(
-            f"{where} holds values beyond the float32 range (about 3.4e38); "
-            "pack with --dtype float64"
+            f"{where} holds values beyond the float32 range (about 3.4e38); pack with ",
+            Hint("dtype", "float64"),
         )
     return out, dt != img.dtype and not np.array_equal(out, img)
 
@@ -93,8 +93,12 @@ def _rounding_note(n: int) -> list[str]:
     if not n:
         return []
     return [
-        f"rounded the values of {_plural(n, 'image')} to float32 (7 significant digits; colour "
-        "and float images are not whole numbers); pack with --dtype float64 to keep them exactly"
+        Note(
+            f"rounded the values of {_plural(n, 'image')} to float32 (7 significant digits; "
+            "colour and float images are not whole numbers); pack with ",
+            Hint("dtype", "float64"),
+            " to keep them exactly",
+        )
     ]
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from facefinder_cli.errors import InputError
+from facefinder_cli.errors import Hint, InputError, Note
 from facefinder_cli.images.arrays import _read_mat, _read_npy, _read_npz
 from facefinder_cli.images.common import (
     IMAGE_EXTENSIONS,
@@ -59,6 +59,8 @@ class Stack:
         the file name alone for a file holding a single 2-D image.
     notes : tuple of str
         Human-readable notes on what was done while reading (conversions, guessed layout...).
+        One that names a setting (the layout to give, the truth file of generated data) is a
+        :class:`~facefinder_cli.errors.Note`, whose hints say which, for the caller to word.
     source : str
         The source as given.
     """
@@ -179,8 +181,11 @@ def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
     if "truth.npz" in others and is_facefinder_npz(os.path.join(source, "truth.npz")):
         others.remove("truth.npz")  # facefinder's own file: said apart, not as junk
         notes.append(
-            "not read: truth.npz, the truth of data made by facefinder generate (fit --truth "
-            f"{os.path.join(source, 'truth.npz')} measures the fit against it)"
+            Note(
+                "not read: truth.npz, the truth of data made by facefinder generate (",
+                Hint("truth", os.path.join(source, "truth.npz"), command="fit"),
+                " measures the fit against it)",
+            )
         )
     if others:
         others.sort(key=natural_sort_key)
