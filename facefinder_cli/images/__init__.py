@@ -9,19 +9,23 @@ values; nothing is rescaled). Colour images become grayscale by luminance.
 Every problem a user can cause (missing, unreadable or inconsistent files, bad option values)
 raises :class:`InputError` with a one-line message naming the file or option. Wrong arguments
 from the calling code (e.g. an array of the wrong shape) raise ordinary ``ValueError`` /
-``TypeError``.
+``TypeError``. A message or note that names a setting (the layout to give, the dtype to pack
+with) holds it as a :class:`~facefinder_cli.errors.Hint`, for the caller to word: as text it
+reads ``layout='khw'``, the command line says ``--layout khw``.
 
 One module per concern; the names below are the package's interface:
 
 - :mod:`~facefinder_cli.images.reading`: sources (folders, glob patterns, files) into a
   :class:`Stack`: :func:`load_stack`, :func:`read_image`;
-- :mod:`~facefinder_cli.images.decoding`: single image files (PNG, JPEG, BMP, TIFF...) as grey;
+- :mod:`~facefinder_cli.images.decoding`: single image files (PNG, JPEG, BMP, TIFF...) as grey,
+  through imageio (TIFF through tifffile itself);
 - :mod:`~facefinder_cli.images.arrays`: ``.npy``, ``.npz`` and ``.mat`` files;
 - :mod:`~facefinder_cli.images.stacks`: :class:`NpyReader`, reading a ``.npy`` stack on demand,
   and the names file beside it;
 - :mod:`~facefinder_cli.images.packing`: :func:`pack_stack`, any source into one ``.npy`` stack;
-- :mod:`~facefinder_cli.images.writing`: PNGs and stacks, through :mod:`facefinder_cli.outputs`
-  (a file or folder appears complete or not at all, and only what facefinder made is replaced);
+- :mod:`~facefinder_cli.images.writing`: PNGs and stacks (image files through imageio), by
+  :mod:`facefinder_cli.outputs`' rules (a file or folder appears complete or not at all, and
+  only what facefinder made is replaced);
 - :mod:`~facefinder_cli.images.common`: the checks and axis-order rules the readers share.
 """
 

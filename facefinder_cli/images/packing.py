@@ -1,6 +1,7 @@
 """Packing an image source into one ``.npy`` stack (:func:`pack_stack`), one image at a time
 where the source allows, with the names file beside it, to read later with
-``load_stack(target, stream=True)``."""
+``load_stack(target, stream=True)``. Image names that are not plain text are written as
+:mod:`facefinder_cli.names` states."""
 
 from __future__ import annotations
 

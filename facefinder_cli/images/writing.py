@@ -1,6 +1,7 @@
 """Writing images and stacks: 8-bit PNGs (:func:`write_png`, :func:`to_uint8`), stacks as a
 ``.npy``, ``.npz`` or multi-page TIFF file or as a folder of TIFF or PNG files
-(:func:`write_stack`, :func:`encode_stack`, :func:`write_image_files`).
+(:func:`write_stack`, :func:`encode_stack`, :func:`write_image_files`). PNG and TIFF files are
+encoded by imageio (its Pillow and tifffile plugins), ``.npy``/``.npz`` by NumPy.
 
 Writers go through :mod:`facefinder_cli.outputs`, whose rules keep a user's files safe: a file
 or folder appears complete or not at all, and only what facefinder made is ever replaced.
