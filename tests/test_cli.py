@@ -1234,7 +1234,7 @@ import time
 import PIL.Image
 real_open = PIL.Image.open
 def slow_open(fp, *args, **kwargs):  # inside the reader's error handling, as a slow disk is
-    if str(fp).endswith("img2.png"):  # the second image takes a minute: the signal lands here
+    if str(getattr(fp, "name", fp)).endswith("img2.png"):  # the second image takes a minute
         open("reading", "w").close()
         time.sleep(60)
     return real_open(fp, *args, **kwargs)
@@ -1269,3 +1269,26 @@ def test_pack_killed_midway_leaves_nothing(sig, code):
     assert proc.returncode == code
     assert err.strip() == "interrupted: out/s.npy was not written"
     assert os.listdir("out") == []
+
+
+def test_settings_named_by_the_readers_are_said_as_options():
+    """The readers name a setting as a hint (layout='khw'); the command line says its option."""
+    np.save("hwk.npy", np.zeros((6, 7, 40), np.float32))
+    r = ok("pack", "hwk.npy", "s.npy")
+    assert (
+        "note: read hwk.npy as 40 images of 6x7 (H, W, K) from its shape; pass --layout khw if "
+        "the images are along the first axis"
+    ) in r.stderr.splitlines()
+    os.mkdir("c")
+    Image.fromarray(np.full((5, 6, 3), [200, 10, 30], np.uint8)).save("c/a.png")
+    r = ok("pack", "c", "c.npy")
+    assert (
+        "note: rounded the values of 1 image to float32 (7 significant digits; colour and float "
+        "images are not whole numbers); pack with --dtype float64 to keep them exactly"
+    ) in r.stderr.splitlines()
+    np.save("big.npy", np.full((2, 3, 3), 1e39))
+    line = error_line(cli("pack", "big.npy", "b.npy"), 1)
+    assert line == (
+        "Error: big.npy: image 0 (counting from 0) holds values beyond the float32 range "
+        "(about 3.4e38); pack with --dtype float64"
+    )

@@ -78,19 +78,19 @@ def test_generate_never_removes_a_device_nor_loses_the_old_pair(monkeypatch):
 
 
 def test_pack_overwrite_keeps_the_old_names_file_when_interrupted(monkeypatch):
-    from facefinder_cli import images
+    from facefinder_cli.images import packing
 
     ok(*GEN, "-o", "src")
     ok("pack", "src", "e.npy")
     before = {f: Path(f).read_bytes() for f in ("e.npy", "e.names.txt")}
-    real = images._pack_files
+    real = packing._pack_files
 
     def stop(*args, **kwargs):
         real(*args, **kwargs)
         raise Interrupted(signal.SIGINT)  # the new stack is written, not yet in place
 
     with monkeypatch.context() as m:
-        m.setattr(images, "_pack_files", stop)
+        m.setattr(packing, "_pack_files", stop)
         r = cli("pack", "src", "e.npy", "--overwrite")
     assert r.exit_code == 130 and "e.npy was not written" in r.stderr
     assert {f: Path(f).read_bytes() for f in before} == before

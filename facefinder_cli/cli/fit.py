@@ -44,6 +44,7 @@ from facefinder_cli.cli.options import (
     note_stale,
     overwrite_opt,
     reports_errors,
+    said,
     skip_opt,
     verbosity,
 )
@@ -447,7 +448,7 @@ def _check_face_size(input, stack, job: FitJob, warm, truth_data) -> None:
             param_hint="'--init-from'",
         )
     if h > H or w > W:
-        guess = [n for n in stack.notes if "--layout" in n]  # a misread axis order?
+        guess = [n for n in map(said, stack.notes) if "--layout" in n]  # misread axes?
         raise click.BadParameter(
             f"{h}x{w} is larger than the images ({H}x{W}) of {input}"
             + (f" ({guess[0]})" if guess else ""),

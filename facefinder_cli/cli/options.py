@@ -26,7 +26,7 @@ import click
 import numpy as np
 
 from facefinder_cli import engine, images, interrupts, outputs
-from facefinder_cli.errors import InputError
+from facefinder_cli.errors import Hint, InputError, worded
 from facefinder_cli.interrupts import Interrupted
 
 log = logging.getLogger("facefinder")
@@ -176,7 +176,7 @@ def reports_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except (InputError, ValueError) as err:
             log.debug("details", exc_info=True)
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(said(err)) from None
         except MemoryError:
             command = click.get_current_context().info_name
             hint = ": try a smaller --chunk-size, or fewer or smaller images"
@@ -243,15 +243,26 @@ def note_stale(done: list[str]) -> None:
         log.info("note: after an interrupted earlier run, %s%s", "; ".join(done[:3]), more)
 
 
+def _flag(hint: Hint) -> str:
+    """A library's hint in the command line's words: the option and its value."""
+    flag = f"--{hint.option.replace('_', '-')} {hint.value}"
+    return f"{hint.command} {flag}" if hint.command else flag
+
+
+def said(message: object) -> str:
+    """A library's error or note as the command line says it: settings named as options."""
+    return worded(message, _flag)
+
+
 def log_notes(stack: images.Stack, truth_given: bool = False) -> None:
     """How the input was read (after the checks, so that an error stays a single line)."""
     for note in stack.notes:
         if truth_given and note.startswith("not read: truth.npz"):
             continue  # the user gave it already
         if note.startswith("skipped"):  # data left out: worth a warning
-            log.warning("%s", note)
+            log.warning("%s", said(note))
         else:
-            log.info("note: %s", note)
+            log.info("note: %s", said(note))
 
 
 def prior_file(value: str, shape: tuple[int, int], need: str) -> np.ndarray:

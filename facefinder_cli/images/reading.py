@@ -1,0 +1,471 @@
+"""Reading a stack of grey images from a folder, a glob pattern, an array file or an image
+file: :func:`load_stack` and :func:`read_image`, the :class:`Stack` they return, and the
+listing of folders and glob patterns (natural order, hidden and non-image files left out).
+
+Every source gives float64 pixel values in the file's own units (8-bit images 0..255, 16-bit
+images 0..65535, float images their values; nothing is rescaled), unless a ``.npy`` stack is
+memory-mapped or streamed. Every problem a user can cause raises :class:`InputError` with a
+one-line message naming the file or option.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as _glob
+import os
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+
+import numpy as np
+
+from facefinder_cli.errors import Hint, InputError, Note
+from facefinder_cli.images.arrays import _read_mat, _read_npy, _read_npz
+from facefinder_cli.images.common import (
+    IMAGE_EXTENSIONS,
+    _check_finite,
+    _check_layout,
+    _image_k,
+    _listing,
+    _plural,
+    _size,
+    _stack_names,
+    natural_sort_key,
+)
+from facefinder_cli.images.decoding import _Conversions, _read_image_file
+from facefinder_cli.images.stacks import NpyReader, _read_names, _stream_npy, names_path
+from facefinder_cli.outputs import is_facefinder_npz
+
+__all__ = ["Stack", "glob_paths", "input_paths", "load_stack", "read_image"]
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A stack of grayscale images read from disk.
+
+    Attributes
+    ----------
+    images : ndarray of shape (n_images, height, width)
+        C-contiguous float64 pixel values in the file's own units; or, only when
+        ``load_stack(..., mmap=True)`` returned a ``.npy`` file's data without copying, a
+        read-only float32 or float64 ``np.memmap``; or, from ``load_stack(..., stream=True)``
+        and :func:`pack_stack`, an :class:`NpyReader` that reads images from the file on demand
+        (index it: ``images[k]``, ``images[a:b]``).
+    names : tuple of str, one per image
+        File names for a folder or glob pattern; ``"<file>[k]"`` (k from 0) for the images of a
+        stack file, unless it stores names (``.npz``) or has a names file beside it (``.npy``);
+        the file name alone for a file holding a single 2-D image.
+    notes : tuple of str
+        Human-readable notes on what was done while reading (conversions, guessed layout...).
+        One that names a setting (the layout to give, the truth file of generated data) is a
+        :class:`~facefinder_cli.errors.Note`, whose hints say which, for the caller to word.
+    source : str
+        The source as given.
+    """
+
+    images: np.ndarray | NpyReader
+    names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    source: str = ""
+
+
+class _FileImages:
+    """The images of a list of files, one per file, read one at a time with the checks of
+    :func:`load_stack`: each file holds one image, all of the same size, finite values.
+
+    Iterating yields ``(display name, image)`` per file, the image float64 (H, W), or None for a
+    file that ``skip_unreadable`` skipped; the conversions done and the files read accumulate in
+    ``conv`` and ``kept`` (indices into ``paths``)."""
+
+    def __init__(self, paths: list[str], displays: list[str], skip_unreadable: bool) -> None:
+        self.paths = paths
+        self.displays = displays
+        self.skip_unreadable = skip_unreadable
+        self.conv = _Conversions()
+        self.kept: list[int] = []
+        self.skipped: list[str] = []
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray | None]]:
+        shape: tuple[int, ...] | None = None
+        for i, (path, disp) in enumerate(zip(self.paths, self.displays)):
+            try:
+                blocks, c = _read_image_file(path, disp)
+            except InputError as err:
+                if not self.skip_unreadable:
+                    raise
+                self.skipped.append(str(err))
+                yield disp, None
+                continue
+            n = sum(len(b) for b in blocks)
+            if n != 1:
+                raise InputError(
+                    f"{disp}: holds {n} images (a multi-page file); in a folder or pattern each "
+                    "file must hold one image (pass the file itself to read its pages)"
+                )
+            self.conv.update(c)
+            img = blocks[0][0]
+            if shape is None:
+                shape = img.shape
+            elif img.shape != shape:
+                raise InputError(
+                    f"{disp}: size {_size(img.shape)} differs from {_size(shape)} "
+                    f"of {self.displays[self.kept[0]]}"
+                )
+            _check_finite(img[np.newaxis], lambda k, disp=disp: f"{disp}:")
+            self.kept.append(i)
+            yield disp, img
+        if not self.kept:
+            raise InputError(
+                f"{self.displays[0]} and the other {len(self.paths) - 1} files: none is readable"
+            )
+
+    def notes(self) -> list[str]:
+        notes = self.conv.notes()
+        if self.skipped:
+            n = _plural(len(self.skipped), "unreadable file")
+            notes.append(f"skipped {n}: {_listing(self.skipped, 3)}")
+        return notes
+
+
+def _images_from_files(
+    paths: list[str], displays: list[str], skip_unreadable: bool = False
+) -> tuple[np.ndarray, list[str], list[int]]:
+    """Read one image per file into a (K, H, W) float64 stack; returns it, the notes and the
+    indices of the files read (all of them unless ``skip_unreadable`` skipped some)."""
+    files = _FileImages(paths, displays, skip_unreadable)
+    images: np.ndarray | None = None
+    for _, img in files:
+        if img is None:
+            continue
+        if images is None:
+            images = np.empty((len(paths),) + img.shape, dtype=np.float64)
+        images[len(files.kept) - 1] = img
+    assert images is not None  # _FileImages raised otherwise
+    return images[: len(files.kept)], files.notes(), files.kept
+
+
+def _load_listing(
+    source: str, paths: list[str], names: list[str], extra_notes: list[str], skip: bool
+) -> Stack:
+    images, notes, kept = _images_from_files(paths, paths, skip)
+    return Stack(images, tuple(names[i] for i in kept), tuple(notes + extra_notes), source)
+
+
+def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
+    """The image files of a folder as :func:`load_stack` reads them: (paths, names, notes)."""
+    files: list[str] = []
+    others: list[str] = []
+    try:
+        entries = list(os.scandir(source))
+    except OSError as err:
+        raise InputError(f"{source}: cannot list folder ({err.strerror or err})") from None
+    for entry in entries:
+        with suppress(OSError):
+            if not entry.is_file():
+                continue
+            if entry.name.startswith("."):  # hidden, e.g. macOS "._img1.png" resource files
+                continue
+            if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(entry.name)
+            else:
+                others.append(entry.name)
+    if not files:
+        raise InputError(
+            f"{source}: no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
+            "in this folder"
+        )
+    files.sort(key=natural_sort_key)
+    notes = []
+    if "truth.npz" in others and is_facefinder_npz(os.path.join(source, "truth.npz")):
+        others.remove("truth.npz")  # facefinder's own file: said apart, not as junk
+        notes.append(
+            Note(
+                "not read: truth.npz, the truth of data made by facefinder generate (",
+                Hint("truth", os.path.join(source, "truth.npz"), command="fit"),
+                " measures the fit against it)",
+            )
+        )
+    if others:
+        others.sort(key=natural_sort_key)
+        n = _plural(len(others), "non-image file")
+        notes.append(f"ignored {n}: {_listing(others, 3)}")
+    paths = [os.path.join(source, f) for f in files]
+    return paths, files, notes
+
+
+def _subfolders(folder: str) -> Iterator[str]:
+    """Every folder below ``folder`` (not hidden ones), depth first, without descending into
+    symbolic links to folders: a link loop can neither repeat paths nor recurse forever."""
+    try:
+        entries = sorted(os.scandir(folder or "."), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        with suppress(OSError):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            path = os.path.join(folder, entry.name)
+            yield path
+            yield from _subfolders(path)
+
+
+def glob_paths(pattern: str) -> list[str]:
+    """The paths a glob pattern matches, as ``glob.glob(pattern, recursive=True)`` finds them
+    (``**`` is any number of folders; names starting with a dot match only a pattern starting
+    with one), except that ``**`` does not follow symbolic links to folders. A link loop
+    (``sub/loop -> ..``) would otherwise list every file again through it, and two loops make
+    the listing grow without end. Links to files, and links named by the other parts of the
+    pattern, are followed as usual."""
+    if "**" not in pattern:
+        return _glob.glob(pattern)
+    root = os.sep if pattern.startswith(os.sep) else ""
+    parts = [part for part in pattern.split(os.sep) if part]
+    found: dict[str, None] = {}
+
+    def walk(base: str, i: int) -> None:
+        if i == len(parts):
+            found[base] = None
+            return
+        part = parts[i]
+        last = i == len(parts) - 1
+        if part == "**":
+            for folder in [base, *_subfolders(base)]:
+                if last:  # everything below, files and folders
+                    with suppress(OSError):
+                        for entry in sorted(os.scandir(folder or "."), key=lambda e: e.name):
+                            if not entry.name.startswith("."):
+                                found[os.path.join(folder, entry.name)] = None
+                else:
+                    walk(folder, i + 1)
+            return
+        if not _glob.has_magic(part):
+            path = os.path.join(base, part)
+            if os.path.lexists(path) if last else os.path.isdir(path):
+                walk(path, i + 1)
+            return
+        try:
+            entries = sorted(os.scandir(base or "."), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") and not part.startswith("."):
+                continue
+            if not fnmatch.fnmatchcase(entry.name, part):
+                continue
+            path = os.path.join(base, entry.name)
+            with suppress(OSError):
+                if last or entry.is_dir():
+                    walk(path, i + 1)
+
+    walk(root, 0)
+    return list(found)
+
+
+def input_paths(source: str | os.PathLike) -> list[str]:
+    """The files and folders that reading ``source`` reads, for the writers to keep them safe:
+    the folder or file itself (and the names file beside a ``.npy`` stack), or every path a glob
+    pattern matches."""
+    src = os.fspath(source)
+    if os.path.lexists(src) or not any(ch in src for ch in _GLOB_CHARS):
+        return [src, names_path(src)] if src.lower().endswith(".npy") else [src]
+    return glob_paths(src)
+
+
+def _list_glob(source: str) -> tuple[list[str], list[str], list[str]]:
+    """The image files a glob pattern matches as :func:`load_stack` reads them: (paths, names,
+    notes)."""
+    matches = glob_paths(source)
+    files = [m for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files:
+        extra = f" ({_plural(len(matches), 'path')} matched, none an image file)" if matches else ""
+        raise InputError(f"{source}: no image files match this pattern{extra}")
+    files.sort(key=natural_sort_key)
+    base = [os.path.basename(f) for f in files]
+    names = base if len(set(base)) == len(base) else files
+    return files, names, []
+
+
+def _load_folder(source: str, skip: bool = False) -> Stack:
+    return _load_listing(source, *_list_folder(source), skip)
+
+
+def _load_glob(source: str, skip: bool = False) -> Stack:
+    return _load_listing(source, *_list_glob(source), skip)
+
+
+def _load_file(source: str, layout: str | None, mmap: bool, stream: bool = False) -> Stack:
+    path, disp = source, source
+    base = os.path.basename(path)
+    ext = os.path.splitext(path)[1].lower()
+    notes: list[str] = []
+    names = None
+    if ext in (".npy", ".npz", ".mat"):
+        try:
+            empty = os.path.getsize(path) == 0
+        except OSError as err:
+            raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+        if empty:
+            raise InputError(f"{disp}: empty file (0 bytes)")
+        if ext == ".npy":
+            guess: list[str] = []  # the layout guessed from the shape, if it was
+            reader = _stream_npy(path, disp, layout, guess) if stream else None
+            if reader is not None:
+                names = _read_names(path, len(reader), notes)
+                if names is None:  # (a names file from pack_stack vouches for (K, H, W))
+                    names = _stack_names(base, len(reader), False)
+                    notes[:0] = guess
+                return Stack(reader, names, tuple(notes), source)
+            images, two_d = _read_npy(path, disp, layout, mmap, guess)
+            if not two_d:
+                if stream:
+                    notes.append(
+                        f"read {disp} into memory: a .npy stack streams only in (K, H, W) C order"
+                    )
+                names = _read_names(path, len(images), notes)
+            # a names file with one name per image vouches for a (K, H, W) guess
+            notes[:0] = [n for n in guess if names is None or "(K, H, W)" not in n]
+        elif ext == ".npz":
+            images, two_d, names = _read_npz(path, disp, layout, notes)
+        else:
+            images, two_d = _read_mat(path, disp, layout, notes)
+        _check_finite(images, lambda k: f"{disp}:" if two_d else _image_k(disp, k))
+        if isinstance(names, tuple):
+            pass  # from the names file of a .npy stack
+        elif names is not None and names.ndim == 1 and len(names) == len(images) and not two_d:
+            names = tuple(str(n) for n in names)
+        else:
+            names = _stack_names(base, len(images), two_d)
+        return Stack(images, names, tuple(notes), source)
+
+    blocks, conv = _read_image_file(path, disp)
+    n = sum(len(b) for b in blocks)
+    names_list = _stack_names(base, n, n == 1)
+    first = blocks[0].shape[1:]
+    start = 0
+    for block in blocks:
+        if block.shape[1:] != first:
+            raise InputError(
+                f"{disp}[{start}]: size {_size(block.shape[1:])} differs "
+                f"from {_size(first)} of {disp}[0]"
+            )
+        start += len(block)
+    images = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    if layout == "hwk" and n > 1:
+        images = images.transpose(2, 0, 1)
+        names_list = _stack_names(base, len(images), False)
+    images = np.ascontiguousarray(images, dtype=np.float64)
+    _check_finite(images, lambda k: f"{disp}:" if n == 1 else _image_k(disp, k))
+    return Stack(images, tuple(names_list), tuple(conv.notes()), source)
+
+
+def load_stack(
+    source: str | os.PathLike,
+    layout: str | None = None,
+    mmap: bool = False,
+    skip_unreadable: bool = False,
+    *,
+    stream: bool = False,
+) -> Stack:
+    """Read a stack of grayscale images.
+
+    Parameters
+    ----------
+    source : str or path
+        One of
+
+        - a folder: its files with extension png, jpg, jpeg, tif, tiff or bmp (any case; not
+          recursive; hidden files skipped), in natural order (``img2`` before ``img10``), one
+          image per file; other files are ignored (with a note);
+        - a glob pattern (contains ``*``, ``?`` or ``[``; ``**`` recurses): the image files it
+          matches, likewise;
+        - a ``.npy`` file holding a 3-D array, or a 2-D array (one image); a names file beside
+          a 3-D one (``stack.names.txt`` for ``stack.npy``, one name a line in UTF-8, as
+          :func:`pack_stack` writes) gives the names when it has one line per image (else it is
+          ignored, with a note);
+        - a ``.npz`` file: the array under key ``images``, else ``X``, else its only array (a
+          string array under ``names``, as :func:`write_stack` stores, gives the names);
+        - a MATLAB ``.mat`` file (up to v7; not v7.3/HDF5): variable ``X`` of shape
+          (H, W, K), else its only variable;
+        - a TIFF file: every page is an image (pages of several sizes are an error);
+        - any other image file: one image.
+    layout : {None, "khw", "hwk"}
+        Axis order of a 3-D array: images first (K, H, W) or last (H, W, K). None: ``.mat``
+        files are (H, W, K), other files (K, H, W), except a ``.npy``/``.npz`` array whose last
+        axis is more than twice as long as each of the other two (e.g. (20, 30, 500)), read as
+        (H, W, K) with a note. TIFF pages are always (K, H, W) unless ``"hwk"`` is given.
+        Ignored for folders, patterns and 2-D arrays.
+    mmap : bool
+        Memory-map a ``.npy`` file instead of reading it. When it holds native float32 or
+        float64 data, C-ordered, in (K, H, W) layout (or one 2-D image), ``images`` is then the
+        read-only ``np.memmap`` itself (float32 stays float32); otherwise the data are copied as
+        usual. The finite-values check reads the map in chunks. Ignored for other sources.
+    stream : bool
+        Read no pixel data of a ``.npy`` file holding a C-ordered 3-D array in (K, H, W) layout
+        (given, or guessed as above): ``images`` is then an :class:`NpyReader` that reads images
+        on demand, in the file's dtype (native byte order; not converted to float64). Nor are
+        the values checked: the caller must check that they are finite, as
+        :mod:`facefinder_cli.engine` does in its first pass. Any other ``.npy`` array is read
+        as usual (a 3-D one with a note); other sources ignore ``stream``. Takes precedence
+        over ``mmap``.
+    skip_unreadable : bool
+        For folders and patterns: leave out files that cannot be read as an image (with a note
+        naming them) instead of stopping at the first. Images of another size are still an
+        error.
+
+    Returns
+    -------
+    Stack
+        ``images`` of shape (n_images, height, width), float64 in the file's own units (except
+        with ``mmap`` or ``stream``, see above; no rescaling of 16-bit or float images). Colour
+        (RGB) images become grayscale by luminance 0.299 R + 0.587 G + 0.114 B (images whose
+        channels are all equal keep their values);
+        alpha channels are dropped, palette images expanded, 1-bit images read as 0 and 255;
+        16-bit colour PNGs come at 8-bit precision (a Pillow limit). Each conversion is counted
+        in ``notes``.
+
+    Raises
+    ------
+    InputError
+        Missing path, empty folder or pattern without images, unreadable or corrupt file, images
+        of different sizes (sizes given as height x width), NaN or infinite values, arrays that
+        are not 2-D or 3-D or not real numbers, bad ``layout``.
+    """
+    src = os.fspath(source)
+    layout = _check_layout(layout)
+    if os.path.isdir(src):
+        return _load_folder(src, skip_unreadable)
+    if os.path.lexists(src) and not os.path.exists(src):
+        raise InputError(f"{src}: broken symbolic link")
+    if os.path.exists(src):
+        if not os.path.isfile(src):
+            raise InputError(f"{src}: not a regular file or folder")
+        return _load_file(src, layout, mmap, stream)
+    if any(ch in src for ch in _GLOB_CHARS):
+        return _load_glob(src, skip_unreadable)
+    raise InputError(f"{src}: no such file or folder")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image (a face or a background) from an image, TIFF, ``.npy``, ``.npz`` or
+    ``.mat`` file, with the conversions of :func:`load_stack`.
+
+    Returns
+    -------
+    ndarray of shape (height, width), float64, C-contiguous
+
+    Raises
+    ------
+    InputError
+        As :func:`load_stack`; also when the path is a folder or the file holds several images.
+    """
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a folder; expected a single image file")
+    if not os.path.lexists(p):
+        raise InputError(f"{p}: no such file or folder")
+    stack = load_stack(p)
+    if len(stack.images) != 1:
+        raise InputError(f"{p}: holds {len(stack.images)} images; expected a single image")
+    return np.array(stack.images[0], dtype=np.float64, order="C")
