@@ -750,15 +750,23 @@ def test_plot_elbo_several_runs_with_labels(fitted, hard_run):
 
 
 @pytest.mark.parametrize(
-    "options",
+    "options, ylabel",
     [
-        ["--gap"],
-        ["--quantity", "log-likelihood"],
-        ["--quantity", "log-likelihood", "--gap", "--per-pixel"],
+        ([], "ELBO  L(q, θ) (nats)"),
+        (["--gap"], "best − ELBO (nats)"),
+        (["--quantity", "log-likelihood"], "log-likelihood  log p(X | θ) (nats)"),
+        (
+            ["--quantity", "log-likelihood", "--gap", "--per-pixel"],
+            "best − log-likelihood (nats per image and pixel)",
+        ),
     ],
 )
-def test_plot_elbo_options(fitted, hard_run, options):
+def test_plot_elbo_options(fitted, hard_run, options, ylabel):
     run, _ = fitted
+    ok("plot-elbo", run, hard_run, *options, "-o", "f.svg")
+    text = Path("f.svg").read_text(encoding="utf-8")  # matplotlib keeps text in comments
+    assert ylabel in text
+    assert ("at the best (gap 0)" in text) == ("--gap" in options)
     ok("plot-elbo", run, hard_run, *options, "-o", "f.png")
     assert iio.imread("f.png").ndim == 3
 
@@ -1216,7 +1224,10 @@ def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
 def test_fit_streams_a_bool_stack(stack):
     np.save("mask.npy", stack > np.median(stack))
     ok("fit", "mask.npy", "--face-size", "16x12", "-o", "run", "--max-iter", 3)
-    assert Path("run/result.npz").exists()
+    with np.load("run/result.npz") as z:  # the booleans read as 0 and 1
+        assert 0 <= z["background"].min() and z["background"].max() <= 1
+        assert z["n_iter"] == 3 and np.isfinite(z["elbo"]).all()
+        assert z["positions"].shape == (len(stack), 2)
 
 
 def test_pack_refuses_and_keeps(data):

@@ -15,7 +15,6 @@ from facefinder_cli.errors import Hint
 from facefinder_cli.images import (
     InputError,
     Stack,
-    common,
     load_stack,
     natural_sort_key,
     read_image,
@@ -220,29 +219,6 @@ def test_bad_layout_is_refused():
     np.save("s.npy", np.zeros((2, 3, 4)))
     with pytest.raises(InputError, match=r"^layout: must be 'khw' or 'hwk', got 'kwh'$"):
         load_stack("s.npy", layout="kwh")
-
-
-# ---------------------------------------------------------------------------- mmap
-
-
-def test_mmap_returns_memmap_without_copy():
-    stack = np.random.default_rng(7).normal(size=(6, 4, 5)).astype(np.float32)
-    np.save("s.npy", stack)
-    got = load_stack("s.npy", mmap=True)
-    assert isinstance(got.images, np.memmap) and got.images.dtype == np.float32
-    np.testing.assert_array_equal(got.images, stack)
-    hwk = load_stack("s.npy", layout="hwk", mmap=True)
-    assert not isinstance(hwk.images, np.memmap) and hwk.images.dtype == np.float64
-
-
-def test_mmap_finite_check_works_in_chunks(monkeypatch):
-    stack = np.zeros((10, 4, 5))
-    stack[7, 2, 3] = np.inf
-    np.save("s.npy", stack)
-    monkeypatch.setattr(common, "_CHUNK_BYTES", 2 * stack[0].nbytes)  # 2 images per chunk
-    msg = r"^s\.npy: image 7 \(counting from 0\) contains infinite values$"
-    with pytest.raises(InputError, match=msg):
-        load_stack("s.npy", mmap=True)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -139,7 +139,7 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
             with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
                 for k, stem in enumerate(images.file_stems(stack.names, K)):
                     r, c = positions[k]
-                    rgb = _boxed(np.asarray(stack.images[k]), r, c, h, w)
+                    rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w)
                     images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     log.info(
         "located the face in %d images (mean probability %.3f)%s",
@@ -166,7 +166,7 @@ def _detect_params(run: runs.Run, choice: str) -> engine.Params:
     if choice == "fitted":
         return p
     if choice == "uniform":
-        return engine.Params(p.face, p.background, p.noise_std, np.ones_like(p.prior))
+        return engine.Params(p.face, p.background, p.noise_std, engine.uniform_prior(p.prior.shape))
     if choice == "smoothed":
         if run.prior_fixed_until >= len(run.elbo) - 1:  # never re-estimated: given, not fitted
             return p
@@ -199,13 +199,3 @@ def _warn_if_mismatched(found: engine.Detection, noise_std: float, input: str) -
         noise_std,
         ratio,
     )
-
-
-def _boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
-    """The image as 8-bit RGB with a one-pixel red rectangle around the ``h x w`` box."""
-    grey = images.to_uint8(image)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    red = np.array([255, 0, 0], dtype=np.uint8)
-    rgb[r, c : c + w] = rgb[r + h - 1, c : c + w] = red
-    rgb[r : r + h, c] = rgb[r : r + h, c + w - 1] = red
-    return rgb

@@ -56,6 +56,8 @@ log = logging.getLogger("facefinder")
 
 
 _SETTING_NAMES = frozenset(f.name for f in fields(engine.FitSettings))
+#: The options' defaults are the engine's (but --seed: 0, so that a run repeats by default).
+DEFAULTS = {f.name: f.default for f in fields(engine.FitSettings)}
 
 
 def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, Any]) -> FitJob:
@@ -98,7 +100,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 @click.option(
     "--method",
     type=click.Choice(engine.METHODS),
-    default="soft",
+    default=DEFAULTS["method"],
     show_default=True,
     help="soft: exact posteriors over positions; hard: each image's best position "
     "only (faster, rougher); mc: Monte-Carlo EM, positions drawn from the posteriors.",
@@ -107,28 +109,28 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     "--init",
     "init",
     type=click.Choice(engine.INIT_METHODS),
-    default="median",
+    default=DEFAULTS["init"],
     show_default=True,
     help="Start: median (from the data; reliable) or the study's zeros, bright, random, smooth.",
 )
 @click.option(
     "--restarts",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULTS["restarts"],
     show_default=True,
     help="Independent starts; the one with the best log-likelihood is kept.",
 )
 @click.option(
     "--max-iter",
     type=click.IntRange(min=0),
-    default=200,
+    default=DEFAULTS["max_iter"],
     show_default=True,
     help="Most EM iterations per start (0: just the start).",
 )
 @click.option(
     "--tol",
     type=float,
-    default=1e-7,
+    default=DEFAULTS["tol"],
     show_default=True,
     help="Stop when an iteration raises the ELBO by less than this many nats per image and pixel; "
     "0 or less: run --max-iter iterations (the ELBO never falls), with no warning.",
@@ -143,7 +145,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 @click.option(
     "--prior-update",
     type=click.Choice(engine.PRIOR_UPDATES),
-    default="late",
+    default=DEFAULTS["prior_update"],
     show_default=True,
     help="When the prior over positions is learnt: late (after the rest converges), "
     "always (every iteration, as in the study), never.",
@@ -151,28 +153,28 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 @click.option(
     "--samples",
     type=click.IntRange(min=1),
-    default=engine.MC_SAMPLES,
+    default=DEFAULTS["samples"],
     show_default=True,
     help="mc: positions drawn per image in the first iteration.",
 )
 @click.option(
     "--samples-growth",
     type=FiniteFloatType(1.0),
-    default=engine.MC_GROWTH,
+    default=DEFAULTS["samples_growth"],
     show_default=True,
     help="mc: factor by which the draws grow every iteration.",
 )
 @click.option(
     "--max-samples",
     type=click.IntRange(min=1),
-    default=engine.MC_MAX_SAMPLES,
+    default=DEFAULTS["max_samples"],
     show_default=True,
     help="mc: most draws per image (raised to --samples if lower).",
 )
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
-    default=engine.DEFAULT_CHUNK_SIZE,
+    default=DEFAULTS["chunk_size"],
     show_default=True,
     help="Images per chunk of the streaming pass. Each thread holds one chunk's temporaries "
     "(about 0.6 MB per image of 64x64).",
@@ -188,7 +190,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 @click.option(
     "--dtype",
     type=click.Choice(engine.DTYPES),
-    default="float64",
+    default=DEFAULTS["dtype"],
     show_default=True,
     help="Precision of the per-image work (sums over images stay float64). float32 was up to "
     "23% faster in our benchmarks and finds the same face; its ELBO values are less precise when "
@@ -511,11 +513,14 @@ def _report_engine(result: engine.FitResult, caught: list, K: int) -> None:
         )
     for w_ in caught:
         if issubclass(w_.category, engine.ConvergenceWarning):
+            gained = f"the last iteration gained {result.gain[-1]:.2g} nats per image and pixel"
+            if math.isinf(result.gain[-1]):  # Monte-Carlo EM, before its second window
+                gained = f"Monte-Carlo EM measures its gain after {2 * engine.MC_WINDOW} iterations"
             log.warning(
-                "stopped at --max-iter %d before converging (the last iteration gained %.2g "
-                "nats per image and pixel; --tol is %g): raise --max-iter, or --tol",
+                "stopped at --max-iter %d before converging (%s; --tol is %g): raise --max-iter, "
+                "or --tol",
                 result.settings.max_iter,
-                result.gain[-1],
+                gained,
                 result.settings.tol,
             )
         elif issubclass(w_.category, UserWarning):  # the engine's: noise floor, restarts

@@ -38,6 +38,7 @@ from facefinder_cli.images.reading import Stack, glob_paths, input_paths, load_s
 from facefinder_cli.images.stacks import NpyReader, names_path
 from facefinder_cli.images.writing import (
     IMAGES_FOLDER,
+    boxed,
     encode_stack,
     file_stems,
     stack_target,
@@ -53,6 +54,7 @@ __all__ = [
     "InputError",
     "NpyReader",
     "Stack",
+    "boxed",
     "encode_stack",
     "file_stems",
     "glob_paths",

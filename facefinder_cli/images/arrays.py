@@ -16,7 +16,6 @@ from facefinder_cli.images.common import (
     _check_kind,
     _check_numeric,
     _listing,
-    _resolve_layout,
     _stack_from_array,
 )
 from facefinder_cli.images.stacks import _bad_npy, _npy_header_info
@@ -45,23 +44,17 @@ def _npy_layout(path: str, disp: str) -> tuple[tuple[int, ...], bool, np.dtype, 
 
 
 def _read_npy(
-    path: str, disp: str, layout: str | None, mmap: bool, notes: list[str]
+    path: str, disp: str, layout: str | None, notes: list[str]
 ) -> tuple[np.ndarray, bool]:
     """Returns (images as (K, H, W), whether the file held a single 2-D image)."""
     _npy_layout(path, disp)
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False)
     except MemoryError:
         raise
     except Exception:
         raise InputError(_bad_npy(disp)) from None
     two_d = arr.ndim == 2
-    if mmap and arr.dtype in (np.float32, np.float64) and arr.dtype.isnative:
-        lay = "khw" if two_d else _resolve_layout(arr.shape, disp, layout, None, notes)
-        if lay == "khw" and arr.flags.c_contiguous:
-            images = arr[np.newaxis] if two_d else arr
-            return images, two_d
-        return _stack_from_array(arr, disp, lay, None, []), two_d
     return _stack_from_array(arr, disp, layout, None, notes), two_d
 
 

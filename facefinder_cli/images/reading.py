@@ -48,9 +48,8 @@ class Stack:
     Attributes
     ----------
     images : ndarray of shape (n_images, height, width)
-        C-contiguous float64 pixel values in the file's own units; or, only when
-        ``load_stack(..., mmap=True)`` returned a ``.npy`` file's data without copying, a
-        read-only float32 or float64 ``np.memmap``; or, from ``load_stack(..., stream=True)``
+        C-contiguous float64 pixel values in the file's own units; or, from
+        ``load_stack(..., stream=True)``
         and :func:`pack_stack`, an :class:`NpyReader` that reads images from the file on demand
         (index it: ``images[k]``, ``images[a:b]``).
     names : tuple of str, one per image
@@ -295,7 +294,7 @@ def _load_glob(source: str, skip: bool = False) -> Stack:
     return _load_listing(source, *_list_glob(source), skip)
 
 
-def _load_file(source: str, layout: str | None, mmap: bool, stream: bool = False) -> Stack:
+def _load_file(source: str, layout: str | None, stream: bool = False) -> Stack:
     path, disp = source, source
     base = os.path.basename(path)
     ext = os.path.splitext(path)[1].lower()
@@ -317,7 +316,7 @@ def _load_file(source: str, layout: str | None, mmap: bool, stream: bool = False
                     names = _stack_names(base, len(reader), False)
                     notes[:0] = guess
                 return Stack(reader, names, tuple(notes), source)
-            images, two_d = _read_npy(path, disp, layout, mmap, guess)
+            images, two_d = _read_npy(path, disp, layout, guess)
             if not two_d:
                 if stream:
                     notes.append(
@@ -363,7 +362,6 @@ def _load_file(source: str, layout: str | None, mmap: bool, stream: bool = False
 def load_stack(
     source: str | os.PathLike,
     layout: str | None = None,
-    mmap: bool = False,
     skip_unreadable: bool = False,
     *,
     stream: bool = False,
@@ -396,19 +394,13 @@ def load_stack(
         axis is more than twice as long as each of the other two (e.g. (20, 30, 500)), read as
         (H, W, K) with a note. TIFF pages are always (K, H, W) unless ``"hwk"`` is given.
         Ignored for folders, patterns and 2-D arrays.
-    mmap : bool
-        Memory-map a ``.npy`` file instead of reading it. When it holds native float32 or
-        float64 data, C-ordered, in (K, H, W) layout (or one 2-D image), ``images`` is then the
-        read-only ``np.memmap`` itself (float32 stays float32); otherwise the data are copied as
-        usual. The finite-values check reads the map in chunks. Ignored for other sources.
     stream : bool
         Read no pixel data of a ``.npy`` file holding a C-ordered 3-D array in (K, H, W) layout
         (given, or guessed as above): ``images`` is then an :class:`NpyReader` that reads images
         on demand, in the file's dtype (native byte order; not converted to float64). Nor are
         the values checked: the caller must check that they are finite, as
         :mod:`facefinder_cli.engine` does in its first pass. Any other ``.npy`` array is read
-        as usual (a 3-D one with a note); other sources ignore ``stream``. Takes precedence
-        over ``mmap``.
+        as usual (a 3-D one with a note); other sources ignore ``stream``.
     skip_unreadable : bool
         For folders and patterns: leave out files that cannot be read as an image (with a note
         naming them) instead of stopping at the first. Images of another size are still an
@@ -418,7 +410,7 @@ def load_stack(
     -------
     Stack
         ``images`` of shape (n_images, height, width), float64 in the file's own units (except
-        with ``mmap`` or ``stream``, see above; no rescaling of 16-bit or float images). Colour
+        with ``stream``, see above; no rescaling of 16-bit or float images). Colour
         (RGB) images become grayscale by luminance 0.299 R + 0.587 G + 0.114 B (images whose
         channels are all equal keep their values);
         alpha channels are dropped, palette images expanded, 1-bit images read as 0 and 255;
@@ -441,7 +433,7 @@ def load_stack(
     if os.path.exists(src):
         if not os.path.isfile(src):
             raise InputError(f"{src}: not a regular file or folder")
-        return _load_file(src, layout, mmap, stream)
+        return _load_file(src, layout, stream)
     if any(ch in src for ch in _GLOB_CHARS):
         return _load_glob(src, skip_unreadable)
     raise InputError(f"{src}: no such file or folder")

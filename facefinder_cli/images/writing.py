@@ -105,6 +105,17 @@ def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = 
     return out
 
 
+def boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
+    """The image as 8-bit RGB with a one-pixel red rectangle around the ``h x w`` box whose
+    top-left corner is ``(r, c)``: shape (H, W, 3), uint8."""
+    grey = to_uint8(image)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    red = np.array([255, 0, 0], dtype=np.uint8)
+    rgb[r, c : c + w] = rgb[r + h - 1, c : c + w] = red
+    rgb[r : r + h, c] = rgb[r : r + h, c + w - 1] = red
+    return rgb
+
+
 def _encode_png(f: IO[bytes], u8: np.ndarray) -> None:
     """Write a uint8 (H, W), (H, W, 3) or (H, W, 4) array as PNG to a binary file object."""
     import imageio.v3 as iio
