@@ -78,6 +78,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
+    if name == "log_likelihood":  # renamed: FitResult.log_likelihood is log p(X | θ)
+        import warnings
+
+        warnings.warn(
+            "facefinder_cli.log_likelihood is now position_log_likelihood (it returns log "
+            "p(X_k | d, θ) for every image and position)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        name = "position_log_likelihood"
     if name in _API:
         value = getattr(importlib.import_module(f"facefinder_cli.{_API[name]}"), name)
         globals()[name] = value

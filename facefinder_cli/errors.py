@@ -23,19 +23,19 @@ class Hint:
     ----------
     option : str
         The setting's name, as the library's functions take it (``"layout"``, ``"dtype"``).
-    value : str
-        The value to give it.
+    value : str or None
+        The value to give it; None for a switch to turn on (``overwrite``).
     command : str or None
         The command that takes the setting, when it is not the one that said so (``"fit"``).
     """
 
     option: str
-    value: str
+    value: str | None = None
     command: str | None = None
 
     def __str__(self) -> str:
         """The library's words: a keyword argument."""
-        return f"{self.option}={self.value!r}"
+        return f"{self.option}={True if self.value is None else self.value!r}"
 
 
 def worded(message: object, word: Callable[[Hint], str] = str) -> str:

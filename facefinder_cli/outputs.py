@@ -56,12 +56,15 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from facefinder_cli import interrupts
-from facefinder_cli.errors import InputError
+from facefinder_cli.errors import Hint, InputError
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no locks, the other rules still hold
     fcntl = None  # type: ignore[assignment]
+
+#: The setting that lets an output be replaced (the command line says ``--overwrite``).
+OVERWRITE = Hint("overwrite")
 
 __all__ = [
     "MARKER",
@@ -404,7 +407,7 @@ def check_file_target(
             if _under(real, k) or _same_file(p, k):
                 raise InputError(f"{p}: is an input of this command; refusing to replace it")
         if not overwrite:
-            raise InputError(f"{p}: file exists; pass --overwrite to replace it")
+            raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
     _check_parent(p)
 
 
@@ -465,7 +468,7 @@ def check_folder_target(
         if _under(k, real):
             what = "is an input" if k == real else "holds an input"
             raise InputError(
-                f"{p}: {what} of this command; refusing to replace it, even with --overwrite"
+                f"{p}: {what} of this command; refusing to replace it, even with ", OVERWRITE
             )
     if what == "link":
         raise InputError(f"{p}: is a symbolic link; give the folder it points to")
@@ -485,10 +488,10 @@ def check_folder_target(
     if not content:
         return True
     if not overwrite:
-        raise InputError(f"{p}: folder is not empty; pass --overwrite to replace it")
+        raise InputError(f"{p}: folder is not empty; pass ", OVERWRITE, " to replace it")
     if any(os.path.isdir(os.path.join(target, c)) for c in content):
         raise InputError(
-            f"{p}: folder holds subfolders; refusing to replace it, even with --overwrite"
+            f"{p}: folder holds subfolders; refusing to replace it, even with ", OVERWRITE
         )
     expected = kind.expected if kind is not None else None
     foreign = sorted(c for c in content if c != MARKER and expected and not expected(c))
@@ -498,12 +501,14 @@ def check_folder_target(
         )
         raise InputError(
             f"{p}: holds files facefinder does not write there ({shown}); refusing to replace it, "
-            "even with --overwrite"
+            "even with ",
+            OVERWRITE,
         )
     if not _made_here(target, kind):
         raise InputError(
             f"{p}: was not made by facefinder for this purpose (no {MARKER} marker says so); "
-            "refusing to replace it, even with --overwrite"
+            "refusing to replace it, even with ",
+            OVERWRITE,
         )
     return True
 
@@ -536,10 +541,10 @@ def _install(tmp: str, p: str, overwrite: bool) -> None:
         try:
             os.link(tmp, p)
         except FileExistsError:
-            raise InputError(f"{p}: file exists; pass --overwrite to replace it") from None
+            raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it") from None
         except OSError:  # no hard links here (some network or FAT file systems)
             if os.path.lexists(p):
-                raise InputError(f"{p}: file exists; pass --overwrite to replace it") from None
+                raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it") from None
             os.rename(tmp, p)
             return
         os.unlink(tmp)
@@ -971,7 +976,7 @@ def _install_all(staged: list[tuple[str, str, int]], remove: list[str], overwrit
             if kind == "missing":
                 continue
             if overwrite is False:
-                raise InputError(f"{p}: file exists; pass --overwrite to replace it")
+                raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
             if kind != "file":
                 raise InputError(f"{p}: is no longer a regular file; refusing to replace it")
             os.rename(p, tmp + ".old")

@@ -31,10 +31,10 @@ from facefinder_cli.engine import (
     RestartHistory,
     RestartResult,
 )
-from facefinder_cli.errors import InputError
+from facefinder_cli.errors import Hint, InputError
 from facefinder_cli.images import write_png
 from facefinder_cli.names import csv_writer, printable
-from facefinder_cli.outputs import atomic_write
+from facefinder_cli.outputs import OVERWRITE, atomic_write
 
 __all__ = [
     "Run",
@@ -149,7 +149,7 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     extra = [c for c in ERROR_COLUMNS if c in errors]
-    head = ["iteration", "elbo", "log_likelihood", "gain", "seconds", "prior_fixed", "n_values"]
+    head = ["iteration", "elbo", "log_likelihood", "seconds", "prior_fixed", "n_values", "gain"]
     w.writerow([*head, *extra])
     for t in range(len(result.elbo)):
         w.writerow(
@@ -157,14 +157,23 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
                 t,
                 repr(float(result.elbo[t])),
                 repr(float(result.log_likelihood[t])),
-                repr(float(result.gain[t])),
                 f"{result.seconds[t]:.6f}",
                 int(0 < t <= h.prior_fixed_until),  # this M-step held the prior
                 n_values,
+                repr(float(result.gain[t])),
                 *(repr(float(errors[c][t])) for c in extra),
             ]
         )
     return out.getvalue()
+
+
+def _settings_record(settings: FitSettings, options: dict[str, Any]) -> dict[str, Any]:
+    """One record of a fit's settings and the caller's options (whose names must differ)."""
+    record = settings.to_dict()
+    clash = sorted(set(record) & set(options))
+    if clash:
+        raise ValueError(f"options {clash} have the names of settings")
+    return {**record, **options}
 
 
 def _padded(rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -225,7 +234,7 @@ def save_run(
         restart_seconds=_padded([r.seconds for r in restarts]),
         restart_n_iter=np.array([r.n_iter for r in restarts]),
         restart_converged=np.array([r.converged for r in restarts]),
-        settings=json.dumps({**result.settings.to_dict(), **(options or {})}, sort_keys=True),
+        settings=json.dumps(_settings_record(result.settings, options or {}), sort_keys=True),
         version=__version__,
         **{k: np.asarray(v) for k, v in errors.items()},
     )
@@ -296,7 +305,9 @@ def _result_path(path: str | os.PathLike) -> Path:
         if (p / CHECKPOINT).is_file():
             raise InputError(
                 f"{p}: holds a fit's {CHECKPOINT} (running, or interrupted), no result yet; an "
-                f"interrupted fit finishes with `facefinder fit --resume {p}`"
+                "interrupted fit finishes with `facefinder ",
+                Hint("resume", str(p), command="fit"),
+                "`",
             )
         raise InputError(f"{p}: no {RESULT} or {HISTORY} in this folder")
     if not p.exists():
@@ -464,7 +475,7 @@ def save_checkpoint(
     ``result.npz`` stores them) and ``extra`` (JSON-able, e.g. per-iteration errors). Every
     float is stored exactly, so the resumed fit equals the uninterrupted one bit for bit."""
     arrays: dict[str, Any] = {
-        "settings": json.dumps({**state.settings.to_dict(), **options}, sort_keys=True),
+        "settings": json.dumps(_settings_record(state.settings, options), sort_keys=True),
         "seed_entropy": str(state.seed_entropy),
         "start": state.start or "",
         "data_fingerprint": json.dumps(state.data, sort_keys=True),
@@ -522,8 +533,23 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
     z = _npz(p, "a checkpoint")
     if "gain" not in z or "start" not in z:
         raise InputError(
-            f"{p}: made by an older facefinder ({z.get('version', 'before 0.1')}), whose "
-            "checkpoints this one cannot resume: fit again with --overwrite"
+            f"{p}: a checkpoint of an earlier format (facefinder {z.get('version', '< 0.1')}), "
+            "which this version cannot resume: fit again with ",
+            OVERWRITE,
+        )
+    try:
+        saved = json.loads(str(z.get("settings", "")))
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise InputError(f"{p}: not a facefinder checkpoint: its record of settings is damaged")
+    engine_fields = {f.name for f in dataclasses.fields(FitSettings)}
+    if not engine_fields <= set(saved):
+        lacking = ", ".join(sorted(engine_fields - set(saved)))
+        raise InputError(
+            f"{p}: made by another version of facefinder (its settings lack {lacking}), which "
+            "this one cannot resume: fit again with ",
+            OVERWRITE,
         )
     try:
         finished = []
@@ -550,10 +576,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
                     bool(z[f + "noise_floored"]),
                 )
             )
-        saved = json.loads(str(z["settings"]))
-        if not isinstance(saved, dict):
-            raise InputError(f"{p}: not a facefinder checkpoint: its record of settings is damaged")
-        engine_fields = {f.name for f in dataclasses.fields(FitSettings)}
         settings = FitSettings.from_dict({k: v for k, v in saved.items() if k in engine_fields})
         options = {k: v for k, v in saved.items() if k not in engine_fields}
         state = Checkpoint(

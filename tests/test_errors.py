@@ -51,3 +51,21 @@ def test_notes_and_errors_survive_pickling():
     assert back == note and back.hints == note.hints
     err = pickle.loads(pickle.dumps(InputError("e: ", Hint("dtype", "float64"))))
     assert str(err) == "e: dtype='float64'" and err.hints == (Hint("dtype", "float64"),)
+
+
+def test_outputs_and_runs_name_settings_as_hints_the_command_line_words_as_flags(tmp_path):
+    from facefinder_cli import outputs, runs
+    from facefinder_cli.cli.options import said
+    from facefinder_cli.errors import InputError
+
+    (tmp_path / "f.txt").write_text("mine")
+    with pytest.raises(InputError) as err:
+        outputs.check_file_target(str(tmp_path / "f.txt"), False)
+    assert str(err.value).endswith("file exists; pass overwrite=True to replace it")
+    assert said(err.value).endswith("file exists; pass --overwrite to replace it")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / runs.CHECKPOINT).write_bytes(b"")
+    with pytest.raises(InputError) as err:
+        runs.load_run(tmp_path / "run")
+    assert said(err.value).endswith(f"`facefinder fit --resume {tmp_path / 'run'}`")
+    assert "resume=" in str(err.value) and "--" not in str(err.value)

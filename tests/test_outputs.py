@@ -83,7 +83,7 @@ def test_a_socket_is_refused():
 
 
 def test_without_overwrite_a_file_that_appears_meanwhile_is_not_replaced():
-    with pytest.raises(InputError, match="^f.txt: file exists; pass --overwrite"):
+    with pytest.raises(InputError, match="^f.txt: file exists; pass overwrite=True"):
         with outputs.atomic_write("f.txt", "w", overwrite=False) as f:
             f.write("ours")
             write("f.txt", "theirs")  # another program, while we write
@@ -122,7 +122,7 @@ def test_a_folder_is_replaced_only_when_made_for_the_same_purpose():
     assert sorted(os.listdir("run")) == [".facefinder", "a.txt"]
     with pytest.raises(InputError, match="not made by facefinder"):  # another purpose
         outputs.check_folder_target("run", True, kind=DRAW)
-    with pytest.raises(InputError, match="pass --overwrite"):
+    with pytest.raises(InputError, match="pass overwrite=True"):
         outputs.check_folder_target("run", False, kind=FIT)
     with outputs.atomic_folder("run", True, kind=FIT) as tmp:
         write(os.path.join(tmp, "b.txt"))

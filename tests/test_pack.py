@@ -235,13 +235,13 @@ def test_existing_target_needs_overwrite():
     before = open("s.npy", "rb").read()
     with pytest.raises(InputError) as err:
         pack_stack("imgs", "s.npy")
-    assert str(err.value) == "s.npy: file exists; pass --overwrite to replace it"
+    assert str(err.value) == "s.npy: file exists; pass overwrite=True to replace it"
     assert open("s.npy", "rb").read() == before and listing() == ["imgs", "s.npy"]
     pack_stack("imgs", "s.npy", overwrite=True)
     np.testing.assert_array_equal(np.load("s.npy"), arr)
     # a names file left over from elsewhere is not replaced silently either
     open("t.names.txt", "w").close()
-    with pytest.raises(InputError, match="^t.names.txt: file exists; pass --overwrite"):
+    with pytest.raises(InputError, match="^t.names.txt: file exists; pass overwrite=True"):
         pack_stack("imgs", "t.npy")
     assert not os.path.exists("t.npy")
 

@@ -131,10 +131,14 @@ def test_checkpoints_of_the_previous_format_and_damaged_ones_are_named(scene, tm
     with np.load(path) as z:
         arrays = dict(z)
     np.savez(path, **{k: v for k, v in arrays.items() if k != "gain"})
-    with pytest.raises(InputError, match="made by an older facefinder"):
+    with pytest.raises(InputError, match="a checkpoint of an earlier format"):
         runs.load_checkpoint(tmp_path)
     np.savez(path, **{**arrays, "settings": json.dumps({"method": "soft"})})
-    with pytest.raises(InputError, match="a damaged value: the settings have other fields"):
+    with pytest.raises(InputError, match=r"another version of facefinder \(its settings lack"):
+        runs.load_checkpoint(tmp_path)
+    settings = json.loads(str(arrays["settings"]))
+    np.savez(path, **{**arrays, "settings": json.dumps({**settings, "method": "magic"})})
+    with pytest.raises(InputError, match="a damaged value: unknown method 'magic'"):
         runs.load_checkpoint(tmp_path)
     np.savez(path, **{k: v for k, v in arrays.items() if k != "rng_state"})
     with pytest.raises(InputError, match="no 'rng_state'"):
@@ -142,3 +146,34 @@ def test_checkpoints_of_the_previous_format_and_damaged_ones_are_named(scene, tm
     path.unlink()
     with pytest.raises(InputError, match="nothing to resume"):
         runs.load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda a: {**a, "finished0_face": np.zeros((2, 2))}, "a finished restart's parameters"),
+        (
+            lambda a: {**a, "finished0_log_likelihood": a["finished0_log_likelihood"] * np.nan},
+            "not numbers",
+        ),  # fmt: skip
+        (lambda a: {**a, "finished0_n_iter": 99}, "iterations are out of range"),
+        (lambda a: {**a, "seed_entropy": "7"}, "its seed is not the one its settings record"),
+        (lambda a: {**a, "prior_fixed_until": 9}, "when the prior was held"),
+        (lambda a: {**a, "data_fingerprint": _more_sums(a)}, "record of its images is damaged"),
+    ],
+)
+def test_a_damaged_checkpoint_does_not_resume(scene, tmp_path, edit, needle):
+    cp = _fit(scene, restarts=2, max_iter=3)[1][-1]  # restart 2: restart 1 is finished
+    path = tmp_path / runs.CHECKPOINT
+    runs.save_checkpoint(path, cp, OPTIONS, {})
+    with np.load(path) as z:
+        arrays = dict(z)
+    np.savez(path, **edit(arrays))
+    back = runs.load_checkpoint(path)[0]
+    with pytest.raises(E.CheckpointError, match=needle):
+        E.fit(scene.images, back.settings, resume=back)
+
+
+def _more_sums(arrays):
+    record = json.loads(str(arrays["data_fingerprint"]))
+    return json.dumps({**record, "sums": record["sums"] + [1.0]})

@@ -91,3 +91,10 @@ def test_every_setting_is_a_fit_option_of_the_same_name():
     names = {f.name for f in dataclasses.fields(E.FitSettings)} - {"face_shape"}
     assert names <= params
     assert "face_size" in params  # the one setting whose option has the user's word
+
+
+def test_the_old_name_of_position_log_likelihood_still_answers_with_a_warning():
+    import facefinder_cli as ff
+
+    with pytest.warns(DeprecationWarning, match="position_log_likelihood"):
+        assert ff.log_likelihood is ff.position_log_likelihood

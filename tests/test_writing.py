@@ -182,7 +182,7 @@ def test_write_stack_refuses_non_empty_folder_without_overwrite():
     os.mkdir("out")
     with open("out/keep.txt", "w") as f:
         f.write("x")
-    msg = r"^out: folder is not empty; pass --overwrite to replace it$"
+    msg = r"^out: folder is not empty; pass overwrite=True to replace it$"
     with pytest.raises(InputError, match=msg):
         write_stack("out", np.zeros((2, 3, 4)))
     assert listing("out") == ["keep.txt"]
@@ -206,7 +206,9 @@ def test_write_stack_into_empty_folder():
 
 def test_write_stack_refuses_existing_file_without_overwrite():
     np.save("s.npy", np.zeros(1))
-    with pytest.raises(InputError, match=r"^s\.npy: file exists; pass --overwrite to replace it$"):
+    with pytest.raises(
+        InputError, match=r"^s\.npy: file exists; pass overwrite=True to replace it$"
+    ):
         write_stack("s.npy", np.zeros((2, 3, 4)))
     write_stack("s.npy", np.ones((2, 3, 4)), overwrite=True)
     assert np.load("s.npy").shape == (2, 3, 4)

@@ -245,7 +245,9 @@ def note_stale(done: list[str]) -> None:
 
 def _flag(hint: Hint) -> str:
     """A library's hint in the command line's words: the option and its value."""
-    flag = f"--{hint.option.replace('_', '-')} {hint.value}"
+    flag = f"--{hint.option.replace('_', '-')}"
+    if hint.value is not None:
+        flag += f" {hint.value}"
     return f"{hint.command} {flag}" if hint.command else flag
 
 

@@ -257,15 +257,29 @@ def _damaged(cp: Checkpoint, data: _Data) -> str | None:
         return "its histories do not have one value per iteration"
     if np.shape(cp.unidentified) != (data.H, data.W):
         return "its record of unidentified background pixels has the wrong shape"
+    if not 0 <= cp.prior_fixed_until <= t:
+        return "its record of when the prior was held is out of range"
+    if cp.seed_entropy != cp.settings.seed:
+        return "its seed is not the one its settings record"
     if len(cp.finished) != cp.restart:
         return "its record of finished restarts does not match its restart"
     for done in cp.finished:
         h = done.history
         if np.shape(done.positions) != (data.K, 2) or np.shape(done.probability) != (data.K,):
             return "a finished restart's positions do not match the images"
+        if np.shape(done.unidentified) != (data.H, data.W):
+            return "a finished restart's unidentified background pixels have the wrong shape"
         n = h.n_iter + 1
-        if len(h.elbo) != n or len(h.log_likelihood) != n or len(h.gain) != n:
+        if not 0 <= h.n_iter <= cp.settings.max_iter or not 0 <= h.prior_fixed_until <= h.n_iter:
+            return "a finished restart's iterations are out of range"
+        if any(len(a) != n for a in (h.elbo, h.log_likelihood, h.gain, h.seconds)):
             return "a finished restart's histories do not match its iterations"
+        if not np.isfinite(h.log_likelihood).all() or not np.isfinite(h.elbo).all():
+            return "a finished restart's histories hold values that are not numbers"
+        try:
+            _check_params(done.params, data)
+        except ValueError as err:
+            return f"a finished restart's parameters are damaged: {err}"
     return None
 
 
@@ -280,9 +294,9 @@ def _fingerprint_differs(old: dict, new: dict) -> str | None:
                 f"the checkpoint was made from {n} images of {h}x{w}; these are "
                 f"{new['n_images']} images of {H}x{W}"
             )
-        pairs = list(zip(old["sums"], new["sums"], new["scale"]))
-        if len(pairs) != len(new["sums"]):
+        if len(old["sums"]) != len(new["sums"]):
             raise ValueError
+        pairs = list(zip(old["sums"], new["sums"], new["scale"]))
     except (KeyError, TypeError, ValueError):
         return "the checkpoint's record of its images is damaged"
     for a, b, scale in pairs:
