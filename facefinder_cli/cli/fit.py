@@ -6,6 +6,7 @@ report. What a fit does and how it is checkpointed and resumed is in :mod:`.fit_
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -290,17 +291,7 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
             raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
         out = "-" if outputs.is_stdout(out) else out
         job = _new_job(input, face_size, options)
-    if as_json and out == "-":
-        raise click.UsageError("--json and -o - both write to stdout; choose one")
-    if (out == "-" or as_json) and outputs.stdout_closed():
-        what = "the face" if out == "-" else "the --json summary"
-        raise InputError(f"standard output is closed: there is nowhere to write {what}")
-    if out == "-" and sys.stdout.isatty():
-        raise click.UsageError(
-            "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
-        )
-    if job.checkpoint_every and outputs.is_stream(out):
-        raise click.UsageError(f"--checkpoint-every needs an output folder, not -o {out}")
+    _check_outputs(job, out, as_json)
     input, settings = job.input_path if resumed else job.input, job.settings
     warm = runs.load_params(job.init_from) if job.init_from else None
     truth_data = runs.load_truth(job.truth) if job.truth else None
@@ -317,28 +308,6 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
         if resumed is not None:
             resumed.check_input(input, K, H, W)
         _check_face_size(input, stack, job, warm, truth_data)
-        h, w = settings.face_shape
-
-        def announce() -> None:
-            if resumed is not None:
-                log.info(
-                    "resuming %s at iteration %d of restart %d",
-                    resume,
-                    resumed.state.iteration,
-                    resumed.state.restart + 1,
-                )
-            log_notes(stack, truth_given=job.truth is not None)
-            log.info(
-                "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
-                h,
-                w,
-                K,
-                "" if K == 1 else "s",
-                H,
-                W,
-                input,
-                settings.method,
-            )
 
         saver = None
         if folder is not None:
@@ -347,6 +316,7 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
         # Announced once the engine has read the data: a streamed stack is checked in that first
         # pass (and compared with a checkpoint's), and an error there stays the only line.
         truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
+        announce = functools.partial(_announce, job, input, stack, resumed)
         progress = _Progress(announce, truth_errors, ProgressBar(), saver)
         STOPPED["line"] = "interrupted before the first iteration: nothing was written"
         in_place = False  # whether the finished run folder is in place
@@ -406,6 +376,45 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
     _report(summary, result, written, resumed is not None)
+
+
+def _check_outputs(job: FitJob, out: str, as_json: bool) -> None:
+    """Refuse output options that cannot work together, before any work."""
+    if as_json and out == "-":
+        raise click.UsageError("--json and -o - both write to stdout; choose one")
+    if (out == "-" or as_json) and outputs.stdout_closed():
+        what = "the face" if out == "-" else "the --json summary"
+        raise InputError(f"standard output is closed: there is nowhere to write {what}")
+    if out == "-" and sys.stdout.isatty():
+        raise click.UsageError(
+            "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
+        )
+    if job.checkpoint_every and outputs.is_stream(out):
+        raise click.UsageError(f"--checkpoint-every needs an output folder, not -o {out}")
+
+
+def _announce(job: FitJob, input: str, stack, resumed: Resumed | None) -> None:
+    """What is about to be fitted (said once the engine has read the images)."""
+    if resumed is not None:
+        log.info(
+            "resuming %s at iteration %d of restart %d",
+            os.path.dirname(resumed.path),
+            resumed.state.iteration,
+            resumed.state.restart + 1,
+        )
+    log_notes(stack, truth_given=job.truth is not None)
+    (h, w), (K, H, W) = job.settings.face_shape, stack.images.shape
+    log.info(
+        "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
+        h,
+        w,
+        K,
+        "" if K == 1 else "s",
+        H,
+        W,
+        input,
+        job.settings.method,
+    )
 
 
 #: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
