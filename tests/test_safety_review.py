@@ -293,3 +293,12 @@ def test_detect_smooths_only_a_prior_that_was_learnt(data):
     ok("detect", "run", "centred", "-o", "smoothed.csv")
     ok("detect", "run", "centred", "-o", "fitted.csv", "--prior", "fitted")
     assert Path("smoothed.csv").read_text() == Path("fitted.csv").read_text()
+
+
+@pytest.mark.parametrize("name, value", [("zoom", 0), ("zoom", 65), ("checkpoint_every", -2)])
+def test_a_checkpoint_with_an_option_out_of_range_is_refused(checkpoint, name, value):
+    with np.load(checkpoint) as z:
+        settings = json.loads(str(z["settings"]))
+    _edit(checkpoint, settings=json.dumps({**settings, name: value}))
+    line = one_error(cli("fit", "--resume", "run"))
+    assert line == f"Error: run/checkpoint.npz: not a valid facefinder checkpoint (setting {name})"

@@ -88,6 +88,10 @@ class FitJob:
                 raise InputError(f"{path}: not a valid facefinder checkpoint (setting {name})")
         if options["layout"] not in ("auto", "khw", "hwk"):
             raise InputError(f"{path}: not a valid facefinder checkpoint (setting layout)")
+        for name, least, most in (("zoom", 1, 64), ("checkpoint_every", 1, None)):
+            value = options[name]
+            if value is not None and not (least <= value and (most is None or value <= most)):
+                raise InputError(f"{path}: not a valid facefinder checkpoint (setting {name})")
         return cls(settings, **{n: options[n] for n in names})
 
 
