@@ -649,9 +649,24 @@ def atomic_write(
         if tmp:
             with suppress(OSError):
                 os.unlink(tmp)
+        stop = _interrupt_behind(exc)
+        if stop is not None:  # a writer's clean-up failed on the way out of an interrupt
+            raise stop from None
         if isinstance(exc, OSError):
             raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
         raise
+
+
+def _interrupt_behind(exc: BaseException) -> interrupts.Interrupted | None:
+    """The interrupt ``exc`` hides, if it is a writer's error raised while the interrupt was
+    on its way out (zipfile's close() on a half-written member: "Can't close the ZIP
+    file..."), or ``exc`` itself if it is one."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, interrupts.Interrupted):
+            return exc
+        exc, seen = exc.__context__, seen + 1
+    return None
 
 
 def write_marker(folder: str | os.PathLike, made_for: str) -> None:

@@ -340,3 +340,21 @@ DEFERRED = textwrap.dedent(
 def test_a_signal_inside_a_deferred_block_waits_for_its_end():
     out = subprocess.run([sys.executable, "-c", DEFERRED], capture_output=True, text=True)
     assert out.stdout.split("\n")[:2] == ["finished the block", "130 install"], out.stderr
+
+
+def test_an_interrupt_hidden_by_a_writers_clean_up_still_interrupts(tmp_path):
+    """np.savez closing its zip file on the way out of a SIGTERM raised "Can't close the ZIP
+    file while there is an open writing handle", which replaced the interrupt (exit 1)."""
+    from facefinder_cli.interrupts import Interrupted
+    from facefinder_cli.outputs import atomic_write
+
+    target = tmp_path / "checkpoint.npz"
+    with pytest.raises(Interrupted) as stop:
+        with atomic_write(target) as f:
+            f.write(b"half")
+            try:
+                raise Interrupted(signal.SIGTERM)
+            finally:
+                raise ValueError("Can't close the ZIP file while there is an open writing handle")
+    assert stop.value.exit_code == 143
+    assert list(tmp_path.iterdir()) == []
