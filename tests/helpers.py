@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+
+import numpy as np
 
 from facefinder_cli import engine as E
 
@@ -57,3 +60,26 @@ def stop_fit_at(monkeypatch, iteration: int):
             yield
 
     return patched()
+
+
+def save_png(path, array, mode=None):
+    """Write ``array`` as a PNG at ``path`` (folders made), converted to Pillow ``mode``."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img = Image.fromarray(np.asarray(array))
+    if mode is not None:
+        img = img.convert(mode)
+    img.save(path)
+
+
+def gray(h=6, w=7, value=None, seed=0):
+    """A small 8-bit grey image: constant ``value``, or random from ``seed``."""
+    if value is not None:
+        return np.full((h, w), value, dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
+
+
+def listing(folder="."):
+    """The names in ``folder``, sorted."""
+    return sorted(os.listdir(folder))

@@ -3,13 +3,13 @@ grey, the conversions said in notes, and unreadable files refused in one line.""
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
 import numpy as np
 import pytest
 import tifffile
+from helpers import gray, save_png
 from PIL import Image
 
 from facefinder_cli.images import InputError, load_stack, write_stack
@@ -19,20 +19,6 @@ from facefinder_cli.images import InputError, load_stack, write_stack
 def _in_tmp(tmp_path, monkeypatch):
     """Run every test inside its tmp_path so messages show short relative paths."""
     monkeypatch.chdir(tmp_path)
-
-
-def save_png(path, array, mode=None):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    img = Image.fromarray(np.asarray(array))
-    if mode is not None:
-        img = img.convert(mode)
-    img.save(path)
-
-
-def gray(h=6, w=7, value=None, seed=0):
-    if value is not None:
-        return np.full((h, w), value, dtype=np.uint8)
-    return np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
 
 
 def test_multipage_tiff_file():

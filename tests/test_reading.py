@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.io
 import tifffile
+from helpers import gray, listing, save_png
 from PIL import Image
 
 from facefinder_cli.errors import Hint
@@ -26,24 +27,6 @@ from facefinder_cli.images import (
 def _in_tmp(tmp_path, monkeypatch):
     """Run every test inside its tmp_path so messages show short relative paths."""
     monkeypatch.chdir(tmp_path)
-
-
-def save_png(path, array, mode=None):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    img = Image.fromarray(np.asarray(array))
-    if mode is not None:
-        img = img.convert(mode)
-    img.save(path)
-
-
-def gray(h=6, w=7, value=None, seed=0):
-    if value is not None:
-        return np.full((h, w), value, dtype=np.uint8)
-    return np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
-
-
-def listing(folder="."):
-    return sorted(os.listdir(folder))
 
 
 # ---------------------------------------------------------------------------- sorting

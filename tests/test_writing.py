@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import tifffile
+from helpers import listing
 from PIL import Image
 
 from facefinder_cli.images import (
@@ -28,10 +29,6 @@ from facefinder_cli.outputs import atomic_write, write_marker
 def _in_tmp(tmp_path, monkeypatch):
     """Run every test inside its tmp_path so messages show short relative paths."""
     monkeypatch.chdir(tmp_path)
-
-
-def listing(folder="."):
-    return sorted(os.listdir(folder))
 
 
 # ---------------------------------------------------------------------------- to_uint8
