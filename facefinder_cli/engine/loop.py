@@ -308,7 +308,9 @@ def _fingerprint_differs(old: dict, new: dict) -> str | None:
     return None
 
 
-def _resume_refused(cp: Checkpoint, settings: FitSettings, start: str | None, data: _Data):
+def _resume_refused(
+    cp: Checkpoint, settings: FitSettings, start: str | None, data: _Data, fingerprint: dict
+):
     """Why ``cp`` does not resume the fit of ``data`` with ``settings``; None if it does."""
     if not isinstance(cp.settings, FitSettings) or not isinstance(cp.data, dict):
         return "the checkpoint is damaged: its record of settings or images is not one"
@@ -318,7 +320,7 @@ def _resume_refused(cp: Checkpoint, settings: FitSettings, start: str | None, da
     if why is None and not cp.restart < settings.restarts:
         why = "the checkpoint belongs to another fit (other restarts)"
     if why is None:
-        why = _fingerprint_differs(cp.data, data.fingerprint())
+        why = _fingerprint_differs(cp.data, fingerprint)
     if why is None:
         damage = _damaged(cp, data)
         why = None if damage is None else f"the checkpoint is damaged: {damage}"
@@ -527,9 +529,10 @@ def fit(
     ss = _seed_sequence(settings.seed)
     settings = replace(settings, seed=int(ss.entropy))
     start = _start_digest(given)
+    fingerprint = data.fingerprint()
     runs: list[RestartResult] = []
     if resume is not None:
-        why = _resume_refused(resume, settings, start, data)
+        why = _resume_refused(resume, settings, start, data, fingerprint)
         if why is not None:
             raise CheckpointError(why)
         runs = list(resume.finished)
@@ -554,7 +557,7 @@ def fit(
                 settings=settings,
                 seed_entropy=int(ss.entropy),
                 start=start,
-                data=data.fingerprint(),
+                data=fingerprint,
                 finished=tuple(runs),
                 restart=r,
                 iteration=0,
