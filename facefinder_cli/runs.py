@@ -476,7 +476,6 @@ def save_checkpoint(
     float is stored exactly, so the resumed fit equals the uninterrupted one bit for bit."""
     arrays: dict[str, Any] = {
         "settings": json.dumps(_settings_record(state.settings, options), sort_keys=True),
-        "seed_entropy": str(state.seed_entropy),
         "start": state.start or "",
         "data_fingerprint": json.dumps(state.data, sort_keys=True),
         "restart": state.restart,
@@ -580,7 +579,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
         options = {k: v for k, v in saved.items() if k not in engine_fields}
         state = Checkpoint(
             settings=settings,
-            seed_entropy=int(str(z["seed_entropy"])),
             start=str(z["start"]) or None,
             data=json.loads(str(z["data_fingerprint"])),
             finished=tuple(finished),

@@ -201,7 +201,6 @@ class Checkpoint:
     """
 
     settings: FitSettings
-    seed_entropy: int
     start: str | None
     data: dict
     finished: tuple[RestartResult, ...]
@@ -259,8 +258,6 @@ def _damaged(cp: Checkpoint, data: _Data) -> str | None:
         return "its record of unidentified background pixels has the wrong shape"
     if not 0 <= cp.prior_fixed_until <= t:
         return "its record of when the prior was held is out of range"
-    if cp.seed_entropy != cp.settings.seed:
-        return "its seed is not the one its settings record"
     if len(cp.finished) != cp.restart:
         return "its record of finished restarts does not match its restart"
     for done in cp.finished:
@@ -555,7 +552,6 @@ def fit(
         else:
             state = Checkpoint(
                 settings=settings,
-                seed_entropy=int(ss.entropy),
                 start=start,
                 data=fingerprint,
                 finished=tuple(runs),
