@@ -278,6 +278,7 @@ def run_EM(X, h, w, F=None, B=None, s=None, A=None, tolerance=0.001, max_iter=50
         tol=float(tolerance) / (K * H * W),
         init_params=init_params,
         prior_update="always",
+        accelerate="none",  # the course's EM: one iteration per pass, its stopping rule
     )
     return (*_results(result.params), np.append(result.elbo, result.final_elbo))
 
@@ -328,5 +329,6 @@ def run_EM_with_restarts(
         restarts=n_restarts,
         seed=seed,
         prior_update="always",
+        accelerate="none",
     )
     return (*_results(result.params), float(result.final_elbo))

@@ -150,6 +150,7 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
     w = csv.writer(out, lineterminator="\n")
     extra = [c for c in ERROR_COLUMNS if c in errors]
     head = ["iteration", "elbo", "log_likelihood", "seconds", "prior_fixed", "n_values", "gain"]
+    head.append("passes")
     w.writerow([*head, *extra])
     for t in range(len(result.elbo)):
         w.writerow(
@@ -161,6 +162,7 @@ def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
                 int(0 < t <= h.prior_fixed_until),  # this M-step held the prior
                 n_values,
                 repr(float(result.gain[t])),
+                int(result.passes[t]),
                 *(repr(float(errors[c][t])) for c in extra),
             ]
         )
@@ -215,6 +217,7 @@ def save_run(
         log_likelihood=result.log_likelihood,
         gain=result.gain,
         seconds=result.seconds,
+        passes=result.passes,
         final_elbo=result.final_elbo,
         n_iter=result.n_iter,
         converged=result.converged,
@@ -232,6 +235,7 @@ def save_run(
         restart_log_likelihood=_padded([r.log_likelihood for r in restarts]),
         restart_gain=_padded([r.gain for r in restarts]),
         restart_seconds=_padded([r.seconds for r in restarts]),
+        restart_passes=_padded([r.passes for r in restarts]),
         restart_n_iter=np.array([r.n_iter for r in restarts]),
         restart_converged=np.array([r.converged for r in restarts]),
         settings=json.dumps(_settings_record(result.settings, options or {}), sort_keys=True),
@@ -484,6 +488,7 @@ def save_checkpoint(
         "log_likelihood": np.array(state.log_likelihood, dtype=float),
         "gain": np.array(state.gain, dtype=float),
         "seconds": np.array(state.seconds, dtype=float),
+        "passes": np.array(state.passes, dtype=np.int64),
         "converged": state.converged,
         "prior_free": state.prior_free,
         "prior_fixed_until": state.prior_fixed_until,
@@ -505,6 +510,7 @@ def save_checkpoint(
                 f"finished{i}_log_likelihood": h.log_likelihood,
                 f"finished{i}_gain": h.gain,
                 f"finished{i}_seconds": h.seconds,
+                f"finished{i}_passes": h.passes,
                 f"finished{i}_n_iter": h.n_iter,
                 f"finished{i}_converged": h.converged,
                 f"finished{i}_final_elbo": h.final_elbo,
@@ -560,6 +566,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
                 log_likelihood=z[f + "log_likelihood"],
                 gain=z[f + "gain"],
                 seconds=z[f + "seconds"],
+                passes=z[f + "passes"],
                 n_iter=int(z[f + "n_iter"]),
                 converged=bool(z[f + "converged"]),
                 final_elbo=float(z[f + "final_elbo"]),
@@ -589,6 +596,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             log_likelihood=tuple(float(v) for v in z["log_likelihood"]),
             gain=tuple(float(v) for v in z["gain"]),
             seconds=tuple(float(v) for v in z["seconds"]),
+            passes=tuple(int(v) for v in z["passes"]),
             converged=bool(z["converged"]),
             prior_free=bool(z["prior_free"]),
             prior_fixed_until=int(z["prior_fixed_until"]),

@@ -38,7 +38,7 @@ def test_many_draws_approach_soft_em(broad):
     X = broad.images
     start = E.initialize(X, (16, 16))
     kw = dict(init_params=start, max_iter=3, tol=-np.inf, prior_update="always", seed=1)
-    soft = quiet_fit(X, (16, 16), **kw)
+    soft = quiet_fit(X, (16, 16), accelerate="none", **kw)
 
     def error(n):
         mc = quiet_fit(X, (16, 16), method="mc", samples=n, samples_growth=1, max_samples=n, **kw)

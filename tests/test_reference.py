@@ -148,6 +148,7 @@ def _fit(X, face_shape, **kw):
     (asserted through ``noise_floored`` where it matters). The prior is re-estimated from the
     first M-step, as in the reference M-step."""
     kw.setdefault("prior_update", "always")
+    kw.setdefault("accelerate", "none")  # an iteration is one EM step, as in the reference
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", E.ConvergenceWarning)
         warnings.simplefilter("ignore", E.NoiseFloorWarning)

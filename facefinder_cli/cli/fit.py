@@ -66,6 +66,12 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     --init-from start."""
     if math.isnan(options["tol"]):
         raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
+    if options["accelerate"] == "squarem" and options["method"] != "soft":
+        raise click.BadParameter(
+            f"squarem is for --method soft only, not {options['method']} (it did not pay "
+            "there); use auto or none",
+            param_hint="'--accelerate'",
+        )
     init_from, truth = options.pop("init_from"), options.pop("truth")
     if face_size is None:
         if init_from is None:
@@ -107,6 +113,15 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     "only (faster, rougher); mc: Monte-Carlo EM, positions drawn from the posteriors.",
 )
 @click.option(
+    "--accelerate",
+    type=click.Choice(engine.ACCELERATIONS),
+    default=DEFAULTS["accelerate"],
+    show_default=True,
+    help="auto: soft EM accelerated by SQUAREM (3 passes over the images per iteration, several "
+    "times fewer passes in all; stops when close to the optimum), hard and mc plain; none: "
+    "plain EM, the study's algorithm and stopping rule; squarem: as auto (soft only).",
+)
+@click.option(
     "--init",
     "init",
     type=click.Choice(engine.INIT_METHODS),
@@ -126,15 +141,17 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     type=click.IntRange(min=0),
     default=DEFAULTS["max_iter"],
     show_default=True,
-    help="Most EM iterations per start (0: just the start).",
+    help="Most EM iterations per start (0: just the start); an accelerated iteration makes 3 "
+    "passes over the images.",
 )
 @click.option(
     "--tol",
     type=float,
     default=DEFAULTS["tol"],
     show_default=True,
-    help="Stop when an iteration raises the ELBO by less than this many nats per image and pixel; "
-    "0 or less: run --max-iter iterations (the ELBO never falls), with no warning.",
+    help="Stop when the ELBO is estimated to be within this many nats per image and pixel of "
+    "its optimum (accelerated EM), or rises by less in an iteration (plain EM); 0 or less: run "
+    "--max-iter iterations (the ELBO never falls), with no warning.",
 )
 @click.option(
     "--seed",

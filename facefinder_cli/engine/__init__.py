@@ -79,6 +79,7 @@ from facefinder_cli.engine.machine import (
     default_memory_limit,
 )
 from facefinder_cli.engine.model import (
+    ACCELERATIONS,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_TOL,
     DTYPES,
@@ -127,6 +128,7 @@ __all__ = [
     "NonFiniteError",
     "PRIOR_PSEUDO_COUNT",
     "PRIOR_UPDATES",
+    "ACCELERATIONS",
     "Params",
     "Progress",
     "RestartHistory",

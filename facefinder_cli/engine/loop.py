@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from facefinder_cli.engine.accelerate import cycle
 from facefinder_cli.engine.data import _check_params, _Data
 from facefinder_cli.engine.machine import _retain_freed_memory
 from facefinder_cli.engine.model import (
@@ -63,8 +64,9 @@ class RestartHistory:
     (for ``t = 0``, the posterior at ``θ_0``). ``gain[t]`` is what the stopping rule compared
     with ``tol`` after iteration ``t`` (see :class:`FitSettings`; ``gain[0]`` is NaN).
     ``seconds[t]`` is the time since the start
-    (``seconds[0]``: the initialisation). The prior was held fixed in the first
-    ``prior_fixed_until`` iterations.
+    (``seconds[0]``: the initialisation) and ``passes[t]`` the passes over the images made
+    by then (``passes[0] = 0``; plain EM makes one per iteration, accelerated EM two or three).
+    The prior was held fixed in the first ``prior_fixed_until`` iterations.
     """
 
     init: str
@@ -72,6 +74,7 @@ class RestartHistory:
     log_likelihood: np.ndarray
     gain: np.ndarray
     seconds: np.ndarray
+    passes: np.ndarray
     n_iter: int
     converged: bool
     final_elbo: float
@@ -88,7 +91,7 @@ class FitResult:
     background : ndarray of shape (H, W)
     noise_std : float
     prior : ndarray of shape (H-h+1, W-w+1)
-    elbo, log_likelihood, gain, seconds : ndarray of shape (n_iter + 1,)
+    elbo, log_likelihood, gain, seconds, passes : ndarray of shape (n_iter + 1,)
         Histories of the best restart (see :class:`RestartHistory`).
     final_elbo : float
         ``L(q, θ)`` at the final parameters with their own posterior (soft and Monte-Carlo EM:
@@ -128,6 +131,7 @@ class FitResult:
     log_likelihood: np.ndarray
     gain: np.ndarray
     seconds: np.ndarray
+    passes: np.ndarray
     final_elbo: float
     n_iter: int
     converged: bool
@@ -196,7 +200,8 @@ class Checkpoint:
     ``finished`` holds the restarts already done; restart ``restart`` has completed
     ``iteration`` iterations and stands at ``params``. The histories hold one value per
     iteration (``elbo`` also one for the start, from the first iteration on; ``seconds`` one for
-    the start); ``gain`` is what the stopping rule compared with ``tol``. ``rng_state`` is the
+    the start, as ``passes``); ``gain`` is what the stopping rule compared with ``tol``.
+    ``rng_state`` is the
     restart's random generator's state (``bit_generator.state``).
     """
 
@@ -211,6 +216,7 @@ class Checkpoint:
     log_likelihood: tuple[float, ...]
     gain: tuple[float, ...]
     seconds: tuple[float, ...]
+    passes: tuple[int, ...]
     converged: bool
     prior_free: bool
     prior_fixed_until: int
@@ -252,7 +258,7 @@ def _damaged(cp: Checkpoint, data: _Data) -> str | None:
     # (elbo[0] is added with the first iteration's E-step: none before it)
     if len(cp.log_likelihood) != t or len(cp.gain) != t or len(cp.elbo) != (t + 1 if t else 0):
         return "its histories do not have one value per iteration"
-    if len(cp.seconds) != t + 1:
+    if len(cp.seconds) != t + 1 or len(cp.passes) != t + 1:
         return "its histories do not have one value per iteration"
     if np.shape(cp.unidentified) != (data.H, data.W):
         return "its record of unidentified background pixels has the wrong shape"
@@ -269,7 +275,7 @@ def _damaged(cp: Checkpoint, data: _Data) -> str | None:
         n = h.n_iter + 1
         if not 0 <= h.n_iter <= cp.settings.max_iter or not 0 <= h.prior_fixed_until <= h.n_iter:
             return "a finished restart's iterations are out of range"
-        if any(len(a) != n for a in (h.elbo, h.log_likelihood, h.gain, h.seconds)):
+        if any(len(a) != n for a in (h.elbo, h.log_likelihood, h.gain, h.seconds, h.passes)):
             return "a finished restart's histories do not match its iterations"
         if not np.isfinite(h.log_likelihood).all() or not np.isfinite(h.elbo).all():
             return "a finished restart's histories hold values that are not numbers"
@@ -325,9 +331,10 @@ def _resume_refused(
 
 
 def _gain(state: Checkpoint, n_values: int) -> float:
-    """The stopping rule's measure of the last iteration, per image and pixel: the rise of
-    the ELBO, or for Monte-Carlo EM the windowed rise of the exact log-likelihood (windows
-    start afresh when a held prior is released: its jump is a new phase)."""
+    """The stopping rule's measure of the last plain iteration, per image and pixel: the rise
+    of the ELBO, or for Monte-Carlo EM the windowed rise of the exact log-likelihood (windows
+    start afresh when a held prior is released: its jump is a new phase). Accelerated EM
+    measures its cycles itself (:attr:`~facefinder_cli.engine.accelerate.Cycle.distance`)."""
     s = state.settings
     if s.method != "mc":
         return (state.elbo[-1] - state.elbo[-2]) / n_values
@@ -338,9 +345,18 @@ def _gain(state: Checkpoint, n_values: int) -> float:
 def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float):
     """One EM iteration from ``state``: the next state, and the E-step's MAP positions."""
     s, t = state.settings, state.iteration + 1
-    samples = _samples_at(t, s.samples, s.samples_growth, s.max_samples)
-    stats = _pass(data, state.params, s.method, True, rng, samples)
-    params, info = stats.m_step(state.params, update_prior=state.prior_free)
+    n_values = data.K * data.H * data.W
+    holding = s.prior_update == "late" and not state.prior_free
+    threshold = s.tol if s.tol > 0 or not holding else DEFAULT_TOL  # to stop, or to release
+    distance = math.nan
+    if s.accelerated:
+        c = cycle(data, state.params, state.prior_free, max(threshold, 0) * n_values)
+        stats, params, info, passes, distance = c.first, c.params, c.info, c.passes, c.distance
+    else:
+        samples = _samples_at(t, s.samples, s.samples_growth, s.max_samples)
+        stats = _pass(data, state.params, s.method, True, rng, samples)
+        params, info = stats.m_step(state.params, update_prior=state.prior_free)
+        passes = 1
     state = replace(
         state,
         iteration=t,
@@ -348,15 +364,14 @@ def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float
         elbo=state.elbo + ((stats.elbo,) if t == 1 else ()) + (info["elbo"],),
         log_likelihood=state.log_likelihood + (stats.log_likelihood,),
         seconds=state.seconds + (time.perf_counter() - t0,),
+        passes=state.passes + (state.passes[-1] + passes,),
         prior_fixed_until=state.prior_fixed_until + (not state.prior_free),
         unidentified=info["unidentified"],
         noise_floored=info["floored"],
     )
-    gain = float(_gain(state, data.K * data.H * data.W))
-    if s.prior_update == "late" and not state.prior_free:
-        # the rest has settled: from now on the prior is learnt too
-        released = gain < (s.tol if s.tol > 0 else DEFAULT_TOL)
-        state = replace(state, gain=state.gain + (gain,), prior_free=released)
+    gain = distance / n_values if s.accelerated else float(_gain(state, n_values))
+    if holding:  # once the rest has settled, the prior is learnt too
+        state = replace(state, gain=state.gain + (gain,), prior_free=gain < threshold)
     else:
         state = replace(state, gain=state.gain + (gain,), converged=gain < s.tol)
     return state, stats.positions
@@ -368,8 +383,10 @@ def _run(
     rng: np.random.Generator,
     t0: float,
     callback: Callable[[Progress], None] | None,
+    support: np.ndarray | None = None,
 ) -> RestartResult:
-    """Restart ``state.restart`` from ``state`` (its start, or a checkpoint) to its end."""
+    """Restart ``state.restart`` from ``state`` (its start, or a checkpoint) to its end;
+    ``support``: where a given start prior is positive (None: not given)."""
     s = state.settings
 
     def report(positions: np.ndarray | None) -> None:
@@ -401,7 +418,7 @@ def _run(
     # after any M-step, the prior if an M-step re-estimated it).
     fitted = (state.iteration > 0, state.iteration > state.prior_fixed_until)
     method = "soft" if s.method == "mc" else s.method
-    final = _pass(data, state.params, method, False, held_out=fitted)
+    final = _pass(data, state.params, method, False, held_out=fitted, support=support)
     elbo = state.elbo if state.iteration else (final.elbo,)
     history = RestartHistory(
         init=s.init,
@@ -409,6 +426,7 @@ def _run(
         log_likelihood=np.array(state.log_likelihood + (final.log_likelihood,)),
         gain=np.array((math.nan,) + state.gain),
         seconds=np.array(state.seconds),
+        passes=np.array(state.passes),
         n_iter=state.iteration,
         converged=state.converged,
         final_elbo=final.elbo,
@@ -526,6 +544,7 @@ def fit(
     ss = _seed_sequence(settings.seed)
     settings = replace(settings, seed=int(ss.entropy))
     start = _start_digest(given)
+    support = None if given.get("prior") is None else np.asarray(given["prior"]) > 0
     fingerprint = data.fingerprint()
     runs: list[RestartResult] = []
     if resume is not None:
@@ -562,19 +581,24 @@ def fit(
                 log_likelihood=(),
                 gain=(),
                 seconds=(time.perf_counter() - t0,),
+                passes=(0,),
                 converged=False,
                 prior_free=settings.prior_update == "always",
                 prior_fixed_until=0,
                 unidentified=np.zeros((data.H, data.W), dtype=bool),
                 noise_floored=False,
             )
-        runs.append(_run(data, state, rng, t0, callback))
+        runs.append(_run(data, state, rng, t0, callback, support))
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
     run = runs[best]
     h = run.history
     if settings.max_iter > 0 and not h.converged and settings.tol > 0:  # (tol <= 0: as asked)
         gain = f"last gain {h.gain[-1]:.3g} nats per image and pixel"
-        if math.isinf(h.gain[-1]):  # Monte-Carlo EM, before its second window
+        if settings.accelerated:
+            gain = f"estimated {h.gain[-1]:.3g} nats per image and pixel from the optimum"
+            if math.isinf(h.gain[-1]):
+                gain = "its gains were not yet shrinking"
+        elif math.isinf(h.gain[-1]):  # Monte-Carlo EM, before its second window
             gain = f"Monte-Carlo EM's gain needs {2 * MC_WINDOW} iterations"
         warnings.warn(
             f"EM did not converge in {settings.max_iter} iterations ({gain}, tol "
@@ -598,6 +622,7 @@ def fit(
         log_likelihood=h.log_likelihood,
         gain=h.gain,
         seconds=h.seconds,
+        passes=h.passes,
         final_elbo=h.final_elbo,
         n_iter=h.n_iter,
         converged=h.converged,

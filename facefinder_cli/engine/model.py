@@ -15,6 +15,8 @@ METHODS: tuple[str, ...] = ("soft", "hard", "mc")
 PriorUpdate = Literal["late", "always", "never"]
 PRIOR_UPDATES: tuple[str, ...] = ("late", "always", "never")
 INIT_METHODS: tuple[str, ...] = ("median", "zeros", "bright", "random", "smooth")
+Accelerate = Literal["auto", "squarem", "none"]
+ACCELERATIONS: tuple[str, ...] = ("auto", "squarem", "none")
 
 #: The study's white level: its initialisations assume pixels on the 0..255 scale.
 WHITE = 255.0

@@ -40,6 +40,7 @@ def _held_out(
     q: np.ndarray,
     prior: np.ndarray,
     fitted: tuple[bool, bool],
+    support: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each image's MAP position and its probability under the parameters fitted to the other
     images: ``(best flat index (n,), probability (n,))`` for a chunk with spectra ``xf``, log
@@ -51,7 +52,8 @@ def _held_out(
     prior its own posterior: scored with them, an image matches itself, and its probability is
     too high (measured: 1.000 where 65% of the positions were right). Here image k is scored with
     the face without its crop, ``F_{-k} = (K F - c_k) / (K - 1)`` with ``c_k(u) = Σ_d q_k(d)
-    X_k(d + u)``, and with the :func:`predictive_prior` of the other images' posteriors; the
+    X_k(d + u)``, and with the :func:`predictive_prior` of the other images' posteriors (only
+    over ``support``, if given: the positions a given start prior allows); the
     background and noise std stay those of all the images. It costs three FFTs per image
     (``c_k``, its spectrum, its correlation with the image), in the final pass only.
     ``fitted`` says whether the face and the prior were fitted (re-estimated by an M-step):
@@ -65,7 +67,11 @@ def _held_out(
         lp += ((corr - own) * (scorer.inv_s2 / (K - 1))).astype(lp.dtype)
     if prior_learnt:
         others = np.maximum(K * prior[None] - q, 0.0)
-        held = (others + PRIOR_PSEUDO_COUNT) / (K - 1 + PRIOR_PSEUDO_COUNT * prior.size)
+        if support is None:
+            held = (others + PRIOR_PSEUDO_COUNT) / (K - 1 + PRIOR_PSEUDO_COUNT * prior.size)
+        else:  # no pseudo-count for the positions a given prior forbids
+            held = (others + PRIOR_PSEUDO_COUNT) / (K - 1 + PRIOR_PSEUDO_COUNT * support.sum())
+            held *= support
     else:
         held = np.broadcast_to(prior, lp.shape)
     with np.errstate(divide="ignore"):
@@ -82,12 +88,14 @@ def _pass(
     rng: np.random.Generator | None = None,
     samples: int = 0,
     held_out: tuple[bool, bool] | None = None,
+    support: np.ndarray | None = None,
 ) -> _Stats:
     """One streaming pass: the E-step at ``p`` (log-likelihood, bound, MAP positions and their
     probabilities) and, if ``accumulate``, the M-step sums. Monte-Carlo EM (``method="mc"``)
     draws ``samples`` positions per image from the posterior with ``rng``, and its ``q`` is the
     empirical distribution of the draws. With ``held_out`` (whether the face and the prior
-    were fitted) the positions and probabilities are the held-out ones of :func:`_held_out`."""
+    were fitted) the positions and probabilities are the held-out ones of :func:`_held_out`
+    (with ``support``)."""
     if held_out is not None:
         assert not accumulate, "held-out positions are for the final pass"
         # The final pass scores with the likelihood alone, then adds the prior, so that the
@@ -114,7 +122,7 @@ def _pass(
             if method == "hard":  # its face is built from each image's MAP crop
                 q = np.zeros_like(post.q)
                 q.reshape(len(q), -1)[np.arange(len(q)), post.best] = 1.0
-            flat, probability = _held_out(scorer, data, xf, lp, corr, q, p.prior, held_out)
+            flat, probability = _held_out(scorer, data, xf, lp, corr, q, p.prior, held_out, support)
             part.elbo = ll if method == "soft" else float(post.best_log_joint.sum())
             part.entropy = float(post.entropy.sum())
             return part, np.column_stack(np.unravel_index(flat, (data.Dh, data.Dw))), probability

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from facefinder_cli.engine.model import (
+    ACCELERATIONS,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_TOL,
     INIT_METHODS,
@@ -19,6 +20,7 @@ from facefinder_cli.engine.model import (
     MC_SAMPLES,
     METHODS,
     PRIOR_UPDATES,
+    Accelerate,
     Method,
     PriorUpdate,
     _check_dtype,
@@ -63,6 +65,14 @@ class FitSettings:
         guesses and locks EM into them; holding it back first avoids that (see
         ``docs/INITIALISATION.md``). Either way the lower bound never decreases (holding a
         parameter is a partial M-step). ``"never"``: keep it.
+    accelerate : {"auto", "squarem", "none"}
+        ``"squarem"``: every iteration is one SQUAREM cycle (three passes over the images: two
+        EM steps, an extrapolation along them, and the EM step from there, kept only if it is
+        at least as good as the two plain steps; see :mod:`~facefinder_cli.engine.accelerate`),
+        and the stopping rule estimates the distance to the optimum. ``"none"``: plain EM, one
+        pass per iteration, the study's algorithm and stopping rule. ``"auto"`` (default):
+        ``"squarem"`` for soft EM, ``"none"`` for hard and Monte-Carlo EM, where it did not
+        pay (``docs/PERFORMANCE.md``). Both reach the same fixed points.
     samples, samples_growth, max_samples : int, float, int
         Monte-Carlo EM only: ``samples`` draws per image in the first iteration, multiplied by
         ``samples_growth`` every iteration up to ``max_samples`` (raised to ``samples`` if
@@ -85,6 +95,7 @@ class FitSettings:
     tol: float = DEFAULT_TOL
     seed: int | None = None
     prior_update: PriorUpdate = "late"
+    accelerate: Accelerate = "auto"
     samples: int = MC_SAMPLES
     samples_growth: float = MC_GROWTH
     max_samples: int = MC_MAX_SAMPLES
@@ -130,6 +141,12 @@ class FitSettings:
         choice("method", METHODS)
         choice("init", INIT_METHODS)
         choice("prior_update", PRIOR_UPDATES)
+        choice("accelerate", ACCELERATIONS)
+        if self.accelerate == "squarem" and self.method != "soft":
+            raise ValueError(
+                f"accelerate 'squarem' is for soft EM only, not {self.method} EM (it did not "
+                "pay there: see docs/PERFORMANCE.md); use 'auto' or 'none'"
+            )
         whole("restarts", 1)
         whole("max_iter", 0)
         real("tol")
@@ -142,6 +159,12 @@ class FitSettings:
         put("max_samples", max(whole("max_samples", 1), samples))
         whole("chunk_size", 1)
         put("dtype", _check_dtype(self.dtype).name)
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether each iteration is a SQUAREM cycle (``accelerate`` "squarem", or "auto" with
+        soft EM)."""
+        return self.accelerate == "squarem" or (self.accelerate == "auto" and self.method == "soft")
 
     @classmethod
     def of(cls, settings: FitSettings | Sequence[int] | None, **changes: object) -> FitSettings:
