@@ -134,7 +134,9 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     type=click.IntRange(min=1),
     default=DEFAULTS["restarts"],
     show_default=True,
-    help="Independent starts; the one with the best log-likelihood is kept.",
+    help="Starts, the one with the best log-likelihood kept. With --init median, later starts "
+    "anneal the first (40 more passes each; often a better fit when the images are few for "
+    "the noise), the third on under a random prior over positions.",
 )
 @click.option(
     "--max-iter",

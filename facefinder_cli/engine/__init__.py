@@ -71,6 +71,7 @@ from facefinder_cli.engine.loop import (
     RestartHistory,
     RestartResult,
     fit,
+    initialize,
 )
 from facefinder_cli.engine.machine import (
     CHUNK_BYTES,
@@ -101,10 +102,13 @@ from facefinder_cli.engine.model import (
     uniform_prior,
 )
 from facefinder_cli.engine.mstep import elbo, m_step
+from facefinder_cli.engine.passes import ANNEAL_BETA, ANNEAL_PASSES
 from facefinder_cli.engine.settings import FitSettings
-from facefinder_cli.engine.starts import initialize
 
 __all__ = [
+    "ACCELERATIONS",
+    "ANNEAL_BETA",
+    "ANNEAL_PASSES",
     "CHUNK_BYTES",
     "Checkpoint",
     "CheckpointError",
@@ -128,7 +132,6 @@ __all__ = [
     "NonFiniteError",
     "PRIOR_PSEUDO_COUNT",
     "PRIOR_UPDATES",
-    "ACCELERATIONS",
     "Params",
     "Progress",
     "RestartHistory",

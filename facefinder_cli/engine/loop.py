@@ -27,7 +27,7 @@ from facefinder_cli.engine.model import (
     NoiseFloorWarning,
     Params,
 )
-from facefinder_cli.engine.passes import _pass
+from facefinder_cli.engine.passes import ANNEAL_PASSES, _anneal, _pass
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _given, _initialize, _seed_child, _seed_sequence
 
@@ -65,7 +65,8 @@ class RestartHistory:
     with ``tol`` after iteration ``t`` (see :class:`FitSettings`; ``gain[0]`` is NaN).
     ``seconds[t]`` is the time since the start
     (``seconds[0]``: the initialisation) and ``passes[t]`` the passes over the images made
-    by then (``passes[0] = 0``; plain EM makes one per iteration, accelerated EM two or three).
+    by then (``passes[0]``: those of the start, 0 unless it was annealed; plain EM makes one
+    per iteration, accelerated EM two or three).
     The prior was held fixed in the first ``prior_fixed_until`` iterations.
     """
 
@@ -442,6 +443,54 @@ def _run(
     )
 
 
+def _start(
+    data: _Data, init: str, rng: np.random.Generator, restart: int, given: dict
+) -> tuple[Params, int]:
+    """Where restart ``restart`` starts, and the passes over the images that took. The
+    ``median`` start's restarts anneal it (see ``_anneal``): restart 1 as it is, later ones
+    under a random prior each; the study's starts draw their own, and given parameters
+    (any of face, background, noise) are used as they are."""
+    params = _initialize(data, init, rng, given)
+    if (
+        restart == 0
+        or init != "median"
+        or any(given.get(k) is not None for k in ("face", "background", "noise_std"))
+    ):
+        return params, 0
+    return _anneal(data, params, rng if restart >= 2 else None), ANNEAL_PASSES
+
+
+def initialize(
+    X: np.ndarray,
+    face_shape: tuple[int, int],
+    init: str = "median",
+    *,
+    seed: int | np.random.SeedSequence | None = None,
+    restart: int = 0,
+) -> Params:
+    """The parameters restart ``restart`` of :func:`fit` starts from with ``init``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (K, H, W)
+    face_shape : (h, w)
+    init : {"median", "zeros", "bright", "random", "smooth"}
+        ``median`` (the default of :func:`fit`): the per-pixel median of the images as the
+        background, a robust noise std, and a face that favours no position (see
+        ``_init_median``); its restarts anneal it (``ANNEAL_PASSES`` passes over the images;
+        restart 1 as it is, later ones under a random prior). The study's starts, on the
+        0..255 scale: ``zeros`` (F = B = 0, s = 1), ``bright`` (F = B = 255, s = 255),
+        ``random`` (F, B uniform on 0..255, s exponential with mean 10), ``smooth`` (F and B
+        from Gaussian-filtered random images, s their residual std). All start from a
+        uniform prior.
+    seed, restart
+        As in :func:`fit`: restart ``r`` draws from child ``r`` of ``SeedSequence(seed)``.
+    """
+    data = _Data(X, face_shape, cache_fft=False)
+    child = _seed_child(_seed_sequence(seed), restart)
+    return _start(data, init, np.random.default_rng(child), restart, {})[0]
+
+
 def fit(
     X: np.ndarray,
     settings: FitSettings | Sequence[int] | None = None,
@@ -569,6 +618,7 @@ def fit(
             t0 -= resume.seconds[-1]
             state = replace(resume, rng_state={})
         else:
+            params, start_passes = _start(data, settings.init, rng, r, given)
             state = Checkpoint(
                 settings=settings,
                 start=start,
@@ -576,12 +626,12 @@ def fit(
                 finished=tuple(runs),
                 restart=r,
                 iteration=0,
-                params=_initialize(data, settings.init, rng, r, given),
+                params=params,
                 elbo=(),
                 log_likelihood=(),
                 gain=(),
                 seconds=(time.perf_counter() - t0,),
-                passes=(0,),
+                passes=(start_passes,),
                 converged=False,
                 prior_free=settings.prior_update == "always",
                 prior_fixed_until=0,

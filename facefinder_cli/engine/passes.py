@@ -89,13 +89,15 @@ def _pass(
     samples: int = 0,
     held_out: tuple[bool, bool] | None = None,
     support: np.ndarray | None = None,
+    beta: float = 1.0,
 ) -> _Stats:
     """One streaming pass: the E-step at ``p`` (log-likelihood, bound, MAP positions and their
     probabilities) and, if ``accumulate``, the M-step sums. Monte-Carlo EM (``method="mc"``)
     draws ``samples`` positions per image from the posterior with ``rng``, and its ``q`` is the
     empirical distribution of the draws. With ``held_out`` (whether the face and the prior
     were fitted) the positions and probabilities are the held-out ones of :func:`_held_out`
-    (with ``support``)."""
+    (with ``support``). ``beta < 1`` tempers soft EM's posteriors, ``q ∝ p(X_k, d | θ)^beta``
+    (see :func:`_anneal`; the pass's log-likelihood and bound are then not ``θ``'s)."""
     if held_out is not None:
         assert not accumulate, "held-out positions are for the final pass"
         # The final pass scores with the likelihood alone, then adds the prior, so that the
@@ -110,7 +112,10 @@ def _pass(
         x, xf = data.chunk_data(a, b)
         part = _Stats(data)
         if held_out is None:
-            post = _Posterior.from_log_joint(*scorer.log_joint(x, xf, data.sq_x[a:b]))
+            lp, c = scorer.log_joint(x, xf, data.sq_x[a:b])
+            if beta != 1.0:
+                lp *= lp.dtype.type(beta)
+            post = _Posterior.from_log_joint(lp, c)
         else:
             lp, c, corr = scorer.log_joint_and_correlation(x, xf, data.sq_x[a:b])
             post = _Posterior.from_log_joint(lp + log_prior, c)
@@ -152,3 +157,31 @@ def _pass(
         stats.probability[a:b] = probability
         data.report(b)
     return stats
+
+
+#: Deterministic annealing of a start: passes, and the first pass's inverse temperature.
+ANNEAL_PASSES = 40
+ANNEAL_BETA = 0.02
+
+
+def _anneal(
+    data: _Data, p: Params, rng: np.random.Generator | None = None, passes: int = ANNEAL_PASSES
+) -> Params:
+    """``p`` carried through ``passes`` soft EM steps at rising inverse temperatures, from
+    ``ANNEAL_BETA`` to nearly 1 in geometric steps (deterministic annealing, Ueda & Nakano,
+    Neural Networks 1998). Tempered posteriors ``q ∝ p(X_k, d | θ)^beta`` are broad at first:
+    the face is fitted to many positions at once, and it sharpens onto the positions that
+    explain the images best, rather than onto those its start happened to favour. The prior
+    is held; EM then carries on from the result, with ``p``'s prior.
+
+    Annealing forgets its start, so annealed restarts would all end alike. With ``rng`` the
+    prior held while annealing is a random one instead (Dirichlet(1) over ``p``'s support):
+    it tilts the landscape, and each restart sharpens onto other positions."""
+    start = p
+    if rng is not None:
+        tilt = rng.dirichlet(np.ones(p.prior.size)).reshape(p.prior.shape) * (p.prior > 0)
+        p = Params(p.face, p.background, p.noise_std, tilt / tilt.sum())
+    for beta in np.geomspace(ANNEAL_BETA, 1.0, passes, endpoint=False):
+        stats = _pass(data, p, "soft", True, beta=float(beta))
+        p, _ = stats.m_step(p, update_prior=False)
+    return Params(p.face, p.background, p.noise_std, start.prior)

@@ -45,16 +45,24 @@ class FitSettings:
         How each restart starts; see :func:`initialize`. ``init_params`` entries override it.
     restarts : int
         Number of restarts; the one with the highest final ``log p(X | θ)`` is returned.
-        Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``.
+        Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``. With
+        the ``median`` start, restart 0 is that start, restart 1 the same start annealed
+        (``ANNEAL_PASSES`` passes at rising inverse temperatures, which find better optima
+        where there are few images for the noise: ``docs/INITIALISATION.md``), and later
+        restarts anneal it under a random prior over positions, each its own.
     max_iter : int
         Maximum EM iterations per restart; 0 returns the initialisation.
     tol : float
-        Stop when an iteration's gain is below ``tol`` nats per image and pixel: the rise of
-        the lower bound, ``(elbo[t] - elbo[t-1]) / (K H W)``. ``tol <= 0`` runs ``max_iter``
-        iterations (the soft-EM ELBO never falls), without a ConvergenceWarning.
-        Monte-Carlo EM, whose bound is noisy, uses the exact log-likelihood instead, averaged
-        over windows of ``MC_WINDOW`` iterations: its gain is the mean rise per iteration of
-        the last window over the one before. Either way the gain is kept in the history.
+        Accelerated EM stops when the log-likelihood is estimated to be within ``tol`` nats
+        per image and pixel of the optimum its steps converge to (from the rate at which the
+        cycle's two EM steps gained: :func:`~facefinder_cli.engine.accelerate._remaining`).
+        Plain EM stops when an iteration's gain is below ``tol``: the rise of the lower
+        bound, ``(elbo[t] - elbo[t-1]) / (K H W)``, the study's rule, which can stop far
+        from the optimum where EM crawls. ``tol <= 0`` runs ``max_iter`` iterations (the
+        soft-EM ELBO never falls), without a ConvergenceWarning. Monte-Carlo EM, whose bound
+        is noisy, uses the exact log-likelihood instead, averaged over windows of
+        ``MC_WINDOW`` iterations: its gain is the mean rise per iteration of the last window
+        over the one before. Every rule's measure is kept in the history (``gain``).
     seed : int or None
         ``None`` draws fresh entropy; the result's settings record it, so they repeat the run.
     prior_update : {"late", "always", "never"}

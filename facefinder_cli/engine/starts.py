@@ -46,34 +46,24 @@ def _smooth_image(data: _Data, k: int) -> np.ndarray:
     return ndimage.gaussian_filter(np.asarray(data.X[k], dtype=np.float64), sigma)
 
 
-def _init_median(data: _Data, rng: np.random.Generator | None, prior: np.ndarray) -> Params:
+def _init_median(data: _Data, prior: np.ndarray) -> Params:
     """The default start, from the data.
 
     The face moves and the background does not, so the background is the per-pixel median of
     the images and the noise std a robust spread (MAD) of the residuals. The face starts as what
     the first M-step would give if every image's posterior were the prior: the prior-weighted
-    average of the mean image's windows, a blur that favours no position. Restarts after the
-    first (``rng`` given) start the face from a smoothed window of a random image instead.
+    average of the mean image's windows, a blur that favours no position. (Restarts anneal
+    it: see ``loop._start``.)
     """
     background, noise = data.median_background
-    if rng is None:
-        mean = data.sum_x / data.K + data.offset
-        # Σ_d A(d) mean(d + ·): a valid correlation, computed like the M-step's face sum.
-        spectrum = sfft.rfft2(mean) * np.conj(sfft.rfft2(prior, s=mean.shape))
-        face = sfft.irfft2(spectrum, s=mean.shape)[: data.h, : data.w]
-    else:
-        r, c = rng.integers(data.Dh), rng.integers(data.Dw)
-        face = _smooth_image(data, rng.integers(data.K))[r : r + data.h, c : c + data.w].copy()
+    mean = data.sum_x / data.K + data.offset
+    # Σ_d A(d) mean(d + ·): a valid correlation, computed like the M-step's face sum.
+    spectrum = sfft.rfft2(mean) * np.conj(sfft.rfft2(prior, s=mean.shape))
+    face = sfft.irfft2(spectrum, s=mean.shape)[: data.h, : data.w]
     return Params(face, background, noise, prior)
 
 
-def _initialize(
-    data: _Data,
-    method: str,
-    rng: np.random.Generator,
-    restart: int,
-    given: dict,
-) -> Params:
+def _initialize(data: _Data, method: str, rng: np.random.Generator, given: dict) -> Params:
     """Starting parameters; ``given`` entries override the method's."""
     prior = given.get("prior")
     prior = (
@@ -87,7 +77,7 @@ def _initialize(
     if all(given.get(k) is not None for k in ("face", "background", "noise_std")):
         p = Params(given["face"], given["background"], given["noise_std"], prior)
     elif method == "median":
-        p = _init_median(data, rng if restart > 0 else None, prior)
+        p = _init_median(data, prior)
     else:
         p = _init_study(data, method, rng, prior)
     p = replace(p, noise_std=max(float(p.noise_std), data.noise_floor))
@@ -104,35 +94,6 @@ def _given(init_params: Params | dict | None) -> dict:
     if unknown:
         raise ValueError(f"init_params has unknown keys {sorted(unknown)}")
     return dict(init_params)
-
-
-def initialize(
-    X: np.ndarray,
-    face_shape: tuple[int, int],
-    init: str = "median",
-    *,
-    seed: int | np.random.SeedSequence | None = None,
-    restart: int = 0,
-) -> Params:
-    """The starting parameters that :func:`fit` uses for ``init`` (and restart ``restart``).
-
-    Parameters
-    ----------
-    X : ndarray of shape (K, H, W)
-    face_shape : (h, w)
-    init : {"median", "zeros", "bright", "random", "smooth"}
-        ``median`` (the default of :func:`fit`): the per-pixel median of the images as the
-        background, a robust noise std, and a face that favours no position (see
-        ``_init_median``). The study's starts, on the 0..255 scale: ``zeros`` (F = B = 0,
-        s = 1), ``bright`` (F = B = 255, s = 255), ``random`` (F, B uniform on 0..255, s
-        exponential with mean 10), ``smooth`` (F and B from Gaussian-filtered random images,
-        s their residual std). All start from a uniform prior.
-    seed, restart
-        As in :func:`fit`: restart ``r`` draws from child ``r`` of ``SeedSequence(seed)``.
-    """
-    data = _Data(X, face_shape, cache_fft=False)
-    child = _seed_child(_seed_sequence(seed), restart)
-    return _initialize(data, init, np.random.default_rng(child), restart, {})
 
 
 def _seed_sequence(seed: int | np.random.SeedSequence | None) -> np.random.SeedSequence:
