@@ -21,7 +21,8 @@ SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 NEAR = 1e-5
 
 METHODS = {
-    "soft": dict(method="soft"),
+    "soft (accelerated, default)": dict(method="soft"),
+    "soft, plain": dict(method="soft", accelerate="none"),
     "hard": dict(method="hard"),
     "mc 3 x1.05 to 30 (default)": dict(method="mc"),
     "mc 3 fixed": dict(method="mc", samples=3, samples_growth=1.0, max_samples=3),
