@@ -958,7 +958,10 @@ class Report:
             f"`report.py` from the runs in `{a.out}/`: every number below comes from the runs "
             "that drew these figures. Data and starts are seeded, so a rerun gives the same "
             "numbers except the times. The study: a 16x16 face on 20x30 images, soft and hard "
-            "EM from four starts, 100 to 1500 images at noise std 200 to 1000, and a photo.\n\n",
+            "EM from four starts, 100 to 1500 images at noise std 200 to 1000, and a photo. "
+            "Every fit is plain EM (`--accelerate none`), one pass over the images per "
+            "iteration, as in the study; the tool's default accelerates soft EM (see "
+            "docs/PERFORMANCE.md).\n\n",
             f"{SECTIONS[0]}\n\nEach verdict follows the stated rule from this run's numbers "
             "(thresholds under *Rules*): "
             + ", ".join(
