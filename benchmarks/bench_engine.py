@@ -70,19 +70,20 @@ def cpu_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=500)
-    ap.add_argument("--size", type=int, default=80)
+    ap.add_argument("--size", default="80", help="image size: N (square) or HxW")
     ap.add_argument("--face", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
-    K, n, m = args.images, args.size, args.face
+    K, m = args.images, args.face
+    H, W = (int(v) for v in (args.size.split("x") * 2)[:2])
     face = synthetic.cartoon_face(m, m)
-    background = synthetic.texture("stripes", (n, n))
+    background = synthetic.texture("stripes", (H, W))
     data = synthetic.make_dataset(face, background, K, 100.0, seed=0)
     X = data.images
     start = engine.Params(
         synthetic.texture("clouds", (m, m), seed=1),
-        np.full((n, n), 128.0),
+        np.full((H, W), 128.0),
         100.0,
         data.truth.prior,
     )
@@ -94,7 +95,7 @@ def main() -> None:
     hard = per_iteration(X, (m, m), start, "hard", args.iterations, **kw)
     xf = sfft.rfft2(X, workers=workers)
     floor = best_of(lambda: sfft.rfft2(X, workers=workers), 5) + best_of(
-        lambda: sfft.irfft2(xf, s=(n, n), workers=workers), 5
+        lambda: sfft.irfft2(xf, s=(H, W), workers=workers), 5
     )
 
     # The straightforward implementation, from the same start; results must agree.
@@ -118,7 +119,7 @@ def main() -> None:
         np.abs(r1.prior - A).max() / A.max(),
     )
 
-    print(f"# Engine benchmark: K={K} images of {n}x{n}, face {m}x{m}")
+    print(f"# Engine benchmark: K={K} images of {H}x{W}, face {m}x{m}")
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
         f"NumPy {np.__version__}, SciPy {scipy.__version__}; {workers} threads"

@@ -84,7 +84,7 @@ def _checkpoint(data, **kw):
         (dict(method="hard"), "method='soft' (this fit: 'hard')"),
         (dict(max_iter=4), "max_iter=3 (this fit: 4)"),
         (dict(dtype="float32"), "dtype='float64' (this fit: 'float32')"),
-        (dict(chunk_size=7), "chunk_size=64 (this fit: 7)"),
+        (dict(chunk_size=7), "chunk_size=None (this fit: 7)"),
         (dict(init_params={"noise_std": 5.0}), "started from other given parameters"),
     ],
 )

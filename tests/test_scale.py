@@ -82,7 +82,7 @@ def test_partly_cached_spectra_change_nothing(scene):
 
 def test_memory_limit_sets_the_cache_and_changes_no_result(scene):
     tiny = data_mod._Data(scene.images, (12, 12), workers=2, memory_limit=1)
-    assert tiny.chunk == E.DEFAULT_CHUNK_SIZE and tiny.n_cached == 0
+    assert tiny.chunk == E.CHUNK_VALUES // (32 * 32) and tiny.n_cached == 0  # 256 of 32x32
     assert data_mod._Data(scene.images, (12, 12)).n_cached == 90  # the default holds these
     assert E.default_memory_limit() <= E.DEFAULT_MEMORY_LIMIT
     r = quiet_fit(scene.images, (12, 12), seed=0, max_iter=3, memory_limit=0, chunk_size=7)

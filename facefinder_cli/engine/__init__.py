@@ -81,6 +81,7 @@ from facefinder_cli.engine.machine import (
 )
 from facefinder_cli.engine.model import (
     ACCELERATIONS,
+    CHUNK_VALUES,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_TOL,
     DTYPES,
@@ -110,6 +111,7 @@ __all__ = [
     "ANNEAL_BETA",
     "ANNEAL_PASSES",
     "CHUNK_BYTES",
+    "CHUNK_VALUES",
     "Checkpoint",
     "CheckpointError",
     "ConvergenceWarning",

@@ -23,7 +23,6 @@ from facefinder_cli.engine.machine import (
     default_memory_limit,
 )
 from facefinder_cli.engine.model import (
-    DEFAULT_CHUNK_SIZE,
     NOISE_FLOOR,
     NonFiniteError,
     Params,
@@ -54,7 +53,7 @@ class _Data:
         self,
         X: np.ndarray,
         face_shape: tuple[int, int],
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
         cache_fft: bool | None = None,
         workers: int | None = None,
         memory_limit: int | None = None,
@@ -71,7 +70,7 @@ class _Data:
         h, w = _check_face_shape(face_shape, (H, W))
         if K < 1:
             raise ValueError("X holds no images")
-        if int(chunk_size) < 1:
+        if chunk_size is not None and int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.dtype = _check_dtype(dtype)
         self.workers = _check_workers(workers)

@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+from facefinder_cli.engine.model import CHUNK_VALUES
+
 #: Chunks with fewer pixels and positions than this (summed over their images) are processed on
 #: one thread. Measured on 2 cores, 1 thread / 2 threads for chunks of 32 images: 0.74-0.82 for
 #: 24x32 images (31,000 values), 1.18-1.34 for 48x48 (101,000), 1.48 for 64x64, 1.60-1.76 for
@@ -76,10 +78,10 @@ def _working_bytes(H: int, W: int, Dh: int, Dw: int) -> int:
     return 8 * (16 * H * W + 8 * Dh * Dw)
 
 
-def _chunk_for(chunk_size: int, H: int, W: int, Dh: int, Dw: int) -> int:
-    """Images per chunk: at most ``chunk_size``, and few enough that a chunk's temporaries
-    fit in ``CHUNK_BYTES``; at least one. Refuses images too large for this machine's memory
-    even one at a time."""
+def _chunk_for(chunk_size: int | None, H: int, W: int, Dh: int, Dw: int) -> int:
+    """Images per chunk: at most ``chunk_size`` (None: ``CHUNK_VALUES`` pixels' worth), and
+    few enough that a chunk's temporaries fit in ``CHUNK_BYTES``; at least one. Refuses images
+    too large for this machine's memory even one at a time."""
     per_image = _working_bytes(H, W, Dh, Dw)
     total = _physical_memory()
     if total and per_image > total // 2:
@@ -88,6 +90,8 @@ def _chunk_for(chunk_size: int, H: int, W: int, Dh: int, Dw: int) -> int:
             f"{per_image / 2**30:.1f} GiB of working memory each, more than half of this "
             f"machine's {total / 2**30:.1f} GiB: crop or downsample them"
         )
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_VALUES // (H * W))
     return max(1, min(int(chunk_size), CHUNK_BYTES // per_image))
 
 

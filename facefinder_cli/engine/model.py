@@ -28,9 +28,13 @@ NOISE_FLOOR = 1e-5
 UNCOVERED_MIN = math.sqrt(np.finfo(np.float64).eps)
 #: Default of ``tol``: the least gain of the lower bound per image and pixel worth iterating for.
 DEFAULT_TOL = 1e-7
-#: Images per chunk of the streaming pass (64 was faster than 32 and 128 for 64x64 images:
-#: ``benchmarks/bench_scale.py --sections chunks``, docs/PERFORMANCE.md).
+#: Images per chunk of the streaming pass for images of 64x64 (64 was faster than 32 and 128:
+#: ``benchmarks/bench_scale.py --sections chunks``, docs/PERFORMANCE.md). By default a chunk
+#: holds as many pixels for any size (``CHUNK_VALUES``): smaller images come in more per
+#: chunk, since a chunk's fixed costs (dozens of NumPy calls) would otherwise dominate them
+#: (20x30 images: 9.4 ms per pass with 256 per chunk against 12.7 ms with 64, K = 1500).
 DEFAULT_CHUNK_SIZE = 64
+CHUNK_VALUES = DEFAULT_CHUNK_SIZE * 64 * 64
 #: Posterior ratios below ``exp(_LOG_TINY)`` to the most probable position are set to exactly zero:
 #: they change no sum and would otherwise become slow subnormal numbers.
 _LOG_TINY = -680.0
@@ -104,14 +108,39 @@ def uniform_prior(shape: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+#: Slices of at least this many numbers are summed whole by :func:`_cumsum`.
+_WHOLE_SLICES = 512
+
+
+def _cumsum(
+    y: np.ndarray, axis: int, dtype: type = np.float64, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``np.cumsum(y, axis, dtype=dtype, out=out)``, bit for bit, faster on stacks of images.
+
+    NumPy's cumsum adds one number at a time; here each slice across ``axis`` is added to the
+    previous sums in one vectorised call, when slices are large enough to pay for the Python
+    loop (3.8x faster along rows, 1.6x along columns, for 64 images of 80x80). The additions
+    are the same, in the same order."""
+    n = y.shape[axis]
+    if n < 2 or y.size < _WHOLE_SLICES * n:
+        return np.cumsum(y, axis=axis, dtype=dtype, out=out)
+    if out is None:
+        out = np.empty(y.shape, dtype)
+    src, dst = np.moveaxis(y, axis, 0), np.moveaxis(out, axis, 0)
+    dst[0] = src[0]
+    for i in range(1, n):
+        np.add(dst[i - 1], src[i], out=dst[i])
+    return out
+
+
 def _box_valid(y: np.ndarray, h: int, w: int, dtype: np.dtype = np.float64) -> np.ndarray:
     """Sums of ``y`` over every ``h x w`` window: ``(..., H, W) -> (..., H-h+1, W-w+1)``.
     The summed-area tables are float64 whatever ``y``'s dtype; the result is ``dtype``."""
-    c = np.cumsum(y, axis=-2, dtype=np.float64)
+    c = _cumsum(y, axis=-2)
     rows = np.empty(c.shape[:-2] + (c.shape[-2] - h + 1, c.shape[-1]))
     rows[..., 0, :] = c[..., h - 1, :]
     np.subtract(c[..., h:, :], c[..., :-h, :], out=rows[..., 1:, :])
-    c = np.cumsum(rows, axis=-1)
+    c = _cumsum(rows, axis=-1)
     out = np.empty(c.shape[:-1] + (c.shape[-1] - w + 1,), dtype=dtype)
     out[..., 0] = c[..., w - 1]
     np.subtract(c[..., w:], c[..., :-w], out=out[..., 1:])
@@ -125,14 +154,20 @@ def _box_full(q: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _full_sum(q: np.ndarray, n: int, axis: int) -> np.ndarray:
-    """Along ``axis`` (length ``D``): ``out[i] = Σ q[max(0, i-n+1) : i+1]``, ``i < D + n - 1``."""
-    q = np.moveaxis(q, axis, -1)
-    D = q.shape[-1]
-    c = np.zeros(q.shape[:-1] + (D + 2 * n - 1,))  # c[n - 1 + m] = Σ q[:m], m = 0 .. D + n - 1
-    np.cumsum(q, axis=-1, out=c[..., n : n + D])
-    c[..., n + D :] = c[..., n + D - 1 : n + D]
-    out = c[..., n:] - c[..., : D + n - 1]
-    return np.moveaxis(out, -1, axis)
+    """Along ``axis`` (length ``D``): ``out[i] = Σ q[max(0, i-n+1) : i+1]``, ``i < D + n - 1``.
+    (Computed in place along ``axis``, which keeps the arrays' layout: summing along rows in
+    a stack of images is the fast direction of :func:`_cumsum`.)"""
+    axis %= q.ndim
+    D = q.shape[axis]
+
+    def along(s: slice) -> tuple:
+        return (slice(None),) * axis + (s,)
+
+    shape = q.shape[:axis] + (D + 2 * n - 1,) + q.shape[axis + 1 :]
+    c = np.zeros(shape)  # c[n - 1 + m] = Σ q[:m] along axis, m = 0 .. D + n - 1
+    _cumsum(q, axis=axis, out=c[along(slice(n, n + D))])
+    c[along(slice(n + D, None))] = c[along(slice(n + D - 1, n + D))]
+    return c[along(slice(n, None))] - c[along(slice(None, D + n - 1))]
 
 
 def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ import numpy as np
 
 from facefinder_cli.engine.model import (
     ACCELERATIONS,
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_TOL,
     INIT_METHODS,
     MC_GROWTH,
@@ -85,9 +84,10 @@ class FitSettings:
         Monte-Carlo EM only: ``samples`` draws per image in the first iteration, multiplied by
         ``samples_growth`` every iteration up to ``max_samples`` (raised to ``samples`` if
         lower). Few draws move fast while far from the optimum; more let the parameters settle.
-    chunk_size : int
+    chunk_size : int or None
         Most images per chunk of the streaming pass (fewer when large images would need more
         than ``CHUNK_BYTES`` of working memory); results do not depend on it beyond rounding.
+        None (default): ``CHUNK_VALUES`` pixels' worth, 64 images of 64x64 or 436 of 20x30.
         Each thread works on one chunk at a time: the working memory is about
         ``workers * chunk_size`` images' worth of temporaries.
     dtype : {"float64", "float32"}
@@ -107,7 +107,7 @@ class FitSettings:
     samples: int = MC_SAMPLES
     samples_growth: float = MC_GROWTH
     max_samples: int = MC_MAX_SAMPLES
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int | None = None
     dtype: str = "float64"
 
     def __post_init__(self) -> None:
@@ -165,7 +165,8 @@ class FitSettings:
         if not (growth >= 1 and math.isfinite(growth)):
             raise ValueError(f"samples_growth must be at least 1 and finite, got {growth}")
         put("max_samples", max(whole("max_samples", 1), samples))
-        whole("chunk_size", 1)
+        if self.chunk_size is not None:
+            whole("chunk_size", 1)
         put("dtype", _check_dtype(self.dtype).name)
 
     @property
