@@ -144,7 +144,8 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     default=DEFAULTS["max_iter"],
     show_default=True,
     help="Most EM iterations per start (0: just the start); an accelerated iteration makes 3 "
-    "passes over the images.",
+    "passes over the images. The default converged within 94 on the study's hardest data "
+    "(noise 1000, 1500 images; docs/PERFORMANCE.md).",
 )
 @click.option(
     "--tol",
