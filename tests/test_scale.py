@@ -176,3 +176,27 @@ def test_on_chunk_reports_every_pass(scene):
     assert len(passes) == 1 + r.passes[-1] + 1
     for p in passes:
         assert p == [(20, 90), (40, 90), (60, 90), (80, 90), (90, 90)]
+
+
+def test_summed_area_tables_by_slices_are_numpys_bit_for_bit():
+    from facefinder_cli.engine import model as M
+
+    rng = np.random.default_rng(5)
+    for shape in [(40, 24, 30), (3, 9, 700), (2, 300, 5), (12, 12)]:
+        y = rng.normal(size=shape)
+        for axis in range(-len(shape), 0):
+            for dtype in (np.float32, np.float64):
+                want = np.cumsum(y.astype(dtype), axis=axis, dtype=np.float64)
+                np.testing.assert_array_equal(M._cumsum(y.astype(dtype), axis), want)
+        q = np.abs(y)
+        np.testing.assert_array_equal(M._box_full(q, 5, 4), M._box_full(q, 5, 4, False))
+        np.testing.assert_array_equal(M._box_valid(y, 5, 4), M._box_valid(y, 5, 4, by_slices=False))
+
+
+def test_fits_on_few_and_many_threads_are_identical(scene):
+    kw = dict(seed=0, max_iter=4, tol=-1, chunk_size=16)
+    few, many = (
+        quiet_fit(scene.images, (12, 12), workers=w, **kw) for w in (1, E.SLICE_THREADS + 1)
+    )
+    for k in ("face", "background", "prior", "elbo", "log_likelihood", "positions"):
+        np.testing.assert_array_equal(getattr(few, k), getattr(many, k), err_msg=k)

@@ -24,6 +24,7 @@ from facefinder_cli.engine.machine import (
 )
 from facefinder_cli.engine.model import (
     NOISE_FLOOR,
+    SLICE_THREADS,
     NonFiniteError,
     Params,
     ValueRangeError,
@@ -74,6 +75,7 @@ class _Data:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.dtype = _check_dtype(dtype)
         self.workers = _check_workers(workers)
+        self.by_slices = self.workers <= SLICE_THREADS  # how to sum summed-area tables
         self.on_chunk = on_chunk
         limit = default_memory_limit() if memory_limit is None else _check_limit(memory_limit)
         self.X = X

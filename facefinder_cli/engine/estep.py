@@ -68,7 +68,7 @@ class _Scorer:
         corr = _valid_correlation(d, xf, self.face_f)
         prod = x * self.background
         c = self.const - (0.5 * self.inv_s2) * (sq - 2.0 * prod.sum(axis=(1, 2), dtype=np.float64))
-        lp = _box_valid(prod, d.h, d.w, d.dtype)
+        lp = _box_valid(prod, d.h, d.w, d.dtype, d.by_slices)
         lp -= corr
         lp *= -self.inv_s2
         lp += self.base

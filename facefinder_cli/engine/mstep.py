@@ -51,7 +51,8 @@ class _Stats:
             self.face_f += np.einsum("kij,kij->ij", xf, qf.conj())
         else:  # single precision: products in float32, their sum over images in float64
             self.face_f += np.multiply(xf, qf.conj(), out=qf).sum(axis=0, dtype=np.complex128)
-        self.cover_x += np.einsum("kij,kij->ij", _box_full(q, d.h, d.w), x, dtype=np.float64)
+        cover = _box_full(q, d.h, d.w, d.by_slices)
+        self.cover_x += np.einsum("kij,kij->ij", cover, x, dtype=np.float64)
         self.q_sum += q.sum(axis=0, dtype=np.float64)
 
     def add_positions(self, x: np.ndarray, pos: np.ndarray) -> None:
