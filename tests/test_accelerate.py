@@ -167,6 +167,8 @@ def test_the_command_line_chooses_and_records_acceleration(tmp_path, monkeypatch
         assert (passes[-1] > len(rows) - 1) is accelerated
         with np.load(f"{run}/result.npz") as z:
             np.testing.assert_array_equal(z["passes"], passes)
+    r = ok("fit", "d", "--face-size", "8x8", "-o", "short", "--max-iter", 1)
+    assert "nats per image and pixel below the optimum; --tol is 1e-07" in r.stderr
     r = cli(
         "fit", "d", "--face-size", "8x8", "-o", "h", "--method", "hard", "--accelerate", "squarem"
     )

@@ -543,7 +543,13 @@ def _report_engine(result: engine.FitResult, caught: list, K: int) -> None:
     for w_ in caught:
         if issubclass(w_.category, engine.ConvergenceWarning):
             gained = f"the last iteration gained {result.gain[-1]:.2g} nats per image and pixel"
-            if math.isinf(result.gain[-1]):  # Monte-Carlo EM, before its second window
+            if result.settings.accelerated:
+                gained = (
+                    f"estimated {result.gain[-1]:.2g} nats per image and pixel below the optimum"
+                    if math.isfinite(result.gain[-1])
+                    else "its gains were not yet shrinking"
+                )
+            elif math.isinf(result.gain[-1]):  # Monte-Carlo EM, before its second window
                 gained = f"Monte-Carlo EM measures its gain after {2 * engine.MC_WINDOW} iterations"
             log.warning(
                 "stopped at --max-iter %d before converging (%s; --tol is %g): raise --max-iter, "
