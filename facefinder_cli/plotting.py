@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["Curve", "curves_figure", "plot_curves", "plot_prior", "prior_figure"]
 
 Quantity = Literal["elbo", "log_likelihood"]
-XAxis = Literal["iteration", "seconds"]
+XAxis = Literal["iteration", "seconds", "passes"]
 
 _YLABEL = {"elbo": "ELBO  L(q, θ)", "log_likelihood": "log-likelihood  log p(X | θ)"}
 
@@ -33,6 +33,8 @@ class Curve:
         ``K * H * W``, for per-pixel normalisation.
     prior_fixed_until : int
         Iterations with the prior held fixed (marked on the curve when > 0).
+    passes : ndarray of shape (n_iter + 1,) or None
+        Passes over the images by each iteration (None: not recorded).
     data : str
         The data the run was fitted on (its input path), "" if unknown: gaps are measured to
         the best of the curves with the same data and ``n_values``.
@@ -45,6 +47,7 @@ class Curve:
     n_values: int
     prior_fixed_until: int = 0
     data: str = ""
+    passes: np.ndarray | None = None
 
 
 def _figure(size: tuple[float, float]):
@@ -154,7 +157,8 @@ def curves_figure(
         floor = min(positive) / 10 if positive else 1.0
         ys = [np.where(g > 0, g, floor) for g in gaps]
     for c, y in zip(curves, ys):
-        xs = np.arange(len(y)) if x == "iteration" else np.asarray(c.seconds, dtype=float)
+        xs = {"iteration": np.arange(len(y)), "seconds": c.seconds, "passes": c.passes}[x]
+        xs = np.asarray(xs, dtype=float)
         (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=c.label)
         if 0 < c.prior_fixed_until < len(y) - 1:
             t = c.prior_fixed_until + 1  # the first parameters from a learnt prior
@@ -171,9 +175,9 @@ def curves_figure(
         plain = ScalarFormatter(useOffset=False)
         plain.set_scientific(False)
         ax.yaxis.set_major_formatter(plain)
-    if x == "iteration":
+    if x != "seconds":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration" if x == "iteration" else "seconds")
+    ax.set_xlabel({"passes": "passes over the images"}.get(x, x))
     if any(0 < c.prior_fixed_until for c in curves):
         ax.plot([], [], "o", mfc="none", color="grey", label="prior learnt from here")
     ax.legend(fontsize="small")

@@ -141,6 +141,7 @@ class Run:
     errors: dict[str, np.ndarray] = field(default_factory=dict)
     data: str = ""  # the input it was fitted on, from its settings ("" for a history.csv)
     n_images: int = 0  # the images it was fitted on (0 for a history.csv)
+    passes: np.ndarray | None = None  # passes over the images (None: not recorded)
 
 
 def _history_rows(result: FitResult, errors: dict[str, np.ndarray]) -> str:
@@ -357,7 +358,18 @@ def load_run(path: str | os.PathLike) -> Run:
         init=str(z.get("init", "")),
         errors={k: z[k] for k in ERROR_COLUMNS if k in z},
         data=_input_of(z),
+        passes=_passes(z.get("passes"), len(series["elbo"])),
     )
+
+
+def _passes(values: Any, n: int) -> np.ndarray | None:
+    """A run's record of passes over the images, if it has a sound one."""
+    if values is None:
+        return None
+    arr = np.asarray(values)
+    if arr.shape != (n,) or arr.dtype.kind not in "biuf" or not np.isfinite(arr).all():
+        return None
+    return arr.astype(np.float64)
 
 
 def _input_of(z: Any) -> str:
@@ -389,6 +401,7 @@ def _load_history(p: Path) -> Run:
         n_values=int(col["n_values"][0]),
         prior_fixed_until=int(col.get("prior_fixed", np.zeros(1)).sum()),
         errors={k: col[k] for k in ERROR_COLUMNS if k in col},
+        passes=_passes(col.get("passes"), len(col["elbo"])),
     )
 
 

@@ -52,3 +52,32 @@ def test_elbo_figure_has_units_plain_numbers_and_whole_iterations(per_pixel):
     ticks = [t for t in ax.get_xticks() if 0 <= t <= 4]
     assert ticks and all(float(t).is_integer() for t in ticks)  # no 2.5 iterations
     assert "prior learnt from here" in texts(fig)
+
+
+def test_curves_against_passes_over_the_images():
+    elbo = -7.2e6 + np.array([0, 1.5e5, 1.9e5, 1.9e5 + 3])
+    passes = np.array([0, 3, 6, 8])
+    fig = curves_figure([Curve("fast", elbo, elbo, np.arange(4.0), 100, passes=passes)], x="passes")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "passes over the images"
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), passes)
+
+
+def test_plot_elbo_by_passes_needs_runs_that_record_them(tmp_path, monkeypatch):
+    from helpers import cli, ok
+
+    monkeypatch.chdir(tmp_path)
+    ok("generate", "-n", 20, "--size", "16x16", "--face-size", "6x6", "--noise", 30, "-o", "d")
+    ok("fit", "d", "--face-size", "6x6", "-o", "run", "-q")
+    ok("plot-elbo", "run", "--x", "passes", "-o", "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    keep = [i for i, k in enumerate(head) if k != "passes"]
+    old = "\n".join(",".join(r.split(",")[i] for i in keep) for r in rows) + "\n"
+    (tmp_path / "old.csv").write_text(old)
+    r = cli("plot-elbo", "old.csv", "--x", "passes", "-o", "q.png")
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1
+    assert "does not record passes over the images" in r.stderr
+    assert not (tmp_path / "q.png").exists()
+    ok("plot-elbo", "old.csv", "--x", "iteration", "-o", "q.png")

@@ -42,10 +42,11 @@ log = logging.getLogger("facefinder")
 @click.option(
     "--x",
     "x_axis",
-    type=click.Choice(["iteration", "seconds"]),
+    type=click.Choice(["iteration", "seconds", "passes"]),
     default="iteration",
     show_default=True,
-    help="Horizontal axis.",
+    help="Horizontal axis. passes: passes over the images, which compares accelerated EM "
+    "(two or three per iteration) with plain EM (one) fairly.",
 )
 @click.option(
     "--per-pixel",
@@ -79,6 +80,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     Examples:
       facefinder plot-elbo run -o elbo.png
       facefinder plot-elbo soft hard --quantity log-likelihood --x seconds -o compare.svg
+      facefinder plot-elbo run plain --x passes --gap --per-pixel -o speed.png
       facefinder plot-elbo runs/* --gap --per-pixel -o - | display -
     """
     if labels and len(labels) != len(runs_):
@@ -94,6 +96,12 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     if outputs.is_stdout(out) and outputs.stdout_closed():
         raise InputError("standard output is closed: there is nowhere to write the figure")
     loaded = [runs.load_run(r) for r in runs_]
+    for arg, run in zip(runs_, loaded):
+        if x_axis == "passes" and run.passes is None:
+            raise InputError(
+                f"{arg}: its history does not record passes over the images (made by an "
+                "earlier facefinder); plot it with --x iteration or --x seconds"
+            )
     from facefinder_cli.plotting import Curve, plot_curves
 
     curves = []
@@ -112,6 +120,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
                 run.n_values,
                 run.prior_fixed_until,
                 run.data,
+                run.passes,
             )
         )
     keep = list(runs_)
