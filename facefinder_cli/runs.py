@@ -507,6 +507,7 @@ def save_checkpoint(
         "prior_fixed_until": state.prior_fixed_until,
         "unidentified": state.unidentified,
         "noise_floored": state.noise_floored,
+        "jumped": state.jumped,
         "rng_state": json.dumps(state.rng_state),
         "extra": json.dumps(extra, sort_keys=True),
         "n_finished": len(state.finished),
@@ -549,7 +550,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             raise InputError(f"{path}: the fit is complete ({RESULT}): nothing to resume")
         raise InputError(f"{path}: no {CHECKPOINT} here: nothing to resume")
     z = _npz(p, "a checkpoint")
-    if "gain" not in z or "start" not in z:
+    if "gain" not in z or "start" not in z or "jumped" not in z:
         raise InputError(
             f"{p}: a checkpoint of an earlier format (facefinder {z.get('version', '< 0.1')}), "
             "which this version cannot resume: fit again with ",
@@ -615,6 +616,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             prior_fixed_until=int(z["prior_fixed_until"]),
             unidentified=z["unidentified"],
             noise_floored=bool(z["noise_floored"]),
+            jumped=bool(z["jumped"]),
             rng_state=json.loads(str(z["rng_state"])),
         )
         extra = json.loads(str(z["extra"]))

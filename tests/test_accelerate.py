@@ -129,15 +129,17 @@ def test_zero_prior_entries_stay_zero_through_jumps(scenes):
 
 def test_the_stopping_rule_stops_close_to_the_optimum(scenes):
     """The default stops within 1e-6 nats per image and pixel of the optimum that long runs
-    find. (Not on the last scene, where EM from this start converges to a local optimum that
-    only a long accelerated run leaves: see benchmarks/bench_convergence.py.)"""
-    for d, w in scenes[:4]:
+    find, and plain EM run on from there gains less than that. (On the last scene a stop on
+    the estimate alone, right after an accepted jump, ended 2.4e-4 short: found in review.)"""
+    for d, w in scenes:
         n = d.images.size
         kw = dict(seed=0, prior_update="always")
         best = quiet_fit(d.images, (8, w), tol=0, max_iter=400, **kw).log_likelihood.max()
         r = quiet_fit(d.images, (8, w), tol=1e-7, max_iter=400, **kw)
         assert r.converged and r.gain[-1] < 1e-7
         assert (best - r.log_likelihood[-1]) / n < 1e-6
+        on = quiet_fit(d.images, (8, w), init_params=r.params, accelerate="none", tol=0, **kw)
+        assert (on.log_likelihood.max() - r.log_likelihood[-1]) / n < 1e-6
 
 
 def test_hard_and_monte_carlo_em_are_not_accelerated(scenes):

@@ -67,3 +67,23 @@ def test_more_restarts_are_never_worse_and_repeat_the_fewer(hard):
         assert more.log_likelihood[-1] >= fewer.log_likelihood[-1]
         for a, b in zip(fewer.restarts, more.restarts):
             np.testing.assert_array_equal(a.log_likelihood, b.log_likelihood)
+
+
+def test_restarts_from_a_partly_given_start_differ_and_keep_what_was_given(hard):
+    X = hard.images[:40]
+    background = np.full((20, 30), 120.0)
+    seen = []
+    quiet_fit(
+        X,
+        (16, 16),
+        init_params={"background": background},
+        restarts=3,
+        seed=1,
+        max_iter=0,
+        callback=seen.append,
+    )
+    starts = [p.params for p in seen]
+    for p in starts:
+        np.testing.assert_array_equal(p.background, background)
+    assert not np.allclose(starts[0].face, starts[1].face)
+    assert not np.allclose(starts[1].face, starts[2].face)

@@ -93,14 +93,16 @@ class Cycle:
     """What one SQUAREM cycle did: ``first`` is its first pass (the E-step at the start: its
     log-likelihood, bound and positions), ``params`` and ``info`` where it ended and that
     M-step's ``info`` (as :meth:`_Stats.m_step` gives it), ``passes`` the passes over the
-    images it took (2 or 3), and ``distance`` how far below its limit plain EM would still
-    be after the cycle's two plain steps (:func:`_remaining`; nats)."""
+    images it took (2 or 3), ``distance`` how far below its limit plain EM would still be
+    after the cycle's two plain steps (:func:`_remaining`; nats), and ``jumped`` whether the
+    cycle ended at its jump (accepted) rather than at the plain steps."""
 
     first: _Stats
     params: Params
     info: dict
     passes: int
     distance: float
+    jumped: bool = False
 
 
 def _remaining(ll0: float, bound1: float, ll1: float, bound2: float) -> float:
@@ -141,5 +143,5 @@ def cycle(data: _Data, p0: Params, update_prior: bool, enough: float) -> Cycle:
     s = _pass(data, jump, "soft", True)
     if s.log_likelihood >= info2["elbo"]:
         p, info = s.m_step(jump, update_prior=update_prior)
-        return Cycle(s0, p, info, 3, distance)
+        return Cycle(s0, p, info, 3, distance, jumped=True)
     return Cycle(s0, p2, info2, 3, distance)

@@ -99,7 +99,7 @@ class FitSettings:
     method: Method = "soft"
     init: str = "median"
     restarts: int = 1
-    max_iter: int = 200
+    max_iter: int = 500
     tol: float = DEFAULT_TOL
     seed: int | None = None
     prior_update: PriorUpdate = "late"
