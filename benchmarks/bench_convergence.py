@@ -1,6 +1,6 @@
 """Time to the best fit, accelerated against plain soft EM.
 
-``python benchmarks/bench_convergence.py`` (about an hour on 2 cores; ``--help`` for a subset).
+``python benchmarks/bench_convergence.py`` (about 15 minutes on 2 cores; ``--help`` for a subset).
 
 Scenes in the study's geometry (a 16x16 face in 20x30 images): the bundled photo face and
 bricks scaled down, and faces and backgrounds drawn by ``facefinder_cli.synthetic``. For every

@@ -4,6 +4,7 @@ the parameters stay valid, the fixed points are plain EM's, and the command line
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -169,6 +170,14 @@ def test_the_command_line_chooses_and_records_acceleration(tmp_path, monkeypatch
         assert (passes[-1] > len(rows) - 1) is accelerated
         with np.load(f"{run}/result.npz") as z:
             np.testing.assert_array_equal(z["passes"], passes)
+    for run, accelerated in (("fast", True), ("plain", False)):
+        flag = [] if accelerated else ["--accelerate", "none"]
+        r = ok("fit", "d", "--face-size", "8x8", "-o", run, "--overwrite", "--json", *flag)
+        summary = json.loads(r.stdout)
+        with open(f"{run}/history.csv", newline="") as f:
+            last = list(csv.DictReader(f))[-1]
+        assert summary["accelerated"] is accelerated
+        assert summary["passes"] == int(last["passes"])
     r = ok("fit", "d", "--face-size", "8x8", "-o", "short", "--max-iter", 1)
     assert "nats per image and pixel below the optimum; --tol is 1e-07" in r.stderr
     r = cli(

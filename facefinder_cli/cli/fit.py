@@ -649,6 +649,9 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
         "restarts": len(result.restarts),
         "best_restart": result.best_restart,
         "n_iter": result.n_iter,
+        "accelerated": result.settings.accelerated,
+        # passes over the images by every restart (annealing included): the work done
+        "passes": int(sum(h.passes[-1] for h in result.restarts)),
         "converged": result.converged,
         "seconds": round(seconds, 3),  # this session's, reading included
         # the restarts' times as history.csv counts them (from each restart's start to its

@@ -44,11 +44,14 @@ class ProgressBar:
             )
             if p.iteration == 0:
                 return
-        self.bar.set_postfix_str(f"ELBO {p.elbo:.6g}, gain {p.gain:.2g}/px", refresh=False)
+        accelerated = p.checkpoint is not None and p.checkpoint.settings.accelerated
+        measure = "to go" if accelerated else "gain"
+        self.bar.set_postfix_str(f"ELBO {p.elbo:.6g}, {measure} {p.gain:.2g}/px", refresh=False)
         self.bar.update(1)
         log.debug(
-            "restart %d, iteration %d: ELBO %.10g, log-likelihood of the previous %.10g, gain "
-            "%.3g nats per image and pixel, noise std %.6g",
+            "restart %d, iteration %d: ELBO %.10g, log-likelihood of the previous %.10g, "
+            "stopping measure (gain, or estimated distance to the optimum) %.3g nats per image "
+            "and pixel, noise std %.6g",
             p.restart + 1,
             p.iteration,
             p.elbo,

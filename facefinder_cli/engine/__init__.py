@@ -45,7 +45,8 @@ Modules, from the bottom up (each imports only those above it):
 * :mod:`.data`: the images as streamed, the FFT cache, the threads;
 * :mod:`.estep` and :mod:`.mstep`: the two steps, as pure functions tested against brute force;
 * :mod:`.starts`: initialisations and seeds;
-* :mod:`.passes`: one streaming pass doing both steps;
+* :mod:`.passes`: one streaming pass doing both steps; annealing;
+* :mod:`.accelerate`: accelerated soft EM (SQUAREM cycles) and its distance estimate;
 * :mod:`.loop`: :func:`fit`, its checkpoints and results.
 
 This module re-exports the public API; ``engine.fit`` and ``engine.Params`` are the names to use.

@@ -37,9 +37,11 @@ class Progress:
     """What the fit reports to its callback: once per restart with the starting parameters
     (``iteration`` 0; the numbers are NaN, ``positions`` None), then after every iteration.
 
-    ``elbo`` is the lower bound after the M-step, ``gain`` its change per image and pixel,
-    ``params`` the new θ. ``log_likelihood`` and ``positions`` (the MAP positions, shape (K, 2))
-    belong to the parameters the iteration started from, whose E-step computed them.
+    ``elbo`` is the lower bound after the M-step, ``gain`` what the stopping rule compared with
+    ``tol`` (per image and pixel: the bound's rise, or accelerated EM's estimated distance to
+    the optimum), ``params`` the new θ. ``log_likelihood`` and ``positions`` (the MAP
+    positions, shape (K, 2)) belong to the parameters the iteration started from, whose E-step
+    computed them.
     """
 
     restart: int
