@@ -57,6 +57,8 @@ JSON_KEYS = {
     "restarts",
     "best_restart",
     "n_iter",
+    "accelerated",
+    "passes",
     "converged",
     "seconds",
     "history_seconds",

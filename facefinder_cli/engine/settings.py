@@ -103,12 +103,12 @@ class FitSettings:
     tol: float = DEFAULT_TOL
     seed: int | None = None
     prior_update: PriorUpdate = "late"
-    accelerate: Accelerate = "auto"
     samples: int = MC_SAMPLES
     samples_growth: float = MC_GROWTH
     max_samples: int = MC_MAX_SAMPLES
     chunk_size: int | None = None
     dtype: str = "float64"
+    accelerate: Accelerate = "auto"  # (last: the fields before it keep their positions)
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
