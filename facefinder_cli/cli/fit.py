@@ -68,8 +68,8 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
         raise click.BadParameter("must be a number, not nan", param_hint="'--tol'")
     if options["accelerate"] == "squarem" and options["method"] != "soft":
         raise click.BadParameter(
-            f"squarem is for --method soft only, not {options['method']} (it did not pay "
-            "there); use auto or none",
+            f"squarem is for --method soft only, not {options['method']} (see "
+            "docs/PERFORMANCE.md); use auto or none",
             param_hint="'--accelerate'",
         )
     init_from, truth = options.pop("init_from"), options.pop("truth")

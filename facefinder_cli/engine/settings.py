@@ -78,8 +78,9 @@ class FitSettings:
         at least as good as the two plain steps; see :mod:`~facefinder_cli.engine.accelerate`),
         and the stopping rule estimates the distance to the optimum. ``"none"``: plain EM, one
         pass per iteration, the study's algorithm and stopping rule. ``"auto"`` (default):
-        ``"squarem"`` for soft EM, ``"none"`` for hard and Monte-Carlo EM, where it did not
-        pay (``docs/PERFORMANCE.md``). Both reach the same fixed points.
+        ``"squarem"`` for soft EM, ``"none"`` for hard and Monte-Carlo EM (whose steps are
+        discrete or random: ``docs/PERFORMANCE.md`` says why it is not built for them). Both
+        reach the same fixed points.
     samples, samples_growth, max_samples : int, float, int
         Monte-Carlo EM only: ``samples`` draws per image in the first iteration, multiplied by
         ``samples_growth`` every iteration up to ``max_samples`` (raised to ``samples`` if
@@ -152,8 +153,8 @@ class FitSettings:
         choice("accelerate", ACCELERATIONS)
         if self.accelerate == "squarem" and self.method != "soft":
             raise ValueError(
-                f"accelerate 'squarem' is for soft EM only, not {self.method} EM (it did not "
-                "pay there: see docs/PERFORMANCE.md); use 'auto' or 'none'"
+                f"accelerate 'squarem' is for soft EM only, not {self.method} EM (see "
+                "docs/PERFORMANCE.md); use 'auto' or 'none'"
             )
         whole("restarts", 1)
         whole("max_iter", 0)
