@@ -204,9 +204,8 @@ class Checkpoint:
     ``iteration`` iterations and stands at ``params``. The histories hold one value per
     iteration (``elbo`` also one for the start, from the first iteration on; ``seconds`` one for
     the start, as ``passes``); ``gain`` is what the stopping rule compared with ``tol``;
-    ``jumped`` whether accelerated EM's last cycle ended at an accepted jump.
-    ``rng_state`` is the
-    restart's random generator's state (``bit_generator.state``).
+    ``jumped`` whether accelerated EM's last cycle ended at an accepted jump. ``rng_state`` is
+    the restart's random generator's state (``bit_generator.state``).
     """
 
     settings: FitSettings
