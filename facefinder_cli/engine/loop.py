@@ -29,7 +29,14 @@ from facefinder_cli.engine.model import (
 )
 from facefinder_cli.engine.passes import ANNEAL_PASSES, _anneal, _pass
 from facefinder_cli.engine.settings import FitSettings
-from facefinder_cli.engine.starts import _given, _initialize, _seed_child, _seed_sequence
+from facefinder_cli.engine.starts import (
+    _START_PARTS,
+    _given,
+    _given_whole,
+    _initialize,
+    _seed_child,
+    _seed_sequence,
+)
 
 
 @dataclass(frozen=True)
@@ -466,10 +473,9 @@ def _start(
     given values are the start's; the rest is annealed). The study's starts draw their own,
     and a start given whole is used as it is."""
     params = _initialize(data, init, rng, given)
-    names = ("face", "background", "noise_std")
-    kept = {k: getattr(params, k) for k in names if given.get(k) is not None}
-    if restart == 0 or init != "median" or len(kept) == len(names):
+    if restart == 0 or init != "median" or _given_whole(given):
         return params, 0
+    kept = {k: getattr(params, k) for k in _START_PARTS if given.get(k) is not None}
     annealed = _anneal(data, params, rng if restart >= 2 else None)
     return replace(annealed, **kept), ANNEAL_PASSES
 
@@ -593,9 +599,7 @@ def fit(
         on_chunk=on_chunk,
     )
     given = _given(init_params)
-    fixed_start = settings.init in ("zeros", "bright") or all(
-        given.get(k) is not None for k in ("face", "background", "noise_std")
-    )
+    fixed_start = settings.init in ("zeros", "bright") or _given_whole(given)
     if settings.restarts > 1 and fixed_start and settings.method != "mc":
         warnings.warn(
             f"all {settings.restarts} restarts start from the same parameters (given, or the "

@@ -73,9 +73,10 @@ class FitSettings:
         ``docs/INITIALISATION.md``). Either way the lower bound never decreases (holding a
         parameter is a partial M-step). ``"never"``: keep it.
     accelerate : {"auto", "squarem", "none"}
-        ``"squarem"``: every iteration is one SQUAREM cycle (three passes over the images: two
-        EM steps, an extrapolation along them, and the EM step from there, kept only if it is
-        at least as good as the two plain steps; see :mod:`~facefinder_cli.engine.accelerate`),
+        ``"squarem"``: every iteration is one SQUAREM cycle of two or three passes over the
+        images: two EM steps, then (unless they leave less than ``tol`` to gain) a jump along
+        them and the EM step from there, kept only if the log-likelihood at the jump is at
+        least the bound the two steps reached (see :mod:`~facefinder_cli.engine.accelerate`),
         and the stopping rule estimates the distance to the optimum. ``"none"``: plain EM, one
         pass per iteration, the study's algorithm and stopping rule. ``"auto"`` (default):
         ``"squarem"`` for soft EM, ``"none"`` for hard and Monte-Carlo EM (whose steps are

@@ -74,7 +74,7 @@ def _initialize(data: _Data, method: str, rng: np.random.Generator, given: dict)
             f"prior must be non-negative of shape {(data.Dh, data.Dw)} with a positive sum"
         )
     prior = prior / prior.sum()
-    if all(given.get(k) is not None for k in ("face", "background", "noise_std")):
+    if _given_whole(given):
         p = Params(given["face"], given["background"], given["noise_std"], prior)
     elif method == "median":
         p = _init_median(data, prior)
@@ -83,6 +83,15 @@ def _initialize(data: _Data, method: str, rng: np.random.Generator, given: dict)
     p = replace(p, noise_std=max(float(p.noise_std), data.noise_floor))
     p = replace(p, **{k: v for k, v in given.items() if v is not None and k != "prior"})
     return _check_params(p, data)
+
+
+#: What a start needs besides the prior (which defaults to uniform).
+_START_PARTS = ("face", "background", "noise_std")
+
+
+def _given_whole(given: dict) -> bool:
+    """Whether ``given`` (see ``_given``) holds a whole start: face, background and noise."""
+    return all(given.get(k) is not None for k in _START_PARTS)
 
 
 def _given(init_params: Params | dict | None) -> dict:
