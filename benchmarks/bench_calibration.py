@@ -77,9 +77,9 @@ def main() -> None:
                 ("smoothed", engine.predictive_prior(r.prior, args.images)),
                 ("fitted", r.prior),
             ):
-                found = engine.detect(
-                    new.images, engine.Params(r.face, r.background, r.noise_std, prior)
-                )
+                shrunk = engine.shrunk_face(r.face, r.noise_std, args.images)  # detect's default
+                params = engine.Params(shrunk, r.background, r.noise_std, prior)
+                found = engine.detect(new.images, params)
                 hit = (found.positions == new.positions).all(1)
                 row.append(cell(hit.mean(), found.probability.mean()))
                 ok[label] = abs(hit.mean() - found.probability.mean()) <= 0.05

@@ -307,13 +307,86 @@ def lower_bound(X, face, background, noise_std, prior, q):
     return total
 
 
+def dft2(a, sign=-1):
+    """The 2-D discrete Fourier transform by its definition (``sign=+1``: the inverse, not
+    divided by the size)."""
+    h, w = a.shape
+    out = np.zeros((h, w), dtype=complex)
+    for u in range(h):
+        for v in range(w):
+            for i in range(h):
+                for j in range(w):
+                    out[u, v] += a[i, j] * np.exp(sign * 2j * np.pi * (u * i / h + v * j / w))
+    return out
+
+
+def shrinkage_gains(face, noise_var, bands=8):
+    """The Wiener gains ``S / (S + N)`` of every frequency of the face's grid ``(h, w)`` (gain 1
+    at frequency 0), ``N = h w noise_var``, ``S`` the power law ``exp(level) |f|^slope`` fitted
+    by weighted least squares (weights: the square root of the count) to ``log(mean power - N)``
+    against the mean ``log |f|`` of the bands (``bands`` intervals, equal in ``log |f|``, from the
+    lowest non-zero ``|f|`` to the highest) whose mean power is at least ``2 N``; a rising fit is
+    replaced by the strong bands' weighted mean level; with fewer than two strong bands, ``S``
+    is the mean power of the non-zero frequencies less ``N`` (at least 0), everywhere."""
+    face = np.asarray(face, dtype=np.float64)
+    h, w = face.shape
+    noise = h * w * noise_var
+    if noise <= 0 or h * w == 1:  # nothing to shrink but the mean, which is kept
+        return np.ones((h, w))
+    spectrum = dft2(face - face.mean())
+
+    def freq(u, v):
+        fu = (u if u <= (h - 1) // 2 else u - h) / h  # numpy.fft.fftfreq's convention
+        fv = (v if v <= (w - 1) // 2 else v - w) / w
+        return math.hypot(fu, fv)
+
+    cells = [(u, v) for u in range(h) for v in range(w) if (u, v) != (0, 0)]
+    lo = min(freq(u, v) for u, v in cells)
+    hi = max(freq(u, v) for u, v in cells) * (1 + 1e-9)
+    groups = [[] for _ in range(bands)]
+    for u, v in cells:
+        b = min(int(math.log(freq(u, v) / lo) / math.log(hi / lo) * bands), bands - 1)
+        groups[b].append((u, v))
+    xs, ys, ws = [], [], []
+    for g in groups:
+        if g:
+            mean = sum(abs(spectrum[c]) ** 2 for c in g) / len(g)
+            if mean >= 2 * noise:
+                xs.append(sum(math.log(freq(*c)) for c in g) / len(g))
+                ys.append(math.log(mean - noise))
+                ws.append(len(g))
+    if len(xs) >= 2:
+        # minimise Σ w_i (y_i - level - slope x_i)²
+        x, y, wt = np.array(xs), np.array(ys), np.array(ws, dtype=float)
+        xm, ym = np.average(x, weights=wt), np.average(y, weights=wt)
+        slope = np.sum(wt * (x - xm) * (y - ym)) / np.sum(wt * (x - xm) ** 2)
+        level = ym - slope * xm
+        if slope > 0:
+            slope, level = 0.0, math.log(np.average(np.exp(y), weights=wt))
+        signal = {c: math.exp(level + slope * math.log(freq(*c))) for c in cells}
+    else:
+        flat = max(sum(abs(spectrum[c]) ** 2 for c in cells) / len(cells) - noise, 0.0)
+        signal = {c: flat for c in cells}
+    gains = np.ones((h, w))
+    for c in cells:
+        gains[c] = signal[c] / (signal[c] + noise)
+    return gains
+
+
+def shrink(a, gains):
+    """``a`` (h, w) with each frequency multiplied by ``gains`` (h, w)."""
+    return (dft2(dft2(a) * gains, sign=+1) / a.size).real
+
+
 def held_out_posterior(
     X, face, background, noise_std, prior, *, face_fitted, prior_learnt, hard=False
 ):
     """Each image's posterior under the parameters fitted to the *other* images, ``(K, Dh, Dw)``.
 
     ``q`` is the posterior under the given (fitted) parameters. With ``face_fitted`` image k is
-    scored with ``F_{-k} = (K F - c_k) / (K - 1)``, ``c_k = Σ_d q_k(d) X_k(d + ·)``; with
+    scored with ``F_{-k} = (K F - c_k) / (K - 1)``, ``c_k = Σ_d q_k(d) X_k(d + ·)``, shrunk by
+    the Wiener gains of ``F`` for the noise of a face fitted to K - 1 images,
+    ``shrinkage_gains(F, noise_std² / (K - 1))``; with
     ``prior_learnt`` its prior is ``(max(K A - q_k, 0) + 1) / (K - 1 + D)`` (the Dirichlet
     predictive of the other images' posteriors). ``hard``: ``q_k`` is one-hot at image k's MAP
     position (hard EM built its face from those crops). Model images built pixel by pixel."""
@@ -326,13 +399,15 @@ def held_out_posterior(
         q = positions_to_q(map_positions(X, face, background, noise_std, prior), q.shape[1:])
     prior = np.asarray(prior, dtype=np.float64)
     out = np.empty_like(q)
+    if face_fitted and K >= 2:
+        gains = shrinkage_gains(face, noise_std**2 / (K - 1))
     for k in range(K):
         f = face
         if face_fitted and K >= 2:
             crop = np.zeros((h, w))
             for (r, c), weight in np.ndenumerate(q[k]):
                 crop += weight * X[k, r : r + h, c : c + w]
-            f = (K * face - crop) / (K - 1)
+            f = shrink((K * face - crop) / (K - 1), gains)
         a = prior
         if prior_learnt:
             a = (np.maximum(K * prior - q[k], 0.0) + 1.0) / (K - 1 + prior.size)

@@ -64,12 +64,25 @@ log = logging.getLogger("facefinder")
     "uniform when they were few); fitted: as fitted (it favours the training images' "
     "positions); uniform; or a .npy table of shape (H-h+1, W-w+1).",
 )
+@click.option(
+    "--face",
+    "face_choice",
+    type=click.Choice(["shrunk", "fitted"]),
+    default="shrunk",
+    show_default=True,
+    help="Face to score the images with. shrunk: the fitted face with the estimation noise it "
+    "has from its finite number of images filtered out (its posterior mean; the same face "
+    "when that noise is small), so that probabilities are not overstated at high noise; "
+    "fitted: as fitted.",
+)
 @skip_opt
 @layout_opt
 @overwrite_opt
 @verbosity
 @reports_errors
-def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout, overwrite):
+def detect(
+    model, input, out, draw, zoom, prior_choice, face_choice, skip_unreadable, layout, overwrite
+):
     """Find the face in new images with a fitted model.
 
     MODEL is a run folder or result.npz from `facefinder fit`; INPUT as for `fit`, with images
@@ -92,7 +105,7 @@ def detect(model, input, out, draw, zoom, prior_choice, skip_unreadable, layout,
         raise click.BadParameter(
             f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
         )
-    params = _detect_params(run, prior_choice)
+    params = _detect_params(run, prior_choice, face_choice)
     keep = [model, *images.input_paths(input)]
     if Path(prior_choice).suffix == ".npy":
         keep.append(prior_choice)
@@ -160,9 +173,12 @@ DRAW_FOLDER = outputs.FolderKind(
 MISMATCH_FACTOR = 1.5
 
 
-def _detect_params(run: runs.Run, choice: str) -> engine.Params:
-    """The model's parameters with the prior ``--prior`` asks for."""
+def _detect_params(run: runs.Run, choice: str, face_choice: str) -> engine.Params:
+    """The model's parameters with the prior ``--prior`` and the face ``--face`` ask for."""
     p = run.params
+    if face_choice == "shrunk" and len(run.elbo) > 1:  # a face some M-step fitted
+        face = engine.shrunk_face(p.face, p.noise_std, run.n_images)
+        p = engine.Params(face, p.background, p.noise_std, p.prior)
     if choice == "fitted":
         return p
     if choice == "uniform":

@@ -64,6 +64,8 @@ from facefinder_cli.engine.estep import (
     position_log_likelihood,
     posterior,
     predictive_prior,
+    shrinkage_gains,
+    shrunk_face,
 )
 from facefinder_cli.engine.loop import (
     Checkpoint,
@@ -156,5 +158,7 @@ __all__ = [
     "position_log_likelihood",
     "posterior",
     "predictive_prior",
+    "shrinkage_gains",
+    "shrunk_face",
     "uniform_prior",
 ]

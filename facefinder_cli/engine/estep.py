@@ -1,7 +1,7 @@
 """The E-step: every position's log-likelihood from one FFT correlation per image
-(``_Scorer``), posteriors in the log domain (``_Posterior``), the predictive prior for new
-images, and the public step functions ``position_log_likelihood``, ``posterior``,
-``map_positions``, ``detect`` and ``locate``."""
+(``_Scorer``), posteriors in the log domain (``_Posterior``), the predictive prior and the
+shrunk face that score images a fit has not seen, and the public step functions
+``position_log_likelihood``, ``posterior``, ``map_positions``, ``detect`` and ``locate``."""
 
 from __future__ import annotations
 
@@ -121,6 +121,67 @@ def predictive_prior(prior: np.ndarray, n_images: int, alpha: float = PRIOR_PSEU
         raise ValueError(f"need n_images >= 0 and alpha > 0, got {n_images} and {alpha}")
     counts = int(n_images) * a / a.sum()
     return (counts + alpha) / (int(n_images) + alpha * a.size)
+
+
+#: Radial frequency bands in which :func:`shrinkage_gains` estimates the face's spectrum.
+SPECTRUM_BANDS = 8
+
+
+def shrinkage_gains(face: np.ndarray, noise_var: float) -> np.ndarray:
+    """The Wiener gains that turn a fitted face into its posterior mean, on ``rfft2``'s grid of
+    the face, shape ``(h, w // 2 + 1)``; the mean (gain at frequency 0) is kept as it is.
+
+    A face fitted to K images holds estimation noise of about ``noise_var = s² / K`` per pixel,
+    white: at the frequencies where the face itself is weak (the fine detail that tells a
+    position from its neighbours) the fitted face is mostly noise, and scoring with it makes
+    positions look surer than they are (docs/PROBABILITIES.md). The gain at frequency ``ω`` is
+    ``S(ω) / (S(ω) + N)``, ``N = h w noise_var`` the noise's power, with the face's power ``S``
+    estimated from the face itself (empirical Bayes): the power above ``N`` in
+    ``SPECTRUM_BANDS`` log-spaced bands of radial frequency, fitted by a power law ``a |ω|^b``
+    (``b <= 0``, as in images of natural scenes) over the bands where the face's power is at
+    least twice ``N``; with fewer than two such bands, one level for all frequencies."""
+    face = np.asarray(face, dtype=np.float64)
+    h, w = face.shape
+    noise = h * w * float(noise_var)
+    gains = np.ones((h, w // 2 + 1))
+    if not noise > 0 or h * w < 2:
+        return gains
+    power = np.abs(np.fft.fft2(face - face.mean())) ** 2
+    freq = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
+    ac = freq > 0
+    edges = np.geomspace(freq[ac].min(), freq.max() * (1 + 1e-9), SPECTRUM_BANDS + 1)
+    band = np.searchsorted(edges, freq[ac], side="right") - 1
+    count = np.bincount(band, minlength=SPECTRUM_BANDS)
+    mean = np.bincount(band, power[ac], minlength=SPECTRUM_BANDS) / np.maximum(count, 1)
+    where = np.bincount(band, np.log(freq[ac]), minlength=SPECTRUM_BANDS) / np.maximum(count, 1)
+    strong = (count > 0) & (mean >= 2 * noise)
+    if strong.sum() >= 2:
+        slope, level = np.polyfit(
+            where[strong], np.log(mean[strong] - noise), 1, w=np.sqrt(count[strong])
+        )
+        if slope > 0:  # flat at the strong bands' level rather than rising
+            flat = np.average(mean[strong] - noise, weights=count[strong])
+            slope, level = 0.0, float(np.log(flat))
+        signal = np.exp(level + slope * np.log(np.where(ac, freq, 1.0)))
+    else:
+        signal = np.full(freq.shape, max(float(power[ac].mean()) - noise, 0.0))
+    full = signal / (signal + noise)
+    full[0, 0] = 1.0
+    gains[:] = full[:, : w // 2 + 1]
+    return gains
+
+
+def shrunk_face(face: np.ndarray, noise_std: float, n_images: int) -> np.ndarray:
+    """The face to score images with, given a face fitted to ``n_images`` images of noise std
+    ``noise_std``: its posterior mean, the fitted face filtered by :func:`shrinkage_gains`
+    with ``noise_var = noise_std² / n_images``. Scored with it, the positions' probabilities are
+    calibrated where the fitted face's estimation noise would make them overstate (measured in
+    ``benchmarks/bench_calibration.py``); with little noise it is the fitted face."""
+    face = np.asarray(face, dtype=np.float64)
+    if int(n_images) < 1:
+        raise ValueError(f"need n_images >= 1, got {n_images}")
+    gains = shrinkage_gains(face, float(noise_std) ** 2 / int(n_images))
+    return np.fft.irfft2(np.fft.rfft2(face) * gains, s=face.shape)
 
 
 @dataclass

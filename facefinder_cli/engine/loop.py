@@ -111,8 +111,10 @@ class FitResult:
     positions : ndarray of shape (K, 2), int
         Every image's most probable face position ``(row, column)``, held out: under the final
         parameters with the face and a learnt prior as the *other* images fitted them (see
-        ``_held_out``: an image scored with its own crop in the face matches itself). It can
-        differ from ``locate(X, result.params)`` where an image's position is ambiguous.
+        ``_held_out``: an image scored with its own crop in the face matches itself), the face
+        shrunk (:func:`shrunk_face`: its estimation noise would make positions look surer than
+        they are). It can differ from ``locate(X, result.params)`` where an image's position is
+        ambiguous.
     position_probability : ndarray of shape (K,)
         The held-out posterior probability of that position.
     unidentified : ndarray of shape (H, W), bool

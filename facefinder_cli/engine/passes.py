@@ -8,7 +8,13 @@ import numpy as np
 from scipy import fft as sfft
 
 from facefinder_cli.engine.data import _Data
-from facefinder_cli.engine.estep import PRIOR_PSEUDO_COUNT, _Posterior, _Scorer, _valid_correlation
+from facefinder_cli.engine.estep import (
+    PRIOR_PSEUDO_COUNT,
+    _Posterior,
+    _Scorer,
+    _valid_correlation,
+    shrinkage_gains,
+)
 from facefinder_cli.engine.model import Params
 from facefinder_cli.engine.mstep import _Stats
 
@@ -31,6 +37,21 @@ def _draw(q: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(flat, cdf.shape[1] - 1)
 
 
+class _Shrunk:
+    """The shrunk face of the final pass (:func:`~facefinder_cli.engine.shrunk_face`): the
+    Wiener gains of a face fitted to ``data``'s images at ``p``, and the shrunk face's
+    conjugate spectrum zero-padded to the images' size, for :func:`_valid_correlation`."""
+
+    def __init__(self, p: Params, data: _Data) -> None:
+        self.gains = shrinkage_gains(p.face, p.noise_std**2 / (data.K - 1)).astype(data.dtype)
+        face = sfft.irfft2(sfft.rfft2(p.face - data.offset) * self.gains, s=p.face.shape)
+        self.face_f = np.conj(sfft.rfft2(face.astype(data.dtype), s=(data.H, data.W)))
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """``crops`` (n, h, w) filtered as the face is."""
+        return sfft.irfft2(sfft.rfft2(crops) * self.gains, s=crops.shape[-2:])
+
+
 def _held_out(
     scorer: _Scorer,
     data: _Data,
@@ -41,6 +62,7 @@ def _held_out(
     prior: np.ndarray,
     fitted: tuple[bool, bool],
     support: np.ndarray | None = None,
+    shrunk: _Shrunk | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each image's MAP position and its probability under the parameters fitted to the other
     images: ``(best flat index (n,), probability (n,))`` for a chunk with spectra ``xf``, log
@@ -52,10 +74,12 @@ def _held_out(
     prior its own posterior: scored with them, an image matches itself, and its probability is
     too high (measured: 1.000 where 65% of the positions were right). Here image k is scored with
     the face without its crop, ``F_{-k} = (K F - c_k) / (K - 1)`` with ``c_k(u) = Σ_d q_k(d)
-    X_k(d + u)``, and with the :func:`predictive_prior` of the other images' posteriors (only
+    X_k(d + u)``, ``shrunk`` (:class:`_Shrunk`, the posterior mean of a face fitted to K - 1
+    images), and with the :func:`predictive_prior` of the other images' posteriors (only
     over ``support``, if given: the positions a given start prior allows); the
-    background and noise std stay those of all the images. It costs three FFTs per image
-    (``c_k``, its spectrum, its correlation with the image), in the final pass only.
+    background and noise std stay those of all the images. It costs four FFTs per image
+    (``c_k``, its spectrum, its correlation with the image, the image's correlation with the
+    shrunk face), and two small ones of ``c_k``'s size, in the final pass only.
     ``fitted`` says whether the face and the prior were fitted (re-estimated by an M-step):
     those that were not are used as they are."""
     K, H, W = data.K, data.H, data.W
@@ -63,8 +87,10 @@ def _held_out(
     if face_fitted and K >= 2:
         qf = sfft.fft(sfft.rfft(q, n=W, axis=-1), n=H, axis=-2, overwrite_x=True)
         crop = sfft.irfft2(xf * qf.conj(), s=(H, W))[:, : data.h, : data.w]  # c_k (shifted)
-        own = _valid_correlation(data, xf, np.conj(sfft.rfft2(crop, s=(H, W))))
-        lp += ((corr - own) * (scorer.inv_s2 / (K - 1))).astype(lp.dtype)
+        # W F_{-k} = (K W F - W c_k) / (K - 1): the shrinkage W is a linear filter
+        own = _valid_correlation(data, xf, np.conj(sfft.rfft2(shrunk(crop), s=(H, W))))
+        corr_w = _valid_correlation(data, xf, shrunk.face_f)
+        lp += ((corr_w - corr + (corr_w - own) / (K - 1)) * scorer.inv_s2).astype(lp.dtype)
     if prior_learnt:
         others = np.maximum(K * prior[None] - q, 0.0)
         if support is None:
@@ -103,6 +129,7 @@ def _pass(
         # The final pass scores with the likelihood alone, then adds the prior, so that the
         # held-out scores reuse the likelihood and its face correlation.
         scorer = _Scorer(p, data, with_prior=False)
+        shrunk = _Shrunk(p, data) if held_out[0] and data.K >= 2 else None
         with np.errstate(divide="ignore"):
             log_prior = np.log(p.prior).astype(data.dtype)
     else:
@@ -127,7 +154,9 @@ def _pass(
             if method == "hard":  # its face is built from each image's MAP crop
                 q = np.zeros_like(post.q)
                 q.reshape(len(q), -1)[np.arange(len(q)), post.best] = 1.0
-            flat, probability = _held_out(scorer, data, xf, lp, corr, q, p.prior, held_out, support)
+            flat, probability = _held_out(
+                scorer, data, xf, lp, corr, q, p.prior, held_out, support, shrunk
+            )
             part.elbo = ll if method == "soft" else float(post.best_log_joint.sum())
             part.entropy = float(post.entropy.sum())
             return part, np.column_stack(np.unravel_index(flat, (data.Dh, data.Dw))), probability
