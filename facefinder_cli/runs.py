@@ -194,17 +194,16 @@ def save_run(
     options: dict[str, Any] | None = None,
     errors: dict[str, np.ndarray] | None = None,
     zoom: int = 1,
+    plots: bool = True,
 ) -> list[str]:
     """Write a run into ``folder`` (which must exist, e.g. a temporary folder being built):
-    ``result.npz``, PNGs of the face, background, prior and ELBO curve, ``history.csv`` and
-    ``positions.csv``. ``result.npz``'s ``settings`` (JSON) are the fit's settings
-    (:class:`~facefinder_cli.engine.FitSettings`) with ``options``, the caller's own (e.g. the
-    command line's input path).
+    ``result.npz``, PNGs of the face, background, prior and ELBO curve (the last two only with
+    ``plots``: they need matplotlib), ``history.csv`` and ``positions.csv``. ``result.npz``'s
+    ``settings`` (JSON) are the fit's settings (:class:`~facefinder_cli.engine.FitSettings`)
+    with ``options``, the caller's own (e.g. the command line's input path).
 
     Returns the names of the files written.
     """
-    from facefinder_cli.plotting import Curve, plot_curves, plot_prior
-
     folder = Path(folder)
     n_values = result.positions.shape[0] * result.background.size
     errors = errors or {}
@@ -255,6 +254,10 @@ def save_run(
     lo, hi = display_range(result.face, result.background)
     write_png(folder / "face.png", result.face, lo, hi, zoom=zoom)
     write_png(folder / "background.png", result.background, lo, hi, zoom=zoom)
+    if not plots:
+        return [RESULT, "face.png", "background.png", HISTORY, POSITIONS]
+    from facefinder_cli.plotting import Curve, plot_curves, plot_prior  # imports matplotlib
+
     with atomic_write(folder / "prior.png") as f:
         plot_prior(result.prior, f)
     h = restarts[result.best_restart]

@@ -33,10 +33,11 @@ def data():
     return "data"
 
 
-def interrupted_fit(monkeypatch, out: str, after: int = 2) -> None:
-    """fit, stopped by SIGINT after ``after`` iterations: its checkpoint is in ``out``."""
-    with stop_fit_at(monkeypatch, after):
-        r = cli("fit", "data", *FIT, "-o", out, "--tol", "-1", "--max-iter", 6)
+def interrupted_fit(monkeypatch, out: str, *options: str) -> None:
+    """fit with ``options``, stopped by SIGINT after 2 iterations: its checkpoint is in
+    ``out``."""
+    with stop_fit_at(monkeypatch, 2):
+        r = cli("fit", "data", *FIT, "-o", out, "--tol", "-1", "--max-iter", 6, *options)
     assert r.exit_code == 130 and "interrupted after iteration 2" in r.stderr
 
 
@@ -114,3 +115,55 @@ def test_verbose_fit_says_more(data):
     lines = [line for line in loud.stderr.splitlines() if ", iteration " in line]
     assert len(lines) == 3 and "ELBO" in lines[0] and "noise std" in lines[0]
     assert len(loud.stderr.splitlines()) > len(quiet.stderr.splitlines())
+
+
+def test_no_plots_skips_matplotlib_and_the_two_plots(data, monkeypatch):
+    """Start-up (point 11): matplotlib is most of what a small fit spends outside EM; batches
+    of small fits can skip the two plots, and a resumed fit keeps the choice."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from facefinder_cli.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    for out, option, imported in (("quick", "--no-plots", "False"), ("full", "--plots", "True")):
+        r = subprocess.run(
+            [sys.executable, "-c", script, "fit", "data", *FIT, "-o", out, "-q", option],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert r.stdout.strip() == imported
+    plots = {"prior.png", "elbo.png"}
+    assert not plots & set(os.listdir("quick"))
+    assert {"result.npz", "face.png", "background.png", "history.csv", "positions.csv"} <= set(
+        os.listdir("quick")
+    )
+    assert plots <= set(os.listdir("full"))
+    ok("plot-elbo", "quick", "-o", "later.png")  # the curve, drawn later
+    assert Path("later.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    interrupted_fit(monkeypatch, "r", "--no-plots")
+    line = one_error(cli("fit", "--resume", "r", "--no-plots"), 2)
+    assert "drop --no-plots" in line  # the option as given, not its other half
+    ok("fit", "--resume", "r")
+    assert not plots & set(os.listdir("r"))
+    assert "result.npz" in os.listdir("r")
+
+
+def test_a_checkpoint_from_before_no_plots_resumes_with_plots(data, monkeypatch):
+    interrupted_fit(monkeypatch, "old")
+    with np.load("old/checkpoint.npz") as z:
+        arrays = dict(z)
+    settings = json.loads(str(arrays["settings"]))
+    assert settings.pop("plots") is True
+    arrays["settings"] = np.array(json.dumps(settings))
+    with open("old/checkpoint.npz", "wb") as f:
+        np.savez(f, **arrays)
+    ok("fit", "--resume", "old")
+    assert {"prior.png", "elbo.png"} <= set(os.listdir("old"))

@@ -53,6 +53,7 @@ class FitJob:
     init_from: str | None
     truth: str | None
     zoom: int | None
+    plots: bool
     checkpoint_every: int | None
     command: str
 
@@ -68,6 +69,7 @@ class FitJob:
         """The job a checkpoint at ``path`` recorded; a damaged record is one line naming it."""
         hints = typing.get_type_hints(cls)
         names = [f.name for f in fields(cls) if f.name != "settings"]
+        options = {"plots": True, **options}  # checkpoints from before --no-plots drew them
         unknown = sorted(set(options) - set(names))
         if unknown:
             raise InputError(
@@ -141,8 +143,13 @@ def only_with_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
     """--resume takes everything from the checkpoint: other options would be ignored."""
     from click.core import ParameterSource
 
+    def named(p: click.Parameter) -> str:  # a --flag/--no-flag by the half that was given
+        if getattr(p, "secondary_opts", None) and ctx.params.get(p.name) is False:
+            return p.secondary_opts[0]
+        return p.opts[0] if p.opts else p.name
+
     given = [
-        p.opts[0] if p.opts else p.name
+        named(p)
         for p in ctx.command.params
         if p.name not in allowed + ("verbose", "quiet")
         and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
