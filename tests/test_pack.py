@@ -246,11 +246,14 @@ def test_existing_target_needs_overwrite():
     assert not os.path.exists("t.npy")
 
 
+WRITES = "pack writes a .npy file or a .zarr folder; give a name ending in .npy or .zarr"
+
+
 @pytest.mark.parametrize(
     "target, message",
     [
-        ("s.tif", "s.tif: pack writes a .npy file; give a name ending in .npy"),
-        ("s", "s: pack writes a .npy file; give a name ending in .npy"),
+        ("s.tif", "s.tif: " + WRITES),
+        ("s", "s: " + WRITES),
         ("imgs/s.npy", "imgs/s.npy: is inside the source folder imgs; write the stack elsewhere"),
     ],
 )

@@ -13,6 +13,8 @@ from facefinder_cli.cli.options import (
     CONTEXT,
     OUTPUT,
     STOPPED,
+    check_cluster_input,
+    cluster_client,
     layout_opt,
     load,
     log_notes,
@@ -21,6 +23,7 @@ from facefinder_cli.cli.options import (
     overwrite_opt,
     prior_file,
     reports_errors,
+    scheduler_opt,
     skip_opt,
     verbosity,
 )
@@ -75,13 +78,24 @@ log = logging.getLogger("facefinder")
     "when that noise is small), so that probabilities are not overstated at high noise; "
     "fitted: as fitted.",
 )
+@scheduler_opt
 @skip_opt
 @layout_opt
 @overwrite_opt
 @verbosity
 @reports_errors
 def detect(
-    model, input, out, draw, zoom, prior_choice, face_choice, skip_unreadable, layout, overwrite
+    model,
+    input,
+    out,
+    draw,
+    zoom,
+    prior_choice,
+    face_choice,
+    scheduler,
+    skip_unreadable,
+    layout,
+    overwrite,
 ):
     """Find the face in new images with a fitted model.
 
@@ -100,6 +114,7 @@ def detect(
     """
     if outputs.is_stdout(out) and outputs.stdout_closed():
         raise InputError("standard output is closed: there is nowhere to write the positions")
+    check_cluster_input(scheduler, input)
     run = runs.load_run(model)
     if run.params is None:
         raise click.BadParameter(
@@ -126,7 +141,8 @@ def detect(
             bh, bw = run.params.background.shape
             raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
         try:
-            found = engine.detect(stack.images, params)
+            with cluster_client(scheduler, stack, input) as client:
+                found = engine.detect(stack.images, params, client=client)
         except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
             raise non_finite(input, stack, err) from None
         except engine.ValueRangeError as err:  # values beyond what float64 computes with

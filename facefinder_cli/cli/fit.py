@@ -38,6 +38,8 @@ from facefinder_cli.cli.options import (
     SHAPE,
     STOPPED,
     FiniteFloatType,
+    check_cluster_input,
+    cluster_client,
     layout_opt,
     load,
     log_notes,
@@ -46,6 +48,7 @@ from facefinder_cli.cli.options import (
     overwrite_opt,
     reports_errors,
     said,
+    scheduler_opt,
     skip_opt,
     verbosity,
 )
@@ -273,12 +276,15 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     is_flag=True,
     help="Print a machine-readable summary on stdout (and nothing else there).",
 )
+@scheduler_opt
 @skip_opt
 @layout_opt
 @overwrite_opt
 @verbosity
 @reports_errors
-def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite, **options):
+def fit(
+    input, face_size, out, memory_limit, workers, scheduler, resume, as_json, overwrite, **options
+):
     """Recover face, background, noise and prior from noisy images.
 
     INPUT is a folder of images (PNG, JPEG, TIFF, BMP; in natural order, img2 before img10), a
@@ -310,7 +316,8 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
     resumed: Resumed | None = None
     if resume:
         only_with_resume(
-            click.get_current_context(), ("resume", "as_json", "memory_limit", "workers")
+            click.get_current_context(),
+            ("resume", "as_json", "memory_limit", "workers", "scheduler"),
         )
         resumed = Resumed.load(resume)
         job, out, overwrite = resumed.job, resume, True
@@ -321,6 +328,7 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
             raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
         out = "-" if outputs.is_stdout(out) else out
         job = _new_job(input, face_size, options)
+    check_cluster_input(scheduler, job.input_path if resumed else job.input)
     _check_outputs(job, out, as_json)
     input, settings = job.input_path if resumed else job.input, job.settings
     warm = runs.load_params(job.init_from) if job.init_from else None
@@ -352,16 +360,18 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
         in_place = False  # whether the finished run folder is in place
         try:
             t0 = time.perf_counter()
-            result, caught = _run_engine(
-                stack,
-                input,
-                settings,
-                progress,
-                resumed,
-                init_params=warm,
-                memory_limit=memory_limit,
-                workers=workers,
-            )
+            with cluster_client(scheduler, stack, input) as client:
+                result, caught = _run_engine(
+                    stack,
+                    input,
+                    settings,
+                    progress,
+                    resumed,
+                    init_params=warm,
+                    memory_limit=memory_limit,
+                    workers=workers,
+                    client=client,
+                )
             seconds = time.perf_counter() - t0
             _report_engine(result, caught, K)
             errors = truth_errors.history(result)
@@ -391,6 +401,8 @@ def fit(input, face_size, out, memory_limit, workers, resume, as_json, overwrite
                     in_place = bool(written) and stop.after == "install"
                     raise
                 in_place = True
+        except engine.ClusterError as err:  # the scheduler or the client was lost
+            raise InputError(_save_when_lost(saver, progress, settings.restarts, err)) from None
         except Interrupted:
             progress.bar.close()
             if in_place:
@@ -644,6 +656,22 @@ def _save_when_interrupted(saver, progress, restarts: int) -> str:
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
         f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume {saver.out}`"
+    )
+
+
+def _save_when_lost(saver, progress, restarts: int, err: Exception) -> str:
+    """Save the last completed iteration of a fit whose cluster was lost; the line that says
+    so."""
+    state = progress.latest
+    if state is None:
+        return f"{err}; before the first iteration: nothing was written"
+    if saver is None:
+        return f"{err}; a fit into a stream (-o -, a device) keeps no checkpoint"
+    saver.save(state, progress.truth.errors)
+    return (
+        f"{err}; saved iteration {state.iteration} of restart {state.restart + 1} of {restarts} "
+        f"in {saver.out}: carry on with `facefinder fit --resume {saver.out}`, with or without "
+        "--scheduler"
     )
 
 

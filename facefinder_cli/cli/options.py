@@ -166,6 +166,70 @@ layout_opt = click.option(
     "course's .mat files); auto guesses from the file type and shape.",
 )
 
+scheduler_opt = click.option(
+    "--scheduler",
+    metavar="ADDRESS|local:N",
+    envvar="DASK_SCHEDULER_ADDRESS",
+    show_envvar=True,
+    help="Run every pass on the workers of a Dask cluster: its scheduler's address "
+    "(HOST:PORT, tcp://HOST:PORT), or local:N for a new cluster of N worker processes on "
+    "this machine. INPUT must be a .npy stack or a Zarr array that the workers can read. "
+    "The result is the same as without. Needs pip install 'facefinder[dask]'.",
+)
+
+
+def _scheduler_hint() -> str:
+    """How the user gave the scheduler: the option, or Dask's environment variable."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source("scheduler") == ParameterSource.ENVIRONMENT:
+        return "DASK_SCHEDULER_ADDRESS"
+    return "'--scheduler'"
+
+
+def check_cluster_input(scheduler: str | None, input: str) -> None:
+    """Refuse, before reading anything, an input that the workers of --scheduler cannot read
+    themselves."""
+    if scheduler and not (str(input).lower().endswith(".npy") or images.is_zarr(str(input))):
+        raise click.BadParameter(
+            f"{input}: the workers read the images themselves, from a file they share: give a "
+            ".npy stack or a Zarr array (`facefinder pack` makes either)",
+            param_hint=_scheduler_hint(),
+        )
+
+
+@contextlib.contextmanager
+def cluster_client(scheduler: str | None, stack: images.Stack, input: str) -> Iterator[Any]:
+    """A Dask client for ``--scheduler`` (None without it), closed on the way out."""
+    if not scheduler:
+        yield None
+        return
+    if not callable(getattr(stack.images, "opener", None)):  # e.g. a .npy in Fortran order
+        raise click.BadParameter(
+            f"{input}: the workers read the images themselves, and cannot read this file in "
+            "parts: repack it with `facefinder pack`",
+            param_hint=_scheduler_hint(),
+        )
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "--scheduler needs Dask's distributed scheduler: pip install 'facefinder[dask]'"
+        ) from None
+    from facefinder_cli.engine import cluster
+
+    if log.getEffectiveLevel() > logging.DEBUG:  # (-v shows Dask's logs too)
+        cluster.quiet_logs()
+    try:
+        client = cluster.connect(scheduler)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=_scheduler_hint()) from None
+    try:
+        yield client
+    finally:
+        cluster.close_client(client)
+
 
 def reports_errors(f: Callable) -> Callable:
     """Turn the library's errors into one-line messages (exit 1), never a traceback."""
@@ -174,7 +238,7 @@ def reports_errors(f: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
-        except (InputError, ValueError) as err:
+        except (InputError, ValueError, engine.ClusterError) as err:
             log.debug("details", exc_info=True)
             raise click.ClickException(said(err)) from None
         except MemoryError:

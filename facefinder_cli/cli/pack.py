@@ -1,4 +1,5 @@
-"""``facefinder pack``: pack images into one .npy stack that fit and detect stream from disk."""
+"""``facefinder pack``: pack images into one .npy stack, or a Zarr array, that fit and detect
+stream from disk."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ log = logging.getLogger("facefinder")
 
 @click.command(context_settings=CONTEXT)
 @click.argument("input", metavar="INPUT")
-@click.argument("target", metavar="STACK.npy")
+@click.argument("target", metavar="STACK.npy|STACK.zarr")
 @click.option(
     "--dtype",
     type=click.Choice(engine.DTYPES),
@@ -49,6 +50,10 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
     whole). The image names go to STACK.names.txt beside the stack (one per line; line breaks,
     backslashes and bytes that are not UTF-8 escaped as \\n, \\\\ and \\xNN), which fit uses
     for positions.csv. Both files appear complete or not at all.
+
+    A name ending in .zarr makes a Zarr array instead (a folder; the names in its attribute
+    `names`), as Dask users keep image stacks: `fit --scheduler` reads it on the workers.
+    Needs pip install 'facefinder[dask]'.
 
     `fit STACK.npy` then reads the images chunk by chunk in every iteration instead of holding
     them in memory, so its memory does not grow with the number of images (see --memory-limit).
@@ -72,7 +77,8 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
 
     STOPPED["note"] = f"{target} was not written"
     try:
-        with outputs.claim(target, images.names_path(target)) as stale:
+        side = None if images.is_zarr_target(target) else images.names_path(target)
+        with outputs.claim(target, side) as stale:
             note_stale(stale)
             stack = images.pack_stack(
                 input,
@@ -87,7 +93,10 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
         bar.close()
     log_notes(stack)
     K, H, W = stack.images.shape
-    size = os.path.getsize(target)
+    if os.path.isdir(target):  # a Zarr folder
+        size = sum(e.stat().st_size for e in os.scandir(target) if e.is_file())
+    else:
+        size = os.path.getsize(target)
     log.info(
         "packed %d image%s of %dx%d into %s (%s, %.1f MB)",
         K,

@@ -54,6 +54,7 @@ This module re-exports the public API; ``engine.fit`` and ``engine.Params`` are 
 
 from __future__ import annotations
 
+from facefinder_cli.engine.cluster import ClusterError
 from facefinder_cli.engine.data import LARGEST_VALUE, SMALLEST_SCALE
 from facefinder_cli.engine.estep import (
     PRIOR_PSEUDO_COUNT,
@@ -117,6 +118,7 @@ __all__ = [
     "CHUNK_BYTES",
     "CHUNK_VALUES",
     "Checkpoint",
+    "ClusterError",
     "CheckpointError",
     "ConvergenceWarning",
     "DEFAULT_CHUNK_SIZE",

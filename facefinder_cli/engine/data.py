@@ -85,20 +85,12 @@ class _Data:
         self.chunk = _chunk_for(chunk_size, H, W, self.Dh, self.Dw)
         first = np.asarray(X[: min(K, 16)], dtype=np.float64)
         self.offset = float(first.mean()) if np.isfinite(first).all() else 0.0  # else: error below
-        spectrum_bytes = H * (W // 2 + 1) * 2 * self.dtype.itemsize
-        if cache_fft is None:
-            room = max(0, limit - self.workers * self.chunk * per_image) // spectrum_bytes
-            n_cached = K if room >= K else (room // self.chunk) * self.chunk
-        else:
-            n_cached = K if cache_fft else 0
-        self.n_cached = int(n_cached)
-        complex_type = np.complex64 if self.dtype == np.float32 else np.complex128
-        self._xf = np.empty((self.n_cached, H, W // 2 + 1), complex_type)
+        self.n_cached = self._cache(cache_fft, limit, per_image)
         # One pass: sums over images (in float64) and the cached spectra.
         self.sum_x = np.zeros((H, W))
         self.sq_x = np.empty(K)  # Σ_ij X_k² per image (shifted)
         largest = 0.0
-        for _, b, (part, top) in self.map(self._first_pass):
+        for _, b, (part, top) in self._read_all():
             self.sum_x += part
             largest = max(largest, top)
             self.report(b)
@@ -125,6 +117,25 @@ class _Data:
                 "noise variance would underflow); multiply the images by a constant"
             )
         self.noise_floor = NOISE_FLOOR * self.scale
+
+    def _cache(self, cache_fft: bool | None, limit: int, per_image: int) -> int:
+        """Make room for the spectra of as many images as ``limit`` leaves room for (or as
+        ``cache_fft`` forces): their number, a multiple of the chunk size unless all."""
+        K, H, W = self.K, self.H, self.W
+        spectrum_bytes = H * (W // 2 + 1) * 2 * self.dtype.itemsize
+        if cache_fft is None:
+            room = max(0, limit - self.workers * self.chunk * per_image) // spectrum_bytes
+            n_cached = K if room >= K else (room // self.chunk) * self.chunk
+        else:
+            n_cached = K if cache_fft else 0
+        complex_type = np.complex64 if self.dtype == np.float32 else np.complex128
+        self._xf = np.empty((int(n_cached), H, W // 2 + 1), complex_type)
+        return int(n_cached)
+
+    def _read_all(self):
+        """The first pass: ``(start, stop, (Σ_k X_k, max |X|))`` of every chunk in order, with
+        ``sq_x`` and the cached spectra filled in."""
+        return self.map(self._first_pass)
 
     def fingerprint(self) -> dict:
         """A summary of the images that changes when any of them changes, is reordered or is

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import fft as sfft
@@ -301,30 +302,56 @@ class Detection:
     residual_std: np.ndarray
 
 
-def detect(X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Detection:
+def detect(
+    X: np.ndarray, params: Params, *, chunk_size: int = DEFAULT_CHUNK_SIZE, client: Any = None
+) -> Detection:
     """Find the face in every image: the MAP position, its posterior probability, and how well
-    the image fits the model there. Streams ``X`` chunk by chunk.
+    the image fits the model there. Streams ``X`` chunk by chunk; with ``client`` (a
+    ``distributed.Client``) on the workers of its Dask cluster, as :func:`fit` does (``X`` a
+    reader they can open), with the same result.
 
     For images the parameters were not fitted to, give ``params.prior`` the prior of a new
     image, e.g. :func:`predictive_prior` of the fitted one (a fitted prior favours the training
     images' positions)."""
-    data = _data_for(X, params, chunk_size)
-    positions = np.empty((data.K, 2), dtype=np.intp)
-    probability = np.empty(data.K)
-    residual = np.empty(data.K)
-    prior = _check_params(params, data).prior
+    if client is None:
+        data = _data_for(X, params, chunk_size)
+    else:
+        from facefinder_cli.engine.cluster import _ClusterData
+
+        data = _ClusterData(
+            X, np.shape(params.face), client, chunk_size=chunk_size, cache_fft=False
+        )
+    try:
+        return _detect(data, params)
+    finally:
+        if client is not None:
+            data.close()
+
+
+def _detect(data: _Data, params: Params) -> Detection:
+    p = _check_params(params, data)
+    scorer = _Scorer(p, data, with_prior=True)
     s2 = float(params.noise_std) ** 2
     n = data.H * data.W
     with np.errstate(divide="ignore"):
-        log_prior = np.log(prior).ravel()
-    for a, b, lp, c in _chunk_log_joint(data, params, True):
+        log_prior = np.log(p.prior).ravel()
+
+    def chunk(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lp, c = scorer.log_joint(*data.chunk_data(a, b), data.sq_x[a:b])
         post = _Posterior.from_log_joint(lp, c)
-        positions[a:b] = np.column_stack(np.unravel_index(post.best, lp.shape[1:]))
-        probability[a:b] = np.exp(post.best_log_joint - post.log_likelihood)
+        probability = np.exp(post.best_log_joint - post.log_likelihood)
         # log p(X_k | d*) = -n/2 log(2π s²) - SSE / (2 s²)
         log_lik = post.best_log_joint - log_prior[post.best]
         sse = -2.0 * s2 * (log_lik + 0.5 * n * math.log(2 * math.pi * s2))
-        residual[a:b] = np.sqrt(np.maximum(sse, 0.0) / n)
+        return post.best, probability, np.sqrt(np.maximum(sse, 0.0) / n)
+
+    positions = np.empty((data.K, 2), dtype=np.intp)
+    probability = np.empty(data.K)
+    residual = np.empty(data.K)
+    for a, b, (best, prob, resid) in data.map(chunk):
+        positions[a:b] = np.column_stack(np.unravel_index(best, (data.Dh, data.Dw)))
+        probability[a:b] = prob
+        residual[a:b] = resid
     if not np.isfinite(probability).all():
         k = int(np.argmin(np.isfinite(probability)))
         raise ValueError(f"the parameters give image {k} no finite probability")

@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -524,6 +525,7 @@ def fit(
     callback: Callable[[Progress], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
     resume: Checkpoint | None = None,
+    client: Any = None,
     **options: object,
 ) -> FitResult:
     """Fit face, background, noise std and prior to a stack of images by EM.
@@ -572,6 +574,11 @@ def fit(
         refused with a :class:`CheckpointError` that says what differs, after the pass that
         reads the images and before any EM work. ``memory_limit``, ``workers``,
         ``cache_fft`` and the callbacks may differ.
+    client : distributed.Client, optional
+        Run every pass on the workers of this Dask cluster (see :mod:`.cluster`): each reads
+        its chunks of ``X`` once and keeps them, with their spectra, for the whole fit. ``X``
+        must be a reader the workers can open again (an ``NpyReader`` or ``ZarrReader`` of a
+        file they can read). The result is the same as without, bit for bit (timings aside).
     **options
         Fields of :class:`FitSettings`.
 
@@ -590,9 +597,11 @@ def fit(
     if resume is not None and settings.seed is None and isinstance(resume.settings, FitSettings):
         settings = replace(settings, seed=resume.settings.seed)
     _retain_freed_memory()
-    data = _Data(
+    kind, where = (_Data, ()) if client is None else (_cluster()._ClusterData, (client,))
+    data = kind(
         X,
         settings.face_shape,
+        *where,
         chunk_size=settings.chunk_size,
         cache_fft=cache_fft,
         workers=workers,
@@ -600,6 +609,22 @@ def fit(
         dtype=settings.dtype,
         on_chunk=on_chunk,
     )
+    try:
+        return _fit(data, settings, init_params, callback, resume)
+    finally:
+        if client is not None:
+            data.close()
+
+
+def _cluster():
+    """The cluster module, imported only for a fit on a cluster (it imports distributed)."""
+    from facefinder_cli.engine import cluster
+
+    return cluster
+
+
+def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> FitResult:
+    """:func:`fit` once the images are read."""
     given = _given(init_params)
     fixed_start = settings.init in ("zeros", "bright") or _given_whole(given)
     if settings.restarts > 1 and fixed_start and settings.method != "mc":

@@ -47,6 +47,7 @@ from facefinder_cli.images.writing import (
     write_png,
     write_stack,
 )
+from facefinder_cli.images.zarrs import ZarrReader, is_zarr, is_zarr_target
 
 __all__ = [
     "IMAGES_FOLDER",
@@ -54,11 +55,14 @@ __all__ = [
     "InputError",
     "NpyReader",
     "Stack",
+    "ZarrReader",
     "boxed",
     "encode_stack",
     "file_stems",
     "glob_paths",
     "input_paths",
+    "is_zarr",
+    "is_zarr_target",
     "load_stack",
     "names_path",
     "natural_sort_key",

@@ -44,7 +44,14 @@ from facefinder_cli.images.reading import (
     load_stack,
 )
 from facefinder_cli.images.stacks import NpyReader, _npy_header_info, _read_names, names_path
-from facefinder_cli.outputs import atomic_files, check_file_target, inside
+from facefinder_cli.images.zarrs import ZARR_STACK, ZarrReader, is_zarr_target, pack_zarr
+from facefinder_cli.outputs import (
+    atomic_files,
+    atomic_folder,
+    check_file_target,
+    check_folder_target,
+    inside,
+)
 
 __all__ = ["pack_stack"]
 
@@ -351,8 +358,11 @@ def pack_stack(
     dt = _pack_dtype(dtype)
     layout = _check_layout(layout)
     src, p = os.fspath(source), os.fspath(target)
-    if not p.lower().endswith(".npy"):
-        raise InputError(f"{p}: pack writes a .npy file; give a name ending in .npy")
+    to_zarr = is_zarr_target(p)
+    if not (p.lower().endswith(".npy") or to_zarr):
+        raise InputError(
+            f"{p}: pack writes a .npy file or a .zarr folder; give a name ending in .npy or .zarr"
+        )
     side = names_path(p)
     listing = None
     if os.path.isdir(src):
@@ -366,6 +376,8 @@ def pack_stack(
     elif inside(p, src):
         raise InputError(f"{p}: is the source itself; write the stack to another file")
     keep = input_paths(src)
+    if to_zarr:
+        return _pack_to_zarr(src, p, listing, dt, overwrite, skip_unreadable, layout, progress)
     check_file_target(p, overwrite, keep=keep)
     check_file_target(side, overwrite, keep=keep)
     notes: list[str] = []
@@ -398,3 +410,69 @@ def pack_stack(
     finally:
         close()
     return Stack(NpyReader(p), names, tuple(notes), src)
+
+
+def _pack_to_zarr(
+    src: str,
+    p: str,
+    listing: tuple[list[str], list[str], list[str]] | None,
+    dt: np.dtype,
+    overwrite: bool,
+    skip_unreadable: bool,
+    layout: str | None,
+    progress: Callable[[int, int], object] | None,
+) -> Stack:
+    """:func:`pack_stack` into a Zarr folder (see :mod:`.zarrs`), built under a temporary name
+    and renamed into place when complete; the names go into its attribute ``names``, escaped
+    as in a names file."""
+    keep = input_paths(src)
+    check_folder_target(p, overwrite, keep=keep, kind=ZARR_STACK)
+    notes: list[str] = []
+    rounded = 0
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if listing is None:
+        if src.lower().endswith((".npy", ".npz")):
+            images, names, _, close = _array_source(src, layout, notes)
+        else:  # .mat, TIFF, image files and Zarr arrays, as load_stack reads them
+            stack = load_stack(src, layout)
+            images, names, notes = stack.images, stack.names, list(stack.notes)
+        total = len(images)
+
+        def converted():
+            nonlocal rounded
+            for k in range(total):
+                img = np.asarray(images[k])
+                where = _image_k(src, k)
+                _check_finite(img[np.newaxis], lambda _, where=where: where)
+                out, lossy = _as_dtype(img, dt, where)
+                rounded += lossy
+                yield out
+                if progress is not None:
+                    progress(k + 1, total)
+
+    else:
+        paths, listed, extra = listing
+        files = _FileImages(paths, paths, skip_unreadable)
+        total = len(paths)
+
+        def converted():
+            nonlocal rounded
+            for done, (disp, img) in enumerate(files, 1):
+                if img is not None:
+                    out, lossy = _as_dtype(img, dt, f"{disp}:")
+                    rounded += lossy
+                    yield out
+                if progress is not None:
+                    progress(done, total)
+
+    def kept() -> tuple[str, ...]:
+        return names if listing is None else tuple(listed[i] for i in files.kept)
+
+    try:
+        with atomic_folder(p, overwrite, keep=keep, kind=ZARR_STACK) as tmp:
+            pack_zarr(tmp, total, dt, converted(), lambda: [_names.to_line(n) for n in kept()])
+    finally:
+        close()
+    if listing is not None:
+        notes = files.notes() + extra
+    return Stack(ZarrReader(p), kept(), tuple(notes + _rounding_note(rounded)), src)

@@ -34,6 +34,7 @@ from facefinder_cli.images.common import (
 )
 from facefinder_cli.images.decoding import _Conversions, _read_image_file
 from facefinder_cli.images.stacks import NpyReader, _read_names, _stream_npy, names_path
+from facefinder_cli.images.zarrs import is_zarr, load_zarr
 from facefinder_cli.outputs import is_facefinder_npz
 
 __all__ = ["Stack", "glob_paths", "input_paths", "load_stack", "read_image"]
@@ -387,6 +388,9 @@ def load_stack(
         - a MATLAB ``.mat`` file (up to v7; not v7.3/HDF5): variable ``X`` of shape
           (H, W, K), else its only variable;
         - a TIFF file: every page is an image (pages of several sizes are an error);
+        - a Zarr array (n_images, height, width): a folder holding ``zarr.json`` (or Zarr 2's
+          metadata), or a URL that Zarr opens; always read on demand, as a
+          :class:`~facefinder_cli.images.ZarrReader` (see :mod:`.zarrs`);
         - any other image file: one image.
     layout : {None, "khw", "hwk"}
         Axis order of a 3-D array: images first (K, H, W) or last (H, W, K). None: ``.mat``
@@ -426,6 +430,9 @@ def load_stack(
     """
     src = os.fspath(source)
     layout = _check_layout(layout)
+    if is_zarr(src):  # always read on demand, like a streamed .npy stack
+        reader, names, notes = load_zarr(src, layout)
+        return Stack(reader, names, tuple(notes), src)
     if os.path.isdir(src):
         return _load_folder(src, skip_unreadable)
     if os.path.lexists(src) and not os.path.exists(src):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -163,6 +164,12 @@ class NpyReader:
     @property
     def closed(self) -> bool:
         return self._fd is None
+
+    @property
+    def opener(self) -> functools.partial:
+        """A picklable callable that opens this file again, in another process: how the
+        workers of a cluster read their chunks (``engine.fit(..., client=)``)."""
+        return functools.partial(NpyReader, os.path.abspath(self.path))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for k in range(len(self)):

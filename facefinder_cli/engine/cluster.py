@@ -1,0 +1,333 @@
+"""Passes on a Dask cluster: the same chunks, computed on the workers that hold them.
+
+A fit's pass has one shape: per chunk of images, statistics; across chunks, a sum in chunk
+order. :class:`_ClusterData` runs that shape on a ``distributed.Client``:
+
+- the first pass submits one task per chunk that reads the chunk from the images' file (every
+  worker opens it with ``X.opener``), shifts it, computes its spectra and its sums, and keeps
+  all of it in the worker's memory: a future per chunk, held for the whole fit;
+- every later pass ships the chunk function once (the parameters and the E-step's constants:
+  kilobytes; the workers pass it on among themselves), runs it where each chunk lives, and
+  brings back the chunk's sums (about image-sized); the client adds them in chunk order, as the
+  threads' results are added on one machine.
+
+So with the same chunks a fit on a cluster is the same fit, bit for bit: every chunk's numbers
+are computed from the same values by the same code, and summed in the same order. Monte-Carlo
+draws are made on the client, in chunk order, and sent with the tasks.
+
+A worker that dies takes its chunks with it; Dask reads them again elsewhere from the file (a
+chunk is a task's result, not scattered data), and the pass goes on. A lost scheduler or client
+raises :class:`ClusterError`.
+
+``distributed`` is imported only here, and this module only when a fit is given a client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+
+from facefinder_cli.engine.data import _Data
+from facefinder_cli.engine.model import NonFiniteError
+
+__all__ = ["ClusterError", "connect"]
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be reached, or was lost during a fit (scheduler or client)."""
+
+
+# --------------------------------------------------------------------------------------------
+# On the workers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    """A chunk of images as a worker holds it for a whole fit."""
+
+    a: int
+    b: int
+    x: np.ndarray  # (n, H, W) shifted, in the fit's dtype
+    xf: np.ndarray | None  # rfft2(x), or None when spectra are not cached
+    sq: np.ndarray  # (n,) Σ_ij X_k² (shifted, float64)
+    sum_x: np.ndarray  # (H, W) Σ_k X_k (shifted, float64)
+    top: float  # max |X| (shifted)
+
+    def spectra(self) -> np.ndarray:
+        return self.xf if self.xf is not None else sfft.rfft2(self.x)
+
+
+def _load_chunk(
+    opener: Callable, a: int, b: int, offset: float, dtype: np.dtype, cache: bool
+) -> _Chunk:
+    """Read images ``[a, b)`` with a reader that ``opener()`` opens, as ``_Data._first_pass``
+    reads them."""
+    stack = opener()
+    try:
+        x = np.subtract(stack[a:b], offset, dtype=np.float64)
+    finally:
+        close = getattr(stack, "close", None)
+        if close is not None:
+            close()
+    if not np.isfinite(x).all():
+        k = int(np.argmin(np.isfinite(x).reshape(b - a, -1).all(1)))
+        raise NonFiniteError(a + k, "NaN" if np.isnan(x[k]).any() else "infinite values")
+    sq = np.einsum("kij,kij->k", x, x)
+    sum_x, top = x.sum(axis=0), float(np.abs(x).max())
+    x = x.astype(dtype, copy=False)
+    return _Chunk(a, b, x, sfft.rfft2(x) if cache else None, sq, sum_x, top)
+
+
+def _first_sums(chunk: _Chunk) -> tuple[np.ndarray, np.ndarray, float]:
+    return chunk.sq, chunk.sum_x, chunk.top
+
+
+def _itself(fn: Callable) -> Callable:
+    return fn
+
+
+_CURRENT: contextvars.ContextVar[_Chunk] = contextvars.ContextVar("facefinder_chunk")
+
+
+def _run(fn: Callable, chunk: _Chunk, a: int, b: int, *extra):
+    """``fn(a, b, *extra)`` on a worker, with the data it closes over (a :class:`_Remote`)
+    serving ``chunk``."""
+    token = _CURRENT.set(chunk)
+    try:
+        return fn(a, b, *extra)
+    finally:
+        _CURRENT.reset(token)
+
+
+class _SquaresOfChunk:
+    """``sq_x`` on a worker: ``sq_x[a:b]`` of the chunk being worked on."""
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        chunk = _CURRENT.get()
+        assert (index.start, index.stop) == (chunk.a, chunk.b), "another chunk's sums"
+        return chunk.sq
+
+
+class _Remote:
+    """What a chunk function that closes over a :class:`_ClusterData` finds on a worker: the
+    geometry and the constants of the data, and the chunk it is given. The data pickles as
+    this, so the images and the client never travel with a function."""
+
+    sq_x = _SquaresOfChunk()
+
+    def __init__(self, fields: dict) -> None:
+        self.__dict__.update(fields)
+
+    def chunk_data(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        chunk = _CURRENT.get()
+        assert (a, b) == (chunk.a, chunk.b), "another chunk's images"
+        return chunk.x, chunk.spectra()
+
+
+#: The attributes of the data that chunk functions may read on a worker.
+_REMOTE_FIELDS = ("K", "H", "W", "h", "w", "Dh", "Dw", "dtype", "offset", "by_slices", "chunk")
+
+
+# --------------------------------------------------------------------------------------------
+# On the client
+# --------------------------------------------------------------------------------------------
+
+
+class _ClusterData(_Data):
+    """:class:`_Data` whose chunks live on the workers of a Dask cluster (see the module's
+    docstring). ``X`` is read on the client too (the start's sample of images), and must have
+    an ``opener``: a picklable callable that opens the same images on a worker, e.g.
+    :class:`~facefinder_cli.images.NpyReader`'s."""
+
+    _ids = itertools.count()
+
+    def __init__(self, X, face_shape, client, **options) -> None:
+        opener = getattr(X, "opener", None)
+        if not callable(opener):
+            raise ValueError(
+                "a fit on a cluster reads the images on the workers: give X as a reader of a "
+                "file they can read (an NpyReader or a ZarrReader), not an array in memory"
+            )
+        self.client = client
+        self.opener = opener
+        self._fit_id = f"facefinder-{next(self._ids)}-{id(self):x}"
+        self._chunks: list = []
+        super().__init__(X, face_shape, **options)
+
+    def _cache(self, cache_fft: bool | None, limit: int, per_image: int) -> int:
+        # On the workers, whose memory is the cluster's: cached unless asked not to or no
+        # memory at all is given for it.
+        cache = cache_fft if cache_fft is not None else limit > 0
+        self._cache_on_workers = bool(cache)
+        return self.K if cache else 0
+
+    def _read_all(self):
+        options = (self.offset, self.dtype, self._cache_on_workers)
+        bounds = self.bounds()
+        self._chunks = [
+            self.client.submit(
+                _load_chunk,
+                self.opener,
+                a,
+                b,
+                *options,
+                key=f"{self._fit_id}-chunk-{a}",
+                pure=False,
+            )
+            for a, b in bounds
+        ]
+        sums = [self.client.submit(_first_sums, c, pure=False) for c in self._chunks]
+        for (a, b), future in zip(bounds, sums):
+            sq, part, top = _result(future)
+            self.sq_x[a:b] = sq
+            yield a, b, (part, top)
+
+    def __reduce__(self):
+        return _Remote, ({name: getattr(self, name) for name in _REMOTE_FIELDS},)
+
+    def chunk_data(self, a: int, b: int):
+        raise RuntimeError("the chunks of a fit on a cluster are on its workers")
+
+    def map(self, fn: Callable, extra: Callable[[int, int], object] | None = None):
+        """As :meth:`_Data.map`, on the workers: ``fn`` is sent once, runs where each chunk
+        lives, and the results come back in chunk order."""
+        _check_connected(self.client)
+        with _talking():  # a task's result, not scattered data: a lost copy is made again
+            shipped = self.client.submit(_itself, fn, pure=False)
+        futures = []
+        for (a, b), chunk in zip(self.bounds(), self._chunks):
+            args = () if extra is None else tuple(extra(a, b))
+            with _talking():
+                futures.append((a, b, self.client.submit(_run, shipped, chunk, a, b, *args)))
+        try:
+            for a, b, future in futures:
+                yield a, b, _result(future)
+        finally:
+            for *_, future in futures:
+                future.release()
+            shipped.release()
+
+    def close(self) -> None:
+        """Let the workers drop the chunks."""
+        for future in self._chunks:
+            future.release()
+        self._chunks = []
+
+
+@contextlib.contextmanager
+def _talking():
+    """Calls to the scheduler, whose loss is a :class:`ClusterError` (at once when the client
+    knows it lost the scheduler, rather than after its connection timeout)."""
+    from distributed.comm.core import CommClosedError
+
+    try:
+        yield
+    except (CommClosedError, OSError, TimeoutError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ClusterError(f"lost the Dask cluster ({why})") from None
+
+
+def _check_connected(client) -> None:
+    if client.status != "running":
+        raise ClusterError(f"lost the Dask cluster (the client is {client.status})")
+
+
+def _result(future):
+    """A task's result; a lost scheduler or client as :class:`ClusterError`."""
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    try:
+        return future.result()
+    except FutureCancelledError as err:
+        why = getattr(err, "reason", None) or "its work was cancelled"
+        raise ClusterError(f"lost the Dask cluster ({why})") from None
+    except (CommClosedError, OSError, TimeoutError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ClusterError(f"lost the Dask cluster ({why})") from None
+
+
+def quiet_logs() -> None:
+    """Keep Dask's own logging (reconnection attempts, tracebacks of lost connections) off
+    stderr: what went wrong reaches the caller as a :class:`ClusterError`."""
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def connect(address: str, *, timeout: float | None = None):
+    """A ``distributed.Client`` of the cluster at ``address`` (``HOST:PORT``,
+    ``tcp://HOST:PORT``, ``tls://...``), or of a new local cluster of N worker processes for
+    ``local:N`` (one thread each; closed with the client by :func:`close_client`). Raises
+    :class:`ClusterError` when the scheduler cannot be reached within ``timeout`` seconds
+    (default: Dask's ``distributed.comm.timeouts.connect``), ``ValueError`` for a malformed
+    address, and ``ImportError`` without ``distributed``."""
+    import dask.config
+    from dask.utils import parse_timedelta
+    from distributed import Client, LocalCluster
+
+    if timeout is None:
+        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+
+    if address.startswith("local:"):
+        n = address[len("local:") :]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"expected local:N with N a number of workers >= 1, got {address!r}")
+        cluster = LocalCluster(
+            n_workers=int(n),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # (its HTTP server would else take port 8787 or warn)
+            silence_logs=50,
+        )
+        client = Client(cluster, set_as_default=False)
+        client._facefinder_cluster = cluster  # closed with the client (see close_client)
+        return client
+    _check_address(address)
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except Exception as err:  # unreachable, refused, another protocol: one line
+        raise ClusterError(f"cannot reach a Dask scheduler at {address}: {err}") from None
+
+
+#: The protocols of scheduler addresses that :func:`connect` takes.
+SCHEMES = ("tcp", "tls", "ws", "wss")
+
+
+def _check_address(address: str) -> None:
+    """Refuse what is not ``[SCHEME://]HOST:PORT`` before ``distributed`` tries it (a
+    malformed address fails late there, and noisily)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    why = None
+    try:
+        scheme, location = parse_address(address)
+        host, _ = parse_host_port(location)
+        if scheme not in SCHEMES:
+            why = f"{scheme}:// is not one of {', '.join(s + '://' for s in SCHEMES)}"
+        elif not host:
+            why = "no host"
+    except (ValueError, TypeError) as err:
+        why = str(err)
+    if why is not None:
+        raise ValueError(
+            f"not a scheduler address: {address!r} ({why}); expected HOST:PORT, "
+            "tcp://HOST:PORT or local:N"
+        )
+
+
+def close_client(client) -> None:
+    """Close a client from :func:`connect` (and the local cluster it started)."""
+    cluster = getattr(client, "_facefinder_cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()

@@ -1,0 +1,271 @@
+"""Fits and detection on a Dask cluster (issue 15): a LocalCluster of 2 worker processes.
+
+With the same chunks, a fit on the cluster is the local fit bit for bit (engine/cluster.py):
+every chunk's numbers come from the same values and code, and the client adds them in chunk
+order. Checked for soft (accelerated, with restarts), hard and Monte-Carlo EM on .npy and Zarr
+stacks, for resume with and without the cluster, and with a worker killed mid-fit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+from helpers import cli, ok
+
+from facefinder_cli import engine as E
+from facefinder_cli import images
+from facefinder_cli import synthetic as S
+
+pytest.importorskip("distributed", reason="the [dask] extra is not installed")
+cluster = pytest.importorskip("facefinder_cli.engine.cluster")
+
+FIELDS = ("face", "background", "noise_std", "prior", "elbo", "log_likelihood", "positions",
+          "position_probability", "final_elbo", "n_iter", "best_restart")  # fmt: skip
+FACE = (16, 12)
+CHUNK = 25  # images per chunk: 5 chunks of the 120 images
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = cluster.connect("local:2")
+    yield c
+    cluster.close_client(c)
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory):
+    """The same 120 images of 24x32 as a .npy stack and as a Zarr array."""
+    root = tmp_path_factory.mktemp("stacks")
+    data = S.make_dataset(S.cartoon_face(*FACE), S.texture("clouds", (24, 32), seed=1), 120, 90.0,
+                          seed=5)  # fmt: skip
+    np.save(root / "x.npy", data.images.astype(np.float32))
+    images.pack_stack(root / "x.npy", root / "x.zarr")
+    return {"npy": str(root / "x.npy"), "zarr": str(root / "x.zarr")}
+
+
+def _reader(path):
+    return images.ZarrReader(path) if path.endswith(".zarr") else images.NpyReader(path)
+
+
+def _fit(X, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", E.ConvergenceWarning)
+        return E.fit(X, FACE, chunk_size=CHUNK, **kw)
+
+
+def _assert_same(a, b):
+    for f in FIELDS:
+        np.testing.assert_array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), f)
+    for ha, hb in zip(a.restarts, b.restarts):
+        np.testing.assert_array_equal(ha.elbo, hb.elbo)
+
+
+CASES = {
+    "soft": dict(restarts=2, seed=1),  # accelerated, the second restart annealed
+    "hard": dict(method="hard", init="smooth", seed=2),
+    "mc": dict(method="mc", seed=3, max_iter=12),  # the same draws, made on the client
+}
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_fit_on_the_cluster_is_the_local_fit(client, stacks, kind, case):
+    X = _reader(stacks[kind])
+    local = _fit(X, **CASES[case])
+    remote = _fit(X, client=client, **CASES[case])
+    _assert_same(local, remote)
+    assert local.n_iter >= 2
+
+
+def test_detect_on_the_cluster_is_local_detect(client, stacks):
+    X = _reader(stacks["npy"])
+    r = _fit(X)
+    params = E.Params(r.face, r.background, r.noise_std, E.predictive_prior(r.prior, 120))
+    local = E.detect(X, params, chunk_size=CHUNK)
+    remote = E.detect(X, params, chunk_size=CHUNK, client=client)
+    for f in ("positions", "probability", "residual_std"):
+        np.testing.assert_array_equal(getattr(local, f), getattr(remote, f))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_cluster_fit_resumes_with_or_without_the_cluster(client, stacks):
+    X = _reader(stacks["npy"])
+    kw = dict(accelerate="none", tol=-1.0, max_iter=8, seed=4)
+    saved = {}
+
+    def stop(progress):
+        if progress.iteration == 3:
+            saved["checkpoint"] = progress.checkpoint
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        _fit(X, client=client, callback=stop, **kw)
+    whole = _fit(X, **kw)
+    _assert_same(whole, _fit(X, resume=saved["checkpoint"], **kw))
+    _assert_same(whole, _fit(X, resume=saved["checkpoint"], client=client, **kw))
+
+
+def test_a_fit_goes_on_when_a_worker_dies(stacks):
+    """The worker's chunks are read again by the other (Dask recomputes lost task results);
+    the fit ends as it would have."""
+    X = _reader(stacks["npy"])
+    kw = dict(accelerate="none", tol=-1.0, max_iter=6, seed=6)
+    own = cluster.connect("local:2")  # not the shared one: it loses a worker
+    killed = []
+
+    def kill_one(progress):
+        if progress.iteration == 2 and not killed:
+            worker = sorted(own.scheduler_info()["workers"])[0]
+            with pytest.raises(Exception):  # noqa: B017 (its connection dies with it)
+                own.run(os._exit, 1, workers=[worker])
+            killed.append(worker)
+
+    try:
+        remote = _fit(X, client=own, callback=kill_one, **kw)
+    finally:
+        cluster.close_client(own)
+    assert killed
+    _assert_same(_fit(X, **kw), remote)
+
+
+def test_an_array_in_memory_is_refused(client):
+    with pytest.raises(ValueError, match="reads the images on the workers"):
+        _fit(np.zeros((10, 24, 32)), client=client)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _one_line(r, code):
+    assert r.exit_code == code, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    return lines[0]
+
+
+def test_fit_and_detect_with_scheduler_give_the_local_results(stacks, in_tmp):
+    args = ["fit", stacks["zarr"], "--face-size", "16x12", "--chunk-size", CHUNK, "-q"]
+    ok(*args, "-o", "local")
+    ok(*args, "-o", "remote", "--scheduler", "local:2")
+    with np.load("local/result.npz") as a, np.load("remote/result.npz") as b:
+        for key in ("face", "background", "prior", "elbo", "positions", "position_probability"):
+            np.testing.assert_array_equal(a[key], b[key], key)
+    ok("detect", "local", stacks["npy"], "-o", "a.csv")
+    ok("detect", "local", stacks["npy"], "-o", "b.csv", "--scheduler", "local:2")
+    assert open("a.csv").read() == open("b.csv").read()
+
+
+def test_scheduler_errors_are_one_line(stacks, in_tmp, monkeypatch):
+    fit = ["fit", stacks["npy"], "--face-size", "16x12", "-o", "run"]
+    line = _one_line(cli(*fit, "--scheduler", "nohost"), 2)
+    assert "--scheduler" in line and "not a scheduler address: 'nohost'" in line
+    line = _one_line(cli(*fit, "--scheduler", "local:0"), 2)
+    assert "local:N" in line
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "ucx://1.2.3.4:5")  # Dask's own variable
+    line = _one_line(cli(*fit), 2)
+    assert "DASK_SCHEDULER_ADDRESS" in line and "ucx://" in line
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    import dask.config
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):  # Dask's own setting
+        line = _one_line(cli(*fit, "--scheduler", "127.0.0.1:1"), 1)
+    assert "cannot reach a Dask scheduler at 127.0.0.1:1" in line and "after 0.5 s" in line
+    os.mkdir("folder")
+    line = _one_line(cli("fit", "folder", "--face-size", "16x12", "-o", "r", "--scheduler",
+                         "local:2"), 2)  # fmt: skip
+    assert "folder: the workers read the images themselves" in line
+    monkeypatch.setitem(sys.modules, "distributed", None)  # the [dask] extra missing
+    line = _one_line(cli(*fit, "--scheduler", "local:2"), 1)
+    assert "pip install 'facefinder[dask]'" in line
+    assert not os.path.exists("run") and not os.path.exists("r")
+
+
+def test_without_scheduler_nothing_of_dask_is_imported(stacks, in_tmp):
+    script = (
+        "import sys\n"
+        "from facefinder_cli.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'zarr'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    command = [sys.executable, "-c", script, "fit", stacks["npy"], "--face-size", "16x12"]
+    command += ["-o", "r", "-q", "--no-plots"]
+    r = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    assert r.stdout.strip() == "[]"
+
+
+def test_a_lost_scheduler_stops_the_fit_with_a_checkpoint(stacks, in_tmp, monkeypatch):
+    """The scheduler process dies mid-fit: one line, exit 1, and a checkpoint that resumes to
+    the uninterrupted fit's result without the cluster."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = os.path.dirname(sys.executable)
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(
+        [os.path.join(bin_dir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--no-dashboard"], **quiet,
+    )  # fmt: skip
+    worker = subprocess.Popen(
+        [os.path.join(bin_dir, "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
+         "--no-dashboard"], **quiet,
+    )  # fmt: skip
+    real = E.fit
+
+    def fit_then_lose_the_scheduler(*args, callback=None, **kw):
+        def cb(progress):
+            callback(progress)
+            if progress.iteration == 2:
+                scheduler.send_signal(signal.SIGKILL)
+                scheduler.wait()
+
+        return real(*args, callback=cb, **kw)
+
+    args = ["fit", stacks["npy"], "--face-size", "16x12", "--accelerate", "none", "--tol", "-1",
+            "--max-iter", "6", "-q"]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the worker has joined once a client sees it
+            c = cluster.connect(f"127.0.0.1:{port}", timeout=20)
+            try:
+                if c.scheduler_info()["workers"]:
+                    break
+            finally:
+                c.close()
+            assert time.monotonic() < deadline, "the worker did not join"
+            time.sleep(0.2)
+        monkeypatch.setattr(E, "fit", fit_then_lose_the_scheduler)
+        line = _one_line(cli(*args, "-o", "cut", "--scheduler", f"127.0.0.1:{port}"), 1)
+        monkeypatch.setattr(E, "fit", real)
+    finally:
+        for p in (scheduler, worker):
+            p.kill()
+            p.wait()
+    assert line.startswith("Error: lost the Dask cluster")
+    assert "saved iteration 2 of restart 1 of 1 in cut" in line and "--resume cut" in line
+    ok("fit", "--resume", "cut", "-q")
+    ok(*args, "-o", "whole")
+    with np.load("cut/result.npz") as a, np.load("whole/result.npz") as b:
+        for key in ("face", "background", "prior", "elbo", "positions", "position_probability"):
+            np.testing.assert_array_equal(a[key], b[key], key)
