@@ -34,6 +34,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from facefinder_cli.engine.data import _Data
+from facefinder_cli.engine.machine import _retain_freed_memory
 from facefinder_cli.engine.model import NonFiniteError
 
 __all__ = ["ClusterError", "connect"]
@@ -63,12 +64,20 @@ class _Chunk:
     def spectra(self) -> np.ndarray:
         return self.xf if self.xf is not None else sfft.rfft2(self.x)
 
+    def __sizeof__(self) -> int:
+        # What Dask weighs a chunk by (dask.sizeof falls back to sys.getsizeof): without its
+        # arrays, a chunk would look free to move, and the scheduler would move megabytes
+        # of images between workers in every pass, and misjudge the workers' memory.
+        arrays = (self.x, self.xf, self.sq, self.sum_x)
+        return object.__sizeof__(self) + sum(a.nbytes for a in arrays if a is not None)
+
 
 def _load_chunk(
     opener: Callable, a: int, b: int, offset: float, dtype: np.dtype, cache: bool
 ) -> _Chunk:
     """Read images ``[a, b)`` with a reader that ``opener()`` opens, as ``_Data._first_pass``
     reads them."""
+    _retain_freed_memory()  # in the worker's process, as a local fit does in its own
     stack = opener()
     try:
         x = np.subtract(stack[a:b], offset, dtype=np.float64)
@@ -99,6 +108,7 @@ _CURRENT: contextvars.ContextVar[_Chunk] = contextvars.ContextVar("facefinder_ch
 def _run(fn: Callable, chunk: _Chunk, a: int, b: int, *extra):
     """``fn(a, b, *extra)`` on a worker, with the data it closes over (a :class:`_Remote`)
     serving ``chunk``."""
+    _retain_freed_memory()
     token = _CURRENT.set(chunk)
     try:
         return fn(a, b, *extra)
@@ -201,11 +211,17 @@ class _ClusterData(_Data):
         _check_connected(self.client)
         with _talking():  # a task's result, not scattered data: a lost copy is made again
             shipped = self.client.submit(_itself, fn, pure=False)
+            # Each task goes where its chunk is (the scheduler would otherwise balance the
+            # workers' queues by moving chunks of megabytes); anywhere if those workers left.
+            holders = self.client.who_has(self._chunks)
         futures = []
         for (a, b), chunk in zip(self.bounds(), self._chunks):
             args = () if extra is None else tuple(extra(a, b))
+            where = list(holders.get(chunk.key, ()))
+            pin = {"workers": where, "allow_other_workers": True} if where else {}
             with _talking():
-                futures.append((a, b, self.client.submit(_run, shipped, chunk, a, b, *args)))
+                task = self.client.submit(_run, shipped, chunk, a, b, *args, **pin)
+            futures.append((a, b, task))
         try:
             for a, b, future in futures:
                 yield a, b, _result(future)
@@ -282,13 +298,16 @@ def connect(address: str, *, timeout: float | None = None):
         n = address[len("local:") :]
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"expected local:N with N a number of workers >= 1, got {address!r}")
-        cluster = LocalCluster(
-            n_workers=int(n),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # (its HTTP server would else take port 8787 or warn)
-            silence_logs=50,
-        )
+        # No work stealing: it moves tasks, and with them chunks of images, to idle workers
+        # at the end of every pass.
+        with dask.config.set({"distributed.scheduler.work-stealing": False}):
+            cluster = LocalCluster(
+                n_workers=int(n),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",  # (its HTTP server would else take port 8787, or warn)
+                silence_logs=50,
+            )
         client = Client(cluster, set_as_default=False)
         client._facefinder_cluster = cluster  # closed with the client (see close_client)
         return client
