@@ -10,27 +10,30 @@ a float32 ``.npy`` stack, then runs, in one process and one run:
 
 Each fit is plain soft EM for ``--iterations`` iterations (``tol`` -1: the same work in every
 run). It prints, per run: the first pass (reading, spectra), seconds per iteration, the bytes
-that crossed the loopback interface per iteration (all traffic between the client, the
-scheduler and the workers: the parameters out, the per-chunk sums back), the workers' peak
-resident memory, and the scheduler's overhead: seconds per task of a pass of empty tasks on
-the same chunks, and that overhead as a share of a pass (tasks x overhead / pass time). It
-checks that every cluster fit equals the local fit of the same chunk size, bit for bit.
+between the client and the workers per iteration (pickled: the function with the parameters
+out once per pass, every chunk's sums back), the bytes moved between workers (their transfer
+logs: chunks do not move, so this stays near zero), the workers' peak resident memory, and
+the scheduler's overhead: seconds per task of a pass of empty tasks on the same chunks, and
+that overhead as a share of a pass (tasks x overhead / pass time). It checks that every
+cluster fit equals the local fit of the same chunk size, bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import resource
 import tempfile
 import time
 import warnings
 
+import cloudpickle
 import numpy as np
-import psutil
 
 from facefinder_cli import engine, synthetic
 from facefinder_cli.engine import cluster
+from facefinder_cli.engine.machine import _chunk_for
 from facefinder_cli.images import NpyReader
 
 H = W = 64
@@ -51,10 +54,38 @@ def _make_stack(path: str, n: int, seed: int = 0) -> None:
     del out
 
 
-def _loopback_bytes() -> int:
-    counters = psutil.net_io_counters(pernic=True)
-    lo = counters.get("lo") or counters.get("lo0")
-    return lo.bytes_sent if lo is not None else 0
+class _Counted:
+    """Bytes that cross between the client and the workers, as pickled (the function out once
+    per pass, every chunk's result back), counted by wrapping ``_ClusterData.map``; and bytes
+    between workers, from the workers' transfer logs."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._map = cluster._ClusterData.map
+        counter = self
+
+        def map(data, fn, extra=None):
+            counter.total += len(cloudpickle.dumps(fn))
+            for a, b, result in counter._map(data, fn, extra):
+                counter.total += len(pickle.dumps(result))
+                yield a, b, result
+
+        cluster._ClusterData.map = map
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        cluster._ClusterData.map = self._map
+
+
+def _between_workers(client) -> int:
+    if client is None:
+        return 0
+    logs = client.run(
+        lambda dask_worker: sum(t["total"] for t in dask_worker.transfer_incoming_log)
+    )
+    return int(sum(logs.values()))
 
 
 def _noop(chunk) -> None:
@@ -68,13 +99,14 @@ def _peak_rss() -> int:
 def _fit(X, chunk, iterations, client=None):
     """A fit, with the time of its first pass and of every iteration, and the loopback bytes
     of every iteration."""
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, int, int]] = []
+    counted = _Counted()
 
     def callback(progress):
-        marks.append((time.perf_counter(), _loopback_bytes()))
+        marks.append((time.perf_counter(), counted.total, _between_workers(client)))
 
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), counted:
         warnings.simplefilter("ignore", engine.ConvergenceWarning)
         result = engine.fit(
             X,
@@ -91,7 +123,8 @@ def _fit(X, chunk, iterations, client=None):
     first = marks[0][0] - t0
     steps = np.diff([m[0] for m in marks])
     moved = np.diff([m[1] for m in marks])
-    return result, first, float(np.median(steps)), float(np.median(moved))
+    shuffled = np.diff([m[2] for m in marks])
+    return result, first, float(np.median(steps)), float(np.median(moved)), float(shuffled.sum())
 
 
 def _overhead(client, X, chunk) -> tuple[float, int]:
@@ -115,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--iterations", type=int, default=3)
-    ap.add_argument("--chunks", default="64,256,1024", help="images per chunk, comma-separated")
+    ap.add_argument("--chunks", default="64,128,256,1024", help="images per chunk, comma-separated")
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the cluster")
     args = ap.parse_args()
     chunks = [int(c) for c in args.chunks.split(",")]
@@ -130,23 +163,26 @@ def main() -> None:
         )
         X = NpyReader(path)
         print("| run | images per chunk | tasks per pass | first pass (s) | s per iteration "
-              "| MB moved per iteration | peak memory per process (GB) | overhead per task (ms) "
+              "| MB client-workers per iteration | MB between workers (all iterations) "
+              "| peak memory per process (GB) | overhead per task (ms) "
               "| overhead share of a pass |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         local = {}
+        D = H - FACE[0] + 1, W - FACE[1] + 1
         for chunk in chunks:
-            r, first, step, _ = _fit(X, chunk, args.iterations)
+            r, first, step, _, _ = _fit(X, chunk, args.iterations)
             local[chunk] = r
-            tasks = -(-args.images // chunk)
+            size = _chunk_for(chunk, H, W, *D)  # (at most what a chunk's temporaries allow)
+            tasks = -(-args.images // size)
             print(
-                f"| local, {engine.available_cores()} threads | {chunk} | {tasks} | {first:.1f} "
-                f"| {step:.2f} | - | {_peak_rss() / 1e9:.2f} (this process, so far) | - | - |",
+                f"| local, {engine.available_cores()} threads | {size} | {tasks} | {first:.1f} "
+                f"| {step:.2f} | - | - | {_peak_rss() / 1e9:.2f} (this process, so far) | - | - |",
                 flush=True,
             )
         client = cluster.connect(f"local:{args.workers}")
         try:
             for chunk in chunks:
-                r, first, step, moved = _fit(X, chunk, args.iterations, client)
+                r, first, step, moved, shuffled = _fit(X, chunk, args.iterations, client)
                 same = all(
                     np.array_equal(getattr(r, f), getattr(local[chunk], f))
                     for f in ("face", "background", "prior", "elbo", "positions")
@@ -155,7 +191,8 @@ def main() -> None:
                 per_task, tasks = _overhead(client, X, chunk)
                 print(
                     f"| cluster, {args.workers} processes{'' if same else ' (DIFFERS!)'} "
-                    f"| {chunk} | {tasks} | {first:.1f} | {step:.2f} | {moved / 1e6:.1f} "
+                    f"| {_chunk_for(chunk, H, W, *D)} | {tasks} | {first:.1f} | {step:.2f} "
+                    f"| {moved / 1e6:.1f} | {shuffled / 1e6:.1f} "
                     f"| {max(peaks.values()) / 1e9:.2f} | {per_task * 1e3:.2f} "
                     f"| {tasks * per_task / step:.1%} |",
                     flush=True,

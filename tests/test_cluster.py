@@ -185,7 +185,7 @@ def test_scheduler_errors_are_one_line(stacks, in_tmp, monkeypatch):
 
     with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):  # Dask's own setting
         line = _one_line(cli(*fit, "--scheduler", "127.0.0.1:1"), 1)
-    assert "cannot reach a Dask scheduler at 127.0.0.1:1" in line and "after 0.5 s" in line
+    assert "no Dask scheduler answers at 127.0.0.1:1" in line and "after 0.5 s" in line
     os.mkdir("folder")
     line = _one_line(cli("fit", "folder", "--face-size", "16x12", "-o", "r", "--scheduler",
                          "local:2"), 2)  # fmt: skip
@@ -269,3 +269,103 @@ def test_a_lost_scheduler_stops_the_fit_with_a_checkpoint(stacks, in_tmp, monkey
     with np.load("cut/result.npz") as a, np.load("whole/result.npz") as b:
         for key in ("face", "background", "prior", "elbo", "positions", "position_probability"):
             np.testing.assert_array_equal(a[key], b[key], key)
+
+
+class _Dies:
+    """A future whose task killed every worker it was tried on."""
+
+    def result(self):
+        from types import SimpleNamespace
+
+        from distributed import KilledWorker
+
+        raise KilledWorker("task", SimpleNamespace(address="tcp://10.0.0.1:1"), 3)
+
+
+def test_workers_dying_one_after_another_is_one_line():
+    with pytest.raises(cluster.ClusterError, match=r"died running the fit's tasks.*memory"):
+        cluster._result(_Dies())
+
+
+class _Elsewhere:
+    """A stack read here from one file, and by the workers from another of the same shape
+    (a stale copy at the same path on their machines)."""
+
+    def __init__(self, here, there):
+        self.here, self.there = images.NpyReader(here), there
+        self.shape, self.ndim, self.dtype = self.here.shape, 3, self.here.dtype
+
+    def __getitem__(self, key):
+        return self.here[key]
+
+    @property
+    def opener(self):
+        return images.NpyReader(self.there).opener
+
+
+def test_workers_that_read_other_images_are_refused(client, stacks, tmp_path):
+    other = tmp_path / "other.npy"
+    np.save(other, np.load(stacks["npy"])[::-1].copy())  # the same images, another order
+    with pytest.raises(cluster.ClusterError, match="read other values than this machine"):
+        _fit(_Elsewhere(stacks["npy"], str(other)), client=client)
+    changed = tmp_path / "changed.npy"
+    np.save(changed, np.load(stacks["npy"]))
+    X = images.NpyReader(changed)
+    st = os.stat(changed)
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # changed since opened
+    with pytest.raises(cluster.ClusterError, match="not the file the fit was started on"):
+        _fit(X, client=client)
+
+
+def test_addresses_are_checked_before_connecting():
+    assert cluster.local_workers("LOCAL:1") == 1 and cluster.local_workers("tcp://h:1") is None
+    for bad in ("local:²", f"local:{os.cpu_count() + 1}", "local:0"):
+        with pytest.raises(ValueError, match="expected local:N with N from 1 to"):
+            cluster.local_workers(bad)
+    for bad, why in (("h:0", "port 0 is not"), ("h:99999", "port 99999"), ("ucx://h:1", "ucx")):
+        with pytest.raises(ValueError, match=why):
+            cluster.check_address(bad)
+
+
+def test_a_server_that_is_not_a_scheduler_and_one_without_workers_are_one_line(stacks, in_tmp):
+    import socket
+    import threading
+
+    import dask.config
+    from distributed import LocalCluster
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    held = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    fit = ["fit", stacks["npy"], "--face-size", "16x12", "-o", "run"]
+    with dask.config.set({"distributed.comm.timeouts.connect": "0.5s"}):
+        port = silent.getsockname()[1]
+        line = _one_line(cli(*fit, "--scheduler", f"127.0.0.1:{port}"), 1)
+        assert f"no Dask scheduler answers at 127.0.0.1:{port}" in line
+        empty = LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0")
+        try:
+            line = _one_line(cli(*fit, "--scheduler", empty.scheduler_address, "-q"), 1)
+        finally:
+            empty.close()
+    assert "the Dask scheduler has no workers (none joined in 0.5 s)" in line
+    silent.close()
+    assert not os.path.exists("run")
+
+
+def test_ctrl_c_in_a_terminal_stops_a_cluster_fit_in_one_line(stacks, in_tmp):
+    """A terminal sends SIGINT to the whole process group: the workers ignore it, the fit
+    stops with its checkpoint, as locally, and no worker prints a traceback."""
+    command = [sys.executable, "-m", "facefinder_cli", "fit", stacks["npy"], "--face-size",
+               "16x12", "-o", "run", "--accelerate", "none", "--tol", "-1", "--max-iter", "100000",
+               "--checkpoint-every", "1", "--no-plots", "--scheduler", "local:2"]  # fmt: skip
+    p = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists("run/checkpoint.npz") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and len(err.splitlines()) <= 3, err
+    assert "saved in run: carry on with `facefinder fit --resume run`" in err

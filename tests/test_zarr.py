@@ -96,6 +96,9 @@ def test_zarr_inputs_that_cannot_be_read_are_one_line():
     with pytest.raises(InputError, match="without an array named images"):
         load_stack("g.zarr")
     group.create_array("images", shape=(2, 3, 4), dtype="f4")
+    with pytest.raises(InputError, match="1 of its 1 chunks are missing"):
+        load_stack("g.zarr")  # never written: Zarr would read zeros
+    group["images"][:] = 7
     assert load_stack("g.zarr").images.shape == (2, 3, 4)
     zarr.create_array("flat.zarr", shape=(3, 4), dtype="f4")
     with pytest.raises(InputError, match=r"shape \(3, 4\); expected \(n_images"):

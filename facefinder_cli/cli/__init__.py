@@ -45,6 +45,10 @@ def main() -> None:
     Many images? Pack them once into one .npy that fit streams from disk:
       facefinder pack shots/ shots.npy
       facefinder fit shots.npy --face-size 36x30 --dtype float32 -o run
+    \b
+    More than one machine can hold? Fit on a Dask cluster (pip install 'facefinder[dask]'):
+      facefinder pack shots/ /shared/shots.zarr
+      facefinder fit /shared/shots.zarr --face-size 36x30 --scheduler tcp://head:8786 -o run
 
     Run `facefinder COMMAND --help` for each command's options.
     """

@@ -312,6 +312,7 @@ def fit(
       facefinder fit data.mat --face-size 16x16 --method hard --json -o run > summary.json
       facefinder fit imgs/ --face-size 36x30 --zoom 4 -o - | display -
       facefinder fit shots.npy --face-size 24x24 --dtype float32 --memory-limit 4G -o run
+      facefinder fit shots.zarr --face-size 24x24 --scheduler tcp://head:8786 -o run
     """
     resumed: Resumed | None = None
     if resume:
@@ -663,8 +664,8 @@ def _save_when_lost(saver, progress, restarts: int, err: Exception) -> str:
     """Save the last completed iteration of a fit whose cluster was lost; the line that says
     so."""
     state = progress.latest
-    if state is None:
-        return f"{err}; before the first iteration: nothing was written"
+    if state is None:  # (connecting, or the first pass: nothing to save)
+        return str(err)
     if saver is None:
         return f"{err}; a fit into a stream (-o -, a device) keeps no checkpoint"
     saver.save(state, progress.truth.errors)

@@ -173,8 +173,11 @@ scheduler_opt = click.option(
     show_envvar=True,
     help="Run every pass on the workers of a Dask cluster: its scheduler's address "
     "(HOST:PORT, tcp://HOST:PORT), or local:N for a new cluster of N worker processes on "
-    "this machine. INPUT must be a .npy stack or a Zarr array that the workers can read. "
-    "The result is the same as without. Needs pip install 'facefinder[dask]'.",
+    "this machine (N up to its cores). INPUT must be a .npy stack or a Zarr array that every "
+    "worker reads at the same path. With the same --chunk-size the result is the same as "
+    "without, bit for bit; on a cluster, chunks of about a million pixels (e.g. 256 images of "
+    "64x64) keep the scheduler's overhead small (docs/DISTRIBUTED.md). An empty value runs "
+    "here. Needs pip install 'facefinder[dask]'.",
 )
 
 
@@ -188,10 +191,28 @@ def _scheduler_hint() -> str:
     return "'--scheduler'"
 
 
+#: The extra that brings Dask.
+DASK_EXTRA = "pip install 'facefinder[dask]'"
+
+
 def check_cluster_input(scheduler: str | None, input: str) -> None:
-    """Refuse, before reading anything, an input that the workers of --scheduler cannot read
-    themselves."""
-    if scheduler and not (str(input).lower().endswith(".npy") or images.is_zarr(str(input))):
+    """Refuse, before reading anything, a malformed --scheduler and an input that its workers
+    cannot read themselves (one that does not exist is left to the reader to name)."""
+    if not scheduler:
+        return
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise InputError(f"--scheduler needs Dask's distributed scheduler: {DASK_EXTRA}") from None
+    from facefinder_cli.engine import cluster
+
+    try:
+        cluster.check_address(scheduler)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=_scheduler_hint()) from None
+    source = str(input)
+    readable = source.lower().endswith(".npy") or images.is_zarr(source)
+    if not readable and (os.path.exists(source) or any(c in source for c in "*?[")):
         raise click.BadParameter(
             f"{input}: the workers read the images themselves, from a file they share: give a "
             ".npy stack or a Zarr array (`facefinder pack` makes either)",
@@ -201,7 +222,8 @@ def check_cluster_input(scheduler: str | None, input: str) -> None:
 
 @contextlib.contextmanager
 def cluster_client(scheduler: str | None, stack: images.Stack, input: str) -> Iterator[Any]:
-    """A Dask client for ``--scheduler`` (None without it), closed on the way out."""
+    """A Dask client for ``--scheduler`` (None without it) with at least one worker, closed
+    on the way out (see :func:`check_cluster_input`, called before)."""
     if not scheduler:
         yield None
         return
@@ -211,21 +233,22 @@ def cluster_client(scheduler: str | None, stack: images.Stack, input: str) -> It
             "parts: repack it with `facefinder pack`",
             param_hint=_scheduler_hint(),
         )
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "--scheduler needs Dask's distributed scheduler: pip install 'facefinder[dask]'"
-        ) from None
+    import dask.config
+    from dask.utils import parse_timedelta
+
     from facefinder_cli.engine import cluster
 
     if log.getEffectiveLevel() > logging.DEBUG:  # (-v shows Dask's logs too)
         cluster.quiet_logs()
+    timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+    client = cluster.connect(scheduler, timeout=timeout)
     try:
-        client = cluster.connect(scheduler)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint=_scheduler_hint()) from None
-    try:
+        n = cluster.wait_for_workers(
+            client,
+            timeout,
+            lambda: log.info("waiting up to %g s for workers to join the scheduler", timeout),
+        )
+        log.debug("on the Dask cluster at %s: %d workers", scheduler, n)
         yield client
     finally:
         cluster.close_client(client)

@@ -24,9 +24,14 @@ raises :class:`ClusterError`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
-import itertools
+import os
+import re
+import signal
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,13 +83,19 @@ def _load_chunk(
     """Read images ``[a, b)`` with a reader that ``opener()`` opens, as ``_Data._first_pass``
     reads them."""
     _retain_freed_memory()  # in the worker's process, as a local fit does in its own
-    stack = opener()
     try:
-        x = np.subtract(stack[a:b], offset, dtype=np.float64)
-    finally:
-        close = getattr(stack, "close", None)
-        if close is not None:
-            close()
+        stack = opener()
+        try:
+            x = np.subtract(stack[a:b], offset, dtype=np.float64)
+        finally:
+            close = getattr(stack, "close", None)
+            if close is not None:
+                close()
+    except Exception as err:  # (the reader's own one-line errors name the file)
+        raise ClusterError(
+            f"a worker of the cluster could not read images {a} to {b - 1}: {err} (every "
+            "worker must see the same file at the same path)"
+        ) from None
     if not np.isfinite(x).all():
         k = int(np.argmin(np.isfinite(x).reshape(b - a, -1).all(1)))
         raise NonFiniteError(a + k, "NaN" if np.isnan(x[k]).any() else "infinite values")
@@ -141,6 +152,9 @@ class _Remote:
         return chunk.x, chunk.spectra()
 
 
+#: Chunks whose first image the client reads itself, to check that the workers read the same.
+SAME_IMAGES_CHECKED = 32
+
 #: The attributes of the data that chunk functions may read on a worker.
 _REMOTE_FIELDS = ("K", "H", "W", "h", "w", "Dh", "Dw", "dtype", "offset", "by_slices", "chunk")
 
@@ -156,8 +170,6 @@ class _ClusterData(_Data):
     an ``opener``: a picklable callable that opens the same images on a worker, e.g.
     :class:`~facefinder_cli.images.NpyReader`'s."""
 
-    _ids = itertools.count()
-
     def __init__(self, X, face_shape, client, **options) -> None:
         opener = getattr(X, "opener", None)
         if not callable(opener):
@@ -167,7 +179,7 @@ class _ClusterData(_Data):
             )
         self.client = client
         self.opener = opener
-        self._fit_id = f"facefinder-{next(self._ids)}-{id(self):x}"
+        self._fit_id = f"facefinder-{uuid.uuid4().hex}"  # (unique among a cluster's clients)
         self._chunks: list = []
         super().__init__(X, face_shape, **options)
 
@@ -198,6 +210,21 @@ class _ClusterData(_Data):
             sq, part, top = _result(future)
             self.sq_x[a:b] = sq
             yield a, b, (part, top)
+        self._check_same_images()
+
+    def _check_same_images(self, n: int = SAME_IMAGES_CHECKED) -> None:
+        """Read the first image of up to ``n`` chunks here, and compare its sum of squares with
+        the worker's, bit for bit: a worker that sees another file at the same path (a stale
+        copy, another mount) would otherwise make the fit of other images than the names say."""
+        bounds = self.bounds()
+        for i in np.unique(np.linspace(0, len(bounds) - 1, min(n, len(bounds))).astype(int)):
+            a = bounds[i][0]
+            x = np.subtract(self.X[a : a + 1], self.offset, dtype=np.float64)
+            if np.einsum("kij,kij->k", x, x)[0] != self.sq_x[a]:
+                raise ClusterError(
+                    f"the workers of the cluster read other values than this machine for "
+                    f"image {a}: every worker must see the same file at the same path"
+                )
 
     def __reduce__(self):
         return _Remote, ({name: getattr(self, name) for name in _REMOTE_FIELDS},)
@@ -257,11 +284,17 @@ def _check_connected(client) -> None:
 
 def _result(future):
     """A task's result; a lost scheduler or client as :class:`ClusterError`."""
+    from distributed import KilledWorker
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
     try:
         return future.result()
+    except KilledWorker:
+        raise ClusterError(
+            "the workers of the Dask cluster died running the fit's tasks, one after another "
+            "(out of memory? give them more, or use dtype float32 or a smaller chunk size)"
+        ) from None
     except FutureCancelledError as err:
         why = getattr(err, "reason", None) or "its work was cancelled"
         raise ClusterError(f"lost the Dask cluster ({why})") from None
@@ -283,58 +316,148 @@ def quiet_logs() -> None:
 def connect(address: str, *, timeout: float | None = None):
     """A ``distributed.Client`` of the cluster at ``address`` (``HOST:PORT``,
     ``tcp://HOST:PORT``, ``tls://...``), or of a new local cluster of N worker processes for
-    ``local:N`` (one thread each; closed with the client by :func:`close_client`). Raises
-    :class:`ClusterError` when the scheduler cannot be reached within ``timeout`` seconds
-    (default: Dask's ``distributed.comm.timeouts.connect``), ``ValueError`` for a malformed
-    address, and ``ImportError`` without ``distributed``."""
+    ``local:N`` (one thread each, N at most this machine's cores; closed with the client by
+    :func:`close_client`). Raises :class:`ClusterError` when no Dask scheduler answers at the
+    address within ``timeout`` seconds (default: Dask's ``distributed.comm.timeouts.connect``),
+    ``ValueError`` for a malformed address, and ``ImportError`` without ``distributed``."""
     import dask.config
     from dask.utils import parse_timedelta
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if timeout is None:
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+    n = local_workers(address)
+    if n is not None:
+        return _local_cluster(n)
+    check_address(address)
+    _probe(address, timeout)
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except Exception as err:  # refused, or gone since the probe: one line
+        raise ClusterError(f"cannot reach a Dask scheduler at {address}: {err}") from None
 
-    if address.startswith("local:"):
-        n = address[len("local:") :]
-        if not n.isdigit() or int(n) < 1:
-            raise ValueError(f"expected local:N with N a number of workers >= 1, got {address!r}")
-        # No work stealing: it moves tasks, and with them chunks of images, to idle workers
-        # at the end of every pass.
+
+def local_workers(address: str) -> int | None:
+    """N for ``local:N`` (any case), None for another address; ``ValueError`` for a bad N."""
+    if address[:6].lower() != "local:":
+        return None
+    n = address[6:]
+    cores = os.cpu_count() or 1
+    if not re.fullmatch(r"[0-9]+", n) or not 1 <= int(n) <= cores:
+        raise ValueError(
+            f"expected local:N with N from 1 to this machine's {cores} cores, got {address!r}"
+        )
+    return int(n)
+
+
+def _local_cluster(n: int):
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    # The worker processes start with SIGINT and SIGHUP ignored (a disposition they inherit):
+    # a Ctrl-C in the terminal, sent to the whole process group, then reaches this process
+    # alone, which stops the fit and closes the cluster; the workers would otherwise each
+    # print a traceback. Here the two are blocked meanwhile, so one that comes is not lost
+    # (Linux keeps a blocked signal pending even while ignored) but delivered once the
+    # handlers are back. No work stealing: it moves tasks, and with them chunks of images,
+    # to idle workers at the end of every pass.
+    signals = (signal.SIGINT, signal.SIGHUP)
+    main = threading.current_thread() is threading.main_thread()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in signals} if main else {}
+    try:
         with dask.config.set({"distributed.scheduler.work-stealing": False}):
             cluster = LocalCluster(
-                n_workers=int(n),
+                n_workers=n,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=":0",  # (its HTTP server would else take port 8787, or warn)
                 silence_logs=50,
+                preload=[__name__],  # dask_setup, below, in every worker it starts
             )
-        client = Client(cluster, set_as_default=False)
-        client._facefinder_cluster = cluster  # closed with the client (see close_client)
-        return client
-    _check_address(address)
+            client = Client(cluster, set_as_default=False)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    client._facefinder_cluster = cluster  # closed with the client (see close_client)
+    return client
+
+
+def dask_setup(worker) -> None:
+    """Run by the workers of a ``local:N`` cluster as they start (Dask's preload): ignore
+    SIGINT, which a terminal's Ctrl-C sends to the whole process group, in workers that the
+    cluster starts again later too (see :func:`_local_cluster`)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Check that a Dask scheduler answers at ``address``: a server of another kind can make
+    ``distributed.Client`` wait forever (one that says nothing) or fail noisily."""
+    from distributed.comm import connect as comm_connect
+
+    async def hello() -> None:
+        comm = await comm_connect(address, timeout=timeout)
+        await comm.close()
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:  # in a thread of its own: the caller may be running an event loop
+        try:
+            asyncio.run(asyncio.wait_for(hello(), timeout + 1))
+        except BaseException as err:  # (said below, in one line)
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, name="facefinder-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    if thread.is_alive() or outcome:
+        err = outcome[0] if outcome else TimeoutError()
+        why = (str(err).splitlines() or [""])[0] or f"no answer in {timeout:g} s"
+        raise ClusterError(f"no Dask scheduler answers at {address} ({why})")
+
+
+def wait_for_workers(client, timeout: float, waiting: Callable[[], None]) -> int:
+    """The number of the cluster's workers, once there is at least one: calls ``waiting()``
+    when there is none yet, and raises :class:`ClusterError` if none joins in ``timeout``
+    seconds (a fit would wait for them forever)."""
+    with _talking():
+        n = len(client.scheduler_info()["workers"])
+    if n:
+        return n
+    waiting()
     try:
-        return Client(address, timeout=timeout, set_as_default=False)
-    except Exception as err:  # unreachable, refused, another protocol: one line
-        raise ClusterError(f"cannot reach a Dask scheduler at {address}: {err}") from None
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise ClusterError(
+            f"the Dask scheduler has no workers (none joined in {timeout:g} s)"
+        ) from None
+    with _talking():
+        return len(client.scheduler_info()["workers"])
 
 
 #: The protocols of scheduler addresses that :func:`connect` takes.
 SCHEMES = ("tcp", "tls", "ws", "wss")
 
 
-def _check_address(address: str) -> None:
-    """Refuse what is not ``[SCHEME://]HOST:PORT`` before ``distributed`` tries it (a
-    malformed address fails late there, and noisily)."""
+def check_address(address: str) -> None:
+    """Refuse what is not ``local:N`` or ``[SCHEME://]HOST:PORT`` before anything connects (a
+    malformed address fails late in ``distributed``, and noisily)."""
+    if local_workers(address) is not None:
+        return
     from distributed.comm.addressing import parse_address, parse_host_port
 
     why = None
     try:
         scheme, location = parse_address(address)
-        host, _ = parse_host_port(location)
+        host, port = parse_host_port(location)
         if scheme not in SCHEMES:
             why = f"{scheme}:// is not one of {', '.join(s + '://' for s in SCHEMES)}"
         elif not host:
             why = "no host"
+        elif not 1 <= int(port) <= 65535:
+            why = f"port {port} is not from 1 to 65535"
     except (ValueError, TypeError) as err:
         why = str(err)
     if why is not None:

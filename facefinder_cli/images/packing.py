@@ -44,7 +44,13 @@ from facefinder_cli.images.reading import (
     load_stack,
 )
 from facefinder_cli.images.stacks import NpyReader, _npy_header_info, _read_names, names_path
-from facefinder_cli.images.zarrs import ZARR_STACK, ZarrReader, is_zarr_target, pack_zarr
+from facefinder_cli.images.zarrs import (
+    ZarrReader,
+    is_zarr,
+    is_zarr_target,
+    pack_zarr,
+    zarr_stack_kind,
+)
 from facefinder_cli.outputs import (
     atomic_files,
     atomic_folder,
@@ -365,7 +371,10 @@ def pack_stack(
         )
     side = names_path(p)
     listing = None
-    if os.path.isdir(src):
+    if is_zarr(src):
+        if inside(p, src):
+            raise InputError(f"{p}: is inside the source {src}; write the stack elsewhere")
+    elif os.path.isdir(src):
         if inside(p, src):
             raise InputError(f"{p}: is inside the source folder {src}; write the stack elsewhere")
         listing = _list_folder(src)
@@ -426,7 +435,8 @@ def _pack_to_zarr(
     and renamed into place when complete; the names go into its attribute ``names``, escaped
     as in a names file."""
     keep = input_paths(src)
-    check_folder_target(p, overwrite, keep=keep, kind=ZARR_STACK)
+    kind = zarr_stack_kind(p)
+    check_folder_target(p, overwrite, keep=keep, kind=kind)
     notes: list[str] = []
     rounded = 0
     close: Callable[[], None] = lambda: None  # noqa: E731
@@ -469,7 +479,7 @@ def _pack_to_zarr(
         return names if listing is None else tuple(listed[i] for i in files.kept)
 
     try:
-        with atomic_folder(p, overwrite, keep=keep, kind=ZARR_STACK) as tmp:
+        with atomic_folder(p, overwrite, keep=keep, kind=kind) as tmp:
             pack_zarr(tmp, total, dt, converted(), lambda: [_names.to_line(n) for n in kept()])
     finally:
         close()

@@ -143,6 +143,8 @@ class NpyReader:
         self._lock = None if hasattr(os, "pread") else threading.Lock()
         self._fd: int | None = fd
         self._finalizer = weakref.finalize(self, os.close, fd)
+        st = os.fstat(fd)
+        self._version = (st.st_size, st.st_mtime_ns)  # the file as opened (see opener)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -167,9 +169,10 @@ class NpyReader:
 
     @property
     def opener(self) -> functools.partial:
-        """A picklable callable that opens this file again, in another process: how the
-        workers of a cluster read their chunks (``engine.fit(..., client=)``)."""
-        return functools.partial(NpyReader, os.path.abspath(self.path))
+        """A picklable callable that opens this file again, in another process, and refuses it
+        there if its size or time of last change differ from when this reader opened it: how
+        the workers of a cluster read their chunks (``engine.fit(..., client=)``)."""
+        return functools.partial(_reopen, os.path.abspath(self.path), *self._version)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for k in range(len(self)):
@@ -225,6 +228,18 @@ class NpyReader:
         if self._swap:
             out.byteswap(inplace=True)
         return out
+
+
+def _reopen(path: str, size: int, mtime_ns: int) -> NpyReader:
+    """:class:`NpyReader` of ``path``, if it is still the file of that size and time."""
+    reader = NpyReader(path)
+    st = os.fstat(reader._fd)
+    if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+        reader.close()
+        raise InputError(
+            f"{path}: not the file the fit was started on (its size or time of last change differ)"
+        )
+    return reader
 
 
 def names_path(npy_path: str | os.PathLike) -> str:

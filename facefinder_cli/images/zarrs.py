@@ -12,6 +12,7 @@ files named ``k.0.0`` at the folder's top (no subfolders), the image names in th
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -24,13 +25,33 @@ from facefinder_cli.errors import InputError
 from facefinder_cli.images.common import _check_kind, _stack_names
 from facefinder_cli.outputs import FolderKind
 
-__all__ = ["ZARR_STACK", "ZarrReader", "is_zarr", "is_zarr_target"]
+__all__ = ["ZarrReader", "is_zarr", "is_zarr_target", "zarr_stack_kind"]
 
-#: What ``pack`` writes into a Zarr folder, so that --overwrite may replace only such a folder.
-ZARR_STACK = FolderKind(
-    "a Zarr stack of images (facefinder pack)",
-    expected=lambda name: name == "zarr.json" or re.fullmatch(r"\d+\.0\.0", name) is not None,
-)
+#: What ``pack`` writes a Zarr folder for (its marker file says so).
+ZARR_PURPOSE = "a Zarr stack of images (facefinder pack)"
+
+
+def zarr_stack_kind(folder: str | os.PathLike) -> FolderKind:
+    """The files ``pack`` writes into the Zarr folder ``folder``, so that --overwrite replaces
+    it only if it holds nothing else: its metadata and the chunk files its metadata calls for
+    (``0.0.0`` to ``n-1.0.0``); any other file, a chunk file past the end included, is not
+    ours."""
+    chunks = 0
+    try:
+        with open(os.path.join(folder, "zarr.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        shape = meta["shape"]
+        per = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        chunks = -(-int(shape[0]) // int(per[0]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError):
+        pass
+
+    def expected(name: str) -> bool:
+        m = re.fullmatch(r"(0|[1-9][0-9]*)\.0\.0", name)
+        return name == "zarr.json" or (m is not None and int(m[1]) < chunks)
+
+    return FolderKind(ZARR_PURPOSE, expected=expected)
+
 
 #: The extra that brings Zarr.
 EXTRA = "pip install 'facefinder[dask]'"
@@ -86,6 +107,9 @@ class ZarrReader:
     ----------
     url : str
         A local folder or a URL Zarr opens (see the module's docstring).
+    check : bool
+        Refuse an array with missing chunks (Zarr would read them as zeros): one listing of
+        the store. The readers of a cluster's workers skip it (the client checked).
 
     Attributes
     ----------
@@ -98,7 +122,7 @@ class ZarrReader:
 
     ndim = 3
 
-    def __init__(self, url: str | os.PathLike) -> None:
+    def __init__(self, url: str | os.PathLike, *, check: bool = True) -> None:
         u = os.fspath(url)
         self.url = u if "://" in u else os.path.abspath(u)
         self._array = _open(self.url)
@@ -109,6 +133,13 @@ class ZarrReader:
             raise InputError(
                 f"{u}: a Zarr array of shape {self.shape}; expected (n_images, height, width)"
             )
+        if check:  # Zarr reads a missing chunk as its fill value: images of zeros
+            missing = self._array.nchunks - self._array.nchunks_initialized
+            if missing:
+                raise InputError(
+                    f"{u}: {missing} of its {self._array.nchunks} chunks are missing (Zarr would "
+                    "read their images as zeros)"
+                )
         names = self._array.attrs.get("names")  # escaped as lines of a names file
         ok = isinstance(names, list) and len(names) == self.shape[0]
         self.names = tuple(_names.from_line(str(n)) for n in names) if ok else None
@@ -132,7 +163,7 @@ class ZarrReader:
     @property
     def opener(self) -> functools.partial:
         """A picklable callable that opens this array again, in another process."""
-        return functools.partial(ZarrReader, self.url)
+        return functools.partial(ZarrReader, self.url, check=False)
 
     def close(self) -> None:
         """Nothing to close: Zarr opens its files per read."""
@@ -178,6 +209,7 @@ def pack_zarr(
                 chunk_key_encoding={"name": "v2", "separator": "."},
                 zarr_format=3,
                 overwrite=True,
+                config={"write_empty_chunks": True},  # (a chunk of black images is data)
             )
         buffer.append(img)
         if len(buffer) == per_chunk:  # whole chunks: each chunk file is written once
