@@ -128,15 +128,16 @@ def _fit(X, chunk, iterations, client=None):
 
 
 def _overhead(client, X, chunk) -> tuple[float, int]:
-    """Seconds per empty task run on each chunk where it lives, and the number of tasks."""
+    """Seconds per empty task run on each block of chunks where it lives, and the number of
+    tasks (blocks) per pass."""
     data = cluster._ClusterData(X, FACE, client, chunk_size=chunk, cache_fft=False)
     try:
-        futures = [client.submit(_noop, c, pure=False) for c in data._chunks]
+        futures = [client.submit(_noop, c, pure=False) for c in data._blocks]
         client.gather(futures)  # warm
         best = float("inf")
         for _ in range(3):
             t = time.perf_counter()
-            futures = [client.submit(_noop, c, pure=False) for c in data._chunks]
+            futures = [client.submit(_noop, c, pure=False) for c in data._blocks]
             client.gather(futures)
             best = min(best, time.perf_counter() - t)
         return best / len(futures), len(futures)

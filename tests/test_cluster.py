@@ -84,6 +84,18 @@ def test_a_fit_on_the_cluster_is_the_local_fit(client, stacks, kind, case):
     assert local.n_iter >= 2
 
 
+def test_blocks_of_several_chunks_give_the_local_fit(client, stacks):
+    """24 chunks of 5 images on 2 worker threads: 8 blocks of 3 chunks, one task each."""
+    X = _reader(stacks["npy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", E.ConvergenceWarning)
+        local = E.fit(X, FACE, chunk_size=5, method="mc", seed=7, max_iter=6)
+        remote = E.fit(X, FACE, chunk_size=5, method="mc", seed=7, max_iter=6, client=client)
+    _assert_same(local, remote)
+    assert cluster._blocks([(a, a + 5) for a in range(0, 120, 5)], 2)[0] == [(0, 5), (5, 10),
+                                                                              (10, 15)]  # fmt: skip
+
+
 def test_detect_on_the_cluster_is_local_detect(client, stacks):
     X = _reader(stacks["npy"])
     r = _fit(X)

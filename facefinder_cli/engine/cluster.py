@@ -3,20 +3,24 @@
 A fit's pass has one shape: per chunk of images, statistics; across chunks, a sum in chunk
 order. :class:`_ClusterData` runs that shape on a ``distributed.Client``:
 
-- the first pass submits one task per chunk that reads the chunk from the images' file (every
-  worker opens it with ``X.opener``), shifts it, computes its spectra and its sums, and keeps
-  all of it in the worker's memory: a future per chunk, held for the whole fit;
+- the chunks are grouped into blocks of consecutive chunks, about ``TASKS_PER_THREAD`` per
+  thread of the cluster's workers; the first pass submits one task per block that reads its
+  chunks from the images' file (every worker opens it with ``X.opener``), shifts them,
+  computes their spectra and sums, and keeps all of it in the worker's memory: a future per
+  block, held for the whole fit;
 - every later pass ships the chunk function once (the parameters and the E-step's constants:
-  kilobytes; the workers pass it on among themselves), runs it where each chunk lives, and
-  brings back the chunk's sums (about image-sized); the client adds them in chunk order, as the
-  threads' results are added on one machine.
+  kilobytes; the workers pass it on among themselves) and runs one task per block where the
+  block lives, which works through its chunks in order and brings back each chunk's sums
+  (about image-sized); the client adds them in chunk order, as the threads' results are added
+  on one machine. Few tasks per pass keep the scheduler's work (about a millisecond a task)
+  out of the way, whatever the chunk size.
 
 So with the same chunks a fit on a cluster is the same fit, bit for bit: every chunk's numbers
 are computed from the same values by the same code, and summed in the same order. Monte-Carlo
 draws are made on the client, in chunk order, and sent with the tasks.
 
-A worker that dies takes its chunks with it; Dask reads them again elsewhere from the file (a
-chunk is a task's result, not scattered data), and the pass goes on. A lost scheduler or client
+A worker that dies takes its blocks with it; Dask reads them again elsewhere from the file (a
+block is a task's result, not scattered data), and the pass goes on. A lost scheduler or client
 raises :class:`ClusterError`.
 
 ``distributed`` is imported only here, and this module only when a fit is given a client.
@@ -77,25 +81,43 @@ class _Chunk:
         return object.__sizeof__(self) + sum(a.nbytes for a in arrays if a is not None)
 
 
-def _load_chunk(
-    opener: Callable, a: int, b: int, offset: float, dtype: np.dtype, cache: bool
-) -> _Chunk:
-    """Read images ``[a, b)`` with a reader that ``opener()`` opens, as ``_Data._first_pass``
-    reads them."""
+@dataclass
+class _Block:
+    """Consecutive chunks that one worker holds and works through in one task."""
+
+    chunks: list[_Chunk]
+
+    def __sizeof__(self) -> int:
+        return object.__sizeof__(self) + sum(c.__sizeof__() for c in self.chunks)
+
+
+def _load_block(
+    opener: Callable, bounds: list[tuple[int, int]], offset: float, dtype: np.dtype, cache: bool
+) -> _Block:
+    """Read the chunks ``bounds`` with a reader that ``opener()`` opens, as
+    ``_Data._first_pass`` reads them."""
     _retain_freed_memory()  # in the worker's process, as a local fit does in its own
+    first, last = bounds[0][0], bounds[-1][1] - 1
     try:
         stack = opener()
         try:
-            x = np.subtract(stack[a:b], offset, dtype=np.float64)
+            chunks = [_load_chunk(stack, a, b, offset, dtype, cache) for a, b in bounds]
         finally:
             close = getattr(stack, "close", None)
             if close is not None:
                 close()
+    except NonFiniteError:
+        raise
     except Exception as err:  # (the reader's own one-line errors name the file)
         raise ClusterError(
-            f"a worker of the cluster could not read images {a} to {b - 1}: {err} (every "
+            f"a worker of the cluster could not read images {first} to {last}: {err} (every "
             "worker must see the same file at the same path)"
         ) from None
+    return _Block(chunks)
+
+
+def _load_chunk(stack, a: int, b: int, offset: float, dtype: np.dtype, cache: bool) -> _Chunk:
+    x = np.subtract(stack[a:b], offset, dtype=np.float64)
     if not np.isfinite(x).all():
         k = int(np.argmin(np.isfinite(x).reshape(b - a, -1).all(1)))
         raise NonFiniteError(a + k, "NaN" if np.isnan(x[k]).any() else "infinite values")
@@ -105,8 +127,8 @@ def _load_chunk(
     return _Chunk(a, b, x, sfft.rfft2(x) if cache else None, sq, sum_x, top)
 
 
-def _first_sums(chunk: _Chunk) -> tuple[np.ndarray, np.ndarray, float]:
-    return chunk.sq, chunk.sum_x, chunk.top
+def _first_sums(block: _Block) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    return [(c.sq, c.sum_x, c.top) for c in block.chunks]
 
 
 def _itself(fn: Callable) -> Callable:
@@ -116,15 +138,18 @@ def _itself(fn: Callable) -> Callable:
 _CURRENT: contextvars.ContextVar[_Chunk] = contextvars.ContextVar("facefinder_chunk")
 
 
-def _run(fn: Callable, chunk: _Chunk, a: int, b: int, *extra):
-    """``fn(a, b, *extra)`` on a worker, with the data it closes over (a :class:`_Remote`)
-    serving ``chunk``."""
+def _run(fn: Callable, block: _Block, extras: list[tuple]) -> list:
+    """``fn(a, b, *extra)`` for every chunk of ``block`` in order, on a worker, with the data
+    it closes over (a :class:`_Remote`) serving the chunk; the results in order."""
     _retain_freed_memory()
-    token = _CURRENT.set(chunk)
-    try:
-        return fn(a, b, *extra)
-    finally:
-        _CURRENT.reset(token)
+    out = []
+    for chunk, extra in zip(block.chunks, extras):
+        token = _CURRENT.set(chunk)
+        try:
+            out.append(fn(chunk.a, chunk.b, *extra))
+        finally:
+            _CURRENT.reset(token)
+    return out
 
 
 class _SquaresOfChunk:
@@ -150,6 +175,27 @@ class _Remote:
         chunk = _CURRENT.get()
         assert (a, b) == (chunk.a, chunk.b), "another chunk's images"
         return chunk.x, chunk.spectra()
+
+
+#: Tasks per pass for each thread of the cluster's workers: enough to keep them all busy to
+#: the end of a pass, few enough that the scheduler's work per task (about 1 ms) is noise.
+TASKS_PER_THREAD = 4
+
+
+def _threads(client) -> int:
+    """The threads of the cluster's workers (at least 1)."""
+    with _talking():
+        workers = client.scheduler_info()["workers"].values()
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+
+def _blocks(bounds: list[tuple[int, int]], threads: int) -> list[list[tuple[int, int]]]:
+    """The chunks grouped, in order, into about ``TASKS_PER_THREAD * threads`` blocks of
+    consecutive chunks: one task per block in every pass. A chunk's numbers, and the order in
+    which the client adds them, do not depend on the blocks."""
+    n = len(bounds)
+    per = max(1, -(-n // (TASKS_PER_THREAD * threads)))
+    return [bounds[i : i + per] for i in range(0, n, per)]
 
 
 #: Chunks whose first image the client reads itself, to check that the workers read the same.
@@ -180,7 +226,8 @@ class _ClusterData(_Data):
         self.client = client
         self.opener = opener
         self._fit_id = f"facefinder-{uuid.uuid4().hex}"  # (unique among a cluster's clients)
-        self._chunks: list = []
+        self._groups: list[list[tuple[int, int]]] = []
+        self._blocks: list = []  # a future per block of chunks, held by a worker
         super().__init__(X, face_shape, **options)
 
     def _cache(self, cache_fft: bool | None, limit: int, per_image: int) -> int:
@@ -192,24 +239,23 @@ class _ClusterData(_Data):
 
     def _read_all(self):
         options = (self.offset, self.dtype, self._cache_on_workers)
-        bounds = self.bounds()
-        self._chunks = [
+        self._groups = _blocks(self.bounds(), _threads(self.client))
+        self._blocks = [
             self.client.submit(
-                _load_chunk,
+                _load_block,
                 self.opener,
-                a,
-                b,
+                group,
                 *options,
-                key=f"{self._fit_id}-chunk-{a}",
+                key=f"{self._fit_id}-block-{group[0][0]}",
                 pure=False,
             )
-            for a, b in bounds
+            for group in self._groups
         ]
-        sums = [self.client.submit(_first_sums, c, pure=False) for c in self._chunks]
-        for (a, b), future in zip(bounds, sums):
-            sq, part, top = _result(future)
-            self.sq_x[a:b] = sq
-            yield a, b, (part, top)
+        sums = [self.client.submit(_first_sums, block, pure=False) for block in self._blocks]
+        for group, future in zip(self._groups, sums):
+            for (a, b), (sq, part, top) in zip(group, _result(future)):
+                self.sq_x[a:b] = sq
+                yield a, b, (part, top)
         self._check_same_images()
 
     def _check_same_images(self, n: int = SAME_IMAGES_CHECKED) -> None:
@@ -233,35 +279,34 @@ class _ClusterData(_Data):
         raise RuntimeError("the chunks of a fit on a cluster are on its workers")
 
     def map(self, fn: Callable, extra: Callable[[int, int], object] | None = None):
-        """As :meth:`_Data.map`, on the workers: ``fn`` is sent once, runs where each chunk
-        lives, and the results come back in chunk order."""
+        """As :meth:`_Data.map`, on the workers: ``fn`` is sent once, runs where each block of
+        chunks lives, and the chunks' results come back, and are yielded, in chunk order."""
         _check_connected(self.client)
         with _talking():  # a task's result, not scattered data: a lost copy is made again
             shipped = self.client.submit(_itself, fn, pure=False)
-            # Each task goes where its chunk is (the scheduler would otherwise balance the
-            # workers' queues by moving chunks of megabytes); anywhere if those workers left.
-            holders = self.client.who_has(self._chunks)
+            # Each task goes where its block is (the scheduler would otherwise balance the
+            # workers' queues by moving blocks of images); anywhere if those workers left.
+            holders = self.client.who_has(self._blocks)
         futures = []
-        for (a, b), chunk in zip(self.bounds(), self._chunks):
-            args = () if extra is None else tuple(extra(a, b))
-            where = list(holders.get(chunk.key, ()))
+        for group, block in zip(self._groups, self._blocks):
+            extras = [() if extra is None else tuple(extra(a, b)) for a, b in group]
+            where = list(holders.get(block.key, ()))
             pin = {"workers": where, "allow_other_workers": True} if where else {}
             with _talking():
-                task = self.client.submit(_run, shipped, chunk, a, b, *args, **pin)
-            futures.append((a, b, task))
+                futures.append((group, self.client.submit(_run, shipped, block, extras, **pin)))
         try:
-            for a, b, future in futures:
-                yield a, b, _result(future)
+            for group, future in futures:
+                yield from ((a, b, r) for (a, b), r in zip(group, _result(future)))
         finally:
-            for *_, future in futures:
+            for _, future in futures:
                 future.release()
             shipped.release()
 
     def close(self) -> None:
         """Let the workers drop the chunks."""
-        for future in self._chunks:
+        for future in self._blocks:
             future.release()
-        self._chunks = []
+        self._blocks = []
 
 
 @contextlib.contextmanager
