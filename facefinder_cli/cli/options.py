@@ -174,10 +174,8 @@ scheduler_opt = click.option(
     help="Run every pass on the workers of a Dask cluster: its scheduler's address "
     "(HOST:PORT, tcp://HOST:PORT), or local:N for a new cluster of N worker processes on "
     "this machine (N up to its cores). INPUT must be a .npy stack or a Zarr array that every "
-    "worker reads at the same path. With the same --chunk-size the result is the same as "
-    "without, bit for bit; on a cluster, chunks of about a million pixels (e.g. 256 images of "
-    "64x64) keep the scheduler's overhead small (docs/DISTRIBUTED.md). An empty value runs "
-    "here. Needs pip install 'facefinder[dask]'.",
+    "worker reads at the same path. The result is the same as without, bit for bit "
+    "(docs/DISTRIBUTED.md). An empty value runs here. Needs pip install 'facefinder[dask]'.",
 )
 
 
