@@ -23,7 +23,8 @@ A worker that dies takes its blocks with it; Dask reads them again elsewhere fro
 block is a task's result, not scattered data), and the pass goes on. A lost scheduler or client
 raises :class:`ClusterError`.
 
-``distributed`` is imported only here, and this module only when a fit is given a client.
+``distributed`` is imported only inside this module's functions, when a fit is given a
+client: importing the module (``engine`` does, for :class:`ClusterError`) costs nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ __all__ = ["ClusterError", "connect"]
 
 
 class ClusterError(RuntimeError):
-    """The cluster could not be reached, or was lost during a fit (scheduler or client)."""
+    """The cluster could not be reached or was lost (scheduler, client, or workers dying one
+    after another), or its workers could not read the images this machine reads."""
 
 
 # --------------------------------------------------------------------------------------------
