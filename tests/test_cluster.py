@@ -381,3 +381,28 @@ def test_ctrl_c_in_a_terminal_stops_a_cluster_fit_in_one_line(stacks, in_tmp):
     assert p.returncode == 130, err
     assert "Traceback" not in err and len(err.splitlines()) <= 3, err
     assert "saved in run: carry on with `facefinder fit --resume run`" in err
+
+
+def test_a_cluster_that_loses_every_worker_stops_the_fit(stacks):
+    """Dask waits for workers forever; the fit stops once there has been none for Dask's
+    connect timeout."""
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    X = _reader(stacks["npy"])
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        lone = LocalCluster(n_workers=1, processes=False, protocol="tcp", dashboard_address=":0")
+        own = Client(lone, set_as_default=False)
+
+        def retire(progress):
+            if progress.iteration == 2:
+                lone.scale(0)
+
+        try:
+            t = time.monotonic()
+            with pytest.raises(cluster.ClusterError, match="no workers for 1 s"):
+                _fit(X, client=own, callback=retire, accelerate="none", tol=-1.0, max_iter=8)
+            assert time.monotonic() - t < 30
+        finally:
+            own.close()
+            lone.close()

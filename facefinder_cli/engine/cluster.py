@@ -36,6 +36,7 @@ import os
 import re
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,7 +256,7 @@ class _ClusterData(_Data):
         ]
         sums = [self.client.submit(_first_sums, block, pure=False) for block in self._blocks]
         for group, future in zip(self._groups, sums):
-            for (a, b), (sq, part, top) in zip(group, _result(future)):
+            for (a, b), (sq, part, top) in zip(group, _result(future, self.client)):
                 self.sq_x[a:b] = sq
                 yield a, b, (part, top)
         self._check_same_images()
@@ -298,7 +299,7 @@ class _ClusterData(_Data):
                 futures.append((group, self.client.submit(_run, shipped, block, extras, **pin)))
         try:
             for group, future in futures:
-                yield from ((a, b, r) for (a, b), r in zip(group, _result(future)))
+                yield from ((a, b, r) for (a, b), r in zip(group, _result(future, self.client)))
         finally:
             for _, future in futures:
                 future.release()
@@ -329,25 +330,56 @@ def _check_connected(client) -> None:
         raise ClusterError(f"lost the Dask cluster (the client is {client.status})")
 
 
-def _result(future):
-    """A task's result; a lost scheduler or client as :class:`ClusterError`."""
+#: Seconds between checks, while a task's result is awaited, that the cluster still has workers.
+WORKERS_CHECK = 2.0
+
+
+def _result(future, client=None):
+    """A task's result; a lost scheduler or client as :class:`ClusterError`, and, with
+    ``client``, a cluster left without workers for longer than Dask's connect timeout (Dask
+    would wait for one forever)."""
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
-    try:
-        return future.result()
-    except KilledWorker:
-        raise ClusterError(
-            "the workers of the Dask cluster died running the fit's tasks, one after another "
-            "(out of memory? give them more, or use dtype float32 or a smaller chunk size)"
-        ) from None
-    except FutureCancelledError as err:
-        why = getattr(err, "reason", None) or "its work was cancelled"
-        raise ClusterError(f"lost the Dask cluster ({why})") from None
-    except (CommClosedError, OSError, TimeoutError) as err:
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ClusterError(f"lost the Dask cluster ({why})") from None
+    alone_since = None
+    while True:
+        try:
+            return future.result(timeout=None if client is None else WORKERS_CHECK)
+        except KilledWorker:
+            raise ClusterError(
+                "the workers of the Dask cluster died running the fit's tasks, one after "
+                "another (out of memory? give them more, or use dtype float32 or a smaller "
+                "chunk size)"
+            ) from None
+        except FutureCancelledError as err:
+            why = getattr(err, "reason", None) or "its work was cancelled"
+            raise ClusterError(f"lost the Dask cluster ({why})") from None
+        except (TimeoutError, asyncio.TimeoutError) as err:
+            if client is None or future.status != "pending":
+                why = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise ClusterError(f"lost the Dask cluster ({why})") from None
+            _check_connected(client)
+            if client.scheduler_info()["workers"]:
+                alone_since = None
+                continue
+            now, grace = time.monotonic(), _connect_timeout()
+            alone_since = alone_since or now
+            if now - alone_since > grace:
+                raise ClusterError(
+                    f"the Dask cluster has had no workers for {grace:g} s: lost all of them"
+                ) from None
+        except (CommClosedError, OSError) as err:
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ClusterError(f"lost the Dask cluster ({why})") from None
+
+
+def _connect_timeout() -> float:
+    """Dask's ``distributed.comm.timeouts.connect``, in seconds."""
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
 
 
 def quiet_logs() -> None:
@@ -367,12 +399,10 @@ def connect(address: str, *, timeout: float | None = None):
     :func:`close_client`). Raises :class:`ClusterError` when no Dask scheduler answers at the
     address within ``timeout`` seconds (default: Dask's ``distributed.comm.timeouts.connect``),
     ``ValueError`` for a malformed address, and ``ImportError`` without ``distributed``."""
-    import dask.config
-    from dask.utils import parse_timedelta
     from distributed import Client
 
     if timeout is None:
-        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
+        timeout = _connect_timeout()
     n = local_workers(address)
     if n is not None:
         return _local_cluster(n)
