@@ -286,7 +286,7 @@ def test_a_lost_scheduler_stops_the_fit_with_a_checkpoint(stacks, in_tmp, monkey
 class _Dies:
     """A future whose task killed every worker it was tried on."""
 
-    def result(self):
+    def result(self, timeout=None):
         from types import SimpleNamespace
 
         from distributed import KilledWorker
