@@ -83,3 +83,23 @@ def gray(h=6, w=7, value=None, seed=0):
 def listing(folder="."):
     """The names in ``folder``, sorted."""
     return sorted(os.listdir(folder))
+
+
+def imported_by_cli(*args, among, env=None) -> set[str]:
+    """Which of the top-level modules ``among`` a run of ``facefinder ARGS`` in a fresh Python
+    process imports (it must succeed)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from facefinder_cli.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    command = [sys.executable, "-c", script, *map(str, args)]
+    r = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return set(r.stdout.strip().split(",")) & set(among)

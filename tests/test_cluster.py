@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import cli, ok
+from helpers import cli, imported_by_cli, ok
 
 from facefinder_cli import engine as E
 from facefinder_cli import images
@@ -209,20 +209,9 @@ def test_scheduler_errors_are_one_line(stacks, in_tmp, monkeypatch):
 
 
 def test_without_scheduler_nothing_of_dask_is_imported(stacks, in_tmp):
-    script = (
-        "import sys\n"
-        "from facefinder_cli.cli import main\n"
-        "try:\n"
-        "    main(sys.argv[1:])\n"
-        "except SystemExit as e:\n"
-        "    assert not e.code, e.code\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'zarr'}))\n"
-    )
     env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
-    command = [sys.executable, "-c", script, "fit", stacks["npy"], "--face-size", "16x12"]
-    command += ["-o", "r", "-q", "--no-plots"]
-    r = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    assert r.stdout.strip() == "[]"
+    args = ["fit", stacks["npy"], "--face-size", "16x12", "-o", "r", "-q", "--no-plots"]
+    assert imported_by_cli(*args, among={"dask", "distributed", "zarr"}, env=env) == set()
 
 
 def test_a_lost_scheduler_stops_the_fit_with_a_checkpoint(stacks, in_tmp, monkeypatch):

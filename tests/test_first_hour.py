@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, ok, stop_fit_at
+from helpers import cli, imported_by_cli, ok, stop_fit_at
 
 GEN = ["generate", "-n", "40", "--face-size", "8x8", "--size", "12x16", "--noise", "20", "-q"]
 FIT = ["--face-size", "8x8"]
@@ -120,26 +120,12 @@ def test_verbose_fit_says_more(data):
 def test_no_plots_skips_matplotlib_and_the_two_plots(data, monkeypatch):
     """Start-up (point 11): matplotlib is most of what a small fit spends outside EM; batches
     of small fits can skip the two plots, and a resumed fit keeps the choice."""
-    import subprocess
-    import sys
-
-    script = (
-        "import sys\n"
-        "from facefinder_cli.cli import main\n"
-        "try:\n"
-        "    main(sys.argv[1:])\n"
-        "except SystemExit as e:\n"
-        "    assert not e.code, e.code\n"
-        "print('matplotlib' in sys.modules)\n"
-    )
-    for out, option, imported in (("quick", "--no-plots", "False"), ("full", "--plots", "True")):
-        r = subprocess.run(
-            [sys.executable, "-c", script, "fit", "data", *FIT, "-o", out, "-q", option],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert r.stdout.strip() == imported
+    for out, option, imported in (
+        ("quick", "--no-plots", set()),
+        ("full", "--plots", {"matplotlib"}),
+    ):
+        args = ["fit", "data", *FIT, "-o", out, "-q", option]
+        assert imported_by_cli(*args, among={"matplotlib"}) == imported
     plots = {"prior.png", "elbo.png"}
     assert not plots & set(os.listdir("quick"))
     assert {"result.npz", "face.png", "background.png", "history.csv", "positions.csv"} <= set(

@@ -160,19 +160,32 @@ def _pack_array(
 ) -> list[str]:
     """Write a (K, H, W) stack (anything that gives image k as ``images[k]``, read in order) as
     a .npy file to ``f``, image by image; returns notes."""
+    f.write(_npy_header_bytes(dt, (len(images), *images.shape[1:])))
+    rounded = [0]
+    for out in _converted(images, dt, disp, progress, rounded):
+        f.write(memoryview(out).cast("B"))
+    return _rounding_note(rounded[0])
+
+
+def _converted(
+    images: Any,
+    dt: np.dtype,
+    disp: str,
+    progress: Callable[[int, int], object] | None,
+    rounded: list[int],
+):
+    """``images[k]`` in order, checked finite and in dtype ``dt`` (``rounded[0]`` counts
+    those that rounding changed), with ``progress`` after each."""
     K = len(images)
-    f.write(_npy_header_bytes(dt, (K, *images.shape[1:])))
-    rounded = 0
     for k in range(K):
         img = np.asarray(images[k])
         where = _image_k(disp, k)
         _check_finite(img[np.newaxis], lambda _, where=where: where)
         out, lossy = _as_dtype(img, dt, where)
-        rounded += lossy
-        f.write(memoryview(out).cast("B"))
+        rounded[0] += lossy
+        yield out
         if progress is not None:
             progress(k + 1, K)
-    return _rounding_note(rounded)
 
 
 class _MappedFrames:
@@ -438,7 +451,7 @@ def _pack_to_zarr(
     kind = zarr_stack_kind(p)
     check_folder_target(p, overwrite, keep=keep, kind=kind)
     notes: list[str] = []
-    rounded = 0
+    rounded = [0]  # images that rounding to dt changed
     close: Callable[[], None] = lambda: None  # noqa: E731
     if listing is None:
         if src.lower().endswith((".npy", ".npz")):
@@ -447,42 +460,31 @@ def _pack_to_zarr(
             stack = load_stack(src, layout)
             images, names, notes = stack.images, stack.names, list(stack.notes)
         total = len(images)
-
-        def converted():
-            nonlocal rounded
-            for k in range(total):
-                img = np.asarray(images[k])
-                where = _image_k(src, k)
-                _check_finite(img[np.newaxis], lambda _, where=where: where)
-                out, lossy = _as_dtype(img, dt, where)
-                rounded += lossy
-                yield out
-                if progress is not None:
-                    progress(k + 1, total)
-
+        converted = _converted(images, dt, src, progress, rounded)
     else:
         paths, listed, extra = listing
         files = _FileImages(paths, paths, skip_unreadable)
         total = len(paths)
 
-        def converted():
-            nonlocal rounded
+        def read():
             for done, (disp, img) in enumerate(files, 1):
                 if img is not None:
                     out, lossy = _as_dtype(img, dt, f"{disp}:")
-                    rounded += lossy
+                    rounded[0] += lossy
                     yield out
                 if progress is not None:
                     progress(done, total)
+
+        converted = read()
 
     def kept() -> tuple[str, ...]:
         return names if listing is None else tuple(listed[i] for i in files.kept)
 
     try:
         with atomic_folder(p, overwrite, keep=keep, kind=kind) as tmp:
-            pack_zarr(tmp, total, dt, converted(), lambda: [_names.to_line(n) for n in kept()])
+            pack_zarr(tmp, total, dt, converted, lambda: [_names.to_line(n) for n in kept()])
     finally:
         close()
     if listing is not None:
         notes = files.notes() + extra
-    return Stack(ZarrReader(p), kept(), tuple(notes + _rounding_note(rounded)), src)
+    return Stack(ZarrReader(p), kept(), tuple(notes + _rounding_note(rounded[0])), src)
