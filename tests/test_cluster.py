@@ -293,15 +293,16 @@ class _Elsewhere:
     (a stale copy at the same path on their machines)."""
 
     def __init__(self, here, there):
-        self.here, self.there = images.NpyReader(here), there
+        self.here, self.there = _reader(here), there
         self.shape, self.ndim, self.dtype = self.here.shape, 3, self.here.dtype
+        self.fingerprint = getattr(self.here, "fingerprint", None)
 
     def __getitem__(self, key):
         return self.here[key]
 
     @property
     def opener(self):
-        return images.NpyReader(self.there).opener
+        return _reader(self.there).opener
 
 
 def test_workers_that_read_other_images_are_refused(client, stacks, tmp_path):
@@ -316,6 +317,60 @@ def test_workers_that_read_other_images_are_refused(client, stacks, tmp_path):
     os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # changed since opened
     with pytest.raises(cluster.ClusterError, match="not the file the fit was started on"):
         _fit(X, client=client)
+
+
+def test_workers_that_read_a_stale_zarr_copy_are_refused(client, stacks, tmp_path):
+    """The copy on the workers' machines was made (times kept) before one image changed here,
+    an image that the sampled check of first images does not read: the chunk file's
+    fingerprint tells."""
+    import shutil
+
+    import zarr
+
+    here, there = tmp_path / "here.zarr", tmp_path / "there.zarr"
+    shutil.copytree(stacks["zarr"], here, copy_function=shutil.copy2)
+    shutil.copytree(here, there, copy_function=shutil.copy2)
+    X = _Elsewhere(str(here), str(there))
+    assert X.fingerprint(0, 120) == _reader(str(there)).fingerprint(0, 120)
+    time.sleep(0.01)
+    array = zarr.open_array(str(here), mode="r+")
+    array[61] = array[61] + 1.0  # not the first image of any of the fit's chunks
+    X = _Elsewhere(str(here), str(there))
+    with pytest.raises(cluster.ClusterError, match="reads other files than this machine"):
+        _fit(X, client=client)
+
+
+@pytest.mark.parametrize("there", [None, "0.0.1"])
+def test_workers_without_this_facefinder_are_refused(stacks, monkeypatch, there):
+    """Workers without facefinder fail every task; with another version they may compute
+    other numbers. Here the workers are threads of this process, whose version lookups
+    (made off the main thread) are made to answer as such workers would."""
+    import threading
+    from importlib import metadata
+
+    from distributed import Client, LocalCluster
+
+    real = metadata.version
+    here = real("facefinder")
+
+    def version(name):
+        if threading.current_thread() is threading.main_thread():
+            return real(name)
+        if there is None:
+            raise metadata.PackageNotFoundError(name)
+        return there
+
+    monkeypatch.setattr(metadata, "version", version)
+    alone = LocalCluster(n_workers=1, processes=False, dashboard_address=":0")
+    own = Client(alone, set_as_default=False)
+    try:
+        why = "does not have facefinder" if there is None else f"has facefinder {there}, this"
+        with pytest.raises(cluster.ClusterError, match=why) as err:
+            _fit(_reader(stacks["npy"]), client=own)
+        assert here in str(err.value)
+    finally:
+        own.close()
+        alone.close()
 
 
 def test_addresses_are_checked_before_connecting():
@@ -353,6 +408,79 @@ def test_a_server_that_is_not_a_scheduler_and_one_without_workers_are_one_line(s
     assert "the Dask scheduler has no workers (none joined in 0.5 s)" in line
     silent.close()
     assert not os.path.exists("run")
+
+
+def test_a_worker_address_is_refused_in_one_line(client):
+    """A worker speaks Dask's protocol too; given as the scheduler, distributed.Client fails
+    half-built and prints a traceback when collected. The probe asks who answers."""
+    worker = next(iter(client.scheduler_info()["workers"]))
+    with pytest.raises(cluster.ClusterError, match=r"is a Dask worker, not a Dask scheduler"):
+        cluster.connect(worker, timeout=5)
+
+
+def test_a_tls_scheduler_is_reached_with_the_tls_settings_of_dask(tmp_path):
+    """tls:// addresses: the probe connects with the certificates of Dask's configuration,
+    as the client does."""
+    import shutil
+
+    import dask.config
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)  # fmt: skip
+    tls = {"distributed.comm.tls.ca-file": str(cert), "distributed.comm.tls.client.cert": str(cert),
+           "distributed.comm.tls.client.key": str(key)}  # fmt: skip
+    security = Security(tls_ca_file=str(cert), tls_scheduler_cert=str(cert),
+                        tls_scheduler_key=str(key), tls_worker_cert=str(cert),
+                        tls_worker_key=str(key), tls_client_cert=str(cert),
+                        tls_client_key=str(key), require_encryption=True)  # fmt: skip
+    secure = LocalCluster(n_workers=1, processes=False, protocol="tls", security=security,
+                          dashboard_address=":0")  # fmt: skip
+    try:
+        address = secure.scheduler_address
+        assert address.startswith("tls://")
+        with dask.config.set(tls):
+            c = cluster.connect(address, timeout=10)
+            try:
+                assert c.submit(sum, [1, 2]).result(timeout=30) == 3
+            finally:
+                cluster.close_client(c)
+        with pytest.raises(cluster.ClusterError, match="no Dask scheduler answers"):
+            cluster.connect(address, timeout=2)  # without the certificates
+    finally:
+        secure.close()
+
+
+_CTRL_C_IN_START_UP = """
+import os, signal, sys
+import distributed
+from facefinder_cli.engine import cluster
+
+class Interrupted(distributed.LocalCluster):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # (starts multiprocessing's resource tracker)
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the cluster starts
+
+distributed.LocalCluster = Interrupted
+try:
+    client = cluster.connect("local:1")
+except KeyboardInterrupt:
+    sys.exit(42)
+cluster.close_client(client)
+"""
+
+
+def test_ctrl_c_while_a_local_cluster_starts_is_not_lost():
+    """The handlers are restored only once the cluster is up: a Ctrl-C meanwhile is held
+    (blocked), then delivered, and not dropped while ignored."""
+    p = subprocess.run([sys.executable, "-c", _CTRL_C_IN_START_UP], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 42, p.stderr
 
 
 def test_ctrl_c_in_a_terminal_stops_a_cluster_fit_in_one_line(stacks, in_tmp):

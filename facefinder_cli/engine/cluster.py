@@ -95,21 +95,33 @@ class _Block:
 
 
 def _load_block(
-    opener: Callable, bounds: list[tuple[int, int]], offset: float, dtype: np.dtype, cache: bool
+    opener: Callable,
+    bounds: list[tuple[int, int]],
+    offset: float,
+    dtype: np.dtype,
+    cache: bool,
+    fingerprint: tuple | None = None,
 ) -> _Block:
     """Read the chunks ``bounds`` with a reader that ``opener()`` opens, as
-    ``_Data._first_pass`` reads them."""
+    ``_Data._first_pass`` reads them; first, if given, check that the reader's
+    ``fingerprint`` of these images is the client's."""
     _retain_freed_memory()  # in the worker's process, as a local fit does in its own
     first, last = bounds[0][0], bounds[-1][1] - 1
     try:
         stack = opener()
         try:
+            if fingerprint is not None and stack.fingerprint(first, last + 1) != fingerprint:
+                raise ClusterError(
+                    f"a worker of the cluster reads other files than this machine for images "
+                    f"{first} to {last} (a stale copy, another mount, or files changed since "
+                    "the fit started): every worker must see the same files at the same path"
+                )
             chunks = [_load_chunk(stack, a, b, offset, dtype, cache) for a, b in bounds]
         finally:
             close = getattr(stack, "close", None)
             if close is not None:
                 close()
-    except NonFiniteError:
+    except (NonFiniteError, ClusterError):
         raise
     except Exception as err:  # (the reader's own one-line errors name the file)
         raise ClusterError(
@@ -228,6 +240,7 @@ class _ClusterData(_Data):
             )
         self.client = client
         self.opener = opener
+        check_workers(client)
         self._fit_id = f"facefinder-{uuid.uuid4().hex}"  # (unique among a cluster's clients)
         self._groups: list[list[tuple[int, int]]] = []
         self._blocks: list = []  # a future per block of chunks, held by a worker
@@ -242,6 +255,7 @@ class _ClusterData(_Data):
 
     def _read_all(self):
         options = (self.offset, self.dtype, self._cache_on_workers)
+        fingerprint = getattr(self.X, "fingerprint", None)  # (of files the workers check)
         self._groups = _blocks(self.bounds(), _threads(self.client))
         self._blocks = [
             self.client.submit(
@@ -249,6 +263,7 @@ class _ClusterData(_Data):
                 self.opener,
                 group,
                 *options,
+                fingerprint(group[0][0], group[-1][1]) if fingerprint else None,
                 key=f"{self._fit_id}-block-{group[0][0]}",
                 pure=False,
             )
@@ -349,8 +364,8 @@ def _result(future, client=None):
         except KilledWorker:
             raise ClusterError(
                 "the workers of the Dask cluster died running the fit's tasks, one after "
-                "another (out of memory? give them more, or use dtype float32 or a smaller "
-                "chunk size)"
+                "another (out of memory? give them more memory or add workers; dtype float32 "
+                "halves what they hold, and a memory limit of 0 drops their cached spectra)"
             ) from None
         except FutureCancelledError as err:
             why = getattr(err, "reason", None) or "its work was cancelled"
@@ -428,6 +443,8 @@ def local_workers(address: str) -> int | None:
 
 
 def _local_cluster(n: int):
+    from multiprocessing import resource_tracker
+
     import dask.config
     from distributed import Client, LocalCluster
 
@@ -438,8 +455,11 @@ def _local_cluster(n: int):
     # (Linux keeps a blocked signal pending even while ignored) but delivered once the
     # handlers are back. No work stealing: it moves tasks, and with them chunks of images,
     # to idle workers at the end of every pass.
+    # The resource tracker of multiprocessing is started first: starting it unblocks SIGINT,
+    # which would then be lost while ignored.
     signals = (signal.SIGINT, signal.SIGHUP)
     main = threading.current_thread() is threading.main_thread()
+    resource_tracker.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     handlers = {s: signal.signal(s, signal.SIG_IGN) for s in signals} if main else {}
     try:
@@ -471,28 +491,43 @@ def dask_setup(worker) -> None:
 
 def _probe(address: str, timeout: float) -> None:
     """Check that a Dask scheduler answers at ``address``: a server of another kind can make
-    ``distributed.Client`` wait forever (one that says nothing) or fail noisily."""
+    ``distributed.Client`` wait forever (one that says nothing), fail noisily, or, for a
+    Dask worker, fail half-built and print a traceback when it is collected. The connection
+    takes the TLS settings of Dask's configuration (``distributed.comm.tls``), as the
+    client does."""
     from distributed.comm import connect as comm_connect
+    from distributed.security import Security
 
-    async def hello() -> None:
-        comm = await comm_connect(address, timeout=timeout)
-        await comm.close()
+    async def identity() -> dict:
+        args = Security().get_connection_args("client")
+        comm = await comm_connect(address, timeout=timeout, **args)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
 
-    outcome: list[BaseException] = []
+    outcome: list = []
 
     def run() -> None:  # in a thread of its own: the caller may be running an event loop
         try:
-            asyncio.run(asyncio.wait_for(hello(), timeout + 1))
+            outcome.append(asyncio.run(asyncio.wait_for(identity(), timeout + 1)))
         except BaseException as err:  # (said below, in one line)
             outcome.append(err)
 
     thread = threading.Thread(target=run, name="facefinder-probe", daemon=True)
     thread.start()
     thread.join(timeout + 5)
-    if thread.is_alive() or outcome:
-        err = outcome[0] if outcome else TimeoutError()
-        why = (str(err).splitlines() or [""])[0] or f"no answer in {timeout:g} s"
+    answer = outcome[0] if outcome else TimeoutError()
+    if isinstance(answer, BaseException):
+        why = (str(answer).splitlines() or [""])[0] or f"no answer in {timeout:g} s"
         raise ClusterError(f"no Dask scheduler answers at {address} ({why})")
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    if kind != "Scheduler":
+        what = f"a Dask {kind.lower()}" if isinstance(kind, str) else "a server of another kind"
+        raise ClusterError(
+            f"{address} is {what}, not a Dask scheduler (give the scheduler's address)"
+        )
 
 
 def wait_for_workers(client, timeout: float, waiting: Callable[[], None]) -> int:
@@ -512,6 +547,31 @@ def wait_for_workers(client, timeout: float, waiting: Callable[[], None]) -> int
         ) from None
     with _talking():
         return len(client.scheduler_info()["workers"])
+
+
+def check_workers(client) -> None:
+    """Refuse a cluster whose workers cannot run this machine's facefinder: without it, they
+    fail every task, and a fit would wait; with another version, they may compute other
+    numbers than a local fit."""
+    from importlib import metadata
+
+    try:
+        here = metadata.version("facefinder")
+    except metadata.PackageNotFoundError:  # (run from a source tree: nothing to compare)
+        return
+    with _talking():
+        there = client.run(metadata.version, "facefinder", on_error="return")
+    for worker, version in sorted(there.items()):
+        if isinstance(version, BaseException):
+            raise ClusterError(
+                f"the Dask worker {worker} does not have facefinder: install facefinder "
+                f"{here} in the workers' environment too"
+            )
+        if version != here:
+            raise ClusterError(
+                f"the Dask worker {worker} has facefinder {version}, this machine {here}: "
+                "install the same version on every worker"
+            )
 
 
 #: The protocols of scheduler addresses that :func:`connect` takes.

@@ -138,7 +138,8 @@ class ZarrReader:
             if missing:
                 raise InputError(
                     f"{u}: {missing} of its {self._array.nchunks} chunks are missing (Zarr would "
-                    "read their images as zeros)"
+                    f"read their images as the fill value {self._array.fill_value}; if that is "
+                    "what they are, write them with Zarr's config write_empty_chunks=True)"
                 )
         names = self._array.attrs.get("names")  # escaped as lines of a names file
         ok = isinstance(names, list) and len(names) == self.shape[0]
@@ -164,6 +165,35 @@ class ZarrReader:
     def opener(self) -> functools.partial:
         """A picklable callable that opens this array again, in another process."""
         return functools.partial(ZarrReader, self.url, check=False)
+
+    def fingerprint(self, a: int, b: int) -> tuple | None:
+        """The size and modification time of the files that images ``a`` to ``b - 1`` are read
+        from (the array's metadata and its chunk files), for a store in a local folder: two
+        readers with the same fingerprint read the same values, as far as a file system can
+        tell, so a cluster's worker can check that it reads the same files as the client
+        (not a stale copy at the same path). None for other stores (object stores have one
+        copy)."""
+        from zarr.storage import LocalStore
+
+        array = self._array
+        if not isinstance(array.store, LocalStore):
+            return None
+        folder = os.path.join(str(array.store.root), array.path)
+        per, grid = array.chunks[0], array.cdata_shape
+        keys = [
+            array.metadata.encode_chunk_key((i, j, k))
+            for i in range(a // per, -(-b // per))
+            for j in range(grid[1])
+            for k in range(grid[2])
+        ]
+        out = []
+        for name in ("zarr.json", ".zarray", *keys):
+            try:
+                st = os.stat(os.path.join(folder, name))
+                out.append((name, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((name, None, None))
+        return tuple(out)
 
     def close(self) -> None:
         """Nothing to close: Zarr opens its files per read."""
