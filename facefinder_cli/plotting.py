@@ -186,3 +186,29 @@ def curves_figure(
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def plot_sizes(
+    trials: Sequence[Sequence], chosen: tuple[int, int], out: BinaryIO, *, fmt: str = "png"
+) -> None:
+    """The face-size search's criterion (rows of ``sizes.csv``: height, width, fit,
+    log-likelihood, criterion, ...) over the heights tried at the chosen width and over the
+    widths tried at the chosen height, short and full fits apart; written to ``out``."""
+    fig = _figure((9.0, 3.6))
+    axes = fig.subplots(1, 2, sharey=False)
+    for ax, (axis, other, label) in zip(axes, ((0, 1, "height"), (1, 0, "width"))):
+        for kind, style in (("short", "o-"), ("full", "s")):
+            pts = sorted((t[axis], t[4]) for t in trials
+                         if t[2] == kind and t[other] == chosen[other])  # fmt: skip
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{kind} fits", ms=4)
+        ax.axvline(chosen[axis], color="0.6", ls=":", label=f"chosen {chosen[axis]}")
+        fixed = "width" if axis == 0 else "height"
+        ax.set_xlabel(f"face {label} (px), at {fixed} {chosen[other]}")
+        ax.set_ylabel("criterion (nats)")
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Face size: {chosen[0]}x{chosen[1]} chosen (log-likelihood - BIC penalty)")
+    fig.tight_layout()
+    _save(fig, out, fmt)

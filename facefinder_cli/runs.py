@@ -186,6 +186,86 @@ def _padded(rows: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+#: The face-size search's table in a run folder (``fit --face-size auto``).
+SIZES = "sizes.csv"
+_SIZE_COLUMNS = ("height", "width", "fit", "log_likelihood", "criterion", "n_params",
+                 "iterations", "passes", "seconds")  # fmt: skip
+
+
+def size_rows(choice: engine.SizeChoice) -> dict[str, Any]:
+    """The face-size search as a JSON-able record (kept in checkpoints, written by
+    :func:`save_sizes`)."""
+    return {
+        "trials": [
+            [
+                t.size[0],
+                t.size[1],
+                "full" if t.full else "short",
+                t.log_likelihood,
+                t.criterion,
+                t.n_params,
+                t.n_iter,
+                t.passes,
+                round(t.seconds, 3),
+            ]
+            for t in choice.trials
+        ],  # fmt: skip
+        "chosen": list(choice.size),
+        "margin": choice.margin if math.isfinite(choice.margin) else None,
+        "rival": list(choice.rival) if choice.rival else None,
+        "larger_fits_as_well": (
+            list(choice.larger_fits_as_well) if choice.larger_fits_as_well else None
+        ),
+        "clear": choice.clear,
+        "passes": choice.passes,
+        "seconds": round(choice.seconds, 3),
+    }
+
+
+def size_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The search's outcome for ``--json``: the record without its table."""
+    return {k: v for k, v in record.items() if k != "trials"} | {"fits": len(record["trials"])}
+
+
+def size_verdict(summary: dict[str, Any]) -> str:
+    """One line saying which size was chosen, and how clearly."""
+    h, w = summary["chosen"]
+    head = f"chose the face size {h}x{w} from {summary['fits']} fits ({summary['seconds']:.1f} s)"
+    larger = summary["larger_fits_as_well"]
+    if larger:
+        return (
+            f"{head}; unclear: the larger {larger[0]}x{larger[1]} fits the images as well, so "
+            "they do not show where the face ends (a flat background around it?), and the "
+            "smaller was chosen"
+        )
+    rival, margin = summary["rival"], summary["margin"]
+    if rival is None:
+        return f"{head}; no other size was tried more than a pixel away"
+    what = "clear" if margin >= engine.sizes.CLEAR else "unclear"
+    return (
+        f"{head}; {what}: the best size more than a pixel away, {rival[0]}x{rival[1]}, scores "
+        f"{margin:.1f} nats lower"
+    )
+
+
+def save_sizes(folder: str | os.PathLike, record: dict[str, Any], *, plots: bool) -> list[str]:
+    """Write the face-size search into ``folder``: ``sizes.csv`` (one row per fit), and with
+    ``plots`` ``sizes.png`` (the criterion over heights and widths)."""
+    folder = Path(folder)
+    with atomic_write(folder / SIZES, "w") as f:
+        w = csv_writer(f)
+        w.writerow(_SIZE_COLUMNS)
+        for row in record["trials"]:
+            w.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    if not plots:
+        return [SIZES]
+    from facefinder_cli.plotting import plot_sizes  # imports matplotlib
+
+    with atomic_write(folder / "sizes.png") as f:
+        plot_sizes(record["trials"], tuple(record["chosen"]), f)
+    return [SIZES, "sizes.png"]
+
+
 def save_run(
     folder: str | os.PathLike,
     result: FitResult,

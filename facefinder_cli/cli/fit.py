@@ -6,6 +6,7 @@ report. What a fit does and how it is checkpointed and resumed is in :mod:`.fit_
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import json
@@ -34,9 +35,10 @@ from facefinder_cli.cli.fit_resume import (
 from facefinder_cli.cli.options import (
     BYTE_SIZE,
     CONTEXT,
+    FACE_SIZE,
     OUTPUT,
-    SHAPE,
     STOPPED,
+    AutoSize,
     FiniteFloatType,
     check_cluster_input,
     cluster_client,
@@ -76,6 +78,14 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
             param_hint="'--accelerate'",
         )
     init_from, truth = options.pop("init_from"), options.pop("truth")
+    if isinstance(face_size, AutoSize):
+        for name, value in (("--init-from", init_from), ("--truth", truth)):
+            if value is not None:
+                raise click.UsageError(
+                    f"--face-size {face_size} chooses the size, and {name} gives one: give "
+                    "--face-size HxW with it"
+                )
+        face_size = face_size.lo or (1, 1)  # (replaced by the chosen size)
     if face_size is None:
         if init_from is None:
             raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
@@ -96,8 +106,11 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 @click.argument("input", metavar="INPUT", required=False)
 @click.option(
     "--face-size",
-    type=SHAPE,
-    help="Size of the face in pixels, HxW (required unless --init-from gives it).",
+    type=FACE_SIZE,
+    help="Size of the face in pixels, HxW (required unless --init-from gives it). 'auto' "
+    "chooses it from the images, between 4x4 and the image size less a pixel, by a penalised "
+    "likelihood (BIC); SMALLEST:LARGEST, e.g. 16x12:48x40, chooses it in that range. The run "
+    "then holds the chosen size's fit, sizes.csv and sizes.png (see docs/METHODS.md).",
 )
 @click.option(
     "-o",
@@ -328,6 +341,12 @@ def fit(
         if out is None:
             raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
         out = "-" if outputs.is_stdout(out) else out
+        auto = face_size if isinstance(face_size, AutoSize) else None
+        if auto is not None and scheduler:
+            raise click.UsageError(
+                f"--face-size {auto} runs on this machine only: give --face-size HxW with "
+                "--scheduler (or DASK_SCHEDULER_ADDRESS)"
+            )
         job = _new_job(input, face_size, options)
     check_cluster_input(scheduler, job.input_path if resumed else job.input)
     _check_outputs(job, out, as_json)
@@ -346,12 +365,21 @@ def fit(
         K, H, W = stack.images.shape
         if resumed is not None:
             resumed.check_input(input, K, H, W)
+        sizes = resumed.extra.get("sizes") if resumed is not None else None
+        if resumed is None and auto is not None:
+            STOPPED["line"] = "interrupted while choosing the face size: nothing was written"
+            choice = _choose_size(stack, input, job, auto, memory_limit, workers)
+            job = dataclasses.replace(
+                job, settings=dataclasses.replace(job.settings, face_shape=choice.size)
+            )
+            settings, sizes = job.settings, runs.size_rows(choice)
         _check_face_size(input, stack, job, warm, truth_data)
 
         saver = None
         if folder is not None:
             saver = CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
             saver.wrote = resumed is not None  # the folder holds our checkpoint already
+            saver.sizes = sizes  # (a resumed fit writes sizes.csv all the same)
         # Announced once the engine has read the data: a streamed stack is checked in that first
         # pass (and compared with a checkpoint's), and an error there stays the only line.
         truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
@@ -398,6 +426,8 @@ def fit(
                             zoom=zoom,
                             plots=job.plots,
                         )
+                        if sizes is not None:
+                            written += runs.save_sizes(tmp, sizes, plots=job.plots)
                 except Interrupted as stop:  # raised once the folder was renamed into place?
                     in_place = bool(written) and stop.after == "install"
                     raise
@@ -416,10 +446,54 @@ def fit(
         elif folder is None:
             STOPPED["line"] = f"interrupted after the face was written to {out}"
     summary = _summary(result, K, H, W, seconds, out, errors)
+    if sizes is not None:
+        summary["face_size_search"] = runs.size_summary(sizes)
     if as_json:
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
     _report(summary, result, written, resumed is not None)
+
+
+def _choose_size(stack, input, job: FitJob, auto: AutoSize, memory_limit, workers):
+    """``engine.choose_face_size`` on the stack, each fit of the search said as it ends."""
+    K, H, W = stack.images.shape
+    lo, hi = engine.size_range((H, W))
+    lo, hi = auto.lo or lo, auto.hi or hi
+    if hi[0] > H or hi[1] > W:
+        raise click.BadParameter(
+            f"{auto}: the largest size is larger than the images ({H}x{W}) of {input}",
+            param_hint="'--face-size'",
+        )
+    log.info(
+        "choosing the face size between %dx%d and %dx%d in %d images of %dx%d (%s)",
+        *lo, *hi, K, H, W, input,
+    )  # fmt: skip
+
+    def said(trial: engine.SizeTrial) -> None:
+        log.info(
+            "  %dx%d: criterion %.1f (%s fit, %d iterations, %.1f s)",
+            *trial.size, trial.criterion, "full" if trial.full else "short", trial.n_iter,
+            trial.seconds,
+        )  # fmt: skip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            choice = engine.choose_face_size(
+                stack.images,
+                lo,
+                hi,
+                job.settings,
+                memory_limit=memory_limit,
+                workers=workers,
+                on_trial=said,
+            )
+        except engine.NonFiniteError as err:
+            raise non_finite(input, stack, err) from None
+        except engine.ValueRangeError as err:
+            raise InputError(f"{input}: {err}") from None
+    log.info("%s", runs.size_verdict(runs.size_summary(runs.size_rows(choice))))
+    return choice
 
 
 def _check_outputs(job: FitJob, out: str, as_json: bool) -> None:

@@ -171,6 +171,7 @@ class CheckpointSaver:
         self.out, self.options, self.keep, self.every = out, options, keep, every
         self.overwrite = overwrite
         self.wrote = False
+        self.sizes: list[dict] | None = None  # the face-size search's table, if any
 
     def maybe_save(self, state: engine.Checkpoint, errors: dict) -> None:
         if self.every and state.iteration and state.iteration % self.every == 0:
@@ -178,6 +179,8 @@ class CheckpointSaver:
 
     def save(self, state: engine.Checkpoint, errors: dict) -> None:
         extra = {"errors": {str(r): rows for r, rows in errors.items()}}
+        if self.sizes is not None:  # the face-size search's table
+            extra["sizes"] = self.sizes
         if self.wrote:
             runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
         else:

@@ -19,6 +19,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,47 @@ class ShapeType(click.ParamType):
 
 
 SHAPE = ShapeType()
+
+
+@dataclass(frozen=True)
+class AutoSize:
+    """``--face-size auto`` (``lo``/``hi`` None: the default range) or ``HxW:HxW``."""
+
+    lo: tuple[int, int] | None = None
+    hi: tuple[int, int] | None = None
+
+    def __str__(self) -> str:
+        if self.lo is None:
+            return "auto"
+        return f"{self.lo[0]}x{self.lo[1]}:{self.hi[0]}x{self.hi[1]}"
+
+
+class FaceSizeType(ShapeType):
+    """``HxW``; ``auto`` to choose the size from the images; ``HxW:HxW`` to choose it in a
+    range (smallest:largest)."""
+
+    name = "HxW|auto|HxW:HxW"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int] | AutoSize:
+        if isinstance(value, (tuple, AutoSize)):
+            return value
+        text = str(value).strip()
+        if text.lower() == "auto":
+            return AutoSize()
+        if ":" in text:
+            a, _, b = text.partition(":")
+            try:
+                lo, hi = super().convert(a, param, ctx), super().convert(b, param, ctx)
+            except click.BadParameter:
+                self.fail(f"expected a range SMALLEST:LARGEST like 8x8:40x40; got {value!r}",
+                          param, ctx)  # fmt: skip
+            if lo[0] > hi[0] or lo[1] > hi[1]:
+                self.fail(f"the range {value!r} runs backwards: give SMALLEST:LARGEST", param, ctx)
+            return AutoSize(lo, hi)
+        return super().convert(value, param, ctx)
+
+
+FACE_SIZE = FaceSizeType()
 
 
 class ByteSizeType(click.ParamType):

@@ -47,7 +47,8 @@ Modules, from the bottom up (each imports only those above it):
 * :mod:`.starts`: initialisations and seeds;
 * :mod:`.passes`: one streaming pass doing both steps; annealing;
 * :mod:`.accelerate`: accelerated soft EM (SQUAREM cycles) and its distance estimate;
-* :mod:`.loop`: :func:`fit`, its checkpoints and results.
+* :mod:`.loop`: :func:`fit`, its checkpoints and results;
+* :mod:`.sizes`: :func:`choose_face_size`, fits of several sizes and a criterion.
 
 This module re-exports the public API; ``engine.fit`` and ``engine.Params`` are the names to use.
 """
@@ -110,6 +111,7 @@ from facefinder_cli.engine.model import (
 from facefinder_cli.engine.mstep import elbo, m_step
 from facefinder_cli.engine.passes import ANNEAL_BETA, ANNEAL_PASSES
 from facefinder_cli.engine.settings import FitSettings
+from facefinder_cli.engine.sizes import SizeChoice, SizeTrial, choose_face_size, size_range
 
 __all__ = [
     "ACCELERATIONS",
@@ -145,10 +147,13 @@ __all__ = [
     "RestartHistory",
     "RestartResult",
     "SLICE_THREADS",
+    "SizeChoice",
+    "SizeTrial",
     "SMALLEST_SCALE",
     "ValueRangeError",
     "WHITE",
     "available_cores",
+    "choose_face_size",
     "default_memory_limit",
     "detect",
     "elbo",
@@ -162,5 +167,6 @@ __all__ = [
     "predictive_prior",
     "shrinkage_gains",
     "shrunk_face",
+    "size_range",
     "uniform_prior",
 ]

@@ -6,6 +6,7 @@ reducing in chunk order so results do not depend on the threads."""
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -117,6 +118,15 @@ class _Data:
                 "noise variance would underflow); multiply the images by a constant"
             )
         self.noise_floor = NOISE_FLOOR * self.scale
+
+    def resized(self, face_shape: Sequence[int]) -> _Data:
+        """The same images (their sums and cached spectra shared, not read again) for a face of
+        ``face_shape``, in the same chunks: for fits of several sizes. The chunks were sized
+        for this data's face; a smaller face needs more memory per image."""
+        h, w = _check_face_shape(face_shape, (self.H, self.W))
+        other = copy.copy(self)
+        other.h, other.w, other.Dh, other.Dw = h, w, self.H - h + 1, self.W - w + 1
+        return other
 
     def _cache(self, cache_fft: bool | None, limit: int, per_image: int) -> int:
         """Make room for the spectra of as many images as ``limit`` leaves room for (or as

@@ -1,0 +1,268 @@
+"""Choosing the face's size from the images: :func:`choose_face_size`.
+
+The criterion is a penalised log-likelihood, BIC's::
+
+    criterion(h, w) = log p(X | θ̂_hw) - n_hw / 2 · log K,     n_hw = h·w + H·W + 1
+
+``log p(X | θ̂)`` is the fit's final log-likelihood, a density of the same images whatever the
+size, so sizes compare. ``n`` counts the face's pixels, the background's and the noise; the
+background's count is the same for every size, so only ``h·w`` weighs in the choice. The prior
+over positions is not counted: it has one value per position, (H-h+1)(W-w+1) of them, mostly
+more than there are images, and counting them (as BIC would) weighs several times more than
+the face and pushes every choice to the largest window (docs/METHODS.md has the measurements
+behind this choice, and against a held-out log-likelihood).
+
+Why the likelihood peaks at the face's size: a window smaller than the face leaves face
+pixels to the background, which differs in every image where the face moved; a larger one
+takes background pixels into the face, which then has to stand for a background that moves
+with it (and for faces near the border, where the larger window cannot be placed the same way).
+Only where the surroundings look the same in every image (a flat background, faces away from
+the border) does a larger window fit as well: then the penalty chooses the smaller, and
+:class:`SizeChoice` says the choice was not the data's (``larger_fits_as_well``).
+
+The search costs a few full fits: short fits (``SHORT_ITER`` iterations, one restart) rank
+the sizes by a golden-section search over the height, then over the width, and a climb over
+the eight neighbours of the best; full fits (the given settings) of the ``FINAL_FITS`` best
+decide. All share one read of the images and their cached spectra.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from facefinder_cli.engine.data import _check_face_shape, _Data
+from facefinder_cli.engine.loop import FitResult, _fit
+from facefinder_cli.engine.settings import FitSettings
+
+__all__ = ["SizeChoice", "SizeTrial", "choose_face_size", "size_range"]
+
+#: Iterations of the fits that rank sizes during the search.
+SHORT_ITER = 3
+#: Sizes fitted in full at the end of the search (the best by the short fits).
+FINAL_FITS = 2
+#: Nats of criterion (a log Bayes factor of about 20: strong evidence) under which two sizes
+#: are too close to call.
+CLEAR = math.log(20.0)
+#: Smallest side of a face that the default range searches.
+SMALLEST_SIDE = 4
+
+
+@dataclass(frozen=True)
+class SizeTrial:
+    """One fit of the search: its size, log-likelihood, criterion, parameter count,
+    iterations, passes over the images, seconds, and whether it was a full fit."""
+
+    size: tuple[int, int]
+    log_likelihood: float
+    criterion: float
+    n_params: int
+    n_iter: int
+    passes: int
+    seconds: float
+    full: bool
+
+
+@dataclass
+class SizeChoice:
+    """The outcome of :func:`choose_face_size`.
+
+    Attributes
+    ----------
+    size : (h, w)
+        The chosen size.
+    result : FitResult
+        Its full fit (on the search's chunks of images: the same as ``fit`` with this size
+        and chunk size).
+    trials : list of SizeTrial
+        Every fit of the search, in order.
+    margin : float
+        Criterion of the chosen size minus that of the best size more than one pixel away in
+        a dimension, by the short fits (inf if none): under ``CLEAR`` the choice is unclear.
+    rival : (h, w) or None
+        That size.
+    larger_fits_as_well : (h, w) or None
+        A larger size whose short fit's log-likelihood was within ``CLEAR`` of the chosen
+        size's or above it: the images do not tell where the face ends (the surroundings
+        look the same in every image), and the penalty chose the smaller.
+    chunk_size : int
+        Images per chunk of every fit of the search: ``fit(X, result.settings,
+        chunk_size=chunk_size)`` repeats the chosen fit bit for bit.
+    seconds : float
+    passes : int
+        Passes over the images of all the search's fits.
+    """
+
+    size: tuple[int, int]
+    result: FitResult
+    trials: list[SizeTrial]
+    margin: float
+    rival: tuple[int, int] | None
+    larger_fits_as_well: tuple[int, int] | None
+    chunk_size: int
+    seconds: float
+    passes: int
+
+    @property
+    def clear(self) -> bool:
+        """Whether the images chose the size: no rival within ``CLEAR``, and no larger size
+        that fits as well."""
+        return self.margin >= CLEAR and self.larger_fits_as_well is None
+
+
+def size_range(image_shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The default range of sizes for images of ``image_shape``: from ``SMALLEST_SIDE`` (or
+    the image's side, if smaller) to one pixel less than the image, so that a face has at
+    least two positions in each dimension."""
+    H, W = image_shape
+    lo = (min(SMALLEST_SIDE, max(1, H - 1)), min(SMALLEST_SIDE, max(1, W - 1)))
+    return lo, (max(lo[0], H - 1), max(lo[1], W - 1))
+
+
+def choose_face_size(
+    X,
+    lo: tuple[int, int] | None = None,
+    hi: tuple[int, int] | None = None,
+    settings: FitSettings | None = None,
+    *,
+    memory_limit: int | None = None,
+    workers: int | None = None,
+    on_trial: Callable[[SizeTrial], None] | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+    **options: object,
+) -> SizeChoice:
+    """Fit the face's size: the size between ``lo`` and ``hi`` (inclusive, each ``(h, w)``;
+    default :func:`size_range`) with the best criterion (see the module's docstring).
+
+    Parameters
+    ----------
+    X : array_like of shape (K, H, W)
+        As for :func:`fit`.
+    lo, hi : (h, w), optional
+    settings : FitSettings, optional
+        The full fits' settings (``face_shape`` is replaced); the short fits take them with
+        one restart and ``SHORT_ITER`` iterations. ``options`` are fields of it.
+    memory_limit, workers, on_chunk
+        As for :func:`fit`.
+    on_trial : callable, optional
+        Called with every :class:`SizeTrial` as it is done.
+
+    Returns
+    -------
+    SizeChoice
+    """
+    t0 = time.perf_counter()
+    X = X if hasattr(X, "ndim") and hasattr(X, "dtype") else np.asarray(X)
+    if np.ndim(X) != 3:
+        raise ValueError(f"X must have shape (n_images, height, width), got {np.shape(X)}")
+    K, H, W = X.shape
+    d_lo, d_hi = size_range((H, W))
+    lo = _check_face_shape(lo if lo is not None else d_lo, (H, W))
+    hi = _check_face_shape(hi if hi is not None else d_hi, (H, W))
+    if lo[0] > hi[0] or lo[1] > hi[1]:
+        raise ValueError(f"the smallest size {lo} is larger than the largest {hi}")
+    settings = FitSettings.of(settings if settings is not None else lo, **options)
+    base = _Data(
+        X,
+        lo,  # the smallest face has the most positions: chunks sized for it suit every size
+        chunk_size=settings.chunk_size,
+        workers=workers,
+        memory_limit=memory_limit,
+        dtype=settings.dtype,
+        on_chunk=on_chunk,
+    )
+    short_settings = replace(settings, restarts=1, max_iter=min(SHORT_ITER, settings.max_iter))
+    trials: list[SizeTrial] = []
+    short: dict[tuple[int, int], SizeTrial] = {}
+    full: dict[tuple[int, int], tuple[SizeTrial, FitResult]] = {}
+
+    def fitted(size: tuple[int, int], s: FitSettings, is_full: bool) -> tuple[SizeTrial, FitResult]:
+        t = time.perf_counter()
+        with warnings.catch_warnings():  # (short fits stop unconverged, by design)
+            warnings.simplefilter("ignore")
+            r = _fit(base.resized(size), replace(s, face_shape=size), None, None, None)
+        ll = float(r.log_likelihood[-1])
+        n = size[0] * size[1] + H * W + 1
+        passes = int(sum(int(h.passes[-1]) for h in r.restarts))
+        trial = SizeTrial(size, ll, ll - 0.5 * n * math.log(K), n, r.n_iter, passes,
+                          time.perf_counter() - t, is_full)  # fmt: skip
+        trials.append(trial)
+        if on_trial is not None:
+            on_trial(trial)
+        return trial, r
+
+    def score(h: int, w: int) -> float:
+        if (h, w) not in short:
+            short[h, w] = fitted((h, w), short_settings, False)[0]
+        return short[h, w].criterion
+
+    # Short fits: the height at a middle width, the width at that height, then a climb.
+    w = _middle(lo[1], hi[1])
+    h = _golden(lambda v: score(v, w), lo[0], hi[0])
+    w = _golden(lambda v: score(h, v), lo[1], hi[1])
+    h = _golden(lambda v: score(v, w), max(lo[0], h - 3), min(hi[0], h + 3))
+    best = (h, w)
+    while True:
+        around = [
+            (best[0] + a, best[1] + b)
+            for a in (-1, 0, 1)
+            for b in (-1, 0, 1)
+            if lo[0] <= best[0] + a <= hi[0] and lo[1] <= best[1] + b <= hi[1]
+        ]
+        top = max(around, key=lambda s: (score(*s), -s[0] * s[1]))
+        if top == best:
+            break
+        best = top
+    # Full fits of the best few; the best of them is chosen.
+    ranked = sorted(short, key=lambda s: -short[s].criterion)
+    for size in ranked[:FINAL_FITS]:
+        full[size] = fitted(size, settings, True)
+    chosen = max(full, key=lambda s: (full[s][0].criterion, -s[0] * s[1]))
+    # How clear: by the short fits, which compare among themselves.
+    far = [s for s in short if max(abs(s[0] - chosen[0]), abs(s[1] - chosen[1])) > 1]
+    rival = max(far, key=lambda s: short[s].criterion) if far else None
+    margin = short[chosen].criterion - short[rival].criterion if rival else math.inf
+    larger_fits = None
+    for size in ((chosen[0] + 2, chosen[1]), (chosen[0], chosen[1] + 2)):
+        if size[0] <= hi[0] and size[1] <= hi[1]:
+            score(*size)
+            if short[size].log_likelihood >= short[chosen].log_likelihood - CLEAR:
+                larger_fits = larger_fits or size
+    return SizeChoice(
+        size=chosen,
+        result=full[chosen][1],
+        trials=trials,
+        margin=margin,
+        rival=rival,
+        larger_fits_as_well=larger_fits,
+        chunk_size=base.chunk,
+        seconds=time.perf_counter() - t0,
+        passes=sum(t.passes for t in trials),
+    )
+
+
+def _middle(a: int, b: int) -> int:
+    """The geometric middle of ``a`` and ``b``: sizes are searched on a log scale."""
+    return int(round(math.sqrt(a * b)))
+
+
+_INVPHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _golden(f: Callable[[int], float], a: int, b: int) -> int:
+    """The integer in ``[a, b]`` where ``f`` is largest, for ``f`` unimodal: a golden-section
+    search (``f`` is cached by the caller, so points met again cost nothing)."""
+    while b - a > 3:
+        m1 = a + int(round((1.0 - _INVPHI) * (b - a)))
+        m2 = a + int(round(_INVPHI * (b - a)))
+        m2 = max(m2, m1 + 1)
+        if f(m1) < f(m2):
+            a = m1 + 1
+        else:
+            b = m2 - 1
+    return max(range(a, b + 1), key=lambda v: (f(v), -v))

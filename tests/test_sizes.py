@@ -1,0 +1,157 @@
+"""Choosing the face's size from the images (issue 16): ``engine.choose_face_size`` and
+``fit --face-size auto``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+
+import numpy as np
+import pytest
+from helpers import cli, ok
+
+from facefinder_cli import engine as E
+from facefinder_cli import synthetic as S
+from facefinder_cli.engine import sizes
+from facefinder_cli.engine.data import _Data
+
+FACE, IMAGE = (10, 8), (20, 26)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    face = S.cartoon_face(*FACE)
+    data = S.make_dataset(face, S.texture("clouds", IMAGE, seed=2), 80, 40.0, seed=3)
+    return data.images
+
+
+@pytest.fixture(scope="module")
+def choice(scene):
+    return E.choose_face_size(scene, (6, 5), (14, 12), seed=0)
+
+
+def test_the_size_of_a_textured_scene_is_found_and_clear(choice):
+    assert max(abs(choice.size[0] - FACE[0]), abs(choice.size[1] - FACE[1])) <= 1, choice.size
+    assert choice.clear and choice.margin >= sizes.CLEAR and choice.larger_fits_as_well is None
+    assert choice.result.face.shape == choice.size
+    assert choice.passes == sum(t.passes for t in choice.trials)
+    full = [t for t in choice.trials if t.full]
+    assert 1 <= len(full) <= sizes.FINAL_FITS
+    assert choice.size == max(full, key=lambda t: t.criterion).size
+    for t in choice.trials:  # every size in the range, the criterion as documented
+        assert 6 <= t.size[0] <= 14 and 5 <= t.size[1] <= 12
+        n = t.size[0] * t.size[1] + IMAGE[0] * IMAGE[1] + 1
+        assert t.n_params == n
+        assert t.criterion == pytest.approx(t.log_likelihood - n / 2 * np.log(80), abs=1e-6)
+
+
+def test_the_chosen_fit_is_a_fit_of_that_size(scene, choice):
+    """Bit for bit with the search's chunks: the search's shared data are the same data."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct = E.fit(scene, choice.result.settings, chunk_size=choice.chunk_size)
+    for f in ("face", "background", "noise_std", "prior", "log_likelihood", "positions"):
+        np.testing.assert_array_equal(getattr(direct, f), getattr(choice.result, f), f)
+
+
+def test_resized_data_share_the_images_and_equal_fresh_data(scene):
+    base = _Data(scene, (6, 5), chunk_size=16)
+    other = base.resized(FACE)
+    assert other._xf is base._xf and other.sq_x is base.sq_x
+    assert (other.h, other.w, other.Dh, other.Dw) == (*FACE, 11, 19)
+    fresh = _Data(scene, FACE, chunk_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = E.loop._fit(other, E.FitSettings(FACE, seed=1, max_iter=5), None, None, None)
+        b = E.loop._fit(fresh, E.FitSettings(FACE, seed=1, max_iter=5), None, None, None)
+    np.testing.assert_array_equal(a.face, b.face)
+    np.testing.assert_array_equal(a.log_likelihood, b.log_likelihood)
+    with pytest.raises(ValueError):
+        base.resized((21, 5))
+
+
+@pytest.mark.parametrize("a,b", [(1, 1), (1, 2), (3, 9), (4, 40), (7, 100)])
+def test_golden_section_finds_the_peak_of_unimodal_functions(a, b):
+    rng = np.random.default_rng(a * b)
+    for _ in range(20):
+        peak = int(rng.integers(a, b + 1))
+        slope = rng.uniform(0.1, 3.0, size=2)
+        values = {v: -(slope[0] if v < peak else slope[1]) * abs(v - peak) for v in range(a, b + 1)}
+        calls = []
+
+        def f(v, values=values, calls=calls):
+            calls.append(v)
+            return values[v]
+
+        assert sizes._golden(f, a, b) == peak
+        assert len(set(calls)) <= 2 * int(np.log(b - a + 2) / np.log(1.6)) + 4
+
+
+def test_a_flat_surround_is_said_to_be_unclear():
+    """Faces away from the border of a flat background: a larger window fits as well (the
+    penalty, not the images, picks the smaller), and the choice says so."""
+    face = S.cartoon_face(*FACE)
+    prior = S.centred_prior(FACE, IMAGE, spread=0.12)
+    data = S.make_dataset(face, S.texture("flat", IMAGE), 80, 30.0, prior=prior, seed=4)
+    c = E.choose_face_size(data.images, (6, 5), (14, 12), seed=0)
+    assert c.larger_fits_as_well is not None and not c.clear
+    assert c.larger_fits_as_well[0] >= c.size[0] and c.larger_fits_as_well[1] >= c.size[1]
+
+
+def test_ranges_are_checked(scene):
+    with pytest.raises(ValueError, match="larger than the largest"):
+        E.choose_face_size(scene, (9, 9), (8, 8))
+    assert sizes.size_range((20, 26)) == ((4, 4), (19, 25))
+    assert sizes.size_range((3, 2)) == ((2, 1), (2, 1))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auto")
+    ok("generate", "-n", 40, "--noise", 30, "--seed", 2, "--size", "24x28",
+       "--face-size", "10x8", "-o", root / "imgs", "-q")  # fmt: skip
+    return root
+
+
+def test_fit_face_size_auto_writes_the_chosen_fit_and_the_search(folder, tmp_path):
+    out = tmp_path / "run"
+    r = ok("fit", folder / "imgs", "--face-size", "7x6:13x11", "-o", out, "--json")
+    summary = json.loads(r.stdout)
+    search = summary["face_size_search"]
+    assert summary["face_size"] == search["chosen"]
+    assert max(abs(search["chosen"][0] - 10), abs(search["chosen"][1] - 8)) <= 1
+    assert "chose the face size" in r.stderr
+    with open(out / "sizes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == search["fits"] and {r["fit"] for r in rows} == {"short", "full"}
+    assert (out / "sizes.png").stat().st_size > 1000
+    with np.load(out / "result.npz") as z:
+        assert z["face"].shape == tuple(search["chosen"])
+    # the same as a fit of the chosen size
+    h, w = search["chosen"]
+    ok("fit", folder / "imgs", "--face-size", f"{h}x{w}", "-o", tmp_path / "direct", "-q")
+    with np.load(out / "result.npz") as a, np.load(tmp_path / "direct" / "result.npz") as b:
+        np.testing.assert_array_equal(a["face"], b["face"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--face-size", "9x9:5x5"], "runs backwards"),
+        (["--face-size", "5x5:x"], "expected a range SMALLEST:LARGEST"),
+        (["--face-size", "5x5:99x99"], "larger than the images (24x28)"),
+        (["--face-size", "auto", "--scheduler", "local:1"], "runs on this machine only"),
+    ],
+)
+def test_face_size_auto_errors_are_one_line(folder, tmp_path, args, message):
+    r = cli("fit", folder / "imgs", *args, "-o", tmp_path / "run")
+    assert r.exit_code == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_face_size_auto_refuses_a_given_truth(folder, tmp_path):
+    r = cli("fit", folder / "imgs", "--face-size", "auto", "--truth", folder / "imgs" / "truth.npz",
+            "-o", tmp_path / "run")  # fmt: skip
+    assert r.exit_code == 2 and "--truth gives one" in r.stderr
