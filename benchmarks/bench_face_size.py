@@ -72,7 +72,7 @@ def main() -> None:
             one = engine.fit(data.images, face.shape, seed=0)
             t_one = time.perf_counter() - t
             exact = float(np.mean(np.all(one.positions == data.positions, axis=1)))
-            c = engine.choose_face_size(data.images, seed=0)
+            c = engine.choose_face_size(data.images, seed=0)  # (with the chosen size's fit)
             within = max(abs(c.size[0] - face.shape[0]), abs(c.size[1] - face.shape[1])) <= 1
             if prior is None:
                 hits, cells = hits + within, cells + 1

@@ -222,6 +222,18 @@ def size_rows(choice: engine.SizeChoice) -> dict[str, Any]:
     }
 
 
+def add_full_fit(record: dict[str, Any], result: FitResult, seconds: float) -> None:
+    """Add the chosen size's full fit (the command line's own) to the search's ``record``."""
+    h, w = result.face.shape
+    K = result.positions.shape[0]
+    n = h * w + result.background.size + 1
+    ll = float(result.log_likelihood[-1])
+    passes = int(sum(int(r.passes[-1]) + 1 for r in result.restarts))  # (+ the final pass)
+    record["trials"].append(
+        [h, w, "full", ll, ll - 0.5 * n * math.log(K), n, result.n_iter, passes, round(seconds, 3)]
+    )
+
+
 def size_summary(record: dict[str, Any]) -> dict[str, Any]:
     """The search's outcome for ``--json``: the record without its table."""
     return {k: v for k, v in record.items() if k != "trials"} | {"fits": len(record["trials"])}

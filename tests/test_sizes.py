@@ -37,8 +37,11 @@ def test_the_size_of_a_textured_scene_is_found_and_clear(choice):
     assert choice.result.face.shape == choice.size
     assert choice.passes == sum(t.passes for t in choice.trials)
     full = [t for t in choice.trials if t.full]
-    assert 1 <= len(full) <= sizes.FINAL_FITS
-    assert choice.size == max(full, key=lambda t: t.criterion).size
+    assert [t.size for t in full] == [choice.size] and choice.trials[-1].full
+    short = [t for t in choice.trials if not t.full]
+    assert len({t.size for t in short}) == len(short)  # no size fitted twice
+    assert choice.size == max(short, key=lambda t: (t.criterion, -t.size[0] * t.size[1])).size
+    assert all(t.passes == sizes.SHORT_ITER for t in short)
     for t in choice.trials:  # every size in the range, the criterion as documented
         assert 6 <= t.size[0] <= 14 and 5 <= t.size[1] <= 12
         n = t.size[0] * t.size[1] + IMAGE[0] * IMAGE[1] + 1

@@ -402,6 +402,8 @@ def fit(
                     client=client,
                 )
             seconds = time.perf_counter() - t0
+            if sizes is not None:
+                runs.add_full_fit(sizes, result, seconds)
             _report_engine(result, caught, K)
             errors = truth_errors.history(result)
             zoom = job.zoom or runs.view_zoom((H, W))
@@ -484,6 +486,7 @@ def _choose_size(stack, input, job: FitJob, auto: AutoSize, memory_limit, worker
                 lo,
                 hi,
                 job.settings,
+                fit_chosen=False,  # (fitted below, as --face-size HxW would)
                 memory_limit=memory_limit,
                 workers=workers,
                 on_trial=said,

@@ -20,10 +20,12 @@ Only where the surroundings look the same in every image (a flat background, fac
 the border) does a larger window fit as well: then the penalty chooses the smaller, and
 :class:`SizeChoice` says the choice was not the data's (``larger_fits_as_well``).
 
-The search costs a few full fits: short fits (``SHORT_ITER`` iterations, one restart) rank
-the sizes by a golden-section search over the height, then over the width, and a climb over
-the eight neighbours of the best; full fits (the given settings) of the ``FINAL_FITS`` best
-decide. All share one read of the images and their cached spectra.
+The search costs about 20 short fits (60 passes over the images) and the chosen size's fit.
+Short fits (``SHORT_ITER`` passes of plain soft EM from the fit's start, the prior held
+uniform) rank the sizes: a golden-section search over the height at a middle width, then over
+the width, then a climb by single pixels until no neighbour is better. All share one read of
+the images and their cached spectra (``_Data.resized``). Then the chosen size is fitted in
+full.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from facefinder_cli.engine.data import _check_face_shape, _Data
-from facefinder_cli.engine.loop import FitResult, _fit
+from facefinder_cli.engine.loop import FitResult, _fit, _start
+from facefinder_cli.engine.passes import _pass
 from facefinder_cli.engine.settings import FitSettings
+from facefinder_cli.engine.starts import _seed_child, _seed_sequence
 
 __all__ = ["SizeChoice", "SizeTrial", "choose_face_size", "size_range"]
 
-#: Iterations of the fits that rank sizes during the search.
+#: Passes over the images of the short fits that rank sizes.
 SHORT_ITER = 3
-#: Sizes fitted in full at the end of the search (the best by the short fits).
-FINAL_FITS = 2
 #: Nats of criterion (a log Bayes factor of about 20: strong evidence) under which two sizes
 #: are too close to call.
 CLEAR = math.log(20.0)
@@ -76,9 +78,9 @@ class SizeChoice:
     ----------
     size : (h, w)
         The chosen size.
-    result : FitResult
-        Its full fit (on the search's chunks of images: the same as ``fit`` with this size
-        and chunk size).
+    result : FitResult or None
+        Its fit with the given settings (on the search's chunks of images: the same as
+        ``fit`` with this size and ``chunk_size``); None with ``fit_chosen=False``.
     trials : list of SizeTrial
         Every fit of the search, in order.
     margin : float
@@ -99,7 +101,7 @@ class SizeChoice:
     """
 
     size: tuple[int, int]
-    result: FitResult
+    result: FitResult | None
     trials: list[SizeTrial]
     margin: float
     rival: tuple[int, int] | None
@@ -130,6 +132,7 @@ def choose_face_size(
     hi: tuple[int, int] | None = None,
     settings: FitSettings | None = None,
     *,
+    fit_chosen: bool = True,
     memory_limit: int | None = None,
     workers: int | None = None,
     on_trial: Callable[[SizeTrial], None] | None = None,
@@ -145,8 +148,11 @@ def choose_face_size(
         As for :func:`fit`.
     lo, hi : (h, w), optional
     settings : FitSettings, optional
-        The full fits' settings (``face_shape`` is replaced); the short fits take them with
-        one restart and ``SHORT_ITER`` iterations. ``options`` are fields of it.
+        The settings of the chosen size's fit (``face_shape`` is replaced); the short fits
+        that rank the sizes take its ``init``, ``seed``, ``dtype`` and ``chunk_size``.
+        ``options`` are fields of it.
+    fit_chosen : bool
+        Fit the chosen size with ``settings`` (``SizeChoice.result``); else the caller does.
     memory_limit, workers, on_chunk
         As for :func:`fit`.
     on_trial : callable, optional
@@ -176,54 +182,37 @@ def choose_face_size(
         dtype=settings.dtype,
         on_chunk=on_chunk,
     )
-    short_settings = replace(settings, restarts=1, max_iter=min(SHORT_ITER, settings.max_iter))
+    seeds = _seed_sequence(settings.seed)
     trials: list[SizeTrial] = []
     short: dict[tuple[int, int], SizeTrial] = {}
-    full: dict[tuple[int, int], tuple[SizeTrial, FitResult]] = {}
 
-    def fitted(size: tuple[int, int], s: FitSettings, is_full: bool) -> tuple[SizeTrial, FitResult]:
-        t = time.perf_counter()
-        with warnings.catch_warnings():  # (short fits stop unconverged, by design)
-            warnings.simplefilter("ignore")
-            r = _fit(base.resized(size), replace(s, face_shape=size), None, None, None)
-        ll = float(r.log_likelihood[-1])
-        n = size[0] * size[1] + H * W + 1
-        passes = int(sum(int(h.passes[-1]) for h in r.restarts))
-        trial = SizeTrial(size, ll, ll - 0.5 * n * math.log(K), n, r.n_iter, passes,
-                          time.perf_counter() - t, is_full)  # fmt: skip
+    def said(trial: SizeTrial) -> SizeTrial:
         trials.append(trial)
         if on_trial is not None:
             on_trial(trial)
-        return trial, r
+        return trial
 
     def score(h: int, w: int) -> float:
         if (h, w) not in short:
-            short[h, w] = fitted((h, w), short_settings, False)[0]
+            short[h, w] = said(_short_fit(base, (h, w), settings.init, seeds))
         return short[h, w].criterion
 
-    # Short fits: the height at a middle width, the width at that height, then a climb.
+    # The height at a middle width, the width at that height, then a climb by single pixels.
     w = _middle(lo[1], hi[1])
     h = _golden(lambda v: score(v, w), lo[0], hi[0])
     w = _golden(lambda v: score(h, v), lo[1], hi[1])
-    h = _golden(lambda v: score(v, w), max(lo[0], h - 3), min(hi[0], h + 3))
-    best = (h, w)
+    def best() -> tuple[int, int]:  # (ties: the smaller face)
+        return max(short, key=lambda s: (short[s].criterion, -s[0] * s[1]))
+
+    chosen = best()
     while True:
-        around = [
-            (best[0] + a, best[1] + b)
-            for a in (-1, 0, 1)
-            for b in (-1, 0, 1)
-            if lo[0] <= best[0] + a <= hi[0] and lo[1] <= best[1] + b <= hi[1]
-        ]
-        top = max(around, key=lambda s: (score(*s), -s[0] * s[1]))
-        if top == best:
+        for a, b in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            if lo[0] <= chosen[0] + a <= hi[0] and lo[1] <= chosen[1] + b <= hi[1]:
+                score(chosen[0] + a, chosen[1] + b)
+        if best() == chosen:
             break
-        best = top
-    # Full fits of the best few; the best of them is chosen.
-    ranked = sorted(short, key=lambda s: -short[s].criterion)
-    for size in ranked[:FINAL_FITS]:
-        full[size] = fitted(size, settings, True)
-    chosen = max(full, key=lambda s: (full[s][0].criterion, -s[0] * s[1]))
-    # How clear: by the short fits, which compare among themselves.
+        chosen = best()
+    # How clear: the best size more than a pixel away, and larger windows that fit as well.
     far = [s for s in short if max(abs(s[0] - chosen[0]), abs(s[1] - chosen[1])) > 1]
     rival = max(far, key=lambda s: short[s].criterion) if far else None
     margin = short[chosen].criterion - short[rival].criterion if rival else math.inf
@@ -233,9 +222,21 @@ def choose_face_size(
             score(*size)
             if short[size].log_likelihood >= short[chosen].log_likelihood - CLEAR:
                 larger_fits = larger_fits or size
+    result = None
+    if fit_chosen:
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = _fit(base.resized(chosen), replace(settings, face_shape=chosen), None, None,
+                          None)  # fmt: skip
+        ll = float(result.log_likelihood[-1])
+        n = _n_params(chosen, (H, W))
+        passes = int(sum(int(r.passes[-1]) + 1 for r in result.restarts))  # (+ the final pass)
+        said(SizeTrial(chosen, ll, ll - 0.5 * n * math.log(K), n, result.n_iter, passes,
+                       time.perf_counter() - t, True))  # fmt: skip
     return SizeChoice(
         size=chosen,
-        result=full[chosen][1],
+        result=result,
         trials=trials,
         margin=margin,
         rival=rival,
@@ -244,6 +245,31 @@ def choose_face_size(
         seconds=time.perf_counter() - t0,
         passes=sum(t.passes for t in trials),
     )
+
+
+def _n_params(size: tuple[int, int], image: tuple[int, int]) -> int:
+    """The criterion's count: face pixels, background pixels, the noise."""
+    return size[0] * size[1] + image[0] * image[1] + 1
+
+
+def _short_fit(
+    base: _Data, size: tuple[int, int], init: str, seeds: np.random.SeedSequence
+) -> SizeTrial:
+    """A short fit that ranks ``size``: ``SHORT_ITER`` passes of plain soft EM from the fit's
+    start (restart 0's, the same draws for every size), the prior held uniform (learning it
+    from a few passes would favour sizes by how fast it sharpens). Its log-likelihood is that
+    of the last pass's E-step: ``SHORT_ITER - 1`` M-steps from the start."""
+    t = time.perf_counter()
+    data = base.resized(size)
+    params, _ = _start(data, init, np.random.default_rng(_seed_child(seeds, 0)), 0, {})
+    ll = math.nan
+    for _ in range(SHORT_ITER):
+        stats = _pass(data, params, "soft", True)
+        ll = float(stats.log_likelihood)
+        params, _ = stats.m_step(params, update_prior=False)
+    n = _n_params(size, (data.H, data.W))
+    return SizeTrial(size, ll, ll - 0.5 * n * math.log(data.K), n, SHORT_ITER - 1, SHORT_ITER,
+                     time.perf_counter() - t, False)  # fmt: skip
 
 
 def _middle(a: int, b: int) -> int:
