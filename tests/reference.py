@@ -413,3 +413,75 @@ def held_out_posterior(
             a = (np.maximum(K * prior - q[k], 0.0) + 1.0) / (K - 1 + prior.size)
         out[k] = posterior(X[k : k + 1], f, background, noise_std, a)[0]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Several faces (engine/mixture.py): the latent pair (face m, position d), prior w_m A(d)
+# ----------------------------------------------------------------------------------------------
+
+
+def mixture_log_joint(X, faces, background, noise_std, weights, prior):
+    """``log N(X_k | Model_{m,d}, s² I) + log w_m + log A(d)``: ``(K, N, Dh, Dw)``."""
+    parts = [
+        log_joint(X, face, background, noise_std, prior) + _log(float(weight))
+        for face, weight in zip(faces, weights)
+    ]
+    return np.stack(parts, axis=1)
+
+
+def mixture_posterior(X, faces, background, noise_std, weights, prior):
+    """``q_k(m, d)`` and ``log p(X_k)``, normalised over all pairs of each image."""
+    lj = mixture_log_joint(X, faces, background, noise_std, weights, prior)
+    K = lj.shape[0]
+    ll = np.array([_logsumexp(lj[k].ravel()) for k in range(K)])
+    q = np.empty_like(lj)
+    for k in range(K):
+        for idx in np.ndindex(lj.shape[1:]):
+            q[(k, *idx)] = math.exp(lj[(k, *idx)] - ll[k]) if np.isfinite(lj[(k, *idx)]) else 0.0
+    return q, ll
+
+
+def mixture_m_step(X, q, h, w, previous_background):
+    """Faces, background, noise std, weights and prior maximising ``E_q[log p(X, m, d)]``,
+    each by its definition: weighted means of crops and of uncovered pixels."""
+    X = np.asarray(X, dtype=np.float64)
+    K, H, W = X.shape
+    N = q.shape[1]
+    positions = all_positions((H, W), (h, w))
+    faces = np.zeros((N, h, w))
+    for m in range(N):
+        num, den = np.zeros((h, w)), 0.0
+        for k in range(K):
+            for r, c in positions:
+                num += q[k, m, r, c] * X[k, r : r + h, c : c + w]
+                den += q[k, m, r, c]
+        faces[m] = num / den
+    num, den = np.zeros((H, W)), np.zeros((H, W))
+    for k in range(K):
+        for m in range(N):
+            for r, c in positions:
+                outside = ~window_mask((H, W), (h, w), (r, c))
+                num += q[k, m, r, c] * outside * X[k]
+                den += q[k, m, r, c] * outside
+    known = den > K * UNCOVERED_MIN
+    background = np.where(known, num / np.where(known, den, 1.0), previous_background)
+    sse = 0.0
+    for k in range(K):
+        for m in range(N):
+            for r, c in positions:
+                resid = X[k] - model_image(faces[m], background, (r, c))
+                sse += q[k, m, r, c] * float(np.sum(resid * resid))
+    noise_std = math.sqrt(sse / (K * H * W))
+    weights = q.sum(axis=(0, 2, 3)) / K
+    prior = q.sum(axis=(0, 1)) / K
+    return faces, background, noise_std, weights, prior
+
+
+def mixture_lower_bound(X, faces, background, noise_std, weights, prior, q):
+    """``E_q[log p(X, m, d | θ)] + H(q)``, summed over images, from its definition."""
+    lj = mixture_log_joint(X, faces, background, noise_std, weights, prior)
+    total = 0.0
+    for idx in np.ndindex(q.shape):
+        if q[idx] > 0:
+            total += q[idx] * (lj[idx] - math.log(q[idx]))
+    return total

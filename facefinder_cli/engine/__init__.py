@@ -48,7 +48,8 @@ Modules, from the bottom up (each imports only those above it):
 * :mod:`.passes`: one streaming pass doing both steps; annealing;
 * :mod:`.accelerate`: accelerated soft EM (SQUAREM cycles) and its distance estimate;
 * :mod:`.loop`: :func:`fit`, its checkpoints and results;
-* :mod:`.sizes`: :func:`choose_face_size`, fits of several sizes and a criterion.
+* :mod:`.sizes`: :func:`choose_face_size`, fits of several sizes and a criterion;
+* :mod:`.mixture`: :func:`fit_mixture`, several faces on one background.
 
 This module re-exports the public API; ``engine.fit`` and ``engine.Params`` are the names to use.
 """
@@ -84,6 +85,7 @@ from facefinder_cli.engine.machine import (
     available_cores,
     default_memory_limit,
 )
+from facefinder_cli.engine.mixture import MixtureParams, MixtureResult, fit_mixture
 from facefinder_cli.engine.model import (
     ACCELERATIONS,
     CHUNK_VALUES,
@@ -137,6 +139,8 @@ __all__ = [
     "MC_SAMPLES",
     "MC_WINDOW",
     "METHODS",
+    "MixtureParams",
+    "MixtureResult",
     "NOISE_FLOOR",
     "NoiseFloorWarning",
     "NonFiniteError",
@@ -158,6 +162,7 @@ __all__ = [
     "detect",
     "elbo",
     "fit",
+    "fit_mixture",
     "initialize",
     "locate",
     "m_step",

@@ -201,6 +201,7 @@ def choose_face_size(
     w = _middle(lo[1], hi[1])
     h = _golden(lambda v: score(v, w), lo[0], hi[0])
     w = _golden(lambda v: score(h, v), lo[1], hi[1])
+
     def best() -> tuple[int, int]:  # (ties: the smaller face)
         return max(short, key=lambda s: (short[s].criterion, -s[0] * s[1]))
 

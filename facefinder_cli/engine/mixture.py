@@ -1,0 +1,496 @@
+"""Several faces on one background: :func:`fit_mixture`.
+
+Model: image ``k`` shows one of N faces ``F_1..F_N`` (all ``h x w``) pasted at ``d_k`` on the
+shared background ``B``, plus Gaussian noise of std ``s``. The latent variable is the pair
+(face ``m``, position ``d``), with the prior ``w_m A(d)``: face weights times one prior over
+positions. With N = 1 it is the model of :func:`~facefinder_cli.engine.fit`.
+
+An iteration is one streaming pass, as for one face, with N correlations per image:
+
+* E-step. ``log p(X_k, m, d | θ) = lp[k, m, d] + c[k]`` with
+  ``lp[k, m, d] = log w_m + log A(d) + box(B²)(d) / (2 s²) - ||F_m||² / (2 s²)
+  + (C_km(d) - box(P_k)(d)) / s²``, ``C_km = X_k ⋆ F_m`` from the cached ``rfft2(X_k)`` and
+  ``P_k = X_k ⊙ B``; ``c[k]`` does not depend on (m, d). Posteriors over the N·D pairs are
+  normalised in the log domain.
+* M-step. ``F_m = Σ_k Σ_d q_k(m, d) X_k(d + ·) / Σ_k Σ_d q_k(m, d)``, from
+  ``irfft2(Σ_k rfft2(X_k) · conj(rfft2(q_k(m, ·))))``; the background from the cover of all
+  faces, ``Σ_m box(q_k(m, ·))``, as for one face; ``w_m`` and ``A`` from the summed
+  posterior; ``s²`` and the lower bound after the M-step in closed form.
+
+Hard EM takes each image's best pair; Monte-Carlo EM draws pairs from the posterior. The start
+(``init="kmeans"``) fits one face first, cuts every image's crop at its position there, and
+seeds N faces among the crops as k-means++ does (Arthur & Vassilvitskii, 2007: each next seed
+drawn with probability proportional to its squared distance from the nearest seed so far),
+refined by a few rounds of k-means: the faces start apart, on different images' crops.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import fft as sfft
+
+from facefinder_cli.engine.data import _Data
+from facefinder_cli.engine.estep import _Posterior, _valid_correlation
+from facefinder_cli.engine.loop import _fit
+from facefinder_cli.engine.model import (
+    DEFAULT_TOL,
+    UNCOVERED_MIN,
+    _box_full,
+    _box_valid,
+    _xlogy,
+    uniform_prior,
+)
+from facefinder_cli.engine.passes import _draw
+from facefinder_cli.engine.settings import FitSettings
+from facefinder_cli.engine.starts import _seed_child, _seed_sequence
+
+__all__ = ["MixtureParams", "MixtureResult", "fit_mixture", "mixture_log_joint"]
+
+#: Rounds of k-means that refine the k-means++ seeds of the start.
+KMEANS_ROUNDS = 10
+#: Iterations of the one-face fits of the start.
+START_ITER = 50
+#: Images per face that the start's one-face fit of each cluster reads at most.
+START_IMAGES = 500
+
+
+@dataclass(frozen=True)
+class MixtureParams:
+    """The parameters of N faces on one background.
+
+    Attributes
+    ----------
+    faces : ndarray of shape (N, h, w)
+    background : ndarray of shape (H, W)
+    noise_std : float
+    weights : ndarray of shape (N,)
+        Prior probability of each face; sums to one.
+    prior : ndarray of shape (H-h+1, W-w+1)
+        Prior over positions, shared by the faces; sums to one.
+    """
+
+    faces: np.ndarray
+    background: np.ndarray
+    noise_std: float
+    weights: np.ndarray
+    prior: np.ndarray
+
+
+@dataclass
+class MixtureResult:
+    """The outcome of :func:`fit_mixture`.
+
+    Attributes
+    ----------
+    params : MixtureParams
+    elbo, log_likelihood : ndarray
+        Per iteration, of the best restart: the bound after each M-step (soft EM: never
+        falls), and ``log p(X | θ)`` at each E-step's parameters, then at the final ones.
+    n_iter : int
+    converged : bool
+    faces_of_images : ndarray of shape (K,), int
+        Each image's face in its most probable (face, position) pair.
+    positions : ndarray of shape (K, 2), int
+        Its position.
+    probability : ndarray of shape (K,)
+        The pair's posterior probability (not held out: with the image's own crop in the face,
+        it runs high; see docs/METHODS.md).
+    face_probability : ndarray of shape (K,)
+        The posterior probability of that face, over all positions.
+    best_restart : int
+    restart_log_likelihoods : ndarray
+        Each restart's final log-likelihood.
+    seconds : float
+    settings : FitSettings
+    """
+
+    params: MixtureParams
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    n_iter: int
+    converged: bool
+    faces_of_images: np.ndarray
+    positions: np.ndarray
+    probability: np.ndarray
+    face_probability: np.ndarray
+    best_restart: int
+    restart_log_likelihoods: np.ndarray
+    seconds: float
+    settings: FitSettings
+
+
+class _MixScorer:
+    """Per-iteration constants of the mixture's E-step (see the module's docstring)."""
+
+    def __init__(self, p: MixtureParams, data: _Data) -> None:
+        H, W, h, w = data.H, data.W, data.h, data.w
+        s2 = p.noise_std**2
+        faces = p.faces - data.offset
+        background = p.background - data.offset
+        self.data = data
+        self.inv_s2 = 1.0 / s2
+        self.background = background.astype(data.dtype)
+        self.faces_f = np.conj(sfft.rfft2(faces.astype(data.dtype), s=(H, W)))
+        with np.errstate(divide="ignore"):
+            log_prior, log_w = np.log(p.prior), np.log(p.weights)
+        self.base = (log_prior + _box_valid(background**2, h, w) / (2 * s2)).astype(data.dtype)
+        self.face_const = log_w - np.einsum("mij,mij->m", faces, faces) / (2 * s2)
+        self.const = -0.5 * H * W * math.log(2 * math.pi * s2) - float(np.sum(background**2)) / (
+            2 * s2
+        )
+
+    def log_joint(self, x: np.ndarray, xf: np.ndarray, sq: np.ndarray):
+        """``lp`` (n, N, Dh, Dw) and ``c`` (n,): ``log p(X_k, m, d | θ) = lp + c``."""
+        d = self.data
+        prod = x * self.background
+        c = self.const - (0.5 * self.inv_s2) * (sq - 2.0 * prod.sum(axis=(1, 2), dtype=np.float64))
+        box_p = _box_valid(prod, d.h, d.w, d.dtype, d.by_slices)
+        lp = np.empty((x.shape[0], len(self.faces_f), d.Dh, d.Dw), d.dtype)
+        for m, face_f in enumerate(self.faces_f):
+            corr = _valid_correlation(d, xf, face_f)
+            corr -= box_p
+            corr *= self.inv_s2
+            corr += self.base
+            corr += d.dtype.type(self.face_const[m])
+            lp[:, m] = corr
+        return lp, c
+
+
+class _MixStats:
+    """Sums over images that the mixture's M-step needs, accumulated chunk by chunk."""
+
+    def __init__(self, data: _Data, n_faces: int) -> None:
+        H, W = data.H, data.W
+        self.data = data
+        self.face_f = np.zeros((n_faces, H, W // 2 + 1), np.complex128)
+        self.face_sum = np.zeros((n_faces, data.h, data.w))
+        self.cover_x = np.zeros((H, W))
+        self.q_sum = np.zeros((n_faces, data.Dh, data.Dw))
+        self.entropy = 0.0
+        self.log_likelihood = 0.0
+        self.elbo = 0.0
+
+    def add_dense(self, x: np.ndarray, xf: np.ndarray, q: np.ndarray) -> None:
+        """Add a chunk with dense posteriors ``q`` (n, N, Dh, Dw)."""
+        d = self.data
+        for m in range(q.shape[1]):
+            qf = sfft.fft(sfft.rfft(q[:, m], n=d.W, axis=-1), n=d.H, axis=-2, overwrite_x=True)
+            self.face_f[m] += np.einsum("kij,kij->ij", xf, qf.conj(), dtype=np.complex128)
+        cover = _box_full(q.sum(axis=1), d.h, d.w, d.by_slices)
+        self.cover_x += np.einsum("kij,kij->ij", cover, x, dtype=np.float64)
+        self.q_sum += q.sum(axis=0, dtype=np.float64)
+
+    def add_pairs(self, x: np.ndarray, faces: np.ndarray, pos: np.ndarray) -> None:
+        """Add a chunk with ``S`` equally weighted pairs per image: ``faces`` (n, S) and
+        ``pos`` (n, S, 2) (hard EM: ``S = 1``; Monte-Carlo EM: ``S`` draws)."""
+        d = self.data
+        n, S = faces.shape
+        rows = pos[:, :, 0, None, None] + np.arange(d.h)[:, None]
+        cols = pos[:, :, 1, None, None] + np.arange(d.w)
+        crops = x[np.arange(n)[:, None, None, None], rows, cols]  # (n, S, h, w)
+        np.add.at(self.face_sum, faces.ravel(), crops.reshape(-1, d.h, d.w) / S)
+        flat = (rows * d.W + cols).ravel()
+        self.cover_x += np.bincount(flat, crops.ravel(), d.H * d.W).reshape(d.H, d.W) / S
+        D = d.Dh * d.Dw
+        pflat = (faces * D + pos[:, :, 0] * d.Dw + pos[:, :, 1]).ravel()
+        size = self.q_sum.size
+        self.q_sum += np.bincount(pflat, minlength=size).reshape(self.q_sum.shape) / S
+
+    def merge(self, part: _MixStats) -> None:
+        self.face_f += part.face_f
+        self.face_sum += part.face_sum
+        self.cover_x += part.cover_x
+        self.q_sum += part.q_sum
+        self.entropy += part.entropy
+        self.log_likelihood += part.log_likelihood
+        self.elbo += part.elbo
+
+    def m_step(self, previous: MixtureParams, update_prior: bool) -> tuple[MixtureParams, dict]:
+        """New parameters and the bound ``L(q, θ_new)`` in closed form. The weights are always
+        re-estimated; the prior over positions with ``update_prior``. A face that no image
+        took keeps its values."""
+        d = self.data
+        K, H, W, h, w = d.K, d.H, d.W, d.h, d.w
+        mass = self.q_sum.sum(axis=(1, 2))  # Σ_k Σ_d q_k(m, d) per face
+        faces = previous.faces - d.offset
+        sse = d.total_sq
+        for m in range(len(mass)):
+            num = self.face_sum[m].copy()
+            if self.face_f[m].any():
+                num += sfft.irfft2(self.face_f[m], s=(H, W))[:h, :w]
+            if mass[m] > 0:
+                faces[m] = num / mass[m]
+                sse -= mass[m] * float(np.sum(faces[m] ** 2))
+        q_pos = self.q_sum.sum(axis=0)
+        prior = q_pos / K if update_prior else previous.prior
+        weights = mass / K
+        den = K - _box_full(q_pos, h, w)
+        num = d.sum_x - self.cover_x
+        known = den > K * UNCOVERED_MIN
+        mean = np.divide(num, den, out=np.zeros_like(num), where=known)
+        sse -= float(np.sum(mean * num))
+        background = np.where(known, mean + d.offset, previous.background)
+        n = K * H * W
+        s2 = sse / n
+        floored = s2 < d.noise_floor**2 or not np.isfinite(s2)
+        noise_std = d.noise_floor if floored else math.sqrt(s2)
+        s2 = noise_std**2
+        log_w = float(_xlogy(mass, mass).sum() - K * math.log(K))
+        if update_prior:
+            log_a = float(_xlogy(q_pos, q_pos).sum() - K * math.log(K))
+        else:
+            log_a = float(_xlogy(q_pos, prior).sum())
+        elbo = -0.5 * n * math.log(2 * math.pi * s2) - sse / (2 * s2) + log_w + log_a
+        elbo += self.entropy
+        new = MixtureParams(faces + d.offset, background, noise_std, weights, prior)
+        return new, {"elbo": elbo, "unidentified": ~known, "floored": floored}
+
+
+def _mix_pass(
+    data: _Data,
+    p: MixtureParams,
+    method: str,
+    accumulate: bool,
+    rng: np.random.Generator | None = None,
+    samples: int = 0,
+):
+    """One streaming pass: the E-step at ``p`` and, with ``accumulate``, the M-step's sums.
+    Returns the sums and every image's best pair (face, position), its probability and the
+    face's probability."""
+    scorer = _MixScorer(p, data)
+    N = len(p.weights)
+    shape = (N, data.Dh, data.Dw)
+
+    def chunk(a: int, b: int, u: np.ndarray | None = None):
+        x, xf = data.chunk_data(a, b)
+        part = _MixStats(data, N)
+        lp, c = scorer.log_joint(x, xf, data.sq_x[a:b])
+        post = _Posterior.from_log_joint(lp, c)
+        part.log_likelihood = float(post.log_likelihood.sum())
+        m, r, col = np.unravel_index(post.best, shape)
+        n = b - a
+        face_p = post.q.reshape(n, N, -1).sum(axis=2)[np.arange(n), m]
+        best = (m, np.column_stack([r, col]), np.exp(post.best_log_joint - post.log_likelihood))
+        if method == "soft":
+            part.elbo, part.entropy = part.log_likelihood, float(post.entropy.sum())
+            if accumulate:
+                part.add_dense(x, xf, post.q)
+        elif method == "hard":
+            part.elbo = float(post.best_log_joint.sum())
+            if accumulate:
+                part.add_pairs(x, m[:, None], best[1][:, None, :])
+        else:
+            draws = _draw(post.q.reshape(n, -1), u)  # (n, S) flat pairs
+            fm, fr, fc = np.unravel_index(draws, shape)
+            log_q = np.log(np.take_along_axis(post.q.reshape(n, -1), draws, axis=1))
+            S = draws.shape[1]
+            part.entropy = _draws_entropy(draws)
+            part.elbo = float((log_q + post.log_likelihood[:, None]).sum()) / S + part.entropy
+            if accumulate:
+                part.add_pairs(x, fm, np.stack([fr, fc], axis=-1))
+        return part, best, face_p
+
+    def uniforms(a: int, b: int) -> tuple[np.ndarray]:
+        return (rng.random((b - a, samples)),)
+
+    stats = _MixStats(data, N)
+    faces = np.empty(data.K, dtype=np.intp)
+    positions = np.empty((data.K, 2), dtype=np.intp)
+    probability, face_probability = np.empty(data.K), np.empty(data.K)
+    for a, b, (part, best, face_p) in data.map(chunk, uniforms if method == "mc" else None):
+        stats.merge(part)
+        faces[a:b], positions[a:b], probability[a:b] = best
+        face_probability[a:b] = face_p
+        data.report(b)
+    return stats, (faces, positions, probability, face_probability)
+
+
+def _draws_entropy(draws: np.ndarray) -> float:
+    """Σ_k of the entropy of each image's empirical distribution of its draws (n, S)."""
+    S = draws.shape[1]
+    total = 0.0
+    for row in np.sort(draws, axis=1):
+        counts = np.diff(np.flatnonzero(np.diff(np.r_[-1, row, -1]) != 0))
+        p = counts / S
+        total -= float(np.sum(p * np.log(p)))
+    return total
+
+
+def mixture_log_joint(X, params: MixtureParams) -> np.ndarray:
+    """``log p(X_k, m, d | θ)`` for every image, face and position: shape (K, N, Dh, Dw)."""
+    p = params
+    data = _Data(np.asarray(X), p.faces.shape[1:], cache_fft=False)
+    scorer = _MixScorer(p, data)
+    out = np.empty((data.K, len(p.weights), data.Dh, data.Dw))
+    for a, b in data.bounds():
+        x, xf = data.chunk_data(a, b)
+        lp, c = scorer.log_joint(x, xf, data.sq_x[a:b])
+        out[a:b] = lp + c[:, None, None, None]
+    return out
+
+
+def _start(
+    data: _Data, n_faces: int, settings: FitSettings, rng: np.random.Generator
+) -> MixtureParams:
+    """One face fitted, every image's crop at its position, and N faces seeded among the
+    crops by k-means++ and refined by ``KMEANS_ROUNDS`` rounds of k-means."""
+    one_settings = replace(settings, restarts=1, max_iter=min(START_ITER, settings.max_iter))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = _fit(data, one_settings, None, None, None)
+    h, w = data.h, data.w
+    crops = np.empty((data.K, h * w))
+    for a, b in data.bounds():
+        x = np.asarray(data.X[a:b], dtype=np.float64)
+        r, c = one.positions[a:b, 0], one.positions[a:b, 1]
+        rows = r[:, None, None] + np.arange(h)[:, None]
+        cols = c[:, None, None] + np.arange(w)
+        crops[a:b] = x[np.arange(b - a)[:, None, None], rows, cols].reshape(b - a, -1)
+    centres = [crops[int(rng.integers(data.K))]]
+    nearest = np.sum((crops - centres[0]) ** 2, axis=1)
+    for _ in range(1, n_faces):
+        total = nearest.sum()
+        pick = int(rng.choice(data.K, p=nearest / total) if total > 0 else rng.integers(data.K))
+        centres.append(crops[pick])
+        nearest = np.minimum(nearest, np.sum((crops - centres[-1]) ** 2, axis=1))
+    centres = np.array(centres)
+    sq = np.einsum("ki,ki->k", crops, crops)
+    for _ in range(KMEANS_ROUNDS):  # (distances as |c|² - 2 c·μ + |μ|²: no K x N x hw array)
+        dist = sq[:, None] - 2.0 * crops @ centres.T + np.einsum("mi,mi->m", centres, centres)
+        label = np.argmin(dist, axis=1)
+        for m in range(n_faces):
+            if np.any(label == m):
+                centres[m] = crops[label == m].mean(axis=0)
+    # Each cluster's face fitted on its own images (at most START_IMAGES of them): the
+    # one-face fit may have placed one kind of face off its true position (a shifted face
+    # fits images of several faces better on average), and its crops carry the shift.
+    faces = centres.reshape(n_faces, h, w)
+    for m in range(n_faces):
+        members = np.flatnonzero(label == m)
+        if len(members) < 2:
+            continue
+        if len(members) > START_IMAGES:
+            members = np.sort(rng.choice(members, START_IMAGES, replace=False))
+        images = np.stack([np.asarray(data.X[int(k)], dtype=np.float64) for k in members])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            own = _fit(
+                _Data(images, (h, w), dtype=data.dtype, workers=data.workers),
+                replace(one_settings, seed=int(rng.integers(2**32))),
+                {"background": one.background, "noise_std": one.noise_std},
+                None,
+                None,
+            )
+        faces[m] = own.face
+    counts = np.bincount(label, minlength=n_faces) + 1.0
+    return MixtureParams(
+        faces,
+        one.background,
+        one.noise_std,
+        counts / counts.sum(),
+        uniform_prior((data.Dh, data.Dw)),
+    )
+
+
+def fit_mixture(
+    X,
+    settings: FitSettings,
+    n_faces: int,
+    *,
+    memory_limit: int | None = None,
+    workers: int | None = None,
+    callback: Callable[[int, float, float], None] | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> MixtureResult:
+    """Fit ``n_faces`` faces, one background, the noise, the face weights and the prior over
+    positions by EM (see the module's docstring).
+
+    ``settings`` as for :func:`fit`: ``face_shape``, ``method`` (soft, hard, mc), ``max_iter``,
+    ``tol`` (plain EM's rule: stop when an iteration raises the bound by less than ``tol``
+    nats per image and pixel; Monte-Carlo EM: the log-likelihood's mean gain between the last
+    two windows of 5 iterations), ``restarts`` (each seeds the faces with its own draws; the
+    best final log-likelihood wins), ``seed``, ``dtype``, ``chunk_size``, ``samples`` (Monte-
+    Carlo EM's draws per image). The prior over positions is held uniform until the rest has
+    settled (``prior_update="late"``, the default) or learnt from the start (``"always"``).
+    ``callback(iteration, elbo, log_likelihood)`` after every iteration.
+    """
+    if n_faces < 1:
+        raise ValueError(f"n_faces must be at least 1, got {n_faces}")
+    t0 = time.perf_counter()
+    data = _Data(
+        X,
+        settings.face_shape,
+        chunk_size=settings.chunk_size,
+        workers=workers,
+        memory_limit=memory_limit,
+        dtype=settings.dtype,
+        on_chunk=on_chunk,
+    )
+    if data.K < n_faces:
+        raise ValueError(f"{n_faces} faces need at least as many images, got {data.K}")
+    seeds = _seed_sequence(settings.seed)
+    n_values = data.K * data.H * data.W
+    runs = []
+    for r in range(settings.restarts):
+        rng = np.random.default_rng(_seed_child(seeds, r))
+        p = _start(data, n_faces, settings, rng)
+        prior_free = settings.prior_update == "always"
+        elbo: list[float] = []
+        ll: list[float] = []
+        converged = False
+        t = 0
+        while t < settings.max_iter and not converged:
+            t += 1
+            samples = settings.samples if settings.method == "mc" else 0
+            stats, _ = _mix_pass(data, p, settings.method, True, rng, samples)
+            p, info = stats.m_step(p, update_prior=prior_free)
+            ll.append(stats.log_likelihood)
+            if t == 1:
+                elbo.append(stats.elbo)
+            elbo.append(info["elbo"])
+            if settings.method == "mc":
+                gain = _window_gain(ll) / n_values
+            else:
+                gain = (elbo[-1] - elbo[-2]) / n_values
+            if callback is not None:
+                callback(t, elbo[-1], ll[-1])
+            if not prior_free and gain < max(settings.tol, DEFAULT_TOL):
+                prior_free = True  # the rest has settled: the prior is learnt too
+            elif prior_free:
+                converged = gain < settings.tol
+        stats, best = _mix_pass(data, p, "soft" if settings.method == "mc" else settings.method,
+                                False)  # fmt: skip
+        ll.append(stats.log_likelihood)
+        runs.append((p, np.array(elbo), np.array(ll), t, converged, best))
+    finals = np.array([run[2][-1] for run in runs])
+    b = int(np.argmax(finals))
+    p, elbo, ll, n_iter, converged, best = runs[b]
+    return MixtureResult(
+        params=p,
+        elbo=elbo,
+        log_likelihood=ll,
+        n_iter=n_iter,
+        converged=converged,
+        faces_of_images=best[0],
+        positions=best[1],
+        probability=best[2],
+        face_probability=best[3],
+        best_restart=b,
+        restart_log_likelihoods=finals,
+        seconds=time.perf_counter() - t0,
+        settings=settings,
+    )
+
+
+def _window_gain(values: list[float], window: int = 5) -> float:
+    """Mean gain per iteration between the last two windows (inf before two windows)."""
+    if len(values) < 2 * window:
+        return math.inf
+    last, before = values[-window:], values[-2 * window : -window]
+    return (sum(last) - sum(before)) / (window * window)

@@ -1,0 +1,179 @@
+"""Several faces on one background (issue 16): the mixture's E-step, M-step and bound against
+the brute-force reference, and recovery of three faces."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import reference as ref
+
+from facefinder_cli import engine as E
+from facefinder_cli import synthetic as S
+from facefinder_cli.engine import mixture as M
+from facefinder_cli.engine.data import _Data
+
+
+def _tiny(seed=0, N=2):
+    """4 images of 6x7 with 2 faces of 3x2, and parameters nowhere near a fit."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(100, 30, size=(4, 6, 7))
+    p = M.MixtureParams(
+        faces=rng.normal(100, 30, size=(N, 3, 2)),
+        background=rng.normal(100, 30, size=(6, 7)),
+        noise_std=25.0,
+        weights=np.array([0.3, 0.7][:N]) / sum([0.3, 0.7][:N]),
+        prior=rng.dirichlet(np.ones(24)).reshape(4, 6),
+    )
+    return X, p
+
+
+def _args(p):
+    return p.faces, p.background, p.noise_std, p.weights, p.prior
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_e_step_matches_the_reference(dtype):
+    X, p = _tiny()
+    fast = M.mixture_log_joint(X, p)
+    slow = ref.mixture_log_joint(X, *_args(p))
+    np.testing.assert_allclose(fast, slow, rtol=1e-10)
+    data = _Data(X, (3, 2), dtype=dtype, chunk_size=3)
+    stats, (faces, positions, probability, face_p) = M._mix_pass(data, p, "soft", True)
+    q, ll = ref.mixture_posterior(X, *_args(p))
+    tol = 1e-9 if dtype == "float64" else 1e-4
+    assert stats.log_likelihood == pytest.approx(ll.sum(), rel=tol)
+    best = [np.unravel_index(np.argmax(q[k]), q.shape[1:]) for k in range(4)]
+    assert faces.tolist() == [int(b[0]) for b in best]
+    assert positions.tolist() == [[int(b[1]), int(b[2])] for b in best]
+    np.testing.assert_allclose(probability, [q[k][best[k]] for k in range(4)], rtol=tol * 10)
+    np.testing.assert_allclose(face_p, [q[k, best[k][0]].sum() for k in range(4)], rtol=tol * 10)
+
+
+@pytest.mark.parametrize("update_prior", [True, False])
+def test_m_step_and_bound_match_the_reference(update_prior):
+    X, p = _tiny(1)
+    data = _Data(X, (3, 2), chunk_size=3)
+    stats, _ = M._mix_pass(data, p, "soft", True)
+    new, info = stats.m_step(p, update_prior=update_prior)
+    q, _ = ref.mixture_posterior(X, *_args(p))
+    faces, background, noise_std, weights, prior = ref.mixture_m_step(X, q, 3, 2, p.background)
+    np.testing.assert_allclose(new.faces, faces, rtol=1e-9)
+    np.testing.assert_allclose(new.background, background, rtol=1e-9)
+    np.testing.assert_allclose(new.weights, weights, rtol=1e-9)
+    if update_prior:
+        np.testing.assert_allclose(new.prior, prior, rtol=1e-9, atol=1e-15)
+        want = ref.mixture_lower_bound(X, faces, background, noise_std, weights, prior, q)
+    else:
+        np.testing.assert_array_equal(new.prior, p.prior)
+        want = ref.mixture_lower_bound(X, faces, background, noise_std, weights, p.prior, q)
+    assert new.noise_std == pytest.approx(noise_std, rel=1e-9)
+    assert info["elbo"] == pytest.approx(want, rel=1e-9)
+    # and the bound at the E-step's parameters is the log-likelihood (soft EM: q exact)
+    assert stats.elbo == pytest.approx(ref.mixture_lower_bound(X, *_args(p), q), rel=1e-9)
+
+
+def test_hard_and_monte_carlo_sums_match_the_reference():
+    """Hard EM's sums are the reference M-step at the one-hot q of the best pairs; Monte-Carlo
+    EM's at the empirical q of the draws."""
+    X, p = _tiny(2)
+    data = _Data(X, (3, 2), chunk_size=3)
+    stats, (faces, positions, _, _) = M._mix_pass(data, p, "hard", True)
+    q = np.zeros((4, 2, 4, 6))
+    q[np.arange(4), faces, positions[:, 0], positions[:, 1]] = 1.0
+    new, _ = stats.m_step(p, update_prior=True)
+    want = ref.mixture_m_step(X, q, 3, 2, p.background)
+    np.testing.assert_allclose(new.faces, want[0], rtol=1e-9)
+    np.testing.assert_allclose(new.background, want[1], rtol=1e-9)
+    assert new.noise_std == pytest.approx(want[2], rel=1e-9)
+    rng = np.random.default_rng(5)
+    stats, _ = M._mix_pass(data, p, "mc", True, rng, 7)
+    u = np.random.default_rng(5).random((4, 7))  # the same draws, one chunk of 3 then 1
+    qp, _ = ref.mixture_posterior(X, *_args(p))
+    counts = np.zeros_like(qp)
+    for k in range(4):
+        cdf = np.cumsum(qp[k].ravel())
+        for v in u[k]:
+            counts[k].ravel()[min(np.searchsorted(cdf / cdf[-1], v, side="right"), 47)] += 1
+    new, _ = stats.m_step(p, update_prior=True)
+    want = ref.mixture_m_step(X, counts / 7, 3, 2, p.background)
+    np.testing.assert_allclose(new.faces, want[0], rtol=1e-9)
+    np.testing.assert_allclose(new.weights, want[3], rtol=1e-12)
+
+
+def test_one_face_is_the_one_face_model():
+    X, p = _tiny(3, N=1)
+    lj = M.mixture_log_joint(X, p)[:, 0]
+    want = ref.log_joint(X, p.faces[0], p.background, p.noise_std, p.prior)
+    np.testing.assert_allclose(lj, want, rtol=1e-10)
+
+
+def _three_faces():
+    h, w = 12, 10
+    faces = [S.cartoon_face(h, w), 255 - S.cartoon_face(h, w),
+             np.kron([[60.0, 200.0], [200.0, 60.0]], np.ones((h // 2, w // 2)))]  # fmt: skip
+    background = S.texture("clouds", (24, 30), seed=7)
+    rng = np.random.default_rng(8)
+    K = 150
+    labels = rng.integers(3, size=K)
+    X, pos = np.empty((K, 24, 30)), np.empty((K, 2), int)
+    for k in range(K):
+        pos[k] = rng.integers(0, 24 - h + 1), rng.integers(0, 30 - w + 1)
+        X[k] = S.paste(background, faces[labels[k]], tuple(pos[k])) + rng.normal(0, 40, (24, 30))
+    return np.array(faces), labels, pos, X
+
+
+@pytest.fixture(scope="module")
+def three():
+    faces, labels, pos, X = _three_faces()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = M.fit_mixture(X, E.FitSettings((12, 10), seed=0, restarts=2), 3)
+    return faces, labels, pos, r
+
+
+def _match(true, fitted):
+    """The relabelling of the fitted faces that best matches the true ones."""
+
+    def total(perm):
+        pairs = enumerate(perm)
+        return sum(np.corrcoef(true[i].ravel(), fitted[j].ravel())[0, 1] for i, j in pairs)
+
+    return max(itertools.permutations(range(len(true))), key=total)
+
+
+def test_three_faces_are_recovered_and_images_assigned(three):
+    faces, labels, pos, r = three
+    perm = _match(faces, r.params.faces)
+    for i, j in enumerate(perm):
+        assert np.corrcoef(faces[i].ravel(), r.params.faces[j].ravel())[0, 1] >= 0.95
+    inverse = np.argsort(perm)
+    assigned = inverse[r.faces_of_images]
+    assert np.mean(assigned == labels) >= 0.95
+    assert np.mean(np.all(r.positions == pos, axis=1)) >= 0.9
+    np.testing.assert_allclose(r.params.weights.sum(), 1.0)
+    assert np.all(np.diff(r.elbo) >= -1e-6 * abs(r.elbo[-1]))  # soft EM: the bound never falls
+
+
+def test_restarts_are_reproducible_and_the_best_is_kept(three):
+    faces, labels, pos, r = three
+    assert r.restart_log_likelihoods[r.best_restart] == r.restart_log_likelihoods.max()
+    _, _, _, X = _three_faces()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = M.fit_mixture(X, E.FitSettings((12, 10), seed=0, restarts=2), 3)
+    np.testing.assert_array_equal(again.params.faces, r.params.faces)
+
+
+@pytest.mark.parametrize("method", ["hard", "mc"])
+def test_hard_and_monte_carlo_em_recover_three_faces(method):
+    faces, labels, pos, X = _three_faces()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = M.fit_mixture(X, E.FitSettings((12, 10), seed=0, method=method, max_iter=40), 3)
+    perm = _match(faces, r.params.faces)
+    for i, j in enumerate(perm):
+        assert np.corrcoef(faces[i].ravel(), r.params.faces[j].ravel())[0, 1] >= 0.9
+    assert np.mean(np.argsort(perm)[r.faces_of_images] == labels) >= 0.9
