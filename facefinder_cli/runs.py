@@ -366,6 +366,122 @@ def save_run(
     return [RESULT, "face.png", "background.png", "prior.png", "elbo.png", HISTORY, POSITIONS]
 
 
+def montage(faces: np.ndarray, fill: float, gap: int = 2) -> np.ndarray:
+    """The faces (N, h, w) side by side, ``gap`` pixels of ``fill`` between them."""
+    N, h, w = faces.shape
+    out = np.full((h, N * w + (N - 1) * gap), fill, dtype=np.float64)
+    for m, face in enumerate(faces):
+        out[:, m * (w + gap) : m * (w + gap) + w] = face
+    return out
+
+
+def save_mixture_run(
+    folder: str | os.PathLike,
+    result: engine.MixtureResult,
+    *,
+    names: Sequence[str],
+    options: dict[str, Any] | None = None,
+    errors: dict[str, Any] | None = None,
+    zoom: int = 1,
+    plots: bool = True,
+) -> list[str]:
+    """Write a fit of several faces into ``folder``: ``result.npz``, ``face_1.png`` ... and
+    ``faces.png`` (side by side), ``background.png``, ``history.csv``, ``positions.csv`` (each
+    image's face and position) and, with ``plots``, ``prior.png``. Returns the names."""
+    folder = Path(folder)
+    p = result.params
+    N = len(p.weights)
+    record = _settings_record(result.settings, options or {}) | {"faces": N}
+    arrays: dict[str, Any] = dict(
+        faces=p.faces,
+        background=p.background,
+        noise_std=p.noise_std,
+        weights=p.weights,
+        prior=p.prior,
+        elbo=result.elbo,
+        log_likelihood=result.log_likelihood,
+        n_iter=result.n_iter,
+        converged=result.converged,
+        face_of_image=result.faces_of_images,
+        positions=result.positions,
+        position_probability=result.probability,
+        face_probability=result.face_probability,
+        best_restart=result.best_restart,
+        restart_log_likelihood=result.restart_log_likelihoods,
+        names=np.array([str(n) for n in names]),
+        settings=json.dumps(record, sort_keys=True),
+        version=__version__,
+        **{k: np.asarray(v) for k, v in (errors or {}).items()},
+    )
+    with atomic_write(folder / RESULT) as f:
+        np.savez_compressed(f, **arrays)
+    with atomic_write(folder / HISTORY, "w") as f:
+        w = csv_writer(f)
+        w.writerow(["iteration", "elbo", "log_likelihood"])
+        for t, (e, ll) in enumerate(zip(result.elbo, result.log_likelihood)):
+            w.writerow([t, repr(float(e)), repr(float(ll))])
+    with atomic_write(folder / POSITIONS, "w") as f:
+        w = csv_writer(f)
+        w.writerow(["image", "face", "row", "column", "probability", "face_probability"])
+        rows = zip(names, result.faces_of_images, result.positions, result.probability,
+                   result.face_probability)  # fmt: skip
+        for name, m, (r, c), prob, face_p in rows:
+            w.writerow([printable(name), int(m) + 1, int(r), int(c), f"{prob:.6g}",
+                        f"{face_p:.6g}"])  # fmt: skip
+    lo, hi = display_range(p.faces, p.background)
+    written = [RESULT, HISTORY, POSITIONS]
+    for m, face in enumerate(p.faces):
+        write_png(folder / f"face_{m + 1}.png", face, lo, hi, zoom=zoom)
+        written.append(f"face_{m + 1}.png")
+    write_png(folder / "faces.png", montage(p.faces, hi), lo, hi, zoom=zoom)
+    write_png(folder / "background.png", p.background, lo, hi, zoom=zoom)
+    written += ["faces.png", "background.png"]
+    if plots:
+        from facefinder_cli.plotting import plot_prior  # imports matplotlib
+
+        with atomic_write(folder / "prior.png") as f:
+            plot_prior(p.prior, f)
+        written.append("prior.png")
+    return written
+
+
+def mixture_errors(result: engine.MixtureResult, truth: Truth) -> dict[str, Any]:
+    """The fit against the truth of data of several faces, up to relabelling: the fitted
+    faces matched to the true ones (the matching that maximises the summed correlations),
+    each matched face's correlation and RMSE, the share of images given their true face,
+    and the share given their true face and position."""
+    import itertools
+
+    true, fitted = truth.faces, result.params.faces
+    N = len(true)
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+        den = math.sqrt(float(a @ a) * float(b @ b))
+        return float(a @ b) / den if den > 0 else 0.0
+
+    table = np.array([[corr(true[i], fitted[j]) for j in range(N)] for i in range(N)])
+    perm = max(
+        itertools.permutations(range(N)), key=lambda q: sum(table[i, q[i]] for i in range(N))
+    )
+    label_of = np.empty(N, dtype=np.intp)  # fitted face j -> true face
+    for i, j in enumerate(perm):
+        label_of[j] = i
+    given = label_of[result.faces_of_images]
+    right_face = given == truth.labels
+    return {
+        "face_match": [int(j) + 1 for j in perm],  # true face i is fitted face perm[i]
+        "face_correlation": [round(float(table[i, j]), 6) for i, j in enumerate(perm)],
+        "face_rmse": [
+            float(np.sqrt(np.mean((true[i] - fitted[j]) ** 2))) for i, j in enumerate(perm)
+        ],  # fmt: skip
+        "faces_right": float(np.mean(right_face)),
+        "positions_right": float(
+            np.mean(right_face & np.all(result.positions == truth.positions, axis=1))
+        ),
+    }
+
+
 def view_zoom(image_shape: tuple[int, int], target: int = 256, most: int = 8) -> int:
     """The default upscaling of the PNGs: the smallest integer that makes images at least
     ``target`` pixels on their longer side, between 1 and ``most``."""
@@ -415,6 +531,15 @@ def _result_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def _refuse_several_faces(z: dict[str, np.ndarray], p: Path) -> None:
+    """One line for a result of ``fit --faces N``, which these readers do not take yet."""
+    if "faces" in z and "face" not in z:
+        raise InputError(
+            f"{p}: a fit of several faces (fit --faces): detect, plot-elbo and --init-from "
+            "read fits of one face only, for now"
+        )
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """Read a run from a ``result.npz``, a ``history.csv`` or a run folder."""
     p = _result_path(path)
@@ -422,6 +547,7 @@ def load_run(path: str | os.PathLike) -> Run:
         return _load_history(p)
     z = _npz(p, "a facefinder result")
     what = "a facefinder result"
+    _refuse_several_faces(z, p)
     _require(z, p, what, [*_PARAMS, "elbo", "log_likelihood", "seconds", "positions"])
     params = _checked_params(z, p)
     series = {}
@@ -506,6 +632,7 @@ def load_params(path: str | os.PathLike) -> Params:
     if p.suffix == ".csv":
         raise InputError(f"{p}: a history holds no parameters; give the run folder or result.npz")
     z = _npz(p, "a facefinder result or truth file")
+    _refuse_several_faces(z, p)
     _require(z, p, "a facefinder result or truth file", _PARAMS)
     return _checked_params(z, p)
 
@@ -516,6 +643,8 @@ class Truth:
 
     params: Params
     positions: np.ndarray
+    faces: np.ndarray | None = None  # (N, h, w) for data of several faces (face = faces[0])
+    labels: np.ndarray | None = None  # (K,) each image's face, for data of several faces
 
 
 def save_truth(
@@ -524,15 +653,26 @@ def save_truth(
     positions: np.ndarray,
     *,
     overwrite: bool = False,
+    faces: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> None:
     """Write the truth of a synthetic data set (``facefinder generate``) for ``fit --truth``
     (``overwrite=True`` to replace a file there)."""
     with atomic_write(path, overwrite=overwrite) as f:
-        write_truth(f, truth, positions)
+        write_truth(f, truth, positions, faces=faces, labels=labels)
 
 
-def write_truth(f: IO[bytes], truth: Params, positions: np.ndarray) -> None:
-    """The truth of a synthetic data set, as an ``.npz`` file, to the binary file ``f``."""
+def write_truth(
+    f: IO[bytes],
+    truth: Params,
+    positions: np.ndarray,
+    *,
+    faces: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> None:
+    """The truth of a synthetic data set, as an ``.npz`` file, to the binary file ``f``; for
+    several faces, with ``faces`` (N, h, w) and each image's face ``labels`` too."""
+    extra = {} if faces is None else {"faces": faces, "labels": labels}
     np.savez_compressed(
         f,
         face=truth.face,
@@ -541,6 +681,7 @@ def write_truth(f: IO[bytes], truth: Params, positions: np.ndarray) -> None:
         prior=truth.prior,
         positions=positions,
         version=__version__,
+        **extra,
     )
 
 
@@ -564,7 +705,23 @@ def load_truth(path: str | os.PathLike) -> Truth:
         raise InputError(
             f"{p}: 'positions' lie outside the {Dh}x{Dw} positions of its face in its images"
         )
-    return Truth(params, positions.astype(np.intp))
+    faces = labels = None
+    if "faces" in z:
+        faces, labels = z["faces"], z.get("labels")
+        if (
+            faces.ndim != 3
+            or faces.shape[1:] != params.face.shape
+            or labels is None
+            or labels.shape != (len(positions),)
+            or labels.dtype.kind not in "iu"
+            or (len(labels) and (labels.min() < 0 or labels.max() >= len(faces)))
+        ):
+            raise InputError(
+                f"{p}: 'faces' and 'labels' do not describe the faces of its images (faces of "
+                "its face's size, one face index per image)"
+            )
+        faces, labels = faces.astype(np.float64), labels.astype(np.intp)
+    return Truth(params, positions.astype(np.intp), faces, labels)
 
 
 # ---------------------------------------------------------------------------------------------

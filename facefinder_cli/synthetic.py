@@ -133,6 +133,45 @@ def make_dataset(
     return Dataset(images, positions, Params(face, background, float(noise_std), prior))
 
 
+def make_mixture(
+    faces: list[np.ndarray],
+    background: np.ndarray,
+    n_images: int,
+    noise_std: float,
+    *,
+    prior: np.ndarray | None = None,
+    seed: int | None = None,
+    dtype: type = np.float64,
+) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """Draw ``n_images`` noisy images of several faces (all the same size): each shows one,
+    chosen uniformly, at a position drawn from ``prior``, on the background.
+
+    Returns
+    -------
+    (Dataset, faces, labels)
+        The images, positions and truth (whose ``face`` is the first face) as
+        :func:`make_dataset` gives them; the faces as one (N, h, w) array; each image's face.
+    """
+    faces = [np.asarray(f, dtype=np.float64) for f in faces]
+    if not faces or any(f.shape != faces[0].shape for f in faces):
+        raise ValueError("the faces must all have the same size")
+    ss = np.random.SeedSequence(seed)
+    positions_seed, labels_seed, noise_seed = ss.spawn(3)
+    base = make_dataset(faces[0], background, n_images, 0.0, prior=prior, seed=positions_seed)
+    labels = np.random.default_rng(labels_seed).integers(len(faces), size=n_images)
+    rng = np.random.default_rng(noise_seed)
+    H, W = base.truth.background.shape
+    images = np.empty((n_images, H, W), dtype=dtype)
+    with np.errstate(over="ignore"):
+        for k, (r, c) in enumerate(base.positions):
+            images[k] = paste(base.truth.background, faces[labels[k]], (r, c))
+            images[k] += rng.normal(0.0, noise_std, (H, W))
+    if not np.isfinite(images).all():
+        raise ValueError(f"the images hold values beyond the range of {images.dtype.name}")
+    truth = Params(faces[0], base.truth.background, float(noise_std), base.truth.prior)
+    return Dataset(images, base.positions, truth), np.array(faces), labels
+
+
 def cartoon_face(h: int, w: int) -> np.ndarray:
     """A simple drawn face (head, eyes, brows, nose, mouth) on the 0..255 scale, ``h x w``."""
     y, x = np.mgrid[0:h, 0:w]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,109 @@ def test_hard_and_monte_carlo_em_recover_three_faces(method):
     for i, j in enumerate(perm):
         assert np.corrcoef(faces[i].ravel(), r.params.faces[j].ravel())[0, 1] >= 0.9
     assert np.mean(np.argsort(perm)[r.faces_of_images] == labels) >= 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# The command line: generate --faces, fit --faces N
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_folder(tmp_path_factory):
+    """90 images of 24x30 showing one of three 12x10 faces (a photo face upright, mirrored
+    and upside down), made by generate --faces."""
+    import imageio.v3 as iio
+    from helpers import ok
+
+    root = tmp_path_factory.mktemp("three")
+    photo = iio.imread(Path(__file__).resolve().parent.parent / "sample_data" / "face.png")
+    small = S.resize(np.asarray(photo, dtype=np.float64), (12, 10))
+    paths = []
+    for name, face in (("a", small), ("b", small[:, ::-1]), ("c", small[::-1, ::-1])):
+        iio.imwrite(root / f"{name}.png", np.clip(face, 0, 255).astype(np.uint8))
+        paths.append(str(root / f"{name}.png"))
+    ok("generate", "--faces", ",".join(paths), "--size", "24x30", "--background", paths[0],
+       "-n", 90, "--noise", 25, "-o", root / "imgs", "-q")  # fmt: skip
+    return root
+
+
+def test_generate_faces_writes_the_truth_of_every_face(three_folder):
+    with np.load(three_folder / "imgs" / "truth.npz") as z:
+        assert z["faces"].shape == (3, 12, 10) and z["labels"].shape == (90,)
+        assert set(np.unique(z["labels"])) == {0, 1, 2}
+        np.testing.assert_array_equal(z["face"], z["faces"][0])
+
+
+def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path):
+    import csv
+    import json
+
+    from helpers import ok
+
+    r = ok("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", 3, "--truth",
+           three_folder / "imgs" / "truth.npz", "-o", tmp_path / "run", "--json")  # fmt: skip
+    s = json.loads(r.stdout)
+    assert s["faces"] == 3 and s["restarts"] == 4 and sum(s["images_per_face"]) == 90
+    assert min(s["truth"]["face_correlation"]) >= 0.95 and s["truth"]["faces_right"] >= 0.95
+    run = tmp_path / "run"
+    for name in ("face_1.png", "face_2.png", "face_3.png", "faces.png", "background.png",
+                 "prior.png", "history.csv", "result.npz"):  # fmt: skip
+        assert (run / name).stat().st_size > 0, name
+    with open(run / "positions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 90 and {int(row["face"]) for row in rows} == {1, 2, 3}
+    with np.load(run / "result.npz") as z:
+        assert z["faces"].shape == (3, 12, 10)
+        assert z["weights"].sum() == pytest.approx(1.0)
+        assert json.loads(str(z["settings"]))["faces"] == 3
+    # what reads fits of one face says so, in one line
+    from helpers import cli
+
+    for args in (
+        ["detect", run, three_folder / "imgs"],
+        ["plot-elbo", run, "-o", tmp_path / "e.png"],
+    ):
+        r = cli(*args)
+        assert r.exit_code == 1 and "a fit of several faces (fit --faces)" in r.stderr, args
+    # a one-face run folder may be replaced by one of several faces, and back
+    ok("fit", three_folder / "imgs", "--face-size", "12x10", "-o", run, "--overwrite", "-q")
+    assert not (run / "face_2.png").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--checkpoint-every", "2"], "is not checkpointed"),
+        (["--face-size", "auto"], "needs the face size"),
+        (["--scheduler", "local:1"], "runs on this machine only"),
+        (["--accelerate", "squarem"], "is plain EM"),
+    ],
+)
+def test_fit_faces_refuses_what_it_cannot_do_in_one_line(three_folder, tmp_path, extra, message):
+    from helpers import cli
+
+    args = ["fit", three_folder / "imgs", "--faces", 2, "-o", tmp_path / "run"]
+    if "--face-size" not in extra:
+        args += ["--face-size", "12x10"]
+    r = cli(*args, *extra)
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_faces_refuses_a_truth_of_another_number_of_faces(three_folder, tmp_path):
+    from helpers import cli
+
+    r = cli("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", 2, "--truth",
+            three_folder / "imgs" / "truth.npz", "-o", tmp_path / "run")  # fmt: skip
+    assert r.exit_code == 2 and "the truth of 3 faces, not 2" in r.stderr
+
+
+def test_generate_faces_needs_two_images_and_not_face_too(three_folder, tmp_path):
+    from helpers import cli
+
+    a = str(three_folder / "a.png")
+    r = cli("generate", "--faces", a, "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "two or more images" in r.stderr
+    r = cli("generate", "--faces", f"{a},{a}", "--face", a, "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "--face and --faces" in r.stderr
+    assert not (tmp_path / "x").exists()

@@ -13,6 +13,7 @@ few calls.
 from __future__ import annotations
 
 import os
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,13 +27,18 @@ from facefinder_cli.interrupts import Interrupted
 
 #: The files fit writes into a run folder: --overwrite replaces one holding only these.
 RUN_FILES = frozenset(
-    {runs.RESULT, runs.CHECKPOINT, runs.HISTORY, runs.POSITIONS}
-    | {"face.png", "background.png", "prior.png", "elbo.png"}
+    {runs.RESULT, runs.CHECKPOINT, runs.HISTORY, runs.POSITIONS, runs.SIZES}
+    | {"face.png", "background.png", "prior.png", "elbo.png", "sizes.png", "faces.png"}
 )
+
+
+def _run_file(name: str) -> bool:
+    """Whether fit writes a file of this name into a run folder (``face_N.png`` for --faces)."""
+    return name in RUN_FILES or re.fullmatch(r"face_[1-9][0-9]*\.png", name) is not None
+
+
 #: A run folder; those of versions before the marker are known by a result or checkpoint.
-RUN_FOLDER = outputs.FolderKind(
-    "fit", legacy=(runs.RESULT, runs.CHECKPOINT), expected=RUN_FILES.__contains__
-)
+RUN_FOLDER = outputs.FolderKind("fit", legacy=(runs.RESULT, runs.CHECKPOINT), expected=_run_file)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,20 @@ SAMPLE_FACE = Path(__file__).parent.parent / "data" / "face.png"
 SAMPLE_BACKGROUND = Path(__file__).parent.parent / "data" / "background.png"
 
 
+def _face_list(faces: str, face: str | None) -> list[str]:
+    """The images of --faces (comma-separated); an error naming the option if they are not
+    at least two, or --face is given too."""
+    if face is not None:
+        raise click.UsageError("--face and --faces both give the face: give one of them")
+    paths = [p.strip() for p in faces.split(",")]
+    if len(paths) < 2 or not all(paths):
+        raise click.BadParameter(
+            f"expected two or more images separated by commas, got {faces!r}",
+            param_hint="'--faces'",
+        )
+    return paths
+
+
 def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int, int]):
     shape = (image_shape[0] - face_shape[0] + 1, image_shape[1] - face_shape[1] + 1)
     if value == "uniform":
@@ -68,6 +82,12 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
     type=click.Path(dir_okay=False),
     metavar="IMAGE",
     help="Background image [default: the bundled bricks, 72x96].",
+)
+@click.option(
+    "--faces",
+    metavar="IMAGE,IMAGE,...",
+    help="Several faces, one per image drawn at random (to test fit --faces N); they are "
+    "resized to the first one's size, or to --face-size. Not with --face.",
 )
 @click.option("--face-size", type=SHAPE, help="Resize the face to HxW pixels.")
 @click.option("--size", type=SHAPE, help="Resize the background (so the images) to HxW pixels.")
@@ -112,7 +132,9 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
 @overwrite_opt
 @verbosity
 @reports_errors
-def generate(out, face, background, face_size, size, count, noise, prior, seed, fmt, overwrite):
+def generate(
+    out, face, faces, background, face_size, size, count, noise, prior, seed, fmt, overwrite
+):
     """Make noisy images of a face on a background, with the truth.
 
     Each image is the background with the face pasted at a random position, plus Gaussian
@@ -130,10 +152,16 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
         fmt, stack_file = images.stack_target(out, fmt)
     except InputError as err:
         raise click.BadParameter(str(err), param_hint="'--out/--format'") from None
-    face_img = images.read_image(face or SAMPLE_FACE)
+    many = _face_list(faces, face) if faces is not None else None
+    face_img = images.read_image(many[0] if many else (face or SAMPLE_FACE))
     bg_img = images.read_image(background or SAMPLE_BACKGROUND)
     if face_size:
         face_img = synthetic.resize(face_img, face_size)
+    others = []
+    for path in (many or [])[1:]:
+        other = images.read_image(path)
+        others.append(other if other.shape == face_img.shape else
+                      synthetic.resize(other, face_img.shape))  # fmt: skip
     if size:
         bg_img = synthetic.resize(bg_img, size)
     fh, fw = face_img.shape
@@ -148,7 +176,7 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
     truth_path = (
         out_path.with_name(out_path.stem + ".truth.npz") if stack_file else out_path / "truth.npz"
     )
-    keep = [p for p in (face, background, prior) if p and os.path.lexists(p)]
+    keep = [p for p in (face, background, prior, *(many or [])) if p and os.path.lexists(p)]
     STOPPED["note"] = f"{out} was not written"
     with outputs.claim(out, truth_path if stack_file else None) as stale:
         note_stale(stale)
@@ -162,15 +190,23 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
                 keep=keep,
                 kind=images.IMAGES_FOLDER,
             )
-        data = synthetic.make_dataset(
-            face_img, bg_img, count, noise, prior=prior_table, seed=seed, dtype=np.float32
-        )
+        all_faces = labels = None
+        if others:
+            data, all_faces, labels = synthetic.make_mixture(
+                [face_img, *others], bg_img, count, noise, prior=prior_table, seed=seed,
+                dtype=np.float32,
+            )  # fmt: skip
+        else:
+            data = synthetic.make_dataset(
+                face_img, bg_img, count, noise, prior=prior_table, seed=seed, dtype=np.float32
+            )
         if stack_file:  # the stack and its truth appear together, or neither changes
             clipped, batch = 0, None
             try:
                 with outputs.atomic_files([out, truth_path], overwrite=overwrite) as batch:
                     images.encode_stack(batch.files[0], data.images, fmt)
-                    runs.write_truth(batch.files[1], data.truth, data.positions)
+                    runs.write_truth(batch.files[1], data.truth, data.positions,
+                                     faces=all_faces, labels=labels)  # fmt: skip
             except Interrupted:
                 if batch is not None and batch.installed:
                     STOPPED["note"] = f"{out} and {truth_path} were written all the same"
@@ -183,7 +219,8 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
                 kind=images.IMAGES_FOLDER,
             ) as tmp:
                 clipped = images.write_image_files(tmp, data.images, fmt=fmt)
-                runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions)
+                runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions,
+                                faces=all_faces, labels=labels)  # fmt: skip
     if clipped:
         log.warning(
             "%d of %d pixel values (%.2g%%) fell outside 0..255 and were clipped in "
@@ -193,10 +230,11 @@ def generate(out, face, background, face_size, size, count, noise, prior, seed, 
             100 * clipped / data.images.size,
         )
     log.info(
-        "wrote %d images of %dx%d with a %dx%d face (noise %g) to %s; truth in %s",
+        "wrote %d images of %dx%d with %s %dx%d (noise %g) to %s; truth in %s",
         count,
         bh,
         bw,
+        f"{len(others) + 1} faces of" if others else "a face of",
         fh,
         fw,
         noise,

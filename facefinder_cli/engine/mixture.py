@@ -335,15 +335,69 @@ def mixture_log_joint(X, params: MixtureParams) -> np.ndarray:
     return out
 
 
+def _image_log_likelihoods(data: _Data, p: MixtureParams) -> np.ndarray:
+    """``log p(X_k | θ)`` of every image under the mixture ``p`` (one pass)."""
+    scorer = _MixScorer(p, data)
+
+    def chunk(a: int, b: int) -> np.ndarray:
+        x, xf = data.chunk_data(a, b)
+        return _Posterior.from_log_joint(*scorer.log_joint(x, xf, data.sq_x[a:b])).log_likelihood
+
+    out = np.empty(data.K)
+    for a, b, ll in data.map(chunk):
+        out[a:b] = ll
+    return out
+
+
+def _fit_one(data: _Data, members: np.ndarray, settings: FitSettings, one, rng) -> np.ndarray:
+    """The face of a one-face fit to the images ``members`` (at most ``START_IMAGES`` of
+    them, drawn with ``rng``), from the background and noise of ``one``."""
+    if len(members) > START_IMAGES:
+        members = np.sort(rng.choice(members, START_IMAGES, replace=False))
+    images = np.stack([np.asarray(data.X[int(k)], dtype=np.float64) for k in members])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own = _fit(
+            _Data(images, (data.h, data.w), dtype=data.dtype, workers=data.workers),
+            replace(settings, seed=int(rng.integers(2**32))),
+            {"background": one.background, "noise_std": one.noise_std},
+            None,
+            None,
+        )
+    return own.face
+
+
 def _start(
-    data: _Data, n_faces: int, settings: FitSettings, rng: np.random.Generator
+    data: _Data, n_faces: int, settings: FitSettings, rng: np.random.Generator, restart: int
 ) -> MixtureParams:
-    """One face fitted, every image's crop at its position, and N faces seeded among the
-    crops by k-means++ and refined by ``KMEANS_ROUNDS`` rounds of k-means."""
+    """Where restart ``restart`` starts: one face fitted to all the images, then N faces
+    seeded among its crops (:func:`_start_kmeans`, each restart with its own draws); but
+    restart 1 splits: for each next face, a one-face fit to the images the faces so far
+    explain worst (the share ``1/m`` of them with the lowest likelihood, for the m-th face)."""
     one_settings = replace(settings, restarts=1, max_iter=min(START_ITER, settings.max_iter))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         one = _fit(data, one_settings, None, None, None)
+    if restart != 1:
+        return _start_kmeans(data, n_faces, one_settings, rng, one)
+    faces = [one.face]
+    prior = uniform_prior((data.Dh, data.Dw))
+    for m in range(2, n_faces + 1):
+        p = MixtureParams(np.array(faces), one.background, one.noise_std,
+                          np.full(len(faces), 1.0 / len(faces)), prior)  # fmt: skip
+        ll = _image_log_likelihoods(data, p)
+        worst = np.sort(np.argsort(ll, kind="stable")[: max(2, data.K // m)])
+        faces.append(_fit_one(data, worst, one_settings, one, rng))
+    return MixtureParams(np.array(faces), one.background, one.noise_std,
+                         np.full(n_faces, 1.0 / n_faces), prior)  # fmt: skip
+
+
+def _start_kmeans(
+    data: _Data, n_faces: int, one_settings: FitSettings, rng: np.random.Generator, one
+) -> MixtureParams:
+    """Every image's crop at its position in the one-face fit ``one``, N faces seeded among
+    the crops by k-means++ and refined by ``KMEANS_ROUNDS`` rounds of k-means, and each
+    cluster's face fitted on its own images."""
     h, w = data.h, data.w
     crops = np.empty((data.K, h * w))
     for a, b in data.bounds():
@@ -373,21 +427,8 @@ def _start(
     faces = centres.reshape(n_faces, h, w)
     for m in range(n_faces):
         members = np.flatnonzero(label == m)
-        if len(members) < 2:
-            continue
-        if len(members) > START_IMAGES:
-            members = np.sort(rng.choice(members, START_IMAGES, replace=False))
-        images = np.stack([np.asarray(data.X[int(k)], dtype=np.float64) for k in members])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            own = _fit(
-                _Data(images, (h, w), dtype=data.dtype, workers=data.workers),
-                replace(one_settings, seed=int(rng.integers(2**32))),
-                {"background": one.background, "noise_std": one.noise_std},
-                None,
-                None,
-            )
-        faces[m] = own.face
+        if len(members) >= 2:
+            faces[m] = _fit_one(data, members, one_settings, one, rng)
     counts = np.bincount(label, minlength=n_faces) + 1.0
     return MixtureParams(
         faces,
@@ -439,7 +480,7 @@ def fit_mixture(
     runs = []
     for r in range(settings.restarts):
         rng = np.random.default_rng(_seed_child(seeds, r))
-        p = _start(data, n_faces, settings, rng)
+        p = _start(data, n_faces, settings, rng, r)
         prior_free = settings.prior_update == "always"
         elbo: list[float] = []
         ll: list[float] = []
@@ -463,7 +504,7 @@ def fit_mixture(
             if not prior_free and gain < max(settings.tol, DEFAULT_TOL):
                 prior_free = True  # the rest has settled: the prior is learnt too
             elif prior_free:
-                converged = gain < settings.tol
+                converged = bool(gain < settings.tol)
         stats, best = _mix_pass(data, p, "soft" if settings.method == "mc" else settings.method,
                                 False)  # fmt: skip
         ll.append(stats.log_likelihood)

@@ -1,0 +1,203 @@
+"""``facefinder fit --faces N`` (N > 1): several faces on one background
+(:func:`~facefinder_cli.engine.fit_mixture`). ``--faces 1`` is the ordinary fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from typing import Any
+
+import click
+import numpy as np
+
+from facefinder_cli import engine, images, outputs, runs
+from facefinder_cli.cli.fit_resume import RUN_FOLDER, FitJob
+from facefinder_cli.cli.options import STOPPED, load, log_notes, non_finite, note_stale
+from facefinder_cli.cli.progress import ProgressBar
+from facefinder_cli.errors import InputError
+from facefinder_cli.interrupts import Interrupted
+
+log = logging.getLogger("facefinder")
+
+
+def refuse_with_faces(n_faces: int, given: dict[str, Any]) -> None:
+    """One line for each option a fit of several faces does not take (yet): ``given`` maps
+    an option's name to whether it was given."""
+    for option, why in (
+        ("--resume", "is not checkpointed"),
+        ("--checkpoint-every", "is not checkpointed"),
+        ("--scheduler", "runs on this machine only"),
+        ("--face-size auto", "needs the face size"),
+        ("--init-from", "starts from its own seeds"),
+        ("--accelerate squarem", "is plain EM"),
+    ):
+        if given.get(option):
+            raise click.UsageError(
+                f"a fit of --faces {n_faces} {why}: drop {option} (or fit one face)"
+            )
+
+
+def fit_faces(
+    n_faces: int,
+    job: FitJob,
+    out: str,
+    *,
+    as_json: bool,
+    overwrite: bool,
+    memory_limit: int | None,
+    workers: int | None,
+) -> None:
+    """Fit ``n_faces`` faces to ``job.input`` and write the run into ``out`` (a folder), or
+    the faces side by side as a PNG to a stream."""
+    input, settings = job.input, job.settings
+    truth = runs.load_truth(job.truth) if job.truth else None
+    if truth is not None and (truth.faces is None or len(truth.faces) != n_faces):
+        held = 1 if truth.faces is None else len(truth.faces)
+        raise click.BadParameter(
+            f"{job.truth}: the truth of {held} face{'s' if held > 1 else ''}, not {n_faces}",
+            param_hint="'--truth'",
+        )
+    keep = images.input_paths(input) + [p for p in (job.truth,) if p]
+    folder = None if outputs.is_stream(out) else out
+    with outputs.claim(folder) as stale:
+        note_stale(stale)
+        if folder is not None:
+            outputs.check_folder_target(folder, overwrite, keep=keep, kind=RUN_FOLDER)
+        stack = load(input, job.layout, job.skip_unreadable, stream=True)
+        K, H, W = stack.images.shape
+        h, w = settings.face_shape
+        if h > H or w > W:
+            raise click.BadParameter(
+                f"{h}x{w} is larger than the images ({H}x{W}) of {input}",
+                param_hint="'--face-size'",
+            )
+        if K < n_faces:
+            raise click.BadParameter(
+                f"{n_faces} faces need at least as many images; {input} has {K}",
+                param_hint="'--faces'",
+            )
+        if truth is not None and (
+            truth.params.background.shape != (H, W) or len(truth.positions) != K
+        ):
+            raise click.BadParameter(
+                f"{job.truth}: describes {len(truth.positions)} images of "
+                f"{truth.params.background.shape[0]}x{truth.params.background.shape[1]}, the "
+                f"input has {K} of {H}x{W}",
+                param_hint="'--truth'",
+            )
+        if truth is not None and truth.params.face.shape != (h, w):
+            raise click.BadParameter(
+                f"{job.truth}: its faces are {truth.params.face.shape[0]}x"
+                f"{truth.params.face.shape[1]}, not {h}x{w}",
+                param_hint="'--truth'",
+            )
+        log_notes(stack, truth_given=job.truth is not None)
+        log.info(
+            "fitting %d faces of %dx%d in %d images of %dx%d (%s) by %s EM",
+            n_faces, h, w, K, H, W, input, settings.method,
+        )  # fmt: skip
+        STOPPED["line"] = "interrupted before the faces were fitted: nothing was written"
+        bar = ProgressBar()
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", engine.ConvergenceWarning)
+                result = engine.fit_mixture(
+                    stack.images,
+                    settings,
+                    n_faces,
+                    memory_limit=memory_limit,
+                    workers=workers,
+                    callback=lambda t, elbo, ll: log.debug(
+                        "iteration %d: ELBO %.10g, log-likelihood %.10g", t, elbo, ll
+                    ),
+                    on_chunk=bar.chunk,
+                )
+        except engine.NonFiniteError as err:
+            raise non_finite(input, stack, err) from None
+        except engine.ValueRangeError as err:
+            raise InputError(f"{input}: {err}") from None
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        errors = runs.mixture_errors(result, truth) if truth is not None else None
+        zoom = job.zoom or runs.view_zoom((H, W))
+        written: list[str] = []
+        p = result.params
+        if folder is None:
+            lo, hi = runs.display_range(p.faces, p.background)
+            images.write_png(out, runs.montage(p.faces, hi), lo, hi, zoom=zoom)
+            STOPPED["line"] = f"interrupted after the faces were written to {out}"
+        else:
+            try:
+                with outputs.atomic_folder(folder, overwrite, keep=keep, kind=RUN_FOLDER) as tmp:
+                    written = runs.save_mixture_run(
+                        tmp,
+                        result,
+                        names=stack.names,
+                        options=job.options(),
+                        errors=errors,
+                        zoom=zoom,
+                        plots=job.plots,
+                    )
+            except Interrupted as stop:
+                if written and stop.after == "install":
+                    STOPPED["line"] = f"interrupted after the run was written to {folder}"
+                raise
+            STOPPED["line"] = f"interrupted after the run was written to {folder}"
+    summary = _summary(result, K, H, W, seconds, out, errors)
+    if as_json:
+        with outputs.atomic_write("-", "w") as f:
+            f.write(json.dumps(summary, indent=2) + "\n")
+    _report(summary, written, folder)
+
+
+def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
+    p = result.params
+    s: dict[str, Any] = {
+        "n_images": K,
+        "image_size": [H, W],
+        "face_size": list(p.faces.shape[1:]),
+        "faces": len(p.weights),
+        "weights": [round(float(v), 6) for v in p.weights],
+        "images_per_face": np.bincount(result.faces_of_images, minlength=len(p.weights)).tolist(),
+        "method": result.settings.method,
+        "restarts": len(result.restart_log_likelihoods),
+        "best_restart": result.best_restart,
+        "n_iter": result.n_iter,
+        "converged": result.converged,
+        "seconds": round(seconds, 3),
+        "noise_std": p.noise_std,
+        "log_likelihood": float(result.log_likelihood[-1]),
+        "log_likelihood_per_pixel": float(result.log_likelihood[-1]) / (K * H * W),
+        "elbo": float(result.elbo[-1]),
+        "mean_face_probability": float(np.mean(result.face_probability)),
+        "out": out,
+    }
+    if errors is not None:
+        s["truth"] = errors
+    return s
+
+
+def _report(s: dict[str, Any], written: list[str], folder: str | None) -> None:
+    state = f"converged after {s['n_iter']} iterations" if s["converged"] else (
+        f"stopped after {s['n_iter']} iterations (--max-iter)")  # fmt: skip
+    log.info(
+        "%s in %.1f s: %d faces, weights %s (images: %s), noise std %.4g, log-likelihood %.6g",
+        state, s["seconds"], s["faces"], ", ".join(f"{v:.3g}" for v in s["weights"]),
+        ", ".join(map(str, s["images_per_face"])), s["noise_std"], s["log_likelihood"],
+    )  # fmt: skip
+    if "truth" in s:
+        t = s["truth"]
+        log.info(
+            "against the truth (faces matched up to relabelling: true face i is face %s): "
+            "correlations %s, images given their face %.1f%%, and their position too %.1f%%",
+            ", ".join(map(str, t["face_match"])),
+            ", ".join(f"{c:.3f}" for c in t["face_correlation"]),
+            100 * t["faces_right"],
+            100 * t["positions_right"],
+        )
+    if folder is not None:
+        log.info("wrote %s: %s", folder, ", ".join(written))
