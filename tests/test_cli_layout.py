@@ -9,7 +9,7 @@ from pathlib import Path
 from facefinder_cli.cli import main
 
 CLI = Path(__file__).resolve().parent.parent / "facefinder_cli" / "cli"
-SHARED = ("options", "progress", "fit_resume")  # what the command modules build on
+SHARED = ("options", "progress", "fit_resume", "fit_faces")  # what the commands build on
 
 
 def _cli_imports(path: Path) -> set[str]:
@@ -41,6 +41,7 @@ def test_the_shared_modules_import_no_command():
     assert _cli_imports(CLI / "options.py") == set()
     assert _cli_imports(CLI / "progress.py") == set()
     assert _cli_imports(CLI / "fit_resume.py") <= {"options", "progress"}
+    assert _cli_imports(CLI / "fit_faces.py") <= {"options", "progress", "fit_resume"}
     commands = {p.stem for p in CLI.glob("*.py")} - set(SHARED) - {"__init__"}
     for name in commands:
         assert _cli_imports(CLI / f"{name}.py") <= set(SHARED), name
