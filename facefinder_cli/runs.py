@@ -531,12 +531,40 @@ def _result_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Path] | None:
+    """The parameters of a fit of several faces (a run folder or its ``result.npz``), the
+    number of images it was fitted to, and the file read; None if it is a fit of one face."""
+    p = _result_path(path)
+    if p.suffix == ".csv":
+        return None
+    z = _npz(p, "a facefinder result")
+    if "faces" not in z or "face" in z:
+        return None
+    _require(z, p, "a fit of several faces", ["faces", "background", "noise_std", "weights",
+                                               "prior", "face_of_image"])  # fmt: skip
+    keys = ("faces", "background", "prior", "weights")
+    faces, background, prior, weights = (np.asarray(z[k], dtype=np.float64) for k in keys)
+    noise = float(np.asarray(z["noise_std"]))
+    ok = (
+        faces.ndim == 3 and background.ndim == 2 and weights.shape == (len(faces),)
+        and prior.shape == (background.shape[0] - faces.shape[1] + 1,
+                            background.shape[1] - faces.shape[2] + 1)
+        and np.isfinite(faces).all() and np.isfinite(background).all() and noise > 0
+        and (weights >= 0).all() and (prior >= 0).all()
+        and abs(weights.sum() - 1) < 1e-6 and abs(prior.sum() - 1) < 1e-6
+    )  # fmt: skip
+    if not ok:
+        raise InputError(f"{p}: damaged (its faces, background, weights or prior do not agree)")
+    n_images = len(np.asarray(z["face_of_image"]))
+    return engine.MixtureParams(faces, background, noise, weights, prior), n_images, p
+
+
 def _refuse_several_faces(z: dict[str, np.ndarray], p: Path) -> None:
     """One line for a result of ``fit --faces N``, which these readers do not take yet."""
     if "faces" in z and "face" not in z:
         raise InputError(
-            f"{p}: a fit of several faces (fit --faces): detect, plot-elbo and --init-from "
-            "read fits of one face only, for now"
+            f"{p}: a fit of several faces (fit --faces): plot-elbo and --init-from read fits "
+            "of one face only, for now"
         )
 
 

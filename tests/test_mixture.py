@@ -233,15 +233,26 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
         assert z["faces"].shape == (3, 12, 10)
         assert z["weights"].sum() == pytest.approx(1.0)
         assert json.loads(str(z["settings"]))["faces"] == 3
-    # what reads fits of one face says so, in one line
+    # detect finds which face is where in the images (here the training images themselves)
+    with np.load(three_folder / "imgs" / "truth.npz") as z:
+        labels, positions = z["labels"], z["positions"]
+    ok("detect", run, three_folder / "imgs", "-o", tmp_path / "found.csv", "--draw",
+       tmp_path / "boxed")  # fmt: skip
+    with open(tmp_path / "found.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    match = s["truth"]["face_match"]  # true face i is fitted face match[i]
+    true_as_fitted = np.array([match[t] for t in labels])
+    assert np.mean(np.array([int(row["face"]) for row in rows]) == true_as_fitted) >= 0.95
+    found = np.array([[int(row["row"]), int(row["column"])] for row in rows])
+    assert np.mean(np.all(found == positions, axis=1)) >= 0.9
+    assert len(list((tmp_path / "boxed").glob("*.png"))) == 90
+    # what reads fits of one face only says so, in one line
     from helpers import cli
 
-    for args in (
-        ["detect", run, three_folder / "imgs"],
-        ["plot-elbo", run, "-o", tmp_path / "e.png"],
-    ):
-        r = cli(*args)
-        assert r.exit_code == 1 and "a fit of several faces (fit --faces)" in r.stderr, args
+    r = cli("plot-elbo", run, "-o", tmp_path / "e.png")
+    assert r.exit_code == 1 and "a fit of several faces (fit --faces)" in r.stderr
+    r = cli("detect", run, three_folder / "imgs", "--scheduler", "local:1")
+    assert r.exit_code == 2 and "on this machine only" in r.stderr
     # a one-face run folder may be replaced by one of several faces, and back
     ok("fit", three_folder / "imgs", "--face-size", "12x10", "-o", run, "--overwrite", "-q")
     assert not (run / "face_2.png").exists()

@@ -101,7 +101,8 @@ def detect(
 
     MODEL is a run folder or result.npz from `facefinder fit`; INPUT as for `fit`, with images
     of the size the model was fitted on. Prints, for each image, the most probable position of
-    the face's top-left corner (row, column, from 0) and its posterior probability.
+    the face's top-left corner (row, column, from 0) and its posterior probability; for a fit
+    of several faces (fit --faces N), also which face (from 1) and that face's probability.
 
     The faces may sit anywhere, not only where the training images had them (see --prior). A
     warning says when the images do not fit the model (another value scale, another scene).
@@ -115,6 +116,17 @@ def detect(
     if outputs.is_stdout(out) and outputs.stdout_closed():
         raise InputError("standard output is closed: there is nowhere to write the positions")
     check_cluster_input(scheduler, input)
+    mixture = runs.load_mixture(model)
+    if mixture is not None:
+        if scheduler:
+            raise click.UsageError(
+                f"{model} is a fit of several faces: detect runs it on this machine only; "
+                "drop --scheduler (or DASK_SCHEDULER_ADDRESS)"
+            )
+        params = _mixture_params(*mixture, prior_choice, face_choice)
+        _detect_faces(model, params, input, out, draw, zoom, prior_choice, skip_unreadable,
+                      layout, overwrite)  # fmt: skip
+        return
     run = runs.load_run(model)
     if run.params is None:
         raise click.BadParameter(
@@ -174,6 +186,97 @@ def detect(
         "located the face in %d images (mean probability %.3f)%s",
         K,
         float(np.mean(probability)),
+        f"; boxed images in {draw}" if draw else "",
+    )
+
+
+def _mixture_params(
+    p: engine.MixtureParams, n_images: int, source, choice: str, face_choice: str
+) -> engine.MixtureParams:
+    """A fit of several faces with the prior ``--prior`` and the faces ``--face`` ask for:
+    each face shrunk as fitted to its share of the images."""
+    if face_choice == "shrunk":
+        faces = np.array([
+            engine.shrunk_face(f, p.noise_std, max(2, int(round(w * n_images))))
+            for f, w in zip(p.faces, p.weights)
+        ])  # fmt: skip
+        p = engine.MixtureParams(faces, p.background, p.noise_std, p.weights, p.prior)
+    if choice == "fitted":
+        prior = p.prior
+    elif choice == "uniform":
+        prior = engine.uniform_prior(p.prior.shape)
+    elif choice == "smoothed":
+        prior = engine.predictive_prior(p.prior, n_images)
+    elif Path(choice).suffix == ".npy":
+        h, w = p.faces.shape[1:]
+        need = f"the model's {h}x{w} faces have {p.prior.shape} positions"
+        prior = prior_file(choice, p.prior.shape, need)
+    else:
+        raise click.BadParameter(
+            f"expected smoothed, fitted, uniform or a .npy file; got {choice!r}",
+            param_hint="'--prior'",
+        )
+    return engine.MixtureParams(p.faces, p.background, p.noise_std, p.weights, prior)
+
+
+def _detect_faces(
+    model, params, input, out, draw, zoom, prior_choice, skip_unreadable, layout, overwrite
+) -> None:
+    """detect with a fit of several faces: each image's face, its position, and their
+    probabilities (the CSV's columns face, row, column, probability, face_probability)."""
+    keep = [model, *images.input_paths(input)]
+    if Path(prior_choice).suffix == ".npy":
+        keep.append(prior_choice)
+    if draw and not outputs.is_stream(out) and outputs.inside(out, draw):
+        raise click.BadParameter(
+            f"{out} is inside the --draw folder {draw}, which is replaced whole: write it "
+            "elsewhere",
+            param_hint="'-o' / '--out'",
+        )
+    with outputs.claim(out, draw) as stale:
+        note_stale(stale)
+        outputs.check_file_target(out, overwrite, keep=keep)
+        if draw:
+            outputs.check_folder_target(draw, overwrite, keep=keep, kind=DRAW_FOLDER)
+        stack = load(input, layout, skip_unreadable, stream=True)
+        K, H, W = stack.images.shape
+        if (H, W) != params.background.shape:
+            bh, bw = params.background.shape
+            raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
+        try:
+            found = engine.detect_mixture(stack.images, params)
+        except engine.NonFiniteError as err:
+            raise non_finite(input, stack, err) from None
+        except engine.ValueRangeError as err:
+            raise InputError(f"{input}: {err}") from None
+        log_notes(stack)
+        _warn_if_mismatched(found, params.noise_std, input)
+        if draw:
+            STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
+        with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
+            rows = names.csv_writer(f)
+            rows.writerow(["image", "face", "row", "column", "probability", "face_probability"])
+            table = zip(found.faces, found.positions, found.probability, found.face_probability)
+            for name, (m, (r, c), p, q) in zip(stack.names, table):
+                rows.writerow([printable(name), int(m) + 1, int(r), int(c), f"{p:.6g}", f"{q:.6g}"])
+        if draw:
+            if not outputs.is_stream(out):
+                STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
+            STOPPED["installed"] = f"{out} and the boxed images in {draw} were written all the same"
+            h, w = params.faces.shape[1:]
+            zoom = zoom or runs.view_zoom((H, W))
+            with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
+                for k, stem in enumerate(images.file_stems(stack.names, K)):
+                    r, c = found.positions[k]
+                    rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w)
+                    images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+    counts = np.bincount(found.faces, minlength=len(params.weights))
+    log.info(
+        "located one of %d faces in %d images (images per face: %s; mean probability %.3f)%s",
+        len(params.weights),
+        K,
+        ", ".join(map(str, counts)),
+        float(np.mean(found.probability)),
         f"; boxed images in {draw}" if draw else "",
     )
 

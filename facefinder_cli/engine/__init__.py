@@ -85,7 +85,13 @@ from facefinder_cli.engine.machine import (
     available_cores,
     default_memory_limit,
 )
-from facefinder_cli.engine.mixture import MixtureParams, MixtureResult, fit_mixture
+from facefinder_cli.engine.mixture import (
+    MixtureDetection,
+    MixtureParams,
+    MixtureResult,
+    detect_mixture,
+    fit_mixture,
+)
 from facefinder_cli.engine.model import (
     ACCELERATIONS,
     CHUNK_VALUES,
@@ -139,6 +145,7 @@ __all__ = [
     "MC_SAMPLES",
     "MC_WINDOW",
     "METHODS",
+    "MixtureDetection",
     "MixtureParams",
     "MixtureResult",
     "NOISE_FLOOR",
@@ -160,6 +167,7 @@ __all__ = [
     "choose_face_size",
     "default_memory_limit",
     "detect",
+    "detect_mixture",
     "elbo",
     "fit",
     "fit_mixture",

@@ -50,7 +50,14 @@ from facefinder_cli.engine.passes import _draw
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _seed_child, _seed_sequence
 
-__all__ = ["MixtureParams", "MixtureResult", "fit_mixture", "mixture_log_joint"]
+__all__ = [
+    "MixtureDetection",
+    "MixtureParams",
+    "MixtureResult",
+    "detect_mixture",
+    "fit_mixture",
+    "mixture_log_joint",
+]
 
 #: Rounds of k-means that refine the k-means++ seeds of the start.
 KMEANS_ROUNDS = 10
@@ -320,6 +327,66 @@ def _draws_entropy(draws: np.ndarray) -> float:
         p = counts / S
         total -= float(np.sum(p * np.log(p)))
     return total
+
+
+@dataclass
+class MixtureDetection:
+    """Which face is where in each image (:func:`detect_mixture`).
+
+    Attributes
+    ----------
+    faces : ndarray of shape (K,), int
+        The face of each image's most probable (face, position) pair.
+    positions : ndarray of shape (K, 2), int
+        Its position.
+    probability : ndarray of shape (K,)
+        The pair's posterior probability.
+    face_probability : ndarray of shape (K,)
+        The face's posterior probability, over all positions.
+    residual_std : ndarray of shape (K,)
+        The root mean square of ``X_k - Model`` at the pair: about ``noise_std`` when the
+        images fit the model.
+    """
+
+    faces: np.ndarray
+    positions: np.ndarray
+    probability: np.ndarray
+    face_probability: np.ndarray
+    residual_std: np.ndarray
+
+
+def detect_mixture(X, params: MixtureParams, *, chunk_size: int | None = None) -> MixtureDetection:
+    """Each image's most probable face and position under ``params`` (one streaming pass)."""
+    p = params
+    data = _Data(X, p.faces.shape[1:], chunk_size=chunk_size, cache_fft=False)
+    scorer = _MixScorer(p, data)
+    N = len(p.weights)
+    shape = (N, data.Dh, data.Dw)
+    s2 = p.noise_std**2
+    with np.errstate(divide="ignore"):
+        log_w, log_a = np.log(p.weights), np.log(p.prior)
+    gauss = -0.5 * data.H * data.W * math.log(2 * math.pi * s2)
+
+    def chunk(a: int, b: int):
+        x, xf = data.chunk_data(a, b)
+        post = _Posterior.from_log_joint(*scorer.log_joint(x, xf, data.sq_x[a:b]))
+        m, r, c = np.unravel_index(post.best, shape)
+        n = b - a
+        face_p = post.q.reshape(n, N, -1).sum(axis=2)[np.arange(n), m]
+        sse = -2.0 * s2 * (post.best_log_joint - log_w[m] - log_a[r, c] - gauss)
+        resid = np.sqrt(np.maximum(sse, 0.0) / (data.H * data.W))
+        prob = np.exp(post.best_log_joint - post.log_likelihood)
+        return m, np.column_stack([r, c]), prob, face_p, resid
+
+    out = MixtureDetection(
+        np.empty(data.K, np.intp), np.empty((data.K, 2), np.intp), np.empty(data.K),
+        np.empty(data.K), np.empty(data.K),
+    )  # fmt: skip
+    for a, b, (m, pos, prob, face_p, resid) in data.map(chunk):
+        out.faces[a:b], out.positions[a:b], out.probability[a:b] = m, pos, prob
+        out.face_probability[a:b], out.residual_std[a:b] = face_p, resid
+        data.report(b)
+    return out
 
 
 def mixture_log_joint(X, params: MixtureParams) -> np.ndarray:
