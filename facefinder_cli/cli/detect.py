@@ -115,14 +115,14 @@ def detect(
     """
     if outputs.is_stdout(out) and outputs.stdout_closed():
         raise InputError("standard output is closed: there is nowhere to write the positions")
-    check_cluster_input(scheduler, input)
     mixture = runs.load_mixture(model)
+    if mixture is not None and scheduler:
+        raise click.UsageError(
+            f"{model} is a fit of several faces: detect runs it on this machine only; drop "
+            "--scheduler (or DASK_SCHEDULER_ADDRESS)"
+        )
+    check_cluster_input(scheduler, input)
     if mixture is not None:
-        if scheduler:
-            raise click.UsageError(
-                f"{model} is a fit of several faces: detect runs it on this machine only; "
-                "drop --scheduler (or DASK_SCHEDULER_ADDRESS)"
-            )
         params = _mixture_params(*mixture, prior_choice, face_choice)
         _detect_faces(model, params, input, out, draw, zoom, prior_choice, skip_unreadable,
                       layout, overwrite)  # fmt: skip
