@@ -445,6 +445,16 @@ def save_mixture_run(
     return written
 
 
+def save_faces_search(folder: str | os.PathLike, choice: engine.FacesChoice) -> list[str]:
+    """Write ``faces.csv``: every number of faces that ``fit --faces auto`` tried."""
+    with atomic_write(Path(folder) / "faces.csv", "w") as f:
+        w = csv_writer(f)
+        w.writerow(["faces", "log_likelihood", "criterion", "n_params", "iterations", "seconds"])
+        for n, ll, criterion, n_params, n_iter, seconds in choice.trials:
+            w.writerow([n, repr(ll), repr(criterion), n_params, n_iter, round(seconds, 3)])
+    return ["faces.csv"]
+
+
 def mixture_errors(result: engine.MixtureResult, truth: Truth) -> dict[str, Any]:
     """The fit against the truth of data of several faces, up to relabelling: the fitted
     faces matched to the true ones (the matching that maximises the summed correlations),

@@ -295,3 +295,29 @@ def test_generate_faces_needs_two_images_and_not_face_too(three_folder, tmp_path
     r = cli("generate", "--faces", f"{a},{a}", "--face", a, "-o", tmp_path / "x")
     assert r.exit_code == 2 and "--face and --faces" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_fit_faces_auto_chooses_three_and_writes_the_search(three_folder, tmp_path):
+    import csv
+    import json
+
+    from helpers import ok
+
+    r = ok("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", "auto",
+           "--restarts", 2, "-o", tmp_path / "run", "--json")  # fmt: skip
+    s = json.loads(r.stdout)
+    assert s["faces"] == 3 and s["faces_search"]["chosen"] == 3 and s["faces_search"]["clear"]
+    with open(tmp_path / "run" / "faces.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["faces"]) for row in rows] == s["faces_search"]["tried"]
+    criterion = {int(row["faces"]): float(row["criterion"]) for row in rows}
+    assert max(criterion, key=criterion.get) == 3 and len(rows) >= 3 + M.PATIENCE
+
+
+@pytest.mark.parametrize("value", ["0", "x", "-2", "2.5"])
+def test_a_bad_number_of_faces_is_one_line(three_folder, tmp_path, value):
+    from helpers import cli
+
+    r = cli("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", value, "-o",
+            tmp_path / "run")  # fmt: skip
+    assert r.exit_code == 2 and "expected a number of faces from 1, or auto" in r.stderr

@@ -37,6 +37,7 @@ from facefinder_cli.cli.options import (
     BYTE_SIZE,
     CONTEXT,
     FACE_SIZE,
+    FACES,
     OUTPUT,
     STOPPED,
     AutoSize,
@@ -149,13 +150,14 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 )
 @click.option(
     "--faces",
-    type=click.IntRange(min=1),
+    type=FACES,
     default=1,
     show_default=True,
     help="Number of different faces: each image shows one of them, all of --face-size, on "
     "the same background. With N > 1 the run holds face_1.png ... face_N.png, faces.png side "
     "by side, the weights, and each image's face in positions.csv; --restarts is 4 unless "
-    "given (see docs/METHODS.md).",
+    "given. 'auto' fits 1, 2, 3, ... faces and keeps the number with the best penalised "
+    "likelihood (BIC), writing faces.csv (see docs/METHODS.md).",
 )
 @click.option(
     "--restarts",
@@ -339,7 +341,7 @@ def fit(
       facefinder fit shots.zarr --face-size 24x24 --scheduler tcp://head:8786 -o run
     """
     n_faces = options.pop("faces")
-    if n_faces > 1:
+    if n_faces == "auto" or n_faces > 1:
         refuse_with_faces(
             n_faces,
             {

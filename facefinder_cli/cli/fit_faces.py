@@ -22,7 +22,7 @@ from facefinder_cli.interrupts import Interrupted
 log = logging.getLogger("facefinder")
 
 
-def refuse_with_faces(n_faces: int, given: dict[str, Any]) -> None:
+def refuse_with_faces(n_faces: int | str, given: dict[str, Any]) -> None:
     """One line for each option a fit of several faces does not take (yet): ``given`` maps
     an option's name to whether it was given."""
     for option, why in (
@@ -40,7 +40,7 @@ def refuse_with_faces(n_faces: int, given: dict[str, Any]) -> None:
 
 
 def fit_faces(
-    n_faces: int,
+    n_faces: int | str,
     job: FitJob,
     out: str,
     *,
@@ -49,11 +49,17 @@ def fit_faces(
     memory_limit: int | None,
     workers: int | None,
 ) -> None:
-    """Fit ``n_faces`` faces to ``job.input`` and write the run into ``out`` (a folder), or
-    the faces side by side as a PNG to a stream."""
+    """Fit ``n_faces`` faces (or, for ``"auto"``, the number the criterion chooses) to
+    ``job.input`` and write the run into ``out`` (a folder), or the faces side by side as a
+    PNG to a stream."""
     input, settings = job.input, job.settings
     truth = runs.load_truth(job.truth) if job.truth else None
-    if truth is not None and (truth.faces is None or len(truth.faces) != n_faces):
+    auto = n_faces == "auto"
+    if truth is not None and truth.faces is None:
+        raise click.BadParameter(
+            f"{job.truth}: the truth of one face: fit it with --faces 1", param_hint="'--truth'"
+        )
+    if truth is not None and not auto and len(truth.faces) != n_faces:
         held = 1 if truth.faces is None else len(truth.faces)
         raise click.BadParameter(
             f"{job.truth}: the truth of {held} face{'s' if held > 1 else ''}, not {n_faces}",
@@ -73,7 +79,7 @@ def fit_faces(
                 f"{h}x{w} is larger than the images ({H}x{W}) of {input}",
                 param_hint="'--face-size'",
             )
-        if K < n_faces:
+        if not auto and K < n_faces:
             raise click.BadParameter(
                 f"{n_faces} faces need at least as many images; {input} has {K}",
                 param_hint="'--faces'",
@@ -95,8 +101,8 @@ def fit_faces(
             )
         log_notes(stack, truth_given=job.truth is not None)
         log.info(
-            "fitting %d faces of %dx%d in %d images of %dx%d (%s) by %s EM",
-            n_faces, h, w, K, H, W, input, settings.method,
+            "fitting %s faces of %dx%d in %d images of %dx%d (%s) by %s EM",
+            "1, 2, 3, ..." if auto else n_faces, h, w, K, H, W, input, settings.method,
         )  # fmt: skip
         STOPPED["line"] = "interrupted before the faces were fitted: nothing was written"
         bar = ProgressBar()
@@ -104,10 +110,7 @@ def fit_faces(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", engine.ConvergenceWarning)
-                result = engine.fit_mixture(
-                    stack.images,
-                    settings,
-                    n_faces,
+                kw = dict(
                     memory_limit=memory_limit,
                     workers=workers,
                     callback=lambda t, elbo, ll: log.debug(
@@ -115,6 +118,12 @@ def fit_faces(
                     ),
                     on_chunk=bar.chunk,
                 )
+                if auto:
+                    choice = engine.choose_faces(stack.images, settings, on_trial=_said, **kw)
+                    result, searched = choice.result, choice
+                else:
+                    result = engine.fit_mixture(stack.images, settings, n_faces, **kw)
+                    searched = None
         except engine.NonFiniteError as err:
             raise non_finite(input, stack, err) from None
         except engine.ValueRangeError as err:
@@ -122,7 +131,14 @@ def fit_faces(
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
-        errors = runs.mixture_errors(result, truth) if truth is not None else None
+        errors = None
+        if truth is not None and len(truth.faces) == len(result.params.weights):
+            errors = runs.mixture_errors(result, truth)
+        elif truth is not None:
+            log.warning(
+                "the truth holds %d faces and %d were chosen: no errors against it",
+                len(truth.faces), len(result.params.weights),
+            )  # fmt: skip
         zoom = job.zoom or runs.view_zoom((H, W))
         written: list[str] = []
         p = result.params
@@ -142,16 +158,39 @@ def fit_faces(
                         zoom=zoom,
                         plots=job.plots,
                     )
+                    if searched is not None:
+                        written += runs.save_faces_search(tmp, searched)
             except Interrupted as stop:
                 if written and stop.after == "install":
                     STOPPED["line"] = f"interrupted after the run was written to {folder}"
                 raise
             STOPPED["line"] = f"interrupted after the run was written to {folder}"
     summary = _summary(result, K, H, W, seconds, out, errors)
+    if searched is not None:
+        summary["faces_search"] = {
+            "chosen": searched.n_faces,
+            "margin": searched.margin if np.isfinite(searched.margin) else None,
+            "clear": bool(searched.margin >= np.log(20.0)),
+            "tried": [t[0] for t in searched.trials],
+        }
+        log.info(
+            "chose %d faces by the criterion (%s: %s); tried %s",
+            searched.n_faces,
+            "clear" if summary["faces_search"]["clear"] else "unclear",
+            f"{searched.margin:.1f} nats above the next best" if np.isfinite(searched.margin)
+            else "no other number tried",
+            ", ".join(str(t[0]) for t in searched.trials),
+        )  # fmt: skip
     if as_json:
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
     _report(summary, written, folder)
+
+
+def _said(trial: tuple) -> None:
+    n, ll, criterion, _, n_iter, seconds = trial
+    log.info("  %d face%s: criterion %.1f (%d iterations, %.1f s)", n, "s" if n > 1 else "",
+             criterion, n_iter, seconds)  # fmt: skip
 
 
 def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:

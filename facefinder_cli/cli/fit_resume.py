@@ -29,6 +29,7 @@ from facefinder_cli.interrupts import Interrupted
 RUN_FILES = frozenset(
     {runs.RESULT, runs.CHECKPOINT, runs.HISTORY, runs.POSITIONS, runs.SIZES}
     | {"face.png", "background.png", "prior.png", "elbo.png", "sizes.png", "faces.png"}
+    | {"faces.csv"}
 )
 
 

@@ -98,6 +98,25 @@ class FaceSizeType(ShapeType):
 FACE_SIZE = FaceSizeType()
 
 
+class FacesType(click.ParamType):
+    """A number of faces (1 or more), or ``auto``: an int, or the string ``"auto"``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if re.fullmatch(r"[0-9]+", text) and int(text) >= 1:
+            return int(text)
+        self.fail(f"expected a number of faces from 1, or auto; got {value!r}", param, ctx)
+
+
+FACES = FacesType()
+
+
 class ByteSizeType(click.ParamType):
     """A memory size: bytes, or a number with a unit K, M, G, T (powers of 1024; ``KiB``,
     ``MB``... are read the same way), e.g. ``512M``, ``1.5G``."""

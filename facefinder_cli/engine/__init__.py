@@ -86,9 +86,11 @@ from facefinder_cli.engine.machine import (
     default_memory_limit,
 )
 from facefinder_cli.engine.mixture import (
+    FacesChoice,
     MixtureDetection,
     MixtureParams,
     MixtureResult,
+    choose_faces,
     detect_mixture,
     fit_mixture,
 )
@@ -135,6 +137,7 @@ __all__ = [
     "DEFAULT_MEMORY_LIMIT",
     "DEFAULT_TOL",
     "DTYPES",
+    "FacesChoice",
     "Detection",
     "FitResult",
     "FitSettings",
@@ -165,6 +168,7 @@ __all__ = [
     "WHITE",
     "available_cores",
     "choose_face_size",
+    "choose_faces",
     "default_memory_limit",
     "detect",
     "detect_mixture",

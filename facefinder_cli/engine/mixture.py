@@ -51,9 +51,11 @@ from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _seed_child, _seed_sequence
 
 __all__ = [
+    "FacesChoice",
     "MixtureDetection",
     "MixtureParams",
     "MixtureResult",
+    "choose_faces",
     "detect_mixture",
     "fit_mixture",
     "mixture_log_joint",
@@ -602,3 +604,72 @@ def _window_gain(values: list[float], window: int = 5) -> float:
         return math.inf
     last, before = values[-window:], values[-2 * window : -window]
     return (sum(last) - sum(before)) / (window * window)
+
+
+#: Numbers of faces that ``choose_faces`` tries at most, and how many in a row must score
+#: worse than the best before it stops.
+MOST_FACES = 8
+PATIENCE = 2
+
+
+@dataclass
+class FacesChoice:
+    """The outcome of :func:`choose_faces`.
+
+    Attributes
+    ----------
+    n_faces : int
+        The chosen number of faces.
+    result : MixtureResult
+        Its fit.
+    trials : list of (n_faces, log_likelihood, criterion, n_params, iterations, seconds)
+        Every number tried, in order.
+    margin : float
+        The chosen number's criterion minus the best other's (nats): under ``log 20`` the
+        choice is unclear.
+    """
+
+    n_faces: int
+    result: MixtureResult
+    trials: list[tuple[int, float, float, int, int, float]]
+    margin: float
+
+
+def choose_faces(
+    X,
+    settings: FitSettings,
+    *,
+    most: int = MOST_FACES,
+    on_trial: Callable[[tuple], None] | None = None,
+    **kw,
+) -> FacesChoice:
+    """Fit 1, 2, 3, ... faces (up to ``most``, and until ``PATIENCE`` numbers in a row score
+    below the best) and keep the number with the best penalised log-likelihood, BIC's as for
+    the face size: ``log p(X | θ̂) - n/2 log K`` with ``n = N h w + H W + 1 + (N - 1)`` (the
+    faces, the background, the noise, the weights; the prior over positions not counted, as
+    for the face size). ``kw`` as for :func:`fit_mixture`."""
+    trials: list[tuple[int, float, float, int, int, float]] = []
+    results: dict[int, MixtureResult] = {}
+    best, behind = 0, 0
+    for n in range(1, most + 1):
+        r = fit_mixture(X, settings, n, **kw)
+        K, H, W = len(r.faces_of_images), *r.params.background.shape
+        h, w = r.params.faces.shape[1:]
+        n_params = n * h * w + H * W + 1 + (n - 1)
+        ll = float(r.log_likelihood[-1])
+        trial = (n, ll, ll - 0.5 * n_params * math.log(K), n_params, r.n_iter, r.seconds)
+        trials.append(trial)
+        results[n] = r
+        if on_trial is not None:
+            on_trial(trial)
+        if best == 0 or trial[2] > trials[best - 1][2]:
+            best, behind = n, 0
+        else:
+            behind += 1
+            if behind >= PATIENCE:
+                break
+        if n >= K:
+            break
+    others = [t[2] for t in trials if t[0] != best]
+    margin = trials[best - 1][2] - max(others) if others else math.inf
+    return FacesChoice(best, results[best], trials, margin)
