@@ -226,7 +226,7 @@ def add_full_fit(record: dict[str, Any], result: FitResult, seconds: float) -> N
     """Add the chosen size's full fit (the command line's own) to the search's ``record``."""
     h, w = result.face.shape
     K = result.positions.shape[0]
-    n = h * w + result.background.size + 1
+    n = engine.sizes.n_params((h, w), result.background.shape)
     ll = float(result.log_likelihood[-1])
     passes = int(sum(int(r.passes[-1]) + 1 for r in result.restarts))  # (+ the final pass)
     record["trials"].append(

@@ -441,9 +441,10 @@ def mixture_posterior(X, faces, background, noise_std, weights, prior):
     return q, ll
 
 
-def mixture_m_step(X, q, h, w, previous_background):
+def mixture_m_step(X, q, h, w, previous_background, previous_faces=None):
     """Faces, background, noise std, weights and prior maximising ``E_q[log p(X, m, d)]``,
-    each by its definition: weighted means of crops and of uncovered pixels."""
+    each by its definition: weighted means of crops and of uncovered pixels. A face no image
+    took (zero mass) keeps its previous value."""
     X = np.asarray(X, dtype=np.float64)
     K, H, W = X.shape
     N = q.shape[1]
@@ -455,7 +456,7 @@ def mixture_m_step(X, q, h, w, previous_background):
             for r, c in positions:
                 num += q[k, m, r, c] * X[k, r : r + h, c : c + w]
                 den += q[k, m, r, c]
-        faces[m] = num / den
+        faces[m] = num / den if den > 0 else previous_faces[m]
     num, den = np.zeros((H, W)), np.zeros((H, W))
     for k in range(K):
         for m in range(N):

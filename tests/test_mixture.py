@@ -84,11 +84,14 @@ def test_hard_and_monte_carlo_sums_match_the_reference():
     stats, (faces, positions, _, _) = M._mix_pass(data, p, "hard", True)
     q = np.zeros((4, 2, 4, 6))
     q[np.arange(4), faces, positions[:, 0], positions[:, 1]] = 1.0
-    new, _ = stats.m_step(p, update_prior=True)
+    new, info = stats.m_step(p, update_prior=True)
     want = ref.mixture_m_step(X, q, 3, 2, p.background)
     np.testing.assert_allclose(new.faces, want[0], rtol=1e-9)
     np.testing.assert_allclose(new.background, want[1], rtol=1e-9)
     assert new.noise_std == pytest.approx(want[2], rel=1e-9)
+    # hard EM's objective: the best pairs' log joint, before and after the M-step
+    assert stats.elbo == pytest.approx(ref.mixture_lower_bound(X, *_args(p), q), rel=1e-9)
+    assert info["elbo"] == pytest.approx(ref.mixture_lower_bound(X, *want, q), rel=1e-9)
     rng = np.random.default_rng(5)
     stats, _ = M._mix_pass(data, p, "mc", True, rng, 7)
     u = np.random.default_rng(5).random((4, 7))  # the same draws, one chunk of 3 then 1
@@ -98,10 +101,64 @@ def test_hard_and_monte_carlo_sums_match_the_reference():
         cdf = np.cumsum(qp[k].ravel())
         for v in u[k]:
             counts[k].ravel()[min(np.searchsorted(cdf / cdf[-1], v, side="right"), 47)] += 1
-    new, _ = stats.m_step(p, update_prior=True)
+    new, info = stats.m_step(p, update_prior=True)
     want = ref.mixture_m_step(X, counts / 7, 3, 2, p.background)
     np.testing.assert_allclose(new.faces, want[0], rtol=1e-9)
+    np.testing.assert_allclose(new.background, want[1], rtol=1e-9)
+    assert new.noise_std == pytest.approx(want[2], rel=1e-9)
     np.testing.assert_allclose(new.weights, want[3], rtol=1e-12)
+    np.testing.assert_allclose(new.prior, want[4], rtol=1e-12, atol=1e-15)
+    # the bound of the pass (at the E-step's parameters, the empirical q of the draws) and
+    # after the M-step, by definition
+    assert stats.elbo == pytest.approx(ref.mixture_lower_bound(X, *_args(p), counts / 7), rel=1e-9)
+    assert info["elbo"] == pytest.approx(ref.mixture_lower_bound(X, *want, counts / 7), rel=1e-9)
+
+
+def test_unseen_pixels_and_unchosen_faces_keep_their_values():
+    """A face of 4x5 in 6x7 images covers 2x3 pixels in every image: the background keeps
+    its previous values there; a face of weight 0 takes no image and keeps its values."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(100, 30, size=(5, 6, 7))
+    p = M.MixtureParams(rng.normal(100, 30, size=(2, 4, 5)), rng.normal(100, 30, size=(6, 7)),
+                        20.0, np.array([1.0, 0.0]), np.full((3, 3), 1 / 9))  # fmt: skip
+    stats, _ = M._mix_pass(_Data(X, (4, 5)), p, "soft", True)
+    new, info = stats.m_step(p, update_prior=True)
+    q, _ = ref.mixture_posterior(X, *_args(p))
+    want = ref.mixture_m_step(X, q, 4, 5, p.background, p.faces)
+    assert info["unidentified"].sum() == 6
+    np.testing.assert_array_equal(new.background[2:4, 2:5], p.background[2:4, 2:5])
+    np.testing.assert_allclose(new.background, want[1], rtol=1e-9)
+    np.testing.assert_array_equal(new.faces[1], p.faces[1])
+    np.testing.assert_allclose(new.faces, want[0], rtol=1e-9)
+    assert new.weights[1] == 0.0 and new.weights[0] == pytest.approx(1.0)
+    assert info["elbo"] == pytest.approx(ref.mixture_lower_bound(X, *want, q), rel=1e-9)
+
+
+def test_the_prior_is_learnt_as_prior_update_says_and_the_seed_is_kept():
+    faces, labels, pos, X = _three_faces()
+    X = X[:60]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        never = M.fit_mixture(X, E.FitSettings((12, 10), prior_update="never", max_iter=15), 3)
+        late = M.fit_mixture(X, E.FitSettings((12, 10), seed=1, max_iter=40), 3)
+        always = M.fit_mixture(X, E.FitSettings((12, 10), seed=1, prior_update="always",
+                                                max_iter=1), 3)  # fmt: skip
+    assert np.ptp(never.params.prior) == 0.0  # held uniform
+    assert np.ptp(late.params.prior) > 0 and np.ptp(always.params.prior) > 0
+    assert isinstance(never.settings.seed, int)  # None resolved: the fit repeats from it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = M.fit_mixture(X, never.settings, 3)
+    np.testing.assert_array_equal(again.params.faces, never.params.faces)
+
+
+def test_identical_images_reach_the_noise_floor():
+    X = np.repeat(S.texture("clouds", (12, 14), seed=1)[None], 6, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = M.fit_mixture(X, E.FitSettings((4, 4), seed=0, max_iter=5), 2)
+    data = _Data(X, (4, 4))
+    assert r.params.noise_std == pytest.approx(data.noise_floor)
 
 
 def test_one_face_is_the_one_face_model():

@@ -44,7 +44,8 @@ def test_the_size_of_a_textured_scene_is_found_and_clear(choice):
     assert all(t.passes == sizes.SHORT_ITER for t in short)
     for t in choice.trials:  # every size in the range, the criterion as documented
         assert 6 <= t.size[0] <= 14 and 5 <= t.size[1] <= 12
-        n = t.size[0] * t.size[1] + IMAGE[0] * IMAGE[1] + 1
+        h, w = t.size
+        n = h * w + IMAGE[0] * IMAGE[1] - max(0, 2 * h - IMAGE[0]) * max(0, 2 * w - IMAGE[1]) + 1
         assert t.n_params == n
         assert t.criterion == pytest.approx(t.log_likelihood - n / 2 * np.log(80), abs=1e-6)
 
@@ -74,7 +75,7 @@ def test_resized_data_share_the_images_and_equal_fresh_data(scene):
         base.resized((21, 5))
 
 
-@pytest.mark.parametrize("a,b", [(1, 1), (1, 2), (3, 9), (4, 40), (7, 100)])
+@pytest.mark.parametrize("a,b", [(1, 1), (1, 2), (1, 5), (2, 6), (3, 9), (4, 40), (7, 100)])
 def test_golden_section_finds_the_peak_of_unimodal_functions(a, b):
     rng = np.random.default_rng(a * b)
     for _ in range(20):
@@ -158,3 +159,36 @@ def test_face_size_auto_refuses_a_given_truth(folder, tmp_path):
     r = cli("fit", folder / "imgs", "--face-size", "auto", "--truth", folder / "imgs" / "truth.npz",
             "-o", tmp_path / "run")  # fmt: skip
     assert r.exit_code == 2 and "--truth gives one" in r.stderr
+
+
+def test_the_parameter_count_leaves_out_pixels_every_window_covers():
+    """A face more than half the image each way covers its middle in every image: those
+    background pixels are not parameters (a fit leaves them unidentified)."""
+    assert sizes.n_params((10, 8), (20, 26)) == 80 + 520 + 1
+    assert sizes.n_params((19, 25), (20, 26)) == 19 * 25 + 520 - 18 * 24 + 1
+    X = np.random.default_rng(0).normal(100, 20, size=(30, 20, 26))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = E.fit(X, (14, 18), max_iter=3)
+    assert int(r.unidentified.sum()) == (2 * 14 - 20) * (2 * 18 - 26)
+
+
+def test_the_search_climbs_to_the_peak_of_a_coupled_criterion(monkeypatch):
+    """A criterion whose best height depends on the width: the scan at the middle width
+    misses the peak, and the climb over neighbours must reach it. Short fits replaced by the
+    criterion itself."""
+    peak = (9, 7)
+
+    def fake(base, size, init, seeds):
+        dh, dw = size[0] - peak[0], size[1] - peak[1]
+        crit = -(dh * dh + dw * dw + 1.5 * dh * dw) * 100.0
+        return sizes.SizeTrial(size, crit, crit, 1, 2, 3, 0.0, False)
+
+    monkeypatch.setattr(sizes, "_short_fit", fake)
+    X = np.random.default_rng(1).normal(100, 20, size=(5, 20, 26))
+    c = E.choose_face_size(X, (4, 4), (19, 25), fit_chosen=False)
+    assert c.size == peak and c.result is None
+    short = {t.size: t.criterion for t in c.trials}
+    far = [s for s in short if max(abs(s[0] - 9), abs(s[1] - 7)) > 1]
+    assert c.margin == pytest.approx(short[peak] - max(short[s] for s in far))
+    assert c.rival == max(far, key=short.get)

@@ -37,10 +37,12 @@ from scipy import fft as sfft
 
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.estep import _Posterior, _valid_correlation
-from facefinder_cli.engine.loop import _fit
+from facefinder_cli.engine.loop import _fit, _samples_at
+from facefinder_cli.engine.machine import _chunk_for
 from facefinder_cli.engine.model import (
     DEFAULT_TOL,
     UNCOVERED_MIN,
+    ConvergenceWarning,
     _box_full,
     _box_valid,
     _xlogy,
@@ -436,17 +438,30 @@ def _fit_one(data: _Data, members: np.ndarray, settings: FitSettings, one, rng) 
     return own.face
 
 
+def _one_face(data: _Data, settings: FitSettings):
+    """The one-face fit that every restart's start builds on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _fit(data, _one_settings(settings), None, None, None)
+
+
+def _one_settings(settings: FitSettings) -> FitSettings:
+    return replace(settings, restarts=1, max_iter=min(START_ITER, settings.max_iter))
+
+
 def _start(
-    data: _Data, n_faces: int, settings: FitSettings, rng: np.random.Generator, restart: int
+    data: _Data,
+    n_faces: int,
+    settings: FitSettings,
+    rng: np.random.Generator,
+    restart: int,
+    one,
 ) -> MixtureParams:
     """Where restart ``restart`` starts: one face fitted to all the images, then N faces
     seeded among its crops (:func:`_start_kmeans`, each restart with its own draws); but
     restart 1 splits: for each next face, a one-face fit to the images the faces so far
     explain worst (the share ``1/m`` of them with the lowest likelihood, for the m-th face)."""
-    one_settings = replace(settings, restarts=1, max_iter=min(START_ITER, settings.max_iter))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        one = _fit(data, one_settings, None, None, None)
+    one_settings = _one_settings(settings)
     if restart != 1:
         return _start_kmeans(data, n_faces, one_settings, rng, one)
     faces = [one.face]
@@ -533,10 +548,17 @@ def fit_mixture(
     if n_faces < 1:
         raise ValueError(f"n_faces must be at least 1, got {n_faces}")
     t0 = time.perf_counter()
+    chunk_size = settings.chunk_size
+    shape = tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
+    (h, w), image = settings.face_shape, shape[1:]
+    if chunk_size is None and len(shape) == 3 and h <= image[0] and w <= image[1]:
+        # a chunk's working memory grows with the faces: N posteriors per image
+        Dh, Dw = image[0] - h + 1, image[1] - w + 1
+        chunk_size = max(1, _chunk_for(None, *image, Dh, Dw) // n_faces)
     data = _Data(
         X,
         settings.face_shape,
-        chunk_size=settings.chunk_size,
+        chunk_size=chunk_size,
         workers=workers,
         memory_limit=memory_limit,
         dtype=settings.dtype,
@@ -545,19 +567,25 @@ def fit_mixture(
     if data.K < n_faces:
         raise ValueError(f"{n_faces} faces need at least as many images, got {data.K}")
     seeds = _seed_sequence(settings.seed)
+    settings = replace(settings, seed=int(seeds.entropy))  # (repeatable from the result)
     n_values = data.K * data.H * data.W
+    one = _one_face(data, settings)  # (the same for every restart)
     runs = []
     for r in range(settings.restarts):
         rng = np.random.default_rng(_seed_child(seeds, r))
-        p = _start(data, n_faces, settings, rng, r)
+        p = _start(data, n_faces, settings, rng, r, one)
         prior_free = settings.prior_update == "always"
         elbo: list[float] = []
         ll: list[float] = []
+        released = 0  # the iteration from which the prior was learnt (its gains start there)
         converged = False
         t = 0
         while t < settings.max_iter and not converged:
             t += 1
-            samples = settings.samples if settings.method == "mc" else 0
+            samples = 0
+            if settings.method == "mc":
+                samples = _samples_at(t, settings.samples, settings.samples_growth,
+                                      settings.max_samples)  # fmt: skip
             stats, _ = _mix_pass(data, p, settings.method, True, rng, samples)
             p, info = stats.m_step(p, update_prior=prior_free)
             ll.append(stats.log_likelihood)
@@ -565,14 +593,18 @@ def fit_mixture(
                 elbo.append(stats.elbo)
             elbo.append(info["elbo"])
             if settings.method == "mc":
-                gain = _window_gain(ll) / n_values
+                gain = _window_gain(ll[released:]) / n_values
             else:
                 gain = (elbo[-1] - elbo[-2]) / n_values
             if callback is not None:
                 callback(t, elbo[-1], ll[-1])
-            if not prior_free and gain < max(settings.tol, DEFAULT_TOL):
-                prior_free = True  # the rest has settled: the prior is learnt too
-            elif prior_free:
+            # As fit: "late" holds the prior until the rest has settled, "never" for good.
+            holding = settings.prior_update == "late" and not prior_free
+            if holding:
+                threshold = settings.tol if settings.tol > 0 else DEFAULT_TOL
+                if gain < threshold:
+                    prior_free, released = True, t
+            else:
                 converged = bool(gain < settings.tol)
         stats, best = _mix_pass(data, p, "soft" if settings.method == "mc" else settings.method,
                                 False)  # fmt: skip
@@ -581,6 +613,13 @@ def fit_mixture(
     finals = np.array([run[2][-1] for run in runs])
     b = int(np.argmax(finals))
     p, elbo, ll, n_iter, converged, best = runs[b]
+    if settings.max_iter > 0 and not converged and settings.tol > 0:
+        warnings.warn(
+            f"EM did not converge in {settings.max_iter} iterations (tol {settings.tol:g}); "
+            "raise max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return MixtureResult(
         params=p,
         elbo=elbo,

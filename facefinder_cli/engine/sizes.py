@@ -2,11 +2,13 @@
 
 The criterion is a penalised log-likelihood, BIC's::
 
-    criterion(h, w) = log p(X | θ̂_hw) - n_hw / 2 · log K,     n_hw = h·w + H·W + 1
+    criterion(h, w) = log p(X | θ̂_hw) - n_hw / 2 · log K,
+    n_hw = h·w + H·W - max(0, 2h - H)·max(0, 2w - W) + 1
 
 ``log p(X | θ̂)`` is the fit's final log-likelihood, a density of the same images whatever the
-size, so sizes compare. ``n`` counts the face's pixels, the background's and the noise; the
-background's count is the same for every size, so only ``h·w`` weighs in the choice. The prior
+size, so sizes compare. ``n`` counts the face's pixels, the background's that some position
+leaves uncovered (a face more than half the image each way covers the middle in every image,
+which no image then shows) and the noise. The prior
 over positions is not counted: it has one value per position, (H-h+1)(W-w+1) of them, mostly
 more than there are images, and counting them (as BIC would) weighs several times more than
 the face and pushes every choice to the largest window (docs/METHODS.md has the measurements
@@ -23,7 +25,8 @@ the border) does a larger window fit as well: then the penalty chooses the small
 The search costs about 20 short fits (60 passes over the images) and the chosen size's fit.
 Short fits (``SHORT_ITER`` passes of plain soft EM from the fit's start, the prior held
 uniform) rank the sizes: a golden-section search over the height at a middle width, then over
-the width, then a climb by single pixels until no neighbour is better. All share one read of
+the width, then a climb by single pixels until no neighbour (diagonal ones included) is
+better. All share one read of
 the images and their cached spectra (``_Data.resized``). Then the chosen size is fitted in
 full.
 """
@@ -44,7 +47,7 @@ from facefinder_cli.engine.passes import _pass
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _seed_child, _seed_sequence
 
-__all__ = ["SizeChoice", "SizeTrial", "choose_face_size", "size_range"]
+__all__ = ["SizeChoice", "SizeTrial", "choose_face_size", "n_params", "size_range"]
 
 #: Passes over the images of the short fits that rank sizes.
 SHORT_ITER = 3
@@ -182,6 +185,8 @@ def choose_face_size(
         dtype=settings.dtype,
         on_chunk=on_chunk,
     )
+    if settings.init == "median":  # computed once here, not by every size's copy of the data
+        _ = base.median_background
     seeds = _seed_sequence(settings.seed)
     trials: list[SizeTrial] = []
     short: dict[tuple[int, int], SizeTrial] = {}
@@ -205,13 +210,20 @@ def choose_face_size(
     def best() -> tuple[int, int]:  # (ties: the smaller face)
         return max(short, key=lambda s: (short[s].criterion, -s[0] * s[1]))
 
-    chosen = best()
-    while True:
-        for a, b in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+    def around(steps) -> None:
+        for a, b in steps:
             if lo[0] <= chosen[0] + a <= hi[0] and lo[1] <= chosen[1] + b <= hi[1]:
                 score(chosen[0] + a, chosen[1] + b)
+
+    # The climb: the four neighbours of the best so far until none is better, then the four
+    # diagonal ones too (a ridge along which height and width trade off has its peak there).
+    chosen = best()
+    while True:
+        around(((-1, 0), (1, 0), (0, -1), (0, 1)))
         if best() == chosen:
-            break
+            around(((-1, -1), (-1, 1), (1, -1), (1, 1)))
+            if best() == chosen:
+                break
         chosen = best()
     # How clear: the best size more than a pixel away, and larger windows that fit as well.
     far = [s for s in short if max(abs(s[0] - chosen[0]), abs(s[1] - chosen[1])) > 1]
@@ -231,7 +243,7 @@ def choose_face_size(
             result = _fit(base.resized(chosen), replace(settings, face_shape=chosen), None, None,
                           None)  # fmt: skip
         ll = float(result.log_likelihood[-1])
-        n = _n_params(chosen, (H, W))
+        n = n_params(chosen, (H, W))
         passes = int(sum(int(r.passes[-1]) + 1 for r in result.restarts))  # (+ the final pass)
         said(SizeTrial(chosen, ll, ll - 0.5 * n * math.log(K), n, result.n_iter, passes,
                        time.perf_counter() - t, True))  # fmt: skip
@@ -248,9 +260,12 @@ def choose_face_size(
     )
 
 
-def _n_params(size: tuple[int, int], image: tuple[int, int]) -> int:
-    """The criterion's count: face pixels, background pixels, the noise."""
-    return size[0] * size[1] + image[0] * image[1] + 1
+def n_params(size: tuple[int, int], image: tuple[int, int]) -> int:
+    """The criterion's count: face pixels, the background pixels that some position leaves
+    uncovered (those every window covers, ``(2h - H)(2w - W)`` when the face is more than half
+    the image each way, are not parameters: no image shows them), the noise."""
+    (h, w), (H, W) = size, image
+    return h * w + H * W - max(0, 2 * h - H) * max(0, 2 * w - W) + 1
 
 
 def _short_fit(
@@ -268,7 +283,7 @@ def _short_fit(
         stats = _pass(data, params, "soft", True)
         ll = float(stats.log_likelihood)
         params, _ = stats.m_step(params, update_prior=False)
-    n = _n_params(size, (data.H, data.W))
+    n = n_params(size, (data.H, data.W))
     return SizeTrial(size, ll, ll - 0.5 * n * math.log(data.K), n, SHORT_ITER - 1, SHORT_ITER,
                      time.perf_counter() - t, False)  # fmt: skip
 
