@@ -246,3 +246,15 @@ def test_tiff_stack_has_one_grey_page_per_image(k):
     buf = io.BytesIO()
     encode_stack(buf, stack, "tiff")
     assert buf.getvalue() == open("s.tif", "rb").read()
+
+
+def test_generate_writes_a_tiff_stack_file(tmp_path):
+    """Through outputs.atomic_files, whose files have a descriptor for a name: tifffile
+    2026.3 failed on it ("cannot write ... initializing plugin tifffile")."""
+    from helpers import ok
+
+    ok("generate", "-n", 3, "--seed", 2, "-o", tmp_path / "s.tif", "-q")
+    stack = tifffile.imread(tmp_path / "s.tif")
+    assert stack.shape == (3, 72, 96) and stack.dtype == np.float32
+    ok("pack", tmp_path / "s.tif", tmp_path / "again.npy", "-q")
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), stack)

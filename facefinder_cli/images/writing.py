@@ -123,9 +123,24 @@ def _encode_png(f: IO[bytes], u8: np.ndarray) -> None:
     iio.imwrite(f, np.ascontiguousarray(u8), plugin="pillow", extension=".png", is_batch=False)
 
 
+class _NamedStream:
+    """A binary file seen with a string ``name``: tifffile (2026.3) splits a stream's name as
+    a path, and one opened by ``os.fdopen`` (as ``outputs.atomic_files`` opens them) has its
+    descriptor, an int, for a name."""
+
+    def __init__(self, f: IO[bytes], name: str) -> None:
+        self._f, self.name = f, name
+
+    def __getattr__(self, attr: str):
+        return getattr(self._f, attr)
+
+
 def _encode_tiff(f: IO[bytes], images: np.ndarray) -> None:
     """Write float32 (H, W) or (K, H, W) data as a grayscale (multi-page) TIFF."""
     import imageio.v3 as iio
+
+    if not isinstance(getattr(f, "name", ""), str):
+        f = _NamedStream(f, "stack.tif")
 
     # BigTIFF past 4 GiB, as tifffile.imwrite decides it: the writer takes it when opened.
     big = images.nbytes > 2**32 - 2**25
