@@ -80,7 +80,7 @@ def main() -> None:
             clear = "yes" if c.clear else (
                 f"no: {c.larger_fits_as_well[0]}x{c.larger_fits_as_well[1]} fits as well"
                 if c.larger_fits_as_well else f"no: margin {c.margin:.1f}")  # fmt: skip
-            one_passes = int(sum(h.passes[-1] for h in one.restarts))
+            one_passes = int(sum(h.passes[-1] + 1 for h in one.restarts))  # (+ final pass)
             print(f"| {name} | {noise} | {exact:.2f} | {face.shape[0]}x{face.shape[1]} "
                   f"| {c.size[0]}x{c.size[1]} | {'yes' if within else 'NO'} | {clear} "
                   f"| {len(c.trials)} | {c.passes} / {one_passes} = {c.passes / one_passes:.1f}x "

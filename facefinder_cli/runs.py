@@ -213,6 +213,8 @@ def size_rows(choice: engine.SizeChoice) -> dict[str, Any]:
         "chosen": list(choice.size),
         "margin": choice.margin if math.isfinite(choice.margin) else None,
         "rival": list(choice.rival) if choice.rival else None,
+        "at_edge": choice.at_edge,
+        "range": [list(choice.lo), list(choice.hi)],
         "larger_fits_as_well": (
             list(choice.larger_fits_as_well) if choice.larger_fits_as_well else None
         ),
@@ -228,7 +230,7 @@ def add_full_fit(record: dict[str, Any], result: FitResult, seconds: float) -> N
     K = result.positions.shape[0]
     n = engine.sizes.n_params((h, w), result.background.shape)
     ll = float(result.log_likelihood[-1])
-    passes = int(sum(int(r.passes[-1]) + 1 for r in result.restarts))  # (+ the final pass)
+    passes = int(sum(int(r.passes[-1]) for r in result.restarts))  # (as --json counts them)
     record["trials"].append(
         [h, w, "full", ll, ll - 0.5 * n * math.log(K), n, result.n_iter, passes, round(seconds, 3)]
     )
@@ -236,13 +238,24 @@ def add_full_fit(record: dict[str, Any], result: FitResult, seconds: float) -> N
 
 def size_summary(record: dict[str, Any]) -> dict[str, Any]:
     """The search's outcome for ``--json``: the record without its table."""
-    return {k: v for k, v in record.items() if k != "trials"} | {"fits": len(record["trials"])}
+    short = sum(1 for row in record["trials"] if row[2] == "short")
+    return {k: v for k, v in record.items() if k != "trials"} | {
+        "fits": len(record["trials"]),
+        "short_fits": short,
+    }
 
 
 def size_verdict(summary: dict[str, Any]) -> str:
     """One line saying which size was chosen, and how clearly."""
     h, w = summary["chosen"]
-    head = f"chose the face size {h}x{w} from {summary['fits']} fits ({summary['seconds']:.1f} s)"
+    head = (f"chose the face size {h}x{w} from {summary['short_fits']} short fits "
+            f"({summary['seconds']:.1f} s)")  # fmt: skip
+    if summary.get("at_edge"):
+        (a, b), (c, d) = summary["range"]
+        return (
+            f"{head}; unclear: it is on the edge of the range searched, {a}x{b}:{c}x{d}, and "
+            "the best size may lie outside it"
+        )
     larger = summary["larger_fits_as_well"]
     if larger:
         return (
@@ -460,8 +473,6 @@ def mixture_errors(result: engine.MixtureResult, truth: Truth) -> dict[str, Any]
     faces matched to the true ones (the matching that maximises the summed correlations),
     each matched face's correlation and RMSE, the share of images given their true face,
     and the share given their true face and position."""
-    import itertools
-
     true, fitted = truth.faces, result.params.faces
     N = len(true)
 
@@ -470,10 +481,10 @@ def mixture_errors(result: engine.MixtureResult, truth: Truth) -> dict[str, Any]
         den = math.sqrt(float(a @ a) * float(b @ b))
         return float(a @ b) / den if den > 0 else 0.0
 
+    from scipy.optimize import linear_sum_assignment
+
     table = np.array([[corr(true[i], fitted[j]) for j in range(N)] for i in range(N)])
-    perm = max(
-        itertools.permutations(range(N)), key=lambda q: sum(table[i, q[i]] for i in range(N))
-    )
+    _, perm = linear_sum_assignment(table, maximize=True)  # (N! orderings: not by trying)
     label_of = np.empty(N, dtype=np.intp)  # fitted face j -> true face
     for i, j in enumerate(perm):
         label_of[j] = i
@@ -671,6 +682,10 @@ def load_params(path: str | os.PathLike) -> Params:
         raise InputError(f"{p}: a history holds no parameters; give the run folder or result.npz")
     z = _npz(p, "a facefinder result or truth file")
     _refuse_several_faces(z, p)
+    if "faces" in z and len(z["faces"]) > 1:
+        raise InputError(
+            f"{p}: the truth of {len(z['faces'])} faces: a fit of one face cannot start from it"
+        )
     _require(z, p, "a facefinder result or truth file", _PARAMS)
     return _checked_params(z, p)
 

@@ -378,3 +378,44 @@ def test_a_bad_number_of_faces_is_one_line(three_folder, tmp_path, value):
     r = cli("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", value, "-o",
             tmp_path / "run")  # fmt: skip
     assert r.exit_code == 2 and "expected a number of faces from 1, or auto" in r.stderr
+
+
+def test_review_edges_of_fit_faces(three_folder, tmp_path):
+    """--max-iter 0 writes the start; a one-face fit refuses a truth of several faces, and
+    so does --init-from; a file-like output name is refused; a face no image takes is said."""
+    import json
+
+    from helpers import cli, ok
+
+    imgs, truth = three_folder / "imgs", three_folder / "imgs" / "truth.npz"
+    r = ok("fit", imgs, "--face-size", "12x10", "--faces", 3, "--max-iter", 0, "--restarts", 1,
+           "-o", tmp_path / "start", "--json")  # fmt: skip
+    assert json.loads(r.stdout)["n_iter"] == 0
+    r = cli("fit", imgs, "--face-size", "12x10", "--truth", truth, "-o", tmp_path / "one")
+    assert r.exit_code == 2 and "the truth of 3 faces: fit with --faces 3" in r.stderr
+    r = cli("fit", imgs, "--init-from", truth, "-o", tmp_path / "one")
+    assert r.exit_code == 1 and "the truth of 3 faces" in r.stderr
+    r = cli("fit", imgs, "--face-size", "12x10", "--faces", 2, "-o", tmp_path / "run.npz")
+    assert r.exit_code == 2 and "fit writes a folder" in r.stderr
+    assert not (tmp_path / "one").exists() and not (tmp_path / "run.npz").exists()
+
+
+def test_truth_matching_takes_many_faces_at_once():
+    """The faces are matched to the truth by an assignment, not by trying N! orderings."""
+    from facefinder_cli import runs
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(12, 5, 4))
+    order = rng.permutation(12)
+    fitted = true[order] + rng.normal(0, 0.01, size=true.shape)
+    labels = rng.integers(12, size=50)
+    result = M.MixtureResult(
+        M.MixtureParams(fitted, np.zeros((8, 8)), 1.0, np.full(12, 1 / 12), np.full((4, 5), 0.05)),
+        np.zeros(1), np.zeros(1), 0, True, np.argsort(order)[labels], np.zeros((50, 2), int),
+        np.ones(50), np.ones(50), 0, np.zeros(1), 0.0, E.FitSettings((5, 4)),
+    )  # fmt: skip
+    truth = runs.Truth(E.Params(true[0], np.zeros((8, 8)), 1.0, np.full((4, 5), 0.05)),
+                       np.zeros((50, 2), int), true, labels)  # fmt: skip
+    errors = runs.mixture_errors(result, truth)
+    assert errors["face_match"] == [int(j) + 1 for j in np.argsort(order)]
+    assert errors["faces_right"] == 1.0 and min(errors["face_correlation"]) > 0.99

@@ -18,7 +18,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import click
@@ -31,6 +30,7 @@ from facefinder_cli.cli.fit_resume import (
     CheckpointSaver,
     FitJob,
     Resumed,
+    check_run_folder_name,
     only_with_resume,
 )
 from facefinder_cli.cli.options import (
@@ -399,7 +399,7 @@ def fit(
     with outputs.claim(folder) as stale:  # (a running fit's folder: refused here, in one line)
         note_stale(stale)
         if folder is not None and resumed is None:
-            _check_run_folder_name(folder, overwrite)
+            check_run_folder_name(folder, overwrite)
         if folder is not None:
             outputs.check_folder_target(folder, overwrite, keep=keep, kind=RUN_FOLDER)
         stack = load(input, job.layout, job.skip_unreadable, stream=True)
@@ -500,6 +500,12 @@ def fit(
 def _choose_size(stack, input, job: FitJob, auto: AutoSize, memory_limit, workers):
     """``engine.choose_face_size`` on the stack, each fit of the search said as it ends."""
     K, H, W = stack.images.shape
+    if H < 2 and W < 2:
+        raise click.BadParameter(
+            f"the images of {input} are {H}x{W}: a face has one position in them, and no size "
+            "to choose",
+            param_hint="'--face-size'",
+        )
     lo, hi = engine.size_range((H, W))
     lo, hi = auto.lo or lo, auto.hi or hi
     if hi[0] > H or hi[1] > W:
@@ -583,25 +589,6 @@ def _announce(job: FitJob, input: str, stack, resumed: Resumed | None) -> None:
 #: faces in 2 of 6 benchmark scenes, four in all 6 (benchmarks/bench_faces.py).
 FACES_RESTARTS = 4
 
-#: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
-FILE_EXTENSIONS = (".npz", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".csv", ".json")
-
-
-def _check_run_folder_name(folder: str, overwrite: bool) -> None:
-    """Refuse a file-like name for fit's output folder, and point a fit into the folder of an
-    interrupted one at --resume."""
-    if Path(folder).suffix.lower() in FILE_EXTENSIONS and not os.path.isdir(folder):
-        raise click.BadParameter(
-            f"{folder}: fit writes a folder of files (result.npz, face.png, ...); give a folder "
-            f"name without {Path(folder).suffix}, or -o - for the face alone",
-            param_hint="'-o' / '--out'",
-        )
-    if not overwrite and os.path.isfile(os.path.join(folder, runs.CHECKPOINT)):
-        raise InputError(
-            f"{folder}: holds an interrupted fit: carry on with `facefinder fit --resume "
-            f"{folder}`, or pass --overwrite to start afresh"
-        )
-
 
 def _absolute_input(source: str) -> str:
     """``source`` as --resume finds it from any folder: an absolute path, or for a pattern the
@@ -635,6 +622,12 @@ def _check_face_size(input, stack, job: FitJob, warm, truth_data) -> None:
         raise click.BadParameter(
             f"{job.init_from}: its face is {warm.face.shape[0]}x{warm.face.shape[1]}, not {h}x{w}",
             param_hint="'--init-from'",
+        )
+    if truth_data is not None and truth_data.faces is not None and len(truth_data.faces) > 1:
+        raise click.BadParameter(
+            f"{job.truth}: the truth of {len(truth_data.faces)} faces: fit with --faces "
+            f"{len(truth_data.faces)}",
+            param_hint="'--truth'",
         )
     if truth_data is not None:
         tb = truth_data.params.background.shape

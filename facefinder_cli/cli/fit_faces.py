@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from facefinder_cli import engine, images, outputs, runs
-from facefinder_cli.cli.fit_resume import RUN_FOLDER, FitJob
+from facefinder_cli.cli.fit_resume import RUN_FOLDER, FitJob, check_run_folder_name
 from facefinder_cli.cli.options import STOPPED, load, log_notes, non_finite, note_stale
 from facefinder_cli.cli.progress import ProgressBar
 from facefinder_cli.errors import InputError
@@ -70,6 +70,7 @@ def fit_faces(
     with outputs.claim(folder) as stale:
         note_stale(stale)
         if folder is not None:
+            check_run_folder_name(folder, overwrite)
             outputs.check_folder_target(folder, overwrite, keep=keep, kind=RUN_FOLDER)
         stack = load(input, job.layout, job.skip_unreadable, stream=True)
         K, H, W = stack.images.shape
@@ -165,6 +166,15 @@ def fit_faces(
                     STOPPED["line"] = f"interrupted after the run was written to {folder}"
                 raise
             STOPPED["line"] = f"interrupted after the run was written to {folder}"
+    unused = [m + 1 for m, n in enumerate(np.bincount(result.faces_of_images,
+                                                       minlength=len(result.params.weights)))
+              if n == 0]  # fmt: skip
+    if unused:
+        log.warning(
+            "face%s %s explain%s no image best: fewer faces may do (--faces auto chooses)",
+            "s" if len(unused) > 1 else "", ", ".join(map(str, unused)),
+            "" if len(unused) > 1 else "s",
+        )  # fmt: skip
     summary = _summary(result, K, H, W, seconds, out, errors)
     if searched is not None:
         summary["faces_search"] = {

@@ -202,3 +202,23 @@ class CheckpointSaver:
                 self.wrote = stop.after == "install"  # in place all the same
                 raise
         self.wrote = True
+
+
+#: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
+FILE_EXTENSIONS = (".npz", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".csv", ".json")
+
+
+def check_run_folder_name(folder: str, overwrite: bool) -> None:
+    """Refuse a file-like name for fit's output folder, and point a fit into the folder of an
+    interrupted one at --resume."""
+    if Path(folder).suffix.lower() in FILE_EXTENSIONS and not os.path.isdir(folder):
+        raise click.BadParameter(
+            f"{folder}: fit writes a folder of files (result.npz, face.png, ...); give a folder "
+            f"name without {Path(folder).suffix}, or -o - for the face alone",
+            param_hint="'-o' / '--out'",
+        )
+    if not overwrite and os.path.isfile(os.path.join(folder, runs.CHECKPOINT)):
+        raise InputError(
+            f"{folder}: holds an interrupted fit: carry on with `facefinder fit --resume "
+            f"{folder}`, or pass --overwrite to start afresh"
+        )

@@ -86,7 +86,8 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
 @click.option(
     "--faces",
     metavar="IMAGE,IMAGE,...",
-    help="Several faces, one per image drawn at random (to test fit --faces N); they are "
+    help="Several faces, one per image drawn at random (to test fit --faces N), separated by "
+    "commas (a file whose name holds a comma: link or copy it under another name); they are "
     "resized to the first one's size, or to --face-size. Not with --face.",
 )
 @click.option("--face-size", type=SHAPE, help="Resize the face to HxW pixels.")

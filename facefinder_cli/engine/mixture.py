@@ -609,6 +609,8 @@ def fit_mixture(
         stats, best = _mix_pass(data, p, "soft" if settings.method == "mc" else settings.method,
                                 False)  # fmt: skip
         ll.append(stats.log_likelihood)
+        if not elbo:  # no iteration: the bound at the start
+            elbo.append(stats.elbo)
         runs.append((p, np.array(elbo), np.array(ll), t, converged, best))
     finals = np.array([run[2][-1] for run in runs])
     b = int(np.argmax(finals))

@@ -91,10 +91,15 @@ class SizeChoice:
         a dimension, by the short fits (inf if none): under ``CLEAR`` the choice is unclear.
     rival : (h, w) or None
         That size.
+    at_edge : bool
+        Whether the chosen size is on the edge of the range searched, where a larger range
+        would have gone on (the best size may lie outside it).
     larger_fits_as_well : (h, w) or None
         A larger size whose short fit's log-likelihood was within ``CLEAR`` of the chosen
         size's or above it: the images do not tell where the face ends (the surroundings
         look the same in every image), and the penalty chose the smaller.
+    lo, hi : (h, w)
+        The range searched.
     chunk_size : int
         Images per chunk of every fit of the search: ``fit(X, result.settings,
         chunk_size=chunk_size)`` repeats the chosen fit bit for bit.
@@ -108,16 +113,19 @@ class SizeChoice:
     trials: list[SizeTrial]
     margin: float
     rival: tuple[int, int] | None
+    at_edge: bool
     larger_fits_as_well: tuple[int, int] | None
+    lo: tuple[int, int]
+    hi: tuple[int, int]
     chunk_size: int
     seconds: float
     passes: int
 
     @property
     def clear(self) -> bool:
-        """Whether the images chose the size: no rival within ``CLEAR``, and no larger size
-        that fits as well."""
-        return self.margin >= CLEAR and self.larger_fits_as_well is None
+        """Whether the images chose the size: no rival within ``CLEAR``, no larger size that
+        fits as well, and not on the edge of the range."""
+        return self.margin >= CLEAR and self.larger_fits_as_well is None and not self.at_edge
 
 
 def size_range(image_shape: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -215,11 +223,14 @@ def choose_face_size(
             if lo[0] <= chosen[0] + a <= hi[0] and lo[1] <= chosen[1] + b <= hi[1]:
                 score(chosen[0] + a, chosen[1] + b)
 
-    # The climb: the four neighbours of the best so far until none is better, then the four
-    # diagonal ones too (a ridge along which height and width trade off has its peak there).
+    # The climb: the sizes one and two pixels taller, shorter, wider and narrower than the
+    # best so far, until none is better (two: a short fit can land in a worse optimum at one
+    # size, a dip the climb would stop at), then the four diagonal ones too (a ridge along
+    # which height and width trade off has its peak there).
     chosen = best()
     while True:
-        around(((-1, 0), (1, 0), (0, -1), (0, 1)))
+        around((a, 0) for a in (-2, -1, 1, 2))
+        around((0, b) for b in (-2, -1, 1, 2))
         if best() == chosen:
             around(((-1, -1), (-1, 1), (1, -1), (1, 1)))
             if best() == chosen:
@@ -247,13 +258,18 @@ def choose_face_size(
         passes = int(sum(int(r.passes[-1]) + 1 for r in result.restarts))  # (+ the final pass)
         said(SizeTrial(chosen, ll, ll - 0.5 * n * math.log(K), n, result.n_iter, passes,
                        time.perf_counter() - t, True))  # fmt: skip
+    edges = [(chosen[i] == lo[i] and lo[i] > 1) or (chosen[i] == hi[i] and hi[i] < (H, W)[i])
+             for i in (0, 1)]  # fmt: skip
     return SizeChoice(
         size=chosen,
         result=result,
         trials=trials,
         margin=margin,
         rival=rival,
+        at_edge=any(edges),
         larger_fits_as_well=larger_fits,
+        lo=lo,
+        hi=hi,
         chunk_size=base.chunk,
         seconds=time.perf_counter() - t0,
         passes=sum(t.passes for t in trials),
