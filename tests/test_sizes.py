@@ -192,3 +192,35 @@ def test_the_search_climbs_to_the_peak_of_a_coupled_criterion(monkeypatch):
     far = [s for s in short if max(abs(s[0] - 9), abs(s[1] - 7)) > 1]
     assert c.margin == pytest.approx(short[peak] - max(short[s] for s in far))
     assert c.rival == max(far, key=short.get)
+
+
+def _fake_short_fits(monkeypatch, criterion):
+    def fake(base, size, init, seeds):
+        crit = criterion(*size)
+        return sizes.SizeTrial(size, crit, crit, 1, 2, 3, 0.0, False)
+
+    monkeypatch.setattr(sizes, "_short_fit", fake)
+
+
+def test_the_climb_crosses_a_one_pixel_dip(monkeypatch):
+    """A short fit can land in a worse optimum at one size: a dip beside the peak. From the
+    far side of the dip, the climb's two-pixel steps reach the peak (found by review: 22x16
+    chosen where 20x16 was right, called clear)."""
+
+    def criterion(h, w):
+        value = -100.0 * ((h - 20) ** 2 + (w - 16) ** 2)
+        return value - (1e4 if h == 21 else 0.0) - (300.0 if h < 20 else 0.0)
+
+    _fake_short_fits(monkeypatch, criterion)
+    X = np.random.default_rng(1).normal(100, 20, size=(5, 40, 56))
+    c = E.choose_face_size(X, (4, 4), (39, 55), fit_chosen=False)
+    assert c.size == (20, 16)
+
+
+def test_a_size_on_the_edge_of_the_range_is_unclear(monkeypatch):
+    _fake_short_fits(monkeypatch, lambda h, w: -100.0 * ((h - 20) ** 2 + (w - 16) ** 2))
+    X = np.random.default_rng(1).normal(100, 20, size=(5, 40, 56))
+    c = E.choose_face_size(X, (8, 8), (16, 12), fit_chosen=False)
+    assert c.size == (16, 12) and c.at_edge and not c.clear
+    c = E.choose_face_size(X, (8, 8), (30, 30), fit_chosen=False)
+    assert c.size == (20, 16) and not c.at_edge and c.clear
