@@ -215,27 +215,7 @@ def choose_face_size(
     h = _golden(lambda v: score(v, w), lo[0], hi[0])
     w = _golden(lambda v: score(h, v), lo[1], hi[1])
 
-    def best() -> tuple[int, int]:  # (ties: the smaller face)
-        return max(short, key=lambda s: (short[s].criterion, -s[0] * s[1]))
-
-    def around(steps) -> None:
-        for a, b in steps:
-            if lo[0] <= chosen[0] + a <= hi[0] and lo[1] <= chosen[1] + b <= hi[1]:
-                score(chosen[0] + a, chosen[1] + b)
-
-    # The climb: the sizes one and two pixels taller, shorter, wider and narrower than the
-    # best so far, until none is better (two: a short fit can land in a worse optimum at one
-    # size, a dip the climb would stop at), then the four diagonal ones too (a ridge along
-    # which height and width trade off has its peak there).
-    chosen = best()
-    while True:
-        around((a, 0) for a in (-2, -1, 1, 2))
-        around((0, b) for b in (-2, -1, 1, 2))
-        if best() == chosen:
-            around(((-1, -1), (-1, 1), (1, -1), (1, 1)))
-            if best() == chosen:
-                break
-        chosen = best()
+    chosen = _climb(score, max(short, key=lambda s: _rank(short[s])), lo, hi)
     # How clear: the best size more than a pixel away, and larger windows that fit as well.
     far = [s for s in short if max(abs(s[0] - chosen[0]), abs(s[1] - chosen[1])) > 1]
     rival = max(far, key=lambda s: short[s].criterion) if far else None
@@ -302,6 +282,43 @@ def _short_fit(
     n = n_params(size, (data.H, data.W))
     return SizeTrial(size, ll, ll - 0.5 * n * math.log(data.K), n, SHORT_ITER - 1, SHORT_ITER,
                      time.perf_counter() - t, False)  # fmt: skip
+
+
+def _rank(trial: SizeTrial) -> tuple[float, int]:
+    """Sizes by criterion; ties to the smaller face."""
+    return trial.criterion, -trial.size[0] * trial.size[1]
+
+
+def _climb(
+    score: Callable[[int, int], float],
+    start: tuple[int, int],
+    lo: tuple[int, int],
+    hi: tuple[int, int],
+) -> tuple[int, int]:
+    """From ``start``, the best size by ``score`` (cached by the caller) that a climb reaches:
+    the sizes one and two pixels taller, shorter, wider and narrower than the best so far,
+    until none is better (two: a short fit can land in a worse optimum at one size, a dip a
+    climb by single pixels would stop at), then the four diagonal ones too (a ridge along
+    which height and width trade off has its peak there)."""
+    seen: dict[tuple[int, int], float] = {start: score(*start)}
+
+    def best() -> tuple[int, int]:
+        return max(seen, key=lambda s: (seen[s], -s[0] * s[1]))
+
+    def around(at: tuple[int, int], steps) -> None:
+        for a, b in steps:
+            size = (at[0] + a, at[1] + b)
+            if lo[0] <= size[0] <= hi[0] and lo[1] <= size[1] <= hi[1] and size not in seen:
+                seen[size] = score(*size)
+
+    chosen = start
+    while True:
+        around(chosen, [(a, 0) for a in (-2, -1, 1, 2)] + [(0, b) for b in (-2, -1, 1, 2)])
+        if best() == chosen:
+            around(chosen, ((-1, -1), (-1, 1), (1, -1), (1, 1)))
+            if best() == chosen:
+                return chosen
+        chosen = best()
 
 
 def _middle(a: int, b: int) -> int:
