@@ -22,11 +22,10 @@ Only where the surroundings look the same in every image (a flat background, fac
 the border) does a larger window fit as well: then the penalty chooses the smaller, and
 :class:`SizeChoice` says the choice was not the data's (``larger_fits_as_well``).
 
-The search costs about 20 short fits (60 passes over the images) and the chosen size's fit.
+The search costs about 23 short fits (70 passes over the images) and the chosen size's fit.
 Short fits (``SHORT_ITER`` passes of plain soft EM from the fit's start, the prior held
 uniform) rank the sizes: a golden-section search over the height at a middle width, then over
-the width, then a climb by single pixels until no neighbour (diagonal ones included) is
-better. All share one read of
+the width, then a climb (see ``_climb``). All share one read of
 the images and their cached spectra (``_Data.resized``). Then the chosen size is fitted in
 full.
 """
