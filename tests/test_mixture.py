@@ -419,3 +419,16 @@ def test_truth_matching_takes_many_faces_at_once():
     errors = runs.mixture_errors(result, truth)
     assert errors["face_match"] == [int(j) + 1 for j in np.argsort(order)]
     assert errors["faces_right"] == 1.0 and min(errors["face_correlation"]) > 0.99
+
+
+def test_the_start_clusters_a_sample_of_the_images_when_they_are_many(monkeypatch):
+    """At most KMEANS_IMAGES crops are held (h w floats each): here 60 of 150."""
+    monkeypatch.setattr(M, "KMEANS_IMAGES", 60)
+    faces, labels, pos, X = _three_faces()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = M.fit_mixture(X, E.FitSettings((12, 10), seed=0, restarts=2), 3)
+    perm = _match(faces, r.params.faces)
+    assert min(np.corrcoef(faces[i].ravel(), r.params.faces[j].ravel())[0, 1]
+               for i, j in enumerate(perm)) >= 0.95  # fmt: skip
+    assert np.mean(np.argsort(perm)[r.faces_of_images] == labels) >= 0.95

@@ -132,6 +132,9 @@ def fit_faces(
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
+        STOPPED["line"] = (
+            "interrupted after the fit, before the run was written: nothing was written"
+        )
         errors = None
         if truth is not None and len(truth.faces) == len(result.params.weights):
             errors = runs.mixture_errors(result, truth)

@@ -69,6 +69,8 @@ KMEANS_ROUNDS = 10
 START_ITER = 50
 #: Images per face that the start's one-face fit of each cluster reads at most.
 START_IMAGES = 500
+#: Images whose crops the start clusters at most.
+KMEANS_IMAGES = 20000
 
 
 @dataclass(frozen=True)
@@ -483,18 +485,26 @@ def _start_kmeans(
     the crops by k-means++ and refined by ``KMEANS_ROUNDS`` rounds of k-means, and each
     cluster's face fitted on its own images."""
     h, w = data.h, data.w
-    crops = np.empty((data.K, h * w))
-    for a, b in data.bounds():
-        x = np.asarray(data.X[a:b], dtype=np.float64)
-        r, c = one.positions[a:b, 0], one.positions[a:b, 1]
+    # the crops of at most KMEANS_IMAGES images (memory: h w floats each)
+    chosen = np.arange(data.K)
+    if data.K > KMEANS_IMAGES:
+        chosen = np.sort(rng.choice(data.K, KMEANS_IMAGES, replace=False))
+    n = len(chosen)
+    crops = np.empty((n, h * w))
+    for i in range(0, n, data.chunk):
+        ks = chosen[i : i + data.chunk]
+        x = np.asarray(data.X[ks], dtype=np.float64)
+        r, c = one.positions[ks, 0], one.positions[ks, 1]
         rows = r[:, None, None] + np.arange(h)[:, None]
         cols = c[:, None, None] + np.arange(w)
-        crops[a:b] = x[np.arange(b - a)[:, None, None], rows, cols].reshape(b - a, -1)
-    centres = [crops[int(rng.integers(data.K))]]
+        crops[i : i + len(ks)] = x[np.arange(len(ks))[:, None, None], rows, cols].reshape(
+            len(ks), -1
+        )
+    centres = [crops[int(rng.integers(n))]]
     nearest = np.sum((crops - centres[0]) ** 2, axis=1)
     for _ in range(1, n_faces):
         total = nearest.sum()
-        pick = int(rng.choice(data.K, p=nearest / total) if total > 0 else rng.integers(data.K))
+        pick = int(rng.choice(n, p=nearest / total) if total > 0 else rng.integers(n))
         centres.append(crops[pick])
         nearest = np.minimum(nearest, np.sum((crops - centres[-1]) ** 2, axis=1))
     centres = np.array(centres)
@@ -510,7 +520,7 @@ def _start_kmeans(
     # fits images of several faces better on average), and its crops carry the shift.
     faces = centres.reshape(n_faces, h, w)
     for m in range(n_faces):
-        members = np.flatnonzero(label == m)
+        members = chosen[label == m]
         if len(members) >= 2:
             faces[m] = _fit_one(data, members, one_settings, one, rng)
     counts = np.bincount(label, minlength=n_faces) + 1.0
