@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import warnings
 from typing import Any
@@ -114,9 +115,7 @@ def fit_faces(
                 kw = dict(
                     memory_limit=memory_limit,
                     workers=workers,
-                    callback=lambda t, elbo, ll: log.debug(
-                        "iteration %d: ELBO %.10g, log-likelihood %.10g", t, elbo, ll
-                    ),
+                    callback=_Iterations(settings),
                     on_chunk=bar.chunk,
                 )
                 if auto:
@@ -131,6 +130,7 @@ def fit_faces(
             raise InputError(f"{input}: {err}") from None
         finally:
             bar.close()
+            kw["callback"].close()
         seconds = time.perf_counter() - t0
         STOPPED["line"] = (
             "interrupted after the fit, before the run was written: nothing was written"
@@ -198,6 +198,34 @@ def fit_faces(
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
     _report(summary, written, folder)
+
+
+class _Iterations:
+    """A bar of EM iterations per restart on a terminal (as a one-face fit shows), and each
+    iteration's numbers in the log at debug level (-v)."""
+
+    def __init__(self, settings) -> None:
+        self.settings, self.bar, self.restart = settings, None, -1
+
+    def __call__(self, restart: int, iteration: int, elbo: float, ll: float) -> None:
+        from tqdm.auto import tqdm
+
+        if restart != self.restart or self.bar is None:
+            self.close()
+            self.restart = restart
+            n = self.settings.restarts
+            self.bar = tqdm(total=self.settings.max_iter, desc=f"restart {restart + 1}/{n}"
+                            if n > 1 else "EM", unit="it", file=sys.stderr, disable=None,
+                            leave=False, dynamic_ncols=True)  # fmt: skip
+        self.bar.set_postfix_str(f"ELBO {elbo:.6g}", refresh=False)
+        self.bar.update(1)
+        log.debug("restart %d, iteration %d: ELBO %.10g, log-likelihood of the previous %.10g",
+                  restart + 1, iteration, elbo, ll)  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _said(trial: tuple) -> None:

@@ -540,7 +540,7 @@ def fit_mixture(
     *,
     memory_limit: int | None = None,
     workers: int | None = None,
-    callback: Callable[[int, float, float], None] | None = None,
+    callback: Callable[[int, int, float, float], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> MixtureResult:
     """Fit ``n_faces`` faces, one background, the noise, the face weights and the prior over
@@ -553,7 +553,7 @@ def fit_mixture(
     best final log-likelihood wins), ``seed``, ``dtype``, ``chunk_size``, ``samples`` (Monte-
     Carlo EM's draws per image). The prior over positions is held uniform until the rest has
     settled (``prior_update="late"``, the default) or learnt from the start (``"always"``).
-    ``callback(iteration, elbo, log_likelihood)`` after every iteration.
+    ``callback(restart, iteration, elbo, log_likelihood)`` after every iteration.
     """
     if n_faces < 1:
         raise ValueError(f"n_faces must be at least 1, got {n_faces}")
@@ -607,7 +607,7 @@ def fit_mixture(
             else:
                 gain = (elbo[-1] - elbo[-2]) / n_values
             if callback is not None:
-                callback(t, elbo[-1], ll[-1])
+                callback(r, t, elbo[-1], ll[-1])
             # As fit: "late" holds the prior until the rest has settled, "never" for good.
             holding = settings.prior_update == "late" and not prior_free
             if holding:
