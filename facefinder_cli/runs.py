@@ -413,6 +413,8 @@ def save_mixture_run(
         prior=p.prior,
         elbo=result.elbo,
         log_likelihood=result.log_likelihood,
+        seconds=result.history_seconds,
+        prior_fixed_until=result.prior_fixed_until,
         n_iter=result.n_iter,
         converged=result.converged,
         face_of_image=result.faces_of_images,
@@ -428,11 +430,17 @@ def save_mixture_run(
     )
     with atomic_write(folder / RESULT) as f:
         np.savez_compressed(f, **arrays)
-    with atomic_write(folder / HISTORY, "w") as f:
+    n_values = len(result.faces_of_images) * p.background.size
+    with atomic_write(folder / HISTORY, "w") as f:  # (the columns of a one-face fit's)
         w = csv_writer(f)
-        w.writerow(["iteration", "elbo", "log_likelihood"])
+        w.writerow(["iteration", "elbo", "log_likelihood", "seconds", "prior_fixed",
+                    "n_values", "gain", "passes"])  # fmt: skip
         for t, (e, ll) in enumerate(zip(result.elbo, result.log_likelihood)):
-            w.writerow([t, repr(float(e)), repr(float(ll))])
+            gain = (e - result.elbo[t - 1]) / n_values if t else math.nan
+            held = int(0 < t <= result.prior_fixed_until)
+            seconds = f"{result.history_seconds[t]:.6f}"
+            w.writerow([t, repr(float(e)), repr(float(ll)), seconds, held, n_values,
+                        repr(float(gain)), t])  # fmt: skip
     with atomic_write(folder / POSITIONS, "w") as f:
         w = csv_writer(f)
         w.writerow(["image", "face", "row", "column", "probability", "face_probability"])
@@ -580,12 +588,42 @@ def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Pa
     return engine.MixtureParams(faces, background, noise, weights, prior), n_images, p
 
 
+def _load_mixture_run(z: dict[str, np.ndarray], p: Path) -> Run:
+    """A fit of several faces as :func:`load_run` reads one (``params`` None: its faces are
+    :func:`load_mixture`'s), for plot-elbo."""
+    what = "a fit of several faces"
+    _require(z, p, what, ["elbo", "log_likelihood", "seconds", "face_of_image", "background"])
+    series = {}
+    for key in ("elbo", "log_likelihood", "seconds"):
+        arr = z[key]
+        if arr.ndim != 1 or arr.dtype.kind not in "biuf" or arr.size == 0:
+            raise InputError(f"{p}: '{key}' is not a list of numbers")
+        series[key] = arr.astype(np.float64)
+    if not len(series["elbo"]) == len(series["log_likelihood"]) == len(series["seconds"]):
+        raise InputError(f"{p}: its histories have different lengths")
+    try:
+        record = json.loads(str(z["settings"])) if "settings" in z else {}
+    except ValueError:
+        record = {}
+    K = len(np.asarray(z["face_of_image"]))
+    return Run(
+        source=str(p),
+        n_values=K * int(np.asarray(z["background"]).size),
+        prior_fixed_until=int(np.asarray(z.get("prior_fixed_until", 0))),
+        method=f"{record.get('method', 'soft')} EM, {record.get('faces', '?')} faces",
+        data=str(record.get("input", "")),
+        n_images=K,
+        passes=np.arange(len(series["elbo"]), dtype=np.float64),  # (one per iteration)
+        **series,
+    )
+
+
 def _refuse_several_faces(z: dict[str, np.ndarray], p: Path) -> None:
     """One line for a result of ``fit --faces N``, which these readers do not take yet."""
     if "faces" in z and "face" not in z:
         raise InputError(
-            f"{p}: a fit of several faces (fit --faces): plot-elbo and --init-from read fits "
-            "of one face only, for now"
+            f"{p}: a fit of several faces (fit --faces): --init-from starts a fit of one face "
+            "only, for now"
         )
 
 
@@ -596,7 +634,8 @@ def load_run(path: str | os.PathLike) -> Run:
         return _load_history(p)
     z = _npz(p, "a facefinder result")
     what = "a facefinder result"
-    _refuse_several_faces(z, p)
+    if "faces" in z and "face" not in z:
+        return _load_mixture_run(z, p)
     _require(z, p, what, [*_PARAMS, "elbo", "log_likelihood", "seconds", "positions"])
     params = _checked_params(z, p)
     series = {}

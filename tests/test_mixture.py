@@ -306,7 +306,14 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     # what reads fits of one face only says so, in one line
     from helpers import cli
 
-    r = cli("plot-elbo", run, "-o", tmp_path / "e.png")
+    ok("plot-elbo", run, run / "history.csv", "-o", tmp_path / "e.png")  # (the run, its history)
+    assert (tmp_path / "e.png").stat().st_size > 1000
+    with open(run / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    with np.load(run / "result.npz") as z:
+        np.testing.assert_allclose([float(h["elbo"]) for h in history], z["elbo"], rtol=1e-15)
+        assert np.all(np.diff(z["seconds"]) >= 0) and len(z["seconds"]) == len(z["elbo"])
+    r = cli("fit", three_folder / "imgs", "--init-from", run, "-o", tmp_path / "one")
     assert r.exit_code == 1 and "a fit of several faces (fit --faces)" in r.stderr
     r = cli("detect", run, three_folder / "imgs", "--scheduler", "local:1")
     assert r.exit_code == 2 and "on this machine only" in r.stderr
@@ -411,7 +418,8 @@ def test_truth_matching_takes_many_faces_at_once():
     labels = rng.integers(12, size=50)
     result = M.MixtureResult(
         M.MixtureParams(fitted, np.zeros((8, 8)), 1.0, np.full(12, 1 / 12), np.full((4, 5), 0.05)),
-        np.zeros(1), np.zeros(1), 0, True, np.argsort(order)[labels], np.zeros((50, 2), int),
+        np.zeros(1), np.zeros(1), np.zeros(1), 0, 0, True, np.argsort(order)[labels],
+        np.zeros((50, 2), int),
         np.ones(50), np.ones(50), 0, np.zeros(1), 0.0, E.FitSettings((5, 4)),
     )  # fmt: skip
     truth = runs.Truth(E.Params(true[0], np.zeros((8, 8)), 1.0, np.full((4, 5), 0.05)),

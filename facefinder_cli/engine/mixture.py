@@ -105,6 +105,11 @@ class MixtureResult:
     elbo, log_likelihood : ndarray
         Per iteration, of the best restart: the bound after each M-step (soft EM: never
         falls), and ``log p(X | θ)`` at each E-step's parameters, then at the final ones.
+    history_seconds : ndarray
+        Seconds from the restart's start (its start's fits included) to each M-step, with
+        the start's own time first (the length of ``elbo``).
+    prior_fixed_until : int
+        The iterations (from the first) whose M-step held the prior over positions.
     n_iter : int
     converged : bool
     faces_of_images : ndarray of shape (K,), int
@@ -126,6 +131,8 @@ class MixtureResult:
     params: MixtureParams
     elbo: np.ndarray
     log_likelihood: np.ndarray
+    history_seconds: np.ndarray
+    prior_fixed_until: int
     n_iter: int
     converged: bool
     faces_of_images: np.ndarray
@@ -582,9 +589,12 @@ def fit_mixture(
     one = _one_face(data, settings)  # (the same for every restart)
     runs = []
     for r in range(settings.restarts):
+        t_start = time.perf_counter()
         rng = np.random.default_rng(_seed_child(seeds, r))
         p = _start(data, n_faces, settings, rng, r, one)
         prior_free = settings.prior_update == "always"
+        held = 0  # iterations whose M-step held the prior
+        clock = [time.perf_counter() - t_start]
         elbo: list[float] = []
         ll: list[float] = []
         released = 0  # the iteration from which the prior was learnt (its gains start there)
@@ -597,7 +607,9 @@ def fit_mixture(
                 samples = _samples_at(t, settings.samples, settings.samples_growth,
                                       settings.max_samples)  # fmt: skip
             stats, _ = _mix_pass(data, p, settings.method, True, rng, samples)
+            held += not prior_free
             p, info = stats.m_step(p, update_prior=prior_free)
+            clock.append(time.perf_counter() - t_start)
             ll.append(stats.log_likelihood)
             if t == 1:
                 elbo.append(stats.elbo)
@@ -621,10 +633,11 @@ def fit_mixture(
         ll.append(stats.log_likelihood)
         if not elbo:  # no iteration: the bound at the start
             elbo.append(stats.elbo)
-        runs.append((p, np.array(elbo), np.array(ll), t, converged, best))
+        seconds = np.array(clock if t else clock[:1])
+        runs.append((p, np.array(elbo), np.array(ll), t, converged, best, seconds, held))
     finals = np.array([run[2][-1] for run in runs])
     b = int(np.argmax(finals))
-    p, elbo, ll, n_iter, converged, best = runs[b]
+    p, elbo, ll, n_iter, converged, best, seconds, held = runs[b]
     if settings.max_iter > 0 and not converged and settings.tol > 0:
         warnings.warn(
             f"EM did not converge in {settings.max_iter} iterations (tol {settings.tol:g}); "
@@ -636,6 +649,8 @@ def fit_mixture(
         params=p,
         elbo=elbo,
         log_likelihood=ll,
+        history_seconds=seconds,
+        prior_fixed_until=held,
         n_iter=n_iter,
         converged=converged,
         faces_of_images=best[0],
