@@ -9,6 +9,7 @@ stacks, for resume with and without the cluster, and with a worker killed mid-fi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -523,3 +524,47 @@ def test_a_cluster_that_loses_every_worker_stops_the_fit(stacks):
         finally:
             own.close()
             lone.close()
+
+
+def test_a_fit_of_several_faces_on_the_cluster_is_the_local_fit(client, stacks):
+    """fit_mixture's passes run on the workers: the same result, bit for bit."""
+    from facefinder_cli.engine import mixture
+
+    X = _reader(stacks["npy"])
+    settings = E.FitSettings(FACE, seed=0, restarts=2, chunk_size=CHUNK, max_iter=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = mixture.fit_mixture(X, settings, 2)
+        there = mixture.fit_mixture(X, settings, 2, client=client)
+    for f in ("faces", "background", "noise_std", "weights", "prior"):
+        np.testing.assert_array_equal(getattr(here.params, f), getattr(there.params, f), f)
+    np.testing.assert_array_equal(here.elbo, there.elbo)
+    np.testing.assert_array_equal(here.positions, there.positions)
+    np.testing.assert_array_equal(here.faces_of_images, there.faces_of_images)
+
+
+def test_a_face_size_search_on_the_cluster_is_the_local_search(client, stacks):
+    X = _reader(stacks["npy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = E.choose_face_size(X, (12, 8), (20, 16), seed=0, chunk_size=CHUNK)
+        there = E.choose_face_size(X, (12, 8), (20, 16), seed=0, chunk_size=CHUNK,
+                                   client=client)  # fmt: skip
+    assert here.size == there.size
+    assert [t.criterion for t in here.trials] == [t.criterion for t in there.trials]
+    np.testing.assert_array_equal(here.result.face, there.result.face)
+
+
+def test_face_size_auto_and_several_faces_with_scheduler_give_the_local_runs(stacks, in_tmp):
+    """The command line's searches and fits of several faces run on a local:2 cluster too,
+    with the local results (the same chunks)."""
+    common = [stacks["npy"], "--chunk-size", CHUNK, "--no-plots", "-q"]
+    for extra in (["--face-size", "12x8:20x16"], ["--face-size", "16x12", "--faces", 2]):
+        ok("fit", *common, *extra, "-o", "here")
+        ok("fit", *common, *extra, "-o", "there", "--scheduler", "local:2")
+        with np.load("here/result.npz") as a, np.load("there/result.npz") as b:
+            key = "faces" if "faces" in a else "face"
+            np.testing.assert_array_equal(a[key], b[key])
+            np.testing.assert_array_equal(a["elbo"], b["elbo"])
+        for name in ("here", "there"):
+            shutil.rmtree(name)

@@ -327,7 +327,6 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     [
         (["--checkpoint-every", "2"], "is not checkpointed"),
         (["--face-size", "auto"], "needs the face size"),
-        (["--scheduler", "local:1"], "runs on this machine only"),
         (["--accelerate", "squarem"], "is plain EM"),
     ],
 )

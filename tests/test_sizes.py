@@ -145,7 +145,6 @@ def test_fit_face_size_auto_writes_the_chosen_fit_and_the_search(folder, tmp_pat
         (["--face-size", "9x9:5x5"], "runs backwards"),
         (["--face-size", "5x5:x"], "expected a range SMALLEST:LARGEST"),
         (["--face-size", "5x5:99x99"], "larger than the images (24x28)"),
-        (["--face-size", "auto", "--scheduler", "local:1"], "runs on this machine only"),
     ],
 )
 def test_face_size_auto_errors_are_one_line(folder, tmp_path, args, message):

@@ -347,7 +347,6 @@ def fit(
             {
                 "--resume": bool(resume),
                 "--checkpoint-every": options["checkpoint_every"] is not None,
-                "--scheduler": bool(scheduler),
                 "--face-size auto": isinstance(face_size, AutoSize),
                 "--init-from": options["init_from"] is not None,
                 "--accelerate squarem": options["accelerate"] == "squarem",
@@ -365,8 +364,9 @@ def fit(
             options["restarts"] = FACES_RESTARTS
         job = _new_job(input, face_size, options)
         _check_outputs(job, out, as_json)
+        check_cluster_input(scheduler, job.input)
         fit_faces(n_faces, job, out, as_json=as_json, overwrite=overwrite,
-                  memory_limit=memory_limit, workers=workers)  # fmt: skip
+                  memory_limit=memory_limit, workers=workers, scheduler=scheduler)  # fmt: skip
         return
     resumed: Resumed | None = None
     if resume:
@@ -383,11 +383,6 @@ def fit(
             raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
         out = "-" if outputs.is_stdout(out) else out
         auto = face_size if isinstance(face_size, AutoSize) else None
-        if auto is not None and scheduler:
-            raise click.UsageError(
-                f"--face-size {auto} runs on this machine only: give --face-size HxW with "
-                "--scheduler (or DASK_SCHEDULER_ADDRESS)"
-            )
         job = _new_job(input, face_size, options)
     check_cluster_input(scheduler, job.input_path if resumed else job.input)
     _check_outputs(job, out, as_json)
@@ -409,7 +404,7 @@ def fit(
         sizes = resumed.extra.get("sizes") if resumed is not None else None
         if resumed is None and auto is not None:
             STOPPED["line"] = "interrupted while choosing the face size: nothing was written"
-            choice = _choose_size(stack, input, job, auto, memory_limit, workers)
+            choice = _choose_size(stack, input, job, auto, memory_limit, workers, scheduler)
             job = dataclasses.replace(
                 job, settings=dataclasses.replace(job.settings, face_shape=choice.size)
             )
@@ -497,8 +492,9 @@ def fit(
     _report(summary, result, written, resumed is not None)
 
 
-def _choose_size(stack, input, job: FitJob, auto: AutoSize, memory_limit, workers):
-    """``engine.choose_face_size`` on the stack, each fit of the search said as it ends."""
+def _choose_size(stack, input, job: FitJob, auto: AutoSize, memory_limit, workers, scheduler):
+    """``engine.choose_face_size`` on the stack (on the cluster of ``scheduler``, if given),
+    each fit of the search said as it ends."""
     K, H, W = stack.images.shape
     if H < 2 and W < 2:
         raise click.BadParameter(
@@ -528,16 +524,18 @@ def _choose_size(stack, input, job: FitJob, auto: AutoSize, memory_limit, worker
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            choice = engine.choose_face_size(
-                stack.images,
-                lo,
-                hi,
-                job.settings,
-                fit_chosen=False,  # (fitted below, as --face-size HxW would)
-                memory_limit=memory_limit,
-                workers=workers,
-                on_trial=said,
-            )
+            with cluster_client(scheduler, stack, input) as client:
+                choice = engine.choose_face_size(
+                    stack.images,
+                    lo,
+                    hi,
+                    job.settings,
+                    fit_chosen=False,  # (fitted below, as --face-size HxW would)
+                    memory_limit=memory_limit,
+                    workers=workers,
+                    on_trial=said,
+                    client=client,
+                )
         except engine.NonFiniteError as err:
             raise non_finite(input, stack, err) from None
         except engine.ValueRangeError as err:

@@ -15,7 +15,14 @@ import numpy as np
 
 from facefinder_cli import engine, images, outputs, runs
 from facefinder_cli.cli.fit_resume import RUN_FOLDER, FitJob, check_run_folder_name
-from facefinder_cli.cli.options import STOPPED, load, log_notes, non_finite, note_stale
+from facefinder_cli.cli.options import (
+    STOPPED,
+    cluster_client,
+    load,
+    log_notes,
+    non_finite,
+    note_stale,
+)
 from facefinder_cli.cli.progress import ProgressBar
 from facefinder_cli.errors import InputError
 from facefinder_cli.interrupts import Interrupted
@@ -29,7 +36,6 @@ def refuse_with_faces(n_faces: int | str, given: dict[str, Any]) -> None:
     for option, why in (
         ("--resume", "is not checkpointed"),
         ("--checkpoint-every", "is not checkpointed"),
-        ("--scheduler", "runs on this machine only"),
         ("--face-size auto", "needs the face size"),
         ("--init-from", "starts from its own seeds"),
         ("--accelerate squarem", "is plain EM"),
@@ -49,6 +55,7 @@ def fit_faces(
     overwrite: bool,
     memory_limit: int | None,
     workers: int | None,
+    scheduler: str | None = None,
 ) -> None:
     """Fit ``n_faces`` faces (or, for ``"auto"``, the number the criterion chooses) to
     ``job.input`` and write the run into ``out`` (a folder), or the faces side by side as a
@@ -118,12 +125,15 @@ def fit_faces(
                     callback=_Iterations(settings),
                     on_chunk=bar.chunk,
                 )
-                if auto:
-                    choice = engine.choose_faces(stack.images, settings, on_trial=_said, **kw)
-                    result, searched = choice.result, choice
-                else:
-                    result = engine.fit_mixture(stack.images, settings, n_faces, **kw)
-                    searched = None
+                with cluster_client(scheduler, stack, input) as client:
+                    kw["client"] = client
+                    if auto:
+                        choice = engine.choose_faces(stack.images, settings, on_trial=_said,
+                                                     **kw)  # fmt: skip
+                        result, searched = choice.result, choice
+                    else:
+                        result = engine.fit_mixture(stack.images, settings, n_faces, **kw)
+                        searched = None
         except engine.NonFiniteError as err:
             raise non_finite(input, stack, err) from None
         except engine.ValueRangeError as err:

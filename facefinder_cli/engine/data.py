@@ -6,7 +6,6 @@ reducing in chunk order so results do not depend on the threads."""
 from __future__ import annotations
 
 import collections
-import copy
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -124,7 +123,8 @@ class _Data:
         ``face_shape``, in the same chunks: for fits of several sizes. The chunks were sized
         for this data's face; a smaller face needs more memory per image."""
         h, w = _check_face_shape(face_shape, (self.H, self.W))
-        other = copy.copy(self)
+        other = object.__new__(type(self))  # (not copy.copy: a cluster's data pickles as a view)
+        other.__dict__.update(self.__dict__)
         other.h, other.w, other.Dh, other.Dw = h, w, self.H - h + 1, self.W - w + 1
         return other
 

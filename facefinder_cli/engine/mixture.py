@@ -31,13 +31,14 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy import fft as sfft
 
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.estep import _Posterior, _valid_correlation
-from facefinder_cli.engine.loop import _fit, _samples_at
+from facefinder_cli.engine.loop import _cluster, _fit, _samples_at
 from facefinder_cli.engine.machine import _chunk_for
 from facefinder_cli.engine.model import (
     DEFAULT_TOL,
@@ -549,6 +550,7 @@ def fit_mixture(
     workers: int | None = None,
     callback: Callable[[int, int, float, float], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    client: Any = None,
 ) -> MixtureResult:
     """Fit ``n_faces`` faces, one background, the noise, the face weights and the prior over
     positions by EM (see the module's docstring).
@@ -560,7 +562,10 @@ def fit_mixture(
     best final log-likelihood wins), ``seed``, ``dtype``, ``chunk_size``, ``samples`` (Monte-
     Carlo EM's draws per image). The prior over positions is held uniform until the rest has
     settled (``prior_update="late"``, the default) or learnt from the start (``"always"``).
-    ``callback(restart, iteration, elbo, log_likelihood)`` after every iteration.
+    ``callback(restart, iteration, elbo, log_likelihood)`` after every iteration. With a
+    Dask ``client``, every pass runs on its workers as :func:`fit`'s do (the same result,
+    bit for bit; the start's fits of each cluster's images, at most ``START_IMAGES``, run
+    here).
     """
     if n_faces < 1:
         raise ValueError(f"n_faces must be at least 1, got {n_faces}")
@@ -572,15 +577,26 @@ def fit_mixture(
         # a chunk's working memory grows with the faces: N posteriors per image
         Dh, Dw = image[0] - h + 1, image[1] - w + 1
         chunk_size = max(1, _chunk_for(None, *image, Dh, Dw) // n_faces)
-    data = _Data(
+    kind, where = (_Data, ()) if client is None else (_cluster()._ClusterData, (client,))
+    data = kind(
         X,
         settings.face_shape,
+        *where,
         chunk_size=chunk_size,
         workers=workers,
         memory_limit=memory_limit,
         dtype=settings.dtype,
         on_chunk=on_chunk,
     )
+    try:
+        return _fit_mixture(data, settings, n_faces, callback, t0)
+    finally:
+        if client is not None:
+            data.close()
+
+
+def _fit_mixture(data: _Data, settings: FitSettings, n_faces: int, callback, t0: float):
+    """:func:`fit_mixture` once the images are read."""
     if data.K < n_faces:
         raise ValueError(f"{n_faces} faces need at least as many images, got {data.K}")
     seeds = _seed_sequence(settings.seed)

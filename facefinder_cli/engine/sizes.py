@@ -37,11 +37,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from facefinder_cli.engine.data import _check_face_shape, _Data
-from facefinder_cli.engine.loop import FitResult, _fit, _start
+from facefinder_cli.engine.loop import FitResult, _cluster, _fit, _start
 from facefinder_cli.engine.passes import _pass
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _seed_child, _seed_sequence
@@ -147,6 +148,7 @@ def choose_face_size(
     workers: int | None = None,
     on_trial: Callable[[SizeTrial], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    client: Any = None,
     **options: object,
 ) -> SizeChoice:
     """Fit the face's size: the size between ``lo`` and ``hi`` (inclusive, each ``(h, w)``;
@@ -167,6 +169,9 @@ def choose_face_size(
         As for :func:`fit`.
     on_trial : callable, optional
         Called with every :class:`SizeTrial` as it is done.
+    client : distributed.Client, optional
+        Run every pass on the workers of this Dask cluster, as :func:`fit` does (the images
+        read once by the workers for all the sizes; the same result, bit for bit).
 
     Returns
     -------
@@ -183,15 +188,27 @@ def choose_face_size(
     if lo[0] > hi[0] or lo[1] > hi[1]:
         raise ValueError(f"the smallest size {lo} is larger than the largest {hi}")
     settings = FitSettings.of(settings if settings is not None else lo, **options)
-    base = _Data(
+    kind, where = (_Data, ()) if client is None else (_cluster()._ClusterData, (client,))
+    base = kind(
         X,
         lo,  # the smallest face has the most positions: chunks sized for it suit every size
+        *where,
         chunk_size=settings.chunk_size,
         workers=workers,
         memory_limit=memory_limit,
         dtype=settings.dtype,
         on_chunk=on_chunk,
     )
+    try:
+        return _search(base, settings, lo, hi, fit_chosen, on_trial, t0)
+    finally:
+        if client is not None:
+            base.close()
+
+
+def _search(base, settings, lo, hi, fit_chosen, on_trial, t0) -> SizeChoice:
+    """:func:`choose_face_size` once the images are read."""
+    K, H, W = base.K, base.H, base.W
     if settings.init == "median":  # computed once here, not by every size's copy of the data
         _ = base.median_background
     seeds = _seed_sequence(settings.seed)
