@@ -226,11 +226,10 @@ def _search(base, settings, lo, hi, fit_chosen, on_trial, t0) -> SizeChoice:
             short[h, w] = said(_short_fit(base, (h, w), settings.init, seeds))
         return short[h, w].criterion
 
-    # The height at a middle width, the width at that height, then a climb by single pixels.
+    # The height at a middle width, the width at that height, then a climb from the best.
     w = _middle(lo[1], hi[1])
     h = _golden(lambda v: score(v, w), lo[0], hi[0])
     w = _golden(lambda v: score(h, v), lo[1], hi[1])
-
     chosen = _climb(score, max(short, key=lambda s: _rank(short[s])), lo, hi)
     # How clear: the best size more than a pixel away, and larger windows that fit as well.
     far = [s for s in short if max(abs(s[0] - chosen[0]), abs(s[1] - chosen[1])) > 1]
