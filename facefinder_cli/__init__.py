@@ -26,8 +26,12 @@ _API = {
     "FitSettings": "engine",
     "NoiseFloorWarning": "engine",
     "Params": "engine",
+    "choose_face_size": "engine",
+    "choose_faces": "engine",
+    "detect_mixture": "engine",
     "elbo": "engine",
     "fit": "engine",
+    "fit_mixture": "engine",
     "initialize": "engine",
     "locate": "engine",
     "position_log_likelihood": "engine",
@@ -36,6 +40,7 @@ _API = {
     "posterior": "engine",
     "NpyReader": "images",
     "make_dataset": "synthetic",
+    "make_mixture": "synthetic",
 }
 
 __all__ = [
@@ -46,13 +51,18 @@ __all__ = [
     "NpyReader",
     "Params",
     "__version__",
+    "choose_face_size",
+    "choose_faces",
+    "detect_mixture",
     "elbo",
     "fit",
+    "fit_mixture",
     "initialize",
     "locate",
     "position_log_likelihood",
     "m_step",
     "make_dataset",
+    "make_mixture",
     "map_positions",
     "posterior",
 ]
@@ -64,8 +74,12 @@ if TYPE_CHECKING:  # pragma: no cover
         FitSettings,
         NoiseFloorWarning,
         Params,
+        choose_face_size,
+        choose_faces,
+        detect_mixture,
         elbo,
         fit,
+        fit_mixture,
         initialize,
         locate,
         m_step,
@@ -74,7 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover
         posterior,
     )
     from facefinder_cli.images import NpyReader
-    from facefinder_cli.synthetic import make_dataset
+    from facefinder_cli.synthetic import make_dataset, make_mixture
 
 
 def __getattr__(name: str) -> Any:
