@@ -448,20 +448,28 @@ def _local_cluster(n: int):
     import dask.config
     from distributed import Client, LocalCluster
 
-    # The worker processes start with SIGINT and SIGHUP ignored (a disposition they inherit):
-    # a Ctrl-C in the terminal, sent to the whole process group, then reaches this process
-    # alone, which stops the fit and closes the cluster; the workers would otherwise each
-    # print a traceback. Here the two are blocked meanwhile, so one that comes is not lost
-    # (Linux keeps a blocked signal pending even while ignored) but delivered once the
-    # handlers are back. No work stealing: it moves tasks, and with them chunks of images,
-    # to idle workers at the end of every pass.
-    # The resource tracker of multiprocessing is started first: starting it unblocks SIGINT,
-    # which would then be lost while ignored.
+    # While the cluster starts, SIGINT and SIGHUP are blocked in this thread, and held by a
+    # handler that notes them: the threads that start the worker processes, created now,
+    # inherit the mask, and so do the processes (a mask survives exec), which thus never see
+    # a terminal's Ctrl-C to the whole process group until their preload (dask_setup) ignores
+    # it; they would otherwise each print a traceback. A signal the kernel hands to one of
+    # this process's other threads (NumPy's, which do not block it) reaches the handler: it
+    # is raised again once the cluster is up and the usual handlers are back, and the fit
+    # stops as it would have (with SIG_IGN here instead, such a signal was lost: found by
+    # review, a Ctrl-C 1 to 2 s into a local:2 fit that then ran to its end). The resource
+    # tracker of multiprocessing is started first: starting it unblocks SIGINT. No work
+    # stealing: it moves tasks, and with them chunks of images, to idle workers at the end
+    # of every pass.
     signals = (signal.SIGINT, signal.SIGHUP)
     main = threading.current_thread() is threading.main_thread()
     resource_tracker.ensure_running()
+    held: list[int] = []
+    handlers = (
+        {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals}
+        if main
+        else {}
+    )
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in signals} if main else {}
     try:
         with dask.config.set({"distributed.scheduler.work-stealing": False}):
             cluster = LocalCluster(
@@ -474,10 +482,16 @@ def _local_cluster(n: int):
             )
             client = Client(cluster, set_as_default=False)
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (a pending one reaches `held`)
         for s, handler in handlers.items():
             signal.signal(s, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     client._facefinder_cluster = cluster  # closed with the client (see close_client)
+    try:
+        for s in dict.fromkeys(held):  # once each, now with the usual handlers
+            signal.raise_signal(s)
+    except BaseException:
+        close_client(client)
+        raise
     return client
 
 
