@@ -458,11 +458,22 @@ def save_mixture_run(
     write_png(folder / "background.png", p.background, lo, hi, zoom=zoom)
     written += ["faces.png", "background.png"]
     if plots:
-        from facefinder_cli.plotting import plot_prior  # imports matplotlib
+        from facefinder_cli.plotting import Curve, plot_curves, plot_prior  # imports matplotlib
 
         with atomic_write(folder / "prior.png") as f:
             plot_prior(p.prior, f)
-        written.append("prior.png")
+        curve = Curve(
+            f"{result.settings.method} EM, {N} faces",
+            result.elbo,
+            result.log_likelihood,
+            result.history_seconds,
+            n_values,
+            result.prior_fixed_until,
+            passes=np.arange(len(result.elbo), dtype=np.float64),
+        )
+        with atomic_write(folder / "elbo.png") as f:
+            plot_curves([curve], f)
+        written += ["prior.png", "elbo.png"]
     return written
 
 
@@ -567,13 +578,20 @@ def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Pa
     if p.suffix == ".csv":
         return None
     z = _npz(p, "a facefinder result")
+    if "weights" in z and "faces" not in z and "face" not in z:
+        raise InputError(f"{p}: a fit of several faces without its faces (no 'faces' in it)")
     if "faces" not in z or "face" in z:
         return None
     _require(z, p, "a fit of several faces", ["faces", "background", "noise_std", "weights",
                                                "prior", "face_of_image"])  # fmt: skip
     keys = ("faces", "background", "prior", "weights")
-    faces, background, prior, weights = (np.asarray(z[k], dtype=np.float64) for k in keys)
-    noise = float(np.asarray(z["noise_std"]))
+    try:
+        faces, background, prior, weights = (np.asarray(z[k], dtype=np.float64) for k in keys)
+        noise = float(np.asarray(z["noise_std"]))
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{p}: damaged (its {', '.join(keys)} or noise_std are not numbers)"
+        ) from None
     ok = (
         faces.ndim == 3 and background.ndim == 2 and weights.shape == (len(faces),)
         and prior.shape == (background.shape[0] - faces.shape[1] + 1,

@@ -439,3 +439,44 @@ def test_the_start_clusters_a_sample_of_the_images_when_they_are_many(monkeypatc
     assert min(np.corrcoef(faces[i].ravel(), r.params.faces[j].ravel())[0, 1]
                for i, j in enumerate(perm)) >= 0.95  # fmt: skip
     assert np.mean(np.argsort(perm)[r.faces_of_images] == labels) >= 0.95
+
+
+def test_review_edges_of_faces_auto_and_damaged_runs(three_folder, tmp_path):
+    """--faces auto takes a one-face truth (it may choose one), calls a choice at the most it
+    could try unclear; a damaged run is named in one line; a run draws elbo.png."""
+    import json
+    import shutil
+
+    from helpers import cli, ok
+
+    imgs = three_folder / "imgs"
+    one = tmp_path / "one"
+    ok("generate", "-n", 40, "--noise", 25, "--face", three_folder / "a.png", "--size", "24x30",
+       "--background", three_folder / "a.png", "-o", one, "-q")  # fmt: skip
+    r = ok("fit", one, "--face-size", "12x10", "--faces", "auto", "--restarts", 1, "--truth",
+           one / "truth.npz", "-o", tmp_path / "auto1", "--json")  # fmt: skip
+    s = json.loads(r.stdout)
+    assert s["faces"] == 1 and s["truth"]["faces_right"] == 1.0
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in sorted(p.name for p in imgs.glob("*.tif"))[:3]:
+        shutil.copy(imgs / name, few / name)
+    r = ok("fit", few, "--face-size", "12x10", "--faces", "auto", "--restarts", 1, "-o",
+           tmp_path / "few-run", "--json")  # fmt: skip
+    search = json.loads(r.stdout)["faces_search"]
+    # one face per image scores best, as many as the images: the most it could try
+    assert search["chosen"] == 3 and search["at_cap"] and not search["clear"]
+    assert "the most that could be tried" in r.stderr
+    run = tmp_path / "run"
+    ok("fit", imgs, "--face-size", "12x10", "--faces", 2, "--restarts", 1, "-o", run, "-q")
+    assert (run / "elbo.png").stat().st_size > 1000
+    with np.load(run / "result.npz") as z:
+        arrays = dict(z)
+    arrays["faces"] = np.array("abc")
+    np.savez(run / "result.npz", **arrays)
+    r = cli("detect", run, imgs, "-o", tmp_path / "x.csv")
+    assert r.exit_code == 1 and "result.npz: damaged" in r.stderr and "Traceback" not in r.stderr
+    del arrays["faces"]
+    np.savez(run / "result.npz", **arrays)
+    r = cli("detect", run, imgs, "-o", tmp_path / "x.csv")
+    assert r.exit_code == 1 and "without its faces" in r.stderr

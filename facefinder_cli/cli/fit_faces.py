@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -36,13 +37,15 @@ def refuse_with_faces(n_faces: int | str, given: dict[str, Any]) -> None:
     for option, why in (
         ("--resume", "is not checkpointed"),
         ("--checkpoint-every", "is not checkpointed"),
-        ("--face-size auto", "needs the face size"),
+        ("--face-size auto", "needs the face size: give --face-size HxW, not"),
         ("--init-from", "starts from its own seeds"),
         ("--accelerate squarem", "is plain EM"),
     ):
         if given.get(option):
             raise click.UsageError(
-                f"a fit of --faces {n_faces} {why}: drop {option} (or fit one face)"
+                f"a fit of --faces {n_faces} {why}"
+                + ("" if why.endswith("not") else ": drop")
+                + f" {option} (or fit one face)"
             )
 
 
@@ -64,9 +67,14 @@ def fit_faces(
     truth = runs.load_truth(job.truth) if job.truth else None
     auto = n_faces == "auto"
     if truth is not None and truth.faces is None:
-        raise click.BadParameter(
-            f"{job.truth}: the truth of one face: fit it with --faces 1", param_hint="'--truth'"
-        )
+        if not auto:
+            raise click.BadParameter(
+                f"{job.truth}: the truth of one face: fit it with --faces 1",
+                param_hint="'--truth'",
+            )
+        # --faces auto may choose one: the truth as one of one face
+        labels = np.zeros(len(truth.positions), dtype=np.intp)
+        truth = dataclasses.replace(truth, faces=truth.params.face[None], labels=labels)
     if truth is not None and not auto and len(truth.faces) != n_faces:
         held = 1 if truth.faces is None else len(truth.faces)
         raise click.BadParameter(
@@ -193,15 +201,18 @@ def fit_faces(
         summary["faces_search"] = {
             "chosen": searched.n_faces,
             "margin": searched.margin if np.isfinite(searched.margin) else None,
-            "clear": bool(searched.margin >= np.log(20.0)),
+            "clear": bool(searched.margin >= np.log(20.0) and not searched.at_cap),
+            "at_cap": searched.at_cap,
             "tried": [t[0] for t in searched.trials],
         }
         log.info(
-            "chose %d faces by the criterion (%s: %s); tried %s",
+            "chose %d face%s by the criterion (%s: %s); tried %s",
             searched.n_faces,
+            "s" if searched.n_faces > 1 else "",
             "clear" if summary["faces_search"]["clear"] else "unclear",
-            f"{searched.margin:.1f} nats above the next best" if np.isfinite(searched.margin)
-            else "no other number tried",
+            "the most that could be tried (as many as the images, or the cap): more may fit"
+            if searched.at_cap else f"{searched.margin:.1f} nats above the next best"
+            if np.isfinite(searched.margin) else "no other number tried",
             ", ".join(str(t[0]) for t in searched.trials),
         )  # fmt: skip
     if as_json:
@@ -275,9 +286,10 @@ def _report(s: dict[str, Any], written: list[str], folder: str | None) -> None:
     state = f"converged after {s['n_iter']} iterations" if s["converged"] else (
         f"stopped after {s['n_iter']} iterations (--max-iter)")  # fmt: skip
     log.info(
-        "%s in %.1f s: %d faces, weights %s (images: %s), noise std %.4g, log-likelihood %.6g",
-        state, s["seconds"], s["faces"], ", ".join(f"{v:.3g}" for v in s["weights"]),
-        ", ".join(map(str, s["images_per_face"])), s["noise_std"], s["log_likelihood"],
+        "%s in %.1f s: %d face%s, weights %s (images: %s), noise std %.4g, log-likelihood %.6g",
+        state, s["seconds"], s["faces"], "s" if s["faces"] > 1 else "",
+        ", ".join(f"{v:.3g}" for v in s["weights"]), ", ".join(map(str, s["images_per_face"])),
+        s["noise_std"], s["log_likelihood"],
     )  # fmt: skip
     if "truth" in s:
         t = s["truth"]

@@ -709,12 +709,16 @@ class FacesChoice:
     margin : float
         The chosen number's criterion minus the best other's (nats): under ``log 20`` the
         choice is unclear.
+    at_cap : bool
+        Whether the chosen number is the most that could be tried (``most``, or the number of
+        images): more might have scored better, and the choice is unclear.
     """
 
     n_faces: int
     result: MixtureResult
     trials: list[tuple[int, float, float, int, int, float]]
     margin: float
+    at_cap: bool = False
 
 
 def choose_faces(
@@ -754,4 +758,5 @@ def choose_faces(
             break
     others = [t[2] for t in trials if t[0] != best]
     margin = trials[best - 1][2] - max(others) if others else math.inf
-    return FacesChoice(best, results[best], trials, margin)
+    cap = min(most, len(results[best].faces_of_images))
+    return FacesChoice(best, results[best], trials, margin, at_cap=best >= cap)
