@@ -587,13 +587,17 @@ def test_a_face_size_search_on_the_cluster_is_the_local_search(client, stacks):
     np.testing.assert_array_equal(here.result.face, there.result.face)
 
 
-def test_face_size_auto_and_several_faces_with_scheduler_give_the_local_runs(stacks, in_tmp):
-    """The command line's searches and fits of several faces run on a local:2 cluster too,
-    with the local results (the same chunks)."""
+def test_face_size_auto_and_several_faces_with_scheduler_give_the_local_runs(
+    client, stacks, in_tmp
+):
+    """The command line's searches and fits of several faces run on a cluster too (the
+    module's, by its address), with the local results (the same chunks)."""
     common = [stacks["npy"], "--chunk-size", CHUNK, "--no-plots", "-q"]
-    for extra in (["--face-size", "12x8:20x16"], ["--face-size", "16x12", "--faces", 2]):
+    address = client.scheduler.address
+    for extra in (["--face-size", "14x10:18x14"],
+                  ["--face-size", "16x12", "--faces", 2, "--restarts", 1]):  # fmt: skip
         ok("fit", *common, *extra, "-o", "here")
-        ok("fit", *common, *extra, "-o", "there", "--scheduler", "local:2")
+        ok("fit", *common, *extra, "-o", "there", "--scheduler", address)
         with np.load("here/result.npz") as a, np.load("there/result.npz") as b:
             key = "faces" if "faces" in a else "face"
             np.testing.assert_array_equal(a[key], b[key])
