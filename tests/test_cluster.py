@@ -579,8 +579,8 @@ def test_a_face_size_search_on_the_cluster_is_the_local_search(client, stacks):
     X = _reader(stacks["npy"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        here = E.choose_face_size(X, (12, 8), (20, 16), seed=0, chunk_size=CHUNK)
-        there = E.choose_face_size(X, (12, 8), (20, 16), seed=0, chunk_size=CHUNK,
+        here = E.choose_face_size(X, (14, 10), (18, 14), seed=0, chunk_size=CHUNK)
+        there = E.choose_face_size(X, (14, 10), (18, 14), seed=0, chunk_size=CHUNK,
                                    client=client)  # fmt: skip
     assert here.size == there.size
     assert [t.criterion for t in here.trials] == [t.criterion for t in there.trials]
