@@ -183,8 +183,9 @@ def detect(
                     rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w)
                     images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     log.info(
-        "located the face in %d images (mean probability %.3f)%s",
+        "located the face in %d image%s (mean probability %.3f)%s",
         K,
+        "" if K == 1 else "s",
         float(np.mean(probability)),
         f"; boxed images in {draw}" if draw else "",
     )
@@ -272,9 +273,10 @@ def _detect_faces(
                     images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     counts = np.bincount(found.faces, minlength=len(params.weights))
     log.info(
-        "located one of %d faces in %d images (images per face: %s; mean probability %.3f)%s",
+        "located one of %d faces in %d image%s (images per face: %s; mean probability %.3f)%s",
         len(params.weights),
         K,
+        "" if K == 1 else "s",
         ", ".join(map(str, counts)),
         float(np.mean(found.probability)),
         f"; boxed images in {draw}" if draw else "",

@@ -510,8 +510,8 @@ def _choose_size(stack, input, job: FitJob, auto: AutoSize, memory_limit, worker
             param_hint="'--face-size'",
         )
     log.info(
-        "choosing the face size between %dx%d and %dx%d in %d images of %dx%d (%s)",
-        *lo, *hi, K, H, W, input,
+        "choosing the face size between %dx%d and %dx%d in %d image%s of %dx%d (%s)",
+        *lo, *hi, K, "" if K == 1 else "s", H, W, input,
     )  # fmt: skip
 
     def said(trial: engine.SizeTrial) -> None:

@@ -231,8 +231,9 @@ def generate(
             100 * clipped / data.images.size,
         )
     log.info(
-        "wrote %d images of %dx%d with %s %dx%d (noise %g) to %s; truth in %s",
+        "wrote %d image%s of %dx%d with %s %dx%d (noise %g) to %s; truth in %s",
         count,
+        "" if count == 1 else "s",
         bh,
         bw,
         f"{len(others) + 1} faces of" if others else "a face of",
