@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -123,16 +126,14 @@ def detect(
         )
     check_cluster_input(scheduler, input)
     if mixture is not None:
-        params = _mixture_params(*mixture, prior_choice, face_choice)
-        _detect_faces(model, params, input, out, draw, zoom, prior_choice, skip_unreadable,
-                      layout, overwrite)  # fmt: skip
-        return
-    run = runs.load_run(model)
-    if run.params is None:
-        raise click.BadParameter(
-            f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
-        )
-    params = _detect_params(run, prior_choice, face_choice)
+        model_ = _several_faces(model, _mixture_params(*mixture, prior_choice, face_choice))
+    else:
+        run = runs.load_run(model)
+        if run.params is None:
+            raise click.BadParameter(
+                f"{model}: has no fitted parameters (a history.csv alone)", param_hint="MODEL"
+            )
+        model_ = _one_face(run, _detect_params(run, prior_choice, face_choice))
     keep = [model, *images.input_paths(input)]
     if Path(prior_choice).suffix == ".npy":
         keep.append(prior_choice)
@@ -149,45 +150,105 @@ def detect(
             outputs.check_folder_target(draw, overwrite, keep=keep, kind=DRAW_FOLDER)
         stack = load(input, layout, skip_unreadable, stream=True)
         K, H, W = stack.images.shape
-        if (H, W) != run.params.background.shape:
-            bh, bw = run.params.background.shape
+        if (H, W) != model_.background_shape:
+            bh, bw = model_.background_shape
             raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
         try:
             with cluster_client(scheduler, stack, input) as client:
-                found = engine.detect(stack.images, params, client=client)
+                found = model_.find(stack.images, client)
         except engine.NonFiniteError as err:  # a streamed .npy is checked as it is read
             raise non_finite(input, stack, err) from None
         except engine.ValueRangeError as err:  # values beyond what float64 computes with
             raise InputError(f"{input}: {err}") from None
         except ValueError as err:  # the model's, likewise
-            raise InputError(f"{run.source}: {err}") from None
-        positions, probability = found.positions, found.probability
+            raise InputError(f"{model_.source}: {err}") from None
         log_notes(stack)
-        _warn_if_mismatched(found, run.params.noise_std, input)
+        _warn_if_mismatched(found, model_.noise_std, input)
         if draw:
             STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
         with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
             rows = names.csv_writer(f)
-            rows.writerow(["image", "row", "column", "probability"])
-            for name, (r, c), p in zip(stack.names, positions, probability):
-                rows.writerow([printable(name), int(r), int(c), f"{p:.6g}"])
+            rows.writerow(["image", *model_.columns])
+            for name, row in zip(stack.names, model_.rows(found)):
+                rows.writerow([printable(name), *row])
         if draw:  # one image at a time: a streamed stack is never held in memory
             if not outputs.is_stream(out):
                 STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
             STOPPED["installed"] = f"{out} and the boxed images in {draw} were written all the same"
-            h, w = run.params.face.shape
+            h, w = model_.face_shape
             zoom = zoom or runs.view_zoom((H, W))
             with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
                 for k, stem in enumerate(images.file_stems(stack.names, K)):
-                    r, c = positions[k]
+                    r, c = found.positions[k]
                     rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w)
                     images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
     log.info(
-        "located the face in %d image%s (mean probability %.3f)%s",
+        "located %s in %d image%s (%smean probability %.3f)%s",
+        model_.what,
         K,
         "" if K == 1 else "s",
-        float(np.mean(probability)),
+        model_.counts(found),
+        float(np.mean(found.probability)),
         f"; boxed images in {draw}" if draw else "",
+    )
+
+
+@dataclass(frozen=True)
+class _Model:
+    """What detect needs of a fitted model, one face or several: where it came from, its
+    geometry and noise, how it finds the faces (``find(images, client)``), and the CSV's
+    columns after the image's name with each image's row of them."""
+
+    source: str
+    background_shape: tuple[int, int]
+    face_shape: tuple[int, int]
+    noise_std: float
+    find: Callable[[Any, Any], Any]
+    columns: tuple[str, ...]
+    rows: Callable[[Any], Any]
+    what: str
+    counts: Callable[[Any], str]
+
+
+def _one_face(run: runs.Run, params: engine.Params) -> _Model:
+    return _Model(
+        run.source,
+        run.params.background.shape,
+        run.params.face.shape,
+        run.params.noise_std,
+        lambda X, client: engine.detect(X, params, client=client),
+        ("row", "column", "probability"),
+        lambda found: (
+            (int(r), int(c), f"{p:.6g}") for (r, c), p in zip(found.positions, found.probability)
+        ),
+        "the face",
+        lambda found: "",
+    )
+
+
+def _several_faces(source: str, params: engine.MixtureParams) -> _Model:
+    """(On this machine: the caller refuses --scheduler.)"""
+    N = len(params.weights)
+
+    def rows(found):
+        table = zip(found.faces, found.positions, found.probability, found.face_probability)
+        for m, (r, c), p, q in table:
+            yield int(m) + 1, int(r), int(c), f"{p:.6g}", f"{q:.6g}"
+
+    def counts(found) -> str:
+        per_face = np.bincount(found.faces, minlength=N)
+        return f"images per face: {', '.join(map(str, per_face))}; "
+
+    return _Model(
+        str(source),
+        params.background.shape,
+        params.faces.shape[1:],
+        params.noise_std,
+        lambda X, client: engine.detect_mixture(X, params),
+        ("face", "row", "column", "probability", "face_probability"),
+        rows,
+        f"one of {N} faces",
+        counts,
     )
 
 
@@ -218,69 +279,6 @@ def _mixture_params(
             param_hint="'--prior'",
         )
     return engine.MixtureParams(p.faces, p.background, p.noise_std, p.weights, prior)
-
-
-def _detect_faces(
-    model, params, input, out, draw, zoom, prior_choice, skip_unreadable, layout, overwrite
-) -> None:
-    """detect with a fit of several faces: each image's face, its position, and their
-    probabilities (the CSV's columns face, row, column, probability, face_probability)."""
-    keep = [model, *images.input_paths(input)]
-    if Path(prior_choice).suffix == ".npy":
-        keep.append(prior_choice)
-    if draw and not outputs.is_stream(out) and outputs.inside(out, draw):
-        raise click.BadParameter(
-            f"{out} is inside the --draw folder {draw}, which is replaced whole: write it "
-            "elsewhere",
-            param_hint="'-o' / '--out'",
-        )
-    with outputs.claim(out, draw) as stale:
-        note_stale(stale)
-        outputs.check_file_target(out, overwrite, keep=keep)
-        if draw:
-            outputs.check_folder_target(draw, overwrite, keep=keep, kind=DRAW_FOLDER)
-        stack = load(input, layout, skip_unreadable, stream=True)
-        K, H, W = stack.images.shape
-        if (H, W) != params.background.shape:
-            bh, bw = params.background.shape
-            raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
-        try:
-            found = engine.detect_mixture(stack.images, params)
-        except engine.NonFiniteError as err:
-            raise non_finite(input, stack, err) from None
-        except engine.ValueRangeError as err:
-            raise InputError(f"{input}: {err}") from None
-        log_notes(stack)
-        _warn_if_mismatched(found, params.noise_std, input)
-        if draw:
-            STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
-        with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
-            rows = names.csv_writer(f)
-            rows.writerow(["image", "face", "row", "column", "probability", "face_probability"])
-            table = zip(found.faces, found.positions, found.probability, found.face_probability)
-            for name, (m, (r, c), p, q) in zip(stack.names, table):
-                rows.writerow([printable(name), int(m) + 1, int(r), int(c), f"{p:.6g}", f"{q:.6g}"])
-        if draw:
-            if not outputs.is_stream(out):
-                STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
-            STOPPED["installed"] = f"{out} and the boxed images in {draw} were written all the same"
-            h, w = params.faces.shape[1:]
-            zoom = zoom or runs.view_zoom((H, W))
-            with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
-                for k, stem in enumerate(images.file_stems(stack.names, K)):
-                    r, c = found.positions[k]
-                    rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w)
-                    images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
-    counts = np.bincount(found.faces, minlength=len(params.weights))
-    log.info(
-        "located one of %d faces in %d image%s (images per face: %s; mean probability %.3f)%s",
-        len(params.weights),
-        K,
-        "" if K == 1 else "s",
-        ", ".join(map(str, counts)),
-        float(np.mean(found.probability)),
-        f"; boxed images in {draw}" if draw else "",
-    )
 
 
 #: A folder of boxed images that detect --draw writes.
