@@ -42,13 +42,13 @@ from facefinder_cli.engine.loop import _cluster, _fit, _samples_at
 from facefinder_cli.engine.machine import _chunk_for
 from facefinder_cli.engine.model import (
     DEFAULT_TOL,
-    UNCOVERED_MIN,
     ConvergenceWarning,
     _box_full,
     _box_valid,
     _xlogy,
     uniform_prior,
 )
+from facefinder_cli.engine.mstep import _background_update, _noise_update
 from facefinder_cli.engine.passes import _draw
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _seed_child, _seed_sequence
@@ -251,16 +251,10 @@ class _MixStats:
         q_pos = self.q_sum.sum(axis=0)
         prior = q_pos / K if update_prior else previous.prior
         weights = mass / K
-        den = K - _box_full(q_pos, h, w)
-        num = d.sum_x - self.cover_x
-        known = den > K * UNCOVERED_MIN
-        mean = np.divide(num, den, out=np.zeros_like(num), where=known)
+        mean, num, known, background = _background_update(d, q_pos, self.cover_x, previous)
         sse -= float(np.sum(mean * num))
-        background = np.where(known, mean + d.offset, previous.background)
         n = K * H * W
-        s2 = sse / n
-        floored = s2 < d.noise_floor**2 or not np.isfinite(s2)
-        noise_std = d.noise_floor if floored else math.sqrt(s2)
+        noise_std, floored = _noise_update(d, sse)
         s2 = noise_std**2
         log_w = float(_xlogy(mass, mass).sum() - K * math.log(K))
         if update_prior:

@@ -114,17 +114,11 @@ class _Stats:
             face_num += sfft.irfft2(self.face_f, s=(H, W))[:h, :w]
         face = face_num / K  # shifted
         prior = self.q_sum / K if update_prior else previous.prior
-        den = K - _box_full(self.q_sum, h, w)  # Σ_k (1 - cover_k)
-        num = d.sum_x - self.cover_x  # Σ_k (1 - cover_k) X_k
-        known = den > K * UNCOVERED_MIN
-        mean = np.divide(num, den, out=np.zeros_like(num), where=known)
+        mean, num, known, background = _background_update(d, self.q_sum, self.cover_x, previous)
         # Σ_k Σ_d q_k(d) ||X_k - Model_d||² at the new F (optimal) and B (optimal where known).
         sse = d.total_sq - K * float(np.sum(face**2)) - float(np.sum(mean * num))
-        background = np.where(known, mean + d.offset, previous.background)
         n = K * H * W
-        s2 = sse / n
-        floored = s2 < d.noise_floor**2 or not np.isfinite(s2)
-        noise_std = d.noise_floor if floored else math.sqrt(s2)
+        noise_std, floored = _noise_update(d, sse)
         s2 = noise_std**2
         if update_prior:  # Σ_d q_sum log(q_sum / K), safe where q_sum / K underflows
             q_sum = self.q_sum
@@ -136,6 +130,26 @@ class _Stats:
         )
         new = Params(face + d.offset, background, noise_std, prior)
         return new, {"elbo": elbo, "unidentified": ~known, "floored": floored}
+
+
+def _background_update(d: _Data, q_pos: np.ndarray, cover_x: np.ndarray, previous):
+    """The background's closed form from the summed posterior over positions ``q_pos`` and
+    ``cover_x = Σ_k cover_k ⊙ X_k``: ``(mean, num, known, background)``, the shifted mean
+    ``num / den`` where a pixel was seen (``den = Σ_k (1 - cover_k)`` above ``UNCOVERED_MIN``
+    of the images), and the new background (the previous one elsewhere)."""
+    den = d.K - _box_full(q_pos, d.h, d.w)  # Σ_k (1 - cover_k)
+    num = d.sum_x - cover_x  # Σ_k (1 - cover_k) X_k
+    known = den > d.K * UNCOVERED_MIN
+    mean = np.divide(num, den, out=np.zeros_like(num), where=known)
+    return mean, num, known, np.where(known, mean + d.offset, previous.background)
+
+
+def _noise_update(d: _Data, sse: float) -> tuple[float, bool]:
+    """The noise std from the expected sum of squares ``sse``, and whether it was clipped at
+    the data's floor."""
+    s2 = sse / (d.K * d.H * d.W)
+    floored = s2 < d.noise_floor**2 or not np.isfinite(s2)
+    return (d.noise_floor if floored else math.sqrt(s2)), floored
 
 
 def _prepare_q_input(X, face_shape, posterior_, positions_, chunk_size):
