@@ -29,7 +29,6 @@ client: importing the module (``engine`` does, for :class:`ClusterError`) costs 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import os
@@ -353,6 +352,8 @@ def _result(future, client=None):
     """A task's result; a lost scheduler or client as :class:`ClusterError`, and, with
     ``client``, a cluster left without workers for longer than Dask's connect timeout (Dask
     would wait for one forever)."""
+    import asyncio  # here, not at the top: a fit without a cluster does not need it
+
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
@@ -523,6 +524,8 @@ def _probe(address: str, timeout: float) -> None:
 
     outcome: list = []
 
+    import asyncio
+
     def run() -> None:  # in a thread of its own: the caller may be running an event loop
         try:
             outcome.append(asyncio.run(asyncio.wait_for(identity(), timeout + 1)))
@@ -548,6 +551,8 @@ def wait_for_workers(client, timeout: float, waiting: Callable[[], None]) -> int
     """The number of the cluster's workers, once there is at least one: calls ``waiting()``
     when there is none yet, and raises :class:`ClusterError` if none joins in ``timeout``
     seconds (a fit would wait for them forever)."""
+    import asyncio
+
     with _talking():
         n = len(client.scheduler_info()["workers"])
     if n:
