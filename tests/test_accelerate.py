@@ -57,7 +57,7 @@ def test_the_log_likelihood_never_falls_and_every_step_is_valid(scenes):
                 restarts=2,
                 init="smooth" if seed == 2 else "median",
                 prior_update=prior_update,
-                max_iter=40,
+                max_iter=25,
                 tol=-1,
                 callback=seen.append,
             )
@@ -135,11 +135,14 @@ def test_the_stopping_rule_stops_close_to_the_optimum(scenes):
     for d, w in scenes:
         n = d.images.size
         kw = dict(seed=0, prior_update="always")
-        best = quiet_fit(d.images, (8, w), tol=0, max_iter=400, **kw).log_likelihood.max()
+        # every scene reaches its best within 50 cycles (measured); 80 leave a margin
+        best = quiet_fit(d.images, (8, w), tol=0, max_iter=80, **kw).log_likelihood.max()
         r = quiet_fit(d.images, (8, w), tol=1e-7, max_iter=400, **kw)
         assert r.converged and r.gain[-1] < 1e-7
         assert (best - r.log_likelihood[-1]) / n < 1e-6
-        on = quiet_fit(d.images, (8, w), init_params=r.params, accelerate="none", tol=0, **kw)
+        on = quiet_fit(
+            d.images, (8, w), init_params=r.params, accelerate="none", tol=0, max_iter=150, **kw
+        )
         assert (on.log_likelihood.max() - r.log_likelihood[-1]) / n < 1e-6
 
 

@@ -175,6 +175,7 @@ def test_interrupted_fit_resumes_bit_for_bit(tmp_path, stack, sig, code):
         "--seed",
         "4",
         "-q",
+        "--no-plots",  # kept on resume; the plots cost each process a second
     ]
     whole = subprocess.run(FF + ["fit", *args, "-o", str(tmp_path / "whole")], capture_output=True)
     assert whole.returncode == 0, whole.stderr
