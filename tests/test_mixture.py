@@ -3,7 +3,9 @@ the brute-force reference, and recovery of three faces."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 import warnings
 from pathlib import Path
 
@@ -235,6 +237,84 @@ def test_hard_and_monte_carlo_em_recover_three_faces(method):
     for i, j in enumerate(perm):
         assert np.corrcoef(faces[i].ravel(), r.params.faces[j].ravel())[0, 1] >= 0.9
     assert np.mean(np.argsort(perm)[r.faces_of_images] == labels) >= 0.9
+
+
+def _fit_states(X, settings, n, **kw):
+    states = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = M.fit_mixture(X, settings, n, on_state=states.append, **kw)
+    return r, states
+
+
+def _same(a, b):
+    for f in ("faces", "background", "noise_std", "weights", "prior"):
+        np.testing.assert_array_equal(getattr(a.params, f), getattr(b.params, f), f)
+    for f in ("elbo", "log_likelihood", "faces_of_images", "positions", "probability",
+              "face_probability", "restart_log_likelihoods"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), f)
+    assert (a.n_iter, a.converged, a.best_restart, a.prior_fixed_until) == (
+        b.n_iter, b.converged, b.best_restart, b.prior_fixed_until)  # fmt: skip
+    assert len(a.history_seconds) == len(b.history_seconds)
+
+
+@pytest.mark.parametrize("method", ["soft", "hard", "mc"])
+def test_a_fit_resumed_from_any_state_ends_as_the_whole_fit(method):
+    """Resumed from its first start, from the middle of a restart, from the first state of a
+    later restart and from its last state, bit for bit (Monte-Carlo EM: the same draws)."""
+    faces, labels, pos, X = _three_faces()
+    settings = E.FitSettings((12, 10), seed=3, method=method, restarts=2, max_iter=12)
+    whole, states = _fit_states(X, settings, 3)
+    assert [s.iteration for s in states if s.restart == 1][0] == 0  # each start is a state
+    later = next(i for i, s in enumerate(states) if s.restart == 1)
+    for i in sorted({0, 5, later, later + 1, len(states) - 1}):
+        again, rest = _fit_states(X, settings, 3, resume=states[i])
+        _same(whole, again)
+        assert [(s.restart, s.iteration) for s in rest] == [
+            (s.restart, s.iteration) for s in states[i + 1 :]
+        ]
+    # with the seed left out, the checkpoint's
+    again, _ = _fit_states(X, dataclasses.replace(settings, seed=None), 3, resume=states[5])
+    _same(whole, again)
+
+
+def test_a_checkpoint_of_another_fit_or_damaged_is_refused():
+    faces, labels, pos, X = _three_faces()
+    settings = E.FitSettings((12, 10), seed=3, restarts=2, max_iter=4)
+    _, states = _fit_states(X, settings, 3)
+    cp = next(s for s in states if (s.restart, s.iteration) == (1, 2))
+    cases = [
+        (X, settings, 2, cp, "a fit of 3 faces, not 2"),
+        (X, dataclasses.replace(settings, max_iter=5), 3, cp, "max_iter=4 (this fit: 5)"),
+        (X[::-1], settings, 3, cp, "the images differ"),
+        (X[:-1], settings, 3, cp, "made from 150 images"),
+        (X, settings, 3, dataclasses.replace(cp, elbo=cp.elbo[:-1]), "one value per iteration"),
+        (X, settings, 3, dataclasses.replace(cp, finished=()), "finished restarts"),
+        (X, settings, 3, dataclasses.replace(cp, rng_state={"x": 1}), "generator state"),
+        (
+            X,
+            settings,
+            3,
+            dataclasses.replace(
+                cp, params=dataclasses.replace(cp.params, weights=cp.params.weights[:2])
+            ),
+            "wrong shapes",
+        ),  # fmt: skip
+        (
+            X,
+            settings,
+            3,
+            dataclasses.replace(
+                cp, one=dataclasses.replace(cp.one, positions=cp.one.positions + 99)
+            ),
+            "positions do not match",
+        ),  # fmt: skip
+    ]
+    for images, s, n, state, message in cases:
+        with pytest.raises(E.CheckpointError, match=re.escape(message)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                M.fit_mixture(images, s, n, resume=state)
 
 
 # --------------------------------------------------------------------------------------------

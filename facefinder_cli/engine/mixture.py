@@ -30,7 +30,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,17 @@ from scipy import fft as sfft
 
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.estep import _Posterior, _valid_correlation
-from facefinder_cli.engine.loop import _cluster, _fit, _samples_at
+from facefinder_cli.engine.loop import (
+    _cluster,
+    _differs,
+    _fingerprint_differs,
+    _fit,
+    _samples_at,
+)
 from facefinder_cli.engine.machine import _chunk_for
 from facefinder_cli.engine.model import (
     DEFAULT_TOL,
+    CheckpointError,
     ConvergenceWarning,
     _box_full,
     _box_valid,
@@ -55,9 +62,12 @@ from facefinder_cli.engine.starts import _seed_child, _seed_sequence
 
 __all__ = [
     "FacesChoice",
+    "MixtureCheckpoint",
     "MixtureDetection",
     "MixtureParams",
+    "MixtureRestart",
     "MixtureResult",
+    "MixtureStart",
     "choose_faces",
     "detect_mixture",
     "fit_mixture",
@@ -144,6 +154,68 @@ class MixtureResult:
     restart_log_likelihoods: np.ndarray
     seconds: float
     settings: FitSettings
+
+
+@dataclass(frozen=True)
+class MixtureStart:
+    """What every restart's start builds on: the one-face fit to all the images (its face,
+    background and noise std, and each image's position in it)."""
+
+    face: np.ndarray
+    background: np.ndarray
+    noise_std: float
+    positions: np.ndarray
+
+
+@dataclass(frozen=True)
+class MixtureRestart:
+    """A finished restart of :func:`fit_mixture`: its parameters, its histories (as
+    :class:`MixtureResult`'s) and every image's best (face, position) pair."""
+
+    params: MixtureParams
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    seconds: np.ndarray
+    n_iter: int
+    converged: bool
+    held: int
+    faces_of_images: np.ndarray
+    positions: np.ndarray
+    probability: np.ndarray
+    face_probability: np.ndarray
+
+
+@dataclass(frozen=True)
+class MixtureCheckpoint:
+    """The state of :func:`fit_mixture` after its start or a completed iteration:
+    ``fit_mixture(X, settings, n_faces, resume=checkpoint)`` on the same images ends exactly as
+    the uninterrupted fit (bit for bit; only the timings differ).
+
+    ``settings`` are the fit's (their ``seed`` resolved) and ``data`` a fingerprint of the
+    images, as in :class:`~facefinder_cli.engine.Checkpoint`; ``one`` is the one-face fit the
+    starts build on, ``finished`` the restarts done. Restart ``restart`` has completed
+    ``iteration`` iterations and stands at ``params``; ``elbo`` (with the start's bound from
+    the first iteration on), ``log_likelihood`` and ``seconds`` (with the start's time first)
+    are its histories; ``held`` counts the iterations whose M-step held the prior, ``released``
+    is the iteration whose gain released it (Monte-Carlo EM's windows start there).
+    ``rng_state`` is the restart's random generator's state."""
+
+    settings: FitSettings
+    n_faces: int
+    data: dict
+    one: MixtureStart
+    finished: tuple[MixtureRestart, ...]
+    restart: int
+    iteration: int
+    params: MixtureParams
+    elbo: tuple[float, ...]
+    log_likelihood: tuple[float, ...]
+    seconds: tuple[float, ...]
+    held: int
+    released: int
+    prior_free: bool
+    converged: bool
+    rng_state: dict = field(default_factory=dict, repr=False)
 
 
 class _MixScorer:
@@ -544,6 +616,8 @@ def fit_mixture(
     workers: int | None = None,
     callback: Callable[[int, int, float, float], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    on_state: Callable[[MixtureCheckpoint], None] | None = None,
+    resume: MixtureCheckpoint | None = None,
     client: Any = None,
 ) -> MixtureResult:
     """Fit ``n_faces`` faces, one background, the noise, the face weights and the prior over
@@ -560,9 +634,17 @@ def fit_mixture(
     Dask ``client``, every pass runs on its workers as :func:`fit`'s do (the same result,
     bit for bit; the start's fits of each cluster's images, at most ``START_IMAGES``, run
     here).
+
+    ``on_state(checkpoint)`` after each restart's start and every iteration: a
+    :class:`MixtureCheckpoint` that ``resume`` carries on from, on the same images with the
+    same settings (with ``settings.seed`` None, the checkpoint's seed), to the result the
+    uninterrupted fit would have given. A checkpoint of another fit or other images, or a
+    damaged one, is refused with a :class:`CheckpointError` that says why.
     """
     if n_faces < 1:
         raise ValueError(f"n_faces must be at least 1, got {n_faces}")
+    if resume is not None and settings.seed is None:
+        settings = replace(settings, seed=resume.settings.seed)
     t0 = time.perf_counter()
     chunk_size = settings.chunk_size
     shape = tuple(X.shape) if hasattr(X, "shape") else np.shape(X)
@@ -583,72 +665,219 @@ def fit_mixture(
         on_chunk=on_chunk,
     )
     try:
-        return _fit_mixture(data, settings, n_faces, callback, t0)
+        return _fit_mixture(data, settings, n_faces, callback, t0, on_state, resume)
     finally:
         if client is not None:
             data.close()
 
 
-def _fit_mixture(data: _Data, settings: FitSettings, n_faces: int, callback, t0: float):
+def _mixture_resume_refused(
+    cp: MixtureCheckpoint, settings: FitSettings, n_faces: int, data: _Data, fingerprint: dict
+) -> str | None:
+    """Why ``cp`` does not resume the fit of ``n_faces`` faces to ``data`` with ``settings``;
+    None if it does."""
+    if not isinstance(cp.settings, FitSettings) or not isinstance(cp.data, dict):
+        return "the checkpoint is damaged: its record of settings or images is not one"
+    why = _differs(cp.settings, settings)
+    if why is None and cp.n_faces != n_faces:
+        why = f"the checkpoint belongs to a fit of {cp.n_faces} faces, not {n_faces}"
+    if why is None and not 0 <= cp.restart < settings.restarts:
+        why = "the checkpoint belongs to another fit (other restarts)"
+    if why is None:
+        why = _fingerprint_differs(cp.data, fingerprint)
+    if why is None:
+        damage = _mixture_damaged(cp, data)
+        why = None if damage is None else f"the checkpoint is damaged: {damage}"
+    return why
+
+
+def _params_damaged(p: MixtureParams, data: _Data, n_faces: int) -> str | None:
+    """What is wrong with parameters of ``n_faces`` faces for ``data``, or None."""
+    shapes = ((p.faces, (n_faces, data.h, data.w)), (p.background, (data.H, data.W)),
+              (p.weights, (n_faces,)), (p.prior, (data.Dh, data.Dw)))  # fmt: skip
+    for a, shape in shapes:
+        if np.shape(a) != shape or not np.isfinite(a).all():
+            return "its parameters have the wrong shapes or values that are not numbers"
+    if not (math.isfinite(p.noise_std) and p.noise_std > 0):
+        return "its noise std is not a positive number"
+    for a in (p.weights, p.prior):
+        if (np.asarray(a) < 0).any() or not abs(float(np.sum(a)) - 1.0) < 1e-9:
+            return "its weights or prior are not distributions"
+    return None
+
+
+def _mixture_damaged(cp: MixtureCheckpoint, data: _Data) -> str | None:
+    """What is inconsistent in a checkpoint (edited, or damaged on disk), or None."""
+    t, n = cp.iteration, cp.n_faces
+    if not (isinstance(t, int) and 0 <= t <= cp.settings.max_iter):
+        return "its iteration is out of range"
+    if len(cp.log_likelihood) != t or len(cp.elbo) != (t + 1 if t else 0):
+        return "its histories do not have one value per iteration"
+    if len(cp.seconds) != t + 1:
+        return "its histories do not have one value per iteration"
+    if not (0 <= cp.held <= t and 0 <= cp.released <= t):
+        return "its record of when the prior was held is out of range"
+    if len(cp.finished) != cp.restart:
+        return "its record of finished restarts does not match its restart"
+    one = cp.one
+    if np.shape(one.face) != (data.h, data.w) or np.shape(one.background) != (data.H, data.W):
+        return "its one-face start has the wrong shapes"
+    pos = np.asarray(one.positions)
+    if (
+        pos.shape != (data.K, 2)
+        or pos.dtype.kind not in "iu"
+        or not ((pos >= 0).all() and (pos < [data.Dh, data.Dw]).all())
+    ):
+        return "its one-face start's positions do not match the images"
+    if not (math.isfinite(one.noise_std) and one.noise_std > 0):
+        return "its one-face start's noise std is not a positive number"
+    why = _params_damaged(cp.params, data, n)
+    if why is not None:
+        return why
+    for done in cp.finished:
+        if not 0 <= done.held <= done.n_iter <= cp.settings.max_iter:
+            return "a finished restart's iterations are out of range"
+        k = done.n_iter + 1
+        if any(len(a) != k for a in (done.elbo, done.log_likelihood, done.seconds)):
+            return "a finished restart's histories do not match its iterations"
+        if not (np.isfinite(done.elbo).all() and np.isfinite(done.log_likelihood).all()):
+            return "a finished restart's histories hold values that are not numbers"
+        per_image = (done.faces_of_images, done.probability, done.face_probability)
+        if any(np.shape(a) != (data.K,) for a in per_image):
+            return "a finished restart's faces of images do not match the images"
+        if np.shape(done.positions) != (data.K, 2):
+            return "a finished restart's positions do not match the images"
+        why = _params_damaged(done.params, data, n)
+        if why is not None:
+            return f"a finished restart: {why}"
+    return None
+
+
+def _iterate_mixture(
+    data: _Data, state: MixtureCheckpoint, rng: np.random.Generator, t_start: float
+) -> MixtureCheckpoint:
+    """One EM iteration from ``state``: the next state."""
+    s, t = state.settings, state.iteration + 1
+    samples = 0
+    if s.method == "mc":
+        samples = _samples_at(t, s.samples, s.samples_growth, s.max_samples)
+    stats, _ = _mix_pass(data, state.params, s.method, True, rng, samples)
+    params, info = stats.m_step(state.params, update_prior=state.prior_free)
+    ll = state.log_likelihood + (stats.log_likelihood,)
+    elbo = state.elbo + ((stats.elbo,) if t == 1 else ()) + (info["elbo"],)
+    n_values = data.K * data.H * data.W
+    if s.method == "mc":
+        gain = _window_gain(list(ll[state.released :])) / n_values
+    else:
+        gain = (elbo[-1] - elbo[-2]) / n_values
+    prior_free, released, converged = state.prior_free, state.released, False
+    # As fit: "late" holds the prior until the rest has settled, "never" for good.
+    if s.prior_update == "late" and not state.prior_free:
+        if gain < (s.tol if s.tol > 0 else DEFAULT_TOL):
+            prior_free, released = True, t
+    else:
+        converged = bool(gain < s.tol)
+    return replace(
+        state,
+        iteration=t,
+        params=params,
+        elbo=elbo,
+        log_likelihood=ll,
+        seconds=state.seconds + (time.perf_counter() - t_start,),
+        held=state.held + (not state.prior_free),
+        released=released,
+        prior_free=prior_free,
+        converged=converged,
+    )
+
+
+def _fit_mixture(
+    data: _Data,
+    settings: FitSettings,
+    n_faces: int,
+    callback,
+    t0: float,
+    on_state=None,
+    resume: MixtureCheckpoint | None = None,
+):
     """:func:`fit_mixture` once the images are read."""
     if data.K < n_faces:
         raise ValueError(f"{n_faces} faces need at least as many images, got {data.K}")
     seeds = _seed_sequence(settings.seed)
     settings = replace(settings, seed=int(seeds.entropy))  # (repeatable from the result)
-    n_values = data.K * data.H * data.W
-    one = _one_face(data, settings)  # (the same for every restart)
-    runs = []
-    for r in range(settings.restarts):
+    fingerprint = data.fingerprint()
+    runs: list[MixtureRestart] = []
+    if resume is not None:
+        why = _mixture_resume_refused(resume, settings, n_faces, data, fingerprint)
+        if why is not None:
+            raise CheckpointError(why)
+        one, runs = resume.one, list(resume.finished)
+    else:
+        fitted = _one_face(data, settings)  # (the same for every restart)
+        one = MixtureStart(fitted.face, fitted.background, fitted.noise_std, fitted.positions)
+
+    def report(state: MixtureCheckpoint, rng: np.random.Generator) -> None:
+        if on_state is not None:
+            on_state(replace(state, rng_state=rng.bit_generator.state))
+
+    for r in range(len(runs), settings.restarts):
         t_start = time.perf_counter()
         rng = np.random.default_rng(_seed_child(seeds, r))
-        p = _start(data, n_faces, settings, rng, r, one)
-        prior_free = settings.prior_update == "always"
-        held = 0  # iterations whose M-step held the prior
-        clock = [time.perf_counter() - t_start]
-        elbo: list[float] = []
-        ll: list[float] = []
-        released = 0  # the iteration from which the prior was learnt (its gains start there)
-        converged = False
-        t = 0
-        while t < settings.max_iter and not converged:
-            t += 1
-            samples = 0
-            if settings.method == "mc":
-                samples = _samples_at(t, settings.samples, settings.samples_growth,
-                                      settings.max_samples)  # fmt: skip
-            stats, _ = _mix_pass(data, p, settings.method, True, rng, samples)
-            held += not prior_free
-            p, info = stats.m_step(p, update_prior=prior_free)
-            clock.append(time.perf_counter() - t_start)
-            ll.append(stats.log_likelihood)
-            if t == 1:
-                elbo.append(stats.elbo)
-            elbo.append(info["elbo"])
-            if settings.method == "mc":
-                gain = _window_gain(ll[released:]) / n_values
-            else:
-                gain = (elbo[-1] - elbo[-2]) / n_values
+        if resume is not None and r == resume.restart:
+            try:
+                rng.bit_generator.state = resume.rng_state
+            except (TypeError, ValueError, KeyError):
+                raise CheckpointError(
+                    "the checkpoint's random generator state is damaged"
+                ) from None
+            t_start -= resume.seconds[-1]
+            state = replace(resume, rng_state={})
+        else:
+            p = _start(data, n_faces, settings, rng, r, one)
+            state = MixtureCheckpoint(
+                settings=settings,
+                n_faces=n_faces,
+                data=fingerprint,
+                one=one,
+                finished=tuple(runs),
+                restart=r,
+                iteration=0,
+                params=p,
+                elbo=(),
+                log_likelihood=(),
+                seconds=(time.perf_counter() - t_start,),
+                held=0,
+                released=0,
+                prior_free=settings.prior_update == "always",
+                converged=False,
+            )
+            report(state, rng)
+        while state.iteration < settings.max_iter and not state.converged:
+            state = _iterate_mixture(data, state, rng, t_start)
             if callback is not None:
-                callback(r, t, elbo[-1], ll[-1])
-            # As fit: "late" holds the prior until the rest has settled, "never" for good.
-            holding = settings.prior_update == "late" and not prior_free
-            if holding:
-                threshold = settings.tol if settings.tol > 0 else DEFAULT_TOL
-                if gain < threshold:
-                    prior_free, released = True, t
-            else:
-                converged = bool(gain < settings.tol)
-        stats, best = _mix_pass(data, p, "soft" if settings.method == "mc" else settings.method,
-                                False)  # fmt: skip
-        ll.append(stats.log_likelihood)
-        if not elbo:  # no iteration: the bound at the start
-            elbo.append(stats.elbo)
-        seconds = np.array(clock if t else clock[:1])
-        runs.append((p, np.array(elbo), np.array(ll), t, converged, best, seconds, held))
-    finals = np.array([run[2][-1] for run in runs])
+                callback(r, state.iteration, state.elbo[-1], state.log_likelihood[-1])
+            report(state, rng)
+        method = "soft" if settings.method == "mc" else settings.method
+        stats, best = _mix_pass(data, state.params, method, False)
+        runs.append(
+            MixtureRestart(
+                params=state.params,
+                elbo=np.array(state.elbo or (stats.elbo,)),  # no iteration: the start's bound
+                log_likelihood=np.array(state.log_likelihood + (stats.log_likelihood,)),
+                seconds=np.array(state.seconds),
+                n_iter=state.iteration,
+                converged=state.converged,
+                held=state.held,
+                faces_of_images=best[0],
+                positions=best[1],
+                probability=best[2],
+                face_probability=best[3],
+            )
+        )
+    finals = np.array([run.log_likelihood[-1] for run in runs])
     b = int(np.argmax(finals))
-    p, elbo, ll, n_iter, converged, best, seconds, held = runs[b]
-    if settings.max_iter > 0 and not converged and settings.tol > 0:
+    run = runs[b]
+    if settings.max_iter > 0 and not run.converged and settings.tol > 0:
         warnings.warn(
             f"EM did not converge in {settings.max_iter} iterations (tol {settings.tol:g}); "
             "raise max_iter or tol",
@@ -656,17 +885,17 @@ def _fit_mixture(data: _Data, settings: FitSettings, n_faces: int, callback, t0:
             stacklevel=2,
         )
     return MixtureResult(
-        params=p,
-        elbo=elbo,
-        log_likelihood=ll,
-        history_seconds=seconds,
-        prior_fixed_until=held,
-        n_iter=n_iter,
-        converged=converged,
-        faces_of_images=best[0],
-        positions=best[1],
-        probability=best[2],
-        face_probability=best[3],
+        params=run.params,
+        elbo=run.elbo,
+        log_likelihood=run.log_likelihood,
+        history_seconds=run.seconds,
+        prior_fixed_until=run.held,
+        n_iter=run.n_iter,
+        converged=run.converged,
+        faces_of_images=run.faces_of_images,
+        positions=run.positions,
+        probability=run.probability,
+        face_probability=run.face_probability,
         best_restart=b,
         restart_log_likelihoods=finals,
         seconds=time.perf_counter() - t0,
