@@ -852,7 +852,14 @@ def save_checkpoint(
     """Write a fit's :class:`~facefinder_cli.engine.Checkpoint` to ``path``, atomically, with
     ``options`` (the caller's own settings, JSON-able: stored beside the fit's settings as
     ``result.npz`` stores them) and ``extra`` (JSON-able, e.g. per-iteration errors). Every
-    float is stored exactly, so the resumed fit equals the uninterrupted one bit for bit."""
+    float is stored exactly, so the resumed fit equals the uninterrupted one bit for bit. A
+    fit of several faces' :class:`~facefinder_cli.engine.MixtureCheckpoint` goes into the
+    same file, known by its ``n_faces``."""
+    if isinstance(state, engine.MixtureCheckpoint):
+        arrays = _mixture_checkpoint_arrays(state, options, extra)
+        with atomic_write(path, overwrite=overwrite) as f:
+            np.savez(f, **arrays)
+        return
     arrays: dict[str, Any] = {
         "settings": json.dumps(_settings_record(state.settings, options), sort_keys=True),
         "start": state.start or "",
@@ -912,26 +919,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             raise InputError(f"{path}: the fit is complete ({RESULT}): nothing to resume")
         raise InputError(f"{path}: no {CHECKPOINT} here: nothing to resume")
     z = _npz(p, "a checkpoint")
+    if "n_faces" in z:
+        return _load_mixture_checkpoint(z, p)
     if "gain" not in z or "start" not in z or "jumped" not in z:
         raise InputError(
             f"{p}: a checkpoint of an earlier format (facefinder {z.get('version', '< 0.1')}), "
             "which this version cannot resume: fit again with ",
             OVERWRITE,
         )
-    try:
-        saved = json.loads(str(z.get("settings", "")))
-    except ValueError:
-        saved = None
-    if not isinstance(saved, dict):
-        raise InputError(f"{p}: not a facefinder checkpoint: its record of settings is damaged")
-    engine_fields = {f.name for f in dataclasses.fields(FitSettings)}
-    if not engine_fields <= set(saved):
-        lacking = ", ".join(sorted(engine_fields - set(saved)))
-        raise InputError(
-            f"{p}: made by another version of facefinder (its settings lack {lacking}), which "
-            "this one cannot resume: fit again with ",
-            OVERWRITE,
-        )
+    saved, engine_fields = _saved_settings(z, p)
     try:
         finished = []
         for i in range(int(z["n_finished"])):
@@ -979,6 +975,132 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             unidentified=z["unidentified"],
             noise_floored=bool(z["noise_floored"]),
             jumped=bool(z["jumped"]),
+            rng_state=json.loads(str(z["rng_state"])),
+        )
+        extra = json.loads(str(z["extra"]))
+    except KeyError as err:
+        raise InputError(f"{p}: not a complete facefinder checkpoint (no {err} in it)") from None
+    except (ValueError, TypeError) as err:
+        raise InputError(
+            f"{p}: not a complete facefinder checkpoint (a damaged value: {err})"
+        ) from None
+    if not isinstance(extra, dict):
+        raise InputError(f"{p}: not a complete facefinder checkpoint (its extra record is damaged)")
+    return state, options, extra
+
+
+def _saved_settings(z: dict[str, np.ndarray], p: Path) -> tuple[dict[str, Any], set[str]]:
+    """A checkpoint's record of settings, and the names of the engine's settings in it."""
+    try:
+        saved = json.loads(str(z.get("settings", "")))
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise InputError(f"{p}: not a facefinder checkpoint: its record of settings is damaged")
+    engine_fields = {f.name for f in dataclasses.fields(FitSettings)}
+    if not engine_fields <= set(saved):
+        lacking = ", ".join(sorted(engine_fields - set(saved)))
+        raise InputError(
+            f"{p}: made by another version of facefinder (its settings lack {lacking}), which "
+            "this one cannot resume: fit again with ",
+            OVERWRITE,
+        )
+    return saved, engine_fields
+
+
+_MIXTURE_PARAMS = ("faces", "background", "noise_std", "weights", "prior")
+_MIXTURE_PER_IMAGE = ("faces_of_images", "positions", "probability", "face_probability")
+
+
+def _mixture_checkpoint_arrays(
+    state: engine.MixtureCheckpoint, options: dict[str, Any], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What :func:`save_checkpoint` stores of a fit of several faces."""
+    one = state.one
+    arrays: dict[str, Any] = {
+        "settings": json.dumps(_settings_record(state.settings, options), sort_keys=True),
+        "data_fingerprint": json.dumps(state.data, sort_keys=True),
+        "n_faces": state.n_faces,
+        "restart": state.restart,
+        "iteration": state.iteration,
+        "elbo": np.array(state.elbo, dtype=float),
+        "log_likelihood": np.array(state.log_likelihood, dtype=float),
+        "seconds": np.array(state.seconds, dtype=float),
+        "held": state.held,
+        "released": state.released,
+        "prior_free": state.prior_free,
+        "converged": state.converged,
+        "rng_state": json.dumps(state.rng_state),
+        "extra": json.dumps(extra, sort_keys=True),
+        "n_finished": len(state.finished),
+        "version": __version__,
+        "one_face": one.face,
+        "one_background": one.background,
+        "one_noise_std": one.noise_std,
+        "one_positions": one.positions,
+        **{k: np.asarray(getattr(state.params, k)) for k in _MIXTURE_PARAMS},
+    }
+    for i, done in enumerate(state.finished):
+        f = f"finished{i}_"
+        arrays.update({f + k: np.asarray(getattr(done.params, k)) for k in _MIXTURE_PARAMS})
+        arrays.update({f + k: getattr(done, k) for k in _MIXTURE_PER_IMAGE})
+        arrays.update({f + k: getattr(done, k) for k in ("elbo", "log_likelihood", "seconds")})
+        arrays.update({f + k: getattr(done, k) for k in ("n_iter", "converged", "held")})
+    return arrays
+
+
+def _load_mixture_checkpoint(
+    z: dict[str, np.ndarray], p: Path
+) -> tuple[engine.MixtureCheckpoint, dict[str, Any], dict[str, Any]]:
+    """What :func:`_mixture_checkpoint_arrays` stored (the engine checks its consistency)."""
+    saved, engine_fields = _saved_settings(z, p)
+
+    def params(f: str) -> engine.MixtureParams:
+        return engine.MixtureParams(
+            np.asarray(z[f + "faces"], dtype=np.float64),
+            np.asarray(z[f + "background"], dtype=np.float64),
+            float(z[f + "noise_std"]),
+            np.asarray(z[f + "weights"], dtype=np.float64),
+            np.asarray(z[f + "prior"], dtype=np.float64),
+        )
+
+    try:
+        finished = []
+        for i in range(int(z["n_finished"])):
+            f = f"finished{i}_"
+            finished.append(
+                engine.MixtureRestart(
+                    params=params(f),
+                    elbo=z[f + "elbo"],
+                    log_likelihood=z[f + "log_likelihood"],
+                    seconds=z[f + "seconds"],
+                    n_iter=int(z[f + "n_iter"]),
+                    converged=bool(z[f + "converged"]),
+                    held=int(z[f + "held"]),
+                    **{k: z[f + k] for k in _MIXTURE_PER_IMAGE},
+                )
+            )
+        settings = FitSettings.from_dict({k: v for k, v in saved.items() if k in engine_fields})
+        options = {k: v for k, v in saved.items() if k not in engine_fields}
+        one = engine.MixtureStart(
+            z["one_face"], z["one_background"], float(z["one_noise_std"]), z["one_positions"]
+        )
+        state = engine.MixtureCheckpoint(
+            settings=settings,
+            n_faces=int(z["n_faces"]),
+            data=json.loads(str(z["data_fingerprint"])),
+            one=one,
+            finished=tuple(finished),
+            restart=int(z["restart"]),
+            iteration=int(z["iteration"]),
+            params=params(""),
+            elbo=tuple(float(v) for v in z["elbo"]),
+            log_likelihood=tuple(float(v) for v in z["log_likelihood"]),
+            seconds=tuple(float(v) for v in z["seconds"]),
+            held=int(z["held"]),
+            released=int(z["released"]),
+            prior_free=bool(z["prior_free"]),
+            converged=bool(z["converged"]),
             rng_state=json.loads(str(z["rng_state"])),
         )
         extra = json.loads(str(z["extra"]))

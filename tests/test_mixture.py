@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 import warnings
 from pathlib import Path
@@ -405,7 +406,6 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--checkpoint-every", "2"], "is not checkpointed"),
         (["--face-size", "auto"], "needs the face size"),
         (["--accelerate", "squarem"], "is plain EM"),
     ],
@@ -419,6 +419,144 @@ def test_fit_faces_refuses_what_it_cannot_do_in_one_line(three_folder, tmp_path,
     r = cli(*args, *extra)
     assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _stop_faces_at(monkeypatch, restart: int, iteration: int):
+    """Patch ``engine.fit_mixture`` (as the command line calls it) to be stopped by SIGINT once
+    it has reported the state of (restart, iteration), as a real Ctrl-C would."""
+    import signal
+
+    from facefinder_cli.interrupts import Interrupted
+
+    real = E.fit_mixture
+
+    def stopping(*args, on_state=None, **kw):
+        def report(state):
+            on_state(state)
+            if (state.restart, state.iteration) == (restart, iteration):
+                raise Interrupted(signal.SIGINT)
+
+        return real(*args, on_state=report, **kw)
+
+    monkeypatch.setattr(E, "fit_mixture", stopping)
+
+
+def _same_runs(a_folder, b_folder):
+    with np.load(a_folder / "result.npz") as a, np.load(b_folder / "result.npz") as b:
+        assert set(a.files) == set(b.files)
+        for key in a.files:
+            if key not in ("seconds", "history_seconds", "settings"):
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("where", [(0, 0), (0, 3), (1, 0), (1, 2)])
+def test_an_interrupted_fit_of_faces_resumes_to_the_whole_fit(
+    three_folder, tmp_path, monkeypatch, where
+):
+    """Ctrl-C after a start or an iteration saves the state (with --truth); --resume ends as
+    the uninterrupted fit, bit for bit, and the checkpoint is gone."""
+    from helpers import cli, ok
+
+    args = ["fit", three_folder / "imgs", "--face-size", "12x10", "--faces", 3, "--restarts", 2,
+            "--method", "mc", "--max-iter", 6, "--tol", -1, "--seed", 5, "--no-plots", "--truth",
+            three_folder / "imgs" / "truth.npz", "-q"]  # fmt: skip
+    ok(*args, "-o", tmp_path / "whole")
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _stop_faces_at(m, *where)
+        r = cli(*args, "-o", cut)
+    assert r.exit_code == 130, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert f"interrupted after iteration {where[1]} of restart {where[0] + 1} of 2" in line
+    assert f"--resume {cut}" in line
+    assert sorted(p.name for p in cut.iterdir()) == [".facefinder", "checkpoint.npz"]
+    r = ok("fit", "--resume", cut, "--json")
+    assert json.loads(r.stdout)["truth"]["faces_right"] >= 0.95
+    _same_runs(tmp_path / "whole", cut)
+    assert not (cut / "checkpoint.npz").exists()
+
+
+def test_fits_of_faces_save_checkpoints_as_asked_and_in_the_final_write(
+    three_folder, tmp_path, monkeypatch
+):
+    import signal
+
+    from helpers import cli, ok
+
+    from facefinder_cli import runs
+    from facefinder_cli.interrupts import Interrupted
+
+    args = ["fit", three_folder / "imgs", "--face-size", "12x10", "--faces", 2, "--restarts", 1,
+            "--max-iter", 7, "--tol", -1, "--no-plots", "-q"]  # fmt: skip
+    saved = []
+    real_save = runs.save_checkpoint
+
+    def save(path, state, *a, **kw):
+        saved.append(state.iteration)
+        return real_save(path, state, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(runs, "save_checkpoint", save)
+        ok(*args, "--checkpoint-every", 3, "-o", tmp_path / "every")
+    assert saved == [3, 6] and not (tmp_path / "every" / "checkpoint.npz").exists()
+    ok(*args, "-o", tmp_path / "whole")
+
+    def stopped(*a, **kw):
+        raise Interrupted(signal.SIGTERM)
+
+    with monkeypatch.context() as m:  # a signal while the run is written: its last state kept
+        m.setattr(runs, "save_mixture_run", stopped)
+        r = cli(*args, "-o", tmp_path / "late")
+    assert r.exit_code == 143 and "interrupted after iteration 7 of restart 1 of 1" in r.stderr
+    ok("fit", "--resume", tmp_path / "late")
+    _same_runs(tmp_path / "whole", tmp_path / "late")
+    # before the first start: nothing to save, nothing written
+    with monkeypatch.context() as m:
+        _stop_faces_at(m, 5, 0)  # (never reached: the one-face fit is stopped instead)
+        m.setattr(M, "_one_face", stopped)
+        r = cli(*args, "-o", tmp_path / "early")
+    assert r.exit_code == 143 and "nothing was written" in r.stderr
+    assert not (tmp_path / "early").exists()
+
+
+def test_resuming_a_fit_of_faces_refuses_what_does_not_fit_in_one_line(
+    three_folder, tmp_path, monkeypatch
+):
+    import shutil
+
+    from helpers import cli
+
+    args = ["fit", three_folder / "imgs", "--face-size", "12x10", "--faces", 2, "--restarts", 1,
+            "--max-iter", 5, "--tol", -1, "--no-plots", "-q"]  # fmt: skip
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _stop_faces_at(m, 0, 2)
+        assert cli(*args, "-o", cut).exit_code == 130
+    r = cli("fit", "--resume", cut, "--faces", 2)
+    assert r.exit_code == 2 and "drop --faces" in r.stderr
+    r = cli(*args[:-8], "--faces", "auto", "--checkpoint-every", 2, "-o", tmp_path / "auto")
+    assert r.exit_code == 2 and "--faces auto is not checkpointed" in r.stderr
+    # images changed since: one line naming the checkpoint, and the checkpoint kept
+    images = tmp_path / "imgs"
+    shutil.copytree(three_folder / "imgs", images)
+    with np.load(cut / "checkpoint.npz") as z:
+        arrays = dict(z)
+    settings = json.loads(str(arrays["settings"]))
+    settings["input_path"] = str(images)
+    arrays["settings"] = json.dumps(settings)
+    first = sorted(images.glob("*.tif"))[0]
+    first.unlink()
+    np.savez(cut / "checkpoint.npz", **arrays)
+    r = cli("fit", "--resume", cut)
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "made from 90 images" in r.stderr and "checkpoint.npz" in r.stderr
+    # a damaged record (one face too few in its parameters)
+    shutil.copy(three_folder / "imgs" / first.name, first)
+    arrays["faces"] = arrays["faces"][:1]
+    np.savez(cut / "checkpoint.npz", **arrays)
+    r = cli("fit", "--resume", cut)
+    assert r.exit_code == 1 and "the checkpoint is damaged" in r.stderr, r.stderr
+    assert (cut / "checkpoint.npz").exists() and not (cut / "result.npz").exists()
 
 
 def test_fit_faces_refuses_a_truth_of_another_number_of_faces(three_folder, tmp_path):

@@ -32,6 +32,8 @@ from facefinder_cli.cli.fit_resume import (
     Resumed,
     check_run_folder_name,
     only_with_resume,
+    save_when_interrupted,
+    save_when_lost,
 )
 from facefinder_cli.cli.options import (
     BYTE_SIZE,
@@ -157,7 +159,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     "the same background. With N > 1 the run holds face_1.png ... face_N.png, faces.png side "
     "by side, the weights, and each image's face in positions.csv; --restarts is 4 unless "
     "given. 'auto' fits 1, 2, 3, ... faces and keeps the number with the best penalised "
-    "likelihood (BIC), writing faces.csv (see docs/METHODS.md).",
+    "likelihood (BIC), writing faces.csv (see docs/METHODS.md); it keeps no checkpoint.",
 )
 @click.option(
     "--restarts",
@@ -341,12 +343,15 @@ def fit(
       facefinder fit shots.zarr --face-size 24x24 --scheduler tcp://head:8786 -o run
     """
     n_faces = options.pop("faces")
+    if resume and (n_faces == "auto" or n_faces > 1):
+        raise click.UsageError(
+            "--resume takes the input and settings from the checkpoint; drop --faces"
+        )
     if n_faces == "auto" or n_faces > 1:
         refuse_with_faces(
             n_faces,
             {
-                "--resume": bool(resume),
-                "--checkpoint-every": options["checkpoint_every"] is not None,
+                "--checkpoint-every": n_faces == "auto" and options["checkpoint_every"] is not None,
                 "--face-size auto": isinstance(face_size, AutoSize),
                 "--init-from": options["init_from"] is not None,
                 "--accelerate squarem": options["accelerate"] == "squarem",
@@ -376,6 +381,13 @@ def fit(
         )
         resumed = Resumed.load(resume)
         job, out, overwrite = resumed.job, resume, True
+        if isinstance(resumed.state, engine.MixtureCheckpoint):  # a fit of several faces
+            check_cluster_input(scheduler, job.input_path)
+            _check_outputs(job, out, as_json)
+            fit_faces(resumed.state.n_faces, job, out, as_json=as_json, overwrite=True,
+                      memory_limit=memory_limit, workers=workers, scheduler=scheduler,
+                      resumed=resumed)  # fmt: skip
+            return
     else:
         if input is None:
             raise click.MissingParameter(param_hint="'INPUT'", param_type="argument")
@@ -471,13 +483,19 @@ def fit(
                     raise
                 in_place = True
         except engine.ClusterError as err:  # the scheduler or the client was lost
-            raise InputError(_save_when_lost(saver, progress, settings.restarts, err)) from None
+            raise InputError(
+                save_when_lost(
+                    saver, progress.latest, progress.truth.errors, settings.restarts, err
+                )
+            ) from None
         except Interrupted:
             progress.bar.close()
             if in_place:
                 STOPPED["line"] = f"interrupted after the run was written to {folder}"
             else:
-                STOPPED["line"] = _save_when_interrupted(saver, progress, settings.restarts)
+                STOPPED["line"] = save_when_interrupted(
+                    saver, progress.latest, progress.truth.errors, settings.restarts
+                )
             raise
         if in_place:
             STOPPED["line"] = f"interrupted after the run was written to {folder}"
@@ -756,37 +774,6 @@ class _TruthErrors:
             result.params, result.positions, self.truth.params, self.truth.positions
         )["positions_right"]
         return {k: np.array([r[k] for r in rows]) for k in runs.ERROR_COLUMNS}
-
-
-def _save_when_interrupted(saver, progress, restarts: int) -> str:
-    """Save the last completed iteration of an interrupted fit; the line that says so.
-    (Further signals are ignored meanwhile: see ``interrupts``.)"""
-    state = progress.latest
-    if state is None:
-        return "interrupted before the first iteration: nothing was written"
-    if saver is None:
-        return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
-    saver.save(state, progress.truth.errors)
-    return (
-        f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
-        f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume {saver.out}`"
-    )
-
-
-def _save_when_lost(saver, progress, restarts: int, err: Exception) -> str:
-    """Save the last completed iteration of a fit whose cluster was lost; the line that says
-    so."""
-    state = progress.latest
-    if state is None:  # (connecting, or the first pass: nothing to save)
-        return str(err)
-    if saver is None:
-        return f"{err}; a fit into a stream (-o -, a device) keeps no checkpoint"
-    saver.save(state, progress.truth.errors)
-    return (
-        f"{err}; saved iteration {state.iteration} of restart {state.restart + 1} of {restarts} "
-        f"in {saver.out}: carry on with `facefinder fit --resume {saver.out}`, with or without "
-        "--scheduler"
-    )
 
 
 def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:

@@ -15,7 +15,15 @@ import click
 import numpy as np
 
 from facefinder_cli import engine, images, outputs, runs
-from facefinder_cli.cli.fit_resume import RUN_FOLDER, FitJob, check_run_folder_name
+from facefinder_cli.cli.fit_resume import (
+    RUN_FOLDER,
+    CheckpointSaver,
+    FitJob,
+    Resumed,
+    check_run_folder_name,
+    save_when_interrupted,
+    save_when_lost,
+)
 from facefinder_cli.cli.options import (
     STOPPED,
     cluster_client,
@@ -35,8 +43,7 @@ def refuse_with_faces(n_faces: int | str, given: dict[str, Any]) -> None:
     """One line for each option a fit of several faces does not take (yet): ``given`` maps
     an option's name to whether it was given."""
     for option, why in (
-        ("--resume", "is not checkpointed"),
-        ("--checkpoint-every", "is not checkpointed"),
+        ("--checkpoint-every", "is not checkpointed (each number of faces is a fit of its own)"),
         ("--face-size auto", "needs the face size: give --face-size HxW, not"),
         ("--init-from", "starts from its own seeds"),
         ("--accelerate squarem", "is plain EM"),
@@ -59,11 +66,14 @@ def fit_faces(
     memory_limit: int | None,
     workers: int | None,
     scheduler: str | None = None,
+    resumed: Resumed | None = None,
 ) -> None:
     """Fit ``n_faces`` faces (or, for ``"auto"``, the number the criterion chooses) to
     ``job.input`` and write the run into ``out`` (a folder), or the faces side by side as a
-    PNG to a stream."""
-    input, settings = job.input, job.settings
+    PNG to a stream; or carry on the fit ``resumed`` (in its folder ``out``). A fit of N faces
+    into a folder saves checkpoints as one face's does (every --checkpoint-every iterations,
+    and on Ctrl-C, SIGTERM or a lost cluster)."""
+    input, settings = (job.input_path if resumed else job.input), job.settings
     truth = runs.load_truth(job.truth) if job.truth else None
     auto = n_faces == "auto"
     if truth is not None and truth.faces is None:
@@ -85,11 +95,14 @@ def fit_faces(
     folder = None if outputs.is_stream(out) else out
     with outputs.claim(folder) as stale:
         note_stale(stale)
-        if folder is not None:
+        if folder is not None and resumed is None:
             check_run_folder_name(folder, overwrite)
+        if folder is not None:
             outputs.check_folder_target(folder, overwrite, keep=keep, kind=RUN_FOLDER)
         stack = load(input, job.layout, job.skip_unreadable, stream=True)
         K, H, W = stack.images.shape
+        if resumed is not None:
+            resumed.check_input(input, K, H, W)
         h, w = settings.face_shape
         if h > H or w > W:
             raise click.BadParameter(
@@ -116,12 +129,22 @@ def fit_faces(
                 f"{truth.params.face.shape[1]}, not {h}x{w}",
                 param_hint="'--truth'",
             )
+        if resumed is not None:
+            log.info(
+                "resuming %s at iteration %d of restart %d",
+                out, resumed.state.iteration, resumed.state.restart + 1,
+            )  # fmt: skip
         log_notes(stack, truth_given=job.truth is not None)
         log.info(
             "fitting %s faces of %dx%d in %d images of %dx%d (%s) by %s EM",
             "1, 2, 3, ..." if auto else n_faces, h, w, K, H, W, input, settings.method,
         )  # fmt: skip
         STOPPED["line"] = "interrupted before the faces were fitted: nothing was written"
+        saver = None
+        if folder is not None and not auto:
+            saver = CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
+            saver.wrote = resumed is not None  # the folder holds our checkpoint already
+        states = _States(saver)
         bar = ProgressBar()
         t0 = time.perf_counter()
         try:
@@ -140,12 +163,29 @@ def fit_faces(
                                                      **kw)  # fmt: skip
                         result, searched = choice.result, choice
                     else:
-                        result = engine.fit_mixture(stack.images, settings, n_faces, **kw)
+                        result = engine.fit_mixture(
+                            stack.images,
+                            settings,
+                            n_faces,
+                            on_state=states,
+                            resume=None if resumed is None else resumed.state,
+                            **kw,
+                        )
                         searched = None
         except engine.NonFiniteError as err:
             raise non_finite(input, stack, err) from None
         except engine.ValueRangeError as err:
             raise InputError(f"{input}: {err}") from None
+        except engine.CheckpointError as err:
+            raise InputError(f"{resumed.path}: {err}") from None
+        except engine.ClusterError as err:  # the scheduler or the client was lost
+            raise InputError(
+                save_when_lost(saver, states.latest, {}, settings.restarts, err)
+            ) from None
+        except Interrupted:
+            if states.latest is not None:
+                STOPPED["line"] = save_when_interrupted(saver, states.latest, {}, settings.restarts)
+            raise
         finally:
             bar.close()
             kw["callback"].close()
@@ -153,39 +193,19 @@ def fit_faces(
         STOPPED["line"] = (
             "interrupted after the fit, before the run was written: nothing was written"
         )
-        errors = None
-        if truth is not None and len(truth.faces) == len(result.params.weights):
-            errors = runs.mixture_errors(result, truth)
-        elif truth is not None:
-            log.warning(
-                "the truth holds %d faces and %d were chosen: no errors against it",
-                len(truth.faces), len(result.params.weights),
-            )  # fmt: skip
-        zoom = job.zoom or runs.view_zoom((H, W))
-        written: list[str] = []
-        p = result.params
+        try:
+            *written, errors = _write(
+                result, searched, job, stack, truth, folder, out, keep, overwrite, saver
+            )
+        except Interrupted as stop:
+            if folder is not None and stop.after == "install":
+                STOPPED["line"] = f"interrupted after the run was written to {folder}"
+            elif saver is not None and states.latest is not None:  # (its last state: resumable)
+                STOPPED["line"] = save_when_interrupted(saver, states.latest, {}, settings.restarts)
+            raise
         if folder is None:
-            lo, hi = runs.display_range(p.faces, p.background)
-            images.write_png(out, runs.montage(p.faces, hi), lo, hi, zoom=zoom)
             STOPPED["line"] = f"interrupted after the faces were written to {out}"
         else:
-            try:
-                with outputs.atomic_folder(folder, overwrite, keep=keep, kind=RUN_FOLDER) as tmp:
-                    written = runs.save_mixture_run(
-                        tmp,
-                        result,
-                        names=stack.names,
-                        options=job.options(),
-                        errors=errors,
-                        zoom=zoom,
-                        plots=job.plots,
-                    )
-                    if searched is not None:
-                        written += runs.save_faces_search(tmp, searched)
-            except Interrupted as stop:
-                if written and stop.after == "install":
-                    STOPPED["line"] = f"interrupted after the run was written to {folder}"
-                raise
             STOPPED["line"] = f"interrupted after the run was written to {folder}"
     unused = [m + 1 for m, n in enumerate(np.bincount(result.faces_of_images,
                                                        minlength=len(result.params.weights)))
@@ -218,7 +238,49 @@ def fit_faces(
     if as_json:
         with outputs.atomic_write("-", "w") as f:
             f.write(json.dumps(summary, indent=2) + "\n")
-    _report(summary, written, folder)
+    _report(summary, written, folder, resumed is not None)
+
+
+def _write(
+    result, searched, job: FitJob, stack, truth, folder, out, keep, overwrite, saver
+) -> list:
+    """Write the run into ``folder`` (or the faces side by side into the stream ``out``): the
+    names of the files written, and last the errors against the truth (or None)."""
+    errors = None
+    if truth is not None and len(truth.faces) == len(result.params.weights):
+        errors = runs.mixture_errors(result, truth)
+    elif truth is not None:
+        log.warning(
+            "the truth holds %d faces and %d were chosen: no errors against it",
+            len(truth.faces), len(result.params.weights),
+        )  # fmt: skip
+    K, H, W = stack.images.shape
+    zoom = job.zoom or runs.view_zoom((H, W))
+    p = result.params
+    if folder is None:
+        lo, hi = runs.display_range(p.faces, p.background)
+        images.write_png(out, runs.montage(p.faces, hi), lo, hi, zoom=zoom)
+        return [errors]
+    replace = overwrite or (saver is not None and saver.wrote)  # (our checkpoint is there)
+    with outputs.atomic_folder(folder, replace, keep=keep, kind=RUN_FOLDER) as tmp:
+        written = runs.save_mixture_run(tmp, result, names=stack.names, options=job.options(),
+                                        errors=errors, zoom=zoom, plots=job.plots)  # fmt: skip
+        if searched is not None:
+            written += runs.save_faces_search(tmp, searched)
+    return [*written, errors]
+
+
+class _States:
+    """The fit's state after each start and iteration: the latest is what Ctrl-C saves, and
+    every --checkpoint-every iterations it is saved as it comes."""
+
+    def __init__(self, saver: CheckpointSaver | None) -> None:
+        self.saver, self.latest = saver, None
+
+    def __call__(self, state: engine.MixtureCheckpoint) -> None:
+        self.latest = state
+        if self.saver is not None:
+            self.saver.maybe_save(state, {})
 
 
 class _Iterations:
@@ -282,12 +344,13 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
     return s
 
 
-def _report(s: dict[str, Any], written: list[str], folder: str | None) -> None:
+def _report(s: dict[str, Any], written: list[str], folder: str | None, resumed: bool) -> None:
     state = f"converged after {s['n_iter']} iterations" if s["converged"] else (
         f"stopped after {s['n_iter']} iterations (--max-iter)")  # fmt: skip
     log.info(
-        "%s in %.1f s: %d face%s, weights %s (images: %s), noise std %.4g, log-likelihood %.6g",
-        state, s["seconds"], s["faces"], "s" if s["faces"] > 1 else "",
+        "%s in %.1f s%s: %d face%s, weights %s (images: %s), noise std %.4g, log-likelihood %.6g",
+        state, s["seconds"], " since --resume" if resumed else "", s["faces"],
+        "s" if s["faces"] > 1 else "",
         ", ".join(f"{v:.3g}" for v in s["weights"]), ", ".join(map(str, s["images_per_face"])),
         s["noise_std"], s["log_likelihood"],
     )  # fmt: skip

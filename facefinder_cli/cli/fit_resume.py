@@ -107,7 +107,13 @@ class FitJob:
 class Resumed:
     """The checkpoint an interrupted fit left, and the job it was doing."""
 
-    def __init__(self, path: str, state: engine.Checkpoint, job: FitJob, extra: dict) -> None:
+    def __init__(
+        self,
+        path: str,
+        state: engine.Checkpoint | engine.MixtureCheckpoint,
+        job: FitJob,
+        extra: dict,
+    ) -> None:
         self.path, self.state, self.job, self.extra = path, state, job, extra
 
     @classmethod
@@ -180,11 +186,11 @@ class CheckpointSaver:
         self.wrote = False
         self.sizes: list[dict] | None = None  # the face-size search's table, if any
 
-    def maybe_save(self, state: engine.Checkpoint, errors: dict) -> None:
+    def maybe_save(self, state: engine.Checkpoint | engine.MixtureCheckpoint, errors: dict) -> None:
         if self.every and state.iteration and state.iteration % self.every == 0:
             self.save(state, errors)
 
-    def save(self, state: engine.Checkpoint, errors: dict) -> None:
+    def save(self, state: engine.Checkpoint | engine.MixtureCheckpoint, errors: dict) -> None:
         extra = {"errors": {str(r): rows for r, rows in errors.items()}}
         if self.sizes is not None:  # the face-size search's table
             extra["sizes"] = self.sizes
@@ -202,6 +208,35 @@ class CheckpointSaver:
                 self.wrote = stop.after == "install"  # in place all the same
                 raise
         self.wrote = True
+
+
+def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
+    """Save ``state``, the last completed iteration of an interrupted fit (None: none yet);
+    the line that says so. (Further signals are ignored meanwhile: see ``interrupts``.)"""
+    if state is None:
+        return "interrupted before the first iteration: nothing was written"
+    if saver is None:
+        return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
+    saver.save(state, errors)
+    return (
+        f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
+        f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume {saver.out}`"
+    )
+
+
+def save_when_lost(saver, state, errors: dict, restarts: int, err: Exception) -> str:
+    """Save ``state``, the last completed iteration of a fit whose cluster was lost; the line
+    that says so."""
+    if state is None:  # (connecting, or the first pass: nothing to save)
+        return str(err)
+    if saver is None:
+        return f"{err}; a fit into a stream (-o -, a device) keeps no checkpoint"
+    saver.save(state, errors)
+    return (
+        f"{err}; saved iteration {state.iteration} of restart {state.restart + 1} of {restarts} "
+        f"in {saver.out}: carry on with `facefinder fit --resume {saver.out}`, with or without "
+        "--scheduler"
+    )
 
 
 #: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
