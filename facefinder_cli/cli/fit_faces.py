@@ -42,17 +42,18 @@ log = logging.getLogger("facefinder")
 def refuse_with_faces(n_faces: int | str, given: dict[str, Any]) -> None:
     """One line for each option a fit of several faces does not take (yet): ``given`` maps
     an option's name to whether it was given."""
-    for option, why in (
-        ("--checkpoint-every", "is not checkpointed (each number of faces is a fit of its own)"),
-        ("--face-size auto", "needs the face size: give --face-size HxW, not"),
-        ("--init-from", "starts from its own seeds"),
-        ("--accelerate squarem", "is plain EM"),
-    ):
+    for option, why, instead in (
+        ("--checkpoint-every", "is not checkpointed (each number of faces is a fit of its own)",
+         "give --faces N"),
+        ("--face-size auto", "needs the face size: give --face-size HxW, not", "fit one face"),
+        ("--init-from", "starts from its own seeds", "fit one face"),
+        ("--accelerate squarem", "is plain EM", "fit one face"),
+    ):  # fmt: skip
         if given.get(option):
             raise click.UsageError(
                 f"a fit of --faces {n_faces} {why}"
                 + ("" if why.endswith("not") else ": drop")
-                + f" {option} (or fit one face)"
+                + f" {option} (or {instead})"
             )
 
 
