@@ -358,6 +358,11 @@ def _result(future, client=None):
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
+    try:  # (what a lost scheduler cancels with, besides FutureCancelledError, since 2024)
+        from distributed.client import FuturesCancelledError
+    except ImportError:  # pragma: no cover - older distributed
+        FuturesCancelledError = FutureCancelledError
+
     alone_since = None
     while True:
         try:
@@ -368,8 +373,10 @@ def _result(future, client=None):
                 "another (out of memory? give them more memory or add workers; dtype float32 "
                 "halves what they hold, and a memory limit of 0 drops their cached spectra)"
             ) from None
-        except FutureCancelledError as err:
+        except (FutureCancelledError, FuturesCancelledError) as err:
             why = getattr(err, "reason", None) or "its work was cancelled"
+            if why == "its work was cancelled" and "scheduler-connection-lost" in str(err):
+                why = "the client lost the connection to the scheduler"
             raise ClusterError(f"lost the Dask cluster ({why})") from None
         except (TimeoutError, asyncio.TimeoutError) as err:
             if client is None or future.status != "pending":
