@@ -292,7 +292,7 @@ class _Iterations:
         self.settings, self.bar, self.restart = settings, None, -1
 
     def __call__(self, restart: int, iteration: int, elbo: float, ll: float) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         if restart != self.restart or self.bar is None:
             self.close()

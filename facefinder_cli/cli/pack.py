@@ -65,7 +65,7 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
       facefinder pack 'cam/**/*.png' cam.npy --skip-unreadable
       facefinder fit shots.npy --face-size 36x30 -o run
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(
         desc="packing", unit="img", file=sys.stderr, disable=None, leave=False, dynamic_ncols=True

@@ -19,7 +19,7 @@ class ProgressBar:
     terminal), with a second bar of images through a slow pass (:meth:`chunk`)."""
 
     def __init__(self) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # (not tqdm.auto: it imports asyncio and ssl, 50 ms)
 
         self._tqdm = tqdm
         self.bar = None
