@@ -606,6 +606,34 @@ def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Pa
     return engine.MixtureParams(faces, background, noise, weights, prior), n_images, p
 
 
+def load_mixture_start(path: str | os.PathLike, n_faces: int) -> engine.MixtureParams:
+    """Where a fit of ``n_faces`` faces starts with ``--init-from path``: a fit of that many
+    faces (a run folder or its ``result.npz``), or a ``truth.npz`` of that many (its faces,
+    background, noise and prior, the faces equally likely, as generate draws them)."""
+    found = load_mixture(path)
+    if found is not None:
+        params, p = found[0], found[2]
+    else:
+        p = _result_path(path)
+        z = _npz(p, "a facefinder result or truth file")
+        if "faces" not in z or "labels" not in z:
+            raise InputError(
+                f"{p}: a fit or truth of one face: --faces {n_faces} starts from a run or "
+                f"truth of {n_faces} faces"
+            )
+        truth = load_truth(p)
+        n = len(truth.faces)
+        t = truth.params
+        params = engine.MixtureParams(truth.faces, t.background, t.noise_std, np.full(n, 1 / n),
+                                      t.prior)  # fmt: skip
+    if len(params.faces) != n_faces:
+        raise InputError(
+            f"{p}: holds {len(params.faces)} faces, not {n_faces}: give --faces "
+            f"{len(params.faces)}, or another start"
+        )
+    return params
+
+
 def _load_mixture_run(z: dict[str, np.ndarray], p: Path) -> Run:
     """A fit of several faces as :func:`load_run` reads one (``params`` None: its faces are
     :func:`load_mixture`'s), for plot-elbo."""
@@ -637,11 +665,12 @@ def _load_mixture_run(z: dict[str, np.ndarray], p: Path) -> Run:
 
 
 def _refuse_several_faces(z: dict[str, np.ndarray], p: Path) -> None:
-    """One line for a result of ``fit --faces N``, which these readers do not take yet."""
+    """One line for a result of ``fit --faces N`` where one face's parameters are wanted."""
     if "faces" in z and "face" not in z:
+        n = len(z["faces"])
         raise InputError(
-            f"{p}: a fit of several faces (fit --faces): --init-from starts a fit of one face "
-            "only, for now"
+            f"{p}: a fit of {n} faces (fit --faces): a fit of one face cannot start from it; "
+            f"give --faces {n}"
         )
 
 
@@ -1034,12 +1063,12 @@ def _mixture_checkpoint_arrays(
         "extra": json.dumps(extra, sort_keys=True),
         "n_finished": len(state.finished),
         "version": __version__,
-        "one_face": one.face,
-        "one_background": one.background,
-        "one_noise_std": one.noise_std,
-        "one_positions": one.positions,
+        "start": state.start or "",
         **{k: np.asarray(getattr(state.params, k)) for k in _MIXTURE_PARAMS},
     }
+    if one is not None:  # (None: a given start)
+        arrays.update(one_face=one.face, one_background=one.background,
+                      one_noise_std=one.noise_std, one_positions=one.positions)  # fmt: skip
     for i, done in enumerate(state.finished):
         f = f"finished{i}_"
         arrays.update({f + k: np.asarray(getattr(done.params, k)) for k in _MIXTURE_PARAMS})
@@ -1082,9 +1111,11 @@ def _load_mixture_checkpoint(
             )
         settings = FitSettings.from_dict({k: v for k, v in saved.items() if k in engine_fields})
         options = {k: v for k, v in saved.items() if k not in engine_fields}
-        one = engine.MixtureStart(
-            z["one_face"], z["one_background"], float(z["one_noise_std"]), z["one_positions"]
-        )
+        one = None
+        if "one_face" in z:
+            one = engine.MixtureStart(
+                z["one_face"], z["one_background"], float(z["one_noise_std"]), z["one_positions"]
+            )
         state = engine.MixtureCheckpoint(
             settings=settings,
             n_faces=int(z["n_faces"]),
@@ -1102,6 +1133,7 @@ def _load_mixture_checkpoint(
             prior_free=bool(z["prior_free"]),
             converged=bool(z["converged"]),
             rng_state=json.loads(str(z["rng_state"])),
+            start=str(z["start"]) or None,
         )
         extra = json.loads(str(z["extra"]))
     except KeyError as err:

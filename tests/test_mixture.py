@@ -279,6 +279,33 @@ def test_a_fit_resumed_from_any_state_ends_as_the_whole_fit(method):
     _same(whole, again)
 
 
+def test_a_fit_from_given_parameters_starts_there_and_resumes_from_them():
+    faces, labels, pos, X = _three_faces()
+    given = M.MixtureParams(faces, S.texture("clouds", (24, 30), seed=7), 40.0,
+                            np.full(3, 1 / 3), np.full((13, 21), 1 / 273))  # fmt: skip
+    settings = E.FitSettings((12, 10), seed=0, max_iter=20)
+    r, states = _fit_states(X, settings, 3, init_params=given)
+    assert states[0].one is None and states[0].start is not None
+    np.testing.assert_array_equal(states[0].params.faces, faces)  # where it started
+    for i, face in enumerate(faces):  # the truth: no relabelling
+        assert np.corrcoef(face.ravel(), r.params.faces[i].ravel())[0, 1] >= 0.98
+    assert np.mean(r.faces_of_images == labels) >= 0.95
+    again, _ = _fit_states(X, settings, 3, init_params=given, resume=states[2])
+    _same(r, again)
+    other = dataclasses.replace(given, noise_std=41.0)
+    with pytest.raises(E.CheckpointError, match="other given parameters"):
+        M.fit_mixture(X, settings, 3, init_params=other, resume=states[2])
+    with pytest.raises(E.CheckpointError, match="other given parameters"):
+        M.fit_mixture(X, settings, 3, resume=states[2])  # (and without any)
+    with pytest.raises(ValueError, match="init_params hold 3 faces, not 2"):
+        M.fit_mixture(X, settings, 2, init_params=given)
+    with pytest.raises(ValueError, match="wrong shapes"):
+        M.fit_mixture(X[:, :20], settings, 3, init_params=given)
+    with pytest.warns(UserWarning, match="all 2 restarts start from the given parameters"):
+        M.fit_mixture(X, dataclasses.replace(settings, restarts=2, max_iter=1, tol=-1), 3,
+                      init_params=given)  # fmt: skip
+
+
 def test_a_checkpoint_of_another_fit_or_damaged_is_refused():
     faces, labels, pos, X = _three_faces()
     settings = E.FitSettings((12, 10), seed=3, restarts=2, max_iter=4)
@@ -395,7 +422,8 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
         np.testing.assert_allclose([float(h["elbo"]) for h in history], z["elbo"], rtol=1e-15)
         assert np.all(np.diff(z["seconds"]) >= 0) and len(z["seconds"]) == len(z["elbo"])
     r = cli("fit", three_folder / "imgs", "--init-from", run, "-o", tmp_path / "one")
-    assert r.exit_code == 1 and "a fit of several faces (fit --faces)" in r.stderr
+    assert r.exit_code == 1 and "a fit of 3 faces (fit --faces)" in r.stderr
+    assert "give --faces 3" in r.stderr
     r = cli("detect", run, three_folder / "imgs", "--scheduler", "local:1")
     assert r.exit_code == 2 and "on this machine only" in r.stderr
     # a one-face run folder may be replaced by one of several faces, and back
@@ -557,6 +585,42 @@ def test_resuming_a_fit_of_faces_refuses_what_does_not_fit_in_one_line(
     r = cli("fit", "--resume", cut)
     assert r.exit_code == 1 and "the checkpoint is damaged" in r.stderr, r.stderr
     assert (cut / "checkpoint.npz").exists() and not (cut / "result.npz").exists()
+
+
+def test_fit_faces_starts_from_a_run_or_truth_of_as_many_faces(three_folder, tmp_path, monkeypatch):
+    from helpers import cli, ok
+
+    imgs, truth = three_folder / "imgs", three_folder / "imgs" / "truth.npz"
+    r = ok("fit", imgs, "--faces", 3, "--init-from", truth, "--truth", truth, "-o",
+           tmp_path / "t", "--json", "--no-plots")  # fmt: skip
+    s = json.loads(r.stdout)
+    assert s["restarts"] == 1 and s["face_size"] == [12, 10]  # (both from the start)
+    assert s["truth"]["face_match"] == [1, 2, 3] and s["truth"]["faces_right"] >= 0.95
+    r = ok("fit", imgs, "--faces", 3, "--init-from", tmp_path / "t", "-o", tmp_path / "again",
+           "--json", "--no-plots")  # fmt: skip
+    assert json.loads(r.stdout)["n_iter"] <= 3  # at its optimum already
+    # interrupted and resumed, from the same start, bit for bit
+    args = ["fit", imgs, "--faces", 3, "--init-from", truth, "--method", "mc", "--max-iter", 5,
+            "--tol", -1, "--no-plots", "-q"]  # fmt: skip
+    ok(*args, "-o", tmp_path / "whole")
+    with monkeypatch.context() as m:
+        _stop_faces_at(m, 0, 2)
+        assert cli(*args, "-o", tmp_path / "cut").exit_code == 130
+    ok("fit", "--resume", tmp_path / "cut")
+    _same_runs(tmp_path / "whole", tmp_path / "cut")
+    # starts that do not fit: one line each, naming the start
+    one_face = tmp_path / "one"
+    ok("fit", imgs, "--face-size", "12x10", "-o", one_face, "-q", "--no-plots")
+    for start, faces, message in (
+        (tmp_path / "t", 2, "holds 3 faces, not 2: give --faces 3"),
+        (one_face, 3, "a fit or truth of one face: --faces 3 starts from a run or truth of 3"),
+    ):
+        r = cli("fit", imgs, "--faces", faces, "--init-from", start, "-o", tmp_path / "x")
+        assert r.exit_code == 1 and message in r.stderr and len(r.stderr.splitlines()) == 1
+    r = cli("fit", imgs, "--faces", 3, "--init-from", truth, "--face-size", "10x10", "-o",
+            tmp_path / "x")  # fmt: skip
+    assert r.exit_code == 2 and "its faces are 12x10, not 10x10" in r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_fit_faces_refuses_a_truth_of_another_number_of_faces(three_folder, tmp_path):

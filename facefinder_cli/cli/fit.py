@@ -261,7 +261,8 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     type=click.Path(),
     metavar="RUN",
     help="Start from the parameters of a previous run (folder or result.npz), or of a "
-    "truth.npz from generate (EM from the truth: a yardstick for the best fit).",
+    "truth.npz from generate (EM from the truth: a yardstick for the best fit). With --faces "
+    "N, a run or truth of N faces (and --restarts 1 unless given).",
 )
 @click.option(
     "--truth",
@@ -353,7 +354,7 @@ def fit(
             {
                 "--checkpoint-every": n_faces == "auto" and options["checkpoint_every"] is not None,
                 "--face-size auto": isinstance(face_size, AutoSize),
-                "--init-from": options["init_from"] is not None,
+                "--init-from": n_faces == "auto" and options["init_from"] is not None,
                 "--accelerate squarem": options["accelerate"] == "squarem",
             },
         )
@@ -361,12 +362,15 @@ def fit(
             raise click.MissingParameter(param_hint="'INPUT'", param_type="argument")
         if out is None:
             raise click.MissingParameter(param_hint="'-o' / '--out'", param_type="option")
+        if face_size is None and options["init_from"] is not None:  # the start's
+            face_size = runs.load_mixture_start(options["init_from"], n_faces).faces.shape[1:]
         if face_size is None:
             raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
         out = "-" if outputs.is_stdout(out) else out
         ctx = click.get_current_context()
         if ctx.get_parameter_source("restarts") is click.core.ParameterSource.DEFAULT:
-            options["restarts"] = FACES_RESTARTS
+            # (from a given start every restart starts the same: one)
+            options["restarts"] = 1 if options["init_from"] is not None else FACES_RESTARTS
         job = _new_job(input, face_size, options)
         _check_outputs(job, out, as_json)
         check_cluster_input(scheduler, job.input)

@@ -46,7 +46,7 @@ def refuse_with_faces(n_faces: int | str, given: dict[str, Any]) -> None:
         ("--checkpoint-every", "is not checkpointed (each number of faces is a fit of its own)",
          "give --faces N"),
         ("--face-size auto", "needs the face size: give --face-size HxW, not", "fit one face"),
-        ("--init-from", "starts from its own seeds", "fit one face"),
+        ("--init-from", "starts from its own seeds", "give --faces N"),
         ("--accelerate squarem", "is plain EM", "fit one face"),
     ):  # fmt: skip
         if given.get(option):
@@ -92,7 +92,8 @@ def fit_faces(
             f"{job.truth}: the truth of {held} face{'s' if held > 1 else ''}, not {n_faces}",
             param_hint="'--truth'",
         )
-    keep = images.input_paths(input) + [p for p in (job.truth,) if p]
+    warm = None if job.init_from is None else runs.load_mixture_start(job.init_from, n_faces)
+    keep = images.input_paths(input) + [p for p in (job.init_from, job.truth) if p]
     folder = None if outputs.is_stream(out) else out
     with outputs.claim(folder) as stale:
         note_stale(stale)
@@ -114,6 +115,18 @@ def fit_faces(
             raise click.BadParameter(
                 f"{n_faces} faces need at least as many images; {input} has {K}",
                 param_hint="'--faces'",
+            )
+        if warm is not None and warm.background.shape != (H, W):
+            bh, bw = warm.background.shape
+            raise click.BadParameter(
+                f"{job.init_from}: made for {bh}x{bw} images, these are {H}x{W}",
+                param_hint="'--init-from'",
+            )
+        if warm is not None and warm.faces.shape[1:] != (h, w):
+            fh, fw = warm.faces.shape[1:]
+            raise click.BadParameter(
+                f"{job.init_from}: its faces are {fh}x{fw}, not {h}x{w}",
+                param_hint="'--init-from'",
             )
         if truth is not None and (
             truth.params.background.shape != (H, W) or len(truth.positions) != K
@@ -170,6 +183,7 @@ def fit_faces(
                             n_faces,
                             on_state=states,
                             resume=None if resumed is None else resumed.state,
+                            init_params=warm,
                             **kw,
                         )
                         searched = None

@@ -26,6 +26,7 @@ refined by a few rounds of k-means: the faces start apart, on different images' 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -193,7 +194,8 @@ class MixtureCheckpoint:
 
     ``settings`` are the fit's (their ``seed`` resolved) and ``data`` a fingerprint of the
     images, as in :class:`~facefinder_cli.engine.Checkpoint`; ``one`` is the one-face fit the
-    starts build on, ``finished`` the restarts done. Restart ``restart`` has completed
+    starts build on (None for a given start, whose digest is ``start``), ``finished`` the
+    restarts done. Restart ``restart`` has completed
     ``iteration`` iterations and stands at ``params``; ``elbo`` (with the start's bound from
     the first iteration on), ``log_likelihood`` and ``seconds`` (with the start's time first)
     are its histories; ``held`` counts the iterations whose M-step held the prior, ``released``
@@ -203,7 +205,7 @@ class MixtureCheckpoint:
     settings: FitSettings
     n_faces: int
     data: dict
-    one: MixtureStart
+    one: MixtureStart | None
     finished: tuple[MixtureRestart, ...]
     restart: int
     iteration: int
@@ -216,6 +218,7 @@ class MixtureCheckpoint:
     prior_free: bool
     converged: bool
     rng_state: dict = field(default_factory=dict, repr=False)
+    start: str | None = None
 
 
 class _MixScorer:
@@ -618,6 +621,7 @@ def fit_mixture(
     on_chunk: Callable[[int, int], None] | None = None,
     on_state: Callable[[MixtureCheckpoint], None] | None = None,
     resume: MixtureCheckpoint | None = None,
+    init_params: MixtureParams | None = None,
     client: Any = None,
 ) -> MixtureResult:
     """Fit ``n_faces`` faces, one background, the noise, the face weights and the prior over
@@ -640,6 +644,10 @@ def fit_mixture(
     same settings (with ``settings.seed`` None, the checkpoint's seed), to the result the
     uninterrupted fit would have given. A checkpoint of another fit or other images, or a
     damaged one, is refused with a :class:`CheckpointError` that says why.
+
+    ``init_params`` (:class:`MixtureParams` of ``n_faces`` faces of ``settings.face_shape``
+    for images of this size, e.g. a previous fit's or the truth) is where every restart
+    starts, instead of the one-face fit and its seeds.
     """
     if n_faces < 1:
         raise ValueError(f"n_faces must be at least 1, got {n_faces}")
@@ -665,14 +673,19 @@ def fit_mixture(
         on_chunk=on_chunk,
     )
     try:
-        return _fit_mixture(data, settings, n_faces, callback, t0, on_state, resume)
+        return _fit_mixture(data, settings, n_faces, callback, t0, on_state, resume, init_params)
     finally:
         if client is not None:
             data.close()
 
 
 def _mixture_resume_refused(
-    cp: MixtureCheckpoint, settings: FitSettings, n_faces: int, data: _Data, fingerprint: dict
+    cp: MixtureCheckpoint,
+    settings: FitSettings,
+    n_faces: int,
+    data: _Data,
+    fingerprint: dict,
+    start: str | None,
 ) -> str | None:
     """Why ``cp`` does not resume the fit of ``n_faces`` faces to ``data`` with ``settings``;
     None if it does."""
@@ -681,6 +694,8 @@ def _mixture_resume_refused(
     why = _differs(cp.settings, settings)
     if why is None and cp.n_faces != n_faces:
         why = f"the checkpoint belongs to a fit of {cp.n_faces} faces, not {n_faces}"
+    if why is None and cp.start != start:
+        why = "the checkpoint belongs to another fit: it started from other given parameters"
     if why is None and not 0 <= cp.restart < settings.restarts:
         why = "the checkpoint belongs to another fit (other restarts)"
     if why is None:
@@ -719,18 +734,9 @@ def _mixture_damaged(cp: MixtureCheckpoint, data: _Data) -> str | None:
         return "its record of when the prior was held is out of range"
     if len(cp.finished) != cp.restart:
         return "its record of finished restarts does not match its restart"
-    one = cp.one
-    if np.shape(one.face) != (data.h, data.w) or np.shape(one.background) != (data.H, data.W):
-        return "its one-face start has the wrong shapes"
-    pos = np.asarray(one.positions)
-    if (
-        pos.shape != (data.K, 2)
-        or pos.dtype.kind not in "iu"
-        or not ((pos >= 0).all() and (pos < [data.Dh, data.Dw]).all())
-    ):
-        return "its one-face start's positions do not match the images"
-    if not (math.isfinite(one.noise_std) and one.noise_std > 0):
-        return "its one-face start's noise std is not a positive number"
+    why = None if cp.one is None else _one_damaged(cp.one, data)
+    if why is not None or (cp.one is None) != (cp.start is not None):
+        return why or "its start is neither given nor the one-face fit's"
     why = _params_damaged(cp.params, data, n)
     if why is not None:
         return why
@@ -751,6 +757,50 @@ def _mixture_damaged(cp: MixtureCheckpoint, data: _Data) -> str | None:
         if why is not None:
             return f"a finished restart: {why}"
     return None
+
+
+def _one_damaged(one: MixtureStart, data: _Data) -> str | None:
+    """What is wrong with a checkpoint's one-face start for ``data``, or None."""
+    if np.shape(one.face) != (data.h, data.w) or np.shape(one.background) != (data.H, data.W):
+        return "its one-face start has the wrong shapes"
+    pos = np.asarray(one.positions)
+    if (
+        pos.shape != (data.K, 2)
+        or pos.dtype.kind not in "iu"
+        or not ((pos >= 0).all() and (pos < [data.Dh, data.Dw]).all())
+    ):
+        return "its one-face start's positions do not match the images"
+    if not (math.isfinite(one.noise_std) and one.noise_std > 0):
+        return "its one-face start's noise std is not a positive number"
+    return None
+
+
+def _start_digest(p: MixtureParams) -> str:
+    """A digest of given starting parameters, for checkpoints to compare."""
+    digest = hashlib.sha256()
+    for k in ("faces", "background", "noise_std", "weights", "prior"):
+        digest.update(k.encode())
+        digest.update(np.ascontiguousarray(getattr(p, k), dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _given_start(p: MixtureParams, data: _Data, n_faces: int) -> MixtureParams:
+    """``p`` as a start for ``n_faces`` faces on ``data`` (float64, weights and prior summing
+    to one); ValueError if it does not fit."""
+    faces = np.asarray(p.faces, dtype=np.float64)
+    if faces.ndim != 3 or len(faces) != n_faces:
+        raise ValueError(f"init_params hold {len(faces)} faces, not {n_faces}")
+    weights = np.asarray(p.weights, dtype=np.float64)
+    prior = np.asarray(p.prior, dtype=np.float64)
+    given = MixtureParams(faces, np.asarray(p.background, dtype=np.float64), float(p.noise_std),
+                          weights / weights.sum(), prior / prior.sum())  # fmt: skip
+    why = _params_damaged(given, data, n_faces)
+    if why is not None:
+        raise ValueError(
+            f"init_params do not fit {n_faces} faces of {data.h}x{data.w} in images of "
+            f"{data.H}x{data.W}: {why}"
+        )
+    return given
 
 
 def _iterate_mixture(
@@ -799,20 +849,30 @@ def _fit_mixture(
     t0: float,
     on_state=None,
     resume: MixtureCheckpoint | None = None,
+    init_params: MixtureParams | None = None,
 ):
     """:func:`fit_mixture` once the images are read."""
     if data.K < n_faces:
         raise ValueError(f"{n_faces} faces need at least as many images, got {data.K}")
+    given = None if init_params is None else _given_start(init_params, data, n_faces)
+    start = None if given is None else _start_digest(given)
+    if given is not None and settings.restarts > 1 and settings.method != "mc":
+        warnings.warn(
+            f"all {settings.restarts} restarts start from the given parameters and end the same",
+            UserWarning,
+            stacklevel=3,
+        )
     seeds = _seed_sequence(settings.seed)
     settings = replace(settings, seed=int(seeds.entropy))  # (repeatable from the result)
     fingerprint = data.fingerprint()
     runs: list[MixtureRestart] = []
+    one = None
     if resume is not None:
-        why = _mixture_resume_refused(resume, settings, n_faces, data, fingerprint)
+        why = _mixture_resume_refused(resume, settings, n_faces, data, fingerprint, start)
         if why is not None:
             raise CheckpointError(why)
         one, runs = resume.one, list(resume.finished)
-    else:
+    elif given is None:
         fitted = _one_face(data, settings)  # (the same for every restart)
         one = MixtureStart(fitted.face, fitted.background, fitted.noise_std, fitted.positions)
 
@@ -833,7 +893,7 @@ def _fit_mixture(
             t_start -= resume.seconds[-1]
             state = replace(resume, rng_state={})
         else:
-            p = _start(data, n_faces, settings, rng, r, one)
+            p = given if given is not None else _start(data, n_faces, settings, rng, r, one)
             state = MixtureCheckpoint(
                 settings=settings,
                 n_faces=n_faces,
@@ -850,6 +910,7 @@ def _fit_mixture(
                 released=0,
                 prior_free=settings.prior_update == "always",
                 converged=False,
+                start=start,
             )
             report(state, rng)
         while state.iteration < settings.max_iter and not state.converged:
