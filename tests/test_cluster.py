@@ -306,6 +306,11 @@ def test_futures_cancelled_by_a_lost_scheduler_are_a_lost_cluster():
     FuturesCancelledError', and no checkpoint."""
     with pytest.raises(cluster.ClusterError, match="lost the connection to the scheduler"):
         cluster._result(_Cancelled())
+    # and where a pass submits its tasks on the blocks the lost scheduler cancelled (how the
+    # lost-scheduler test failed again, under load, in CI)
+    with pytest.raises(cluster.ClusterError, match="lost the connection to the scheduler"):
+        with cluster._talking():
+            _Cancelled().result()
 
 
 def test_workers_dying_one_after_another_is_one_line():

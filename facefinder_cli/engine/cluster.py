@@ -329,14 +329,28 @@ class _ClusterData(_Data):
 @contextlib.contextmanager
 def _talking():
     """Calls to the scheduler, whose loss is a :class:`ClusterError` (at once when the client
-    knows it lost the scheduler, rather than after its connection timeout)."""
+    knows it lost the scheduler, rather than after its connection timeout). A task submitted
+    on futures that the lost scheduler cancelled (the blocks of images) is refused with
+    Dask's ``FuturesCancelledError``: that too (found when a test failed under load)."""
+    from concurrent.futures import CancelledError  # (Dask's cancelled errors derive from it)
+
     from distributed.comm.core import CommClosedError
 
     try:
         yield
+    except CancelledError as err:
+        raise ClusterError(f"lost the Dask cluster ({_cancelled_why(err)})") from None
     except (CommClosedError, OSError, TimeoutError) as err:
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ClusterError(f"lost the Dask cluster ({why})") from None
+
+
+def _cancelled_why(err: BaseException) -> str:
+    """Why Dask cancelled a fit's futures, in a few words."""
+    why = getattr(err, "reason", None)
+    if "scheduler-connection-lost" in str(err) or why == "scheduler-connection-lost":
+        return "the client lost the connection to the scheduler"
+    return why or "its work was cancelled"
 
 
 def _check_connected(client) -> None:
@@ -374,10 +388,7 @@ def _result(future, client=None):
                 "halves what they hold, and a memory limit of 0 drops their cached spectra)"
             ) from None
         except (FutureCancelledError, FuturesCancelledError) as err:
-            why = getattr(err, "reason", None) or "its work was cancelled"
-            if why == "its work was cancelled" and "scheduler-connection-lost" in str(err):
-                why = "the client lost the connection to the scheduler"
-            raise ClusterError(f"lost the Dask cluster ({why})") from None
+            raise ClusterError(f"lost the Dask cluster ({_cancelled_why(err)})") from None
         except (TimeoutError, asyncio.TimeoutError) as err:
             if client is None or future.status != "pending":
                 why = str(err).splitlines()[0] if str(err) else type(err).__name__
