@@ -616,6 +616,8 @@ def load_mixture_start(path: str | os.PathLike, n_faces: int) -> engine.MixtureP
     else:
         p = _result_path(path)
         z = _npz(p, "a facefinder result or truth file")
+        if "face" not in z:
+            raise InputError(f"{p}: not a facefinder run or truth file (no 'face' or 'faces')")
         if "faces" not in z or "labels" not in z:
             raise InputError(
                 f"{p}: a fit or truth of one face: --faces {n_faces} starts from a run or "
@@ -624,7 +626,10 @@ def load_mixture_start(path: str | os.PathLike, n_faces: int) -> engine.MixtureP
         truth = load_truth(p)
         n = len(truth.faces)
         t = truth.params
-        params = engine.MixtureParams(truth.faces, t.background, t.noise_std, np.full(n, 1 / n),
+        faces = np.asarray(truth.faces, dtype=np.float64)
+        if not np.isfinite(faces).all() or np.abs(faces).max() > engine.LARGEST_VALUE:
+            raise InputError(f"{p}: 'faces' holds NaN, infinite or too large values")
+        params = engine.MixtureParams(faces, t.background, t.noise_std, np.full(n, 1 / n),
                                       t.prior)  # fmt: skip
     if len(params.faces) != n_faces:
         raise InputError(
@@ -1069,6 +1074,8 @@ def _mixture_checkpoint_arrays(
     if one is not None:  # (None: a given start)
         arrays.update(one_face=one.face, one_background=one.background,
                       one_noise_std=one.noise_std, one_positions=one.positions)  # fmt: skip
+    if state.given is not None:  # (kept: the file it came from may change)
+        arrays.update({"given_" + k: np.asarray(getattr(state.given, k)) for k in _MIXTURE_PARAMS})
     for i, done in enumerate(state.finished):
         f = f"finished{i}_"
         arrays.update({f + k: np.asarray(getattr(done.params, k)) for k in _MIXTURE_PARAMS})
@@ -1083,6 +1090,12 @@ def _load_mixture_checkpoint(
 ) -> tuple[engine.MixtureCheckpoint, dict[str, Any], dict[str, Any]]:
     """What :func:`_mixture_checkpoint_arrays` stored (the engine checks its consistency)."""
     saved, engine_fields = _saved_settings(z, p)
+    try:
+        n_faces, faces = int(z["n_faces"]), np.shape(z["faces"])
+    except (KeyError, TypeError, ValueError):
+        n_faces, faces = 0, ()
+    if n_faces < 2 or faces[:1] != (n_faces,):
+        raise InputError(f"{p}: not a valid facefinder checkpoint (its number of faces)")
 
     def params(f: str) -> engine.MixtureParams:
         return engine.MixtureParams(
@@ -1134,6 +1147,7 @@ def _load_mixture_checkpoint(
             converged=bool(z["converged"]),
             rng_state=json.loads(str(z["rng_state"])),
             start=str(z["start"]) or None,
+            given=params("given_") if "given_faces" in z else None,
         )
         extra = json.loads(str(z["extra"]))
     except KeyError as err:

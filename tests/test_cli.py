@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -482,6 +483,20 @@ def test_fit_truth_errors_survive_an_interruption(data, monkeypatch):
     with stop_fit_at(monkeypatch, 2):  # in the first restart
         r = cli("fit", data, *args, "-o", "cut")
     assert r.exit_code == 130 and "saved in cut" in r.stderr
+    # stopped again before the resumed fit's first report: its checkpoint kept, and said so
+    # (found by review: "nothing was written", with the checkpoint there all the same)
+    saved = Path("cut/checkpoint.npz").read_bytes()
+    from facefinder_cli.engine import loop
+    from facefinder_cli.interrupts import Interrupted
+
+    def stopped(*a, **kw):
+        raise Interrupted(signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_iterate", stopped)
+        r = cli("fit", "--resume", "cut")
+    assert r.exit_code == 130 and "interrupted after iteration 2 of restart 1 of 2" in r.stderr
+    assert Path("cut/checkpoint.npz").read_bytes() == saved
     ok("fit", "--resume", "cut")
     whole, cut = load_run(Path("whole")), load_run(Path("cut"))
     assert set(cut.errors) == set(ERROR_COLUMNS) and len(cut.errors["face_rmse"]) == 5

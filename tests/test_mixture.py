@@ -295,8 +295,9 @@ def test_a_fit_from_given_parameters_starts_there_and_resumes_from_them():
     other = dataclasses.replace(given, noise_std=41.0)
     with pytest.raises(E.CheckpointError, match="other given parameters"):
         M.fit_mixture(X, settings, 3, init_params=other, resume=states[2])
-    with pytest.raises(E.CheckpointError, match="other given parameters"):
-        M.fit_mixture(X, settings, 3, resume=states[2])  # (and without any)
+    # without them, the checkpoint's own start (what it came from may have changed since)
+    again, _ = _fit_states(X, settings, 3, resume=states[2])
+    _same(r, again)
     with pytest.raises(ValueError, match="init_params hold 3 faces, not 2"):
         M.fit_mixture(X, settings, 2, init_params=given)
     with pytest.raises(ValueError, match="wrong shapes"):
@@ -319,6 +320,46 @@ def test_a_checkpoint_of_another_fit_or_damaged_is_refused():
         (X, settings, 3, dataclasses.replace(cp, elbo=cp.elbo[:-1]), "one value per iteration"),
         (X, settings, 3, dataclasses.replace(cp, finished=()), "finished restarts"),
         (X, settings, 3, dataclasses.replace(cp, rng_state={"x": 1}), "generator state"),
+        (
+            X,
+            settings,
+            3,
+            dataclasses.replace(
+                cp,
+                finished=(
+                    dataclasses.replace(
+                        cp.finished[0], faces_of_images=cp.finished[0].faces_of_images + 7
+                    ),
+                ),
+            ),
+            "are not faces 1 to 3",
+        ),
+        (
+            X,
+            settings,
+            3,
+            dataclasses.replace(
+                cp,
+                finished=(
+                    dataclasses.replace(cp.finished[0], positions=cp.finished[0].positions - 5),
+                ),
+            ),
+            "positions do not match the images",
+        ),
+        (
+            X,
+            settings,
+            3,
+            dataclasses.replace(
+                cp,
+                finished=(
+                    dataclasses.replace(
+                        cp.finished[0], probability=cp.finished[0].probability * np.nan
+                    ),
+                ),
+            ),
+            "not probabilities",
+        ),  # (found by review: written out as they were, exit 0)
         (
             X,
             settings,
@@ -547,6 +588,63 @@ def test_fits_of_faces_save_checkpoints_as_asked_and_in_the_final_write(
     assert not (tmp_path / "early").exists()
 
 
+def test_a_resume_interrupted_before_its_first_report_keeps_its_checkpoint_and_says_so(
+    three_folder, tmp_path, monkeypatch
+):
+    """(Found by review: it said "nothing was written".) And a resume from a start whose
+    file changed since carries on from the start it began with."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import cli, ok
+
+    from facefinder_cli.interrupts import Interrupted
+
+    start = tmp_path / "start"
+    shutil.copytree(three_folder / "imgs", tmp_path / "imgs")
+    imgs = tmp_path / "imgs"
+    ok("fit", imgs, "--face-size", "12x10", "--faces", 3, "--restarts", 1, "--max-iter", 3,
+       "-o", start, "-q", "--no-plots")  # fmt: skip
+    args = ["fit", imgs, "--faces", 3, "--init-from", start, "--method", "mc", "--max-iter", 5,
+            "--tol", -1, "--no-plots", "-q"]  # fmt: skip
+    ok(*args, "-o", tmp_path / "whole")
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _stop_faces_at(m, 0, 2)
+        assert cli(*args, "-o", cut).exit_code == 130
+    saved = (cut / "checkpoint.npz").read_bytes()
+
+    def stopped(*a, **kw):
+        raise Interrupted(signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(M, "_iterate_mixture", stopped)
+        r = cli("fit", "--resume", cut)
+    assert r.exit_code == 130
+    assert "interrupted after iteration 2 of restart 1 of 1; saved in" in r.stderr, r.stderr
+    assert (cut / "checkpoint.npz").read_bytes() == saved
+    # another start at the same path
+    ok("fit", imgs, "--face-size", "12x10", "--faces", 3, "--restarts", 1, "--max-iter", 1,
+       "-o", start, "-q", "--no-plots", "--overwrite")  # fmt: skip
+    # images changed since (one pixel): the refusal is the only line, in a real process
+    first = sorted(imgs.glob("*.tif"))[0]
+    import tifffile
+
+    pixels = tifffile.imread(first)
+    pixels[0, 0] += 1
+    tifffile.imwrite(first, pixels)
+    done = subprocess.run([sys.executable, "-m", "facefinder_cli", "fit", "--resume", str(cut)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "the images differ" in done.stderr
+    pixels[0, 0] -= 1
+    tifffile.imwrite(first, pixels)
+    ok("fit", "--resume", cut)
+    _same_runs(tmp_path / "whole", cut)
+
+
 def test_resuming_a_fit_of_faces_refuses_what_does_not_fit_in_one_line(
     three_folder, tmp_path, monkeypatch
 ):
@@ -581,6 +679,11 @@ def test_resuming_a_fit_of_faces_refuses_what_does_not_fit_in_one_line(
     # a damaged record (one face too few in its parameters)
     shutil.copy(three_folder / "imgs" / first.name, first)
     arrays["faces"] = arrays["faces"][:1]
+    np.savez(cut / "checkpoint.npz", **arrays)
+    r = cli("fit", "--resume", cut)
+    assert r.exit_code == 1 and "(its number of faces)" in r.stderr, r.stderr
+    arrays["faces"] = arrays["faces"][[0, 0]]
+    arrays["faces"][1, 0, 0] = np.nan
     np.savez(cut / "checkpoint.npz", **arrays)
     r = cli("fit", "--resume", cut)
     assert r.exit_code == 1 and "the checkpoint is damaged" in r.stderr, r.stderr

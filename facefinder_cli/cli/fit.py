@@ -437,6 +437,8 @@ def fit(
         truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
         announce = functools.partial(_announce, job, input, stack, resumed)
         progress = _Progress(announce, truth_errors, ProgressBar(), saver)
+        if resumed is not None:  # until the engine reports, Ctrl-C keeps it, and says so
+            progress.latest = resumed.state
         STOPPED["line"] = "interrupted before the first iteration: nothing was written"
         in_place = False  # whether the finished run folder is in place
         try:

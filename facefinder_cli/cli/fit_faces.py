@@ -92,7 +92,9 @@ def fit_faces(
             f"{job.truth}: the truth of {held} face{'s' if held > 1 else ''}, not {n_faces}",
             param_hint="'--truth'",
         )
-    warm = None if job.init_from is None else runs.load_mixture_start(job.init_from, n_faces)
+    warm = None  # (a resumed fit starts as its checkpoint says, whatever the file holds now)
+    if job.init_from is not None and resumed is None:
+        warm = runs.load_mixture_start(job.init_from, n_faces)
     keep = images.input_paths(input) + [p for p in (job.init_from, job.truth) if p]
     folder = None if outputs.is_stream(out) else out
     with outputs.claim(folder) as stale:
@@ -143,22 +145,36 @@ def fit_faces(
                 f"{truth.params.face.shape[1]}, not {h}x{w}",
                 param_hint="'--truth'",
             )
-        if resumed is not None:
+
+        def announce() -> None:
+            if resumed is not None:
+                log.info(
+                    "resuming %s at iteration %d of restart %d",
+                    out, resumed.state.iteration, resumed.state.restart + 1,
+                )  # fmt: skip
+            log_notes(stack, truth_given=job.truth is not None)
             log.info(
-                "resuming %s at iteration %d of restart %d",
-                out, resumed.state.iteration, resumed.state.restart + 1,
+                "fitting %s faces of %dx%d in %d images of %dx%d (%s) by %s EM",
+                "1, 2, 3, ..." if auto else n_faces, h, w, K, H, W, input, settings.method,
             )  # fmt: skip
-        log_notes(stack, truth_given=job.truth is not None)
-        log.info(
-            "fitting %s faces of %dx%d in %d images of %dx%d (%s) by %s EM",
-            "1, 2, 3, ..." if auto else n_faces, h, w, K, H, W, input, settings.method,
-        )  # fmt: skip
+            if warm is not None and settings.restarts > 1 and settings.method != "mc":
+                log.warning(
+                    "all %d restarts start from %s and end the same: --restarts 1 does",
+                    settings.restarts, job.init_from,
+                )  # fmt: skip
+
         STOPPED["line"] = "interrupted before the faces were fitted: nothing was written"
         saver = None
         if folder is not None and not auto:
             saver = CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
             saver.wrote = resumed is not None  # the folder holds our checkpoint already
-        states = _States(saver)
+        # A resumed fit is announced once the engine has taken its checkpoint (a refusal stays
+        # the only line), and until it reports, Ctrl-C keeps that checkpoint and says so.
+        states = _States(saver, None if resumed is None else resumed.state)
+        if resumed is None:
+            announce()
+        else:
+            states.on_first = announce
         bar = ProgressBar()
         t0 = time.perf_counter()
         try:
@@ -205,6 +221,9 @@ def fit_faces(
             bar.close()
             kw["callback"].close()
         seconds = time.perf_counter() - t0
+        if states.on_first is not None:  # (resumed at its very end: nothing was reported)
+            states.on_first()
+            states.on_first = None
         STOPPED["line"] = (
             "interrupted after the fit, before the run was written: nothing was written"
         )
@@ -287,12 +306,19 @@ def _write(
 
 class _States:
     """The fit's state after each start and iteration: the latest is what Ctrl-C saves, and
-    every --checkpoint-every iterations it is saved as it comes."""
+    every --checkpoint-every iterations it is saved as it comes. ``on_first`` is called at the
+    first report."""
 
-    def __init__(self, saver: CheckpointSaver | None) -> None:
-        self.saver, self.latest = saver, None
+    def __init__(
+        self, saver: CheckpointSaver | None, latest: engine.MixtureCheckpoint | None = None
+    ) -> None:
+        self.saver, self.latest = saver, latest
+        self.on_first: Any = None
 
     def __call__(self, state: engine.MixtureCheckpoint) -> None:
+        if self.on_first is not None:
+            self.on_first()
+            self.on_first = None
         self.latest = state
         if self.saver is not None:
             self.saver.maybe_save(state, {})

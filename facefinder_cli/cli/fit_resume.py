@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -220,8 +221,14 @@ def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
     saver.save(state, errors)
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
-        f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume {saver.out}`"
+        f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume "
+        f"{_quoted(saver.out)}`"
     )
+
+
+def _quoted(path: str) -> str:
+    """``path`` as a shell takes it (a name with spaces or quotes, pasted, stays one word)."""
+    return shlex.quote(path)
 
 
 def save_when_lost(saver, state, errors: dict, restarts: int, err: Exception) -> str:
@@ -234,8 +241,8 @@ def save_when_lost(saver, state, errors: dict, restarts: int, err: Exception) ->
     saver.save(state, errors)
     return (
         f"{err}; saved iteration {state.iteration} of restart {state.restart + 1} of {restarts} "
-        f"in {saver.out}: carry on with `facefinder fit --resume {saver.out}`, with or without "
-        "--scheduler"
+        f"in {saver.out}: carry on with `facefinder fit --resume {_quoted(saver.out)}`, with or "
+        "without --scheduler"
     )
 
 
@@ -255,5 +262,5 @@ def check_run_folder_name(folder: str, overwrite: bool) -> None:
     if not overwrite and os.path.isfile(os.path.join(folder, runs.CHECKPOINT)):
         raise InputError(
             f"{folder}: holds an interrupted fit: carry on with `facefinder fit --resume "
-            f"{folder}`, or pass --overwrite to start afresh"
+            f"{_quoted(folder)}`, or pass --overwrite to start afresh"
         )

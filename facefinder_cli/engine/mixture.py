@@ -194,8 +194,8 @@ class MixtureCheckpoint:
 
     ``settings`` are the fit's (their ``seed`` resolved) and ``data`` a fingerprint of the
     images, as in :class:`~facefinder_cli.engine.Checkpoint`; ``one`` is the one-face fit the
-    starts build on (None for a given start, whose digest is ``start``), ``finished`` the
-    restarts done. Restart ``restart`` has completed
+    starts build on (None for a given start: ``given``, whose digest is ``start``),
+    ``finished`` the restarts done. Restart ``restart`` has completed
     ``iteration`` iterations and stands at ``params``; ``elbo`` (with the start's bound from
     the first iteration on), ``log_likelihood`` and ``seconds`` (with the start's time first)
     are its histories; ``held`` counts the iterations whose M-step held the prior, ``released``
@@ -219,6 +219,7 @@ class MixtureCheckpoint:
     converged: bool
     rng_state: dict = field(default_factory=dict, repr=False)
     start: str | None = None
+    given: MixtureParams | None = None
 
 
 class _MixScorer:
@@ -751,24 +752,36 @@ def _mixture_damaged(cp: MixtureCheckpoint, data: _Data) -> str | None:
         per_image = (done.faces_of_images, done.probability, done.face_probability)
         if any(np.shape(a) != (data.K,) for a in per_image):
             return "a finished restart's faces of images do not match the images"
-        if np.shape(done.positions) != (data.K, 2):
+        labels = np.asarray(done.faces_of_images)
+        if labels.dtype.kind not in "iu" or not ((labels >= 0).all() and (labels < n).all()):
+            return f"a finished restart's faces of images are not faces 1 to {n}"
+        if not _positions_fit(done.positions, data):
             return "a finished restart's positions do not match the images"
+        for a in (done.probability, done.face_probability):
+            a = np.asarray(a)
+            if a.dtype.kind != "f" or not ((a >= 0) & (a <= 1)).all():  # (NaN fails too)
+                return "a finished restart's probabilities are not probabilities"
         why = _params_damaged(done.params, data, n)
         if why is not None:
             return f"a finished restart: {why}"
     return None
 
 
+def _positions_fit(positions, data: _Data) -> bool:
+    """Whether ``positions`` are one whole-numbered position of the face per image."""
+    pos = np.asarray(positions)
+    return (
+        pos.shape == (data.K, 2)
+        and pos.dtype.kind in "iu"
+        and bool((pos >= 0).all() and (pos < [data.Dh, data.Dw]).all())
+    )
+
+
 def _one_damaged(one: MixtureStart, data: _Data) -> str | None:
     """What is wrong with a checkpoint's one-face start for ``data``, or None."""
     if np.shape(one.face) != (data.h, data.w) or np.shape(one.background) != (data.H, data.W):
         return "its one-face start has the wrong shapes"
-    pos = np.asarray(one.positions)
-    if (
-        pos.shape != (data.K, 2)
-        or pos.dtype.kind not in "iu"
-        or not ((pos >= 0).all() and (pos < [data.Dh, data.Dw]).all())
-    ):
+    if not _positions_fit(one.positions, data):
         return "its one-face start's positions do not match the images"
     if not (math.isfinite(one.noise_std) and one.noise_std > 0):
         return "its one-face start's noise std is not a positive number"
@@ -854,6 +867,8 @@ def _fit_mixture(
     """:func:`fit_mixture` once the images are read."""
     if data.K < n_faces:
         raise ValueError(f"{n_faces} faces need at least as many images, got {data.K}")
+    if init_params is None and resume is not None and resume.given is not None:
+        init_params = resume.given  # (the checkpoint's start: its file may have changed)
     given = None if init_params is None else _given_start(init_params, data, n_faces)
     start = None if given is None else _start_digest(given)
     if given is not None and settings.restarts > 1 and settings.method != "mc":
@@ -911,6 +926,7 @@ def _fit_mixture(
                 prior_free=settings.prior_update == "always",
                 converged=False,
                 start=start,
+                given=given,
             )
             report(state, rng)
         while state.iteration < settings.max_iter and not state.converged:
