@@ -298,6 +298,9 @@ def test_a_fit_from_given_parameters_starts_there_and_resumes_from_them():
     # without them, the checkpoint's own start (what it came from may have changed since)
     again, _ = _fit_states(X, settings, 3, resume=states[2])
     _same(r, again)
+    damaged = dataclasses.replace(states[2], given=dataclasses.replace(given, faces=faces[:2]))
+    with pytest.raises(E.CheckpointError, match="the checkpoint is damaged: its start"):
+        M.fit_mixture(X, settings, 3, resume=damaged)
     with pytest.raises(ValueError, match="init_params hold 3 faces, not 2"):
         M.fit_mixture(X, settings, 2, init_params=given)
     with pytest.raises(ValueError, match="wrong shapes"):

@@ -868,8 +868,12 @@ def _fit_mixture(
     if data.K < n_faces:
         raise ValueError(f"{n_faces} faces need at least as many images, got {data.K}")
     if init_params is None and resume is not None and resume.given is not None:
-        init_params = resume.given  # (the checkpoint's start: its file may have changed)
-    given = None if init_params is None else _given_start(init_params, data, n_faces)
+        try:  # (the checkpoint's start: the file it came from may have changed since)
+            given = _given_start(resume.given, data, n_faces)
+        except (ValueError, TypeError, ZeroDivisionError) as err:
+            raise CheckpointError(f"the checkpoint is damaged: its start: {err}") from None
+    else:
+        given = None if init_params is None else _given_start(init_params, data, n_faces)
     start = None if given is None else _start_digest(given)
     if given is not None and settings.restarts > 1 and settings.method != "mc":
         warnings.warn(
