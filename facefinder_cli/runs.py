@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import shlex
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -582,6 +583,11 @@ def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Pa
         raise InputError(f"{p}: a fit of several faces without its faces (no 'faces' in it)")
     if "faces" not in z or "face" in z:
         return None
+    if "n_faces" in z and "face_of_image" not in z:  # (found by review)
+        raise InputError(
+            f"{p}: the checkpoint of an unfinished fit, not its result: carry on with "
+            f"`facefinder fit --resume {shlex.quote(str(p.parent))}` first"
+        )
     _require(z, p, "a fit of several faces", ["faces", "background", "noise_std", "weights",
                                                "prior", "face_of_image"])  # fmt: skip
     keys = ("faces", "background", "prior", "weights")

@@ -663,6 +663,8 @@ def test_resuming_a_fit_of_faces_refuses_what_does_not_fit_in_one_line(
         assert cli(*args, "-o", cut).exit_code == 130
     r = cli("fit", "--resume", cut, "--faces", 2)
     assert r.exit_code == 2 and "drop --faces" in r.stderr
+    r = cli(*args, "--init-from", cut / "checkpoint.npz", "-o", tmp_path / "y")
+    assert r.exit_code == 1 and "the checkpoint of an unfinished fit" in r.stderr, r.stderr
     r = cli(*args[:-8], "--faces", "auto", "--checkpoint-every", 2, "-o", tmp_path / "auto")
     assert r.exit_code == 2 and "--faces auto is not checkpointed" in r.stderr
     # images changed since: one line naming the checkpoint, and the checkpoint kept
