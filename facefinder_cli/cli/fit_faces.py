@@ -159,7 +159,7 @@ def fit_faces(
             )  # fmt: skip
             if warm is not None and settings.restarts > 1 and settings.method != "mc":
                 log.warning(
-                    "all %d restarts start from %s and end the same: --restarts 1 does",
+                    "all %d restarts start from %s and end the same: --restarts 1 gives it",
                     settings.restarts, job.init_from,
                 )  # fmt: skip
 
