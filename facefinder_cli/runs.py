@@ -678,7 +678,7 @@ def _load_mixture_run(z: dict[str, np.ndarray], p: Path) -> Run:
 def _refuse_several_faces(z: dict[str, np.ndarray], p: Path) -> None:
     """One line for a result of ``fit --faces N`` where one face's parameters are wanted."""
     if "faces" in z and "face" not in z:
-        n = len(z["faces"])
+        n = np.shape(z["faces"])[0] if np.ndim(z["faces"]) else "several"
         raise InputError(
             f"{p}: a fit of {n} faces (fit --faces): a fit of one face cannot start from it; "
             f"give --faces {n}"

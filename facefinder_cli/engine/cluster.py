@@ -372,9 +372,9 @@ def _result(future, client=None):
     from distributed.client import FutureCancelledError
     from distributed.comm.core import CommClosedError
 
-    try:  # (what a lost scheduler cancels with, besides FutureCancelledError, since 2024)
+    try:  # (what a lost scheduler also cancels with, in the distributed tested here)
         from distributed.client import FuturesCancelledError
-    except ImportError:  # pragma: no cover - older distributed
+    except ImportError:  # pragma: no cover - a distributed without it
         FuturesCancelledError = FutureCancelledError
 
     alone_since = None
