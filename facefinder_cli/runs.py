@@ -8,6 +8,7 @@ The ``.npz`` keys use the engine's names: ``face``, ``background``, ``noise_std`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -16,7 +17,7 @@ import math
 import os
 import shlex
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -968,7 +969,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             OVERWRITE,
         )
     saved, engine_fields = _saved_settings(z, p)
-    try:
+    with _reading_checkpoint(p):
         finished = []
         for i in range(int(z["n_finished"])):
             f = f"finished{i}_"
@@ -1017,16 +1018,31 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             jumped=bool(z["jumped"]),
             rng_state=json.loads(str(z["rng_state"])),
         )
-        extra = json.loads(str(z["extra"]))
+        extra = _extra_record(z, p)
+    return state, options, extra
+
+
+@contextlib.contextmanager
+def _reading_checkpoint(p: Path) -> Iterator[None]:
+    """A missing or damaged entry of the checkpoint ``p``, read within, as one line."""
+    try:
+        yield
+    except InputError:
+        raise
     except KeyError as err:
         raise InputError(f"{p}: not a complete facefinder checkpoint (no {err} in it)") from None
     except (ValueError, TypeError) as err:
         raise InputError(
             f"{p}: not a complete facefinder checkpoint (a damaged value: {err})"
         ) from None
+
+
+def _extra_record(z: dict[str, np.ndarray], p: Path) -> dict[str, Any]:
+    """The caller's ``extra`` record stored in a checkpoint."""
+    extra = json.loads(str(z["extra"]))
     if not isinstance(extra, dict):
         raise InputError(f"{p}: not a complete facefinder checkpoint (its extra record is damaged)")
-    return state, options, extra
+    return extra
 
 
 def _saved_settings(z: dict[str, np.ndarray], p: Path) -> tuple[dict[str, Any], set[str]]:
@@ -1112,7 +1128,7 @@ def _load_mixture_checkpoint(
             np.asarray(z[f + "prior"], dtype=np.float64),
         )
 
-    try:
+    with _reading_checkpoint(p):
         finished = []
         for i in range(int(z["n_finished"])):
             f = f"finished{i}_"
@@ -1155,13 +1171,5 @@ def _load_mixture_checkpoint(
             start=str(z["start"]) or None,
             given=params("given_") if "given_faces" in z else None,
         )
-        extra = json.loads(str(z["extra"]))
-    except KeyError as err:
-        raise InputError(f"{p}: not a complete facefinder checkpoint (no {err} in it)") from None
-    except (ValueError, TypeError) as err:
-        raise InputError(
-            f"{p}: not a complete facefinder checkpoint (a damaged value: {err})"
-        ) from None
-    if not isinstance(extra, dict):
-        raise InputError(f"{p}: not a complete facefinder checkpoint (its extra record is damaged)")
+        extra = _extra_record(z, p)
     return state, options, extra
