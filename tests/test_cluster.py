@@ -262,7 +262,7 @@ def test_a_lost_scheduler_stops_the_fit_with_a_checkpoint(stacks, in_tmp, monkey
             time.sleep(0.2)
         monkeypatch.setattr(E, "fit", fit_then_lose_the_scheduler)
         # the client tries to reconnect for Dask's connect timeout (30 s) before it gives up
-        with dask.config.set({"distributed.comm.timeouts.connect": "5s"}):
+        with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
             line = _one_line(cli(*args, "-o", "cut", "--scheduler", f"127.0.0.1:{port}"), 1)
         monkeypatch.setattr(E, "fit", real)
     finally:
