@@ -178,8 +178,10 @@ def test_on_chunk_reports_every_pass(scene):
         assert p == [(20, 90), (40, 90), (60, 90), (80, 90), (90, 90)]
 
 
-def test_summed_area_tables_by_slices_are_numpys_bit_for_bit():
+def test_summed_area_tables_by_slices_are_numpys_bit_for_bit(monkeypatch):
     from facefinder_cli.engine import model as M
+
+    monkeypatch.setattr(M, "PRODUCT_MACS_PER_PIXEL", 0)  # box sums by tables, not products
 
     rng = np.random.default_rng(5)
     for shape in [(40, 24, 30), (3, 9, 700), (2, 300, 5), (12, 12)]:
@@ -189,14 +191,60 @@ def test_summed_area_tables_by_slices_are_numpys_bit_for_bit():
                 want = np.cumsum(y.astype(dtype), axis=axis, dtype=np.float64)
                 np.testing.assert_array_equal(M._cumsum(y.astype(dtype), axis), want)
         q = np.abs(y)
-        np.testing.assert_array_equal(M._box_full(q, 5, 4), M._box_full(q, 5, 4, False))
+        np.testing.assert_array_equal(M._box_full(q, 5, 4), M._box_full(q, 5, 4, by_slices=False))
         np.testing.assert_array_equal(M._box_valid(y, 5, 4), M._box_valid(y, 5, 4, by_slices=False))
 
 
-def test_fits_on_few_and_many_threads_are_identical(scene):
+@pytest.mark.parametrize("products", [True, False])
+def test_box_sums_are_the_window_sums_by_definition(monkeypatch, products):
+    """Both ways of summing boxes: products with banded matrices, and summed-area tables."""
+    from facefinder_cli.engine import model as M
+
+    monkeypatch.setattr(M, "PRODUCT_MACS_PER_PIXEL", np.inf if products else 0)
+
+    rng = np.random.default_rng(5)
+    for shape, (h, w) in [((40, 24, 30), (5, 4)), ((3, 9, 70), (9, 1)), ((2, 3, 30, 5), (1, 5)),
+                          ((12, 12), (12, 12))]:  # fmt: skip
+        y = rng.normal(size=shape)
+        H, W = shape[-2:]
+        valid = np.zeros(shape[:-2] + (H - h + 1, W - w + 1))
+        for i in range(H - h + 1):
+            for j in range(W - w + 1):
+                valid[..., i, j] = y[..., i : i + h, j : j + w].sum(axis=(-2, -1))
+        for dtype in (np.float32, np.float64):
+            got = M._box_valid(y.astype(dtype), h, w, dtype)
+            assert got.dtype == dtype
+            tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(atol=1e-12)
+            np.testing.assert_allclose(got, valid, **tol)
+        q = valid  # (..., Dh, Dw) -> (..., H, W): what each pixel's covering windows hold
+        full = np.zeros(shape)
+        for i in range(H - h + 1):
+            for j in range(W - w + 1):
+                full[..., i : i + h, j : j + w] += q[..., i, j, None, None]
+        np.testing.assert_allclose(M._box_full(q, h, w), full, atol=1e-11)
+        # each image's sums are its own products: the same alone as in a stack (or chunk)
+        if y.ndim > 2:
+            np.testing.assert_array_equal(M._box_valid(y, h, w)[:1], M._box_valid(y[:1], h, w))
+            np.testing.assert_array_equal(M._box_full(q, h, w)[:1], M._box_full(q[:1], h, w))
+
+
+@pytest.mark.parametrize("products", [True, False])
+def test_fits_on_few_and_many_threads_are_identical(scene, monkeypatch, products):
+    """Box sums by products or by tables (by slices up to SLICE_THREADS, then NumPy's)."""
+    from facefinder_cli.engine import model as M
+
+    monkeypatch.setattr(M, "PRODUCT_MACS_PER_PIXEL", np.inf if products else 0)
     kw = dict(seed=0, max_iter=4, tol=-1, chunk_size=16)
     few, many = (
         quiet_fit(scene.images, (12, 12), workers=w, **kw) for w in (1, E.SLICE_THREADS + 1)
     )
     for k in ("face", "background", "prior", "elbo", "log_likelihood", "positions"):
         np.testing.assert_array_equal(getattr(few, k), getattr(many, k), err_msg=k)
+
+
+def test_box_sums_are_products_for_small_windows_and_tables_for_large_ones():
+    from facefinder_cli.engine import model as M
+
+    assert M._by_products(20, 30, 5, 15)  # the study's 16x16 face in 20x30 images
+    assert M._by_products(72, 96, 33, 67)  # the bundled sample
+    assert not M._by_products(256, 256, 193, 193)  # a 64x64 face in 256x256 images

@@ -4,6 +4,7 @@ that the E- and M-steps share."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -104,8 +105,34 @@ def uniform_prior(shape: tuple[int, int]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Box sums (summed-area tables)
+# Box sums (banded matrix products, or summed-area tables)
 # --------------------------------------------------------------------------------------------
+
+#: Box sums are products with banded matrices (:func:`_band`) when these take at most this many
+#: multiply-adds per pixel, else summed-area tables. Measured per image on
+#: one thread (products / tables): 20x30 images with a 16x16 face (9 per pixel) 1.1 / 3.6 us
+#: for the valid sums and 1.6 / 9.6 for the full ones; 72x96 with 40x30 (64) 35 / 52 and
+#: 45 / 108; 80x80 with 32x32 (79) 45 / 48 and 42 / 65; 100x100 with 32x32 (117) 79 / 78;
+#: 160x160 with 40x40 (213) 310 / 212; 256x256 with 64x64 (339) 1340 / 898.
+PRODUCT_MACS_PER_PIXEL = 100
+
+
+@functools.lru_cache(maxsize=32)
+def _band(n: int, width: int) -> np.ndarray:
+    """The ``(n - width + 1, n)`` matrix whose row ``d`` is 1 at columns ``d .. d + width - 1``
+    and 0 elsewhere (read-only; cached, as every pass asks for the same few)."""
+    offset = np.arange(n)[None, :] - np.arange(n - width + 1)[:, None]
+    band = ((offset >= 0) & (offset < width)).astype(np.float64)
+    band.flags.writeable = False
+    return band
+
+
+def _by_products(H: int, W: int, Dh: int, Dw: int) -> bool:
+    """Whether box sums between ``H x W`` pixels and ``Dh x Dw`` positions are cheaper as
+    products with banded matrices (see ``PRODUCT_MACS_PER_PIXEL``): ``Dh·H·W + Dh·W·Dw``
+    multiply-adds for the valid sums, ``H·Dh·Dw + H·Dw·W`` for the full ones."""
+    macs = max(Dh * W * (H + Dw), H * Dw * (Dh + W))
+    return macs <= PRODUCT_MACS_PER_PIXEL * H * W
 
 
 #: Slices of at least this many numbers are summed whole by :func:`_cumsum`.
@@ -147,7 +174,17 @@ def _box_valid(
 ) -> np.ndarray:
     """Sums of ``y`` over every ``h x w`` window: ``(..., H, W) -> (..., H-h+1, W-w+1)``.
     The summed-area tables are float64 whatever ``y``'s dtype; the result is ``dtype``.
-    ``by_slices``: see :func:`_cumsum`."""
+    ``by_slices``: see :func:`_cumsum`.
+
+    Small windows are summed as two products with banded 0/1 matrices, ``R y Cᵀ``
+    (``R = _band(H, h)``), when that is cheaper (:func:`_by_products`): BLAS multiplies
+    faster than the tables' Python loop adds (which holds the GIL), and each window is summed
+    directly rather than as a difference of running sums. Either way each image's sums are its
+    own, the same whatever the chunks or threads."""
+    H, W = y.shape[-2:]
+    if _by_products(H, W, H - h + 1, W - w + 1):
+        rows = np.matmul(_band(H, h), y)  # (..., Dh, W)
+        return np.matmul(rows, _band(W, w).T).astype(dtype, copy=False)
     c = _cumsum(y, axis=-2, by_slices=by_slices)
     rows = np.empty(c.shape[:-2] + (c.shape[-2] - h + 1, c.shape[-1]))
     rows[..., 0, :] = c[..., h - 1, :]
@@ -162,7 +199,11 @@ def _box_valid(
 def _box_full(q: np.ndarray, h: int, w: int, by_slices: bool = True) -> np.ndarray:
     """Full box filter: ``out[i, j] = Σ q[d]`` over the positions ``d`` whose window covers
     ``(i, j)``: ``(..., Dh, Dw) -> (..., Dh+h-1, Dw+w-1)``. ``by_slices``: see
-    :func:`_cumsum`."""
+    :func:`_cumsum`. Small windows: ``Rᵀ q C``, as in :func:`_box_valid`."""
+    Dh, Dw = q.shape[-2:]
+    if _by_products(Dh + h - 1, Dw + w - 1, Dh, Dw):
+        rows = np.matmul(_band(Dh + h - 1, h).T, q)  # (..., H, Dw)
+        return np.matmul(rows, _band(Dw + w - 1, w))
     return _full_sum(_full_sum(q, h, -2, by_slices), w, -1, by_slices)
 
 
