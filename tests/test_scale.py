@@ -248,3 +248,20 @@ def test_box_sums_are_products_for_small_windows_and_tables_for_large_ones():
     assert M._by_products(20, 30, 5, 15)  # the study's 16x16 face in 20x30 images
     assert M._by_products(72, 96, 33, 67)  # the bundled sample
     assert not M._by_products(256, 256, 193, 193)  # a 64x64 face in 256x256 images
+
+
+def test_blas_runs_on_one_thread_during_a_pass_and_as_before_after_it(scene):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from facefinder_cli.engine.data import _Data
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("NumPy here uses no BLAS that threadpoolctl knows")
+    data = _Data(scene.images, (12, 12), chunk_size=30, workers=2)
+    with threadpool_limits(limits=2, user_api="blas"):
+        seen = [blas_threads() for _a, _b, _ in data.map(lambda a, b: None)]
+        assert seen == [[1] * len(seen[0])] * 3  # three chunks, each with BLAS on one thread
+        assert set(blas_threads()) == {2}

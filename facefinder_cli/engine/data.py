@@ -21,6 +21,7 @@ from facefinder_cli.engine.machine import (
     _chunk_for,
     _working_bytes,
     default_memory_limit,
+    one_blas_thread,
 )
 from facefinder_cli.engine.model import (
     NOISE_FLOOR,
@@ -226,7 +227,8 @@ class _Data:
         draws, say, so that they do not depend on the threads). At most two chunks per thread
         are in flight, so memory stays bounded whatever K; the caller reduces the results in
         chunk order, which makes every sum independent of the number of threads. NumPy and
-        ``scipy.fft`` release the GIL in the work that matters.
+        ``scipy.fft`` release the GIL in the work that matters. BLAS is held to one thread
+        meanwhile (:func:`~facefinder_cli.engine.machine.one_blas_thread`).
         """
         bounds = self.bounds()
 
@@ -236,23 +238,24 @@ class _Data:
         threads = min(self.workers, len(bounds))
         if self.chunk * (self.H * self.W + self.Dh * self.Dw) < THREAD_MIN_VALUES:
             threads = 1  # hand-offs between threads would cost more than the work they share
-        if threads == 1:
-            for a, b in bounds:
-                yield a, b, fn(*args(a, b))
-            return
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="facefinder")
-        try:
-            pending: collections.deque = collections.deque()
-            for a, b in bounds:
-                pending.append((a, b, pool.submit(fn, *args(a, b))))
-                if len(pending) >= 2 * threads:
+        with one_blas_thread():
+            if threads == 1:
+                for a, b in bounds:
+                    yield a, b, fn(*args(a, b))
+                return
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="facefinder")
+            try:
+                pending: collections.deque = collections.deque()
+                for a, b in bounds:
+                    pending.append((a, b, pool.submit(fn, *args(a, b))))
+                    if len(pending) >= 2 * threads:
+                        a0, b0, future = pending.popleft()
+                        yield a0, b0, future.result()
+                while pending:
                     a0, b0, future = pending.popleft()
                     yield a0, b0, future.result()
-            while pending:
-                a0, b0, future = pending.popleft()
-                yield a0, b0, future.result()
-        finally:  # on an error or an interrupt: drop what has not started, wait for the rest
-            pool.shutdown(wait=True, cancel_futures=True)
+            finally:  # on an error or an interrupt: drop what has not started, wait for the rest
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 #: Largest distance of a pixel value from the images' mean that the fit accepts: the sums of

@@ -110,8 +110,8 @@ def uniform_prior(shape: tuple[int, int]) -> np.ndarray:
 
 #: Box sums are products with banded matrices (:func:`_band`) when these take at most this many
 #: multiply-adds per pixel, else summed-area tables. Measured per image on
-#: one thread (products / tables): 20x30 images with a 16x16 face (9 per pixel) 1.1 / 3.6 us
-#: for the valid sums and 1.6 / 9.6 for the full ones; 72x96 with 40x30 (64) 35 / 52 and
+#: one thread (products / tables): 20x30 images with a 16x16 face (18 per pixel) 1.1 / 3.6 us
+#: for the valid sums and 1.6 / 9.6 for the full ones; 72x96 with 40x30 (90) 35 / 52 and
 #: 45 / 108; 80x80 with 32x32 (79) 45 / 48 and 42 / 65; 100x100 with 32x32 (117) 79 / 78;
 #: 160x160 with 40x40 (213) 310 / 212; 256x256 with 64x64 (339) 1340 / 898.
 PRODUCT_MACS_PER_PIXEL = 100
