@@ -570,12 +570,12 @@ def test_fit_warm_start_from_a_run(fitted, data, truth):
     ok("fit", data, "--init-from", run, "-o", "warm")  # no --face-size: taken from the run
     res = check_fit(Path("warm"), truth)
     assert res["face"].shape == FACE
-    assert int(res["n_iter"]) <= 2
+    assert int(res["n_iter"]) <= 3  # a cycle holding the prior, then two below tol in a row
     np.testing.assert_allclose(res["face"], converged["face"], atol=1e-3 * NOISE)
     assert json.loads(str(res["settings"]))["init_from"] == str(run)
     # a result.npz works too
     ok("fit", data, "--init-from", run / "result.npz", "-o", "warm2")
-    assert int(load_npz(Path("warm2/result.npz"))["n_iter"]) <= 2
+    assert int(load_npz(Path("warm2/result.npz"))["n_iter"]) <= 3
 
 
 def test_fit_warm_start_with_other_face_size_is_refused(fitted, npy):

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from facefinder_cli.engine.accelerate import cycle
+from facefinder_cli.engine.accelerate import STOP_CYCLES, cycle
 from facefinder_cli.engine.data import _check_params, _Data
 from facefinder_cli.engine.machine import _retain_freed_memory
 from facefinder_cli.engine.model import (
@@ -397,6 +397,12 @@ def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float
         gain = float(_gain(state, n_values))
     if holding:  # once the rest has settled, the prior is learnt too
         state = replace(state, gain=state.gain + (gain,), prior_free=gain < threshold)
+    elif s.accelerated:  # STOP_CYCLES estimates in a row, since the prior was released
+        gains = state.gain + (gain,)
+        since = state.prior_fixed_until if s.prior_update == "late" else 0
+        recent = gains[since:][-STOP_CYCLES:]
+        converged = len(recent) == STOP_CYCLES and max(recent) < s.tol
+        state = replace(state, gain=gains, converged=converged)
     else:
         state = replace(state, gain=state.gain + (gain,), converged=gain < s.tol)
     return state, stats.positions

@@ -54,7 +54,8 @@ class FitSettings:
     tol : float
         Accelerated EM stops when the log-likelihood is estimated to be within ``tol`` nats
         per image and pixel of the optimum its steps converge to (from the rate at which the
-        cycle's two EM steps gained: :func:`~facefinder_cli.engine.accelerate._remaining`).
+        cycle's two EM steps gained: :func:`~facefinder_cli.engine.accelerate._remaining`), in
+        ``STOP_CYCLES`` (2) iterations in a row.
         Plain EM stops when an iteration's gain is below ``tol``: the rise of the lower
         bound, ``(elbo[t] - elbo[t-1]) / (K H W)``, the study's rule, which can stop far
         from the optimum where EM crawls. ``tol <= 0`` runs ``max_iter`` iterations (the
