@@ -243,13 +243,18 @@ def test_detect_prior_options(small_run):
     assert {(x["row"], x["column"]) for x in rows} == {("3", "5")}
     ok("detect", run, small_run / "t16", "-o", "u.csv", "--prior", "uniform")
     np.save("wrong.npy", np.ones((2, 2)))
+    np.save("objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    Path("cut.npy").write_bytes(Path("mine.npy").read_bytes()[:20])
     for value, needle in (
         ("wrong.npy", f"shape (2, 2); the model's 16x12 face has {shape} positions"),
+        ("objects.npy", "objects.npy: holds Python objects (dtype object), not numbers"),
+        ("cut.npy", "cut.npy: not a readable .npy file"),
         ("missing.npy", "missing.npy: no such file"),
         ("peaked", "expected smoothed, fitted, uniform or a .npy file"),
     ):
         r = cli("detect", run, small_run / "t16", "-o", "x.csv", "--prior", value)
         assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.splitlines()) == 1
+        assert "pickle" not in r.stderr
     assert not os.path.exists("x.csv")
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from facefinder_cli import engine, images, interrupts, outputs
 from facefinder_cli.errors import Hint, InputError, worded
+from facefinder_cli.images.stacks import _npy_header_info
 from facefinder_cli.interrupts import Interrupted
 
 log = logging.getLogger("facefinder")
@@ -419,6 +420,15 @@ def prior_file(value: str, shape: tuple[int, int], need: str) -> np.ndarray:
     path = Path(value)
     if not path.is_file():
         raise click.BadParameter(f"{value}: no such file", param_hint="'--prior'")
+    try:
+        with open(path, "rb") as f:  # the header first: an object array would need unpickling
+            dtype = _npy_header_info(f)[2]
+    except Exception:
+        dtype = None  # not a .npy header: np.load says what it is
+    if dtype is not None and dtype.hasobject:
+        raise click.BadParameter(
+            f"{value}: holds Python objects (dtype object), not numbers", param_hint="'--prior'"
+        )
     try:
         prior = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
