@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference as ref
+from PIL import Image
 
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
@@ -445,8 +446,9 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     # detect finds which face is where in the images (here the training images themselves)
     with np.load(three_folder / "imgs" / "truth.npz") as z:
         labels, positions = z["labels"], z["positions"]
-    ok("detect", run, three_folder / "imgs", "-o", tmp_path / "found.csv", "--draw",
-       tmp_path / "boxed")  # fmt: skip
+    said = ok("detect", run, three_folder / "imgs", "-o", tmp_path / "found.csv", "--draw",
+              tmp_path / "boxed", "--zoom", 1)  # fmt: skip
+    assert "(face 1 red, face 2 blue, face 3 green)" in said.stderr
     with open(tmp_path / "found.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     match = s["truth"]["face_match"]  # true face i is fitted face match[i]
@@ -455,6 +457,12 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     found = np.array([[int(row["row"]), int(row["column"])] for row in rows])
     assert np.mean(np.all(found == positions, axis=1)) >= 0.9
     assert len(list((tmp_path / "boxed").glob("*.png"))) == 90
+    colours = {1: (255, 0, 0), 2: (0, 112, 255), 3: (0, 200, 0)}  # each face its own
+    for row in rows[:12]:
+        path = tmp_path / "boxed" / (Path(row["image"]).stem + ".png")
+        img = np.asarray(Image.open(path).convert("RGB"))
+        r0, c0 = int(row["row"]), int(row["column"])
+        assert tuple(img[r0, c0]) == colours[int(row["face"])], path.name
     # what reads fits of one face only says so, in one line
     from helpers import cli
 

@@ -52,7 +52,9 @@ log = logging.getLogger("facefinder")
     "--draw",
     type=OUTPUT,
     metavar="DIR",
-    help="Also write each image as a PNG with the found face boxed in red.",
+    help="Also write each image as a PNG with the found face boxed in red; with a model of "
+    "several faces, each face in its own colour (face 1 red, 2 blue, 3 green, 4 orange, "
+    "5 magenta, 6 cyan, 7 yellow, then again), as the log says.",
 )
 @click.option(
     "--zoom",
@@ -178,10 +180,22 @@ def detect(
             h, w = model_.face_shape
             zoom = zoom or runs.view_zoom((H, W))
             with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
+                faces = getattr(found, "faces", np.zeros(K, dtype=int))  # several, or one
                 for k, stem in enumerate(images.file_stems(stack.names, K)):
                     r, c = found.positions[k]
-                    rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w)
+                    rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w, int(faces[k]))
                     images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+    boxes = ""
+    if draw:
+        boxes = f"; boxed images in {draw}"
+        if model_.n_faces > 1:
+            boxes += (
+                " ("
+                + ", ".join(
+                    f"face {m + 1} {images.box_colour(m)[0]}" for m in range(model_.n_faces)
+                )
+                + ")"
+            )
     log.info(
         "located %s in %d image%s (%smean probability %.3f)%s",
         model_.what,
@@ -189,7 +203,7 @@ def detect(
         "" if K == 1 else "s",
         model_.counts(found),
         float(np.mean(found.probability)),
-        f"; boxed images in {draw}" if draw else "",
+        boxes,
     )
 
 
@@ -208,6 +222,7 @@ class _Model:
     rows: Callable[[Any], Any]
     what: str
     counts: Callable[[Any], str]
+    n_faces: int = 1
 
 
 def _one_face(run: runs.Run, params: engine.Params) -> _Model:
@@ -249,6 +264,7 @@ def _several_faces(source: str, params: engine.MixtureParams) -> _Model:
         rows,
         f"one of {N} faces",
         counts,
+        N,
     )
 
 

@@ -38,6 +38,7 @@ from facefinder_cli.images.reading import Stack, glob_paths, input_paths, load_s
 from facefinder_cli.images.stacks import NpyReader, names_path
 from facefinder_cli.images.writing import (
     IMAGES_FOLDER,
+    box_colour,
     boxed,
     encode_stack,
     file_stems,
@@ -56,6 +57,7 @@ __all__ = [
     "NpyReader",
     "Stack",
     "ZarrReader",
+    "box_colour",
     "boxed",
     "encode_stack",
     "file_stems",

@@ -105,14 +105,33 @@ def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = 
     return out
 
 
-def boxed(image: np.ndarray, r: int, c: int, h: int, w: int) -> np.ndarray:
-    """The image as 8-bit RGB with a one-pixel red rectangle around the ``h x w`` box whose
-    top-left corner is ``(r, c)``: shape (H, W, 3), uint8."""
+#: The colours of the boxes ``detect --draw`` draws, by face (face 1 first; then again): names
+#: and 8-bit RGB, saturated so that they stand out of grey images.
+BOX_COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("red", (255, 0, 0)),
+    ("blue", (0, 112, 255)),
+    ("green", (0, 200, 0)),
+    ("orange", (255, 160, 0)),
+    ("magenta", (255, 0, 255)),
+    ("cyan", (0, 220, 220)),
+    ("yellow", (255, 255, 0)),
+)
+
+
+def box_colour(face: int) -> tuple[str, tuple[int, int, int]]:
+    """The name and RGB of the box of face ``face`` (0 for the first)."""
+    return BOX_COLOURS[face % len(BOX_COLOURS)]
+
+
+def boxed(image: np.ndarray, r: int, c: int, h: int, w: int, face: int = 0) -> np.ndarray:
+    """The image as 8-bit RGB with a one-pixel rectangle around the ``h x w`` box whose
+    top-left corner is ``(r, c)``, in face ``face``'s colour (red for the first:
+    :func:`box_colour`): shape (H, W, 3), uint8."""
     grey = to_uint8(image)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    red = np.array([255, 0, 0], dtype=np.uint8)
-    rgb[r, c : c + w] = rgb[r + h - 1, c : c + w] = red
-    rgb[r : r + h, c] = rgb[r : r + h, c + w - 1] = red
+    colour = np.array(box_colour(face)[1], dtype=np.uint8)
+    rgb[r, c : c + w] = rgb[r + h - 1, c : c + w] = colour
+    rgb[r : r + h, c] = rgb[r : r + h, c + w - 1] = colour
     return rgb
 
 
