@@ -141,6 +141,51 @@ def repair_std_streams() -> None:
         )
 
 
+class _Stderr(io.RawIOBase):
+    """Descriptor 2, whose reader may go away while the command runs (``2>&1 | head -1``):
+    then ``/dev/null`` takes its place, and the messages after it are lost as with ``2>&-``;
+    the command goes on and ends as it would have. (Left alone, the first message after it
+    raised BrokenPipeError, and Click ended the command with status 1, its outputs unmade.)"""
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return 2
+
+    def isatty(self) -> bool:
+        return os.isatty(2)
+
+    def write(self, b: Any) -> int:
+        try:
+            return os.write(2, b)
+        except BrokenPipeError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+            return len(b)
+
+
+def guard_stderr() -> None:
+    """Make ``sys.stderr`` the process's descriptor 2 through :class:`_Stderr` (the same
+    encoding and errors, line-buffered), unless it is something else (a test's capture)."""
+    err = sys.stderr
+    if err is None or err is not sys.__stderr__:  # a capture, or guarded already
+        return
+    try:
+        if err.fileno() != 2:
+            return
+        err.flush()
+    except (OSError, ValueError):
+        return
+    sys.stderr = io.TextIOWrapper(
+        io.BufferedWriter(_Stderr()),
+        encoding=err.encoding,
+        errors=err.errors or "backslashreplace",
+        line_buffering=True,
+    )
+
+
 def _closed_stream(stream: Any) -> bool:
     try:
         return stream.closed

@@ -1030,6 +1030,23 @@ def test_11_fit_to_a_closed_pipe(data, tmp_path, spawn):
     assert text(err) == "", text(err)
 
 
+def test_11_messages_into_a_pipe_whose_reader_went_away(data, tmp_path, spawn):
+    """``fit -o run 2>&1 | head -1``: the messages' reader leaves; the fit goes on as with
+    ``2>&-`` (exit 0, a complete run). With ``--json`` the data's reader is gone too: 141."""
+    for name, extra, code in (("run", [], 0), ("json", ["--json"], 141)):
+        r, w = _small_pipe()
+        os.close(r)  # the reader is gone before the first message
+        proc = spawn([*FF, "fit", data.imgs, *FIT, "-o", name, *extra], tmp_path, stdout=w,
+                     stderr=w)  # fmt: skip
+        os.close(w)
+        finish(proc)
+        assert proc.returncode == code, (name, proc.returncode)
+        with np.load(tmp_path / name / "result.npz") as z:
+            assert {"face", "background", "positions", "elbo"} <= set(z.files)
+        assert (tmp_path / name / "positions.csv").is_file()
+    assert leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("draw", [False, True], ids=["csv", "csv-and-draw"])
 def test_11_detect_into_head(data, tmp_path, spawn, long_stack, draw):
     """Item 11: ``detect ... | head -1``: the reader takes 10 bytes and leaves; detect exits

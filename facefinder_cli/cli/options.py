@@ -457,8 +457,9 @@ class Group(click.Group):
     its reader goes away (``| head``: 141, quietly)."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        _setup_logging()
         outputs.repair_std_streams()
+        outputs.guard_stderr()  # a reader of messages that goes away ends nothing
+        _setup_logging()
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         with interrupts.handled(), _warnings_logged():
