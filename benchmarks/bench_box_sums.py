@@ -20,7 +20,7 @@ from scipy import fft as sfft
 
 from facefinder_cli import engine, synthetic
 from facefinder_cli.engine import model as M
-from facefinder_cli.engine.machine import one_blas_thread
+from facefinder_cli.engine.blas import one_blas_thread
 
 
 def per_image(fn, n: int, *args) -> float:

@@ -20,27 +20,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_convergence import FACE, TRUTH_REACH, scenes  # noqa: E402
 
 from facefinder_cli import engine, synthetic  # noqa: E402
-from facefinder_cli.engine import loop  # noqa: E402
+from facefinder_cli.engine import accelerate  # noqa: E402
 
 RULES = (1, 2, 3)
 
 
 def main() -> None:
     warnings.simplefilter("ignore", engine.ConvergenceWarning)
-    default = loop.STOP_CYCLES
+    default = accelerate.STOP_CYCLES
     rows = []
     for noise in (200.0, 400.0, 1000.0):
         for K in (100, 500, 1500):
             for i, (name, (face, background)) in enumerate(scenes().items()):
                 data = synthetic.make_dataset(face, background, K, noise, seed=100 + i)
                 X, n = data.images, data.images.size
-                loop.STOP_CYCLES = default
+                accelerate.STOP_CYCLES = default
                 truth = engine.fit(X, FACE, init_params=data.truth, tol=1e-12, max_iter=1000)
                 own = engine.fit(X, FACE, seed=0, tol=1e-12, max_iter=1000)
                 optimum = max(truth.log_likelihood.max(), own.log_likelihood.max())
                 row = {}
                 for k in RULES:
-                    loop.STOP_CYCLES = k
+                    accelerate.STOP_CYCLES = k
                     t = time.perf_counter()
                     r = engine.fit(X, FACE, seed=0)
                     end = r.log_likelihood[-1]
@@ -51,7 +51,7 @@ def main() -> None:
                         passes=int(r.passes[-1]),
                         seconds=time.perf_counter() - t,
                     )
-                loop.STOP_CYCLES = default
+                accelerate.STOP_CYCLES = default
                 rows.append(row)
                 said = [
                     f"{k} in a row: {row[k]['own']:.1e} below its run's limit, "

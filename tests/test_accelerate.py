@@ -14,7 +14,7 @@ from helpers import cli, ok, quiet_fit
 
 from facefinder_cli import engine as E
 from facefinder_cli import synthetic as S
-from facefinder_cli.engine import accelerate, loop
+from facefinder_cli.engine import accelerate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_two_estimates_in_a_row_see_the_slow_mode_one_misses(monkeypatch):
     default = quiet_fit(d.images, (16, 16), seed=0)
     assert accelerate.STOP_CYCLES == 2 and default.converged
     assert (limit - default.log_likelihood[-1]) / n < 1e-8
-    monkeypatch.setattr(loop, "STOP_CYCLES", 1)
+    monkeypatch.setattr(accelerate, "STOP_CYCLES", 1)
     one = quiet_fit(d.images, (16, 16), seed=0)
     assert one.converged and (limit - one.log_likelihood[-1]) / n > 1e-5
 

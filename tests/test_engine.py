@@ -190,6 +190,9 @@ def test_warns_when_not_converged_and_stops_at_tol(study):
     below = r.restarts[0].gain[1:] < 1e-4
     assert E.accelerate.STOP_CYCLES == 2 and r.n_iter >= 2
     assert r.converged and below[-2] and below[-1] and not np.any(below[:-2] & below[1:-1])
+    # stopped by max_iter with one estimate below tol: the warning says the rule needs two
+    with pytest.warns(E.ConvergenceWarning, match="in the last iteration, of the 2 in a row"):
+        E.fit(X, (16, 16), init_params=r.params, max_iter=1, tol=1e-4, prior_update="always")
     p = E.fit(X, (16, 16), max_iter=500, tol=1e-4, prior_update="always", accelerate="none")
     gains = np.diff(p.elbo) / X.size  # plain EM: the study's rule, the gain of one iteration
     assert p.converged and gains[-1] < 1e-4 and np.all(gains[:-1] >= 1e-4)

@@ -4,6 +4,7 @@ first pass. The speed and memory figures themselves are in ``benchmarks/bench_sc
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -243,6 +244,17 @@ def test_fits_on_few_and_many_threads_are_identical(scene, monkeypatch, products
 
 
 def test_box_sums_are_products_for_small_windows_and_tables_for_large_ones():
+    from threadpoolctl import threadpool_limits
+
+    from facefinder_cli.engine import model as M
+
+    with threadpool_limits(limits=2, user_api="blas"):  # products only on one BLAS thread
+        assert not M._by_products(20, 30, 5, 15) or not M.blas._blas().lib_controllers
+    with threadpool_limits(limits=1, user_api="blas"):
+        small_and_large()
+
+
+def small_and_large():
     from facefinder_cli.engine import model as M
 
     assert M._by_products(20, 30, 5, 15)  # the study's 16x16 face in 20x30 images
@@ -265,3 +277,50 @@ def test_blas_runs_on_one_thread_during_a_pass_and_as_before_after_it(scene):
         seen = [blas_threads() for _a, _b, _ in data.map(lambda a, b: None)]
         assert seen == [[1] * len(seen[0])] * 3  # three chunks, each with BLAS on one thread
         assert set(blas_threads()) == {2}
+        # from another thread: nothing changes (threadpoolctl lets one thread at a time)
+        other: list = []
+        worker = threading.Thread(target=lambda: other.extend(
+            blas_threads() for _a, _b, _ in data.map(lambda a, b: None)))  # fmt: skip
+        worker.start()
+        worker.join()
+        assert other == [[2] * len(seen[0])] * 3 and set(blas_threads()) == {2}
+
+
+def test_a_fit_has_the_same_bits_whatever_blas_threads_and_the_calling_thread():
+    """At 112x112 with a 56x56 face a box-sum product comes out in other last bits on two
+    BLAS threads than on one: products run only on one (a pass from the main thread holds it
+    there); elsewhere, tables. Unlike tables, products differ in the last bits."""
+    from threadpoolctl import threadpool_limits
+
+    from facefinder_cli.engine import model as M
+
+    d = S.make_dataset(S.cartoon_face(56, 56), S.texture("clouds", (112, 112), seed=2), 12,
+                       50.0, seed=3)  # fmt: skip
+    kw = dict(seed=0, max_iter=2, tol=-1, workers=2)
+
+    def fit(threads: int, in_thread: bool = False) -> E.FitResult:
+        got: list = []
+        with threadpool_limits(limits=threads, user_api="blas"):
+            if not in_thread:
+                return quiet_fit(d.images, (56, 56), **kw)
+            worker = threading.Thread(
+                target=lambda: got.append(quiet_fit(d.images, (56, 56), **kw))
+            )
+            worker.start()
+            worker.join()
+        return got[0]
+
+    one, two = fit(1), fit(2)
+    assert_same_fit(one, two)
+    assert_same_fit(one, fit(1, in_thread=True))  # on one BLAS thread: products there too
+    elsewhere = fit(2, in_thread=True)  # on two, from another thread: tables
+    M_products = M.PRODUCT_MACS_PER_PIXEL
+    try:
+        M.PRODUCT_MACS_PER_PIXEL = 0
+        tables = fit(1)
+    finally:
+        M.PRODUCT_MACS_PER_PIXEL = M_products
+    assert_same_fit(elsewhere, tables)
+    # so that the two comparisons above can fail: products and tables differ in the last bits
+    fields = ("face", "background", "prior", "elbo", "log_likelihood")
+    assert any(not np.array_equal(getattr(one, k), getattr(tables, k)) for k in fields)

@@ -710,6 +710,11 @@ def _report_engine(result: engine.FitResult, caught: list, K: int) -> None:
                     if math.isfinite(result.gain[-1])
                     else "its gains were not yet shrinking"
                 )
+                if result.gain[-1] < result.settings.tol:
+                    gained += (
+                        f" in the last iteration, of the {engine.accelerate.STOP_CYCLES} in a row "
+                        "it stops on"
+                    )
             elif math.isinf(result.gain[-1]):  # Monte-Carlo EM, before its second window
                 gained = f"Monte-Carlo EM measures its gain after {2 * engine.MC_WINDOW} iterations"
             log.warning(

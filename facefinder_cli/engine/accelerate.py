@@ -137,7 +137,8 @@ def _remaining(ll0: float, bound1: float, ll1: float, bound2: float) -> float:
 def cycle(data: _Data, p0: Params, update_prior: bool, enough: float) -> Cycle:
     """One SQUAREM cycle from ``p0`` (see the module's documentation). When the two plain
     steps leave less than ``enough`` nats to gain, it ends at θ2 without the third pass: the
-    fit stops there, and an extrapolation would cost as much as the steps it saves."""
+    fit is about to stop (once ``STOP_CYCLES`` cycles in a row have), and an extrapolation
+    would cost as much as the steps it saves."""
     s0 = _pass(data, p0, "soft", True)
     p1, info1 = s0.m_step(p0, update_prior=update_prior)
     s1 = _pass(data, p1, "soft", True)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import fft as sfft
 
+from facefinder_cli.engine.blas import one_blas_thread
 from facefinder_cli.engine.machine import (
     THREAD_MIN_VALUES,
     _check_limit,
@@ -21,7 +22,6 @@ from facefinder_cli.engine.machine import (
     _chunk_for,
     _working_bytes,
     default_memory_limit,
-    one_blas_thread,
 )
 from facefinder_cli.engine.model import (
     NOISE_FLOOR,
@@ -228,7 +228,7 @@ class _Data:
         are in flight, so memory stays bounded whatever K; the caller reduces the results in
         chunk order, which makes every sum independent of the number of threads. NumPy and
         ``scipy.fft`` release the GIL in the work that matters. BLAS is held to one thread
-        meanwhile (:func:`~facefinder_cli.engine.machine.one_blas_thread`).
+        meanwhile (:func:`~facefinder_cli.engine.blas.one_blas_thread`).
         """
         bounds = self.bounds()
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from facefinder_cli.engine.accelerate import STOP_CYCLES, cycle
+from facefinder_cli.engine import accelerate
+from facefinder_cli.engine.accelerate import cycle
 from facefinder_cli.engine.data import _check_params, _Data
 from facefinder_cli.engine.machine import _retain_freed_memory
 from facefinder_cli.engine.model import (
@@ -398,10 +399,10 @@ def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float
     if holding:  # once the rest has settled, the prior is learnt too
         state = replace(state, gain=state.gain + (gain,), prior_free=gain < threshold)
     elif s.accelerated:  # STOP_CYCLES estimates in a row, since the prior was released
-        gains = state.gain + (gain,)
+        gains, k = state.gain + (gain,), accelerate.STOP_CYCLES
         since = state.prior_fixed_until if s.prior_update == "late" else 0
-        recent = gains[since:][-STOP_CYCLES:]
-        converged = len(recent) == STOP_CYCLES and max(recent) < s.tol
+        recent = gains[since:][-k:]
+        converged = len(recent) == k and all(g < s.tol for g in recent)
         state = replace(state, gain=gains, converged=converged)
     else:
         state = replace(state, gain=state.gain + (gain,), converged=gain < s.tol)
@@ -699,6 +700,11 @@ def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> F
             gain = f"estimated {h.gain[-1]:.3g} nats per image and pixel from the optimum"
             if math.isinf(h.gain[-1]):
                 gain = "its gains were not yet shrinking"
+            elif h.gain[-1] < settings.tol:
+                gain += (
+                    f" in the last iteration, of the {accelerate.STOP_CYCLES} in a row the rule "
+                    "asks for"
+                )
         elif math.isinf(h.gain[-1]):  # Monte-Carlo EM, before its second window
             gain = f"Monte-Carlo EM's gain needs {2 * MC_WINDOW} iterations"
         warnings.warn(

@@ -27,26 +27,6 @@ CHUNK_BYTES = 256 * 2**20
 DEFAULT_MEMORY_LIMIT = 2**30
 
 
-@functools.lru_cache(maxsize=1)
-def _blas():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController().select(user_api="blas")
-
-
-def one_blas_thread():
-    """A context in which the BLAS libraries loaded (NumPy's OpenBLAS, say) use one thread.
-
-    The passes multiply small matrices (the box sums) in every chunk, on the fit's own
-    ``workers`` threads. Left to itself OpenBLAS splits the larger of those products over
-    every core as well: against the fit's threads, or against the one thread asked for.
-    Measured on 2 cores, 500 images of 80x80 with a 32x32 face, ``workers=1``: a soft
-    iteration took 119.7 ms that way and 105.5 ms on one BLAS thread. Results do not change
-    (BLAS splits rows and columns, not the sums). The libraries are looked up once (about
-    5 ms), then each pass sets their threads and puts them back, process-wide."""
-    return _blas().limit(limits=1)
-
-
 def default_memory_limit() -> int:
     """The default ``memory_limit`` of :func:`fit` in bytes: ``DEFAULT_MEMORY_LIMIT`` (1 GiB),
     or an eighth of this machine's physical memory if that is less.

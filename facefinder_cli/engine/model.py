@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 
+from facefinder_cli.engine import blas
+
 Method = Literal["soft", "hard", "mc"]
 METHODS: tuple[str, ...] = ("soft", "hard", "mc")
 PriorUpdate = Literal["late", "always", "never"]
@@ -130,9 +132,11 @@ def _band(n: int, width: int) -> np.ndarray:
 def _by_products(H: int, W: int, Dh: int, Dw: int) -> bool:
     """Whether box sums between ``H x W`` pixels and ``Dh x Dw`` positions are cheaper as
     products with banded matrices (see ``PRODUCT_MACS_PER_PIXEL``): ``Dh·H·W + Dh·W·Dw``
-    multiply-adds for the valid sums, ``H·Dh·Dw + H·Dw·W`` for the full ones."""
+    multiply-adds for the valid sums, ``H·Dh·Dw + H·Dw·W`` for the full ones; and only while
+    BLAS runs on one thread (:mod:`~facefinder_cli.engine.blas`: on more, the products' last
+    bits could depend on the machine's cores)."""
     macs = max(Dh * W * (H + Dw), H * Dw * (Dh + W))
-    return macs <= PRODUCT_MACS_PER_PIXEL * H * W
+    return macs <= PRODUCT_MACS_PER_PIXEL * H * W and blas.on_one_thread()
 
 
 #: Slices of at least this many numbers are summed whole by :func:`_cumsum`.
@@ -180,9 +184,11 @@ def _box_valid(
     (``R = _band(H, h)``), when that is cheaper (:func:`_by_products`): BLAS multiplies
     faster than the tables' Python loop adds (which holds the GIL), and each window is summed
     directly rather than as a difference of running sums. Either way each image's sums are its
-    own, the same whatever the chunks or threads."""
+    own, the same whatever the chunks or threads. Products are for stacks (``y.ndim > 2``,
+    the chunks of a pass); the single arrays (``B²``, the summed posteriors, once per
+    iteration, outside the passes) are summed by tables."""
     H, W = y.shape[-2:]
-    if _by_products(H, W, H - h + 1, W - w + 1):
+    if y.ndim > 2 and _by_products(H, W, H - h + 1, W - w + 1):
         rows = np.matmul(_band(H, h), y)  # (..., Dh, W)
         return np.matmul(rows, _band(W, w).T).astype(dtype, copy=False)
     c = _cumsum(y, axis=-2, by_slices=by_slices)
@@ -201,7 +207,7 @@ def _box_full(q: np.ndarray, h: int, w: int, by_slices: bool = True) -> np.ndarr
     ``(i, j)``: ``(..., Dh, Dw) -> (..., Dh+h-1, Dw+w-1)``. ``by_slices``: see
     :func:`_cumsum`. Small windows: ``Rᵀ q C``, as in :func:`_box_valid`."""
     Dh, Dw = q.shape[-2:]
-    if _by_products(Dh + h - 1, Dw + w - 1, Dh, Dw):
+    if q.ndim > 2 and _by_products(Dh + h - 1, Dw + w - 1, Dh, Dw):
         rows = np.matmul(_band(Dh + h - 1, h).T, q)  # (..., H, Dw)
         return np.matmul(rows, _band(Dw + w - 1, w))
     return _full_sum(_full_sum(q, h, -2, by_slices), w, -1, by_slices)
