@@ -16,6 +16,8 @@ def _imports(path: Path) -> set[str]:
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            if node.module == "facefinder_cli.engine":  # its modules, by name
+                names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
 
 
@@ -31,7 +33,8 @@ def test_the_engine_imports_no_io_plotting_or_command_line():
 
 
 def test_engine_modules_import_only_those_below_them():
-    order = ["model", "settings", "machine", "data", "cluster", "estep", "mstep", "starts"]
+    order = ["blas", "model", "settings", "machine", "data", "cluster", "estep", "mstep"]
+    order += ["starts"]
     order += ["passes"]
     order += ["accelerate", "loop", "sizes", "mixture"]
     for i, name in enumerate(order):

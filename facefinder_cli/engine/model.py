@@ -1,6 +1,6 @@
 """The model's vocabulary: its parameters (:class:`Params`), the constants and choices of a
-fit, the errors and warnings the engine raises, and the summed-area-table primitives (box sums)
-that the E- and M-steps share."""
+fit, the errors and warnings the engine raises, and the box sums (banded-matrix products or
+summed-area tables) that the E- and M-steps share."""
 
 from __future__ import annotations
 
