@@ -8,8 +8,10 @@ soft iteration took 119.7 ms that way and 105.5 ms on one BLAS thread). And the 
 product large enough for OpenBLAS to split comes out in other last bits on another number of
 threads (seen from 112x112 images with a 56x56 face). So the passes hold BLAS to one thread
 (:func:`one_blas_thread`), and the box sums are products only where BLAS is on one thread
-(:func:`on_one_thread`), else summed-area tables: a fit gives the same bits on any machine
-whatever its cores.
+(:func:`on_one_thread`), else summed-area tables. So a fit from the main thread (the command
+line's, a script's) gives the same bits whatever the machine's cores; one from another thread
+does too where BLAS runs on one thread, and where it runs on several is summed by tables,
+which differ from products in the last bits.
 """
 
 from __future__ import annotations
