@@ -142,26 +142,52 @@ def repair_std_streams() -> None:
 
 
 class _Stderr(io.RawIOBase):
-    """Descriptor 2, whose reader may go away while the command runs (``2>&1 | head -1``):
-    then ``/dev/null`` takes its place, and the messages after it are lost as with ``2>&-``;
-    the command goes on and ends as it would have. (Left alone, the first message after it
-    raised BrokenPipeError, and Click ended the command with status 1, its outputs unmade.)"""
+    """Standard error (descriptor ``fd``, 2), for messages only: writing to it never fails.
+
+    If its reader goes away (``2>&1 | head -1``) or it cannot take them (``2>/dev/full``, a
+    terminal gone without a hang-up), ``/dev/null`` takes the descriptor's place and the
+    messages after it are lost, as with ``2>&-``; the command goes on and ends as it would
+    have. (Left alone, the first message after it raised, and Click ended the command with
+    status 1, its outputs unmade.) A descriptor another program made non-blocking and that is
+    full gets ``BLOCKED_WAIT`` seconds to take a message, else the message is dropped, and
+    so are the next ones that it cannot take at once, until one goes through."""
+
+    #: Seconds a full non-blocking standard error gets to take a message.
+    BLOCKED_WAIT = 1.0
+
+    def __init__(self, fd: int = 2) -> None:
+        super().__init__()
+        self._fd = fd
+        self._stalled = False  # the last message was dropped: do not wait for the next
 
     def writable(self) -> bool:
         return True
 
     def fileno(self) -> int:
-        return 2
+        return self._fd
 
     def isatty(self) -> bool:
-        return os.isatty(2)
+        return os.isatty(self._fd)
 
     def write(self, b: Any) -> int:
         try:
-            return os.write(2, b)
-        except BrokenPipeError:
+            written = os.write(self._fd, b)
+            self._stalled = False
+            return written
+        except BlockingIOError:
+            if not self._stalled:
+                import select
+
+                try:
+                    if select.select([], [self._fd], [], self.BLOCKED_WAIT)[1]:
+                        return os.write(self._fd, b)
+                except OSError:
+                    pass
+            self._stalled = True
+            return len(b)  # dropped: a message is not worth a stalled fit
+        except OSError:  # a reader gone, a full device, a terminal gone: messages are lost
             null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 2)
+            os.dup2(null, self._fd)
             os.close(null)
             return len(b)
 

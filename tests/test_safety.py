@@ -11,6 +11,7 @@ file can be run against another worktree of the project.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -1045,6 +1046,43 @@ def test_11_messages_into_a_pipe_whose_reader_went_away(data, tmp_path, spawn):
             assert {"face", "background", "positions", "elbo"} <= set(z.files)
         assert (tmp_path / name / "positions.csv").is_file()
     assert leftovers(tmp_path) == []
+
+
+def test_11_messages_to_a_full_device_or_a_stalled_reader_are_dropped(data, tmp_path):
+    """Standard error that cannot take messages (``2>/dev/full``; a full non-blocking pipe
+    whose reader stalls) only loses them: writes never fail, a stall costs one wait."""
+    from facefinder_cli.outputs import _Stderr
+
+    full = os.open("/dev/full", os.O_WRONLY) if os.path.exists("/dev/full") else None
+    if full is not None:
+        try:
+            err = _Stderr(full)
+            assert err.write(b"a message\n") == 10 and err.write(b"more\n") == 5
+        finally:
+            os.close(full)
+        with open("/dev/full", "wb") as device:
+            cmd = [*FF, "fit", data.imgs, *FIT, "-o", "run", "-v"]
+            r = run(cmd, tmp_path, stdout=subprocess.PIPE, stderr=device, capture_output=False)
+        assert r.returncode == 0
+        with np.load(tmp_path / "run/result.npz") as z:
+            assert "face" in z.files
+    r, w = _small_pipe()
+    try:
+        os.set_blocking(w, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(w, b"x" * 4096)
+        err = _Stderr(w)
+        err.BLOCKED_WAIT = 0.2
+        t = time.monotonic()
+        assert err.write(b"dropped\n") == 8  # after one wait
+        assert err.write(b"dropped too\n") == 12  # at once: stalled
+        assert time.monotonic() - t < 2
+        os.read(r, 65536)  # the reader comes back
+        assert err.write(b"through\n") == 8 and not err._stalled
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 @pytest.mark.parametrize("draw", [False, True], ids=["csv", "csv-and-draw"])
