@@ -245,10 +245,28 @@ def test_detect_prior_options(small_run):
     np.save("wrong.npy", np.ones((2, 2)))
     np.save("objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     Path("cut.npy").write_bytes(Path("mine.npy").read_bytes()[:20])
+    Path("short.npy").write_bytes(Path("mine.npy").read_bytes()[:200])  # header, half the data
+    with open("huge.npy", "wb") as f:  # a header that asks for 8 TB: refused, never allocated
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)}
+        )
+    np.savez("zipped.npz", a=table)
+    os.replace("zipped.npz", "zipped.npy")
+    Path("text.npy").write_text("hello")
+    os.mkdir("folder.npy")
+    os.mkfifo("fifo.npy")
+    os.symlink("loop.npy", "loop.npy")
     for value, needle in (
         ("wrong.npy", f"shape (2, 2); the model's 16x12 face has {shape} positions"),
         ("objects.npy", "objects.npy: holds Python objects (dtype object), not numbers"),
-        ("cut.npy", "cut.npy: not a readable .npy file"),
+        ("cut.npy", "cut.npy: not a NumPy .npy file (or its header is damaged)"),
+        ("short.npy", "short.npy: not a readable .npy file (truncated?)"),
+        ("huge.npy", "huge.npy: shape (1000000, 1000000); the model's"),
+        ("zipped.npy", "zipped.npy: not a NumPy .npy file"),
+        ("text.npy", "text.npy: not a NumPy .npy file"),
+        ("folder.npy", "folder.npy: a folder, not a .npy file"),
+        ("fifo.npy", "fifo.npy: not a regular file"),
+        ("loop.npy", "loop.npy: a loop of symbolic links"),
         ("missing.npy", "missing.npy: no such file"),
         ("peaked", "expected smoothed, fitted, uniform or a .npy file"),
     ):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import errno
 import functools
 import logging
 import math
 import os
 import re
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -418,23 +420,39 @@ def prior_file(value: str, shape: tuple[int, int], need: str) -> np.ndarray:
     """The prior table in the .npy file ``value`` (for --prior): of ``shape``, non-negative,
     with a positive sum; else a usage error saying what it holds and that ``need``."""
     path = Path(value)
-    if not path.is_file():
-        raise click.BadParameter(f"{value}: no such file", param_hint="'--prior'")
+
+    def refuse(why: str) -> click.BadParameter:
+        return click.BadParameter(f"{value}: {why}", param_hint="'--prior'")
+
     try:
-        with open(path, "rb") as f:  # the header first: an object array would need unpickling
-            dtype = _npy_header_info(f)[2]
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise refuse("a loop of symbolic links") from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise refuse("no such file") from None
+        raise refuse(f"cannot open ({err.strerror or err})") from None
+    if stat.S_ISDIR(mode):
+        raise refuse("a folder, not a .npy file")
+    if not stat.S_ISREG(mode):  # a FIFO or a device: not opened, which could wait forever
+        raise refuse("not a regular file")
+    # The header first: its dtype and shape are refused before anything is loaded (an object
+    # array would need unpickling; a wrong or huge shape, memory).
+    try:
+        with open(path, "rb") as f:
+            header_shape, _, dtype = _npy_header_info(f)
+    except OSError as err:
+        raise refuse(f"cannot open ({err.strerror or err})") from None
     except Exception:
-        dtype = None  # not a .npy header: np.load says what it is
-    if dtype is not None and dtype.hasobject:
-        raise click.BadParameter(
-            f"{value}: holds Python objects (dtype object), not numbers", param_hint="'--prior'"
-        )
+        raise refuse("not a NumPy .npy file (or its header is damaged)") from None
+    if dtype.hasobject:
+        raise refuse("holds Python objects (dtype object), not numbers")
+    if header_shape != tuple(shape):
+        raise refuse(f"shape {header_shape}; {need}")
     try:
         prior = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise click.BadParameter(
-            f"{value}: not a readable .npy file ({err})", param_hint="'--prior'"
-        ) from None
+    except (OSError, ValueError, EOFError, MemoryError, OverflowError):
+        raise refuse("not a readable .npy file (truncated?)") from None
     if prior.shape != shape:
         raise click.BadParameter(f"{value}: shape {prior.shape}; {need}", param_hint="'--prior'")
     good = prior.dtype.kind in "biuf" and np.isfinite(prior).all()
