@@ -448,7 +448,7 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
         labels, positions = z["labels"], z["positions"]
     said = ok("detect", run, three_folder / "imgs", "-o", tmp_path / "found.csv", "--draw",
               tmp_path / "boxed", "--zoom", 1)  # fmt: skip
-    assert "(face 1 red, face 2 blue, face 3 green)" in said.stderr
+    assert "(face 1 red, face 2 blue, face 3 yellow)" in said.stderr
     with open(tmp_path / "found.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     match = s["truth"]["face_match"]  # true face i is fitted face match[i]
@@ -457,7 +457,7 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     found = np.array([[int(row["row"]), int(row["column"])] for row in rows])
     assert np.mean(np.all(found == positions, axis=1)) >= 0.9
     assert len(list((tmp_path / "boxed").glob("*.png"))) == 90
-    colours = {1: (255, 0, 0), 2: (0, 112, 255), 3: (0, 200, 0)}  # each face its own
+    colours = {1: (255, 0, 0), 2: (0, 112, 255), 3: (255, 255, 0)}  # each face its own
     for row in rows[:12]:
         path = tmp_path / "boxed" / (Path(row["image"]).stem + ".png")
         img = np.asarray(Image.open(path).convert("RGB"))

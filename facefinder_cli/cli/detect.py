@@ -53,8 +53,9 @@ log = logging.getLogger("facefinder")
     type=OUTPUT,
     metavar="DIR",
     help="Also write each image as a PNG with the found face boxed in red; with a model of "
-    "several faces, each face in its own colour (face 1 red, 2 blue, 3 green, 4 orange, "
-    "5 magenta, 6 cyan, 7 yellow, then again), as the log says.",
+    "several faces, each face in its own colour (face 1 red, 2 blue, 3 yellow, 4 magenta, "
+    "5 cyan, 6 orange, 7 green, 8 purple, 9 pink, 10 lime; face 11 red again, and so on), as "
+    "the log says.",
 )
 @click.option(
     "--zoom",
@@ -192,7 +193,9 @@ def detect(
             boxes += (
                 " ("
                 + ", ".join(
-                    f"face {m + 1} {images.box_colour(m)[0]}" for m in range(model_.n_faces)
+                    f"face {m + 1} {images.box_colour(m)[0]}"
+                    + (" again" if m >= len(images.BOX_COLOURS) else "")
+                    for m in range(model_.n_faces)
                 )
                 + ")"
             )

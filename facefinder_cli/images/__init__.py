@@ -37,6 +37,7 @@ from facefinder_cli.images.packing import pack_stack
 from facefinder_cli.images.reading import Stack, glob_paths, input_paths, load_stack, read_image
 from facefinder_cli.images.stacks import NpyReader, names_path
 from facefinder_cli.images.writing import (
+    BOX_COLOURS,
     IMAGES_FOLDER,
     box_colour,
     boxed,
@@ -51,6 +52,7 @@ from facefinder_cli.images.writing import (
 from facefinder_cli.images.zarrs import ZarrReader, is_zarr, is_zarr_target
 
 __all__ = [
+    "BOX_COLOURS",
     "IMAGES_FOLDER",
     "IMAGE_EXTENSIONS",
     "InputError",

@@ -105,16 +105,21 @@ def to_uint8(array: np.ndarray, vmin: float | None = None, vmax: float | None = 
     return out
 
 
-#: The colours of the boxes ``detect --draw`` draws, by face (face 1 first; then again): names
-#: and 8-bit RGB, saturated so that they stand out of grey images.
+#: The colours of the boxes ``detect --draw`` draws, by face (face 1 first; after the last,
+#: from the first again): names and 8-bit RGB, saturated so that they stand out of grey
+#: images, and ordered so that the first few differ in brightness as well as hue (red and
+#: green, which many cannot tell apart, are not neighbours).
 BOX_COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("red", (255, 0, 0)),
     ("blue", (0, 112, 255)),
-    ("green", (0, 200, 0)),
-    ("orange", (255, 160, 0)),
+    ("yellow", (255, 255, 0)),
     ("magenta", (255, 0, 255)),
     ("cyan", (0, 220, 220)),
-    ("yellow", (255, 255, 0)),
+    ("orange", (255, 160, 0)),
+    ("green", (0, 200, 0)),
+    ("purple", (140, 60, 255)),
+    ("pink", (255, 140, 200)),
+    ("lime", (170, 255, 0)),
 )
 
 
