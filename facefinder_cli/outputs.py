@@ -242,6 +242,18 @@ def _pipe_broke() -> None:
     close_stdout_quietly()
 
 
+def stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe or socket whose reader has gone (poll says POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(1, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll (Windows) or no descriptor 1
+        return False
+
+
 def close_stdout_quietly() -> None:
     """Point descriptor 1 at /dev/null, so that what is still buffered for a standard output
     whose reader went away is dropped without an error at exit."""

@@ -1048,6 +1048,17 @@ def test_11_messages_into_a_pipe_whose_reader_went_away(data, tmp_path, spawn):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["fit", "--help"]])
+def test_11_help_and_version_into_a_closed_pipe(tmp_path, args):
+    """``facefinder --help | true`` with the reader gone first: 141 quietly, as for data
+    (Click itself ended such a command with 1)."""
+    r, w = os.pipe()
+    os.close(r)
+    done = run([*FF, *args], tmp_path, stdout=w, stderr=subprocess.PIPE, capture_output=False)
+    os.close(w)
+    assert done.returncode == 141 and text(done.stderr) == "", (done.returncode, done.stderr)
+
+
 def test_11_messages_to_a_full_device_or_a_stalled_reader_are_dropped(data, tmp_path):
     """Standard error that cannot take messages (``2>/dev/full``; a full non-blocking pipe
     whose reader stalls) only loses them: writes never fail, a stall costs one wait."""

@@ -523,6 +523,11 @@ class Group(click.Group):
             return stop.exit_code
         except BrokenPipeError:
             return 141
+        except SystemExit as done:  # Click's own end when --help or --version met a closed pipe
+            if done.code != 1 or not outputs.stdout_reader_gone():
+                raise
+            outputs.close_stdout_quietly()
+            return 141
 
     def _finish(self, code: int) -> int:
         """Flush standard output; 141, quietly, if its reader went away."""
