@@ -193,8 +193,8 @@ def test_hard_and_monte_carlo_em_are_not_accelerated(scenes):
 def test_the_command_line_chooses_and_records_acceleration(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ok("generate", "-n", 30, "--size", "20x24", "--face-size", "8x8", "--noise", 40, "-o", "d")
-    ok("fit", "d", "--face-size", "8x8", "-o", "fast", "-q")
-    ok("fit", "d", "--face-size", "8x8", "-o", "plain", "--accelerate", "none", "-q")
+    ok("fit", "d", "--face-size", "8x8", "-o", "fast", "-q", "--no-plots")
+    ok("fit", "d", "--face-size", "8x8", "-o", "plain", "--accelerate", "none", "-q", "--no-plots")
     for run, accelerated in (("fast", True), ("plain", False)):
         with open(f"{run}/history.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -205,13 +205,24 @@ def test_the_command_line_chooses_and_records_acceleration(tmp_path, monkeypatch
             np.testing.assert_array_equal(z["passes"], passes)
     for run, accelerated in (("fast", True), ("plain", False)):
         flag = [] if accelerated else ["--accelerate", "none"]
-        r = ok("fit", "d", "--face-size", "8x8", "-o", run, "--overwrite", "--json", *flag)
+        r = ok(
+            "fit",
+            "d",
+            "--face-size",
+            "8x8",
+            "-o",
+            run,
+            "--overwrite",
+            "--json",
+            "--no-plots",
+            *flag,
+        )
         summary = json.loads(r.stdout)
         with open(f"{run}/history.csv", newline="") as f:
             last = list(csv.DictReader(f))[-1]
         assert summary["accelerated"] is accelerated
         assert summary["passes"] == int(last["passes"])
-    r = ok("fit", "d", "--face-size", "8x8", "-o", "short", "--max-iter", 1)
+    r = ok("fit", "d", "--face-size", "8x8", "-o", "short", "--max-iter", 1, "--no-plots")
     assert "nats per image and pixel below the optimum; --tol is 1e-07" in r.stderr
     r = cli(
         "fit", "d", "--face-size", "8x8", "-o", "h", "--method", "hard", "--accelerate", "squarem"

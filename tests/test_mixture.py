@@ -473,13 +473,23 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     with np.load(run / "result.npz") as z:
         np.testing.assert_allclose([float(h["elbo"]) for h in history], z["elbo"], rtol=1e-15)
         assert np.all(np.diff(z["seconds"]) >= 0) and len(z["seconds"]) == len(z["elbo"])
-    r = cli("fit", three_folder / "imgs", "--init-from", run, "-o", tmp_path / "one")
+    r = cli("fit", "--no-plots", three_folder / "imgs", "--init-from", run, "-o", tmp_path / "one")
     assert r.exit_code == 1 and "a fit of 3 faces (fit --faces)" in r.stderr
     assert "give --faces 3" in r.stderr
     r = cli("detect", run, three_folder / "imgs", "--scheduler", "local:1")
     assert r.exit_code == 2 and "on this machine only" in r.stderr
     # a one-face run folder may be replaced by one of several faces, and back
-    ok("fit", three_folder / "imgs", "--face-size", "12x10", "-o", run, "--overwrite", "-q")
+    ok(
+        "fit",
+        "--no-plots",
+        three_folder / "imgs",
+        "--face-size",
+        "12x10",
+        "-o",
+        run,
+        "--overwrite",
+        "-q",
+    )
     assert not (run / "face_2.png").exists()
 
 
@@ -731,10 +741,12 @@ def test_fit_faces_starts_from_a_run_or_truth_of_as_many_faces(three_folder, tmp
         (tmp_path / "t", 2, "holds 3 faces, not 2: give --faces 3"),
         (one_face, 3, "a fit or truth of one face: --faces 3 starts from a run or truth of 3"),
     ):
-        r = cli("fit", imgs, "--faces", faces, "--init-from", start, "-o", tmp_path / "x")
+        r = cli(
+            "fit", "--no-plots", imgs, "--faces", faces, "--init-from", start, "-o", tmp_path / "x"
+        )
         assert r.exit_code == 1 and message in r.stderr and len(r.stderr.splitlines()) == 1
-    r = cli("fit", imgs, "--faces", 3, "--init-from", truth, "--face-size", "10x10", "-o",
-            tmp_path / "x")  # fmt: skip
+    r = cli("fit", imgs, "--faces", 3, "--init-from", truth, "--face-size", "10x10",
+            "--no-plots", "-o", tmp_path / "x")  # fmt: skip
     assert r.exit_code == 2 and "its faces are 12x10, not 10x10" in r.stderr
     assert not (tmp_path / "x").exists()
 
@@ -742,8 +754,8 @@ def test_fit_faces_starts_from_a_run_or_truth_of_as_many_faces(three_folder, tmp
 def test_fit_faces_refuses_a_truth_of_another_number_of_faces(three_folder, tmp_path):
     from helpers import cli
 
-    r = cli("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", 2, "--truth",
-            three_folder / "imgs" / "truth.npz", "-o", tmp_path / "run")  # fmt: skip
+    r = cli("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", 2, "--no-plots",
+            "--truth", three_folder / "imgs" / "truth.npz", "-o", tmp_path / "run")  # fmt: skip
     assert r.exit_code == 2 and "the truth of 3 faces, not 2" in r.stderr
 
 
@@ -764,7 +776,7 @@ def test_fit_faces_auto_chooses_three_and_writes_the_search(three_folder, tmp_pa
 
     from helpers import ok
 
-    r = ok("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", "auto",
+    r = ok("fit", "--no-plots", three_folder / "imgs", "--face-size", "12x10", "--faces", "auto",
            "--restarts", 2, "-o", tmp_path / "run", "--json")  # fmt: skip
     s = json.loads(r.stdout)
     assert s["faces"] == 3 and s["faces_search"]["chosen"] == 3 and s["faces_search"]["clear"]
@@ -779,8 +791,8 @@ def test_fit_faces_auto_chooses_three_and_writes_the_search(three_folder, tmp_pa
 def test_a_bad_number_of_faces_is_one_line(three_folder, tmp_path, value):
     from helpers import cli
 
-    r = cli("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", value, "-o",
-            tmp_path / "run")  # fmt: skip
+    r = cli("fit", three_folder / "imgs", "--face-size", "12x10", "--faces", value,
+            "--no-plots", "-o", tmp_path / "run")  # fmt: skip
     assert r.exit_code == 2 and "expected a number of faces from 1, or auto" in r.stderr
 
 
@@ -793,13 +805,17 @@ def test_review_edges_of_fit_faces(three_folder, tmp_path):
 
     imgs, truth = three_folder / "imgs", three_folder / "imgs" / "truth.npz"
     r = ok("fit", imgs, "--face-size", "12x10", "--faces", 3, "--max-iter", 0, "--restarts", 1,
-           "-o", tmp_path / "start", "--json")  # fmt: skip
+           "--no-plots", "-o", tmp_path / "start", "--json")  # fmt: skip
     assert json.loads(r.stdout)["n_iter"] == 0
-    r = cli("fit", imgs, "--face-size", "12x10", "--truth", truth, "-o", tmp_path / "one")
+    r = cli(
+        "fit", "--no-plots", imgs, "--face-size", "12x10", "--truth", truth, "-o", tmp_path / "one"
+    )
     assert r.exit_code == 2 and "the truth of 3 faces: fit with --faces 3" in r.stderr
-    r = cli("fit", imgs, "--init-from", truth, "-o", tmp_path / "one")
+    r = cli("fit", "--no-plots", imgs, "--init-from", truth, "-o", tmp_path / "one")
     assert r.exit_code == 1 and "the truth of 3 faces" in r.stderr
-    r = cli("fit", imgs, "--face-size", "12x10", "--faces", 2, "-o", tmp_path / "run.npz")
+    r = cli(
+        "fit", "--no-plots", imgs, "--face-size", "12x10", "--faces", 2, "-o", tmp_path / "run.npz"
+    )
     assert r.exit_code == 2 and "fit writes a folder" in r.stderr
     assert not (tmp_path / "one").exists() and not (tmp_path / "run.npz").exists()
 
@@ -851,16 +867,16 @@ def test_review_edges_of_faces_auto_and_damaged_runs(three_folder, tmp_path):
     one = tmp_path / "one"
     ok("generate", "-n", 40, "--noise", 25, "--face", three_folder / "a.png", "--size", "24x30",
        "--background", three_folder / "a.png", "-o", one, "-q")  # fmt: skip
-    r = ok("fit", one, "--face-size", "12x10", "--faces", "auto", "--restarts", 1, "--truth",
-           one / "truth.npz", "-o", tmp_path / "auto1", "--json")  # fmt: skip
+    r = ok("fit", one, "--face-size", "12x10", "--faces", "auto", "--restarts", 1, "--no-plots",
+           "--truth", one / "truth.npz", "-o", tmp_path / "auto1", "--json")  # fmt: skip
     s = json.loads(r.stdout)
     assert s["faces"] == 1 and s["truth"]["faces_right"] == 1.0
     few = tmp_path / "few"
     few.mkdir()
     for name in sorted(p.name for p in imgs.glob("*.tif"))[:3]:
         shutil.copy(imgs / name, few / name)
-    r = ok("fit", few, "--face-size", "12x10", "--faces", "auto", "--restarts", 1, "-o",
-           tmp_path / "few-run", "--json")  # fmt: skip
+    r = ok("fit", few, "--face-size", "12x10", "--faces", "auto", "--restarts", 1,
+           "--no-plots", "-o", tmp_path / "few-run", "--json")  # fmt: skip
     search = json.loads(r.stdout)["faces_search"]
     # one face per image scores best, as many as the images: the most it could try
     assert search["chosen"] == 3 and search["at_cap"] and not search["clear"]

@@ -106,7 +106,7 @@ def test_a_carriage_return_in_a_name_keeps_the_csv_rows(data):
     os.mkdir("cr")
     for k, name in enumerate(["cr\rx.tif", "plain.tif", "b.tif"]):
         os.link(Path(data) / f"img{k + 1:02d}.tif", Path("cr") / name)
-    ok("fit", "cr", *FIT, "-o", "run")
+    ok("fit", "--no-plots", "cr", *FIT, "-o", "run")
     ok("detect", "run", "cr", "-o", "d.csv")
     for table in ("run/positions.csv", "d.csv"):
         with open(table, newline="", encoding="utf-8") as f:
@@ -119,12 +119,12 @@ def test_a_carriage_return_in_a_name_keeps_the_csv_rows(data):
 
 def test_outputs_that_cannot_be_renamed_into_place_are_refused_first(data):
     os.mkdir("run")
-    line = one_error(cli("fit", data, *FIT, "-o", "run/."))
+    line = one_error(cli("fit", "--no-plots", data, *FIT, "-o", "run/."))
     assert "give the output its own name" in line
     long = "r" * 250  # a legal name, whose temporary would not be
-    ok("fit", data, *FIT, "-o", long)
+    ok("fit", "--no-plots", data, *FIT, "-o", long)
     assert os.path.isdir(long) and hidden_leftovers() == []
-    line = one_error(cli("fit", data, *FIT, "-o", "x" * 256))
+    line = one_error(cli("fit", "--no-plots", data, *FIT, "-o", "x" * 256))
     assert "the name is too long" in line
 
 
@@ -134,7 +134,19 @@ def test_outputs_that_cannot_be_renamed_into_place_are_refused_first(data):
 @pytest.fixture
 def checkpoint(data, monkeypatch):
     with stop_fit_at(monkeypatch, 2):
-        r = cli("fit", data, "--face-size", "8x8", "-o", "run", "--tol", "-1", "--max-iter", 5)
+        r = cli(
+            "fit",
+            "--no-plots",
+            data,
+            "--face-size",
+            "8x8",
+            "-o",
+            "run",
+            "--tol",
+            "-1",
+            "--max-iter",
+            5,
+        )
     assert r.exit_code == 130
     return Path("run/checkpoint.npz")
 
@@ -194,7 +206,7 @@ def test_an_interrupt_while_drawing_says_the_csv_was_written(data, monkeypatch):
 
 def _run(data) -> str:
     if not Path("run0").exists():
-        ok("fit", data, *FIT, "-o", "run0")
+        ok("fit", "--no-plots", data, *FIT, "-o", "run0")
     return "run0"
 
 
@@ -204,7 +216,9 @@ def _run(data) -> str:
 def test_resume_of_a_pattern_works_from_any_folder(data, monkeypatch, tmp_path):
     os.rename(data, "shots[1]")
     with stop_fit_at(monkeypatch, 1):
-        r = cli("fit", "shots[[]1]/*.tif", "--face-size", "8x8", "-o", "gr", "--tol", "-1")
+        r = cli(
+            "fit", "--no-plots", "shots[[]1]/*.tif", "--face-size", "8x8", "-o", "gr", "--tol", "-1"
+        )
     assert r.exit_code == 130, r.stderr
     os.mkdir("elsewhere")
     monkeypatch.chdir("elsewhere")
@@ -216,13 +230,15 @@ def test_resume_of_a_pattern_works_from_any_folder(data, monkeypatch, tmp_path):
 
 
 def test_json_is_strict(data):
-    r = ok("fit", data, *FIT, "-o", "run", "--json", "--truth", Path(data) / "truth.npz")
+    r = ok(
+        "fit", "--no-plots", data, *FIT, "-o", "run", "--json", "--truth", Path(data) / "truth.npz"
+    )
     assert "NaN" not in r.stdout
     json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json"))
 
 
 def test_an_error_about_a_path_with_a_line_break_is_one_line():
-    r = cli("fit", "no\nsuch", "--face-size", "8x8", "-o", "run")
+    r = cli("fit", "--no-plots", "no\nsuch", "--face-size", "8x8", "-o", "run")
     assert one_error(r) == "Error: no\\nsuch: no such file or folder"
 
 
@@ -249,7 +265,7 @@ def test_sighup_saves_the_fit_as_sigterm_does(data):
 
 
 def test_detect_never_writes_over_its_prior_file(data):
-    ok("fit", data, *FIT, "-o", "run")
+    ok("fit", "--no-plots", data, *FIT, "-o", "run")
     shape = np.load("run/result.npz")["prior"].shape
     np.save("p.npy", np.ones(shape))
     before = Path("p.npy").read_bytes()
@@ -258,7 +274,7 @@ def test_detect_never_writes_over_its_prior_file(data):
 
 
 def test_a_csv_inside_the_draw_folder_is_refused_first(data):
-    ok("fit", data, *FIT, "-o", "run")
+    ok("fit", "--no-plots", data, *FIT, "-o", "run")
     line = one_error(cli("detect", "run", data, "--draw", "boxed", "-o", "boxed/pos.csv"), 2)
     assert "inside the --draw folder boxed" in line
 
