@@ -181,14 +181,15 @@ class _Stderr(io.RawIOBase):
                 try:
                     if select.select([], [self._fd], [], self.BLOCKED_WAIT)[1]:
                         return os.write(self._fd, b)
-                except OSError:
+                except (OSError, ValueError):
                     pass
             self._stalled = True
             return len(b)  # dropped: a message is not worth a stalled fit
         except OSError:  # a reader gone, a full device, a terminal gone: messages are lost
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, self._fd)
-            os.close(null)
+            with suppress(OSError):  # (no descriptor left for /dev/null: lost all the same)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self._fd)
+                os.close(null)
             return len(b)
 
 
