@@ -11,16 +11,20 @@
 
 from __future__ import annotations
 
-import time
+import sys
 import timeit
 import warnings
+from pathlib import Path
 
 import numpy as np
 from scipy import fft as sfft
 
-from facefinder_cli import engine, synthetic
-from facefinder_cli.engine import model as M
-from facefinder_cli.engine.blas import one_blas_thread
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import best_of  # noqa: E402
+
+from facefinder_cli import engine, synthetic  # noqa: E402
+from facefinder_cli.engine import model as M  # noqa: E402
+from facefinder_cli.engine.blas import one_blas_thread  # noqa: E402
 
 
 def per_image(fn, n: int, *args) -> float:
@@ -51,20 +55,11 @@ def sums() -> None:
               f"| {way} |")  # fmt: skip
 
 
-def best(fn, repeat: int = 5) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def fft_floor(X: np.ndarray, workers: int) -> float:
     """Seconds of one ``rfft2`` and one ``irfft2`` of the stack ``X``."""
     xf = sfft.rfft2(X, workers=workers)
-    forward = best(lambda: sfft.rfft2(X, workers=workers))
-    return forward + best(lambda: sfft.irfft2(xf, s=X.shape[-2:], workers=workers))
+    forward = best_of(lambda: sfft.rfft2(X, workers=workers), 5)
+    return forward + best_of(lambda: sfft.irfft2(xf, s=X.shape[-2:], workers=workers), 5)
 
 
 def iterations() -> None:
