@@ -479,9 +479,9 @@ def test_fit_truth_errors_survive_an_interruption(data, monkeypatch):
 
     args = ["--face-size", "16x12", "--truth", data / "truth.npz", "--tol", "-1", "--max-iter", 4]
     args += ["--restarts", 2]
-    ok("fit", data, *args, "-o", "whole")
+    ok("fit", data, *args, "-o", "whole", "--no-plots")
     with stop_fit_at(monkeypatch, 2):  # in the first restart
-        r = cli("fit", data, *args, "-o", "cut")
+        r = cli("fit", data, *args, "-o", "cut", "--no-plots")
     assert r.exit_code == 130 and "saved in cut" in r.stderr
     # stopped again before the resumed fit's first report: its checkpoint kept, and said so
     # (found by review: "nothing was written", with the checkpoint there all the same)
@@ -1141,7 +1141,8 @@ def test_gap_is_measured_to_the_best_of_the_same_data(fitted, data):
 
 
 def test_not_converged_is_a_warning_in_cli_words(data):
-    r = ok("fit", data, "--face-size", "16x12", "--max-iter", "2", "--tol", "1e-12", "-o", "r")
+    r = ok("fit", data, "--face-size", "16x12", "--max-iter", 2, "--tol", "1e-12", "-o", "r",
+           "--no-plots")  # fmt: skip
     warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "--max-iter 2" in warning[0] and "--tol" in warning[0]
     with np.load("r/result.npz") as z:
@@ -1161,7 +1162,7 @@ def test_history_csv_and_result_npz_read_back_alike(fitted):
 def test_em_from_the_truth_and_split_background_errors(data, truth):
     # --init-from takes the truth (the yardstick for the best fit) as well as a run.
     t = Path(data) / "truth.npz"
-    ok("fit", data, "--init-from", t, "--truth", t, "-o", "from-truth")
+    ok("fit", data, "--init-from", t, "--truth", t, "-o", "from-truth", "--no-plots")
     with np.load("from-truth/result.npz") as z:
         seen, hidden = z["background_rmse_seen"], z["background_rmse_hidden"]
         everywhere = z["background_rmse"]
@@ -1186,7 +1187,8 @@ def test_pack_then_fit_streams_and_equals_the_folder_fit(data, fitted, monkeypat
     seen = []
     real_fit = engine.fit
     monkeypatch.setattr(engine, "fit", lambda X, *a, **k: seen.append(X) or real_fit(X, *a, **k))
-    ok("fit", "packed.npy", "--face-size", "16x12", "--truth", data / "truth.npz", "-o", "run")
+    truth = data / "truth.npz"
+    ok("fit", "packed.npy", "--face-size", "16x12", "--truth", truth, "-o", "run", "--no-plots")
     assert isinstance(seen[0], NpyReader)  # read chunk by chunk, never loaded whole
     # The TIFFs hold float32 values: the packed stack holds them exactly, the fit is the same.
     a, b = load_npz(fitted[0] / "result.npz"), load_npz(Path("run/result.npz"))
@@ -1196,10 +1198,11 @@ def test_pack_then_fit_streams_and_equals_the_folder_fit(data, fitted, monkeypat
 
 
 def test_fit_precision_threads_and_memory_limit_options(npy):
-    ok("fit", npy, "--face-size", "16x12", "-o", "a", "--max-iter", 5, "--workers", 1)
-    b = ok("fit", npy, "--face-size", "16x12", "-o", "b", "--max-iter", 5, "--memory-limit", "0")
+    short = ["--face-size", "16x12", "--max-iter", 5, "--no-plots"]  # (plots: tested elsewhere)
+    ok("fit", npy, *short, "-o", "a", "--workers", 1)
+    b = ok("fit", npy, *short, "-o", "b", "--memory-limit", "0")
     assert "note: the FFT cache held 0 of 60 images within --memory-limit" in b.stderr
-    ok("fit", npy, "--face-size", "16x12", "-o", "c", "--max-iter", 5, "--dtype", "float32")
+    ok("fit", npy, *short, "-o", "c", "--dtype", "float32")
     a, b, c = (load_npz(Path(d) / "result.npz") for d in "abc")
     np.testing.assert_array_equal(a["face"], b["face"])  # neither changes a result
     assert json.loads(str(c["settings"]))["dtype"] == "float32"
@@ -1240,7 +1243,7 @@ def test_pack_interrupted_says_so_and_exits_130_or_143(data, monkeypatch):
 
 def test_fit_streams_a_bool_stack(stack):
     np.save("mask.npy", stack > np.median(stack))
-    ok("fit", "mask.npy", "--face-size", "16x12", "-o", "run", "--max-iter", 3)
+    ok("fit", "mask.npy", "--face-size", "16x12", "-o", "run", "--max-iter", 3, "--no-plots")
     with np.load("run/result.npz") as z:  # the booleans read as 0 and 1
         assert 0 <= z["background"].min() and z["background"].max() <= 1
         assert z["n_iter"] == 3 and np.isfinite(z["elbo"]).all()

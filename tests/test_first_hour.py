@@ -50,7 +50,7 @@ def test_an_unquoted_pattern_leads_with_the_fix(tmp_path):
 
 
 def test_a_negative_tolerance_runs_max_iter_without_advice(data):
-    r = ok("fit", data, *FIT, "-o", "run", "--tol", "-1", "--max-iter", 4)
+    r = ok("fit", data, *FIT, "-o", "run", "--tol", "-1", "--max-iter", 4, "--no-plots")
     assert "warning" not in r.stderr and "--max-iter" not in r.stderr
     assert "ran 4 iterations in" in r.stderr
     with np.load("run/result.npz") as z:
@@ -59,7 +59,8 @@ def test_a_negative_tolerance_runs_max_iter_without_advice(data):
 
 
 def test_restarts_are_numbered_one_way(data):
-    r = ok("fit", data, *FIT, "-o", "run", "--restarts", 3, "--init", "random", "--json")
+    r = ok("fit", data, *FIT, "-o", "run", "--restarts", 3, "--init", "random", "--json",
+           "--no-plots")  # fmt: skip
     best = json.loads(r.stdout)["best_restart"]
     assert f"kept restart {best + 1} of 3 (best_restart {best} in --json and result.npz" in r.stderr
     with np.load("run/result.npz") as z:
@@ -95,23 +96,24 @@ def test_a_file_name_is_not_taken_for_a_folder(data):
 
 
 def test_the_input_itself_is_named_as_such(data):
-    ok("fit", data, *FIT, "-o", "run")
-    line = one_error(cli("fit", data, *FIT, "-o", data, "--overwrite"), 1)
+    ok("fit", data, *FIT, "-o", "run", "--no-plots")
+    line = one_error(cli("fit", data, *FIT, "-o", data, "--overwrite", "--no-plots"), 1)
     end = "is an input of this command; refusing to replace it, even with --overwrite"
     assert line == f"Error: {data}: {end}"
 
 
 def test_the_truth_of_generated_data_is_recognised(data):
-    r = ok("fit", data, *FIT, "-o", "run", "--max-iter", 2)
+    r = ok("fit", data, *FIT, "-o", "run", "--max-iter", 2, "--no-plots")
     assert "non-image" not in r.stderr
     assert f"fit --truth {Path(data) / 'truth.npz'}" in r.stderr
-    r = ok("fit", data, *FIT, "-o", "run2", "--max-iter", 2, "--truth", Path(data) / "truth.npz")
+    truth = Path(data) / "truth.npz"
+    r = ok("fit", data, *FIT, "-o", "run2", "--max-iter", 2, "--truth", truth, "--no-plots")
     assert "truth.npz" not in r.stderr.replace("--truth", "")
 
 
 def test_verbose_fit_says_more(data):
-    quiet = ok("fit", data, *FIT, "-o", "a", "--max-iter", 3)
-    loud = ok("fit", data, *FIT, "-o", "b", "--max-iter", 3, "-v")
+    quiet = ok("fit", data, *FIT, "-o", "a", "--max-iter", 3, "--no-plots")
+    loud = ok("fit", data, *FIT, "-o", "b", "--max-iter", 3, "-v", "--no-plots")
     lines = [line for line in loud.stderr.splitlines() if ", iteration " in line]
     assert len(lines) == 3 and "ELBO" in lines[0] and "noise std" in lines[0]
     assert len(loud.stderr.splitlines()) > len(quiet.stderr.splitlines())

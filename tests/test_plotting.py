@@ -68,7 +68,7 @@ def test_plot_elbo_by_passes_needs_runs_that_record_them(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     ok("generate", "-n", 20, "--size", "16x16", "--face-size", "6x6", "--noise", 30, "-o", "d")
-    ok("fit", "d", "--face-size", "6x6", "-o", "run", "-q")
+    ok("fit", "d", "--face-size", "6x6", "-o", "run", "-q", "--no-plots")
     ok("plot-elbo", "run", "--x", "passes", "-o", "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
