@@ -3,7 +3,7 @@ of the original study with the installed command-line tool and writes its report
 make finds nothing to do.
 
 It runs in a copy of experiments/ under a temporary folder, so the checkout stays clean, with
-the `facefinder` console script of the Python running the tests. About 30 s on 2 cores.
+the `facefinder` console script of the Python running the tests. About 20 s on 2 cores.
 """
 
 from __future__ import annotations
