@@ -295,9 +295,9 @@ def run_EM_with_restarts(
     tolerance, max_iter, use_MAP
         As in :func:`run_EM`.
     n_restarts : int
-        Restart 0 is the engine's default start (the one :func:`run_EM` uses), the others
-        anneal it, restart 2 on under random priors (``engine.fit(..., restarts=n_restarts)``;
-        see ``FitSettings.restarts``).
+        Restart 0 is the engine's default start (the one :func:`run_EM` uses); the others
+        start from its fit with the face window moved, or anneal it
+        (``engine.fit(..., restarts=n_restarts)``; see ``FitSettings.restarts``).
     seed : int, optional
         Restart ``r`` draws from child ``r`` of ``SeedSequence(seed)``: a seed repeats the run,
         and more restarts with one seed never end worse (soft EM).

@@ -70,7 +70,7 @@ def _assert_same(a, b):
 
 
 CASES = {
-    "soft": dict(restarts=2, seed=1, max_iter=6),  # accelerated, the second restart annealed
+    "soft": dict(restarts=2, seed=1, max_iter=6),  # accelerated; the second restart moved
     "hard": dict(method="hard", init="smooth", seed=2),
     "mc": dict(method="mc", seed=3, max_iter=12),  # the same draws, made on the client
 }

@@ -208,3 +208,23 @@ def test_resume_refuses_other_options_and_missing_checkpoints(tmp_path, stack):
         FF + ["fit", "--resume", str(tmp_path), "--max-iter", "3"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "--max-iter" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_moved_restarts_resume_bit_for_bit_through_a_checkpoint_file(data, tmp_path):
+    """Restarts 1 and 3 of the median start begin from restart 0's fit (its positions): from a
+    checkpoint file, whose finished restarts come back from disk, they are built the same."""
+    from facefinder_cli import runs
+
+    kw = dict(restarts=4, seed=5, max_iter=6)  # restarts 1 and 3 moved, 2 annealed
+    seen = []
+    whole = quiet_fit(data.images, (16, 16), callback=lambda p: seen.append(p.checkpoint), **kw)
+    assert [int(h.passes[0]) for h in whole.restarts] == [0, 1, E.ANNEAL_PASSES, 1]
+    for where in ((1, 0), (2, 0), (3, 0), (3, 2)):
+        cp = next(c for c in seen if (c.restart, c.iteration) == where)
+        runs.save_checkpoint(tmp_path / "checkpoint.npz", cp, {}, {})
+        back = runs.load_checkpoint(tmp_path / "checkpoint.npz")[0]
+        again = quiet_fit(data.images, back.settings, resume=back)
+        for name in SAME:
+            np.testing.assert_array_equal(getattr(again, name), getattr(whole, name), name)
+        for a, b in zip(again.restarts, whole.restarts):
+            np.testing.assert_array_equal(a.elbo, b.elbo)

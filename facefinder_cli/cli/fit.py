@@ -166,9 +166,10 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     type=click.IntRange(min=1),
     default=DEFAULTS["restarts"],
     show_default=True,
-    help="Starts, the one with the best log-likelihood kept. With --init median, later starts "
-    "anneal the first (40 more passes each; often a better fit when the images are few for "
-    "the noise), the third on under a random prior over positions.",
+    help="Starts, the one with the best log-likelihood kept. With --init median, the 2nd and "
+    "4th to 6th start from the 1st's fit with the face window moved two pixels diagonally, "
+    "the 3rd anneals the 1st start (40 more passes), the 7th on anneal it under a random "
+    "prior over positions: often a better fit when the images are few for the noise.",
 )
 @click.option(
     "--max-iter",

@@ -474,20 +474,63 @@ def _run(
     )
 
 
+#: Restarts of the ``median`` start that begin from restart 0's fit with its face window moved
+#: by (rows, columns) (see :func:`_shifted`); the others anneal (see :func:`_start`).
+SHIFTS = {1: (2, 2), 3: (-2, -2), 4: (2, -2), 5: (-2, 2)}
+
+
 def _start(
-    data: _Data, init: str, rng: np.random.Generator, restart: int, given: dict
+    data: _Data,
+    init: str,
+    rng: np.random.Generator,
+    restart: int,
+    given: dict,
+    first: Any = None,
 ) -> tuple[Params, int]:
-    """Where restart ``restart`` starts, and the passes over the images that took. The
-    ``median`` start's restarts anneal it (see ``_anneal``): restart 1 as it is, later ones
-    under a random prior each, then take back any given face, background or noise std (the
+    """Where restart ``restart`` starts, and the passes over the images that took.
+
+    The ``median`` start's restarts (none of it given): 1, 3, 4 and 5 start from restart 0's
+    fit ``first`` (its ``positions``) with the face window moved by ``SHIFTS[restart]``
+    (:func:`_shifted`); 2 anneals the start (see ``_anneal``), 6 and later anneal it under a
+    random prior each. With part of the start given, every restart anneals (1 as it is, later
+    ones under a random prior), then takes back the given face, background or noise std (the
     given values are the start's; the rest is annealed). The study's starts draw their own,
     and a start given whole is used as it is."""
     params = _initialize(data, init, rng, given)
     if restart == 0 or init != "median" or _given_whole(given):
         return params, 0
+    if not given and restart in SHIFTS:
+        return _shifted(data, first, SHIFTS[restart], params.prior), 1
     kept = {k: getattr(params, k) for k in _START_PARTS if given.get(k) is not None}
-    annealed = _anneal(data, params, rng if restart >= 2 else None)
+    annealed = _anneal(data, params, rng if restart >= (2 if given else 3) else None)
     return replace(annealed, **kept), ANNEAL_PASSES
+
+
+def _shifted(data: _Data, first: Any, shift: tuple[int, int], prior: np.ndarray) -> Params:
+    """A start a window over from a fit ``first`` (a :class:`RestartResult`): the face the mean
+    of the images' windows at its ``positions`` moved by ``shift`` (kept inside the images),
+    its background and noise std, under ``prior``. One pass over the images.
+
+    A fit can settle with its window on part of the face and a strip of background, or on a
+    pattern of the background that the faces partly cover; a start from windows two pixels
+    over (diagonally) lets EM find another registration of the same images. Measured on the
+    36 data sets of ``benchmarks/bench_convergence.py``: docs/INITIALISATION.md."""
+    h, w = data.h, data.w
+    moved = np.asarray(first.positions, dtype=np.intp) + np.asarray(shift, dtype=np.intp)
+    np.clip(moved[:, 0], 0, data.Dh - 1, out=moved[:, 0])
+    np.clip(moved[:, 1], 0, data.Dw - 1, out=moved[:, 1])
+
+    def chunk(a: int, b: int) -> np.ndarray:
+        x, _ = data.chunk_data(a, b)
+        windows = np.lib.stride_tricks.sliding_window_view(x, (h, w), axis=(1, 2))
+        picked = windows[np.arange(b - a), moved[a:b, 0], moved[a:b, 1]]
+        return picked.sum(axis=0, dtype=np.float64)
+
+    total = np.zeros((h, w))
+    for _, _, part in data.map(chunk):
+        total += part
+    fitted = first.params
+    return Params(total / data.K + data.offset, fitted.background, fitted.noise_std, prior)
 
 
 def initialize(
@@ -507,8 +550,11 @@ def initialize(
     init : {"median", "zeros", "bright", "random", "smooth"}
         ``median`` (the default of :func:`fit`): the per-pixel median of the images as the
         background, a robust noise std, and a face that favours no position (see
-        ``_init_median``); its restarts anneal it (``ANNEAL_PASSES`` passes over the images;
-        restart 1 as it is, later ones under a random prior). The study's starts, on the
+        ``_init_median``). Its restarts 1, 3, 4 and 5 start from restart 0's fit with the face
+        window moved two pixels diagonally (``SHIFTS``; here restart 0 is fitted with the
+        default settings to build them), restart 2 anneals the median start (``ANNEAL_PASSES``
+        passes over the images) and later ones anneal it under a random prior. The study's
+        starts, on the
         0..255 scale: ``zeros`` (F = B = 0, s = 1), ``bright`` (F = B = 255, s = 255),
         ``random`` (F, B uniform on 0..255, s exponential with mean 10), ``smooth`` (F and B
         from Gaussian-filtered random images, s their residual std). All start from a
@@ -518,7 +564,12 @@ def initialize(
     """
     data = _Data(X, face_shape, cache_fft=False)
     child = _seed_child(_seed_sequence(seed), restart)
-    return _start(data, init, np.random.default_rng(child), restart, {})[0]
+    first = None
+    if init == "median" and restart in SHIFTS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            first = fit(X, face_shape, init=init)  # (restart 0 of the median start: no draws)
+    return _start(data, init, np.random.default_rng(child), restart, {}, first)[0]
 
 
 def fit(
@@ -670,7 +721,8 @@ def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> F
             t0 -= resume.seconds[-1]
             state = replace(resume, rng_state={})
         else:
-            params, start_passes = _start(data, settings.init, rng, r, given)
+            first = runs[0] if runs else None
+            params, start_passes = _start(data, settings.init, rng, r, given, first)
             state = Checkpoint(
                 settings=settings,
                 start=start,
