@@ -882,6 +882,11 @@ def load_truth(path: str | os.PathLike) -> Truth:
 CHECKPOINT = "checkpoint.npz"
 
 
+#: How later restarts start (see ``engine.loop._start``), as checkpoints record it: a fit of
+#: several restarts from a checkpoint without it began under another scheme.
+RESTART_STARTS = "moved-windows"
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     state: Checkpoint,
@@ -922,6 +927,7 @@ def save_checkpoint(
         "extra": json.dumps(extra, sort_keys=True),
         "n_finished": len(state.finished),
         "version": __version__,
+        "restart_starts": RESTART_STARTS,
         **_params_arrays("", state.params),
     }
     for i, done in enumerate(state.finished):
@@ -969,6 +975,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             OVERWRITE,
         )
     saved, engine_fields = _saved_settings(z, p)
+    several = int(saved.get("restarts", 1)) > 1 and saved.get("init", "median") == "median"
+    if several and "restart_starts" not in z:
+        raise InputError(
+            f"{p}: a checkpoint of facefinder {z.get('version', '< 0.1')}, whose later restarts "
+            "started otherwise, which this version cannot resume: fit again with ",
+            OVERWRITE,
+        )
     with _reading_checkpoint(p):
         finished = []
         for i in range(int(z["n_finished"])):

@@ -139,3 +139,38 @@ def test_initialize_gives_the_start_of_a_moved_restart(hard):
     alone = E.initialize(X, (16, 16), seed=5, restart=1)  # fits restart 0 itself
     for f in ("face", "background", "noise_std", "prior"):
         np.testing.assert_array_equal(getattr(alone, f), getattr(start, f), f)
+
+
+def test_a_face_as_tall_as_the_images_moves_along_the_rows_only_and_never_twice():
+    data = S.make_dataset(S.cartoon_face(14, 8), S.texture("clouds", (14, 24), seed=1), 60, 60.0,
+                          seed=5)  # fmt: skip
+    seen = []
+    r = quiet_fit(data.images, (14, 8), restarts=6, seed=1, max_iter=4, callback=seen.append)
+    # restarts 1 and 3 move the window by 2 and -2 columns; 4 and 5 would repeat them: annealed
+    passes = [int(h.passes[0]) for h in r.restarts]
+    assert passes == [0, 1, E.ANNEAL_PASSES, 1, E.ANNEAL_PASSES, E.ANNEAL_PASSES]
+    starts = [p.params.face for p in seen if p.iteration == 0]
+    for i, j in ((1, 0), (3, 0), (3, 1)):  # two moves, two other windows
+        assert not np.allclose(starts[i], starts[j]), (i, j)
+
+
+def test_every_pass_is_reported_the_moved_start_too(hard):
+    X = hard.images[:30]
+    passes = []
+    for n in (1, 2):
+        done: list[int] = []
+        quiet_fit(X, (16, 16), restarts=n, seed=2, max_iter=3, on_chunk=lambda d, k, done=done:
+                  done.append(d))  # fmt: skip
+        passes.append(done.count(len(X)))
+    r = quiet_fit(X, (16, 16), restarts=2, seed=2, max_iter=3)
+    # restart 1: its start's pass, its iterations' passes and its final (held-out) pass
+    assert passes[1] - passes[0] == int(r.restarts[1].passes[-1]) + 1
+
+
+def test_none_in_a_given_start_is_not_given(hard):
+    X = hard.images[:30]
+    kw = dict(restarts=2, seed=2, max_iter=2)
+    plain = quiet_fit(X, (16, 16), **kw)
+    nones = quiet_fit(X, (16, 16), init_params={"prior": None, "face": None}, **kw)
+    np.testing.assert_array_equal(nones.face, plain.face)
+    assert [int(h.passes[0]) for h in nones.restarts] == [0, 1]

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,24 @@ def test_moved_restarts_resume_bit_for_bit_through_a_checkpoint_file(data, tmp_p
             np.testing.assert_array_equal(getattr(again, name), getattr(whole, name), name)
         for a, b in zip(again.restarts, whole.restarts):
             np.testing.assert_array_equal(a.elbo, b.elbo)
+
+
+def test_a_checkpoint_from_before_the_moved_restarts_is_refused_in_one_line(data, tmp_path):
+    from facefinder_cli import runs
+
+    seen = []
+    quiet_fit(data.images, (16, 16), restarts=2, seed=5, max_iter=2,
+              callback=lambda p: seen.append(p.checkpoint))  # fmt: skip
+    path = tmp_path / "checkpoint.npz"
+    runs.save_checkpoint(path, seen[-1], {}, {})
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "restart_starts"}  # as earlier versions wrote
+    np.savez(path, **arrays)
+    with pytest.raises(runs.InputError, match="whose later restarts started otherwise"):
+        runs.load_checkpoint(path)
+    one = [c for c in seen if c.restart == 0][-1]  # one restart: nothing started otherwise
+    runs.save_checkpoint(path, replace(one, settings=replace(one.settings, restarts=1)), {}, {})
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "restart_starts"}
+    np.savez(path, **arrays)
+    assert runs.load_checkpoint(path)[0].settings.restarts == 1

@@ -162,6 +162,7 @@ def test_checkpoints_of_the_previous_format_and_damaged_ones_are_named(scene, tm
             "not numbers",
         ),  # fmt: skip
         (lambda a: {**a, "finished0_n_iter": 99}, "iterations are out of range"),
+        (lambda a: {**a, "finished0_positions": a["finished0_positions"] + 99}, "out of range"),
         (lambda a: {**a, "prior_fixed_until": 9}, "when the prior was held"),
         (lambda a: {**a, "data_fingerprint": _more_sums(a)}, "record of its images is damaged"),
     ],

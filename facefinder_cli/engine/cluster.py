@@ -185,6 +185,11 @@ class _Remote:
     def __init__(self, fields: dict) -> None:
         self.__dict__.update(fields)
 
+    def chunk_images(self, a: int, b: int) -> np.ndarray:
+        chunk = _CURRENT.get()
+        assert (a, b) == (chunk.a, chunk.b), "another chunk's images"
+        return chunk.x
+
     def chunk_data(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         chunk = _CURRENT.get()
         assert (a, b) == (chunk.a, chunk.b), "another chunk's images"
@@ -294,6 +299,8 @@ class _ClusterData(_Data):
 
     def chunk_data(self, a: int, b: int):
         raise RuntimeError("the chunks of a fit on a cluster are on its workers")
+
+    chunk_images = chunk_data
 
     def map(self, fn: Callable, extra: Callable[[int, int], object] | None = None):
         """As :meth:`_Data.map`, on the workers: ``fn`` is sent once, runs where each block of

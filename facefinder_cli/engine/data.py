@@ -207,6 +207,10 @@ class _Data:
         x = np.subtract(self.X[a:b], self.offset, dtype=np.float64)
         return x.astype(dtype, copy=False)
 
+    def chunk_images(self, a: int, b: int) -> np.ndarray:
+        """Chunk ``[a, b)``'s shifted images in ``dtype``, without their spectra."""
+        return self._read(a, b, self.dtype)
+
     def chunk_data(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Chunk ``[a, b)``: the shifted images in ``dtype`` and their spectra."""
         x = self._read(a, b, self.dtype)

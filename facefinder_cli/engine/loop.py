@@ -76,7 +76,8 @@ class RestartHistory:
     with ``tol`` after iteration ``t`` (see :class:`FitSettings`; ``gain[0]`` is NaN).
     ``seconds[t]`` is the time since the start
     (``seconds[0]``: the initialisation) and ``passes[t]`` the passes over the images made
-    by then (``passes[0]``: those of the start, 0 unless it was annealed; plain EM makes one
+    by then (``passes[0]``: those of the start: 0, 1 for a moved window, ``ANNEAL_PASSES``
+    when annealed; plain EM makes one
     per iteration, accelerated EM two or three).
     The prior was held fixed in the first ``prior_fixed_until`` iterations.
     """
@@ -285,6 +286,13 @@ def _damaged(cp: Checkpoint, data: _Data) -> str | None:
         h = done.history
         if np.shape(done.positions) != (data.K, 2) or np.shape(done.probability) != (data.K,):
             return "a finished restart's positions do not match the images"
+        positions = np.asarray(done.positions)
+        if not (
+            positions.dtype.kind in "iu"
+            and (positions >= 0).all()
+            and (positions < (data.Dh, data.Dw)).all()
+        ):
+            return "a finished restart's positions are out of range"
         if np.shape(done.unidentified) != (data.H, data.W):
             return "a finished restart's unidentified background pixels have the wrong shape"
         n = h.n_iter + 1
@@ -479,6 +487,19 @@ def _run(
 SHIFTS = {1: (2, 2), 3: (-2, -2), 4: (2, -2), 5: (-2, 2)}
 
 
+def _move(data: _Data, restart: int) -> tuple[int, int] | None:
+    """The move of restart ``restart``'s window (``SHIFTS``), along the axes with more than one
+    position; None where it is no move, or an earlier restart's (a face as tall or as wide as
+    the images: such a restart anneals under a random prior instead)."""
+
+    def along(move: tuple[int, int]) -> tuple[int, int]:
+        return (move[0] if data.Dh > 1 else 0, move[1] if data.Dw > 1 else 0)
+
+    move = along(SHIFTS[restart])
+    earlier = {along(m) for r, m in SHIFTS.items() if r < restart}
+    return None if move == (0, 0) or move in earlier else move
+
+
 def _start(
     data: _Data,
     init: str,
@@ -491,7 +512,8 @@ def _start(
 
     The ``median`` start's restarts (none of it given): 1, 3, 4 and 5 start from restart 0's
     fit ``first`` (its ``positions``) with the face window moved by ``SHIFTS[restart]``
-    (:func:`_shifted`); 2 anneals the start (see ``_anneal``), 6 and later anneal it under a
+    (:func:`_shifted`; where that is no move or an earlier one, see :func:`_move`, they anneal
+    under a random prior); 2 anneals the start (see ``_anneal``), 6 and later anneal it under a
     random prior each. With part of the start given, every restart anneals (1 as it is, later
     ones under a random prior), then takes back the given face, background or noise std (the
     given values are the start's; the rest is annealed). The study's starts draw their own,
@@ -499,10 +521,12 @@ def _start(
     params = _initialize(data, init, rng, given)
     if restart == 0 or init != "median" or _given_whole(given):
         return params, 0
-    if not given and restart in SHIFTS:
-        return _shifted(data, first, SHIFTS[restart], params.prior), 1
+    move = _move(data, restart) if not given and restart in SHIFTS else None
+    if move is not None:
+        return _shifted(data, first, move, params.prior), 1
     kept = {k: getattr(params, k) for k in _START_PARTS if given.get(k) is not None}
-    annealed = _anneal(data, params, rng if restart >= (2 if given else 3) else None)
+    tilted = restart >= (2 if given else 3) or restart in SHIFTS
+    annealed = _anneal(data, params, rng if tilted else None)
     return replace(annealed, **kept), ANNEAL_PASSES
 
 
@@ -521,14 +545,15 @@ def _shifted(data: _Data, first: Any, shift: tuple[int, int], prior: np.ndarray)
     np.clip(moved[:, 1], 0, data.Dw - 1, out=moved[:, 1])
 
     def chunk(a: int, b: int) -> np.ndarray:
-        x, _ = data.chunk_data(a, b)
+        x = data.chunk_images(a, b)
         windows = np.lib.stride_tricks.sliding_window_view(x, (h, w), axis=(1, 2))
         picked = windows[np.arange(b - a), moved[a:b, 0], moved[a:b, 1]]
         return picked.sum(axis=0, dtype=np.float64)
 
     total = np.zeros((h, w))
-    for _, _, part in data.map(chunk):
+    for _, b, part in data.map(chunk):
         total += part
+        data.report(b)
     fitted = first.params
     return Params(total / data.K + data.offset, fitted.background, fitted.noise_std, prior)
 
@@ -541,7 +566,8 @@ def initialize(
     seed: int | np.random.SeedSequence | None = None,
     restart: int = 0,
 ) -> Params:
-    """The parameters restart ``restart`` of :func:`fit` starts from with ``init``.
+    """The parameters restart ``restart`` of :func:`fit` with ``init`` and otherwise default
+    settings starts from.
 
     Parameters
     ----------

@@ -52,8 +52,8 @@ def _init_median(data: _Data, prior: np.ndarray) -> Params:
     The face moves and the background does not, so the background is the per-pixel median of
     the images and the noise std a robust spread (MAD) of the residuals. The face starts as what
     the first M-step would give if every image's posterior were the prior: the prior-weighted
-    average of the mean image's windows, a blur that favours no position. (Restarts anneal
-    it: see ``loop._start``.)
+    average of the mean image's windows, a blur that favours no position. (Later restarts move
+    its fit's window or anneal it: see ``loop._start``.)
     """
     background, noise = data.median_background
     mean = data.sum_x / data.K + data.offset
@@ -102,7 +102,7 @@ def _given(init_params: Params | dict | None) -> dict:
     unknown = set(init_params) - {"face", "background", "noise_std", "prior"}
     if unknown:
         raise ValueError(f"init_params has unknown keys {sorted(unknown)}")
-    return dict(init_params)
+    return {k: v for k, v in init_params.items() if v is not None}  # (None: not given)
 
 
 def _seed_sequence(seed: int | np.random.SeedSequence | None) -> np.random.SeedSequence:
