@@ -975,7 +975,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
             OVERWRITE,
         )
     saved, engine_fields = _saved_settings(z, p)
-    several = int(saved.get("restarts", 1)) > 1 and saved.get("init", "median") == "median"
+    restarts = saved.get("restarts")  # (its type is checked with the other settings below)
+    several = isinstance(restarts, int) and restarts > 1 and saved.get("init") == "median"
     if several and "restart_starts" not in z:
         raise InputError(
             f"{p}: a checkpoint of facefinder {z.get('version', '< 0.1')}, whose later restarts "
