@@ -96,6 +96,13 @@ def main() -> None:
     ap.add_argument("--images", default="100,500,1500")
     ap.add_argument("--scenes", type=int, default=len(scenes()), help="use the first N scenes")
     ap.add_argument("--long", type=int, default=3000, help="iterations of the long plain runs")
+    ap.add_argument(
+        "--data-seed",
+        type=int,
+        default=100,
+        help="scene i's images are drawn with seed DATA_SEED + i (other values: fresh data sets "
+        "to check a choice made on the default ones)",
+    )
     args = ap.parse_args()
     warnings.simplefilter("ignore", engine.ConvergenceWarning)
     noises = [float(v) for v in args.noise.split(",")]
@@ -105,7 +112,7 @@ def main() -> None:
     for noise in noises:
         for K in sizes:
             for i, (name, (face, background)) in enumerate(chosen.items()):
-                data = synthetic.make_dataset(face, background, K, noise, seed=100 + i)
+                data = synthetic.make_dataset(face, background, K, noise, seed=args.data_seed + i)
                 X, n = data.images, data.images.size
 
                 def fit(X=X, **kw):
