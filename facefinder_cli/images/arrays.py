@@ -4,8 +4,6 @@ guessed (see :mod:`facefinder_cli.images.common`)."""
 
 from __future__ import annotations
 
-import math
-import os
 import zipfile
 from typing import Any
 
@@ -18,29 +16,11 @@ from facefinder_cli.images.common import (
     _listing,
     _stack_from_array,
 )
-from facefinder_cli.images.stacks import _bad_npy, _npy_header_info
+from facefinder_cli.images.stacks import _bad_npy, _npy_header_info, _npy_layout
 
 
 def _bad_npz(disp: str) -> str:
     return f"{disp}: cannot read .npz file (truncated or not a NumPy .npz file)"
-
-
-def _npy_layout(path: str, disp: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, Fortran order?, dtype, offset of the data) of a .npy file holding real numbers
-    in 2 or 3 dimensions, and long enough for its header's shape; else InputError."""
-    try:
-        with open(path, "rb") as f:
-            shape, fortran, dtype = _npy_header_info(f)
-            offset = f.tell()
-            size = os.fstat(f.fileno()).st_size
-    except OSError as err:
-        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
-    except Exception:
-        raise InputError(_bad_npy(disp)) from None
-    _check_kind(dtype, shape, disp, "array")
-    if size < offset + math.prod(shape) * dtype.itemsize:
-        raise InputError(_bad_npy(disp))
-    return shape, fortran, dtype, offset
 
 
 def _read_npy(

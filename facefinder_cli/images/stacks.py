@@ -39,6 +39,24 @@ def _bad_npy(disp: str) -> str:
     return f"{disp}: cannot read .npy file (truncated or not a NumPy .npy file)"
 
 
+def _npy_layout(path: str, disp: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, Fortran order?, dtype, offset of the data) of a .npy file holding real numbers
+    in 2 or 3 dimensions, and long enough for its header's shape; else InputError."""
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype = _npy_header_info(f)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except OSError as err:
+        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
+    except Exception:
+        raise InputError(_bad_npy(disp)) from None
+    _check_kind(dtype, shape, disp, "array")
+    if size < offset + math.prod(shape) * dtype.itemsize:
+        raise InputError(_bad_npy(disp))
+    return shape, fortran, dtype, offset
+
+
 def _read_at(fd: int, buf: memoryview, offset: int, lock: threading.Lock | None) -> bool:
     """Fill the byte buffer ``buf`` from ``offset`` of ``fd``, looping over short reads; False
     when the file ends first. ``lock`` (platforms without ``os.pread``) guards seek-and-read."""
@@ -276,14 +294,7 @@ def _read_names(npy_path: str, n: int, notes: list[str]) -> tuple[str, ...] | No
 def _stream_npy(path: str, disp: str, layout: str | None, notes: list[str]) -> NpyReader | None:
     """An NpyReader when the .npy file holds a C-ordered 3-D array in (K, H, W) layout (given or
     guessed); None when it must be read into memory instead."""
-    try:
-        with open(path, "rb") as f:
-            shape, fortran, dtype = _npy_header_info(f)
-    except OSError as err:
-        raise InputError(f"{disp}: cannot open ({err.strerror or err})") from None
-    except Exception:
-        raise InputError(_bad_npy(disp)) from None
-    _check_kind(dtype, shape, disp, "array")
+    shape, fortran, _, _ = _npy_layout(path, disp)
     if len(shape) != 3 or fortran:
         return None
     guessed: list[str] = []
