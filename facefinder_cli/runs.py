@@ -757,10 +757,21 @@ def _load_history(p: Path) -> Run:
     need = {"elbo", "log_likelihood", "seconds", "n_values"}
     if not rows or not need <= set(rows[0]):
         raise InputError(f"{p}: not a facefinder history (needs columns {', '.join(sorted(need))})")
+    for line, r in enumerate(rows, start=2):
+        if None in r or None in r.values():  # DictReader's marks of too many or too few
+            raise InputError(
+                f"{p}: line {line} does not have the header's {len(rows[0])} columns (truncated?)"
+            )
     try:
         col = {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k != "iteration"}
     except ValueError:
         raise InputError(f"{p}: a value in the history is not a number") from None
+    for k in ("elbo", "log_likelihood", "seconds"):
+        if not np.isfinite(col[k]).all():
+            raise InputError(f"{p}: column {k} holds a value that is not finite")
+    n = col["n_values"]
+    if not (n[0] >= 1 and n[0] == int(n[0]) and (n == n[0]).all()):
+        raise InputError(f"{p}: column n_values must hold one positive whole number")
     return Run(
         source=str(p),
         elbo=col["elbo"],

@@ -256,7 +256,11 @@ def test_detect_prior_options(small_run):
     os.mkdir("folder.npy")
     os.mkfifo("fifo.npy")
     os.symlink("loop.npy", "loop.npy")
+    vast = np.zeros(shape)
+    vast[0, :2] = 1e308  # each finite, their sum not
+    np.save("vast.npy", vast)
     for value, needle in (
+        ("vast.npy", "vast.npy: its values sum to more than the largest float; scale them down"),
         ("wrong.npy", f"shape (2, 2); the model's 16x12 face has {shape} positions"),
         ("objects.npy", "objects.npy: holds Python objects (dtype object), not numbers"),
         ("cut.npy", "cut.npy: not a NumPy .npy file (or its header is damaged)"),
@@ -271,7 +275,10 @@ def test_detect_prior_options(small_run):
         ("peaked", "expected smoothed, fitted, uniform or a .npy file"),
     ):
         r = cli("detect", run, small_run / "t16", "-o", "x.csv", "--prior", value)
-        assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.splitlines()) == 1
+        assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.splitlines()) == 1, (
+            value,
+            r.stderr,
+        )
         assert "pickle" not in r.stderr
     assert not os.path.exists("x.csv")
 

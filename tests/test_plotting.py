@@ -81,3 +81,41 @@ def test_plot_elbo_by_passes_needs_runs_that_record_them(tmp_path, monkeypatch):
     assert "does not record passes over the images" in r.stderr
     assert not (tmp_path / "q.png").exists()
     ok("plot-elbo", "old.csv", "--x", "iteration", "-o", "q.png")
+
+
+def test_plot_elbo_refuses_damaged_histories(tmp_path, monkeypatch):
+    """A truncated row, a value that is not finite, a count of values that is not a positive
+    whole number: one line naming the file, no plot (before: a TypeError, or exit 0 with an
+    empty or misleading plot)."""
+    from helpers import cli, ok
+
+    monkeypatch.chdir(tmp_path)
+    ok("generate", "-n", 20, "--size", "16x16", "--face-size", "6x6", "--noise", 30, "-o", "d")
+    ok("fit", "d", "--face-size", "6x6", "-o", "run", "-q", "--no-plots")
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    head = rows[0].split(",")
+
+    def with_value(column, value):
+        cells = [r.split(",") for r in rows[1:]]
+        for c in cells:
+            c[head.index(column)] = value
+        return "\n".join([rows[0], *(",".join(c) for c in cells)]) + "\n"
+
+    cases = {
+        "cut.csv": ("\n".join(rows)[: len(rows[0]) + len(rows[1]) + 12], "line 3 does not have"),
+        "inf.csv": (with_value("elbo", "inf"), "column elbo holds a value that is not finite"),
+        "nan.csv": (with_value("log_likelihood", "nan"), "column log_likelihood holds a value"),
+        "zero.csv": (with_value("n_values", "0"), "column n_values must hold one positive"),
+        "neg.csv": (with_value("n_values", "-5"), "column n_values must hold one positive"),
+    }
+    for name, (text, needle) in cases.items():
+        (tmp_path / name).write_text(text)
+        r = cli("plot-elbo", name, "-o", "p.png")
+        assert r.exit_code == 1 and r.stderr.splitlines() == [
+            f"Error: {name}: " + r.stderr.split(": ", 2)[2].rstrip()
+        ]
+        assert needle in r.stderr, r.stderr
+        assert not (tmp_path / "p.png").exists()
+    gains = with_value("gain", "inf")  # a gain may be inf or nan (no gain measured yet)
+    (tmp_path / "gain.csv").write_text(gains)
+    ok("plot-elbo", "gain.csv", "-o", "p.png")

@@ -456,11 +456,15 @@ def prior_file(value: str, shape: tuple[int, int], need: str) -> np.ndarray:
     if prior.shape != shape:
         raise click.BadParameter(f"{value}: shape {prior.shape}; {need}", param_hint="'--prior'")
     good = prior.dtype.kind in "biuf" and np.isfinite(prior).all()
-    if not good or (prior < 0).any() or not prior.sum() > 0:
+    with np.errstate(over="ignore"):
+        total = prior.sum(dtype=np.float64) if good else np.nan
+    if not good or (prior < 0).any() or not total > 0:
         raise click.BadParameter(
             f"{value}: not a distribution (values must be finite, non-negative, not all zero)",
             param_hint="'--prior'",
         )
+    if not np.isfinite(total):  # e.g. two entries of 1e308
+        raise refuse("its values sum to more than the largest float; scale them down")
     return prior.astype(np.float64)
 
 
