@@ -8,12 +8,13 @@ Every file and folder the tool writes goes through this module, and obeys these 
   (:func:`atomic_files`). On any error or interruption the temporaries are removed and the
   targets are as they were.
 * **Replaced only when asked, and only what the tool made.** An existing output is replaced
-  only with ``overwrite``, and then only when it is a regular file, or a folder this tool made
-  for the same purpose (:class:`FolderKind`: its marker file ``.facefinder`` names that
-  purpose; older runs are recognised by their ``result.npz`` or ``checkpoint.npz``) holding
-  only files the tool writes there. Never a symbolic link (the file it points to is not the
-  tool's), a block device or socket, a mount point, an input of the command, or a folder
-  holding one.
+  only with ``overwrite``, and then only when it is a file the tool wrote as that output (each
+  command says how to know one: :func:`check_file_target`'s ``ours``, e.g. a plot's creator
+  tag, a CSV's header), or a folder this tool made for the same purpose (:class:`FolderKind`:
+  its marker file ``.facefinder`` names that purpose; older runs are recognised by their
+  ``result.npz`` or ``checkpoint.npz``) holding only files the tool writes there. Never a
+  symbolic link (the file it points to is not the tool's), a block device or socket, a mount
+  point, an input of the command, or a folder holding one.
 * **Devices and FIFOs are written into**, as a shell redirection does: ``-o /dev/null`` works,
   and leaves ``/dev/null`` a device. ``-``, ``/dev/stdout``, ``/dev/fd/N`` and
   ``/proc/self/fd/N`` write to the descriptor the process already has.
@@ -80,6 +81,8 @@ __all__ = [
     "forget_broken_pipe",
     "inside",
     "is_facefinder_npz",
+    "is_facefinder_plot",
+    "first_line",
     "is_stdout",
     "is_stream",
     "repair_std_streams",
@@ -475,11 +478,17 @@ def _under(real: str, folder_real: str) -> bool:
 
 
 def check_file_target(
-    path: str | os.PathLike, overwrite: bool = False, *, keep: Sequence[str | os.PathLike] = ()
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    keep: Sequence[str | os.PathLike] = (),
+    ours: Callable[[str], bool] | None = None,
 ) -> None:
     """Raise :class:`InputError` unless a file may be written at ``path`` (see the module's
     rules). ``keep`` lists the command's inputs (files or folders): an existing file that is
-    one of them, or lies in one, is never replaced."""
+    one of them, or lies in one, is never replaced. ``ours(path)`` tells whether an existing
+    file is one the tool wrote as this output: with ``overwrite``, any other is refused (None:
+    any regular file may be replaced, for callers of the library that ask for it)."""
     p = os.fspath(path)
     kind = _kind(p)
     if kind in (_STDOUT, "descriptor", "device"):
@@ -492,6 +501,11 @@ def check_file_target(
                 raise InputError(f"{p}: is an input of this command; refusing to replace it")
         if not overwrite:
             raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
+        if ours is not None and not ours(p):
+            raise InputError(
+                f"{p}: not a file facefinder wrote as this output, so it is not replaced even "
+                "with ", OVERWRITE, "; move it away or choose another name"
+            )  # fmt: skip
     _check_parent(p)
 
 
@@ -514,6 +528,47 @@ def is_facefinder_npz(path: str) -> bool:
             return "version.npy" in z.namelist()
     except (OSError, zipfile.BadZipFile, ValueError):
         return False
+
+
+#: The creator that facefinder's plots name (PNG ``Software``, PDF and SVG ``Creator``), by
+#: which --overwrite knows them.
+CREATOR = "facefinder"
+
+
+def _ends(path: str, size: int = 1 << 16) -> bytes:
+    """The first ``size`` bytes of the file ``path`` and its last 4 KiB (b"" if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+            end = os.fstat(f.fileno()).st_size
+            if end > size:
+                f.seek(max(end - 4096, size))
+                head += f.read(4096)
+    except OSError:
+        return b""
+    return head
+
+
+def is_facefinder_plot(path: str) -> bool:
+    """Whether ``path`` is a PNG, PDF or SVG plot that facefinder drew (its creator tag)."""
+    data, me = _ends(path), CREATOR.encode()
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"tEXtSoftware\x00" + me in data.split(b"IDAT", 1)[0]
+    if data.startswith(b"%PDF"):
+        return b"/Creator (" + me in data
+    if b"<svg" in data[:4096]:
+        return re.search(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + me, data) is not None
+    return False
+
+
+def first_line(path: str) -> str | None:
+    """The first line of the text file ``path`` without its line ending (None if unreadable
+    or not UTF-8 text)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _made_here(folder: str, kind: FolderKind | None) -> bool:

@@ -61,8 +61,14 @@ def _figure(size: tuple[float, float]):
 
 
 def _save(fig, out: BinaryIO, fmt: str) -> None:
+    """``fig`` as ``fmt`` (png, svg or pdf), naming facefinder as its creator: --overwrite
+    replaces only plots that do (``outputs.is_facefinder_plot``)."""
+    from facefinder_cli import __version__
+    from facefinder_cli.outputs import CREATOR
+
+    key = "Software" if fmt == "png" else "Creator"
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt)
+    fig.savefig(buf, format=fmt, metadata={key: f"{CREATOR} {__version__}"})
     out.write(buf.getvalue())
 
 

@@ -691,9 +691,17 @@ def test_plot_elbo_refuses_an_existing_file_then_overwrites_it(fitted):
     r = cli("plot-elbo", run, "-o", "elbo.png")
     error_line(r, 1, "elbo.png", "--overwrite")
     assert Path("elbo.png").read_bytes() == b"old"
-    ok("plot-elbo", run, "-o", "elbo.png", "--overwrite")
+    # a file facefinder did not write is kept even with --overwrite: here a user's PNG
+    Path("elbo.png").write_bytes(PNG_SIGNATURE + b"a photo of mine")
+    r = cli("plot-elbo", run, "-o", "elbo.png", "--overwrite")
+    error_line(r, 1, "elbo.png: not a file facefinder wrote", "move it away")
+    assert Path("elbo.png").read_bytes() == PNG_SIGNATURE + b"a photo of mine"
+    os.remove("elbo.png")
+    for fmt in ("png", "svg", "pdf"):  # its own plots it replaces, in every format
+        ok("plot-elbo", run, "-o", f"elbo.{fmt}")
+        ok("plot-elbo", run, "-o", f"elbo.{fmt}", "--overwrite", "--title", "again")
     assert Path("elbo.png").read_bytes().startswith(PNG_SIGNATURE)
-    assert os.listdir(".") == ["elbo.png"]
+    assert sorted(os.listdir(".")) == ["elbo.pdf", "elbo.png", "elbo.svg"]
 
 
 def test_detect_refuses_an_existing_file_then_overwrites_it(fitted, npy):
@@ -702,7 +710,13 @@ def test_detect_refuses_an_existing_file_then_overwrites_it(fitted, npy):
     r = cli("detect", run, npy, "-o", "pos.csv")
     error_line(r, 1, "pos.csv", "--overwrite")
     assert Path("pos.csv").read_text() == "old"
-    ok("detect", run, npy, "-o", "pos.csv", "--overwrite")
+    r = cli("detect", run, npy, "-o", "pos.csv", "--overwrite")  # not detect's: kept
+    error_line(r, 1, "pos.csv: not a file facefinder wrote", "move it away")
+    assert Path("pos.csv").read_text() == "old"
+    os.remove("pos.csv")
+    ok("detect", run, npy, "-o", "pos.csv")
+    Path("pos.csv").write_text(Path("pos.csv").read_text().splitlines()[0] + "\nedited,1,2,3\n")
+    ok("detect", run, npy, "-o", "pos.csv", "--overwrite")  # detect's own (its header)
     assert len(read_csv(Path("pos.csv"))) == N
 
 
@@ -987,11 +1001,16 @@ def test_error_generate_refuses_existing_output(tmp_path):
     assert "s.npy" in line or "s.truth.npz" in line
     assert Path("s.npy").read_bytes() == old
     assert Path("s.truth.npz").read_bytes() == old_truth
-    os.remove("s.truth.npz")  # the stack alone is in the way: it is named, nothing is written
+    os.rename("s.truth.npz", "kept.npz")  # the stack alone is in the way: it is named
     r = cli("generate", *GEN, "--seed", 1, "-o", "s.npy")
     error_line(r, 1, "s.npy", "--overwrite")
-    assert sorted(os.listdir(tmp_path)) == ["s.npy"]
+    assert sorted(os.listdir(tmp_path)) == ["kept.npz", "s.npy"]
     assert Path("s.npy").read_bytes() == old
+    # without the truth written with it, nothing says the stack is generate's: kept
+    r = cli("generate", *GEN, "--seed", 1, "-o", "s.npy", "--overwrite")
+    error_line(r, 1, "s.npy: not a file facefinder wrote", "move it away")
+    assert Path("s.npy").read_bytes() == old
+    os.rename("kept.npz", "s.truth.npz")
     ok("generate", *GEN, "--seed", 1, "-o", "s.npy", "--overwrite")
     assert Path("s.npy").read_bytes() != old
 

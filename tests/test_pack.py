@@ -246,6 +246,35 @@ def test_existing_target_needs_overwrite():
     assert not os.path.exists("t.npy")
 
 
+def test_overwrite_replaces_only_what_pack_wrote():
+    """--overwrite replaces an .npy stack and the names file that fits it (K lines for K
+    images); a names file without its stack, or one that does not fit, is the user's: kept,
+    and so is the stack beside it, and anything that is not an .npy stack."""
+    png_folder(k=3)
+    mine = "my notes\n"
+    with open("t.names.txt", "w") as f:
+        f.write(mine)
+    with pytest.raises(InputError, match="^t.names.txt: not a file facefinder wrote"):
+        pack_stack("imgs", "t.npy", overwrite=True)
+    assert open("t.names.txt").read() == mine and not os.path.exists("t.npy")
+    np.save("t.npy", np.zeros((2, 2, 2)))  # two images, a names file of one line: not a pair
+    with pytest.raises(InputError, match="^t.npy: not a file facefinder wrote"):
+        pack_stack("imgs", "t.npy", overwrite=True)
+    assert open("t.names.txt").read() == mine
+    for data in (b"a photo", b"\x93NUMPY not really"):
+        with open("u.npy", "wb") as f:
+            f.write(data)
+        with pytest.raises(InputError, match="^u.npy: not a file facefinder wrote"):
+            pack_stack("imgs", "u.npy", overwrite=True)
+        assert open("u.npy", "rb").read() == data
+    np.save("flat.npy", np.zeros((2, 2)))  # a 2-D array is no stack pack writes
+    with pytest.raises(InputError, match="^flat.npy: not a file facefinder wrote"):
+        pack_stack("imgs", "flat.npy", overwrite=True)
+    pack_stack("imgs", "v.npy")
+    pack_stack("imgs", "v.npy", overwrite=True)  # its own pair: replaced
+    assert read_names("v.names.txt") == ["img1.png", "img2.png", "img3.png"]
+
+
 WRITES = "pack writes a .npy file or a .zarr folder; give a name ending in .npy or .zarr"
 
 
@@ -282,8 +311,10 @@ def test_target_is_the_source_file_and_bad_dtype():
 def test_pack_stack_files_default_names_write_no_names_file():
     arr = pixels(4, 5, 6).astype(np.float32)
     tifffile.imwrite("pages.tif", arr, photometric="minisblack")
-    with open("s.names.txt", "w") as f:
-        f.write("a\nb\nc\nd\n")  # stale: would name the new images wrongly
+    write_stack("old.npz", arr, names=["a", "b", "c", "d"])
+    pack_stack("old.npz", "s.npy")  # its names file would name the new images wrongly
+    assert read_names("s.names.txt") == ["a", "b", "c", "d"]
+    os.remove("old.npz")
     got = pack_stack("pages.tif", "s.npy", overwrite=True)
     assert got.names == tuple(f"pages.tif[{k}]" for k in range(4))
     assert listing() == ["pages.tif", "s.npy"]

@@ -148,7 +148,7 @@ def detect(
         )
     with outputs.claim(out, draw) as stale:
         note_stale(stale)
-        outputs.check_file_target(out, overwrite, keep=keep)
+        outputs.check_file_target(out, overwrite, keep=keep, ours=_written_by_detect)
         if draw:
             outputs.check_folder_target(draw, overwrite, keep=keep, kind=DRAW_FOLDER)
         stack = load(input, layout, skip_unreadable, stream=True)
@@ -228,6 +228,17 @@ class _Model:
     n_faces: int = 1
 
 
+#: The CSV's columns after the image's name, for a model of one face and of several.
+ONE_FACE_COLUMNS = ("row", "column", "probability")
+SEVERAL_FACES_COLUMNS = ("face", "row", "column", "probability", "face_probability")
+
+
+def _written_by_detect(path: str) -> bool:
+    """Whether ``path`` is a CSV that detect wrote (its header), which --overwrite replaces."""
+    heads = {",".join(("image", *c)) for c in (ONE_FACE_COLUMNS, SEVERAL_FACES_COLUMNS)}
+    return outputs.first_line(path) in heads
+
+
 def _one_face(run: runs.Run, params: engine.Params) -> _Model:
     return _Model(
         run.source,
@@ -235,7 +246,7 @@ def _one_face(run: runs.Run, params: engine.Params) -> _Model:
         run.params.face.shape,
         run.params.noise_std,
         lambda X, client: engine.detect(X, params, client=client),
-        ("row", "column", "probability"),
+        ONE_FACE_COLUMNS,
         lambda found: (
             (int(r), int(c), f"{p:.6g}") for (r, c), p in zip(found.positions, found.probability)
         ),
@@ -263,7 +274,7 @@ def _several_faces(source: str, params: engine.MixtureParams) -> _Model:
         params.faces.shape[1:],
         params.noise_std,
         lambda X, client: engine.detect_mixture(X, params),
-        ("face", "row", "column", "probability", "face_probability"),
+        SEVERAL_FACES_COLUMNS,
         rows,
         f"one of {N} faces",
         counts,

@@ -182,8 +182,10 @@ def generate(
     with outputs.claim(out, truth_path if stack_file else None) as stale:
         note_stale(stale)
         if stack_file:
-            outputs.check_file_target(out, overwrite, keep=keep)
-            outputs.check_file_target(truth_path, overwrite, keep=keep)
+            # a stack file is known as generate's by the truth written with it
+            ours = lambda _: outputs.is_facefinder_npz(str(truth_path))  # noqa: E731
+            outputs.check_file_target(out, overwrite, keep=keep, ours=ours)
+            outputs.check_file_target(truth_path, overwrite, keep=keep, ours=ours)
         else:
             outputs.check_folder_target(
                 out,

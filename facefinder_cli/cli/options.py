@@ -213,7 +213,10 @@ def verbosity(f: Callable) -> Callable:
 
 
 overwrite_opt = click.option(
-    "--overwrite", is_flag=True, help="Replace existing outputs (refused without it)."
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing outputs that facefinder wrote (refused without it; other files "
+    "are never replaced).",
 )
 skip_opt = click.option(
     "--skip-unreadable",

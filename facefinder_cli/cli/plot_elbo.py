@@ -126,7 +126,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     keep = list(runs_)
     with outputs.claim(out) as stale:
         note_stale(stale)
-        outputs.check_file_target(out, overwrite, keep=keep)
+        outputs.check_file_target(out, overwrite, keep=keep, ours=outputs.is_facefinder_plot)
         with outputs.atomic_write(out, overwrite=overwrite) as f:
             plot_curves(
                 curves,

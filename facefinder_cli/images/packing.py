@@ -400,8 +400,8 @@ def pack_stack(
     keep = input_paths(src)
     if to_zarr:
         return _pack_to_zarr(src, p, listing, dt, overwrite, skip_unreadable, layout, progress)
-    check_file_target(p, overwrite, keep=keep)
-    check_file_target(side, overwrite, keep=keep)
+    check_file_target(p, overwrite, keep=keep, ours=lambda _: _packed(p))
+    check_file_target(side, overwrite, keep=keep, ours=lambda _: _packed(p, side))
     notes: list[str] = []
     close: Callable[[], None] = lambda: None  # noqa: E731
     if listing is None:
@@ -432,6 +432,32 @@ def pack_stack(
     finally:
         close()
     return Stack(NpyReader(p), names, tuple(notes), src)
+
+
+def _packed(npy: str, side: str | None = None) -> bool:
+    """Whether ``npy`` (and ``side``, its names file, when given) look like what pack wrote,
+    which --overwrite replaces: an .npy stack of K images, and a names file of K lines beside
+    it when there is one (a names file alone, or one that does not fit the stack, is not
+    pack's). An .npy holds no mark of its maker: a 3-D stack of the user's own, without a
+    names file, is taken for pack's."""
+    try:
+        with open(npy, "rb") as f:
+            shape = _npy_header_info(f)[0]
+    except Exception:
+        return False
+    side = names_path(npy) if side is None else side
+    if len(shape) != 3:
+        return False
+    if not os.path.lexists(side):
+        return True
+    try:
+        with open(side, "rb") as f:
+            return (
+                sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+                == (shape[0])
+            )
+    except OSError:
+        return False
 
 
 def _pack_to_zarr(
