@@ -344,3 +344,22 @@ def test_plain_lists_are_accepted(study):
     np.testing.assert_array_equal(a.face, b.face)
     with pytest.raises(ValueError, match=r"shape \(n_images, height, width\)"):
         E.position_log_likelihood(X[0], study.truth)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hard_passes_evidence_is_the_posteriors_bit_for_bit(dtype):
+    """Hard EM's passes take the MAP position, its log joint and the log-likelihood from
+    ``_Posterior.evidence``, without the posteriors: the same numbers as ``from_log_joint``,
+    also with positions the prior excludes (-inf) and ratios below the cut to zero."""
+    from facefinder_cli.engine.estep import _Posterior
+
+    rng = np.random.default_rng(5)
+    lp = rng.normal(size=(7, 9, 11)) * np.array([1, 30, 300, 3000, 1, 10, 100])[:, None, None]
+    lp = lp.astype(dtype)
+    lp[1, 2:4] = -np.inf
+    c = rng.normal(size=7) * 1e6
+    full = _Posterior.from_log_joint(lp.copy(), c)
+    best, best_lj, ll = _Posterior.evidence(lp.copy(), c)
+    np.testing.assert_array_equal(best, full.best)
+    np.testing.assert_array_equal(best_lj, full.best_log_joint)
+    np.testing.assert_array_equal(ll, full.log_likelihood)

@@ -214,6 +214,26 @@ class _Posterior:
         top = top.astype(np.float64) + c
         return cls(q.reshape(lp.shape), top + log_z, np.maximum(entropy, 0.0), best, top)
 
+    @staticmethod
+    def evidence(
+        lp: np.ndarray, c: np.ndarray | float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(best, best_log_joint, log_likelihood)`` of :meth:`from_log_joint`, bit for bit,
+        without the posteriors and their entropy, which hard EM's passes do not use: one
+        exponential in place and a sum, about a third of the work (``lp`` is overwritten)."""
+        n = lp.shape[0]
+        flat = lp.reshape(n, -1)
+        best = np.argmax(flat, axis=1)
+        top = flat[np.arange(n), best]
+        flat -= top[:, None]
+        # the ratios that from_log_joint sets to zero, as zeros (exp(-inf)), not subnormals
+        np.copyto(
+            flat, -np.inf, where=flat < (_LOG_TINY if flat.dtype == np.float64 else _LOG_TINY_32)
+        )
+        z = np.exp(flat, out=flat).sum(axis=1, dtype=np.float64)
+        top = top.astype(np.float64) + c
+        return best, top, top + np.log(z)
+
 
 def _data_for(X: np.ndarray, params: Params, chunk_size: int) -> _Data:
     return _Data(X, np.shape(params.face), chunk_size=chunk_size, cache_fft=False)

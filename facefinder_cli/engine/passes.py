@@ -138,6 +138,14 @@ def _pass(
     def chunk(a: int, b: int, u: np.ndarray | None = None) -> tuple:
         x, xf = data.chunk_data(a, b)
         part = _Stats(data)
+        if method == "hard" and held_out is None:  # no posteriors needed, only the MAP
+            flat, best_lj, ll_k = _Posterior.evidence(*scorer.log_joint(x, xf, data.sq_x[a:b]))
+            best = np.column_stack(np.unravel_index(flat, (data.Dh, data.Dw)))
+            part.log_likelihood = float(ll_k.sum())
+            part.elbo = float(best_lj.sum())
+            if accumulate:
+                part.add_positions(x, best[:, None, :])
+            return part, best, np.exp(best_lj - ll_k)
         if held_out is None:
             lp, c = scorer.log_joint(x, xf, data.sq_x[a:b])
             if beta != 1.0:
@@ -165,10 +173,6 @@ def _pass(
             part.entropy = float(post.entropy.sum())
             if accumulate:
                 part.add_dense(x, xf, post.q)
-        elif method == "hard":
-            part.elbo = float(post.best_log_joint.sum())
-            if accumulate:
-                part.add_positions(x, best[:, None, :])
         else:
             part.add_draws(x, xf, post, _draw(post.q, u), accumulate)
         return part, best, np.exp(post.best_log_joint - post.log_likelihood)
