@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -229,6 +230,22 @@ def test_detect_warns_when_images_do_not_match_the_model(small_run):
     assert "value scale" in warning[0]
     r = ok("detect", small_run / "run16", small_run / "t16", "-o", "b.csv")
     assert "warning" not in r.stderr
+
+
+def test_detect_names_the_few_images_that_do_not_match(small_run):
+    """A few images on another scale among many that fit: the typical residual is the
+    model's noise, so each image is checked too, and the odd ones are named (before: no
+    warning, and a confident wrong position for each)."""
+    os.mkdir("mixed")
+    for name in sorted(os.listdir(small_run / "t16"))[:12]:
+        shutil.copy(small_run / "t16" / name, "mixed")
+    for odd in ("zz 8-bit.png", "zz2.png"):
+        shutil.copy(small_run / "p8" / "img00.png", Path("mixed") / odd)
+    r = ok("detect", small_run / "run16", "mixed", "-o", "m.csv")
+    warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, r.stderr
+    assert warning[0].startswith("warning: 2 of 14 images do not match the model: zz")
+    assert "zz 8-bit.png" in warning[0] and "zz2.png" in warning[0] and "img" not in warning[0]
 
 
 def test_detect_prior_options(small_run):

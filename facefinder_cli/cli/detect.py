@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,7 @@ def detect(
         except ValueError as err:  # the model's, likewise
             raise InputError(f"{model_.source}: {err}") from None
         log_notes(stack)
-        _warn_if_mismatched(found, model_.noise_std, input)
+        _warn_if_mismatched(found, model_.noise_std, input, stack.names)
         if draw:
             STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
         with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
@@ -346,13 +346,32 @@ def _detect_params(run: runs.Run, choice: str, face_choice: str) -> engine.Param
     return engine.Params(p.face, p.background, p.noise_std, prior_file(choice, p.prior.shape, need))
 
 
-def _warn_if_mismatched(found: engine.Detection, noise_std: float, input: str) -> None:
+def _warn_if_mismatched(
+    found: engine.Detection, noise_std: float, input: str, names: Sequence[str]
+) -> None:
     """Warn when the images do not look like the model's: their residuals around it are far
     from its noise (another value scale, such as 8-bit images for a 16-bit model, or another
-    scene); the positions and probabilities assume they fit."""
-    typical = float(np.median(found.residual_std))
+    scene); the positions and probabilities assume they fit. Typically, or (a few among
+    many) image by image, naming them."""
+    ratios = np.asarray(found.residual_std, dtype=float) / noise_std
+    typical = float(np.median(ratios)) * noise_std
     ratio = typical / noise_std
     if 1 / MISMATCH_FACTOR <= ratio <= MISMATCH_FACTOR:
+        off = np.flatnonzero(~((ratios >= 1 / MISMATCH_FACTOR) & (ratios <= MISMATCH_FACTOR)))
+        if len(off):
+            shown = ", ".join(printable(names[k]) for k in off[:3])
+            lo, hi = (f"{float(f(ratios[off])):.3g}" for f in (np.nanmin, np.nanmax))
+            log.warning(
+                "%d of %d images do not match the model: %s%s differ%s from it by %s times its "
+                "noise std. Are they of the same scene and value scale? Their positions and "
+                "probabilities assume they are",
+                len(off),
+                len(ratios),
+                shown,
+                ", ..." if len(off) > 3 else "",
+                "s" if len(off) == 1 else "",
+                lo if lo == hi else f"{lo} to {hi}",
+            )
         return
     log.warning(
         "%s does not match the model: the images differ from it by %.4g (typical residual "
