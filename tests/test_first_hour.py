@@ -63,6 +63,8 @@ def test_restarts_are_numbered_one_way(data):
            "--no-plots")  # fmt: skip
     best = json.loads(r.stdout)["best_restart"]
     assert f"kept restart {best + 1} of 3 (best_restart {best} in --json and result.npz" in r.stderr
+    # the iterations are the kept restart's, the time all three restarts'
+    assert "iterations (the kept restart) in " in r.stderr and " s (all 3 restarts)" in r.stderr
     with np.load("run/result.npz") as z:
         assert int(z["best_restart"]) == best
 
@@ -155,3 +157,25 @@ def test_a_checkpoint_from_before_no_plots_resumes_with_plots(data, monkeypatch)
         np.savez(f, **arrays)
     ok("fit", "--resume", "old")
     assert {"prior.png", "elbo.png"} <= set(os.listdir("old"))
+
+
+def test_counts_and_tolerances_that_make_no_sense_are_refused(data):
+    """A mistyped --restarts ran on without a word (each restart is a whole fit); --tol inf
+    stopped at once and called it converged. Both are refused, naming the option; the
+    engine refuses more than MAX_RESTARTS restarts too."""
+    from facefinder_cli import engine
+
+    for option, value, needle in (
+        ("--restarts", "99999999999999999999", "is not in the range 1<=x<=1000"),
+        ("--restarts", "1001", "is not in the range 1<=x<=1000"),
+        ("--tol", "inf", "must be a finite number, not 'inf'"),
+        ("--tol", "-inf", "must be a finite number, not '-inf'"),
+        ("--tol", "nan", "must be a finite number, not 'nan'"),
+    ):
+        r = cli("fit", data, *FIT, "-o", "run", option, value)
+        line = one_error(r, 2)
+        assert f"Invalid value for '{option}'" in line and needle in line, line
+        assert not os.path.exists("run")
+    with pytest.raises(ValueError, match="restarts must be at most 1000, got 1001"):
+        engine.FitSettings((3, 3), restarts=1001)
+    assert engine.FitSettings((3, 3), restarts=1000).restarts == 1000

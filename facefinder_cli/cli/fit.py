@@ -163,7 +163,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 )
 @click.option(
     "--restarts",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, engine.settings.MAX_RESTARTS),
     default=DEFAULTS["restarts"],
     show_default=True,
     help="Starts, the one with the best log-likelihood kept. With --init median, the 2nd and "
@@ -182,7 +182,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 )
 @click.option(
     "--tol",
-    type=float,
+    type=FiniteFloatType(),
     default=DEFAULTS["tol"],
     show_default=True,
     help="Stop when the log-likelihood is estimated to be within this many nats per image and "
@@ -830,6 +830,9 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], res
         if result.settings.tol <= 0:
             state = f"ran {n} iterations"
     took = f"{s['seconds']:.1f} s"
+    if s["restarts"] > 1:  # the iterations are the kept restart's, the time all restarts'
+        state += " (the kept restart)"
+        took += f" (all {s['restarts']} restarts)"
     if resumed:  # history.csv counts the earlier sessions too
         took += (
             f" since --resume ({s['history_seconds']:.1f} s of EM in all, as history.csv has it)"

@@ -147,11 +147,11 @@ BYTE_SIZE = ByteSizeType()
 
 
 class FiniteFloatType(click.ParamType):
-    """A finite number (no inf or nan), at least ``minimum``."""
+    """A finite number (no inf or nan), at least ``minimum`` (if given)."""
 
     name = "FLOAT"
 
-    def __init__(self, minimum: float) -> None:
+    def __init__(self, minimum: float | None = None) -> None:
         self.minimum = minimum
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
@@ -161,12 +161,12 @@ class FiniteFloatType(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number):
             self.fail(f"must be a finite number, not {value!r}", param, ctx)
-        if number < self.minimum:
+        if self.minimum is not None and number < self.minimum:
             self.fail(f"must be at least {self.minimum:g}, not {value!r}", param, ctx)
         return number
 
     def get_metavar(self, param: Any, ctx: Any = None) -> str:
-        return f"FLOAT>={self.minimum:g}"
+        return "FLOAT" if self.minimum is None else f"FLOAT>={self.minimum:g}"
 
 
 class OutputType(click.ParamType):

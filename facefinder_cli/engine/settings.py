@@ -25,6 +25,10 @@ from facefinder_cli.engine.model import (
     _check_dtype,
 )
 
+#: The most restarts a fit takes: each is a whole fit, and a thousand are days of work for
+#: a large one; a mistyped count would otherwise run on without a word.
+MAX_RESTARTS = 1000
+
 
 @dataclass(frozen=True)
 class FitSettings:
@@ -159,7 +163,8 @@ class FitSettings:
                 f"accelerate 'squarem' is for soft EM only, not {self.method} EM (see "
                 "docs/PERFORMANCE.md); use 'auto' or 'none'"
             )
-        whole("restarts", 1)
+        if whole("restarts", 1) > MAX_RESTARTS:
+            raise ValueError(f"restarts must be at most {MAX_RESTARTS}, got {self.restarts}")
         whole("max_iter", 0)
         real("tol")
         if self.seed is not None:
