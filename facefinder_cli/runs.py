@@ -545,6 +545,13 @@ def _npz(path: Path, what: str) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         loaded = None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
+        try:
+            with open(path, "rb") as f:
+                zipped = f.read(4) == b"PK\x03\x04"  # a zip file, cut short or damaged
+        except OSError:
+            zipped = False
+        if zipped:
+            raise InputError(f"{path}: {what} is damaged or truncated")
         raise InputError(f"{path}: not {what} (expected an .npz file written by facefinder)")
     try:
         with loaded as z:

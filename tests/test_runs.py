@@ -182,3 +182,18 @@ def test_a_damaged_checkpoint_does_not_resume(scene, tmp_path, edit, needle):
 def _more_sums(arrays):
     record = json.loads(str(arrays["data_fingerprint"]))
     return json.dumps({**record, "sums": record["sums"] + [1.0]})
+
+
+def test_a_truncated_result_is_called_damaged_not_foreign(tmp_path):
+    """A result.npz cut short (a copy interrupted, a full disk) is a zip without its
+    directory: named damaged or truncated, not 'not a facefinder result'."""
+    params = E.Params(np.zeros((2, 2)), np.zeros((3, 3)), 1.0, np.full((2, 2), 0.25))
+    path = tmp_path / "truth.npz"
+    runs.save_truth(path, params, np.zeros((4, 2), dtype=int))
+    assert runs.load_params(path).noise_std == 1.0
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(InputError, match=r"truth.npz: a facefinder result or truth file is damag"):
+        runs.load_params(path)
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(InputError, match=r"truth.npz: not a facefinder result or truth file \("):
+        runs.load_params(path)
