@@ -178,7 +178,9 @@ def generate(
         out_path.with_name(out_path.stem + ".truth.npz") if stack_file else out_path / "truth.npz"
     )
     keep = [p for p in (face, background, prior, *(many or [])) if p and os.path.lexists(p)]
-    STOPPED["note"] = f"{out} was not written"
+    STOPPED["note"] = f"{out} was not written" + (
+        "; the one there is as it was" if os.path.lexists(out) else ""
+    )
     with outputs.claim(out, truth_path if stack_file else None) as stale:
         note_stale(stale)
         if stack_file:

@@ -75,7 +75,9 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
         bar.total = total
         bar.update(done - bar.n)
 
-    STOPPED["note"] = f"{target} was not written"
+    STOPPED["note"] = f"{target} was not written" + (
+        "; the one there is as it was" if os.path.lexists(target) else ""
+    )
     try:
         side = None if images.is_zarr_target(target) else images.names_path(target)
         with outputs.claim(target, side) as stale:
