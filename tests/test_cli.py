@@ -1015,6 +1015,14 @@ def test_error_generate_refuses_existing_output(tmp_path):
     assert Path("s.npy").read_bytes() != old
 
 
+def test_error_generate_to_standard_output(tmp_path):
+    for out in ("-", "/dev/stdout"):  # (it said: "only as npy or npz", which generate has not)
+        r = cli("generate", "-n", 3, "-o", out)
+        line = error_line(r, 2, f"{out}: generate writes the images and their truth")
+        assert "not standard output" in line and r.stdout == ""
+    assert os.listdir(tmp_path) == []
+
+
 def test_error_generate_to_an_image_file_name(tmp_path):
     # A folder named like an image file is surely a mistake: write_stack refuses such names
     # ("give a folder name without .png"), generate should too instead of making a folder.

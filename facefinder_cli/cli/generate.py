@@ -149,6 +149,12 @@ def generate(
       facefinder generate -n 1500 --noise 400 --face-size 16x16 --size 20x30 -o study.npz
       facefinder generate --face me.png --background wall.jpg --prior centred -o mine
     """
+    if outputs.is_stdout(out):  # the images and their truth are two outputs
+        raise click.BadParameter(
+            f"{out}: generate writes the images and their truth, so it needs a folder or a "
+            "stack file (.npy, .npz, .tif), not standard output",
+            param_hint="'-o' / '--out'",
+        )
     try:
         fmt, stack_file = images.stack_target(out, fmt)
     except InputError as err:
