@@ -576,7 +576,8 @@ def _result_path(path: str | os.PathLike) -> Path:
             )
         raise InputError(f"{p}: no {RESULT} or {HISTORY} in this folder")
     if not p.exists():
-        raise InputError(f"{p}: no such file or folder")
+        broken = os.path.lexists(p)  # a link to nothing, or a loop of links: as load_stack says
+        raise InputError(f"{p}: {'broken symbolic link' if broken else 'no such file or folder'}")
     return p
 
 

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -197,3 +198,16 @@ def test_a_truncated_result_is_called_damaged_not_foreign(tmp_path):
     path.write_bytes(b"not a zip at all")
     with pytest.raises(InputError, match=r"truth.npz: not a facefinder result or truth file \("):
         runs.load_params(path)
+
+
+def test_a_run_behind_a_broken_link_is_named_so(tmp_path, monkeypatch):
+    """plot-elbo and detect read runs through runs: a dangling link or a loop of links is
+    called a broken symbolic link, as load_stack calls one (it said 'no such file')."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink("nowhere", "dangling")
+    os.symlink("loop", "loop")
+    for name in ("dangling", "loop"):
+        with pytest.raises(InputError, match=f"^{name}: broken symbolic link$"):
+            runs.load_run(name)
+    with pytest.raises(InputError, match="^missing: no such file or folder$"):
+        runs.load_run("missing")
