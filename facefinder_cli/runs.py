@@ -983,6 +983,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
     if not p.is_file():
         if (p.parent / RESULT).is_file():
             raise InputError(f"{path}: the fit is complete ({RESULT}): nothing to resume")
+        if os.path.lexists(p):  # a folder, a link to nothing, a device by that name
+            raise InputError(f"{p}: not a checkpoint file: nothing to resume")
         raise InputError(f"{path}: no {CHECKPOINT} here: nothing to resume")
     z = _npz(p, "a checkpoint")
     if "n_faces" in z:

@@ -152,6 +152,9 @@ def test_checkpoints_of_the_previous_format_and_damaged_ones_are_named(scene, tm
     path.unlink()
     with pytest.raises(InputError, match="nothing to resume"):
         runs.load_checkpoint(tmp_path)
+    path.mkdir()  # a folder by that name
+    with pytest.raises(InputError, match="checkpoint.npz: not a checkpoint file: nothing to"):
+        runs.load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize(

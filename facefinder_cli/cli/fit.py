@@ -44,6 +44,7 @@ from facefinder_cli.cli.options import (
     STOPPED,
     AutoSize,
     FiniteFloatType,
+    ToleranceType,
     check_cluster_input,
     cluster_client,
     layout_opt,
@@ -182,7 +183,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 )
 @click.option(
     "--tol",
-    type=FiniteFloatType(),
+    type=ToleranceType(),
     default=DEFAULTS["tol"],
     show_default=True,
     help="Stop when the log-likelihood is estimated to be within this many nats per image and "

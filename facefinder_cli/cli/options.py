@@ -147,11 +147,11 @@ BYTE_SIZE = ByteSizeType()
 
 
 class FiniteFloatType(click.ParamType):
-    """A finite number (no inf or nan), at least ``minimum`` (if given)."""
+    """A finite number (no inf or nan), at least ``minimum``."""
 
     name = "FLOAT"
 
-    def __init__(self, minimum: float | None = None) -> None:
+    def __init__(self, minimum: float) -> None:
         self.minimum = minimum
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
@@ -161,12 +161,28 @@ class FiniteFloatType(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number):
             self.fail(f"must be a finite number, not {value!r}", param, ctx)
-        if self.minimum is not None and number < self.minimum:
+        if number < self.minimum:
             self.fail(f"must be at least {self.minimum:g}, not {value!r}", param, ctx)
         return number
 
     def get_metavar(self, param: Any, ctx: Any = None) -> str:
-        return "FLOAT" if self.minimum is None else f"FLOAT>={self.minimum:g}"
+        return f"FLOAT>={self.minimum:g}"
+
+
+class ToleranceType(click.ParamType):
+    """A stopping tolerance: a number, not NaN or +inf (which would stop at once and call it
+    converged); 0 or less, -inf included, means no tolerance."""
+
+    name = "FLOAT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if number != number or number == math.inf:
+            self.fail(f"must be a finite number (or 0 or less for none), not {value!r}", param, ctx)
+        return number
 
 
 class OutputType(click.ParamType):
