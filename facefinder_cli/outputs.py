@@ -51,6 +51,7 @@ import stat
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ __all__ = [
     "is_facefinder_npz",
     "is_facefinder_plot",
     "first_line",
+    "note_written",
+    "written_as",
     "is_stdout",
     "is_stream",
     "repair_std_streams",
@@ -483,14 +486,19 @@ def check_file_target(
     *,
     keep: Sequence[str | os.PathLike] = (),
     ours: Callable[[str], bool] | None = None,
+    companion: bool = False,
 ) -> None:
     """Raise :class:`InputError` unless a file may be written at ``path`` (see the module's
     rules). ``keep`` lists the command's inputs (files or folders): an existing file that is
     one of them, or lies in one, is never replaced. ``ours(path)`` tells whether an existing
     file is one the tool wrote as this output: with ``overwrite``, any other is refused (None:
-    any regular file may be replaced, for callers of the library that ask for it)."""
+    any regular file may be replaced, for callers of the library that ask for it).
+    ``companion``: a file written beside the one the user named (a names or truth file),
+    never into a device or FIFO, which could wait for a reader forever."""
     p = os.fspath(path)
     kind = _kind(p)
+    if companion and kind in ("descriptor", "device"):
+        raise InputError(f"{p}: not a regular file, and it goes with the output; move it away")
     if kind in (_STDOUT, "descriptor", "device"):
         return
     _refuse_unless_file(p, kind)
@@ -503,8 +511,8 @@ def check_file_target(
             raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
         if ours is not None and not ours(p):
             raise InputError(
-                f"{p}: not a file facefinder wrote as this output, so it is not replaced even "
-                "with ", OVERWRITE, "; move it away or choose another name"
+                f"{p}: not known as a file facefinder wrote as this output, so it is not "
+                "replaced even with ", OVERWRITE, "; move it away or choose another name"
             )  # fmt: skip
     _check_parent(p)
 
@@ -530,35 +538,122 @@ def is_facefinder_npz(path: str) -> bool:
         return False
 
 
-#: The creator that facefinder's plots name (PNG ``Software``, PDF and SVG ``Creator``), by
-#: which --overwrite knows them.
-CREATOR = "facefinder"
+#: How a plot names its creator (PNG ``Software``, PDF and SVG ``Creator``): facefinder, its
+#: version, and the SHA-256 of the file's bytes with this digest as zeros (in a PNG, with its
+#: text chunk's CRC as for the zeros too). --overwrite replaces a plot only if the digest
+#: holds: an edited one, or another's with a copied tag, is kept.
+_STAMP = re.compile(rb"facefinder [0-9][0-9A-Za-z.+-]* ([0-9a-f]{64})")
+_ZEROS = b"0" * 64
+_PNG = b"\x89PNG\r\n\x1a\n"
+#: Larger files are not read to check a stamp (no plot is that large).
+_PLOT_BYTES = 1 << 26
 
 
-def _ends(path: str, size: int = 1 << 16) -> bytes:
-    """The first ``size`` bytes of the file ``path`` and its last 4 KiB (b"" if unreadable)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(size)
-            end = os.fstat(f.fileno()).st_size
-            if end > size:
-                f.seek(max(end - 4096, size))
-                head += f.read(4096)
-    except OSError:
-        return b""
-    return head
+def creator_stamp(version: str) -> str:
+    """The creator text to draw into a plot's metadata; :func:`stamp_digest` completes it."""
+    return f"facefinder {version} {_ZEROS.decode()}"
+
+
+def _png_crc(data: bytes, at: int) -> bytes:
+    """``data`` with the CRC of the PNG text chunk holding offset ``at`` computed afresh."""
+    start = data.rfind(b"tEXt", 0, at) - 4
+    if start < len(_PNG):
+        return data
+    end = start + 8 + int.from_bytes(data[start : start + 4], "big")
+    if not start < at < end <= len(data) - 4:
+        return data
+    crc = zlib.crc32(data[start + 4 : end]).to_bytes(4, "big")
+    return data[:end] + crc + data[end + 4 :]
+
+
+def stamp_digest(data: bytes) -> bytes:
+    """The plot ``data`` (drawn with :func:`creator_stamp`) with its digest filled in."""
+    at = data.find(_ZEROS)
+    if at < 0 or data.find(_ZEROS, at + 1) >= 0:
+        return data  # no stamp, or more than one place that looks like it: left unstamped
+    digest = hashlib.sha256(data).hexdigest().encode()
+    stamped = data[:at] + digest + data[at + 64 :]
+    return _png_crc(stamped, at) if data.startswith(_PNG) else stamped
 
 
 def is_facefinder_plot(path: str) -> bool:
-    """Whether ``path`` is a PNG, PDF or SVG plot that facefinder drew (its creator tag)."""
-    data, me = _ends(path), CREATOR.encode()
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return b"tEXtSoftware\x00" + me in data.split(b"IDAT", 1)[0]
-    if data.startswith(b"%PDF"):
-        return b"/Creator (" + me in data
-    if b"<svg" in data[:4096]:
-        return re.search(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>" + me, data) is not None
-    return False
+    """Whether ``path`` is a plot that facefinder drew and nobody changed since (its stamp)."""
+    try:
+        if os.path.getsize(path) > _PLOT_BYTES:
+            return False
+        with open(path, "rb") as f:
+            data = f.read(_PLOT_BYTES)
+    except OSError:
+        return False
+    m = _STAMP.search(data)
+    if m is None:
+        return False
+    zeroed = data[: m.start(1)] + _ZEROS + data[m.end(1) :]
+    if data.startswith(_PNG):
+        zeroed = _png_crc(zeroed, m.start(1))
+    return hashlib.sha256(zeroed).hexdigest().encode() == m.group(1)
+
+
+#: The record beside a stack that facefinder wrote (``.NAME.facefinder``, a JSON object):
+#: which files it wrote with it, each as it left them (size, modification time, inode).
+_RECORD = ".facefinder"
+
+
+def _record_path(p: str) -> str:
+    head, name = os.path.split(p.rstrip("/" + os.sep) or p)
+    return os.path.join(head, "." + _stem(name) + _RECORD)
+
+
+def _identity(p: str) -> list[int] | None:
+    """(size, modification time in ns, inode) of the regular file ``p`` (not followed if a
+    link), or None: any change to the file, or another file in its place, changes it."""
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino] if stat.S_ISREG(st.st_mode) else None
+
+
+def _read_record(path: str) -> dict | None:
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.loads(f.read(65536))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    ok = isinstance(rec, dict) and rec.get("made_by") == "facefinder"
+    return rec if ok and isinstance(rec.get("files"), dict) else None
+
+
+def note_written(paths: Sequence[str], made_for: str) -> None:
+    """Record, beside ``paths[0]``, that facefinder just wrote the regular files ``paths``
+    (one output, such as a stack and its names file) for ``made_for``, so that --overwrite
+    knows them again (:func:`written_as`) and nothing else: a stack carries no mark of its
+    maker. A file of another's by the record's name is left alone (the outputs then stay
+    unknown, and are refused, not replaced)."""
+    rec = _record_path(os.fspath(paths[0]))
+    if os.path.lexists(rec) and _read_record(rec) is None:
+        return
+    files = {os.path.basename(p): _identity(p) for p in map(os.fspath, paths)}
+    files = {k: v for k, v in files.items() if v is not None}
+    if not files:  # written into a device or FIFO: nothing to know again
+        return
+    from facefinder_cli import __version__
+
+    made = {"made_by": "facefinder", "made_for": made_for, "version": __version__}
+    with interrupts.deferred("install"), atomic_write(rec, "w", overwrite=True) as f:
+        json.dump({**made, "files": files}, f)  # (the outputs are in place: finish the record)
+
+
+def written_as(path: str, made_for: str, first: str | None = None) -> bool:
+    """Whether the record beside ``first`` (default: ``path``) says that facefinder wrote the
+    file ``path`` for ``made_for``, and it is as it was left."""
+    rec = _read_record(_record_path(os.fspath(first if first is not None else path)))
+    if rec is None or rec.get("made_for") != made_for:
+        return False
+    seen = _identity(os.fspath(path))
+    return seen is not None and rec["files"].get(os.path.basename(os.fspath(path))) == seen
 
 
 def first_line(path: str) -> str | None:

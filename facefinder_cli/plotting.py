@@ -64,12 +64,12 @@ def _save(fig, out: BinaryIO, fmt: str) -> None:
     """``fig`` as ``fmt`` (png, svg or pdf), naming facefinder as its creator: --overwrite
     replaces only plots that do (``outputs.is_facefinder_plot``)."""
     from facefinder_cli import __version__
-    from facefinder_cli.outputs import CREATOR
+    from facefinder_cli.outputs import creator_stamp, stamp_digest
 
     key = "Software" if fmt == "png" else "Creator"
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, metadata={key: f"{CREATOR} {__version__}"})
-    out.write(buf.getvalue())
+    fig.savefig(buf, format=fmt, metadata={key: creator_stamp(__version__)})
+    out.write(stamp_digest(buf.getvalue()))
 
 
 def plot_curves(

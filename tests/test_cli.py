@@ -320,7 +320,9 @@ def test_generate_png_without_clipping_does_not_warn():
 def test_generate_stack_file_with_truth_beside(ext):
     r = ok("generate", *GEN, "-o", f"set.{ext}")
     assert r.stdout == ""
-    assert sorted(os.listdir(".")) == sorted([f"set.{ext}", "set.truth.npz"])
+    assert sorted(os.listdir(".")) == sorted(
+        [f".set.{ext}.facefinder", f"set.{ext}", "set.truth.npz"]
+    )
     if ext == "npy":
         arr = np.load(f"set.{ext}")
     else:
@@ -694,7 +696,7 @@ def test_plot_elbo_refuses_an_existing_file_then_overwrites_it(fitted):
     # a file facefinder did not write is kept even with --overwrite: here a user's PNG
     Path("elbo.png").write_bytes(PNG_SIGNATURE + b"a photo of mine")
     r = cli("plot-elbo", run, "-o", "elbo.png", "--overwrite")
-    error_line(r, 1, "elbo.png: not a file facefinder wrote", "move it away")
+    error_line(r, 1, "elbo.png: not known as a file facefinder wrote", "move it away")
     assert Path("elbo.png").read_bytes() == PNG_SIGNATURE + b"a photo of mine"
     os.remove("elbo.png")
     for fmt in ("png", "svg", "pdf"):  # its own plots it replaces, in every format
@@ -711,7 +713,7 @@ def test_detect_refuses_an_existing_file_then_overwrites_it(fitted, npy):
     error_line(r, 1, "pos.csv", "--overwrite")
     assert Path("pos.csv").read_text() == "old"
     r = cli("detect", run, npy, "-o", "pos.csv", "--overwrite")  # not detect's: kept
-    error_line(r, 1, "pos.csv: not a file facefinder wrote", "move it away")
+    error_line(r, 1, "pos.csv: not known as a file facefinder wrote", "move it away")
     assert Path("pos.csv").read_text() == "old"
     os.remove("pos.csv")
     ok("detect", run, npy, "-o", "pos.csv")
@@ -1004,15 +1006,21 @@ def test_error_generate_refuses_existing_output(tmp_path):
     os.rename("s.truth.npz", "kept.npz")  # the stack alone is in the way: it is named
     r = cli("generate", *GEN, "--seed", 1, "-o", "s.npy")
     error_line(r, 1, "s.npy", "--overwrite")
-    assert sorted(os.listdir(tmp_path)) == ["kept.npz", "s.npy"]
-    assert Path("s.npy").read_bytes() == old
-    # without the truth written with it, nothing says the stack is generate's: kept
-    r = cli("generate", *GEN, "--seed", 1, "-o", "s.npy", "--overwrite")
-    error_line(r, 1, "s.npy: not a file facefinder wrote", "move it away")
+    assert sorted(os.listdir(tmp_path)) == [".s.npy.facefinder", "kept.npz", "s.npy"]
     assert Path("s.npy").read_bytes() == old
     os.rename("kept.npz", "s.truth.npz")
+    # generate's record knows the pair as it left them: replaced; anything else is kept
     ok("generate", *GEN, "--seed", 1, "-o", "s.npy", "--overwrite")
     assert Path("s.npy").read_bytes() != old
+    Path("s.tif").write_bytes(b"II*\x00 a stack of mine")  # shares s.truth.npz's name
+    r = cli("generate", *GEN, "-o", "s.tif", "--overwrite")
+    error_line(r, 1, "s.tif: not known as a file facefinder wrote", "move it away")
+    assert Path("s.tif").read_bytes() == b"II*\x00 a stack of mine"
+    new = Path("s.npy").read_bytes()
+    Path("s.npy").write_bytes(new[:-1] + b"!")  # the user changed it since: kept
+    r = cli("generate", *GEN, "-o", "s.npy", "--overwrite")
+    error_line(r, 1, "s.npy: not known as a file facefinder wrote", "move it away")
+    assert Path("s.npy").read_bytes() == new[:-1] + b"!"
 
 
 def test_error_generate_to_standard_output(tmp_path):
@@ -1284,7 +1292,7 @@ def test_pack_refuses_and_keeps(data):
     error_line(cli("pack", data, "s.tif"), 1, "s.tif", ".npy")
     error_line(cli("pack", "missing", "t.npy"), 1, "missing")
     assert Path("s.npy").read_bytes() == before and np.load("s.npy").dtype == np.float64
-    assert listing(Path(".")) == {"s.npy", "s.names.txt"}
+    assert listing(Path(".")) == {".s.npy.facefinder", "s.npy", "s.names.txt"}
 
 
 PACK_SLOWLY = """

@@ -66,7 +66,8 @@ def test_pack_png_folder_keeps_natural_order_and_values(dtype):
     np.testing.assert_array_equal(saved, arr)
     np.testing.assert_array_equal(got.images[:], arr)
     assert read_names() == list(names)
-    assert listing() == ["imgs", "stack.names.txt", "stack.npy"]
+    # with the record by which --overwrite knows them again
+    assert listing() == [".stack.npy.facefinder", "imgs", "stack.names.txt", "stack.npy"]
     back = load_stack("stack.npy", stream=True)
     assert back.names == names and isinstance(back.images, NpyReader)
     np.testing.assert_array_equal(back.images[::-1], arr[::-1])
@@ -200,7 +201,7 @@ def test_interrupt_leaves_old_files_untouched(monkeypatch):
     monkeypatch.setattr(reading, "_read_image_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pack_stack("other", "s.npy", overwrite=True)
-    assert listing() == ["imgs", "other", "s.names.txt", "s.npy"]
+    assert listing() == [".s.npy.facefinder", "imgs", "other", "s.names.txt", "s.npy"]
     assert {n: open(n, "rb").read() for n in before} == before
 
 
@@ -223,7 +224,8 @@ def test_the_stack_and_its_names_file_change_together(monkeypatch):
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
         m.setattr(outputs.os, "rename", stop_at_the_names)
         pack_stack("other", "s.npy", overwrite=True)
-    assert listing() == ["imgs", "other", "s.names.txt", "s.npy"]  # no temporary file either
+    # no temporary file either
+    assert listing() == [".s.npy.facefinder", "imgs", "other", "s.names.txt", "s.npy"]
     assert open("s.npy", "rb").read() == old_stack and read_names("s.names.txt") == old_names
     pack_stack("other", "s.npy", overwrite=True)  # and without the interruption, the new pair
     assert load_stack("s.npy", stream=True).names == tuple(f"img{k}.png" for k in range(1, 5))
@@ -237,7 +239,12 @@ def test_existing_target_needs_overwrite():
         pack_stack("imgs", "s.npy")
     assert str(err.value) == "s.npy: file exists; pass overwrite=True to replace it"
     assert open("s.npy", "rb").read() == before and listing() == ["imgs", "s.npy"]
-    pack_stack("imgs", "s.npy", overwrite=True)
+    with pytest.raises(InputError, match="s.npy: not known as a file facefinder wrote"):
+        pack_stack("imgs", "s.npy", overwrite=True)  # not pack's: kept even so
+    assert open("s.npy", "rb").read() == before
+    os.remove("s.npy")
+    pack_stack("imgs", "s.npy")
+    pack_stack("imgs", "s.npy", overwrite=True)  # pack's own, as it left it
     np.testing.assert_array_equal(np.load("s.npy"), arr)
     # a names file left over from elsewhere is not replaced silently either
     open("t.names.txt", "w").close()
@@ -247,32 +254,44 @@ def test_existing_target_needs_overwrite():
 
 
 def test_overwrite_replaces_only_what_pack_wrote():
-    """--overwrite replaces an .npy stack and the names file that fits it (K lines for K
-    images); a names file without its stack, or one that does not fit, is the user's: kept,
-    and so is the stack beside it, and anything that is not an .npy stack."""
+    """--overwrite replaces a stack and names file that pack wrote, as it left them (its
+    record beside them says so); a stack and names file of the user's own, even in pack's
+    format, one pack wrote and the user changed since, a names file beside pack's stack, or
+    a FIFO where the names file goes, are kept and refused in one line."""
     png_folder(k=3)
     mine = "my notes\n"
     with open("t.names.txt", "w") as f:
         f.write(mine)
-    with pytest.raises(InputError, match="^t.names.txt: not a file facefinder wrote"):
+    with pytest.raises(InputError, match="^t.names.txt: not known as a file facefinder wrote"):
         pack_stack("imgs", "t.npy", overwrite=True)
     assert open("t.names.txt").read() == mine and not os.path.exists("t.npy")
-    np.save("t.npy", np.zeros((2, 2, 2)))  # two images, a names file of one line: not a pair
-    with pytest.raises(InputError, match="^t.npy: not a file facefinder wrote"):
-        pack_stack("imgs", "t.npy", overwrite=True)
-    assert open("t.names.txt").read() == mine
-    for data in (b"a photo", b"\x93NUMPY not really"):
-        with open("u.npy", "wb") as f:
-            f.write(data)
-        with pytest.raises(InputError, match="^u.npy: not a file facefinder wrote"):
-            pack_stack("imgs", "u.npy", overwrite=True)
-        assert open("u.npy", "rb").read() == data
-    np.save("flat.npy", np.zeros((2, 2)))  # a 2-D array is no stack pack writes
-    with pytest.raises(InputError, match="^flat.npy: not a file facefinder wrote"):
-        pack_stack("imgs", "flat.npy", overwrite=True)
+    # the user's own stack with a names file of a line per image: pack's format, not pack's
+    np.save("u.npy", np.ones((3, 2, 2)))
+    with open("u.names.txt", "w") as f:
+        f.write("a\nb\nc\n")
+    before = {n: open(n, "rb").read() for n in ("u.npy", "u.names.txt")}
+    with pytest.raises(InputError, match="^u.npy: not known as a file facefinder wrote"):
+        pack_stack("imgs", "u.npy", overwrite=True)
+    assert {n: open(n, "rb").read() for n in before} == before
     pack_stack("imgs", "v.npy")
-    pack_stack("imgs", "v.npy", overwrite=True)  # its own pair: replaced
+    pack_stack("imgs", "v.npy", overwrite=True)  # its own pair, as it left them: replaced
     assert read_names("v.names.txt") == ["img1.png", "img2.png", "img3.png"]
+    with open("v.names.txt", "w") as f:  # the user's names, three lines, in its place
+        f.write("x\ny\nz\n")
+    with pytest.raises(InputError, match="^v.names.txt: not known as a file facefinder wrote"):
+        pack_stack("imgs", "v.npy", overwrite=True)
+    assert read_names("v.names.txt") == ["x", "y", "z"]
+    os.remove("v.names.txt")
+    pack_stack("imgs", "w.npy")
+    with open("w.npy", "r+b") as f:  # the user edited pack's stack in place since
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x01")
+    with pytest.raises(InputError, match="^w.npy: not known as a file facefinder wrote"):
+        pack_stack("imgs", "w.npy", overwrite=True)
+    os.mkfifo("f.names.txt")  # opened, it would wait for a reader forever
+    with pytest.raises(InputError, match="^f.names.txt: not a regular file, and it goes with"):
+        pack_stack("imgs", "f.npy")
+    assert not os.path.exists("f.npy")
 
 
 WRITES = "pack writes a .npy file or a .zarr folder; give a name ending in .npy or .zarr"
@@ -317,7 +336,7 @@ def test_pack_stack_files_default_names_write_no_names_file():
     os.remove("old.npz")
     got = pack_stack("pages.tif", "s.npy", overwrite=True)
     assert got.names == tuple(f"pages.tif[{k}]" for k in range(4))
-    assert listing() == ["pages.tif", "s.npy"]
+    assert listing() == [".s.npy.facefinder", "pages.tif", "s.npy"]
     assert load_stack("s.npy", stream=True).names == tuple(f"s.npy[{k}]" for k in range(4))
     np.testing.assert_array_equal(np.load("s.npy"), arr)
     # stored names (an .npz written by write_stack) go to the names file

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from facefinder_cli.plotting import Curve, curves_figure, prior_figure
+from facefinder_cli.plotting import Curve, curves_figure, plot_curves, prior_figure
 
 
 def texts(fig) -> list[str]:
@@ -119,3 +120,29 @@ def test_plot_elbo_refuses_damaged_histories(tmp_path, monkeypatch):
     gains = with_value("gain", "inf")  # a gain may be inf or nan (no gain measured yet)
     (tmp_path / "gain.csv").write_text(gains)
     ok("plot-elbo", "gain.csv", "-o", "p.png")
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_plots_carry_a_stamp_that_an_edit_breaks(tmp_path, fmt):
+    """--overwrite replaces a plot only if it is facefinder's as drawn: its creator tag
+    holds the SHA-256 of the file (digest zeroed). A changed byte, or another file with the
+    tag copied into it, is not facefinder's; the PNG stays valid (its chunk's CRC)."""
+    import re
+
+    from facefinder_cli.outputs import is_facefinder_plot
+
+    elbo = np.array([-5.0, -3.0, -2.5])
+    path = tmp_path / f"p.{fmt}"
+    with open(path, "wb") as f:
+        plot_curves([Curve("a", elbo, elbo, np.arange(3.0), 10)], f, fmt=fmt)
+    data = path.read_bytes()
+    assert is_facefinder_plot(str(path))
+    assert re.search(rb"facefinder \d[\w.+-]* [0-9a-f]{64}", data)
+    if fmt == "png":
+        Image.open(path).verify()  # the CRCs hold
+    for at in (len(data) // 3, len(data) - 20):
+        path.write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :])
+        assert not is_facefinder_plot(str(path))
+    tag = re.search(rb"facefinder \d[\w.+-]* [0-9a-f]{64}", data).group(0)
+    path.write_bytes(b"my own file, with a copied tag: " + tag)
+    assert not is_facefinder_plot(str(path))

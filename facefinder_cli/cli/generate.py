@@ -190,10 +190,14 @@ def generate(
     with outputs.claim(out, truth_path if stack_file else None) as stale:
         note_stale(stale)
         if stack_file:
-            # a stack file is known as generate's by the truth written with it
-            ours = lambda _: outputs.is_facefinder_npz(str(truth_path))  # noqa: E731
+            # a stack carries no mark of its maker: generate knows its own by its record
+            def ours(path: str) -> bool:
+                return outputs.written_as(path, "generate", out)
+
             outputs.check_file_target(out, overwrite, keep=keep, ours=ours)
-            outputs.check_file_target(truth_path, overwrite, keep=keep, ours=ours)
+            outputs.check_file_target(
+                str(truth_path), overwrite, keep=keep, ours=ours, companion=True
+            )
         else:
             outputs.check_folder_target(
                 out,
@@ -218,6 +222,7 @@ def generate(
                     images.encode_stack(batch.files[0], data.images, fmt)
                     runs.write_truth(batch.files[1], data.truth, data.positions,
                                      faces=all_faces, labels=labels)  # fmt: skip
+                outputs.note_written([out, str(truth_path)], "generate")
             except Interrupted:
                 if batch is not None and batch.installed:
                     STOPPED["note"] = f"{out} and {truth_path} were written all the same"

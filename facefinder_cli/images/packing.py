@@ -57,6 +57,8 @@ from facefinder_cli.outputs import (
     check_file_target,
     check_folder_target,
     inside,
+    note_written,
+    written_as,
 )
 
 __all__ = ["pack_stack"]
@@ -400,8 +402,11 @@ def pack_stack(
     keep = input_paths(src)
     if to_zarr:
         return _pack_to_zarr(src, p, listing, dt, overwrite, skip_unreadable, layout, progress)
-    check_file_target(p, overwrite, keep=keep, ours=lambda _: _packed(p))
-    check_file_target(side, overwrite, keep=keep, ours=lambda _: _packed(p, side))
+    # a stack carries no mark of its maker: pack knows its own by the record it leaves
+    check_file_target(p, overwrite, keep=keep, ours=lambda _: written_as(p, "pack"))
+    check_file_target(
+        side, overwrite, keep=keep, ours=lambda _: written_as(side, "pack", p), companion=True
+    )
     notes: list[str] = []
     close: Callable[[], None] = lambda: None  # noqa: E731
     if listing is None:
@@ -429,35 +434,10 @@ def pack_stack(
             if with_names:
                 text = "".join(_names.to_line(n) + "\n" for n in names)
                 batch.files[1].write(text.encode("utf-8"))
+        note_written([p, side] if with_names else [p], "pack")
     finally:
         close()
     return Stack(NpyReader(p), names, tuple(notes), src)
-
-
-def _packed(npy: str, side: str | None = None) -> bool:
-    """Whether ``npy`` (and ``side``, its names file, when given) look like what pack wrote,
-    which --overwrite replaces: an .npy stack of K images, and a names file of K lines beside
-    it when there is one (a names file alone, or one that does not fit the stack, is not
-    pack's). An .npy holds no mark of its maker: a 3-D stack of the user's own, without a
-    names file, is taken for pack's."""
-    try:
-        with open(npy, "rb") as f:
-            shape = _npy_header_info(f)[0]
-    except Exception:
-        return False
-    side = names_path(npy) if side is None else side
-    if len(shape) != 3:
-        return False
-    if not os.path.lexists(side):
-        return True
-    try:
-        with open(side, "rb") as f:
-            return (
-                sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-                == (shape[0])
-            )
-    except OSError:
-        return False
 
 
 def _pack_to_zarr(
