@@ -511,10 +511,26 @@ def check_file_target(
             raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
         if ours is not None and not ours(p):
             raise InputError(
-                f"{p}: not known as a file facefinder wrote as this output, so it is not "
-                "replaced even with ", OVERWRITE, "; move it away or choose another name"
+                f"{p}: not a file facefinder wrote as this output (or changed since), so it "
+                "is not replaced even with ", OVERWRITE, "; move it away or choose another name"
             )  # fmt: skip
     _check_parent(p)
+    _CHECKED[os.path.abspath(p)] = _identity(p)
+
+
+#: The outputs :func:`check_file_target` allowed, as they were then (:func:`_identity`; None:
+#: absent). Installing one refuses a file that appeared or changed there since (a user's,
+#: moved there while the tool worked), instead of replacing it unchecked.
+_CHECKED: dict[str, list[int] | None] = {}
+
+
+def _still_as_checked(p: str) -> None:
+    key = os.path.abspath(p)
+    if key in _CHECKED and _identity(p) != _CHECKED.pop(key):
+        raise InputError(
+            f"{p}: another file came there while facefinder worked; it is kept, and the new "
+            "output was not written"
+        )
 
 
 def _marker_kind(folder: str) -> str | None:
@@ -568,9 +584,10 @@ def _png_crc(data: bytes, at: int) -> bytes:
 
 def stamp_digest(data: bytes) -> bytes:
     """The plot ``data`` (drawn with :func:`creator_stamp`) with its digest filled in."""
-    at = data.find(_ZEROS)
-    if at < 0 or data.find(_ZEROS, at + 1) >= 0:
-        return data  # no stamp, or more than one place that looks like it: left unstamped
+    found = [m.start(1) for m in _STAMP.finditer(data) if m.group(1) == _ZEROS]
+    if len(found) != 1:
+        return data  # no stamp, or a label that looks like one too: left unstamped
+    at = found[0]
     digest = hashlib.sha256(data).hexdigest().encode()
     stamped = data[:at] + digest + data[at + 64 :]
     return _png_crc(stamped, at) if data.startswith(_PNG) else stamped
@@ -606,7 +623,9 @@ def _record_path(p: str) -> str:
 
 def _identity(p: str) -> list[int] | None:
     """(size, modification time in ns, inode) of the regular file ``p`` (not followed if a
-    link), or None: any change to the file, or another file in its place, changes it."""
+    link), or None: a change to the file, or another file in its place, changes it. (Not the
+    change time, which renames change too: a pair put back after an interrupted --overwrite
+    would no longer be known. An edit whose modification time is set back by hand is.)"""
     try:
         st = os.lstat(p)
     except OSError:
@@ -785,6 +804,7 @@ def _install(tmp: str, p: str, overwrite: bool) -> None:
         return
     if _kind(p) not in ("missing", "file"):  # became something else while we wrote
         raise InputError(f"{p}: is no longer a regular file; refusing to replace it")
+    _still_as_checked(p)
     os.replace(tmp, p)
 
 
@@ -1171,6 +1191,7 @@ def atomic_files(
     *,
     overwrite: bool = False,
     remove: Sequence[str | os.PathLike] = (),
+    record: str | None = None,
 ) -> Iterator[Batch]:
     """Write files that belong together (a stack and its names file, a stack and its truth)
     so that all of them appear, complete, or none changes; ``remove`` names files that must
@@ -1180,7 +1201,9 @@ def atomic_files(
     moved aside, every temporary is renamed into place and what was moved aside is deleted;
     if a rename fails, everything moved goes back. Devices, FIFOs and standard output are
     written into directly (they cannot be replaced). ``overwrite=False`` refuses a target that
-    exists by then."""
+    exists by then. ``record``: what the files were made for, noted beside the first
+    (:func:`note_written`) in the same uninterrupted step as their install, so that
+    --overwrite knows them again."""
     batch = Batch()
     staged: list[tuple[str, str, int]] = []  # (temporary, target, permissions)
     with ExitStack() as streams:
@@ -1204,6 +1227,8 @@ def atomic_files(
             with interrupts.deferred("install"):
                 _install_all(staged, [os.fspath(r) for r in remove], overwrite)
                 batch.installed = True
+                if record is not None and len(staged) == len(paths):  # (none into a device)
+                    note_written([p for _, p, _ in staged], record)
         except BaseException as exc:
             for tmp, _, _ in staged:
                 with suppress(OSError):
@@ -1221,6 +1246,7 @@ def _install_all(staged: list[tuple[str, str, int]], remove: list[str], overwrit
         for tmp, _, perms in staged:
             os.chmod(tmp, perms)
         for tmp, p, _ in staged:
+            _still_as_checked(p)
             kind = _kind(p)
             if kind == "missing":
                 continue

@@ -696,7 +696,7 @@ def test_plot_elbo_refuses_an_existing_file_then_overwrites_it(fitted):
     # a file facefinder did not write is kept even with --overwrite: here a user's PNG
     Path("elbo.png").write_bytes(PNG_SIGNATURE + b"a photo of mine")
     r = cli("plot-elbo", run, "-o", "elbo.png", "--overwrite")
-    error_line(r, 1, "elbo.png: not known as a file facefinder wrote", "move it away")
+    error_line(r, 1, "elbo.png: not a file facefinder wrote", "move it away")
     assert Path("elbo.png").read_bytes() == PNG_SIGNATURE + b"a photo of mine"
     os.remove("elbo.png")
     for fmt in ("png", "svg", "pdf"):  # its own plots it replaces, in every format
@@ -713,7 +713,7 @@ def test_detect_refuses_an_existing_file_then_overwrites_it(fitted, npy):
     error_line(r, 1, "pos.csv", "--overwrite")
     assert Path("pos.csv").read_text() == "old"
     r = cli("detect", run, npy, "-o", "pos.csv", "--overwrite")  # not detect's: kept
-    error_line(r, 1, "pos.csv: not known as a file facefinder wrote", "move it away")
+    error_line(r, 1, "pos.csv: not a file facefinder wrote", "move it away")
     assert Path("pos.csv").read_text() == "old"
     os.remove("pos.csv")
     ok("detect", run, npy, "-o", "pos.csv")
@@ -1014,12 +1014,12 @@ def test_error_generate_refuses_existing_output(tmp_path):
     assert Path("s.npy").read_bytes() != old
     Path("s.tif").write_bytes(b"II*\x00 a stack of mine")  # shares s.truth.npz's name
     r = cli("generate", *GEN, "-o", "s.tif", "--overwrite")
-    error_line(r, 1, "s.tif: not known as a file facefinder wrote", "move it away")
+    error_line(r, 1, "s.tif: not a file facefinder wrote", "move it away")
     assert Path("s.tif").read_bytes() == b"II*\x00 a stack of mine"
     new = Path("s.npy").read_bytes()
     Path("s.npy").write_bytes(new[:-1] + b"!")  # the user changed it since: kept
     r = cli("generate", *GEN, "-o", "s.npy", "--overwrite")
-    error_line(r, 1, "s.npy: not known as a file facefinder wrote", "move it away")
+    error_line(r, 1, "s.npy: not a file facefinder wrote", "move it away")
     assert Path("s.npy").read_bytes() == new[:-1] + b"!"
 
 

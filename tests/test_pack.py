@@ -239,7 +239,7 @@ def test_existing_target_needs_overwrite():
         pack_stack("imgs", "s.npy")
     assert str(err.value) == "s.npy: file exists; pass overwrite=True to replace it"
     assert open("s.npy", "rb").read() == before and listing() == ["imgs", "s.npy"]
-    with pytest.raises(InputError, match="s.npy: not known as a file facefinder wrote"):
+    with pytest.raises(InputError, match="s.npy: not a file facefinder wrote"):
         pack_stack("imgs", "s.npy", overwrite=True)  # not pack's: kept even so
     assert open("s.npy", "rb").read() == before
     os.remove("s.npy")
@@ -262,7 +262,7 @@ def test_overwrite_replaces_only_what_pack_wrote():
     mine = "my notes\n"
     with open("t.names.txt", "w") as f:
         f.write(mine)
-    with pytest.raises(InputError, match="^t.names.txt: not known as a file facefinder wrote"):
+    with pytest.raises(InputError, match="^t.names.txt: not a file facefinder wrote"):
         pack_stack("imgs", "t.npy", overwrite=True)
     assert open("t.names.txt").read() == mine and not os.path.exists("t.npy")
     # the user's own stack with a names file of a line per image: pack's format, not pack's
@@ -270,7 +270,7 @@ def test_overwrite_replaces_only_what_pack_wrote():
     with open("u.names.txt", "w") as f:
         f.write("a\nb\nc\n")
     before = {n: open(n, "rb").read() for n in ("u.npy", "u.names.txt")}
-    with pytest.raises(InputError, match="^u.npy: not known as a file facefinder wrote"):
+    with pytest.raises(InputError, match="^u.npy: not a file facefinder wrote"):
         pack_stack("imgs", "u.npy", overwrite=True)
     assert {n: open(n, "rb").read() for n in before} == before
     pack_stack("imgs", "v.npy")
@@ -278,7 +278,7 @@ def test_overwrite_replaces_only_what_pack_wrote():
     assert read_names("v.names.txt") == ["img1.png", "img2.png", "img3.png"]
     with open("v.names.txt", "w") as f:  # the user's names, three lines, in its place
         f.write("x\ny\nz\n")
-    with pytest.raises(InputError, match="^v.names.txt: not known as a file facefinder wrote"):
+    with pytest.raises(InputError, match="^v.names.txt: not a file facefinder wrote"):
         pack_stack("imgs", "v.npy", overwrite=True)
     assert read_names("v.names.txt") == ["x", "y", "z"]
     os.remove("v.names.txt")
@@ -286,7 +286,7 @@ def test_overwrite_replaces_only_what_pack_wrote():
     with open("w.npy", "r+b") as f:  # the user edited pack's stack in place since
         f.seek(-1, os.SEEK_END)
         f.write(b"\x01")
-    with pytest.raises(InputError, match="^w.npy: not known as a file facefinder wrote"):
+    with pytest.raises(InputError, match="^w.npy: not a file facefinder wrote"):
         pack_stack("imgs", "w.npy", overwrite=True)
     os.mkfifo("f.names.txt")  # opened, it would wait for a reader forever
     with pytest.raises(InputError, match="^f.names.txt: not a regular file, and it goes with"):
@@ -348,3 +348,32 @@ def test_pack_stack_files_default_names_write_no_names_file():
     np.save("hwk.npy", arr.transpose(1, 2, 0))
     pack_stack("hwk.npy", "u.npy", layout="hwk")
     np.testing.assert_array_equal(np.load("u.npy"), arr)
+
+
+def test_a_file_moved_onto_the_output_while_pack_works_is_kept():
+    """--overwrite was checked before the work; a file that comes to the output's name while
+    pack works (a user's, moved there) is not replaced unchecked at the end."""
+    png_folder(k=3)
+    pack_stack("imgs", "s.npy")
+    np.save("mine.npy", np.full((2, 2, 2), 7.0))
+    mine = open("mine.npy", "rb").read()
+
+    def swap(done, total):
+        if os.path.exists("mine.npy"):
+            os.replace("mine.npy", "s.npy")
+
+    with pytest.raises(InputError, match="^s.npy: another file came there while facefinder"):
+        pack_stack("imgs", "s.npy", overwrite=True, progress=swap)
+    assert open("s.npy", "rb").read() == mine
+    assert not [f for f in os.listdir() if f.endswith(".tmp")]
+    os.remove("s.npy")
+    os.remove("s.names.txt")
+
+    def arrive(done, total):  # absent when checked, there at the end
+        if not os.path.exists("s.npy"):
+            with open("s.npy", "wb") as f:
+                f.write(mine)
+
+    with pytest.raises(InputError, match="^s.npy: another file came there while facefinder"):
+        pack_stack("imgs", "s.npy", overwrite=True, progress=arrive)
+    assert open("s.npy", "rb").read() == mine

@@ -146,3 +146,15 @@ def test_plots_carry_a_stamp_that_an_edit_breaks(tmp_path, fmt):
     tag = re.search(rb"facefinder \d[\w.+-]* [0-9a-f]{64}", data).group(0)
     path.write_bytes(b"my own file, with a copied tag: " + tag)
     assert not is_facefinder_plot(str(path))
+
+
+def test_a_label_of_zeros_does_not_unstamp_a_plot(tmp_path):
+    """The stamp's placeholder is the whole creator text, not 64 zeros that a label (drawn
+    into an SVG as text) may hold too."""
+    from facefinder_cli.outputs import is_facefinder_plot
+
+    elbo = np.array([-5.0, -3.0, -2.5])
+    path = tmp_path / "z.svg"
+    with open(path, "wb") as f:
+        plot_curves([Curve("0" * 64, elbo, elbo, np.arange(3.0), 10)], f, fmt="svg")
+    assert ("0" * 64).encode() in path.read_bytes() and is_facefinder_plot(str(path))

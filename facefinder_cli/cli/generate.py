@@ -218,11 +218,12 @@ def generate(
         if stack_file:  # the stack and its truth appear together, or neither changes
             clipped, batch = 0, None
             try:
-                with outputs.atomic_files([out, truth_path], overwrite=overwrite) as batch:
+                with outputs.atomic_files(
+                    [out, truth_path], overwrite=overwrite, record="generate"
+                ) as batch:
                     images.encode_stack(batch.files[0], data.images, fmt)
                     runs.write_truth(batch.files[1], data.truth, data.positions,
                                      faces=all_faces, labels=labels)  # fmt: skip
-                outputs.note_written([out, str(truth_path)], "generate")
             except Interrupted:
                 if batch is not None and batch.installed:
                     STOPPED["note"] = f"{out} and {truth_path} were written all the same"

@@ -57,7 +57,6 @@ from facefinder_cli.outputs import (
     check_file_target,
     check_folder_target,
     inside,
-    note_written,
     written_as,
 )
 
@@ -425,6 +424,7 @@ def pack_stack(
             [p, side] if with_names else [p],
             overwrite=overwrite,
             remove=[] if with_names else [side],
+            record="pack",
         ) as batch:
             f = batch.files[0]
             if listing is None:
@@ -434,7 +434,6 @@ def pack_stack(
             if with_names:
                 text = "".join(_names.to_line(n) + "\n" for n in names)
                 batch.files[1].write(text.encode("utf-8"))
-        note_written([p, side] if with_names else [p], "pack")
     finally:
         close()
     return Stack(NpyReader(p), names, tuple(notes), src)
