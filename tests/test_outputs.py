@@ -358,3 +358,25 @@ def test_an_interrupt_hidden_by_a_writers_clean_up_still_interrupts(tmp_path):
                 raise ValueError("Can't close the ZIP file while there is an open writing handle")
     assert stop.value.exit_code == 143
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_replaced_after_the_check_is_kept_by_atomic_write(tmp_path):
+    """The single-file path (detect, plot-elbo): a target checked as replaceable, then
+    swapped for another file before the install, is kept; nothing is written."""
+    from facefinder_cli import outputs
+
+    p = tmp_path / "out.csv"
+    p.write_text("theirs, checked\n")
+    outputs.check_file_target(p, True, ours=lambda _: True)
+    other = tmp_path / "other"
+    other.write_text("a user's file\n")
+    os.replace(other, p)
+    with pytest.raises(InputError, match="out.csv: another file came there while facefinder"):
+        with outputs.atomic_write(p, "w", overwrite=True) as f:
+            f.write("new\n")
+    assert p.read_text() == "a user's file\n"
+    assert sorted(os.listdir(tmp_path)) == ["out.csv"]
+    outputs.check_file_target(p, True, ours=lambda _: True)  # checked as it is now: replaced
+    with outputs.atomic_write(p, "w", overwrite=True) as f:
+        f.write("new\n")
+    assert p.read_text() == "new\n"
