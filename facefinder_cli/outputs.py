@@ -1142,6 +1142,29 @@ def _clean_up(parent: str, name: str) -> list[str]:
     return done
 
 
+def _put_back_half_installed(held: list[tuple[str, str]]) -> list[str]:
+    """Outputs written together (:func:`atomic_files`) by a run killed while it put them in
+    place: if it left one of them missing and moved aside, it had not placed them all, so
+    every one it had moved aside goes back, over the new one placed beside it. (Otherwise
+    :func:`_clean_up` would put back the missing one alone: a new stack beside the old truth
+    or names file.) Returns what was done."""
+    aside = {}
+    for parent, name in held:
+        for t in sorted(_temporaries(parent, name)):
+            if t.endswith(".old"):
+                aside[(parent, name)] = t
+    if not any(not os.path.lexists(os.path.join(*key)) for key in aside):
+        return []
+    done = []
+    for (parent, name), t in aside.items():
+        target = os.path.join(parent, name)
+        if _kind(target) == "file":  # the new half: the old one goes back over it
+            with suppress(OSError):
+                os.replace(t, target)
+                done.append(f"restored {name} from {os.path.basename(t)} with the rest of its set")
+    return done
+
+
 @contextmanager
 def claim(*paths: str | os.PathLike | None) -> Iterator[list[str]]:
     """Hold the outputs ``paths`` for this process until the block ends.
@@ -1155,6 +1178,7 @@ def claim(*paths: str | os.PathLike | None) -> Iterator[list[str]]:
     (Windows, some network file systems) the block runs without them."""
     with ExitStack() as stack:
         done: list[str] = []
+        locked: list[tuple[str, str]] = []  # (real folder, name) of each output locked
         for path in paths:
             if path is None:
                 continue
@@ -1172,7 +1196,10 @@ def claim(*paths: str | os.PathLike | None) -> Iterator[list[str]]:
             if not lock.acquire():
                 continue
             stack.callback(lock.release)
-            done += _clean_up(lock.parent, _split(target)[1])
+            locked.append((lock.parent, _split(target)[1]))
+        done += _put_back_half_installed(locked)
+        for parent, name in locked:
+            done += _clean_up(parent, name)
         yield done
 
 
@@ -1273,6 +1300,7 @@ def _install_all(staged: list[tuple[str, str, int]], remove: list[str], overwrit
             with suppress(OSError):
                 os.rename(aside, p)
         raise
-    for aside, _ in moved:
+    # the files removed first: killed between, what is left aside is of files all placed anew
+    for aside, _ in reversed(moved):
         with suppress(OSError):
             os.unlink(aside)

@@ -215,6 +215,29 @@ def test_a_claim_puts_back_an_output_that_a_killed_replacement_moved_aside():
     assert Path("run/result.npz").read_text() == "old run"
 
 
+def test_a_claim_puts_a_half_installed_pair_back_whole():
+    """Killed while it put a stack and its truth in place (the new stack placed, the truth
+    not yet): the next claim of both puts the old pair back whole. It used to put back the
+    old truth alone, beside the new stack, and fit --truth then measured against the wrong
+    one. Killed after both were placed (both moved-aside files still there), it rolls back
+    too: a set is old or new whole."""
+    write("s.npy", "new stack")
+    write(".s.npy.ab12cd34.facefinder.tmp.old", "old stack")
+    write(".s.truth.npz.ef56ab78.facefinder.tmp", "new truth, not yet placed")
+    write(".s.truth.npz.ef56ab78.facefinder.tmp.old", "old truth")
+    with outputs.claim("s.npy", "s.truth.npz") as done:
+        assert "restored s.npy from .s.npy.ab12cd34.facefinder.tmp.old with the rest" in done[0]
+    assert sorted(os.listdir()) == ["s.npy", "s.truth.npz"]
+    assert Path("s.npy").read_text() == "old stack"
+    assert Path("s.truth.npz").read_text() == "old truth"
+    # all placed, the moved-aside files deleted but the stack's: the new pair stays
+    write(".s.npy.ab12cd34.facefinder.tmp.old", "old stack again")
+    write("s.npy", "new stack")
+    with outputs.claim("s.npy", "s.truth.npz") as done:
+        assert done == ["removed .s.npy.ab12cd34.facefinder.tmp.old"]
+    assert Path("s.npy").read_text() == "new stack"
+
+
 def test_the_lock_file_of_a_user_is_never_written_nor_removed():
     write("thesis.txt", "years of work")
     os.link("thesis.txt", ".o.csv.lock")  # the lock's name, taken by a hard link
