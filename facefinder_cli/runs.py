@@ -104,7 +104,8 @@ def _checked_params(z: dict[str, np.ndarray], p: Path) -> Params:
             raise InputError(f"{p}: '{key}' holds values up to {top:.3g}, too large to use")
     noise = z["noise_std"]
     if noise.shape != () or noise.dtype.kind not in "biuf":
-        raise InputError(f"{p}: 'noise_std' is not a single number (shape {noise.shape})")
+        what = f"shape {noise.shape}" if noise.shape != () else f"dtype {noise.dtype}"
+        raise InputError(f"{p}: 'noise_std' is not a single number ({what})")
     s = float(noise)
     if not (math.isfinite(s) and 0 < s <= engine.LARGEST_VALUE):
         raise InputError(f"{p}: 'noise_std' is {s!r}; it must be positive and at most 1e100")

@@ -214,3 +214,16 @@ def test_a_run_behind_a_broken_link_is_named_so(tmp_path, monkeypatch):
             runs.load_run(name)
     with pytest.raises(InputError, match="^missing: no such file or folder$"):
         runs.load_run("missing")
+
+
+def test_a_noise_std_that_is_not_a_number_says_what_it_is(tmp_path):
+    """It said 'not a single number (shape ())' for a string, which is a single value."""
+    params = E.Params(np.zeros((2, 2)), np.zeros((3, 3)), 1.0, np.full((2, 2), 0.25))
+    path = tmp_path / "truth.npz"
+    runs.save_truth(path, params, np.zeros((4, 2), dtype=int))
+    with np.load(path) as z:
+        arrays = dict(z)
+    for value, needle in ((np.array("abc"), r"\(dtype <U3\)"), (np.ones(2), r"\(shape \(2,\)\)")):
+        np.savez(path, **{**arrays, "noise_std": value})
+        with pytest.raises(InputError, match="'noise_std' is not a single number " + needle):
+            runs.load_params(path)
