@@ -675,7 +675,7 @@ def test_overwrite_never_replaces_an_input(data, tmp_path):
     error_line(r, 1, "run", "input")
     assert set(os.listdir("run")) == RUN_FILES
     # detect's CSV over an image it reads.
-    first = sorted(os.listdir(data))[0]
+    first = sorted(f for f in os.listdir(data) if not f.startswith("."))[0]
     r = cli("detect", "run", data, "-o", str(Path(data) / first), "--overwrite")
     error_line(r, 1, first, "input")
     assert sorted(os.listdir(data)) == before
@@ -870,7 +870,8 @@ def test_detect_with_result_npz_and_draw(fitted, npy, truth, tmp_path):
 
 def test_detect_draw_from_a_folder(fitted, data, tmp_path):
     run, _ = fitted
-    ok("detect", run, data, "--draw", "boxed", "-o", "pos.csv")
+    r = ok("detect", run, data, "--draw", "boxed", "-o", "pos.csv")
+    assert "named img1.." not in r.stderr  # named after the images
     rows = read_csv(Path("pos.csv"))
     files = sorted(os.listdir("boxed"), key=natural_sort_key)
     assert files == [".facefinder"] + [f"img{k:02d}.png" for k in range(1, N + 1)]
@@ -882,6 +883,21 @@ def test_detect_draw_from_a_folder(fitted, data, tmp_path):
         assert img.shape == (SIZE[0] * z, SIZE[1] * z, 3)
         r0, c0 = int(rows[k]["row"]), int(rows[k]["column"])
         assert tuple(img[r0 * z, c0 * z]) == (255, 0, 0)
+
+
+def test_detect_draw_says_how_it_named_images_whose_names_clash(fitted, data, tmp_path):
+    """a.png, a.tif and a.bmp cannot all be a.png: the boxed images are img1..3 in the CSV's
+    order, and detect says so (it did not)."""
+    run, _ = fitted
+    os.mkdir("same")
+    first = sorted(f for f in os.listdir(data) if not f.startswith("."))[0]
+    img = iio.imread(Path(data) / first)
+    for ext in ("png", "tif", "bmp"):
+        iio.imwrite(f"same/a.{ext}", np.clip(img, 0, 255).astype(np.uint8))
+    r = ok("detect", run, "same", "--draw", "boxed", "-o", "pos.csv")
+    assert "named img1.. in the order of the CSV's rows" in r.stderr
+    assert sorted(os.listdir("boxed")) == [".facefinder", "img1.png", "img2.png", "img3.png"]
+    assert [row["image"] for row in read_csv(Path("pos.csv"))] == ["a.bmp", "a.png", "a.tif"]
 
 
 def test_detect_images_of_another_size(fitted, tmp_path):

@@ -189,6 +189,12 @@ def detect(
     boxes = ""
     if draw:
         boxes = f"; boxed images in {draw}"
+        own = [Path(str(name)).stem for name in stack.names]
+        if images.file_stems(stack.names, K) != own:  # e.g. a.png and a.tif: not unique
+            boxes += (
+                ", named img1.. in the order of the CSV's rows (the images' own names are not "
+                "unique, plain or in order as file names)"
+            )
         if model_.n_faces > 1:
             boxes += (
                 " ("
