@@ -9,10 +9,11 @@ Every file and folder the tool writes goes through this module, and obeys these 
   targets are as they were.
 * **Replaced only when asked, and only what the tool made.** An existing output is replaced
   only with ``overwrite``, and then only when it is a file the tool wrote as that output (each
-  command says how to know one: :func:`check_file_target`'s ``ours``, e.g. a plot's creator
-  tag, a CSV's header), or a folder this tool made for the same purpose (:class:`FolderKind`:
-  its marker file ``.facefinder`` names that purpose; older runs are recognised by their
-  ``result.npz`` or ``checkpoint.npz``) holding only files the tool writes there. Never a
+  command says how to know one: :func:`check_file_target`'s ``ours``: a plot's stamp, or the
+  record beside a CSV or stack, :func:`note_written`), or a folder this tool made for the same
+  purpose (:class:`FolderKind`: its marker file ``.facefinder`` names that purpose; older runs
+  are recognised by their ``result.npz`` or ``checkpoint.npz``) holding only files the tool
+  writes there. Never a
   symbolic link (the file it points to is not the tool's), a block device or socket, a mount
   point, an input of the command, or a folder holding one.
 * **Devices and FIFOs are written into**, as a shell redirection does: ``-o /dev/null`` works,
@@ -83,7 +84,6 @@ __all__ = [
     "inside",
     "is_facefinder_npz",
     "is_facefinder_plot",
-    "first_line",
     "note_written",
     "written_as",
     "is_stdout",
@@ -511,8 +511,9 @@ def check_file_target(
             raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
         if ours is not None and not ours(p):
             raise InputError(
-                f"{p}: not a file facefinder wrote as this output (or changed since), so it "
-                "is not replaced even with ", OVERWRITE, "; move it away or choose another name"
+                f"{p}: not a file facefinder wrote as this output (or it changed since, or an "
+                "earlier version wrote it), so it is not replaced even with ", OVERWRITE, "; "
+                "move it away or choose another name"
             )  # fmt: skip
     _check_parent(p)
     _CHECKED[os.path.abspath(p)] = _identity(p)
@@ -645,6 +646,14 @@ def _read_record(path: str) -> dict | None:
     return rec if ok and isinstance(rec.get("files"), dict) else None
 
 
+def _kept_as(p: str) -> list[int] | None:
+    """What a record keeps of the file ``p``: (size, modification time in ns). Not the inode:
+    a copy that keeps the time (``cp -a``, ``rsync -a``, a moved folder) is still known;
+    another file in its place, or an edit, has another time."""
+    seen = _identity(p)
+    return None if seen is None else seen[:2]
+
+
 def note_written(paths: Sequence[str], made_for: str) -> None:
     """Record, beside ``paths[0]``, that facefinder just wrote the regular files ``paths``
     (one output, such as a stack and its names file) for ``made_for``, so that --overwrite
@@ -654,7 +663,7 @@ def note_written(paths: Sequence[str], made_for: str) -> None:
     rec = _record_path(os.fspath(paths[0]))
     if os.path.lexists(rec) and _read_record(rec) is None:
         return
-    files = {os.path.basename(p): _identity(p) for p in map(os.fspath, paths)}
+    files = {os.path.basename(p): _kept_as(p) for p in map(os.fspath, paths)}
     files = {k: v for k, v in files.items() if v is not None}
     if not files:  # written into a device or FIFO: nothing to know again
         return
@@ -671,18 +680,8 @@ def written_as(path: str, made_for: str, first: str | None = None) -> bool:
     rec = _read_record(_record_path(os.fspath(first if first is not None else path)))
     if rec is None or rec.get("made_for") != made_for:
         return False
-    seen = _identity(os.fspath(path))
+    seen = _kept_as(os.fspath(path))
     return seen is not None and rec["files"].get(os.path.basename(os.fspath(path))) == seen
-
-
-def first_line(path: str) -> str | None:
-    """The first line of the text file ``path`` without its line ending (None if unreadable
-    or not UTF-8 text)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4096).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _made_here(folder: str, kind: FolderKind | None) -> bool:
@@ -843,7 +842,7 @@ def _write_into(p: str, fd: int | None, mode: str) -> Iterator[IO[Any]]:
 
 @contextmanager
 def atomic_write(
-    path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = False
+    path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = False, record: str | None = None
 ) -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it appears complete or not at all.
 
@@ -864,6 +863,9 @@ def atomic_write(
         False (the default): never replace an existing file, even one that appears while
         writing. True: replace a regular file (the caller checked that it may: see
         :func:`check_file_target`).
+    record : str, optional
+        What the file was made for, noted beside it (:func:`note_written`) as it is installed,
+        so that --overwrite knows it again (not for standard output or devices).
 
     Raises
     ------
@@ -897,6 +899,8 @@ def atomic_write(
             try:
                 os.chmod(tmp, perms)
                 _install(tmp, p, overwrite)
+                if record is not None:
+                    note_written([p], record)
             except OSError as err:
                 raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
     except BaseException as exc:

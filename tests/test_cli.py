@@ -717,9 +717,14 @@ def test_detect_refuses_an_existing_file_then_overwrites_it(fitted, npy):
     assert Path("pos.csv").read_text() == "old"
     os.remove("pos.csv")
     ok("detect", run, npy, "-o", "pos.csv")
-    Path("pos.csv").write_text(Path("pos.csv").read_text().splitlines()[0] + "\nedited,1,2,3\n")
-    ok("detect", run, npy, "-o", "pos.csv", "--overwrite")  # detect's own (its header)
+    ok("detect", run, npy, "-o", "pos.csv", "--overwrite")  # detect's own, as it left it
     assert len(read_csv(Path("pos.csv"))) == N
+    assert sorted(os.listdir(".")) == [".pos.csv.facefinder", "pos.csv"]  # (and its record)
+    edited = Path("pos.csv").read_text().splitlines()[0] + "\nhand-labelled,1,2,3\n"
+    Path("pos.csv").write_text(edited)  # the user's now, though it keeps detect's header
+    r = cli("detect", run, npy, "-o", "pos.csv", "--overwrite")
+    error_line(r, 1, "pos.csv: not a file facefinder wrote", "move it away")
+    assert Path("pos.csv").read_text() == edited
 
 
 def test_detect_refuses_a_non_empty_draw_folder(fitted, npy, tmp_path):

@@ -168,8 +168,8 @@ def test_counts_and_tolerances_that_make_no_sense_are_refused(data):
     for option, value, needle in (
         ("--restarts", "99999999999999999999", "is not in the range 1<=x<=1000"),
         ("--restarts", "1001", "is not in the range 1<=x<=1000"),
-        ("--tol", "inf", "must be a finite number (or 0 or less for none), not 'inf'"),
-        ("--tol", "nan", "must be a finite number (or 0 or less for none), not 'nan'"),
+        ("--tol", "inf", "must be a number, not nan or +inf (0 or less: none), not 'inf'"),
+        ("--tol", "nan", "must be a number, not nan or +inf (0 or less: none), not 'nan'"),
     ):
         r = cli("fit", data, *FIT, "-o", "run", option, value)
         line = one_error(r, 2)

@@ -377,3 +377,21 @@ def test_a_file_moved_onto_the_output_while_pack_works_is_kept():
     with pytest.raises(InputError, match="^s.npy: another file came there while facefinder"):
         pack_stack("imgs", "s.npy", overwrite=True, progress=arrive)
     assert open("s.npy", "rb").read() == mine
+
+
+def test_a_copy_that_keeps_the_times_is_still_packs_own():
+    """cp -a, rsync -a or a moved folder keep the files' times: the record still knows the
+    stack there (it keeps size and time, not the inode); a copy that does not (plain cp) is
+    another file."""
+    import shutil
+
+    png_folder(k=3)
+    os.mkdir("a")
+    pack_stack("imgs", "a/s.npy")
+    shutil.copytree("a", "b")  # copy2: times kept, as cp -a
+    pack_stack("imgs", "b/s.npy", overwrite=True)
+    os.mkdir("c")
+    for name in os.listdir("a"):
+        shutil.copyfile(os.path.join("a", name), os.path.join("c", name))  # times not kept
+    with pytest.raises(InputError, match="^c/s.npy: not a file facefinder wrote"):
+        pack_stack("imgs", "c/s.npy", overwrite=True)

@@ -148,7 +148,9 @@ def detect(
         )
     with outputs.claim(out, draw) as stale:
         note_stale(stale)
-        outputs.check_file_target(out, overwrite, keep=keep, ours=_written_by_detect)
+        outputs.check_file_target(
+            out, overwrite, keep=keep, ours=lambda p: outputs.written_as(p, "detect")
+        )
         if draw:
             outputs.check_folder_target(draw, overwrite, keep=keep, kind=DRAW_FOLDER)
         stack = load(input, layout, skip_unreadable, stream=True)
@@ -169,7 +171,7 @@ def detect(
         _warn_if_mismatched(found, model_.noise_std, input, stack.names)
         if draw:
             STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
-        with outputs.atomic_write(out, "w", overwrite=overwrite) as f:
+        with outputs.atomic_write(out, "w", overwrite=overwrite, record="detect") as f:
             rows = names.csv_writer(f)
             rows.writerow(["image", *model_.columns])
             for name, row in zip(stack.names, model_.rows(found)):
@@ -237,12 +239,6 @@ class _Model:
 #: The CSV's columns after the image's name, for a model of one face and of several.
 ONE_FACE_COLUMNS = ("row", "column", "probability")
 SEVERAL_FACES_COLUMNS = ("face", "row", "column", "probability", "face_probability")
-
-
-def _written_by_detect(path: str) -> bool:
-    """Whether ``path`` is a CSV that detect wrote (its header), which --overwrite replaces."""
-    heads = {",".join(("image", *c)) for c in (ONE_FACE_COLUMNS, SEVERAL_FACES_COLUMNS)}
-    return outputs.first_line(path) in heads
 
 
 def _one_face(run: runs.Run, params: engine.Params) -> _Model:

@@ -181,7 +181,9 @@ class ToleranceType(click.ParamType):
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
         if number != number or number == math.inf:
-            self.fail(f"must be a finite number (or 0 or less for none), not {value!r}", param, ctx)
+            self.fail(
+                f"must be a number, not nan or +inf (0 or less: none), not {value!r}", param, ctx
+            )
         return number
 
 
