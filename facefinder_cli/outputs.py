@@ -724,8 +724,10 @@ def check_folder_target(
             )
     if what == "link":
         raise InputError(f"{p}: is a symbolic link; give the folder it points to")
-    if what != "folder":
-        raise InputError(f"{p}: exists and is not a folder")
+    if what != "folder":  # (a folder output never replaces a file, --overwrite or not)
+        raise InputError(
+            f"{p}: a file, where this command writes a folder of files; choose another name"
+        )
     try:
         content = os.listdir(target)
     except OSError as err:

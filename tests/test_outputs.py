@@ -403,3 +403,15 @@ def test_a_file_replaced_after_the_check_is_kept_by_atomic_write(tmp_path):
     with outputs.atomic_write(p, "w", overwrite=True) as f:
         f.write("new\n")
     assert p.read_text() == "new\n"
+
+
+def test_a_folder_output_over_a_file_says_what_to_do(tmp_path):
+    """It said only 'exists and is not a folder'."""
+    from facefinder_cli import outputs
+
+    p = tmp_path / "rf"
+    p.write_text("a file of mine")
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="rf: a file, where this command writes a folder"):
+            outputs.check_folder_target(p, overwrite)
+    assert p.read_text() == "a file of mine"
