@@ -363,3 +363,28 @@ def test_hard_passes_evidence_is_the_posteriors_bit_for_bit(dtype):
     np.testing.assert_array_equal(best, full.best)
     np.testing.assert_array_equal(best_lj, full.best_log_joint)
     np.testing.assert_array_equal(ll, full.log_likelihood)
+
+
+@pytest.mark.parametrize("scale", [0.1, 30.0, 3000.0])  # nearly all kept .. nearly all dropped
+def test_posteriors_are_the_softmax_with_exact_zeros_below_the_cut(scale):
+    """The E-step takes the exponential only of the ratios it keeps (at or above
+    ``exp(_LOG_CUT)`` to the best one), densely when most are kept, else of those alone: the
+    same numbers either way, the softmax where kept and exact zeros elsewhere."""
+    from facefinder_cli.engine.estep import _exp_kept, _Posterior
+    from facefinder_cli.engine.model import _LOG_CUT
+
+    rng = np.random.default_rng(6)
+    lp = rng.normal(size=(6, 13, 17)) * scale
+    lp[0, :3] = -np.inf  # positions a prior forbids
+    t = lp - lp.max(axis=(1, 2), keepdims=True)
+    drop = t < _LOG_CUT
+    dense = np.exp(t)
+    dense[drop] = 0.0
+    np.testing.assert_array_equal(_exp_kept(t, drop), dense)  # whichever way it takes
+    sparse_t = t.copy()
+    kept = _exp_kept(sparse_t, np.ones_like(drop), out=sparse_t)  # the other way: none kept
+    assert not kept.any()
+    q = _Posterior.from_log_joint(lp.copy()).q
+    want = dense / dense.sum(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(q, want, rtol=1e-14, atol=0)
+    assert (q[drop] == 0).all() and (q[~drop] > 0).all()
