@@ -60,12 +60,15 @@ class _Stats:
         ``(n, S, 2)`` (hard EM: ``S = 1``; Monte-Carlo EM: ``S`` draws)."""
         d = self.data
         n, S = pos.shape[:2]
-        rows = pos[:, :, 0, None, None] + np.arange(d.h)[:, None]  # (n, S, h, 1)
-        cols = pos[:, :, 1, None, None] + np.arange(d.w)  # (n, S, 1, w)
-        crops = x[np.arange(n)[:, None, None, None], rows, cols]  # (n, S, h, w)
-        self.face_sum += crops.sum(axis=(0, 1), dtype=np.float64) / S
-        flat = (rows * d.W + cols).ravel()
-        self.cover_x += np.bincount(flat, crops.ravel(), d.H * d.W).reshape(d.H, d.W) / S
+        # flat pixel indices of every crop, (n S h w): its corner's plus the window's offsets
+        window = (np.arange(d.h)[:, None] * d.W + np.arange(d.w)).ravel()
+        flat = ((pos[:, :, 0] * d.W + pos[:, :, 1]).reshape(n * S, 1) + window).ravel()
+        image = np.repeat(np.arange(n) * (d.H * d.W), S * d.h * d.w)
+        crops = x.ravel().take(flat + image)  # one gather, about 1 ns a value
+        self.face_sum += (
+            crops.reshape(n * S, -1).sum(axis=0, dtype=np.float64).reshape(d.h, d.w) / S
+        )
+        self.cover_x += np.bincount(flat, crops, d.H * d.W).reshape(d.H, d.W) / S
         pflat = (pos[:, :, 0] * d.Dw + pos[:, :, 1]).ravel()
         self.q_sum += np.bincount(pflat, minlength=d.Dh * d.Dw).reshape(d.Dh, d.Dw) / S
 
