@@ -221,6 +221,21 @@ def test_empty_folder():
         load_stack("empty")
 
 
+def test_folder_holding_only_stacks_names_them():
+    """A folder with a stack but no image files: the error says which file to give."""
+    os.mkdir("st")
+    np.save("st/s.npy", np.zeros((2, 8, 8)))
+    np.savez("st/s.truth.npz", x=0)  # a truth, not a stack
+    msg = r"^st: no image files .* folder; it holds an image stack: give the file itself, st/s.npy$"
+    with pytest.raises(InputError, match=msg):
+        load_stack("st")
+    os.mkdir("st/more.zarr")
+    np.save("st/t.npy", np.zeros((2, 8, 8)))
+    msg = r"it holds 3 image stacks: give one itself, e\.g\. st/more\.zarr, st/s\.npy, st/t\.npy$"
+    with pytest.raises(InputError, match=msg):
+        load_stack("st")
+
+
 def test_glob_without_match():
     with pytest.raises(InputError, match=r"^imgs/\*\.png: no image files match this pattern$"):
         load_stack("imgs/*.png")

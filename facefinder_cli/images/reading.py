@@ -161,20 +161,34 @@ def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
         entries = list(os.scandir(source))
     except OSError as err:
         raise InputError(f"{source}: cannot list folder ({err.strerror or err})") from None
+    stacks: list[str] = []  # what the user may have meant: a stack file in the folder
     for entry in entries:
         with suppress(OSError):
-            if not entry.is_file():
-                continue
             if entry.name.startswith("."):  # hidden, e.g. macOS "._img1.png" resource files
+                continue
+            if entry.is_dir() and entry.name.lower().endswith(".zarr"):
+                stacks.append(entry.name)
+            if not entry.is_file():
                 continue
             if entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 files.append(entry.name)
             else:
                 others.append(entry.name)
+                if _may_be_stack(entry.name):
+                    stacks.append(entry.name)
     if not files:
+        hint = ""
+        if stacks:
+            stacks.sort(key=natural_sort_key)
+            some = ", ".join(os.path.join(source, f) for f in stacks[:3])
+            hint = (
+                f"; it holds an image stack: give the file itself, {some}"
+                if len(stacks) == 1
+                else f"; it holds {len(stacks)} image stacks: give one itself, e.g. {some}"
+            )
         raise InputError(
             f"{source}: no image files ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) "
-            "in this folder"
+            f"in this folder{hint}"
         )
     files.sort(key=natural_sort_key)
     notes = []
@@ -193,6 +207,15 @@ def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
         notes.append(f"ignored {n}: {_listing(others, 3)}")
     paths = [os.path.join(source, f) for f in files]
     return paths, files, notes
+
+
+def _may_be_stack(name: str) -> bool:
+    """Whether a file in a folder of images may be a stack of them (not one of facefinder's
+    results or truths, which are .npz files too)."""
+    low = name.lower()
+    if low in ("truth.npz", "result.npz", "checkpoint.npz") or low.endswith(".truth.npz"):
+        return False
+    return low.endswith((".npy", ".npz", ".mat"))
 
 
 def _subfolders(folder: str) -> Iterator[str]:
