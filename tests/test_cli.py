@@ -1042,6 +1042,14 @@ def test_error_generate_refuses_existing_output(tmp_path):
     r = cli("generate", *GEN, "-o", "s.npy", "--overwrite")
     error_line(r, 1, "s.npy: not a file facefinder wrote", "move it away")
     assert Path("s.npy").read_bytes() == new[:-1] + b"!"
+    # another stack of the same name shares its truth: the refusal says whose it is
+    os.remove("s.tif")
+    ok("generate", *GEN, "-o", "t.tif")
+    truth = Path("t.truth.npz").read_bytes()
+    for flags in ((), ("--overwrite",)):
+        r = cli("generate", *GEN, "-o", "t.npz", *flags)
+        error_line(r, 1, "t.truth.npz: the truth of t.tif", "give this stack another name")
+    assert Path("t.truth.npz").read_bytes() == truth and not os.path.exists("t.npz")
 
 
 def test_error_generate_to_standard_output(tmp_path):

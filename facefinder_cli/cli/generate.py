@@ -45,6 +45,21 @@ def _face_list(faces: str, face: str | None) -> list[str]:
     return paths
 
 
+def _refuse_others_truth(out: Path, truth: Path, ours) -> None:
+    """Stacks of one name with other extensions share their truth file (``s.npy``, ``s.tif``:
+    ``s.truth.npz``): when the one there is another stack's, say whose, rather than only that
+    it is not this output's."""
+    if not os.path.lexists(truth) or ours(str(truth)):
+        return
+    for ext in (".npy", ".npz", ".tif", ".tiff"):
+        other = out.with_suffix(ext)
+        if other != out and outputs.written_as(str(truth), "generate", str(other)):
+            raise InputError(
+                f"{truth}: the truth of {other}, which generate wrote with it; give this "
+                f"stack another name, or move {other} and its truth away"
+            )
+
+
 def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int, int]):
     shape = (image_shape[0] - face_shape[0] + 1, image_shape[1] - face_shape[1] + 1)
     if value == "uniform":
@@ -195,6 +210,7 @@ def generate(
                 return outputs.written_as(path, "generate", out)
 
             outputs.check_file_target(out, overwrite, keep=keep, ours=ours)
+            _refuse_others_truth(out_path, truth_path, ours)
             outputs.check_file_target(
                 str(truth_path), overwrite, keep=keep, ours=ours, companion=True
             )
