@@ -80,18 +80,20 @@ def _zarr():
     return zarr
 
 
-def _open(url: str) -> Any:
-    """The (K, H, W) array of the store at ``url``; an :class:`InputError` naming it if none."""
+def _open(url: str, disp: str | None = None) -> Any:
+    """The (K, H, W) array of the store at ``url``; an :class:`InputError` naming it (as
+    ``disp``, the path as the user gave it, if given) if none."""
     zarr = _zarr()
+    disp = url if disp is None else disp
     try:
         node = zarr.open(url, mode="r")
     except Exception as err:  # missing store, unknown scheme, damaged metadata...
-        raise InputError(f"{url}: cannot open as Zarr ({type(err).__name__}: {err})") from None
+        raise InputError(f"{disp}: cannot open as Zarr ({type(err).__name__}: {err})") from None
     if isinstance(node, zarr.Group):
         arrays = dict(node.arrays())
         if "images" not in arrays:
             raise InputError(
-                f"{url}: a Zarr group without an array named images (it holds "
+                f"{disp}: a Zarr group without an array named images (it holds "
                 f"{', '.join(sorted(arrays)) or 'no arrays'})"
             )
         node = arrays["images"]
@@ -125,7 +127,7 @@ class ZarrReader:
     def __init__(self, url: str | os.PathLike, *, check: bool = True) -> None:
         u = os.fspath(url)
         self.url = u if "://" in u else os.path.abspath(u)
-        self._array = _open(self.url)
+        self._array = _open(self.url, u)
         self.shape = tuple(int(n) for n in self._array.shape)
         self.dtype = np.dtype(self._array.dtype)
         _check_kind(self.dtype, self.shape, u, "array")
