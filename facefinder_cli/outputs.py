@@ -1206,6 +1206,8 @@ def claim(*paths: str | os.PathLike | None) -> Iterator[list[str]]:
         done += _put_back_half_installed(locked)
         for parent, name in locked:
             done += _clean_up(parent, name)
+            # and those of its record (:func:`note_written`), if a kill came while it was written
+            done += _clean_up(parent, os.path.basename(_record_path(os.path.join(parent, name))))
         yield done
 
 

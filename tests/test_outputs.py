@@ -203,6 +203,16 @@ def test_a_claim_removes_what_a_killed_run_left_and_only_that():
     )
 
 
+def test_a_claim_removes_the_temporary_of_a_record_a_kill_interrupted():
+    """A kill while the record of a stack was written (``note_written``) left its temporary:
+    the next claim of the stack removes it, and not another output's."""
+    write("..s.npy.facefinder.ab12cd34.facefinder.tmp", "half a record")
+    write("..t.npy.facefinder.ab12cd34.facefinder.tmp", "another output's")
+    with outputs.claim("s.npy") as done:
+        assert done == ["removed ..s.npy.facefinder.ab12cd34.facefinder.tmp"]
+    assert os.listdir() == ["..t.npy.facefinder.ab12cd34.facefinder.tmp"]
+
+
 def test_a_claim_puts_back_an_output_that_a_killed_replacement_moved_aside():
     """Killed between moving the old output aside and renaming the new one into place: the
     next claim restores the old one (the new one's completeness is not known)."""
