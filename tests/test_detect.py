@@ -193,6 +193,7 @@ def test_detect_on_new_images_of_the_bundled_scene():
     ok("generate", "-n", 200, "--noise", 40, "--seed", 1, "-o", "train", "-q")
     r = ok("fit", "train", "--face-size", "40x30", "-o", "run", "--max-iter", 60, "--no-plots")
     assert "barely determined" in r.stderr  # 2211 positions for 200 images
+    assert "positions are unsure" not in r.stderr
     ok("generate", "-n", 50, "--noise", 40, "--seed", 11, "-o", "new", "-q")
     ok("detect", "run", "new", "-o", "found.csv")
     truth = np.load("new/truth.npz")["positions"]
@@ -206,6 +207,24 @@ def test_detect_on_new_images_of_the_bundled_scene():
     with open("fitted.csv", newline="", encoding="utf-8") as f:
         fitted = [(int(x["row"]), int(x["column"])) for x in csv.DictReader(f)]
     assert share_right(fitted, truth) < 0.5
+
+
+def test_fit_and_detect_say_when_positions_are_unsure():
+    """Below a mean probability of 0.9 the probabilities may overstate (docs/PROBABILITIES.md):
+    fit and detect say so, with the mean, and only then."""
+    face, background = S.cartoon_face(16, 12), S.texture("clouds", (24, 32))
+    for noise, unsure in ((150, False), (350, True)):
+        np.save(f"t{noise}.npy", S.make_dataset(face, background, 80, noise, seed=4).images)
+        np.save(f"n{noise}.npy", S.make_dataset(face, background, 40, noise, seed=5).images)
+        r = ok("fit", f"t{noise}.npy", "--face-size", "16x12", "-o", f"r{noise}", "--no-plots")
+        with open(f"r{noise}/positions.csv", newline="", encoding="utf-8") as f:
+            mean = np.mean([float(x["probability"]) for x in csv.DictReader(f)])
+        note = [line for line in r.stderr.splitlines() if "positions are unsure" in line]
+        assert (mean < 0.9) == unsure and len(note) == unsure
+        if unsure:
+            assert f"(mean probability {mean:.2f} in positions.csv)" in note[0]
+        r = ok("detect", f"r{noise}", f"n{noise}.npy", "-o", f"d{noise}.csv")
+        assert ("positions are unsure" in r.stderr) == unsure
 
 
 @pytest.fixture(scope="module")

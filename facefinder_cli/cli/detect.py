@@ -23,6 +23,7 @@ from facefinder_cli.cli.options import (
     log_notes,
     non_finite,
     note_stale,
+    note_unsure,
     overwrite_opt,
     prior_file,
     reports_errors,
@@ -216,6 +217,7 @@ def detect(
         float(np.mean(found.probability)),
         boxes,
     )
+    note_unsure(float(np.mean(found.probability)), "the CSV")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from facefinder_cli.cli.options import (
     log_notes,
     non_finite,
     note_stale,
+    note_unsure,
     overwrite_opt,
     reports_errors,
     said,
@@ -867,6 +868,7 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], res
             K,
             K / D,
         )
+    note_unsure(s["mean_position_probability"], "positions.csv")
     if s["unidentified_background_pixels"]:
         log.info(
             "%d background pixels were covered by the face in every image: they cannot be "

@@ -413,6 +413,25 @@ def note_stale(done: list[str]) -> None:
         log.info("note: after an interrupted earlier run, %s%s", "; ".join(done[:3]), more)
 
 
+#: Below this mean probability the positions' probabilities may overstate how often they are
+#: right: in docs/PROBABILITIES.md's table, 3 of the 8 cells below it do, by 0.08 to 0.29, and
+#: none of those above it.
+UNSURE_PROBABILITY = 0.9
+
+
+def note_unsure(mean_probability: float, where: str) -> None:
+    """Say, when the positions are unsure, that their probabilities may then overstate."""
+    if mean_probability < UNSURE_PROBABILITY:
+        log.info(
+            "note: the positions are unsure (mean probability %.2f in %s); below %.1f the "
+            "probabilities may overstate how often they are right, and more images help most "
+            "(docs/PROBABILITIES.md)",
+            mean_probability,
+            where,
+            UNSURE_PROBABILITY,
+        )
+
+
 def _flag(hint: Hint) -> str:
     """A library's hint in the command line's words: the option and its value."""
     flag = f"--{hint.option.replace('_', '-')}"
