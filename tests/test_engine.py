@@ -68,8 +68,14 @@ def test_hard_em_never_decreases_its_objective(study, init, seed):
         prior_update="always",
     )
     assert np.all(np.diff(r.elbo) >= -1e-10 * np.abs(r.elbo).max())
-    # The MAP objective is a lower bound of the log-likelihood.
-    assert r.final_elbo <= r.log_likelihood[-1]
+    # The MAP objective and the log-likelihood at the end are those of the brute force.
+    import reference as ref
+
+    p, X = r.params, study.images[:60]
+    joint = ref.log_joint(X, p.face, p.background, p.noise_std, p.prior).reshape(len(X), -1)
+    assert r.final_elbo == pytest.approx(joint.max(axis=1).sum(), rel=1e-12)
+    marginal = ref.log_marginal(X, p.face, p.background, p.noise_std, p.prior)
+    assert r.log_likelihood[-1] == pytest.approx(marginal, rel=1e-12)
 
 
 # --- recovery ----------------------------------------------------------------------------------
@@ -358,20 +364,40 @@ def test_hard_passes_evidence_is_the_posteriors_bit_for_bit(dtype):
     lp = lp.astype(dtype)
     lp[1, 2:4] = -np.inf
     c = rng.normal(size=7) * 1e6
-    full = _Posterior.from_log_joint(lp.copy(), c)
+    full = _Posterior.from_log_joint(lp.copy(), c, learn_prior=False)
     best, best_lj, ll = _Posterior.evidence(lp.copy(), c)
     np.testing.assert_array_equal(best, full.best)
     np.testing.assert_array_equal(best_lj, full.best_log_joint)
     np.testing.assert_array_equal(ll, full.log_likelihood)
 
 
+def test_a_learnt_prior_keeps_its_smallest_entries():
+    """Where the prior is learnt from the posteriors, their tiny ratios count: after one step
+    of the study's EM (prior learnt from the start) from a random start, the prior is the
+    brute-force average of the posteriors, entries of 1e-157 included. A prior of zero can
+    never come back; a tiny one can (in review, a cut at exp(-60) here ended 407 nats lower)."""
+    import reference as ref
+
+    d = S.make_dataset(S.cartoon_face(16, 16), S.texture("stripes", (20, 30)), 40, 20.0, seed=1)
+    start = E.initialize(d.images, (16, 16), "random", seed=0)
+    q = ref.posterior(d.images, start.face, start.background, start.noise_std, start.prior)
+    want = q.mean(axis=0)
+    r = quiet_fit(d.images, (16, 16), init_params=start, max_iter=1, tol=-np.inf,
+                  prior_update="always", accelerate="none")  # fmt: skip
+    seen = want > 1e-290  # (the rest: below the subnormal guard, zero in both)
+    assert want[seen].min() < 1e-100  # the case in point
+    assert (r.prior[seen] > 0).all() and (r.prior[~seen] == 0).all()
+    np.testing.assert_allclose(r.prior[seen], want[seen], rtol=1e-8)
+
+
 @pytest.mark.parametrize("scale", [0.1, 30.0, 3000.0])  # nearly all kept .. nearly all dropped
 def test_posteriors_are_the_softmax_with_exact_zeros_below_the_cut(scale):
-    """The E-step takes the exponential only of the ratios it keeps (at or above
-    ``exp(_LOG_CUT)`` to the best one), densely when most are kept, else of those alone: the
-    same numbers either way, the softmax where kept and exact zeros elsewhere."""
+    """The E-step takes the exponential only of the ratios it keeps (at or above the cut to
+    the best one), densely when most are kept, else of those alone: the same numbers either
+    way, the softmax where kept and exact zeros elsewhere. The cut is ``exp(_LOG_CUT)`` where
+    the posteriors do not become the prior, else ``exp(_LOG_TINY)``."""
     from facefinder_cli.engine.estep import _exp_kept, _Posterior
-    from facefinder_cli.engine.model import _LOG_CUT
+    from facefinder_cli.engine.model import _LOG_CUT, _LOG_TINY
 
     rng = np.random.default_rng(6)
     lp = rng.normal(size=(6, 13, 17)) * scale
@@ -381,10 +407,15 @@ def test_posteriors_are_the_softmax_with_exact_zeros_below_the_cut(scale):
     dense = np.exp(t)
     dense[drop] = 0.0
     np.testing.assert_array_equal(_exp_kept(t, drop), dense)  # whichever way it takes
-    sparse_t = t.copy()
-    kept = _exp_kept(sparse_t, np.ones_like(drop), out=sparse_t)  # the other way: none kept
-    assert not kept.any()
-    q = _Posterior.from_log_joint(lp.copy()).q
+    out = np.full((t.shape[0], t.shape[1], 2 * t.shape[2]), np.nan)[:, :, ::2]  # strided
+    np.testing.assert_array_equal(_exp_kept(t, drop, out=out), dense)
+    assert out.base is not None and np.array_equal(out, dense)  # written in place
+    q = _Posterior.from_log_joint(lp.copy(), learn_prior=False).q
     want = dense / dense.sum(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(q, want, rtol=1e-14, atol=0)
     assert (q[drop] == 0).all() and (q[~drop] > 0).all()
+    q = _Posterior.from_log_joint(lp.copy()).q  # learn_prior=True
+    tiny = t < _LOG_TINY
+    want = np.where(tiny, 0.0, np.exp(t))
+    np.testing.assert_allclose(q, want / want.sum(axis=(1, 2), keepdims=True), rtol=1e-14)
+    assert (q[tiny] == 0).all() and (q[~tiny] > 0).all()

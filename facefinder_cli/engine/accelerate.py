@@ -139,9 +139,9 @@ def cycle(data: _Data, p0: Params, update_prior: bool, enough: float) -> Cycle:
     steps leave less than ``enough`` nats to gain, it ends at θ2 without the third pass: the
     fit is about to stop (once ``STOP_CYCLES`` cycles in a row have), and an extrapolation
     would cost as much as the steps it saves."""
-    s0 = _pass(data, p0, "soft", True)
+    s0 = _pass(data, p0, "soft", True, learn_prior=update_prior)
     p1, info1 = s0.m_step(p0, update_prior=update_prior)
-    s1 = _pass(data, p1, "soft", True)
+    s1 = _pass(data, p1, "soft", True, learn_prior=update_prior)
     p2, info2 = s1.m_step(p1, update_prior=update_prior)
     distance = _remaining(s0.log_likelihood, info1["elbo"], s1.log_likelihood, info2["elbo"])
     if distance < enough:
@@ -150,7 +150,7 @@ def cycle(data: _Data, p0: Params, update_prior: bool, enough: float) -> Cycle:
     jump = extrapolate(p0, p2, r, v, alpha, data)
     if jump is None:
         return Cycle(s0, p2, info2, 2, distance)
-    s = _pass(data, jump, "soft", True)
+    s = _pass(data, jump, "soft", True, learn_prior=update_prior)
     if s.log_likelihood >= info2["elbo"]:
         p, info = s.m_step(jump, update_prior=update_prior)
         return Cycle(s0, p, info, 3, distance, jumped=True)

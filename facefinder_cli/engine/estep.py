@@ -18,6 +18,7 @@ from facefinder_cli.engine.model import (
     DEFAULT_CHUNK_SIZE,
     Params,
     _box_valid,
+    _log_cut,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ def predictive_prior(prior: np.ndarray, n_images: int, alpha: float = PRIOR_PSEU
     a = np.asarray(prior, dtype=np.float64)
     if a.ndim != 2 or (a < 0).any() or not a.sum() > 0 or not np.isfinite(a).all():
         raise ValueError("prior must be a 2-D table of non-negative numbers with a positive sum")
-    if not (int(n_images) >= 0 and alpha > 0):
+    if not (int(n_images) == n_images >= 0 and alpha > 0):
         raise ValueError(f"need n_images >= 0 and alpha > 0, got {n_images} and {alpha}")
     counts = int(n_images) * a / a.sum()
     return (counts + alpha) / (int(n_images) + alpha * a.size)
@@ -185,20 +186,21 @@ def shrunk_face(face: np.ndarray, noise_std: float, n_images: int) -> np.ndarray
 
 
 def _exp_kept(t: np.ndarray, drop: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``exp(t)``, with exact zeros where ``drop`` (the ratios below ``exp(_LOG_CUT)``), into
-    ``out`` (may be ``t``). Once a fit has found its faces, most positions are dropped (95% or
-    more at low noise): the exponential, about 10 ns a value in float64, is then taken of the
-    others only. The values are the same either way."""
+    """``exp(t)``, with exact zeros where ``drop`` (the ratios below the cut, see
+    ``model._LOG_CUT``), into ``out`` (may be ``t``). Once a fit has found its faces, most
+    positions are dropped (95% or more at low noise): the exponential, about 10 ns a value in
+    float64, is then taken of the others only. The values are the same either way."""
     kept = drop.size - np.count_nonzero(drop)
     if kept > drop.size // 2:
         q = np.exp(t, out=out)
         np.copyto(q, 0.0, where=drop)
         return q
     where = np.flatnonzero(~drop)
-    values = np.exp(t.ravel()[where])
+    values = np.exp(np.take(t, where))
     q = np.zeros_like(t) if out is None else out
-    q.fill(0.0)
-    q.ravel()[where] = values
+    if out is not None:
+        q.fill(0.0)
+    np.put(q, where, values)  # (not through a flat view: a copy if ``out`` is not contiguous)
     return q
 
 
@@ -213,14 +215,19 @@ class _Posterior:
     best_log_joint: np.ndarray  # (n,) log p(X_k, d*_k | θ)
 
     @classmethod
-    def from_log_joint(cls, lp: np.ndarray, c: np.ndarray | float = 0.0) -> _Posterior:
-        """From ``log p(X_k, d | θ) = lp[k, d] + c[k]`` (``lp`` float32 or float64)."""
+    def from_log_joint(
+        cls, lp: np.ndarray, c: np.ndarray | float = 0.0, learn_prior: bool = True
+    ) -> _Posterior:
+        """From ``log p(X_k, d | θ) = lp[k, d] + c[k]`` (``lp`` float32 or float64).
+        ``learn_prior=False`` where the posteriors' average will not be the new prior: the
+        ratios below ``exp(model._LOG_CUT)`` to the best position are then zeros, instead of
+        only those that would be subnormal (see ``model._log_cut``)."""
         n = lp.shape[0]
         flat = lp.reshape(n, -1)
         best = np.argmax(flat, axis=1)
         top = flat[np.arange(n), best]
         flat -= top[:, None]  # t = lp - max <= 0; -inf where the prior is zero
-        drop = flat < _LOG_CUT
+        drop = flat < _log_cut(flat.dtype, learn_prior)
         q = _exp_kept(flat, drop)
         np.copyto(flat, 0.0, where=drop)  # keeps q * t finite in the entropy
         z = q.sum(axis=1, dtype=np.float64)
@@ -234,9 +241,10 @@ class _Posterior:
     def evidence(
         lp: np.ndarray, c: np.ndarray | float = 0.0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(best, best_log_joint, log_likelihood)`` of :meth:`from_log_joint`, bit for bit,
-        without the posteriors and their entropy, which hard EM's passes do not use: one
-        exponential in place and a sum, about a third of the work (``lp`` is overwritten)."""
+        """``(best, best_log_joint, log_likelihood)`` of :meth:`from_log_joint` with
+        ``learn_prior=False``, bit for bit, without the posteriors and their entropy, which
+        hard EM's passes do not use: one exponential in place and a sum, about a third of the
+        work (``lp`` is overwritten)."""
         n = lp.shape[0]
         flat = lp.reshape(n, -1)
         best = np.argmax(flat, axis=1)
@@ -370,7 +378,7 @@ def _detect(data: _Data, params: Params) -> Detection:
 
     def chunk(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lp, c = scorer.log_joint(*data.chunk_data(a, b), data.sq_x[a:b])
-        post = _Posterior.from_log_joint(lp, c)
+        post = _Posterior.from_log_joint(lp, c, learn_prior=False)
         probability = np.exp(post.best_log_joint - post.log_likelihood)
         # log p(X_k | d*) = -n/2 log(2π s²) - SSE / (2 s²)
         log_lik = post.best_log_joint - log_prior[post.best]

@@ -378,7 +378,9 @@ def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float
         jumped = c.jumped
     else:
         samples = _samples_at(t, s.samples, s.samples_growth, s.max_samples)
-        stats = _pass(data, state.params, s.method, True, rng, samples)
+        stats = _pass(
+            data, state.params, s.method, True, rng, samples, learn_prior=state.prior_free
+        )
         params, info = stats.m_step(state.params, update_prior=state.prior_free)
         passes = 1
     state = replace(

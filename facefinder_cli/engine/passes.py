@@ -116,6 +116,7 @@ def _pass(
     held_out: tuple[bool, bool] | None = None,
     support: np.ndarray | None = None,
     beta: float = 1.0,
+    learn_prior: bool = True,
 ) -> _Stats:
     """One streaming pass: the E-step at ``p`` (log-likelihood, bound, MAP positions and their
     probabilities) and, if ``accumulate``, the M-step sums. Monte-Carlo EM (``method="mc"``)
@@ -123,7 +124,9 @@ def _pass(
     empirical distribution of the draws. With ``held_out`` (whether the face and the prior
     were fitted) the positions and probabilities are the held-out ones of :func:`_held_out`
     (with ``support``). ``beta < 1`` tempers soft EM's posteriors, ``q ∝ p(X_k, d | θ)^beta``
-    (see :func:`_anneal`; the pass's log-likelihood and bound are then not ``θ``'s)."""
+    (see :func:`_anneal`; the pass's log-likelihood and bound are then not ``θ``'s).
+    ``learn_prior=False`` when the M-step after it holds the prior: soft EM's posteriors may
+    then drop more of their smallest ratios (``model._log_cut``)."""
     if held_out is not None:
         assert not accumulate, "held-out positions are for the final pass"
         # The final pass scores with the likelihood alone, then adds the prior, so that the
@@ -134,6 +137,10 @@ def _pass(
             log_prior = np.log(p.prior).astype(data.dtype)
     else:
         scorer = _Scorer(p, data)
+
+    # Only soft EM's prior is the average of its posteriors (hard and Monte-Carlo EM count
+    # positions); Monte-Carlo EM never draws a ratio below the cut.
+    learn = method == "soft" and accumulate and learn_prior
 
     def chunk(a: int, b: int, u: np.ndarray | None = None) -> tuple:
         x, xf = data.chunk_data(a, b)
@@ -150,10 +157,11 @@ def _pass(
             lp, c = scorer.log_joint(x, xf, data.sq_x[a:b])
             if beta != 1.0:
                 lp *= lp.dtype.type(beta)
-            post = _Posterior.from_log_joint(lp, c)
+            post = _Posterior.from_log_joint(lp, c, learn)
         else:
             lp, c, corr = scorer.log_joint_and_correlation(x, xf, data.sq_x[a:b])
-            post = _Posterior.from_log_joint(lp + log_prior, c)
+            # (lp + log_prior is a new array: lp itself goes on to _held_out, which needs it)
+            post = _Posterior.from_log_joint(lp + log_prior, c, learn_prior=False)
         ll = float(post.log_likelihood.sum())
         part.log_likelihood = ll
         best = np.column_stack(np.unravel_index(post.best, (data.Dh, data.Dw)))
@@ -215,6 +223,6 @@ def _anneal(
         tilt = rng.dirichlet(np.ones(p.prior.size)).reshape(p.prior.shape) * (p.prior > 0)
         p = Params(p.face, p.background, p.noise_std, tilt / tilt.sum())
     for beta in np.geomspace(ANNEAL_BETA, 1.0, passes, endpoint=False):
-        stats = _pass(data, p, "soft", True, beta=float(beta))
+        stats = _pass(data, p, "soft", True, beta=float(beta), learn_prior=False)
         p, _ = stats.m_step(p, update_prior=False)
     return Params(p.face, p.background, p.noise_std, start.prior)

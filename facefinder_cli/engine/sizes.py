@@ -291,7 +291,7 @@ def _short_fit(
     params, _ = _start(data, init, np.random.default_rng(_seed_child(seeds, 0)), 0, {})
     ll = math.nan
     for _ in range(SHORT_ITER):
-        stats = _pass(data, params, "soft", True)
+        stats = _pass(data, params, "soft", True, learn_prior=False)
         ll = float(stats.log_likelihood)
         params, _ = stats.m_step(params, update_prior=False)
     n = n_params(size, (data.H, data.W))
