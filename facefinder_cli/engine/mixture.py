@@ -56,7 +56,7 @@ from facefinder_cli.engine.model import (
     _xlogy,
     uniform_prior,
 )
-from facefinder_cli.engine.mstep import _background_update, _noise_update
+from facefinder_cli.engine.mstep import _background_update, _crops, _noise_update
 from facefinder_cli.engine.passes import _draw
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _seed_child, _seed_sequence
@@ -288,12 +288,9 @@ class _MixStats:
         ``pos`` (n, S, 2) (hard EM: ``S = 1``; Monte-Carlo EM: ``S`` draws)."""
         d = self.data
         n, S = faces.shape
-        rows = pos[:, :, 0, None, None] + np.arange(d.h)[:, None]
-        cols = pos[:, :, 1, None, None] + np.arange(d.w)
-        crops = x[np.arange(n)[:, None, None, None], rows, cols]  # (n, S, h, w)
+        flat, crops = _crops(d, x, pos)
         np.add.at(self.face_sum, faces.ravel(), crops.reshape(-1, d.h, d.w) / S)
-        flat = (rows * d.W + cols).ravel()
-        self.cover_x += np.bincount(flat, crops.ravel(), d.H * d.W).reshape(d.H, d.W) / S
+        self.cover_x += np.bincount(flat, crops, d.H * d.W).reshape(d.H, d.W) / S
         D = d.Dh * d.Dw
         pflat = (faces * D + pos[:, :, 0] * d.Dw + pos[:, :, 1]).ravel()
         size = self.q_sum.size
