@@ -506,6 +506,31 @@ def test_fit_truth_errors_survive_an_interruption(data, monkeypatch):
         np.testing.assert_array_equal(cut.errors[name], whole.errors[name], err_msg=name)
 
 
+def test_fit_overwrite_interrupted_keeps_the_earlier_run(data, monkeypatch):
+    """Ctrl-C during `fit --overwrite` over a finished run: the earlier run stays whole, the
+    new fit's checkpoint goes in beside it, --resume finishes the new one and only then is
+    the folder replaced (found by review: the first checkpoint replaced the whole run)."""
+    from helpers import stop_fit_at
+
+    args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots"]
+    ok("fit", data, *args, "-o", "run")
+    old = {p.name: p.read_bytes() for p in Path("run").iterdir()}
+    ok("fit", data, *args, "--seed", 3, "-o", "whole")
+    with stop_fit_at(monkeypatch, 2):
+        r = cli("fit", data, *args, "--seed", 3, "-o", "run", "--overwrite")
+    assert r.exit_code == 130 and "saved in run (beside the earlier run, whole until" in r.stderr
+    assert {
+        p.name: p.read_bytes() for p in Path("run").iterdir() if p.name != "checkpoint.npz"
+    } == old
+    error_line(cli("fit", data, *args, "-o", "run"), 1, "holds an interrupted fit", "--resume")
+    ok("detect", "run", data, "-o", "found.csv")  # the earlier run, usable meanwhile
+    ok("fit", "--resume", "run")
+    assert not Path("run/checkpoint.npz").exists()
+    resumed, whole = load_run(Path("run")), load_run(Path("whole"))
+    np.testing.assert_array_equal(resumed.params.face, whole.params.face)
+    np.testing.assert_array_equal(resumed.elbo, whole.elbo)
+
+
 def test_fit_positions_follow_natural_order(tmp_path, stack, truth):
     os.mkdir("pngs")
     for k in range(N):  # names a1..a60: a plain sort would put a10 before a2

@@ -175,9 +175,10 @@ def only_with_resume(ctx: click.Context, allowed: tuple[str, ...]) -> None:
 
 
 class CheckpointSaver:
-    """Writes a fit's checkpoints into its output folder: the folder is created (or an earlier
-    run in it replaced, with --overwrite) at the first save; later saves replace
-    checkpoint.npz atomically."""
+    """Writes a fit's checkpoints into its output folder: the folder is created at the first
+    save, or, when it exists (an earlier run, replaced with --overwrite), the checkpoint goes
+    into it beside the earlier run, which stays whole until the new run replaces the folder
+    at the end; later saves replace checkpoint.npz atomically."""
 
     def __init__(
         self, out: str, options: dict, keep: list[str], every: int | None, overwrite: bool
@@ -185,6 +186,7 @@ class CheckpointSaver:
         self.out, self.options, self.keep, self.every = out, options, keep, every
         self.overwrite = overwrite
         self.wrote = False
+        self.beside_earlier = False  # whether the checkpoint went in beside an earlier run
         self.sizes: list[dict] | None = None  # the face-size search's table, if any
 
     def maybe_save(self, state: engine.Checkpoint | engine.MixtureCheckpoint, errors: dict) -> None:
@@ -196,6 +198,11 @@ class CheckpointSaver:
         if self.sizes is not None:  # the face-size search's table
             extra["sizes"] = self.sizes
         if self.wrote:
+            runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
+        elif os.path.isdir(self.out) and not os.path.islink(self.out):
+            # an earlier run (or an empty folder): checked again, as it may have changed since
+            outputs.check_folder_target(self.out, self.overwrite, keep=self.keep, kind=RUN_FOLDER)
+            self.beside_earlier = os.path.isfile(os.path.join(self.out, runs.RESULT))
             runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
         else:
             try:
@@ -221,9 +228,15 @@ def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
     saver.save(state, errors)
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
-        f"{restarts}; saved in {saver.out}: carry on with `facefinder fit --resume "
-        f"{_quoted(saver.out)}`"
+        f"{restarts}; saved in {saver.out}{_beside(saver)}: carry on with `facefinder fit "
+        f"--resume {_quoted(saver.out)}`"
     )
+
+
+def _beside(saver: CheckpointSaver) -> str:
+    if not saver.beside_earlier:
+        return ""
+    return " (beside the earlier run, whole until the new one replaces it)"
 
 
 def _quoted(path: str) -> str:
@@ -241,8 +254,8 @@ def save_when_lost(saver, state, errors: dict, restarts: int, err: Exception) ->
     saver.save(state, errors)
     return (
         f"{err}; saved iteration {state.iteration} of restart {state.restart + 1} of {restarts} "
-        f"in {saver.out}: carry on with `facefinder fit --resume {_quoted(saver.out)}`, with or "
-        "without --scheduler"
+        f"in {saver.out}{_beside(saver)}: carry on with `facefinder fit --resume "
+        f"{_quoted(saver.out)}`, with or without --scheduler"
     )
 
 
