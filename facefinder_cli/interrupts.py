@@ -82,7 +82,9 @@ def deferred(label: str = "") -> Iterator[None]:
     """Run the block whole: a signal that arrives inside it is raised when it ends (if no
     other exception is on its way out), as :class:`Interrupted` with ``after=label``."""
     _State.depth += 1
-    outer, _State.label = _State.label, label
+    # an unlabelled block inside a labelled one is part of it (the temporary of a record
+    # written while outputs are installed): a signal there arrived in the install too
+    outer, _State.label = _State.label, label or _State.label
     try:
         yield
     finally:

@@ -375,6 +375,17 @@ def test_a_signal_inside_a_deferred_block_waits_for_its_end():
     assert out.stdout.split("\n")[:2] == ["finished the block", "130 install"], out.stderr
 
 
+def test_a_signal_in_an_unlabelled_block_inside_an_install_is_the_installs():
+    """The record written while outputs are installed makes its temporary in an unlabelled
+    block: a signal there arrived in the install all the same (it said "not written")."""
+    code = DEFERRED.replace(
+        "os.kill(os.getpid(), signal.SIGINT)  # arrives inside: waits",
+        "with interrupts.deferred():\n                    os.kill(os.getpid(), signal.SIGINT)",
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split("\n")[:2] == ["finished the block", "130 install"], out.stderr
+
+
 def test_an_interrupt_hidden_by_a_writers_clean_up_still_interrupts(tmp_path):
     """np.savez closing its zip file on the way out of a SIGTERM raised "Can't close the ZIP
     file while there is an open writing handle", which replaced the interrupt (exit 1)."""

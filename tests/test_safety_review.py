@@ -79,6 +79,48 @@ def test_generate_never_removes_a_device_nor_loses_the_old_pair(monkeypatch):
         assert stat.S_ISCHR(os.lstat("null.npy").st_mode)
 
 
+@pytest.mark.parametrize(
+    "command, written",
+    [
+        (["pack", "src", "p.npy", "--overwrite"], "p.npy was written all the same"),
+        ([*GEN, "--seed", "5", "-o", "g.npy", "--overwrite"], "g.npy and g.truth.npz were"),
+        (["detect", "run", "src", "-o", "d.csv", "--overwrite"], "d.csv was written all the"),
+        (["plot-elbo", "run", "-o", "e.png", "--overwrite"], "e.png was written all the same"),
+    ],
+)
+def test_a_signal_after_the_outputs_are_in_place_says_they_were_written(
+    monkeypatch, command, written
+):
+    """Ctrl-C as the command lets go of its outputs' locks, with the new outputs in place:
+    it said "was not written; the one there is as it was" (found by review)."""
+    from facefinder_cli import outputs
+
+    ok(*GEN, "-o", "src")
+    ok("fit", "src", "--face-size", "8x8", "-o", "run", "-q", "--no-plots")
+    for out in ("p.npy", "g.npy", "d.csv", "e.png"):  # the outputs as they were before
+        if out == "p.npy":
+            ok("pack", "src", out)
+        elif out == "g.npy":
+            ok(*GEN, "-o", out)
+        elif out == "d.csv":
+            ok("detect", "run", "src", "-o", out, "-q")
+        else:
+            ok("plot-elbo", "run", "-o", out, "-q")
+    out = next(a for a in ("p.npy", "g.npy", "d.csv", "e.png") if a in command)
+    before = os.stat(out).st_ino  # (the new output is the same, made anew)
+    real = outputs._Lock.release
+
+    def release(self):
+        monkeypatch.setattr(outputs._Lock, "release", real)  # once
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self)
+
+    monkeypatch.setattr(outputs._Lock, "release", release)
+    r = cli(*command)
+    assert r.exit_code == 130 and written in r.stderr and "not written" not in r.stderr
+    assert os.stat(out).st_ino != before  # replaced
+
+
 def test_pack_overwrite_keeps_the_old_names_file_when_interrupted(monkeypatch):
     from facefinder_cli.images import packing
 

@@ -170,6 +170,7 @@ def detect(
             raise InputError(f"{model_.source}: {err}") from None
         log_notes(stack)
         _warn_if_mismatched(found, model_.noise_std, input, stack.names)
+        STOPPED["installed"] = f"{out} was written all the same"  # (as it was put in place)
         if draw:
             STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
         with outputs.atomic_write(out, "w", overwrite=overwrite, record="detect") as f:
@@ -177,6 +178,8 @@ def detect(
             rows.writerow(["image", *model_.columns])
             for name, row in zip(stack.names, model_.rows(found)):
                 rows.writerow([printable(name), *row])
+        if not outputs.is_stream(out):
+            STOPPED["note"] = f"{out} was written all the same"
         if draw:  # one image at a time: a streamed stack is never held in memory
             if not outputs.is_stream(out):
                 STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
@@ -189,6 +192,7 @@ def detect(
                     r, c = found.positions[k]
                     rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w, int(faces[k]))
                     images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+            STOPPED["note"] = STOPPED["installed"]
     boxes = ""
     if draw:
         boxes = f"; boxed images in {draw}"

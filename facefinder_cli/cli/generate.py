@@ -202,6 +202,11 @@ def generate(
     STOPPED["note"] = f"{out} was not written" + (
         "; the one there is as it was" if os.path.lexists(out) else ""
     )
+    STOPPED["installed"] = (  # (a signal as it was put in place)
+        f"{out} and {truth_path} were written all the same"
+        if stack_file
+        else f"{out} was written all the same"
+    )
     with outputs.claim(out, truth_path if stack_file else None) as stale:
         note_stale(stale)
         if stack_file:
@@ -244,6 +249,7 @@ def generate(
                 if batch is not None and batch.installed:
                     STOPPED["note"] = f"{out} and {truth_path} were written all the same"
                 raise
+            STOPPED["note"] = f"{out} and {truth_path} were written all the same"
         else:
             with outputs.atomic_folder(
                 out,
@@ -254,6 +260,7 @@ def generate(
                 clipped = images.write_image_files(tmp, data.images, fmt=fmt)
                 runs.save_truth(Path(tmp) / "truth.npz", data.truth, data.positions,
                                 faces=all_faces, labels=labels)  # fmt: skip
+            STOPPED["note"] = f"{out} was written all the same"
     if clipped:
         log.warning(
             "%d of %d pixel values (%.2g%%) fell outside 0..255 and were clipped in "

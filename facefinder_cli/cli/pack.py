@@ -78,6 +78,7 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
     STOPPED["note"] = f"{target} was not written" + (
         "; the one there is as it was" if os.path.lexists(target) else ""
     )
+    STOPPED["installed"] = f"{target} was written all the same"  # (a signal as it was put in place)
     try:
         side = None if images.is_zarr_target(target) else images.names_path(target)
         with outputs.claim(target, side) as stale:
@@ -91,6 +92,7 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
                 layout=None if layout == "auto" else layout,
                 progress=progress,
             )
+            STOPPED["note"] = f"{target} was written all the same"
     finally:
         bar.close()
     log_notes(stack)

@@ -11,6 +11,7 @@ from facefinder_cli import outputs, runs
 from facefinder_cli.cli.options import (
     CONTEXT,
     OUTPUT,
+    STOPPED,
     note_stale,
     overwrite_opt,
     reports_errors,
@@ -127,6 +128,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     with outputs.claim(out) as stale:
         note_stale(stale)
         outputs.check_file_target(out, overwrite, keep=keep, ours=outputs.is_facefinder_plot)
+        STOPPED["installed"] = f"{out} was written all the same"  # (as it was put in place)
         with outputs.atomic_write(out, overwrite=overwrite) as f:
             plot_curves(
                 curves,
@@ -138,5 +140,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
                 fmt=fmt,
                 title=title,
             )
+        if not outputs.is_stream(out):  # (a signal from here on: the plot is in place)
+            STOPPED["note"] = f"{out} was written all the same"
     if out != "-" and not outputs.stdout_broken():
         log.info("wrote %s", out)
