@@ -236,6 +236,33 @@ def test_folder_holding_only_stacks_names_them():
         load_stack("st")
 
 
+@pytest.mark.parametrize("how", ["load", "pack"])
+def test_a_folder_replaced_while_it_is_read_is_refused(monkeypatch, how):
+    """Files are opened by path one by one: a folder swapped for another of the same names
+    (generate --overwrite renames the new one into place) gave a stack of both, exit 0."""
+    from facefinder_cli.images import pack_stack, reading
+
+    for folder, value in (("imgs", 10), ("new", 200)):
+        for k in range(6):
+            save_png(f"{folder}/img{k}.png", gray(8, 8, value))
+    real, calls = reading._read_image_file, []
+
+    def read(path, disp):
+        calls.append(path)
+        if len(calls) == 3:  # halfway: the folder is replaced
+            os.rename("imgs", "old")
+            os.rename("new", "imgs")
+        return real(path, disp)
+
+    monkeypatch.setattr(reading, "_read_image_file", read)
+    with pytest.raises(InputError, match="^imgs: the folder was replaced while its images"):
+        load_stack("imgs") if how == "load" else pack_stack("imgs", "p.npy")
+    assert not os.path.exists("p.npy")
+    calls.clear()
+    monkeypatch.setattr(reading, "_read_image_file", real)
+    assert (load_stack("imgs").images == 200).all()  # read again: the new one, whole
+
+
 def test_glob_without_match():
     with pytest.raises(InputError, match=r"^imgs/\*\.png: no image files match this pattern$"):
         load_stack("imgs/*.png")

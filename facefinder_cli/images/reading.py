@@ -71,6 +71,20 @@ class Stack:
     source: str = ""
 
 
+def _same_folder(seen: dict[str, tuple[int, int] | None], folder: str) -> None:
+    """Note ``folder``'s identity in ``seen``, or raise if it is not the one noted before."""
+    try:
+        st = os.stat(folder)
+        now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        now = None
+    if seen.setdefault(folder, now) != now:
+        raise InputError(
+            f"{folder}: the folder was replaced while its images were read (by another process "
+            "writing it?); read it again once that is done"
+        )
+
+
 class _FileImages:
     """The images of a list of files, one per file, read one at a time with the checks of
     :func:`load_stack`: each file holds one image, all of the same size, finite values.
@@ -89,7 +103,12 @@ class _FileImages:
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray | None]]:
         shape: tuple[int, ...] | None = None
+        # The files are opened one by one by path: a folder replaced meanwhile as a whole (by
+        # `generate --overwrite`, with two quick renames) would give images of both. Each
+        # file's folder must be the same folder from the first file to the end.
+        folders: dict[str, tuple[int, int] | None] = {}
         for i, (path, disp) in enumerate(zip(self.paths, self.displays)):
+            _same_folder(folders, os.path.dirname(path) or os.curdir)
             try:
                 blocks, c = _read_image_file(path, disp)
             except InputError as err:
@@ -116,6 +135,8 @@ class _FileImages:
             _check_finite(img[np.newaxis], lambda k, disp=disp: f"{disp}:")
             self.kept.append(i)
             yield disp, img
+        for folder in list(folders):
+            _same_folder(folders, folder)
         if not self.kept:
             raise InputError(
                 f"{self.displays[0]} and the other {len(self.paths) - 1} files: none is readable"
