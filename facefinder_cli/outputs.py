@@ -433,7 +433,12 @@ def _check_parent(p: str) -> str:
     if len(os.fsencode(name)) > 255:
         raise InputError(f"{p}: the name is too long (more than 255 bytes)")
     if not os.path.isdir(parent):
-        raise InputError(f"{p}: cannot write (folder {shown} does not exist)")
+        why = (
+            f"{shown} is not a folder"
+            if os.path.lexists(parent)
+            else f"folder {shown} does not exist"
+        )
+        raise InputError(f"{p}: cannot write ({why})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{p}: cannot write (folder {shown} is not writable)")
     return parent
@@ -1038,15 +1043,22 @@ class _Lock:
         )
 
     def acquire(self) -> bool:
-        """Take the lock; False when it cannot be made here (a missing or read-only folder: the
-        output checks then say so). InputError when another process holds it, or when the lock
-        file's name is taken by a file of the user's."""
+        """Take the lock; False when it cannot be made here (a missing or read-only folder, or
+        a file where the folder should be: the output checks then say so). InputError when
+        another process holds it, or when the lock file's name is taken by a file of the
+        user's."""
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         for _ in range(100):
             try:
                 fd = os.open(self.path, flags, 0o644)
             except OSError as err:
-                if err.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS):
+                if err.errno in (
+                    errno.ENOENT,
+                    errno.ENOTDIR,
+                    errno.EACCES,
+                    errno.EPERM,
+                    errno.EROFS,
+                ):
                     return False
                 raise self._foreign() from None  # a link, a folder...
             try:

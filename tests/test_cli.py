@@ -1077,6 +1077,20 @@ def test_error_generate_refuses_existing_output(tmp_path):
     assert Path("t.truth.npz").read_bytes() == truth and not os.path.exists("t.npz")
 
 
+def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path, data):
+    """It blamed a lock file that does not exist (found by review): `.r.lock exists and is
+    not a facefinder lock file`."""
+    Path("afile").write_text("mine")
+    for args in (
+        ("fit", data, "--face-size", "16x12", "-o", "afile/r"),
+        ("generate", "-n", 3, "-o", "afile/g.npy"),
+        ("pack", data, "afile/p.npy"),
+    ):
+        error_line(cli(*args), 1, "cannot write (afile is not a folder)")
+    error_line(cli("generate", "-n", 3, "-o", "nope/g.npy"), 1, "folder nope does not exist")
+    assert Path("afile").read_text() == "mine"
+
+
 def test_error_generate_to_standard_output(tmp_path):
     for out in ("-", "/dev/stdout"):  # (it said: "only as npy or npz", which generate has not)
         r = cli("generate", "-n", 3, "-o", out)
