@@ -289,7 +289,7 @@ def _stdout(mode: str) -> Iterator[IO[Any]]:
     except BrokenPipeError:
         _pipe_broke()
     except OSError as err:
-        raise InputError(f"standard output: cannot write ({err.strerror or err})") from None
+        raise InputError(f"standard output: cannot write ({_why_not(err)})") from None
     finally:
         if stream is not buffer:
             with suppress(Exception):
@@ -788,7 +788,7 @@ def _temp_beside(p: str) -> tuple[int, str, int]:
         name = _stem(_split(p)[1])
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=_TMP, dir=parent)
     except OSError as err:
-        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+        raise InputError(f"{p}: cannot write ({_why_not(err)})") from None
     return fd, tmp, perms
 
 
@@ -828,7 +828,7 @@ def _write_into(p: str, fd: int | None, mode: str) -> Iterator[IO[Any]]:
         else:
             handle = os.dup(fd)
     except OSError as err:
-        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+        raise InputError(f"{p}: cannot write ({_why_not(err)})") from None
     f: Any = os.fdopen(handle, "wb")
     if mode == "w":
         f = io.TextIOWrapper(f, encoding="utf-8", newline="")
@@ -841,7 +841,7 @@ def _write_into(p: str, fd: int | None, mode: str) -> Iterator[IO[Any]]:
         else:
             raise InputError(f"{p}: cannot write (broken pipe)") from None
     except OSError as err:
-        raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+        raise InputError(f"{p}: cannot write ({_why_not(err)})") from None
     finally:
         with suppress(OSError):
             f.close()
@@ -909,7 +909,7 @@ def atomic_write(
                 if record is not None:
                     note_written([p], record)
             except OSError as err:
-                raise InputError(f"{p}: cannot write ({err.strerror or err})") from None
+                raise InputError(f"{p}: cannot write ({_why_not(err)})") from None
     except BaseException as exc:
         if tmp:
             with suppress(OSError):
@@ -918,8 +918,21 @@ def atomic_write(
         if stop is not None:  # a writer's clean-up failed on the way out of an interrupt
             raise stop from None
         if isinstance(exc, OSError):
-            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
+            raise InputError(f"{p}: cannot write ({_why_not(exc)})") from None
         raise
+
+
+#: NumPy's words for a short write (``ndarray.tofile``), an OSError without an errno.
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def _why_not(err: OSError) -> str:
+    """Why a file could not be written, in a few words: the system's, or for a short write
+    (the disk full, mostly) what was written of what."""
+    short = _SHORT_WRITE.search(str(err)) if err.errno is None else None
+    if short:
+        return f"only {short[2]} of {short[1]} bytes went to disk: is it full?"
+    return err.strerror or str(err)
 
 
 def _interrupt_behind(exc: BaseException) -> interrupts.Interrupted | None:
@@ -976,7 +989,7 @@ def atomic_folder(
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise InputError(f"{p}: cannot write ({exc.strerror or exc})") from None
+            raise InputError(f"{p}: cannot write ({_why_not(exc)})") from None
         if isinstance(exc, InputError) and tmp and tmp in str(exc):  # a file inside it:
             shown = os.path.join(target, "")  # name it as it would have been
             raise InputError(str(exc).replace(os.path.join(tmp, ""), shown)) from None
@@ -1253,6 +1266,7 @@ def atomic_files(
     --overwrite knows them again."""
     batch = Batch()
     staged: list[tuple[str, str, int]] = []  # (temporary, target, permissions)
+    opened: list[IO[bytes]] = []  # the temporaries' files
     with ExitStack() as streams:
         try:
             for path in paths:
@@ -1266,6 +1280,7 @@ def atomic_files(
                     fd, tmp, perms = _temp_beside(p)
                     staged.append((tmp, p, perms))
                 batch.files.append(streams.enter_context(open(fd, "wb")))
+                opened.append(batch.files[-1])
             yield batch
             for f in batch.files:
                 f.flush()
@@ -1277,12 +1292,15 @@ def atomic_files(
                 if record is not None and len(staged) == len(paths):  # (none into a device)
                     note_written([p for _, p, _ in staged], record)
         except BaseException as exc:
+            for f in opened:  # closed here: a flush failing as they close would hide exc
+                with suppress(OSError, ValueError):
+                    f.close()
             for tmp, _, _ in staged:
                 with suppress(OSError):
                     os.unlink(tmp)
             if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
                 where = staged[0][1] if staged else os.fspath(paths[0])
-                raise InputError(f"{where}: cannot write ({exc.strerror or exc})") from None
+                raise InputError(f"{where}: cannot write ({_why_not(exc)})") from None
             raise
 
 

@@ -3,6 +3,7 @@ interrupt handling every command shares (facefinder_cli.interrupts), tested dire
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -350,6 +351,20 @@ def test_a_double_star_pattern_does_not_follow_links_to_folders():
     )
     assert input_paths("imgs/s*/*.png") == ["imgs/sub/b.png"]
     assert input_paths("stack.npy") == ["stack.npy", "stack.names.txt"]
+
+
+def test_a_disk_full_names_the_file_and_says_so():
+    """A full disk: the error names the output (a flush failing as the files closed replaced
+    it with a bare "No space left on device") and says what went wrong in a short write."""
+    with pytest.raises(InputError, match=r"^t\.npz: cannot write \(No space left on device\)$"):
+        with outputs.atomic_files(["t.npz"]) as batch:
+            f = batch.files[0]
+            f.write(b"x" * 10)  # buffered, to be flushed as the file closes...
+            os.close(f.fileno())  # ...which then fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert os.listdir() == []
+    short = OSError("2073600 requested and 74720 written")  # NumPy's tofile, without errno
+    assert outputs._why_not(short) == "only 74720 of 2073600 bytes went to disk: is it full?"
 
 
 # --- interrupts ---------------------------------------------------------------------------------
