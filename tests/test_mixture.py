@@ -432,6 +432,8 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     s = json.loads(r.stdout)
     assert s["faces"] == 3 and s["restarts"] == 4 and sum(s["images_per_face"]) == 90
     assert min(s["truth"]["face_correlation"]) >= 0.95 and s["truth"]["faces_right"] >= 0.95
+    match = ", ".join(map(str, s["truth"]["face_match"]))
+    assert f"(faces matched up to relabelling: true faces 1.. are faces {match})" in r.stderr
     run = tmp_path / "run"
     for name in ("face_1.png", "face_2.png", "face_3.png", "faces.png", "background.png",
                  "prior.png", "history.csv", "result.npz"):  # fmt: skip

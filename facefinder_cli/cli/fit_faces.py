@@ -397,10 +397,17 @@ def _report(s: dict[str, Any], written: list[str], folder: str | None, resumed: 
     )  # fmt: skip
     if "truth" in s:
         t = s["truth"]
+        match = t["face_match"]
+        matched = (
+            f"the true face is face {match[0]}"
+            if len(match) == 1
+            else "faces matched up to relabelling: true faces 1.. are faces "
+            + ", ".join(map(str, match))
+        )
         log.info(
-            "against the truth (faces matched up to relabelling: true face i is face %s): "
-            "correlations %s, images given their face %.1f%%, and their position too %.1f%%",
-            ", ".join(map(str, t["face_match"])),
+            "against the truth (%s): correlations %s, images given their face %.1f%%, and "
+            "their position too %.1f%%",
+            matched,
             ", ".join(f"{c:.3f}" for c in t["face_correlation"]),
             100 * t["faces_right"],
             100 * t["positions_right"],

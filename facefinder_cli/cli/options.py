@@ -349,7 +349,10 @@ def reports_errors(f: Callable) -> Callable:
             raise click.ClickException(said(err)) from None
         except MemoryError:
             command = click.get_current_context().info_name
-            hint = ": try a smaller --chunk-size, or fewer or smaller images"
+            hint = (
+                ": try a smaller --chunk-size (for Monte-Carlo EM, fewer --samples or "
+                "--max-samples), or fewer or smaller images"
+            )
             raise click.ClickException(
                 "out of memory" + (hint if command == "fit" else "")
             ) from None
