@@ -120,6 +120,17 @@ def test_float32_background_at_pixels_the_face_nearly_always_covers(K, noise):
     seen = new["float64"].background != p0.background  # (identified in float64)
     gap = np.abs(new["float32"].background - new["float64"].background)[seen]
     assert gap.max() < 0.05
+    # the same for several faces (two, both the first fit's face)
+    from facefinder_cli.engine import mixture
+
+    two = mixture.MixtureParams(np.stack([p0.face, p0.face[::-1]]), p0.background,
+                                p0.noise_std, np.array([0.5, 0.5]), p0.prior)  # fmt: skip
+    for dtype in ("float64", "float32"):
+        data = data_mod._Data(d.images, (16, 16), dtype=dtype, cache_fft=False)
+        new[dtype], _ = mixture._mix_pass(data, two, "soft", True)[0].m_step(two, True)
+    seen = new["float64"].background != two.background
+    gap = np.abs(new["float32"].background - new["float64"].background)[seen]
+    assert gap.max() < 0.05
 
 
 def test_float32_images_stay_float32_in_the_pass(scene):

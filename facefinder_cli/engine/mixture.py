@@ -56,7 +56,14 @@ from facefinder_cli.engine.model import (
     _xlogy,
     uniform_prior,
 )
-from facefinder_cli.engine.mstep import _background_update, _crops, _noise_update
+from facefinder_cli.engine.mstep import (
+    Mass,
+    _background_update,
+    _crops,
+    _float32_mass,
+    _noise_update,
+    _plus_mass,
+)
 from facefinder_cli.engine.passes import _draw
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import _seed_child, _seed_sequence
@@ -269,6 +276,7 @@ class _MixStats:
         self.face_sum = np.zeros((n_faces, data.h, data.w))
         self.cover_x = np.zeros((H, W))
         self.q_sum = np.zeros((n_faces, data.Dh, data.Dw))
+        self.mass: Mass | None = None  # float32 posteriors (see mstep._background_update)
         self.entropy = 0.0
         self.log_likelihood = 0.0
         self.elbo = 0.0
@@ -279,9 +287,12 @@ class _MixStats:
         for m in range(q.shape[1]):
             qf = sfft.fft(sfft.rfft(q[:, m], n=d.W, axis=-1), n=d.H, axis=-2, overwrite_x=True)
             self.face_f[m] += np.einsum("kij,kij->ij", xf, qf.conj(), dtype=np.complex128)
-        cover = _box_full(q.sum(axis=1), d.h, d.w, d.by_slices)
+        # summed over the faces in float64: in float32 those sums would round apart from
+        # q_sum's, which the background's update subtracts them from (see _float32_mass)
+        cover = _box_full(q.sum(axis=1, dtype=np.float64), d.h, d.w, d.by_slices)
         self.cover_x += np.einsum("kij,kij->ij", cover, x, dtype=np.float64)
         self.q_sum += q.sum(axis=0, dtype=np.float64)
+        self.mass = _plus_mass(self.mass, _float32_mass(q, x))
 
     def add_pairs(self, x: np.ndarray, faces: np.ndarray, pos: np.ndarray) -> None:
         """Add a chunk with ``S`` equally weighted pairs per image: ``faces`` (n, S) and
@@ -301,6 +312,7 @@ class _MixStats:
         self.face_sum += part.face_sum
         self.cover_x += part.cover_x
         self.q_sum += part.q_sum
+        self.mass = _plus_mass(self.mass, part.mass)
         self.entropy += part.entropy
         self.log_likelihood += part.log_likelihood
         self.elbo += part.elbo
@@ -324,7 +336,9 @@ class _MixStats:
         q_pos = self.q_sum.sum(axis=0)
         prior = q_pos / K if update_prior else previous.prior
         weights = mass / K
-        mean, num, known, background = _background_update(d, q_pos, self.cover_x, previous)
+        mean, num, known, background = _background_update(
+            d, q_pos, self.cover_x, previous, self.mass
+        )
         sse -= float(np.sum(mean * num))
         n = K * H * W
         noise_std, floored = _noise_update(d, sse)

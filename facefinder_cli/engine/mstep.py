@@ -36,7 +36,7 @@ class _Stats:
         self.cover_x = np.zeros((H, W))  # Σ_k cover_k ⊙ X_k
         self.q_sum = np.zeros((data.Dh, data.Dw))  # Σ_k q_k
         # float32 posteriors: (Σ_k m_k, Σ_k m_k X_k), m_k = Σ_d q_k(d) (see _background_update)
-        self.mass: tuple[float, np.ndarray] | None = None
+        self.mass: Mass | None = None
         self.entropy = 0.0  # Σ_k H(q_k)
         self.log_likelihood = 0.0  # Σ_k log p(X_k | θ)
         self.elbo = 0.0  # L(q, θ) at the parameters of the E-step
@@ -56,12 +56,7 @@ class _Stats:
         cover = _box_full(q, d.h, d.w, d.by_slices)
         self.cover_x += np.einsum("kij,kij->ij", cover, x, dtype=np.float64)
         self.q_sum += q.sum(axis=0, dtype=np.float64)
-        if q.dtype != np.float64:
-            m = q.sum(axis=(1, 2), dtype=np.float64)
-            self._add_mass(float(m.sum()), np.einsum("k,kij->ij", m, x, dtype=np.float64))
-
-    def _add_mass(self, m: float, mx: np.ndarray) -> None:
-        self.mass = (m, mx) if self.mass is None else (self.mass[0] + m, self.mass[1] + mx)
+        self.mass = _plus_mass(self.mass, _float32_mass(q, x))
 
     def add_positions(self, x: np.ndarray, pos: np.ndarray) -> None:
         """Add a chunk with ``S`` equally weighted positions per image, ``pos`` of shape
@@ -108,8 +103,7 @@ class _Stats:
         self.face_sum += part.face_sum
         self.cover_x += part.cover_x
         self.q_sum += part.q_sum
-        if part.mass is not None:
-            self._add_mass(*part.mass)
+        self.mass = _plus_mass(self.mass, part.mass)
         self.entropy += part.entropy
         self.log_likelihood += part.log_likelihood
         self.elbo += part.elbo
@@ -143,6 +137,24 @@ class _Stats:
         return new, {"elbo": elbo, "unidentified": ~known, "floored": floored}
 
 
+Mass = tuple[float, np.ndarray]
+
+
+def _float32_mass(q: np.ndarray, x: np.ndarray) -> Mass | None:
+    """For float32 posteriors ``q`` (n, ...) of images ``x`` (n, H, W): ``(Σ_k m_k, Σ_k m_k
+    X_k)``, ``m_k`` the sum of ``q_k`` (see :func:`_background_update`); None for float64."""
+    if q.dtype == np.float64:
+        return None
+    m = q.reshape(len(q), -1).sum(axis=1, dtype=np.float64)
+    return float(m.sum()), np.einsum("k,kij->ij", m, x, dtype=np.float64)
+
+
+def _plus_mass(a: Mass | None, b: Mass | None) -> Mass | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a[0] + b[0], a[1] + b[1]
+
+
 def _crops(d: _Data, x: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The crops of a chunk ``x`` (n, H, W) at ``pos`` (n, S, 2), crop after crop: the flat
     index of each of their pixels in its image, and its value, both of shape (n S h w,), in
@@ -158,8 +170,8 @@ def _background_update(
     d: _Data,
     q_pos: np.ndarray,
     cover_x: np.ndarray,
-    previous: Params,
-    mass: tuple[float, np.ndarray] | None = None,
+    previous,  # Params or MixtureParams: its background
+    mass: Mass | None = None,
 ):
     """The background's closed form from the summed posterior over positions ``q_pos`` and
     ``cover_x = Σ_k cover_k ⊙ X_k``: ``(mean, num, known, background)``, the shifted mean
