@@ -894,6 +894,7 @@ def atomic_write(
         return
     _refuse_unless_file(p, kind)
     tmp = ""
+    before = sys.exc_info()[1]  # an interrupt being handled (a checkpoint saved after Ctrl-C)
     try:
         with interrupts.deferred():  # the temporary is created and known, or neither
             fd, tmp, perms = _temp_beside(p)
@@ -902,7 +903,7 @@ def atomic_write(
             yield f
             f.flush()
             os.fsync(f.fileno())
-        with interrupts.deferred("install"):
+        with interrupts.deferred(_install_label()):
             try:
                 os.chmod(tmp, perms)
                 _install(tmp, p, overwrite)
@@ -914,7 +915,7 @@ def atomic_write(
         if tmp:
             with suppress(OSError):
                 os.unlink(tmp)
-        stop = _interrupt_behind(exc)
+        stop = _interrupt_behind(exc, before)
         if stop is not None:  # a writer's clean-up failed on the way out of an interrupt
             raise stop from None
         if isinstance(exc, OSError):
@@ -935,16 +936,30 @@ def _why_not(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def _interrupt_behind(exc: BaseException) -> interrupts.Interrupted | None:
+def _interrupt_behind(
+    exc: BaseException, before: BaseException | None = None
+) -> interrupts.Interrupted | None:
     """The interrupt ``exc`` hides, if it is a writer's error raised while the interrupt was
     on its way out (zipfile's close() on a half-written member: "Can't close the ZIP
-    file..."), or ``exc`` itself if it is one."""
+    file..."), or ``exc`` itself if it is one; not ``before``, the exception being handled
+    when the writer began (a checkpoint saved after Ctrl-C on a full disk must say so)."""
     seen = 0
-    while exc is not None and seen < 20:
+    while exc is not None and exc is not before and seen < 20:
         if isinstance(exc, interrupts.Interrupted):
             return exc
         exc, seen = exc.__context__, seen + 1
     return None
+
+
+#: How many folders are being built (:func:`atomic_folder`'s block): the files written into
+#: one are put in place in it, not where the user sees them, and their install says so.
+_BUILDING = [0]
+
+
+def _install_label() -> str:
+    """The label of a file's install: "install" when the file is an output itself, "staged"
+    when it goes into a folder being built (a signal there leaves nothing in place)."""
+    return "staged" if _BUILDING[0] else "install"
 
 
 def write_marker(folder: str | os.PathLike, made_for: str) -> None:
@@ -979,7 +994,11 @@ def atomic_folder(
     try:
         with interrupts.deferred():  # the temporary is created and known, or neither
             tmp = tempfile.mkdtemp(prefix=f".{_stem(name)}.", suffix=_TMP, dir=parent)
-        yield tmp
+        _BUILDING[0] += 1
+        try:
+            yield tmp
+        finally:
+            _BUILDING[0] -= 1
         if kind is not None:
             write_marker(tmp, kind.made_for)
         os.chmod(tmp, 0o777 & ~_umask())
@@ -1286,7 +1305,7 @@ def atomic_files(
                 f.flush()
                 with suppress(OSError, ValueError):
                     os.fsync(f.fileno())
-            with interrupts.deferred("install"):
+            with interrupts.deferred(_install_label()):
                 _install_all(staged, [os.fspath(r) for r in remove], overwrite)
                 batch.installed = True
                 if record is not None and len(staged) == len(paths):  # (none into a device)

@@ -531,6 +531,28 @@ def test_fit_overwrite_interrupted_keeps_the_earlier_run(data, monkeypatch):
     np.testing.assert_array_equal(resumed.elbo, whole.elbo)
 
 
+def test_a_checkpoint_that_cannot_be_saved_after_ctrl_c_says_so(data, monkeypatch):
+    """Ctrl-C with the disk full: it said "interrupted before the first iteration: nothing
+    was written" (the failed save's error was taken for the interrupt's clean-up)."""
+    import errno
+
+    from helpers import stop_fit_at
+
+    from facefinder_cli import outputs
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots"]
+    with stop_fit_at(monkeypatch, 2):
+        monkeypatch.setattr(outputs, "_install", full)
+        r = cli("fit", data, *args, "-o", "run")
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 130, r.stderr
+    assert "interrupted after iteration 2" in line and "could not be saved" in line
+    assert "No space left on device" in line and not os.path.exists("run")
+
+
 def test_fit_positions_follow_natural_order(tmp_path, stack, truth):
     os.mkdir("pngs")
     for k in range(N):  # names a1..a60: a plain sort would put a10 before a2

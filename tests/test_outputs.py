@@ -390,6 +390,28 @@ def test_a_signal_inside_a_deferred_block_waits_for_its_end():
     assert out.stdout.split("\n")[:2] == ["finished the block", "130 install"], out.stderr
 
 
+def test_a_signal_as_a_file_goes_into_a_folder_being_built_is_not_an_install(monkeypatch):
+    """Files put in place inside a folder being built are not outputs yet: a signal there is
+    "staged", and nothing is in place (it was "install": generate said a folder it never
+    made was written, and fit's checkpoint saver thought its folder existed)."""
+    from facefinder_cli import interrupts
+
+    real = outputs._install
+
+    def install(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    with interrupts.handled():
+        with pytest.raises(interrupts.Interrupted) as stop:
+            with outputs.atomic_folder("built") as tmp:
+                monkeypatch.setattr(outputs, "_install", install)
+                with outputs.atomic_write(os.path.join(tmp, "f.txt"), "w") as f:
+                    f.write("x")
+    assert stop.value.after == "staged" and not os.path.exists("built")
+    assert os.listdir() == []
+
+
 def test_a_signal_in_an_unlabelled_block_inside_an_install_is_the_installs():
     """The record written while outputs are installed makes its temporary in an unlabelled
     block: a signal there arrived in the install all the same (it said "not written")."""

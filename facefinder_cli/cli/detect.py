@@ -170,7 +170,9 @@ def detect(
             raise InputError(f"{model_.source}: {err}") from None
         log_notes(stack)
         _warn_if_mismatched(found, model_.noise_std, input, stack.names)
-        STOPPED["installed"] = f"{out} was written all the same"  # (as it was put in place)
+        # what to say of a signal as each output is put in place, and once it is
+        csv_file = not outputs.is_stream(out)
+        STOPPED["installed"] = f"{out} was written all the same"
         if draw:
             STOPPED["installed"] = f"{out} was written, the boxed images in {draw} were not"
         with outputs.atomic_write(out, "w", overwrite=overwrite, record="detect") as f:
@@ -178,12 +180,16 @@ def detect(
             rows.writerow(["image", *model_.columns])
             for name, row in zip(stack.names, model_.rows(found)):
                 rows.writerow([printable(name), *row])
-        if not outputs.is_stream(out):
+        if csv_file:
             STOPPED["note"] = f"{out} was written all the same"
         if draw:  # one image at a time: a streamed stack is never held in memory
-            if not outputs.is_stream(out):
+            if csv_file:
                 STOPPED["note"] = f"{out} was written, the boxed images in {draw} were not"
-            STOPPED["installed"] = f"{out} and the boxed images in {draw} were written all the same"
+            STOPPED["installed"] = (
+                f"{out} and the boxed images in {draw} were written all the same"
+                if csv_file
+                else f"the boxed images in {draw} were written all the same"
+            )
             h, w = model_.face_shape
             zoom = zoom or runs.view_zoom((H, W))
             with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:

@@ -225,7 +225,13 @@ def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
         return "interrupted before the first iteration: nothing was written"
     if saver is None:
         return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
-    saver.save(state, errors)
+    try:
+        saver.save(state, errors)
+    except InputError as err:  # a full disk, say: the interrupt line says it all the same
+        return (
+            f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
+            f"{restarts}, and its checkpoint could not be saved: {err}"
+        )
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
         f"{restarts}; saved in {saver.out}{_beside(saver)}: carry on with `facefinder fit "
