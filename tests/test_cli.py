@@ -531,6 +531,34 @@ def test_fit_overwrite_interrupted_keeps_the_earlier_run(data, monkeypatch):
     np.testing.assert_array_equal(resumed.elbo, whole.elbo)
 
 
+@pytest.mark.parametrize("when", ["between checkpoints", "before the install"])
+def test_a_folder_moved_onto_a_running_fits_output_is_kept(data, monkeypatch, when):
+    """A finished run moved onto the output's name while a fit ran (its own folder moved
+    away) was replaced, without --overwrite, by later checkpoints and the new run (found by
+    review). The fit stops with one line and the folder there is kept as it is."""
+    from facefinder_cli import engine
+
+    args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots"]
+    ok("fit", data, *args, "-o", "other")
+    theirs = {p.name: p.read_bytes() for p in Path("other").iterdir()}
+    real = engine.fit
+    at = 2 if when == "between checkpoints" else 4
+
+    def swapping(*a, callback=None, **kw):
+        def cb(progress):
+            callback(progress)  # (saves the checkpoint of every iteration)
+            if progress.iteration == at:
+                os.rename("run", "moved")
+                os.rename("other", "run")
+
+        return real(*a, callback=cb, **kw)
+
+    monkeypatch.setattr(engine, "fit", swapping)
+    r = cli("fit", data, *args, "-o", "run", "--checkpoint-every", 1, "-q")
+    error_line(r, 1, "run: the folder of this fit was moved away or replaced while it ran")
+    assert {p.name: p.read_bytes() for p in Path("run").iterdir()} == theirs
+
+
 def test_a_checkpoint_that_cannot_be_saved_after_ctrl_c_says_so(data, monkeypatch):
     """Ctrl-C with the disk full: it said "interrupted before the first iteration: nothing
     was written" (the failed save's error was taken for the interrupt's clean-up)."""

@@ -433,7 +433,8 @@ def fit(
         saver = None
         if folder is not None:
             saver = CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
-            saver.wrote = resumed is not None  # the folder holds our checkpoint already
+            if resumed is not None:  # the folder holds our checkpoint already
+                saver.resuming()
             saver.sizes = sizes  # (a resumed fit writes sizes.csv all the same)
         # Announced once the engine has read the data: a streamed stack is checked in that first
         # pass (and compared with a checkpoint's), and an error there stays the only line.
@@ -469,6 +470,7 @@ def fit(
                 lo, hi = runs.display_range(result.face, result.background)
                 images.write_png(out, result.face, lo, hi, zoom=zoom)
             else:
+                saver.check_folder()
                 try:
                     with outputs.atomic_folder(
                         folder,

@@ -167,7 +167,8 @@ def fit_faces(
         saver = None
         if folder is not None and not auto:
             saver = CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
-            saver.wrote = resumed is not None  # the folder holds our checkpoint already
+            if resumed is not None:  # the folder holds our checkpoint already
+                saver.resuming()
         # A resumed fit is announced once the engine has taken its checkpoint (a refusal stays
         # the only line), and until it reports, Ctrl-C keeps that checkpoint and says so.
         states = _States(saver, None if resumed is None else resumed.state)
@@ -295,6 +296,8 @@ def _write(
         lo, hi = runs.display_range(p.faces, p.background)
         images.write_png(out, runs.montage(p.faces, hi), lo, hi, zoom=zoom)
         return [errors]
+    if saver is not None:
+        saver.check_folder()
     replace = overwrite or (saver is not None and saver.wrote)  # (our checkpoint is there)
     with outputs.atomic_folder(folder, replace, keep=keep, kind=RUN_FOLDER) as tmp:
         written = runs.save_mixture_run(tmp, result, names=stack.names, options=job.options(),

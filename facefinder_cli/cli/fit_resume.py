@@ -187,7 +187,25 @@ class CheckpointSaver:
         self.overwrite = overwrite
         self.wrote = False
         self.beside_earlier = False  # whether the checkpoint went in beside an earlier run
+        self.identity: tuple[int, int] | None = None  # of the folder, once it holds ours
         self.sizes: list[dict] | None = None  # the face-size search's table, if any
+
+    def resuming(self) -> None:
+        """The folder holds the checkpoint of the fit being resumed (and maybe an earlier run
+        beside it)."""
+        self.wrote = True
+        self.beside_earlier = os.path.isfile(os.path.join(self.out, runs.RESULT))
+        self.identity = _folder_identity(self.out)
+
+    def check_folder(self) -> None:
+        """Refuse to write on, or put the run in place, if the folder that holds the fit's
+        checkpoint is no longer the one there (moved away, another moved in its place: that
+        one is a user's, never replaced)."""
+        if self.wrote and _folder_identity(self.out) != self.identity:
+            raise InputError(
+                f"{self.out}: the folder of this fit was moved away or replaced while it ran; "
+                "the folder there now is kept, and the fit stops here"
+            )
 
     def maybe_save(self, state: engine.Checkpoint | engine.MixtureCheckpoint, errors: dict) -> None:
         if self.every and state.iteration and state.iteration % self.every == 0:
@@ -198,6 +216,7 @@ class CheckpointSaver:
         if self.sizes is not None:  # the face-size search's table
             extra["sizes"] = self.sizes
         if self.wrote:
+            self.check_folder()
             runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
         elif os.path.isdir(self.out) and not os.path.islink(self.out):
             # an earlier run (or an empty folder): checked again, as it may have changed since
@@ -214,8 +233,19 @@ class CheckpointSaver:
                     )
             except Interrupted as stop:
                 self.wrote = stop.after == "install"  # in place all the same
+                if self.wrote:
+                    self.identity = _folder_identity(self.out)
                 raise
         self.wrote = True
+        self.identity = _folder_identity(self.out)
+
+
+def _folder_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
