@@ -559,6 +559,37 @@ def test_a_folder_moved_onto_a_running_fits_output_is_kept(data, monkeypatch, wh
     assert {p.name: p.read_bytes() for p in Path("run").iterdir()} == theirs
 
 
+def test_a_finished_fit_refused_its_folder_is_kept_for_resume(data, monkeypatch):
+    """A file of the user's put into the run folder while the fit ran: the run is refused
+    (rightly), and the finished fit was lost with it (found by review). Its last state is
+    now saved in the checkpoint, and --resume writes the run once the file is gone."""
+    from facefinder_cli import engine
+
+    args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots"]
+    ok("fit", data, *args, "-o", "whole")
+    real = engine.fit
+
+    def adding(*a, callback=None, **kw):
+        def cb(progress):
+            callback(progress)
+            if progress.iteration == 2:
+                Path("run/notes.txt").write_text("mine")
+
+        return real(*a, callback=cb, **kw)
+
+    monkeypatch.setattr(engine, "fit", adding)
+    r = cli("fit", data, *args, "-o", "run", "--checkpoint-every", 1, "-q")
+    line = error_line(r, 1, "notes.txt", "the finished fit is kept in its checkpoint")
+    assert "`facefinder fit --resume run` writes the run" in line
+    assert Path("run/notes.txt").read_text() == "mine"
+    monkeypatch.setattr(engine, "fit", real)
+    os.rename("run/notes.txt", "notes.txt")
+    ok("fit", "--resume", "run")
+    resumed, whole = load_run(Path("run")), load_run(Path("whole"))
+    np.testing.assert_array_equal(resumed.params.face, whole.params.face)
+    np.testing.assert_array_equal(resumed.elbo, whole.elbo)
+
+
 def test_a_checkpoint_that_cannot_be_saved_after_ctrl_c_says_so(data, monkeypatch):
     """Ctrl-C with the disk full: it said "interrupted before the first iteration: nothing
     was written" (the failed save's error was taken for the interrupt's clean-up)."""
