@@ -510,8 +510,13 @@ def check_file_target(
     if kind == "file":
         real = os.path.realpath(p)
         for k in _real_inputs(keep):
-            if _under(real, k) or _same_file(p, k):
+            if _same_file(p, k):
                 raise InputError(f"{p}: is an input of this command; refusing to replace it")
+            if _under(real, k):
+                raise InputError(
+                    f"{p}: lies in a folder this command reads its input from; refusing to "
+                    "replace it"
+                )
         if not overwrite:
             raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
         if ours is not None and not ours(p):

@@ -1156,6 +1156,10 @@ def test_error_generate_refuses_existing_output(tmp_path):
         r = cli("generate", *GEN, "-o", "t.npz", *flags)
         error_line(r, 1, "t.truth.npz: the truth of t.tif", "give this stack another name")
     assert Path("t.truth.npz").read_bytes() == truth and not os.path.exists("t.npz")
+    os.remove("t.tif")  # gone: the truth is no one's now, and not said to be t.tif's
+    r = cli("generate", *GEN, "-o", "t.npz", "--overwrite")
+    line = error_line(r, 1, "t.truth.npz: not a file facefinder wrote")
+    assert "t.tif" not in line
 
 
 def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path, data):

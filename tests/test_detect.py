@@ -225,6 +225,8 @@ def test_fit_and_detect_say_when_positions_are_unsure():
             assert f"(mean probability {mean:.2f} in positions.csv)" in note[0]
         r = ok("detect", f"r{noise}", f"n{noise}.npy", "-o", f"d{noise}.csv")
         assert ("positions are unsure" in r.stderr) == unsure
+    r = ok("fit", "t350.npy", "--face-size", "16x12", "-o", os.devnull)  # no positions.csv
+    assert "positions are unsure (mean probability" in r.stderr and "in the fit)" in r.stderr
 
 
 @pytest.fixture(scope="module")

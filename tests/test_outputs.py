@@ -96,13 +96,14 @@ def test_an_input_is_never_replaced_even_through_another_name():
     write("imgs/a.png")
     os.link("imgs/a.png", "hard.png")
     os.symlink("imgs", "alias")
-    for target, keep in (
-        ("imgs/a.png", "imgs"),
-        ("alias/a.png", "imgs"),
-        ("imgs/a.png", "alias"),
-        ("hard.png", "imgs/a.png"),
+    inside = "lies in a folder this command reads its input from"
+    for target, keep, why in (
+        ("imgs/a.png", "imgs", inside),
+        ("alias/a.png", "imgs", inside),
+        ("imgs/a.png", "alias", inside),
+        ("hard.png", "imgs/a.png", "is an input of this command"),
     ):
-        with pytest.raises(InputError, match="is an input of this command"):
+        with pytest.raises(InputError, match=why):
             outputs.check_file_target(target, True, keep=[keep])
 
 

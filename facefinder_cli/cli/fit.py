@@ -888,7 +888,7 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], res
             K,
             K / D,
         )
-    note_unsure(s["mean_position_probability"], "positions.csv")
+    note_unsure(s["mean_position_probability"], "positions.csv" if written else "the fit")
     if s["unidentified_background_pixels"]:
         log.info(
             "%d background pixels were covered by the face in every image: they cannot be "

@@ -31,6 +31,7 @@ from facefinder_cli.cli.options import (
     log_notes,
     non_finite,
     note_stale,
+    note_unsure,
 )
 from facefinder_cli.cli.progress import ProgressBar
 from facefinder_cli.errors import InputError
@@ -381,6 +382,7 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
         "log_likelihood_per_pixel": float(result.log_likelihood[-1]) / (K * H * W),
         "elbo": float(result.elbo[-1]),
         "mean_face_probability": float(np.mean(result.face_probability)),
+        "mean_position_probability": float(np.mean(result.probability)),
         "out": out,
     }
     if errors is not None:
@@ -398,6 +400,7 @@ def _report(s: dict[str, Any], written: list[str], folder: str | None, resumed: 
         ", ".join(f"{v:.3g}" for v in s["weights"]), ", ".join(map(str, s["images_per_face"])),
         s["noise_std"], s["log_likelihood"],
     )  # fmt: skip
+    note_unsure(s["mean_position_probability"], "positions.csv" if written else "the fit")
     if "truth" in s:
         t = s["truth"]
         match = t["face_match"]

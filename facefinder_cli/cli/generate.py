@@ -53,7 +53,11 @@ def _refuse_others_truth(out: Path, truth: Path, ours) -> None:
         return
     for ext in (".npy", ".npz", ".tif", ".tiff"):
         other = out.with_suffix(ext)
-        if other != out and outputs.written_as(str(truth), "generate", str(other)):
+        if (
+            other != out
+            and os.path.lexists(other)
+            and outputs.written_as(str(truth), "generate", str(other))
+        ):
             raise InputError(
                 f"{truth}: the truth of {other}, which generate wrote with it; give this "
                 f"stack another name, or move {other} and its truth away"
