@@ -590,6 +590,21 @@ def test_a_finished_fit_refused_its_folder_is_kept_for_resume(data, monkeypatch)
     np.testing.assert_array_equal(resumed.elbo, whole.elbo)
 
 
+def test_resume_puts_back_a_run_folder_a_kill_left_aside(data, monkeypatch):
+    """SIGKILL between the two renames that put a folder in place leaves it aside: --resume
+    said "no checkpoint.npz here"; it now puts the folder back first, as -o does."""
+    from helpers import stop_fit_at
+
+    args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots"]
+    with stop_fit_at(monkeypatch, 2):
+        assert cli("fit", data, *args, "-o", "cut").exit_code == 130
+    os.rename("cut", ".cut.k1ll3d_0.facefinder.tmp.old")  # as a kill leaves it
+    os.mkdir(".cut.abcdef12.facefinder.tmp")
+    r = ok("fit", "--resume", "cut")
+    assert "restored cut from .cut.k1ll3d_0.facefinder.tmp.old" in r.stderr
+    assert Path("cut/result.npz").is_file() and sorted(os.listdir()) == ["cut"]
+
+
 def test_a_checkpoint_that_cannot_be_saved_after_ctrl_c_says_so(data, monkeypatch):
     """Ctrl-C with the disk full: it said "interrupted before the first iteration: nothing
     was written" (the failed save's error was taken for the interrupt's clean-up)."""

@@ -387,6 +387,8 @@ def fit(
             click.get_current_context(),
             ("resume", "as_json", "memory_limit", "workers", "scheduler"),
         )
+        with outputs.claim(resume) as stale:  # a run put in place by a killed fit: back whole
+            note_stale(stale)
         resumed = Resumed.load(resume)
         job, out, overwrite = resumed.job, resume, True
         if isinstance(resumed.state, engine.MixtureCheckpoint):  # a fit of several faces
