@@ -994,6 +994,7 @@ def atomic_folder(
     p = os.fspath(path)
     target = p.rstrip("/" + os.sep) or p
     exists = check_folder_target(p, overwrite, keep=keep, kind=kind)
+    checked = folder_identity(target)
     parent, name = _split(target)
     tmp = ""
     try:
@@ -1008,6 +1009,15 @@ def atomic_folder(
             write_marker(tmp, kind.made_for)
         os.chmod(tmp, 0o777 & ~_umask())
         with interrupts.deferred("install"):
+            # as checked when the block began? (a folder of the user's moved there, or a file
+            # of theirs put in it, while the block ran, is kept, never replaced)
+            if check_folder_target(p, overwrite, keep=keep, kind=kind) != exists or (
+                folder_identity(target) != checked
+            ):
+                raise InputError(
+                    f"{p}: another folder came there while facefinder worked; it is kept, "
+                    "and the new output was not written"
+                )
             _install_folder(tmp, os.path.join(parent, name), exists)
     except BaseException as exc:
         if tmp:
@@ -1018,6 +1028,15 @@ def atomic_folder(
             shown = os.path.join(target, "")  # name it as it would have been
             raise InputError(str(exc).replace(os.path.join(tmp, ""), shown)) from None
         raise
+
+
+def folder_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the folder ``path`` (not followed if a link), or None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _install_folder(tmp: str, target: str, exists: bool) -> None:

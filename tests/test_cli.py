@@ -559,6 +559,55 @@ def test_a_folder_moved_onto_a_running_fits_output_is_kept(data, monkeypatch, wh
     assert {p.name: p.read_bytes() for p in Path("run").iterdir()} == theirs
 
 
+@pytest.mark.parametrize("during", ["save_run", "save_checkpoint"])
+def test_a_folder_moved_onto_the_output_while_it_is_written_is_kept(data, monkeypatch, during):
+    """The moves of the test above, made while the run (or a checkpoint) is being written:
+    a folder of the user's there was replaced, exit 0 (found by review)."""
+    from facefinder_cli import runs
+
+    args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots", "-q"]
+    ok("fit", data, *args, "-o", "theirs")  # a finished run: replaceable, were it the fit's
+    before = {p.name: p.read_bytes() for p in Path("theirs").iterdir()}
+    real, calls = getattr(runs, during), []
+
+    def swap(*a, **kw):
+        calls.append(1)
+        if len(calls) == (1 if during == "save_run" else 3):
+            os.rename("run", "moved")
+            os.rename("theirs", "run")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runs, during, swap)
+    r = cli("fit", data, *args, "--seed", 7, "-o", "run", "--checkpoint-every", 1)
+    error_line(r, 1, "run: ", "is kept")
+    after = {p.name: p.read_bytes() for p in Path("run").iterdir()}
+    assert {k: v for k, v in after.items() if k != "checkpoint.npz"} == before
+
+
+def test_fit_faces_refused_its_folder_keeps_the_fit_for_resume(data, monkeypatch):
+    """As below, for several faces: it lost the finished fit (found by review)."""
+    from facefinder_cli import runs
+
+    real, calls = runs.save_checkpoint, []
+
+    def adding(*a, **kw):
+        real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            Path("run/notes.txt").write_text("mine")
+
+    monkeypatch.setattr(runs, "save_checkpoint", adding)
+    args = ["--face-size", "16x12", "--faces", 2, "--restarts", 1, "--tol", "-1"]
+    r = cli("fit", data, *args, "--max-iter", 4, "--no-plots", "-o", "run",
+            "--checkpoint-every", 1, "-q")  # fmt: skip
+    line = error_line(r, 1, "notes.txt", "the finished fit is kept in its checkpoint")
+    assert "`facefinder fit --resume run` writes the run" in line
+    monkeypatch.setattr(runs, "save_checkpoint", real)
+    os.rename("run/notes.txt", "notes.txt")
+    ok("fit", "--resume", "run")
+    assert Path("run/result.npz").is_file()
+
+
 def test_a_finished_fit_refused_its_folder_is_kept_for_resume(data, monkeypatch):
     """A file of the user's put into the run folder while the fit ran: the run is refused
     (rightly), and the finished fit was lost with it (found by review). Its last state is

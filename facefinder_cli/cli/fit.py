@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import sys
 import time
 import warnings
@@ -32,6 +31,7 @@ from facefinder_cli.cli.fit_resume import (
     FitJob,
     Resumed,
     check_run_folder_name,
+    kept_for_resume,
     only_with_resume,
     save_when_interrupted,
     save_when_lost,
@@ -496,7 +496,9 @@ def fit(
                     in_place = bool(written) and stop.after == "install"
                     raise
                 except InputError as err:  # refused now (a file of the user's came in, say)
-                    raise InputError(_kept_for_resume(err, saver, progress, folder)) from None
+                    raise InputError(
+                        kept_for_resume(said(err), saver, progress.latest, progress.truth.errors)
+                    ) from None
                 in_place = True
         except engine.ClusterError as err:  # the scheduler or the client was lost
             raise InputError(
@@ -829,21 +831,6 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
         s.update({k: float(v[-1]) for k, v in errors.items()})
     # strict JSON has no NaN or infinity: a value that is not a number is null
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in s.items()}
-
-
-def _kept_for_resume(err: InputError, saver: CheckpointSaver, progress, folder: str) -> str:
-    """The line for a finished fit whose run could not be put in place: with its last state
-    saved in the folder's checkpoint, when it has one, so that nothing is lost."""
-    if not saver.wrote or progress.latest is None:
-        return said(err)
-    try:
-        saver.save(progress.latest, progress.truth.errors)
-    except InputError:
-        return said(err)
-    return (
-        f"{said(err)}; the finished fit is kept in its checkpoint: once that is mended, "
-        f"`facefinder fit --resume {shlex.quote(folder)}` writes the run"
-    )
 
 
 def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], resumed: bool) -> None:

@@ -21,6 +21,7 @@ from facefinder_cli.cli.fit_resume import (
     FitJob,
     Resumed,
     check_run_folder_name,
+    kept_for_resume,
     save_when_interrupted,
     save_when_lost,
 )
@@ -32,6 +33,7 @@ from facefinder_cli.cli.options import (
     non_finite,
     note_stale,
     note_unsure,
+    said,
 )
 from facefinder_cli.cli.progress import ProgressBar
 from facefinder_cli.errors import InputError
@@ -239,6 +241,8 @@ def fit_faces(
             elif saver is not None and states.latest is not None:  # (its last state: resumable)
                 STOPPED["line"] = save_when_interrupted(saver, states.latest, {}, settings.restarts)
             raise
+        except InputError as err:  # refused now (a file of the user's came in, say)
+            raise InputError(kept_for_resume(said(err), saver, states.latest, {})) from None
         if folder is None:
             STOPPED["line"] = f"interrupted after the faces were written to {out}"
         else:

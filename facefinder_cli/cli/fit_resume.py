@@ -195,16 +195,20 @@ class CheckpointSaver:
         beside it)."""
         self.wrote = True
         self.beside_earlier = os.path.isfile(os.path.join(self.out, runs.RESULT))
-        self.identity = _folder_identity(self.out)
+        self.identity = outputs.folder_identity(self.out)
 
     def check_folder(self) -> None:
         """Refuse to write on, or put the run in place, if the folder that holds the fit's
         checkpoint is no longer the one there (moved away, another moved in its place: that
         one is a user's, never replaced)."""
-        if self.wrote and _folder_identity(self.out) != self.identity:
+        if self.wrote and outputs.folder_identity(self.out) != self.identity:
+            gone = not os.path.lexists(self.out)
             raise InputError(
-                f"{self.out}: the folder of this fit was moved away or replaced while it ran; "
-                "the folder there now is kept, and the fit stops here"
+                f"{self.out}: the folder of this fit was moved away while it ran; the fit stops "
+                "here"
+                if gone
+                else f"{self.out}: the folder of this fit was moved away or replaced while it "
+                "ran; the folder there now is kept, and the fit stops here"
             )
 
     def maybe_save(self, state: engine.Checkpoint | engine.MixtureCheckpoint, errors: dict) -> None:
@@ -218,11 +222,15 @@ class CheckpointSaver:
         if self.wrote:
             self.check_folder()
             runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
+            self.check_folder()  # (not swapped while it was written: else not ours to go on)
         elif os.path.isdir(self.out) and not os.path.islink(self.out):
             # an earlier run (or an empty folder): checked again, as it may have changed since
             outputs.check_folder_target(self.out, self.overwrite, keep=self.keep, kind=RUN_FOLDER)
+            self.identity = outputs.folder_identity(self.out)
             self.beside_earlier = os.path.isfile(os.path.join(self.out, runs.RESULT))
             runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
+            self.wrote = True
+            self.check_folder()
         else:
             try:
                 with outputs.atomic_folder(
@@ -231,21 +239,27 @@ class CheckpointSaver:
                     runs.save_checkpoint(
                         Path(tmp) / runs.CHECKPOINT, state, self.options, extra, overwrite=False
                     )
+                    self.identity = outputs.folder_identity(tmp)  # (a rename keeps it)
             except Interrupted as stop:
                 self.wrote = stop.after == "install"  # in place all the same
-                if self.wrote:
-                    self.identity = _folder_identity(self.out)
                 raise
-        self.wrote = True
-        self.identity = _folder_identity(self.out)
+            self.wrote = True
 
 
-def _folder_identity(path: str) -> tuple[int, int] | None:
+def kept_for_resume(line: str, saver: CheckpointSaver | None, state, errors: dict) -> str:
+    """``line``, the error of a finished fit whose run could not be put in place (a file of
+    the user's came into its folder, say), with the fit's last ``state`` saved in the folder's
+    checkpoint, when it has one, so that nothing is lost."""
+    if saver is None or not saver.wrote or state is None:
+        return line
     try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+        saver.save(state, errors)
+    except InputError:
+        return line
+    return (
+        f"{line}; the finished fit is kept in its checkpoint: once that is mended, "
+        f"`facefinder fit --resume {_quoted(saver.out)}` writes the run"
+    )
 
 
 def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
