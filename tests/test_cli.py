@@ -667,13 +667,28 @@ def test_a_checkpoint_that_cannot_be_saved_after_ctrl_c_says_so(data, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots"]
-    with stop_fit_at(monkeypatch, 2):
-        monkeypatch.setattr(outputs, "_install", full)
+    real = outputs._install
+    with stop_fit_at(monkeypatch, 2), monkeypatch.context() as m:
+        m.setattr(outputs, "_install", full)
         r = cli("fit", data, *args, "-o", "run")
     line = r.stderr.strip().splitlines()[-1]
     assert r.exit_code == 130, r.stderr
     assert "interrupted after iteration 2" in line and "could not be saved" in line
     assert "No space left on device" in line and not os.path.exists("run")
+    # with an earlier checkpoint there: said to be still there, to resume from
+    calls = []
+
+    def full_at_the_last(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw) if len(calls) <= 3 else full()  # (the saves of 1, 2, 3)
+
+    with stop_fit_at(monkeypatch, 3), monkeypatch.context() as m:
+        m.setattr(outputs, "_install", full_at_the_last)
+        r = cli("fit", data, *args, "-o", "run2", "--checkpoint-every", 1)
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 130 and "could not be saved" in line, r.stderr
+    assert "the checkpoint of an earlier iteration is still in run2" in line
+    ok("fit", "--resume", "run2")
 
 
 def test_fit_positions_follow_natural_order(tmp_path, stack, truth):

@@ -269,12 +269,19 @@ def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
         return "interrupted before the first iteration: nothing was written"
     if saver is None:
         return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
+    had = saver.wrote and os.path.isfile(os.path.join(saver.out, runs.CHECKPOINT))
     try:
         saver.save(state, errors)
     except InputError as err:  # a full disk, say: the interrupt line says it all the same
+        earlier = (
+            f"; the checkpoint of an earlier iteration is still in {saver.out}: `facefinder "
+            f"fit --resume {_quoted(saver.out)}` carries on from it"
+            if had and os.path.isfile(os.path.join(saver.out, runs.CHECKPOINT))
+            else ""
+        )
         return (
             f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
-            f"{restarts}, and its checkpoint could not be saved: {err}"
+            f"{restarts}, and its checkpoint could not be saved: {err}{earlier}"
         )
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
