@@ -1030,10 +1030,11 @@ def atomic_folder(
         raise
 
 
-def folder_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the folder ``path`` (not followed if a link), or None."""
+def folder_identity(path: str, follow: bool = False) -> tuple[int, int] | None:
+    """(device, inode) of the folder ``path`` (a link followed only with ``follow``), or
+    None."""
     try:
-        st = os.lstat(path)
+        st = os.stat(path, follow_symlinks=follow)
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

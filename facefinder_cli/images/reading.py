@@ -35,7 +35,7 @@ from facefinder_cli.images.common import (
 from facefinder_cli.images.decoding import _Conversions, _read_image_file
 from facefinder_cli.images.stacks import NpyReader, _read_names, _stream_npy, names_path
 from facefinder_cli.images.zarrs import is_zarr, load_zarr
-from facefinder_cli.outputs import is_facefinder_npz
+from facefinder_cli.outputs import folder_identity, is_facefinder_npz
 
 __all__ = ["Stack", "glob_paths", "input_paths", "load_stack", "read_image"]
 
@@ -73,11 +73,7 @@ class Stack:
 
 def _same_folder(seen: dict[str, tuple[int, int] | None], folder: str) -> None:
     """Note ``folder``'s identity in ``seen``, or raise if it is not the one noted before."""
-    try:
-        st = os.stat(folder)
-        now: tuple[int, int] | None = (st.st_dev, st.st_ino)
-    except OSError:
-        now = None
+    now = folder_identity(folder, follow=True)  # (a folder read through a link: the folder)
     if seen.setdefault(folder, now) != now:
         raise InputError(
             f"{folder}: the folder was replaced while its images were read (by another process "
