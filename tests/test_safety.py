@@ -1145,6 +1145,21 @@ def test_11_writing_to_dev_full(data, tmp_path, case):
     assert leftovers(tmp_path) == []
 
 
+def test_11_json_to_dev_full_says_the_run_was_written(data, tmp_path):
+    """``fit --json >/dev/full`` writes its run folder, then cannot print the summary: exit 1,
+    and the one line says where the run is, so that nobody fits again for nothing."""
+    if not os.path.exists("/dev/full") or not stat.S_ISCHR(os.stat("/dev/full").st_mode):
+        pytest.skip("no /dev/full character device")
+    with open("/dev/full", "wb") as full:
+        streams = {"stdout": full, "stderr": subprocess.PIPE, "capture_output": False}
+        r = run([*FF, "fit", data.imgs, *FIT, "-o", "run", "--json", "-qq"], tmp_path, **streams)
+    line = refused(r.returncode, b"", r.stderr)
+    assert r.returncode == 1 and "No space left" in line, line
+    assert line.endswith("the run was written to run all the same"), line
+    with np.load(tmp_path / "run/result.npz") as z:
+        assert "face" in z.files
+
+
 # ---------------------------------------------------------------------------------------------
 # 14. huge model values
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import json
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from facefinder_cli.cli.options import (
     note_stale,
     note_unsure,
     overwrite_opt,
+    print_json,
     reports_errors,
     said,
     scheduler_opt,
@@ -523,8 +523,7 @@ def fit(
     if sizes is not None:
         summary["face_size_search"] = runs.size_summary(sizes)
     if as_json:
-        with outputs.atomic_write("-", "w") as f:
-            f.write(json.dumps(summary, indent=2) + "\n")
+        print_json(summary, folder)
     _report(summary, result, written, resumed is not None)
 
 

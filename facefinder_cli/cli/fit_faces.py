@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -33,6 +32,7 @@ from facefinder_cli.cli.options import (
     non_finite,
     note_stale,
     note_unsure,
+    print_json,
     said,
 )
 from facefinder_cli.cli.progress import ProgressBar
@@ -276,8 +276,7 @@ def fit_faces(
             ", ".join(str(t[0]) for t in searched.trials),
         )  # fmt: skip
     if as_json:
-        with outputs.atomic_write("-", "w") as f:
-            f.write(json.dumps(summary, indent=2) + "\n")
+        print_json(summary, folder)
     _report(summary, written, folder, resumed is not None)
 
 

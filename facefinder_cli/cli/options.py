@@ -13,6 +13,7 @@ import contextlib
 import decimal
 import errno
 import functools
+import json
 import logging
 import math
 import os
@@ -433,6 +434,18 @@ def note_unsure(mean_probability: float, where: str) -> None:
             where,
             UNSURE_PROBABILITY,
         )
+
+
+def print_json(summary: dict[str, Any], folder: str | None) -> None:
+    """``--json``'s summary on standard output; if that cannot take it, the error says that
+    the run itself was written (to ``folder``, when there is one)."""
+    try:
+        with outputs.atomic_write("-", "w") as f:
+            f.write(json.dumps(summary, indent=2) + "\n")
+    except InputError as err:
+        if folder is None:
+            raise
+        raise InputError(f"{err}; the run was written to {folder} all the same") from None
 
 
 def _flag(hint: Hint) -> str:
