@@ -691,6 +691,35 @@ def test_a_checkpoint_that_cannot_be_saved_after_ctrl_c_says_so(data, monkeypatc
     ok("fit", "--resume", "run2")
 
 
+def test_a_periodic_checkpoint_that_cannot_be_saved_says_the_earlier_one_is_there(
+    data, monkeypatch
+):
+    """A full disk at the third of --checkpoint-every 1's saves: the error said only that
+    checkpoint.npz could not be written; the checkpoint of iteration 2 is still there, and
+    the line now says how to carry on from it."""
+    import errno
+
+    from facefinder_cli import outputs
+
+    real, calls = outputs._install, []
+
+    def full_at_the_third(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
+
+    args = ["--face-size", "16x12", "--tol", "-1", "--max-iter", 4, "--no-plots"]
+    with monkeypatch.context() as m:
+        m.setattr(outputs, "_install", full_at_the_third)
+        r = cli("fit", data, *args, "-o", "run", "--checkpoint-every", 1)
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 1 and "No space left on device" in line, r.stderr
+    assert line.endswith("the checkpoint of an earlier iteration is still in run: `facefinder "
+                         "fit --resume run` carries on from it"), line  # fmt: skip
+    assert ok("fit", "--resume", "run").exit_code == 0 and Path("run/result.npz").is_file()
+
+
 def test_fit_positions_follow_natural_order(tmp_path, stack, truth):
     os.mkdir("pngs")
     for k in range(N):  # names a1..a60: a plain sort would put a10 before a2

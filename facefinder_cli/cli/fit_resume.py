@@ -213,7 +213,28 @@ class CheckpointSaver:
 
     def maybe_save(self, state: engine.Checkpoint | engine.MixtureCheckpoint, errors: dict) -> None:
         if self.every and state.iteration and state.iteration % self.every == 0:
-            self.save(state, errors)
+            had = self.has_checkpoint()
+            try:
+                self.save(state, errors)
+            except InputError as err:  # a full disk, say: the earlier checkpoint is still there
+                raise InputError(f"{err}{self.earlier(had)}") from None
+
+    def has_checkpoint(self) -> bool:
+        """Whether the folder holds a checkpoint of this fit."""
+        return self.wrote and os.path.isfile(os.path.join(self.out, runs.CHECKPOINT))
+
+    def earlier(self, had: bool) -> str:
+        """After a save failed: where the checkpoint saved before it is, if it is still there
+        (``had``: it was there before the save; the folder still this fit's)."""
+        if (
+            not (had and self.has_checkpoint())
+            or outputs.folder_identity(self.out) != self.identity
+        ):
+            return ""
+        return (
+            f"; the checkpoint of an earlier iteration is still in {self.out}: `facefinder fit "
+            f"--resume {_quoted(self.out)}` carries on from it"
+        )
 
     def save(self, state: engine.Checkpoint | engine.MixtureCheckpoint, errors: dict) -> None:
         extra = {"errors": {str(r): rows for r, rows in errors.items()}}
@@ -269,19 +290,13 @@ def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
         return "interrupted before the first iteration: nothing was written"
     if saver is None:
         return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
-    had = saver.wrote and os.path.isfile(os.path.join(saver.out, runs.CHECKPOINT))
+    had = saver.has_checkpoint()
     try:
         saver.save(state, errors)
     except InputError as err:  # a full disk, say: the interrupt line says it all the same
-        earlier = (
-            f"; the checkpoint of an earlier iteration is still in {saver.out}: `facefinder "
-            f"fit --resume {_quoted(saver.out)}` carries on from it"
-            if had and os.path.isfile(os.path.join(saver.out, runs.CHECKPOINT))
-            else ""
-        )
         return (
             f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
-            f"{restarts}, and its checkpoint could not be saved: {err}{earlier}"
+            f"{restarts}, and its checkpoint could not be saved: {err}{saver.earlier(had)}"
         )
     return (
         f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
