@@ -248,6 +248,29 @@ def test_an_interrupt_while_drawing_says_the_csv_was_written(data, monkeypatch):
     assert Path("d.csv").exists() and not Path("dd").exists()
 
 
+def test_a_full_disk_while_drawing_says_the_csv_was_written(data, monkeypatch):
+    import errno
+
+    from facefinder_cli import outputs
+
+    model = _run(data)
+    real = outputs._install
+
+    def full_for_pngs(tmp, p, overwrite):  # the CSV goes in; the boxed images do not
+        if p.endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tmp, p, overwrite)
+
+    with monkeypatch.context() as m:
+        m.setattr(outputs, "_install", full_for_pngs)
+        r = cli("detect", model, data, "-o", "d.csv", "--draw", "dd", "-q")
+    line = one_error(r)
+    assert "No space left on device" in line, line
+    assert line.endswith("; d.csv was written, the boxed images were not"), line
+    assert Path("d.csv").exists() and not Path("dd").exists()
+    assert hidden_leftovers() == [".d.csv.facefinder"]  # (the CSV's record: no temporaries)
+
+
 def _run(data) -> str:
     if not Path("run0").exists():
         ok("fit", "--no-plots", data, *FIT, "-o", "run0")

@@ -192,12 +192,18 @@ def detect(
             )
             h, w = model_.face_shape
             zoom = zoom or runs.view_zoom((H, W))
-            with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
-                faces = getattr(found, "faces", np.zeros(K, dtype=int))  # several, or one
-                for k, stem in enumerate(images.file_stems(stack.names, K)):
-                    r, c = found.positions[k]
-                    rgb = images.boxed(np.asarray(stack.images[k]), r, c, h, w, int(faces[k]))
-                    images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+            try:
+                with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
+                    faces = getattr(found, "faces", np.zeros(K, dtype=int))  # several, or one
+                    for k, stem in enumerate(images.file_stems(stack.names, K)):
+                        r, c = found.positions[k]
+                        image = np.asarray(stack.images[k])
+                        rgb = images.boxed(image, r, c, h, w, int(faces[k]))
+                        images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+            except InputError as err:  # a full disk, say: the CSV is in place all the same
+                if not csv_file:
+                    raise
+                raise InputError(f"{err}; {out} was written, the boxed images were not") from None
             STOPPED["note"] = STOPPED["installed"]
     boxes = ""
     if draw:
