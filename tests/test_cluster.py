@@ -8,6 +8,7 @@ stacks, for resume with and without the cluster, and with a worker killed mid-fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -438,6 +439,32 @@ def test_a_server_that_is_not_a_scheduler_and_one_without_workers_are_one_line(s
     assert "the Dask scheduler has no workers (none joined in 0.5 s)" in line
     silent.close()
     assert not os.path.exists("run")
+
+
+def test_a_server_that_answers_in_another_protocol_is_one_line(stacks, in_tmp):
+    """An HTTP server given as the scheduler: its reply, read as Dask's frames, asked for an
+    array of exabytes, and the line said "Unable to allocate 3.07 EiB"."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" * 10)
+
+    threading.Thread(target=answer, daemon=True).start()
+    port = server.getsockname()[1]
+    fit = ["fit", stacks["npy"], "--face-size", "16x12", "-o", "run"]
+    line = _one_line(cli(*fit, "--scheduler", f"127.0.0.1:{port}"), 1)
+    server.close()
+    assert f"127.0.0.1:{port} answers, but not in Dask's protocol" in line, line
+    assert "allocate" not in line and not os.path.exists("run")
 
 
 def test_a_worker_address_is_refused_in_one_line(client):

@@ -541,6 +541,7 @@ def _probe(address: str, timeout: float) -> None:
     async def identity() -> dict:
         args = Security().get_connection_args("client")
         comm = await comm_connect(address, timeout=timeout, **args)
+        connected.append(True)
         try:
             await comm.write({"op": "identity", "reply": True})
             return await comm.read()
@@ -548,6 +549,7 @@ def _probe(address: str, timeout: float) -> None:
             await comm.close()
 
     outcome: list = []
+    connected: list = []
 
     import asyncio
 
@@ -562,6 +564,15 @@ def _probe(address: str, timeout: float) -> None:
     thread.join(timeout + 5)
     answer = outcome[0] if outcome else TimeoutError()
     if isinstance(answer, BaseException):
+        from distributed.comm.core import CommClosedError
+
+        garbage = connected or isinstance(answer, MemoryError)  # (in the handshake: no comm)
+        if garbage and not isinstance(answer, (OSError, CommClosedError, TimeoutError)):
+            # bytes of another protocol read as Dask's frames: a length of exabytes, say
+            raise ClusterError(
+                f"{address} answers, but not in Dask's protocol: a server of another kind, not "
+                "a Dask scheduler (give the scheduler's address)"
+            )
         why = (str(answer).splitlines() or [""])[0] or f"no answer in {timeout:g} s"
         raise ClusterError(f"no Dask scheduler answers at {address} ({why})")
     kind = answer.get("type") if isinstance(answer, dict) else None
