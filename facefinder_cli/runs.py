@@ -903,8 +903,11 @@ CHECKPOINT = "checkpoint.npz"
 
 
 #: How later restarts start (see ``engine.loop._start``), as checkpoints record it: a fit of
-#: several restarts from a checkpoint without it began under another scheme.
-RESTART_STARTS = "moved-windows"
+#: several restarts from a checkpoint without it, or with another, began under another scheme.
+RESTART_STARTS = "moved-windows, sampled"
+#: The earlier schemes, and the first restart that starts otherwise in this one (a fit of no
+#: more restarts than that resumes alike). Without a scheme: before the moved windows.
+_EARLIER_STARTS = {"": 1, "moved-windows": 3}
 
 
 def save_checkpoint(
@@ -998,8 +1001,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
         )
     saved, engine_fields = _saved_settings(z, p)
     restarts = saved.get("restarts")  # (its type is checked with the other settings below)
-    several = isinstance(restarts, int) and restarts > 1 and saved.get("init") == "median"
-    if several and "restart_starts" not in z:
+    scheme = str(z["restart_starts"]) if "restart_starts" in z else ""
+    differs = _EARLIER_STARTS.get(scheme, 1) if scheme != RESTART_STARTS else None
+    several = isinstance(restarts, int) and saved.get("init") == "median"
+    if several and differs is not None and restarts > differs:
         raise InputError(
             f"{p}: a checkpoint of facefinder {z.get('version', '< 0.1')}, whose later restarts "
             "started otherwise, which this version cannot resume: fit again with ",

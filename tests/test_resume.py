@@ -212,15 +212,17 @@ def test_resume_refuses_other_options_and_missing_checkpoints(tmp_path, stack):
 
 
 def test_moved_restarts_resume_bit_for_bit_through_a_checkpoint_file(data, tmp_path):
-    """Restarts 1 and 3 of the median start begin from restart 0's fit (its positions): from a
-    checkpoint file, whose finished restarts come back from disk, they are built the same."""
+    """Restarts 1 and 4 of the median start begin from restart 0's fit (its positions), 3
+    from the sampler with its background: from a checkpoint file, whose finished restarts come
+    back from disk, they are built the same."""
     from facefinder_cli import runs
 
-    kw = dict(restarts=4, seed=5, max_iter=6)  # restarts 1 and 3 moved, 2 annealed
+    kw = dict(restarts=5, seed=5, max_iter=6)  # 1 and 4 moved, 2 annealed, 3 sampled
     seen = []
     whole = quiet_fit(data.images, (16, 16), callback=lambda p: seen.append(p.checkpoint), **kw)
-    assert [int(h.passes[0]) for h in whole.restarts] == [0, 1, E.ANNEAL_PASSES, 1]
-    for where in ((1, 0), (2, 0), (3, 0), (3, 2)):
+    passes = [int(h.passes[0]) for h in whole.restarts]
+    assert passes == [0, 1, E.ANNEAL_PASSES, E.SAMPLER_SWEEPS, 1]
+    for where in ((1, 0), (2, 0), (3, 0), (3, 2), (4, 0)):
         cp = next(c for c in seen if (c.restart, c.iteration) == where)
         runs.save_checkpoint(tmp_path / "checkpoint.npz", cp, {}, {})
         back = runs.load_checkpoint(tmp_path / "checkpoint.npz")[0]
@@ -250,3 +252,28 @@ def test_a_checkpoint_from_before_the_moved_restarts_is_refused_in_one_line(data
         arrays = {k: z[k] for k in z.files if k != "restart_starts"}
     np.savez(path, **arrays)
     assert runs.load_checkpoint(path)[0].settings.restarts == 1
+
+
+@pytest.mark.parametrize("restarts", [3, 4])
+def test_a_checkpoint_from_before_the_sampled_restart_resumes_only_where_alike(
+    data, tmp_path, restarts
+):
+    """Restart 3 was a moved window before the sampler took its place: a fit of up to three
+    restarts resumes as it began; one of four or more is refused in one line."""
+    from facefinder_cli import runs
+
+    seen = []
+    quiet_fit(data.images, (16, 16), restarts=2, seed=5, max_iter=2,
+              callback=lambda p: seen.append(p.checkpoint))  # fmt: skip
+    state = replace(seen[-1], settings=replace(seen[-1].settings, restarts=restarts))
+    path = tmp_path / "checkpoint.npz"
+    runs.save_checkpoint(path, state, {}, {})
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["restart_starts"] = np.array("moved-windows")  # as the version before wrote
+    np.savez(path, **arrays)
+    if restarts == 3:
+        assert runs.load_checkpoint(path)[0].settings.restarts == 3
+    else:
+        with pytest.raises(runs.InputError, match="whose later restarts started otherwise"):
+            runs.load_checkpoint(path)

@@ -123,6 +123,7 @@ from facefinder_cli.engine.model import (
 )
 from facefinder_cli.engine.mstep import elbo, m_step
 from facefinder_cli.engine.passes import ANNEAL_BETA, ANNEAL_PASSES
+from facefinder_cli.engine.sampler import SAMPLER_SWEEPS
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.sizes import SizeChoice, SizeTrial, choose_face_size, size_range
 
@@ -130,6 +131,7 @@ __all__ = [
     "ACCELERATIONS",
     "ANNEAL_BETA",
     "ANNEAL_PASSES",
+    "SAMPLER_SWEEPS",
     "CHUNK_BYTES",
     "CHUNK_VALUES",
     "Checkpoint",
@@ -166,6 +168,7 @@ __all__ = [
     "Progress",
     "RestartHistory",
     "RestartResult",
+    "SAMPLER_SWEEPS",
     "SLICE_THREADS",
     "SizeChoice",
     "SizeTrial",

@@ -30,6 +30,7 @@ from facefinder_cli.engine.model import (
     Params,
 )
 from facefinder_cli.engine.passes import ANNEAL_PASSES, _anneal, _pass
+from facefinder_cli.engine.sampler import SAMPLER_SWEEPS, _sampled
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import (
     _START_PARTS,
@@ -486,7 +487,9 @@ def _run(
 
 #: Restarts of the ``median`` start that begin from restart 0's fit with its face window moved
 #: by (rows, columns) (see :func:`_shifted`); the others anneal (see :func:`_start`).
-SHIFTS = {1: (2, 2), 3: (-2, -2), 4: (2, -2), 5: (-2, 2)}
+SHIFTS = {1: (2, 2), 4: (-2, -2), 5: (2, -2), 6: (-2, 2)}
+#: Restarts of the ``median`` start that start from the positions' sampler (``sampler``).
+SAMPLED = (3,)
 
 
 def _move(data: _Data, restart: int) -> tuple[int, int] | None:
@@ -512,11 +515,13 @@ def _start(
 ) -> tuple[Params, int]:
     """Where restart ``restart`` starts, and the passes over the images that took.
 
-    The ``median`` start's restarts (none of it given): 1, 3, 4 and 5 start from restart 0's
+    The ``median`` start's restarts (none of it given): 1, 4, 5 and 6 start from restart 0's
     fit ``first`` (its ``positions``) with the face window moved by ``SHIFTS[restart]``
     (:func:`_shifted`; where that is no move or an earlier one, see :func:`_move`, they anneal
-    under a random prior); 2 anneals the start (see ``_anneal``), 6 and later anneal it under a
-    random prior each. With part of the start given, every restart anneals (1 as it is, later
+    under a random prior); 2 anneals the start (see ``_anneal``); 3 (``SAMPLED``) starts from
+    the positions' sampler (``sampler._sampled``, with ``first``'s background and noise std);
+    7 and later anneal the start under a random prior each. With part of the start given,
+    every restart anneals (1 as it is, later
     ones under a random prior), then takes back the given face, background or noise std (the
     given values are the start's; the rest is annealed). The study's starts draw their own,
     and a start given whole is used as it is."""
@@ -526,6 +531,10 @@ def _start(
     move = _move(data, restart) if not given and restart in SHIFTS else None
     if move is not None:
         return _shifted(data, first, move, params.prior), 1
+    if not given and restart in SAMPLED:
+        fitted = first.params  # its background and noise std: the sampler's
+        p = Params(params.face, fitted.background, fitted.noise_std, params.prior)
+        return _sampled(data, p, rng), SAMPLER_SWEEPS
     kept = {k: getattr(params, k) for k in _START_PARTS if given.get(k) is not None}
     tilted = restart >= (2 if given else 3) or restart in SHIFTS
     annealed = _anneal(data, params, rng if tilted else None)
@@ -578,10 +587,12 @@ def initialize(
     init : {"median", "zeros", "bright", "random", "smooth"}
         ``median`` (the default of :func:`fit`): the per-pixel median of the images as the
         background, a robust noise std, and a face that favours no position (see
-        ``_init_median``). Its restarts 1, 3, 4 and 5 start from restart 0's fit with the face
+        ``_init_median``). Its restarts 1, 4, 5 and 6 start from restart 0's fit with the face
         window moved two pixels diagonally (``SHIFTS``; here restart 0 is fitted with the
         default settings to build them), restart 2 anneals the median start (``ANNEAL_PASSES``
-        passes over the images) and later ones anneal it under a random prior. The study's
+        passes over the images), restart 3 starts from the positions' sampler
+        (``SAMPLER_SWEEPS`` passes, with restart 0's background and noise std) and later ones
+        anneal the median start under a random prior. The study's
         starts, on the
         0..255 scale: ``zeros`` (F = B = 0, s = 1), ``bright`` (F = B = 255, s = 255),
         ``random`` (F, B uniform on 0..255, s exponential with mean 10), ``smooth`` (F and B
@@ -593,7 +604,7 @@ def initialize(
     data = _Data(X, face_shape, cache_fft=False)
     child = _seed_child(_seed_sequence(seed), restart)
     first = None
-    if init == "median" and restart in SHIFTS:
+    if init == "median" and (restart in SHIFTS or restart in SAMPLED):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             first = fit(X, face_shape, init=init)  # (restart 0 of the median start: no draws)

@@ -1,0 +1,179 @@
+"""A start found by sampling the faces' positions: a collapsed Gibbs sampler over the positions
+of all images, annealed, whose face and background then start EM (``loop._start``).
+
+EM moves the face and the background together, in small steps, and both drift to the nearest
+optimum. Where the images are few for the noise, the background is poorly determined (the face
+covers much of every image) and a wrong background is what holds EM: measured on the data sets
+of ``benchmarks/bench_convergence.py`` that no restart of EM's kinds reached, a sampler with the
+background of EM from the truth found the truth's optimum from random positions, and with the
+default fit's background it left even the true positions (docs/INITIALISATION.md). The sampler
+therefore redraws each image's position given the face *and* the background that the other
+images' current positions make (the motif sampler of Lawrence et al., Science 1993, with the
+background collapsed too): a jump of any size for one image at a time, where EM moves all of
+them a little.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from facefinder_cli.engine.data import _Data
+from facefinder_cli.engine.estep import _Posterior, _Scorer
+from facefinder_cli.engine.model import UNCOVERED_MIN, Params, _box_full
+from facefinder_cli.engine.mstep import _crops
+from facefinder_cli.engine.passes import _draw
+
+#: Sweeps of the sampler (each redraws every image's position once: one pass over the images).
+SAMPLER_SWEEPS = 300
+#: Its first temperature: the log-likelihoods are divided by a temperature falling from this
+#: to 1 in geometric steps (broad draws first, then the posterior's own).
+SAMPLER_TEMPERATURE = 3.0
+#: Images redrawn together, as a share of all: each block is drawn given the others' face and
+#: background (leaving the block out), so blocks must be a small part of the images.
+SAMPLER_BLOCK_SHARE = 1 / 25
+
+
+class _Sums:
+    """The sums behind a face and a background at hard positions: crops, covered pixels and
+    position counts (as hard EM's M-step adds them), for all images or a block."""
+
+    def __init__(self, data: _Data, x: np.ndarray, positions: np.ndarray) -> None:
+        n = len(x)
+        flat, crops = _crops(data, x, positions[:, None, :])
+        self.n = n
+        self.face = crops.reshape(n, -1).sum(axis=0, dtype=np.float64).reshape(data.h, data.w)
+        self.cover_x = np.bincount(flat, crops, data.H * data.W).reshape(data.H, data.W)
+        where = positions[:, 0] * data.Dw + positions[:, 1]
+        self.counts = np.bincount(where, minlength=data.Dh * data.Dw).astype(np.float64)
+        self.counts = self.counts.reshape(data.Dh, data.Dw)
+        self.sum_x = x.sum(axis=0, dtype=np.float64)
+
+    def __iadd__(self, other: _Sums) -> _Sums:
+        return self._add(other, 1.0)
+
+    def __isub__(self, other: _Sums) -> _Sums:
+        return self._add(other, -1.0)
+
+    def _add(self, other: _Sums, sign: float) -> _Sums:
+        self.n += int(sign) * other.n
+        self.face += sign * other.face
+        self.cover_x += sign * other.cover_x
+        self.counts += sign * other.counts
+        self.sum_x += sign * other.sum_x
+        return self
+
+
+def _without(data: _Data, total: _Sums, fallback: np.ndarray, block: _Sums | None = None):
+    """The face and background (shifted) that the images outside ``block`` (None: no image)
+    make at their positions: the crops' mean, and each pixel's mean over the images that do
+    not cover it (``fallback`` where too few leave it uncovered)."""
+    n, face, cover_x, counts, sum_x = (
+        total.n,
+        total.face,
+        total.cover_x,
+        total.counts,
+        total.sum_x,
+    )
+    if block is not None:
+        n, face, cover_x = n - block.n, face - block.face, cover_x - block.cover_x
+        counts, sum_x = counts - block.counts, sum_x - block.sum_x
+    den = n - _box_full(counts, data.h, data.w)
+    known = den > n * UNCOVERED_MIN
+    background = np.where(known, (sum_x - cover_x) / np.where(known, den, 1.0), fallback)
+    return face / n, background
+
+
+def _sampled(
+    data: _Data,
+    p: Params,
+    rng: np.random.Generator,
+    sweeps: int = SAMPLER_SWEEPS,
+    temperature: float = SAMPLER_TEMPERATURE,
+) -> Params:
+    """A start from ``sweeps`` sweeps of the annealed, collapsed Gibbs sampler (see the module's
+    docstring and :func:`_sample_positions`): the face and background at the best positions
+    it met, with ``p``'s noise std and prior (``p``'s background where the images leave a
+    pixel covered). ``sweeps`` passes over the images."""
+    _, total = _sample_positions(data, p, rng, sweeps, temperature)
+    face, background = _without(data, total, p.background - data.offset)
+    return Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
+
+
+def _sample_positions(
+    data: _Data, p: Params, rng: np.random.Generator, sweeps: int, temperature: float
+) -> tuple[np.ndarray, _Sums]:
+    """The best positions of ``sweeps`` sweeps of the sampler, shape (K, 2), and the sums at
+    them: those of the sweep whose face and background leave the smallest sum of squared
+    residuals (:func:`_sse`; as motif samplers keep the best alignment they met, for the last
+    one is only a draw: measured, EM from the best reached EM-from-the-truth's optimum in 5
+    of 28 runs on seven hard data sets, from the last in 1).
+
+    It starts from positions drawn from ``p.prior``. Each sweep redraws blocks of
+    ``SAMPLER_BLOCK_SHARE`` of the images (at least one image) in a random order, each block
+    from its posterior given the face and background that the other images make at their
+    current positions (:func:`_without`; ``p``'s background where they leave a pixel
+    covered), ``p``'s noise std and prior, tempered by the sweep's temperature (falling from
+    ``temperature`` to 1 in geometric steps): ``q ∝ p(X_k, d | θ_others)^(1/T)``. A block is
+    read in chunks of the data's size, so memory stays bounded whatever K. Sequential, and
+    deterministic for ``rng``: the same on any number of threads."""
+    K, D = data.K, data.Dh * data.Dw
+    size = max(1, int(K * SAMPLER_BLOCK_SHARE))
+    blocks = [(a, min(a + size, K)) for a in range(0, K, size)]
+    prior = p.prior.ravel()
+    flat = rng.choice(D, size=K, p=prior / prior.sum())
+    positions = np.column_stack(np.unravel_index(flat, (data.Dh, data.Dw)))
+    fallback = p.background - data.offset
+
+    def chunks(a: int, b: int) -> list[tuple[int, int]]:
+        return [(c, min(c + data.chunk, b)) for c in range(a, b, data.chunk)]
+
+    def block_sums(a: int, b: int) -> _Sums:
+        parts = [_Sums(data, data.chunk_images(c, e), positions[c:e]) for c, e in chunks(a, b)]
+        for part in parts[1:]:
+            parts[0] += part
+        return parts[0]
+
+    sums = [block_sums(a, b) for a, b in blocks]
+    total = block_sums(0, K)
+    best = (np.inf, positions.copy(), copy.deepcopy(total))
+    for t in np.geomspace(temperature, 1.0, sweeps):
+        done = 0
+        for i in rng.permutation(len(blocks)):
+            a, b = blocks[i]
+            face, background = _without(data, total, fallback, sums[i])
+            others = Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
+            scorer = _Scorer(others, data)
+            parts = []
+            for c, e in chunks(a, b):
+                x, xf = data.chunk_data(c, e)
+                lp, _ = scorer.log_joint(x, xf, data.sq_x[c:e])
+                lp *= lp.dtype.type(1.0 / t)
+                q = _Posterior.from_log_joint(lp, learn_prior=False).q
+                drawn = _draw(q, rng.random((e - c, 1)))[:, 0]
+                positions[c:e] = np.column_stack(np.unravel_index(drawn, (data.Dh, data.Dw)))
+                parts.append(_Sums(data, x, positions[c:e]))
+            for part in parts[1:]:
+                parts[0] += part
+            total -= sums[i]
+            total += parts[0]
+            sums[i] = parts[0]
+            done += b - a
+            data.report(done)
+        sse = _sse(data, total)
+        if sse < best[0]:
+            best = (sse, positions.copy(), copy.deepcopy(total))
+    return best[1], best[2]
+
+
+def _sse(data: _Data, total: _Sums) -> float:
+    """The images' sum of squared residuals at the positions behind ``total``, with the face and
+    background those positions make (hard EM's, as ``mstep._Stats.m_step`` computes it)."""
+    den = total.n - _box_full(total.counts, data.h, data.w)
+    num = total.sum_x - total.cover_x
+    known = den > total.n * UNCOVERED_MIN
+    # Σ (X - B)² over the uncovered pixels is Σ X² there less num² / den at each pixel, and
+    # Σ_k ||crop_k - F||² is Σ ||crop_k||² less n ||F||²
+    background = float(np.sum(np.where(known, num**2 / np.where(known, den, 1.0), 0.0)))
+    return data.total_sq - float(np.sum(total.face**2)) / total.n - background
