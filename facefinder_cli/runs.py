@@ -950,9 +950,13 @@ def save_checkpoint(
         "extra": json.dumps(extra, sort_keys=True),
         "n_finished": len(state.finished),
         "version": __version__,
-        "restart_starts": RESTART_STARTS,
+        "restart_scheme": RESTART_STARTS,
         **_params_arrays("", state.params),
     }
+    if state.settings.restarts <= _EARLIER_STARTS["moved-windows"]:
+        # as the version before wrote it, which then resumes it alike; with more restarts
+        # it finds none and refuses (it began restart 3 otherwise)
+        arrays["restart_starts"] = "moved-windows"
     for i, done in enumerate(state.finished):
         h = done.history
         arrays.update(_params_arrays(f"finished{i}_", done.params))
@@ -1001,10 +1005,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
         )
     saved, engine_fields = _saved_settings(z, p)
     restarts = saved.get("restarts")  # (its type is checked with the other settings below)
-    scheme = str(z["restart_starts"]) if "restart_starts" in z else ""
+    key = next((k for k in ("restart_scheme", "restart_starts") if k in z), None)
+    scheme = "" if key is None else str(z[key])  # (restart_starts: as earlier versions wrote)
     differs = _EARLIER_STARTS.get(scheme, 1) if scheme != RESTART_STARTS else None
-    several = isinstance(restarts, int) and saved.get("init") == "median"
-    if several and differs is not None and restarts > differs:
+    median = isinstance(restarts, int) and saved.get("init") == "median"
+    if median and differs is not None and restarts > differs:
         raise InputError(
             f"{p}: a checkpoint of facefinder {z.get('version', '< 0.1')}, whose later restarts "
             "started otherwise, which this version cannot resume: fit again with ",

@@ -124,6 +124,17 @@ def test_the_sampled_restart_reaches_an_optimum_the_others_miss():
     assert r.best_restart == 3
 
 
+def test_with_one_image_or_one_position_restart_3_anneals(hard, recwarn):
+    """The sampler draws each image's position given the other images: with one image there
+    are none (its face was 0/0), with one position nothing to draw. Annealed instead."""
+    anneal = E.ANNEAL_PASSES
+    one_image = quiet_fit(hard.images[:1], (16, 16), restarts=4, seed=0, max_iter=2)
+    assert [int(h.passes[0]) for h in one_image.restarts] == [0, 1, anneal, anneal]
+    whole = quiet_fit(hard.images[:20], (20, 30), restarts=4, seed=0, max_iter=2)
+    assert [int(h.passes[0]) for h in whole.restarts] == [0, anneal, anneal, anneal]
+    assert np.isfinite(one_image.face).all() and not [w for w in recwarn if "invalid" in str(w)]
+
+
 def test_more_restarts_are_never_worse_and_repeat_the_fewer(hard):
     X = hard.images[:40]
     fits = [quiet_fit(X, (16, 16), restarts=n, seed=3, max_iter=30) for n in (1, 2, 3, 4)]

@@ -98,7 +98,7 @@ def test_a_seed_gives_one_start_on_any_number_of_threads():
     starts = []
     for workers, seed in ((1, 5), (2, 5), (2, 6)):
         data = _Data(X, (8, 8), workers=workers, chunk_size=8)
-        starts.append(_sampled(data, _start(data), np.random.default_rng(seed), sweeps=4))
+        starts.append(_sampled(data, _start(data), np.random.default_rng(seed), sweeps=4)[0])
     for f in ("face", "background"):
         np.testing.assert_array_equal(getattr(starts[0], f), getattr(starts[1], f))
     assert not np.allclose(starts[0].face, starts[2].face)

@@ -302,6 +302,15 @@ class _ClusterData(_Data):
 
     chunk_images = chunk_data
 
+    def local_chunk_data(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        # read here, as a worker reads it (``_Data._read``) and transforms it (``rfft2``, as
+        # the first pass caches it): the same values as the worker's chunk, bit for bit
+        x = self.local_chunk_images(a, b)
+        return x, sfft.rfft2(x)
+
+    def local_chunk_images(self, a: int, b: int) -> np.ndarray:
+        return _Data._read(self, a, b, self.dtype)
+
     def map(self, fn: Callable, extra: Callable[[int, int], object] | None = None):
         """As :meth:`_Data.map`, on the workers: ``fn`` is sent once, runs where each block of
         chunks lives, and the chunks' results come back, and are yielded, in chunk order."""

@@ -217,6 +217,16 @@ class _Data:
         xf = self._xf[a:b] if b <= self.n_cached else sfft.rfft2(x)
         return x, xf
 
+    def local_chunk_data(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`chunk_data`, read on this machine whatever holds the chunks (a cluster's
+        workers do, see ``cluster._ClusterData``): for work that runs one chunk after another
+        here, the positions' sampler. The same values bit for bit."""
+        return self.chunk_data(a, b)
+
+    def local_chunk_images(self, a: int, b: int) -> np.ndarray:
+        """:meth:`chunk_images`, read on this machine (see :meth:`local_chunk_data`)."""
+        return self.chunk_images(a, b)
+
     def chunks(self):
         """Yield ``(start, stop, x, xf)`` for every chunk, in order, in this thread."""
         for a, b in self.bounds():

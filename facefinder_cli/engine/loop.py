@@ -30,7 +30,7 @@ from facefinder_cli.engine.model import (
     Params,
 )
 from facefinder_cli.engine.passes import ANNEAL_PASSES, _anneal, _pass
-from facefinder_cli.engine.sampler import SAMPLER_SWEEPS, _sampled
+from facefinder_cli.engine.sampler import _sampled
 from facefinder_cli.engine.settings import FitSettings
 from facefinder_cli.engine.starts import (
     _START_PARTS,
@@ -78,7 +78,7 @@ class RestartHistory:
     ``seconds[t]`` is the time since the start
     (``seconds[0]``: the initialisation) and ``passes[t]`` the passes over the images made
     by then (``passes[0]``: those of the start: 0, 1 for a moved window, ``ANNEAL_PASSES``
-    when annealed; plain EM makes one
+    when annealed, ``SAMPLER_SWEEPS`` when sampled; plain EM makes one
     per iteration, accelerated EM two or three).
     The prior was held fixed in the first ``prior_fixed_until`` iterations.
     """
@@ -531,10 +531,11 @@ def _start(
     move = _move(data, restart) if not given and restart in SHIFTS else None
     if move is not None:
         return _shifted(data, first, move, params.prior), 1
-    if not given and restart in SAMPLED:
+    if not given and restart in SAMPLED and data.K > 1 and data.Dh * data.Dw > 1:
+        # (one image has no others to draw it by, one position nothing to draw: annealed)
         fitted = first.params  # its background and noise std: the sampler's
         p = Params(params.face, fitted.background, fitted.noise_std, params.prior)
-        return _sampled(data, p, rng), SAMPLER_SWEEPS
+        return _sampled(data, p, rng)
     kept = {k: getattr(params, k) for k in _START_PARTS if given.get(k) is not None}
     tilted = restart >= (2 if given else 3) or restart in SHIFTS
     annealed = _anneal(data, params, rng if tilted else None)

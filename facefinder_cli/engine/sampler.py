@@ -1,16 +1,18 @@
-"""A start found by sampling the faces' positions: a collapsed Gibbs sampler over the positions
-of all images, annealed, whose face and background then start EM (``loop._start``).
+"""A start found by sampling the faces' positions: a Gibbs sampler over the positions of all
+images, annealed, whose best face and background then start EM (``loop._start``).
 
 EM moves the face and the background together, in small steps, and both drift to the nearest
 optimum. Where the images are few for the noise, the background is poorly determined (the face
 covers much of every image) and a wrong background is what holds EM: measured on the data sets
 of ``benchmarks/bench_convergence.py`` that no restart of EM's kinds reached, a sampler with the
-background of EM from the truth found the truth's optimum from random positions, and with the
-default fit's background it left even the true positions (docs/INITIALISATION.md). The sampler
+background of EM from the truth came from random positions to within a few 1e-5 nats per
+image and pixel of the truth's optimum (or above it), and with the default fit's background it
+left even the true positions (docs/INITIALISATION.md). The sampler
 therefore redraws each image's position given the face *and* the background that the other
-images' current positions make (the motif sampler of Lawrence et al., Science 1993, with the
-background collapsed too): a jump of any size for one image at a time, where EM moves all of
-them a little.
+images' current positions make (the motif sampler of Lawrence et al., Science 1993, which
+draws each sequence's site given the other sequences' counts; here the other images' face
+and background are plugged in as estimates, not integrated out): a jump of any size for one
+image at a time, where EM moves all of them a little.
 """
 
 from __future__ import annotations
@@ -36,19 +38,18 @@ SAMPLER_BLOCK_SHARE = 1 / 25
 
 
 class _Sums:
-    """The sums behind a face and a background at hard positions: crops, covered pixels and
-    position counts (as hard EM's M-step adds them), for all images or a block."""
+    """The sums behind a face and a background at hard positions, for all images or a block:
+    ``n`` images, the sum of their crops, ``uncovered = Σ_k (1 - cover_k) X_k`` (each image's
+    pixels outside its window) and the count of each position (as hard EM's M-step has them)."""
 
     def __init__(self, data: _Data, x: np.ndarray, positions: np.ndarray) -> None:
         n = len(x)
         flat, crops = _crops(data, x, positions[:, None, :])
         self.n = n
         self.face = crops.reshape(n, -1).sum(axis=0, dtype=np.float64).reshape(data.h, data.w)
-        self.cover_x = np.bincount(flat, crops, data.H * data.W).reshape(data.H, data.W)
-        where = positions[:, 0] * data.Dw + positions[:, 1]
-        self.counts = np.bincount(where, minlength=data.Dh * data.Dw).astype(np.float64)
-        self.counts = self.counts.reshape(data.Dh, data.Dw)
-        self.sum_x = x.sum(axis=0, dtype=np.float64)
+        cover_x = np.bincount(flat, crops, data.H * data.W).reshape(data.H, data.W)
+        self.uncovered = x.sum(axis=0, dtype=np.float64) - cover_x
+        self.counts = _counts(data, positions)
 
     def __iadd__(self, other: _Sums) -> _Sums:
         return self._add(other, 1.0)
@@ -59,29 +60,30 @@ class _Sums:
     def _add(self, other: _Sums, sign: float) -> _Sums:
         self.n += int(sign) * other.n
         self.face += sign * other.face
-        self.cover_x += sign * other.cover_x
+        self.uncovered += sign * other.uncovered
         self.counts += sign * other.counts
-        self.sum_x += sign * other.sum_x
         return self
+
+
+def _counts(data: _Data, positions: np.ndarray) -> np.ndarray:
+    """How many of ``positions`` (n, 2) are at each position, shape (Dh, Dw), float64."""
+    where = positions[:, 0] * data.Dw + positions[:, 1]
+    counts = np.bincount(where, minlength=data.Dh * data.Dw).astype(np.float64)
+    return counts.reshape(data.Dh, data.Dw)
 
 
 def _without(data: _Data, total: _Sums, fallback: np.ndarray, block: _Sums | None = None):
     """The face and background (shifted) that the images outside ``block`` (None: no image)
     make at their positions: the crops' mean, and each pixel's mean over the images that do
-    not cover it (``fallback`` where too few leave it uncovered)."""
-    n, face, cover_x, counts, sum_x = (
-        total.n,
-        total.face,
-        total.cover_x,
-        total.counts,
-        total.sum_x,
-    )
+    not cover it (``fallback`` where too few leave it uncovered), as the M-step makes them
+    (``mstep._background_update``)."""
+    n, face, uncovered, counts = total.n, total.face, total.uncovered, total.counts
     if block is not None:
-        n, face, cover_x = n - block.n, face - block.face, cover_x - block.cover_x
-        counts, sum_x = counts - block.counts, sum_x - block.sum_x
+        n, face = n - block.n, face - block.face
+        uncovered, counts = uncovered - block.uncovered, counts - block.counts
     den = n - _box_full(counts, data.h, data.w)
     known = den > n * UNCOVERED_MIN
-    background = np.where(known, (sum_x - cover_x) / np.where(known, den, 1.0), fallback)
+    background = np.where(known, uncovered / np.where(known, den, 1.0), fallback)
     return face / n, background
 
 
@@ -89,16 +91,19 @@ def _sampled(
     data: _Data,
     p: Params,
     rng: np.random.Generator,
-    sweeps: int = SAMPLER_SWEEPS,
+    sweeps: int | None = None,
     temperature: float = SAMPLER_TEMPERATURE,
-) -> Params:
-    """A start from ``sweeps`` sweeps of the annealed, collapsed Gibbs sampler (see the module's
-    docstring and :func:`_sample_positions`): the face and background at the best positions
-    it met, with ``p``'s noise std and prior (``p``'s background where the images leave a
-    pixel covered). ``sweeps`` passes over the images."""
+) -> tuple[Params, int]:
+    """A start from ``sweeps`` (default ``SAMPLER_SWEEPS``) sweeps of the annealed Gibbs
+    sampler (see the module's docstring and :func:`_sample_positions`): the face and
+    background at the best positions it met, with ``p``'s noise std and prior (``p``'s
+    background where the images leave a pixel covered); and the passes over the images it
+    made, one a sweep."""
+    sweeps = SAMPLER_SWEEPS if sweeps is None else sweeps
     _, total = _sample_positions(data, p, rng, sweeps, temperature)
     face, background = _without(data, total, p.background - data.offset)
-    return Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
+    start = Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
+    return start, sweeps
 
 
 def _sample_positions(
@@ -130,24 +135,30 @@ def _sample_positions(
         return [(c, min(c + data.chunk, b)) for c in range(a, b, data.chunk)]
 
     def block_sums(a: int, b: int) -> _Sums:
-        parts = [_Sums(data, data.chunk_images(c, e), positions[c:e]) for c, e in chunks(a, b)]
+        read = data.local_chunk_images
+        parts = [_Sums(data, read(c, e), positions[c:e]) for c, e in chunks(a, b)]
         for part in parts[1:]:
             parts[0] += part
         return parts[0]
 
+    # Each block's sums, but its position counts (made again from its positions when needed):
+    # two arrays of the images' size per block, whatever K.
     sums = [block_sums(a, b) for a, b in blocks]
+    for part in sums:
+        part.counts = None
     total = block_sums(0, K)
     best = (np.inf, positions.copy(), copy.deepcopy(total))
     for t in np.geomspace(temperature, 1.0, sweeps):
         done = 0
         for i in rng.permutation(len(blocks)):
             a, b = blocks[i]
+            sums[i].counts = _counts(data, positions[a:b])
             face, background = _without(data, total, fallback, sums[i])
             others = Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
             scorer = _Scorer(others, data)
             parts = []
             for c, e in chunks(a, b):
-                x, xf = data.chunk_data(c, e)
+                x, xf = data.local_chunk_data(c, e)
                 lp, _ = scorer.log_joint(x, xf, data.sq_x[c:e])
                 lp *= lp.dtype.type(1.0 / t)
                 q = _Posterior.from_log_joint(lp, learn_prior=False).q
@@ -159,6 +170,7 @@ def _sample_positions(
             total -= sums[i]
             total += parts[0]
             sums[i] = parts[0]
+            sums[i].counts = None
             done += b - a
             data.report(done)
         sse = _sse(data, total)
@@ -171,9 +183,9 @@ def _sse(data: _Data, total: _Sums) -> float:
     """The images' sum of squared residuals at the positions behind ``total``, with the face and
     background those positions make (hard EM's, as ``mstep._Stats.m_step`` computes it)."""
     den = total.n - _box_full(total.counts, data.h, data.w)
-    num = total.sum_x - total.cover_x
     known = den > total.n * UNCOVERED_MIN
-    # Σ (X - B)² over the uncovered pixels is Σ X² there less num² / den at each pixel, and
-    # Σ_k ||crop_k - F||² is Σ ||crop_k||² less n ||F||²
-    background = float(np.sum(np.where(known, num**2 / np.where(known, den, 1.0), 0.0)))
+    # Σ (X - B)² over the uncovered pixels is Σ X² there less uncovered² / den at each pixel,
+    # and Σ_k ||crop_k - F||² is Σ ||crop_k||² less n ||F||²
+    u = total.uncovered
+    background = float(np.sum(np.where(known, u**2 / np.where(known, den, 1.0), 0.0)))
     return data.total_sq - float(np.sum(total.face**2)) / total.n - background
