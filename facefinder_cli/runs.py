@@ -907,7 +907,7 @@ CHECKPOINT = "checkpoint.npz"
 RESTART_STARTS = "moved-windows, sampled"
 #: The earlier schemes, and the first restart that starts otherwise in this one (a fit of no
 #: more restarts than that resumes alike). Without a scheme: before the moved windows.
-_EARLIER_STARTS = {"": 1, "moved-windows": 3}
+_EARLIER_STARTS = {"": 1, "moved-windows": 6}
 
 
 def save_checkpoint(
@@ -955,7 +955,7 @@ def save_checkpoint(
     }
     if state.settings.restarts <= _EARLIER_STARTS["moved-windows"]:
         # as the version before wrote it, which then resumes it alike; with more restarts
-        # it finds none and refuses (it began restart 3 otherwise)
+        # it finds none and refuses (it began restart 6 otherwise)
         arrays["restart_starts"] = "moved-windows"
     for i, done in enumerate(state.finished):
         h = done.history

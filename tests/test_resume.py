@@ -211,18 +211,20 @@ def test_resume_refuses_other_options_and_missing_checkpoints(tmp_path, stack):
     assert r.returncode == 2 and "--max-iter" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_moved_restarts_resume_bit_for_bit_through_a_checkpoint_file(data, tmp_path):
-    """Restarts 1 and 4 of the median start begin from restart 0's fit (its positions), 3
-    from the sampler with its background: from a checkpoint file, whose finished restarts come
-    back from disk, they are built the same."""
+def test_moved_restarts_resume_bit_for_bit_through_a_checkpoint_file(data, tmp_path, monkeypatch):
+    """Restarts 1, 3, 4 and 5 of the median start begin from restart 0's fit (its positions),
+    6 from the sampler with its background: from a checkpoint file, whose finished restarts
+    come back from disk, they are built the same."""
     from facefinder_cli import runs
+    from facefinder_cli.engine import sampler
 
-    kw = dict(restarts=5, seed=5, max_iter=6)  # 1 and 4 moved, 2 annealed, 3 sampled
+    monkeypatch.setattr(sampler, "SAMPLER_SWEEPS", 5)  # (the same sampler, quicker)
+    kw = dict(restarts=7, seed=5, max_iter=6)  # 1, 3 to 5 moved, 2 annealed, 6 sampled
     seen = []
     whole = quiet_fit(data.images, (16, 16), callback=lambda p: seen.append(p.checkpoint), **kw)
     passes = [int(h.passes[0]) for h in whole.restarts]
-    assert passes == [0, 1, E.ANNEAL_PASSES, E.SAMPLER_SWEEPS, 1]
-    for where in ((1, 0), (2, 0), (3, 0), (3, 2), (4, 0)):
+    assert passes == [0, 1, E.ANNEAL_PASSES, 1, 1, 1, 5]
+    for where in ((1, 0), (2, 0), (3, 0), (3, 2), (6, 0), (6, 2)):
         cp = next(c for c in seen if (c.restart, c.iteration) == where)
         runs.save_checkpoint(tmp_path / "checkpoint.npz", cp, {}, {})
         back = runs.load_checkpoint(tmp_path / "checkpoint.npz")[0]
@@ -254,12 +256,12 @@ def test_a_checkpoint_from_before_the_moved_restarts_is_refused_in_one_line(data
     assert runs.load_checkpoint(path)[0].settings.restarts == 1
 
 
-@pytest.mark.parametrize("restarts", [3, 4])
+@pytest.mark.parametrize("restarts", [6, 7])
 def test_a_checkpoint_from_before_the_sampled_restart_resumes_only_where_alike(
     data, tmp_path, restarts
 ):
-    """Restart 3 was a moved window before the sampler took its place: a fit of up to three
-    restarts resumes as it began; one of four or more is refused in one line."""
+    """Restart 6 annealed under a random prior before the sampler took its place: a fit of up
+    to six restarts resumes as it began; one of seven or more is refused in one line."""
     from facefinder_cli import runs
 
     seen = []
@@ -270,13 +272,13 @@ def test_a_checkpoint_from_before_the_sampled_restart_resumes_only_where_alike(
     runs.save_checkpoint(path, state, {}, {})
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files if k != "restart_scheme"}
-        # what the version before reads: the scheme up to three restarts, none beyond (so that
-        # it refuses a checkpoint of this version whose restart 3 it would start otherwise)
-        assert ("restart_starts" in z) == (restarts <= 3)
+        # what the version before reads: the scheme up to six restarts, none beyond (so that
+        # it refuses a checkpoint of this version whose restart 6 it would start otherwise)
+        assert ("restart_starts" in z) == (restarts <= 6)
     arrays["restart_starts"] = np.array("moved-windows")  # as the version before wrote
     np.savez(path, **arrays)
-    if restarts == 3:
-        assert runs.load_checkpoint(path)[0].settings.restarts == 3
+    if restarts == 6:
+        assert runs.load_checkpoint(path)[0].settings.restarts == 6
     else:
         with pytest.raises(runs.InputError, match="whose later restarts started otherwise"):
             runs.load_checkpoint(path)

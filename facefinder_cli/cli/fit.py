@@ -170,8 +170,8 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     default=DEFAULTS["restarts"],
     show_default=True,
     help="Starts, the one with the best log-likelihood kept. With --init median, the 2nd and "
-    "5th to 7th start from the 1st's fit with the face window moved two pixels diagonally, "
-    "the 3rd anneals the 1st start (40 more passes), the 4th starts from a sampler of the "
+    "4th to 6th start from the 1st's fit with the face window moved two pixels diagonally, "
+    "the 3rd anneals the 1st start (40 more passes), the 7th starts from a sampler of the "
     "face positions (300 more passes, on one thread), the 8th on anneal the 1st start under "
     "a random prior over positions: often a better fit when the images are few for the noise.",
 )

@@ -46,7 +46,7 @@ Modules, from the bottom up (each imports only those above it):
 * :mod:`.estep` and :mod:`.mstep`: the two steps, as pure functions tested against brute force;
 * :mod:`.starts`: initialisations and seeds;
 * :mod:`.passes`: one streaming pass doing both steps; annealing;
-* :mod:`.sampler`: the sampled start of restart 3 (a Gibbs sampler of the positions);
+* :mod:`.sampler`: the sampled start of restart 6 (a Gibbs sampler of the positions);
 * :mod:`.accelerate`: accelerated soft EM (SQUAREM cycles) and its distance estimate;
 * :mod:`.loop`: :func:`fit`, its checkpoints and results;
 * :mod:`.sizes`: :func:`choose_face_size`, fits of several sizes and a criterion;

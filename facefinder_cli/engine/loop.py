@@ -487,9 +487,9 @@ def _run(
 
 #: Restarts of the ``median`` start that begin from restart 0's fit with its face window moved
 #: by (rows, columns) (see :func:`_shifted`); the others anneal (see :func:`_start`).
-SHIFTS = {1: (2, 2), 4: (-2, -2), 5: (2, -2), 6: (-2, 2)}
+SHIFTS = {1: (2, 2), 3: (-2, -2), 4: (2, -2), 5: (-2, 2)}
 #: Restarts of the ``median`` start that start from the positions' sampler (``sampler``).
-SAMPLED = (3,)
+SAMPLED = (6,)
 
 
 def _move(data: _Data, restart: int) -> tuple[int, int] | None:
@@ -515,14 +515,14 @@ def _start(
 ) -> tuple[Params, int]:
     """Where restart ``restart`` starts, and the passes over the images that took.
 
-    The ``median`` start's restarts (none of it given): 1, 4, 5 and 6 start from restart 0's
+    The ``median`` start's restarts (none of it given): 1, 3, 4 and 5 start from restart 0's
     fit ``first`` (its ``positions``) with the face window moved by ``SHIFTS[restart]``
     (:func:`_shifted`; where that is no move or an earlier one, see :func:`_move`, they anneal
-    under a random prior); 2 anneals the start (see ``_anneal``); 3 (``SAMPLED``) starts from
-    the positions' sampler (``sampler._sampled``, with ``first``'s background and noise std);
-    7 and later anneal the start under a random prior each. With part of the start given,
-    every restart anneals (1 as it is, later
-    ones under a random prior), then takes back the given face, background or noise std (the
+    under a random prior); 2 anneals the start (see ``_anneal``); 6 (``SAMPLED``) starts from
+    the positions' sampler (``sampler._sampled``, with ``first``'s background and noise std;
+    annealed with one image or one position); 7 and later anneal the start under a random
+    prior each. With part of the start given, every restart anneals (1 as it is, later ones
+    under a random prior), then takes back the given face, background or noise std (the
     given values are the start's; the rest is annealed). The study's starts draw their own,
     and a start given whole is used as it is."""
     params = _initialize(data, init, rng, given)
@@ -588,10 +588,10 @@ def initialize(
     init : {"median", "zeros", "bright", "random", "smooth"}
         ``median`` (the default of :func:`fit`): the per-pixel median of the images as the
         background, a robust noise std, and a face that favours no position (see
-        ``_init_median``). Its restarts 1, 4, 5 and 6 start from restart 0's fit with the face
+        ``_init_median``). Its restarts 1, 3, 4 and 5 start from restart 0's fit with the face
         window moved two pixels diagonally (``SHIFTS``; here restart 0 is fitted with the
         default settings to build them), restart 2 anneals the median start (``ANNEAL_PASSES``
-        passes over the images), restart 3 starts from the positions' sampler
+        passes over the images), restart 6 starts from the positions' sampler
         (``SAMPLER_SWEEPS`` passes, with restart 0's background and noise std) and later ones
         anneal the median start under a random prior. The study's
         starts, on the

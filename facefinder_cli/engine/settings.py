@@ -49,10 +49,10 @@ class FitSettings:
     restarts : int
         Number of restarts; the one with the highest final ``log p(X | θ)`` is returned.
         Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``. With
-        the ``median`` start, restart 0 is that start; restarts 1, 4, 5 and 6 start from
+        the ``median`` start, restart 0 is that start; restarts 1, 3, 4 and 5 start from
         restart 0's fit with the face window moved two pixels diagonally (one pass over the
         images builds the face); restart 2 is the median start annealed (``ANNEAL_PASSES``
-        passes at rising inverse temperatures); restart 3 starts from a sampler of the
+        passes at rising inverse temperatures); restart 6 starts from a sampler of the
         positions (``SAMPLER_SWEEPS`` passes, one image block at a time: on one thread);
         later restarts anneal the median start under a random prior over positions, each its
         own. Measured in ``docs/INITIALISATION.md``.
