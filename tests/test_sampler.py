@@ -113,3 +113,26 @@ def test_forbidden_positions_are_never_drawn():
     p = E.Params(np.zeros((5, 4)), np.full((12, 15), 100.0), 20.0, prior)
     positions, _ = _sample_positions(data, p, np.random.default_rng(0), 5, 3.0)
     assert (prior[positions[:, 0], positions[:, 1]] > 0).all()
+
+
+def test_the_sampler_holds_blas_to_one_thread_as_a_pass_does(monkeypatch):
+    """Box sums are matrix products only with BLAS on one thread (else summed-area tables,
+    other last bits): the sampler, run from the main thread, holds BLAS to one thread as the
+    passes do, so that its draws are the same on any machine."""
+    from threadpoolctl import threadpool_limits
+
+    from facefinder_cli.engine import model
+
+    seen = []
+    real = model._by_products
+
+    def by_products(*args, **kwargs):
+        seen.append(real(*args, **kwargs))  # (small windows: products, if BLAS is on one thread)
+        return seen[-1]
+
+    monkeypatch.setattr(model, "_by_products", by_products)
+    X = _images(K=30, H=20, W=24)
+    data = _Data(X, (8, 8))
+    with threadpool_limits(limits=2, user_api="blas"):
+        _sampled(data, _start(data), np.random.default_rng(3), sweeps=2)
+    assert seen and all(seen)

@@ -21,6 +21,7 @@ import copy
 
 import numpy as np
 
+from facefinder_cli.engine.blas import one_blas_thread
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.estep import _Posterior, _Scorer
 from facefinder_cli.engine.model import UNCOVERED_MIN, Params, _box_full
@@ -100,8 +101,9 @@ def _sampled(
     background where the images leave a pixel covered); and the passes over the images it
     made, one a sweep."""
     sweeps = SAMPLER_SWEEPS if sweeps is None else sweeps
-    _, total = _sample_positions(data, p, rng, sweeps, temperature)
-    face, background = _without(data, total, p.background - data.offset)
+    with one_blas_thread():  # as in a pass: box sums by products, the same bits on any machine
+        _, total = _sample_positions(data, p, rng, sweeps, temperature)
+        face, background = _without(data, total, p.background - data.offset)
     start = Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
     return start, sweeps
 
@@ -123,6 +125,11 @@ def _sample_positions(
     ``temperature`` to 1 in geometric steps): ``q ∝ p(X_k, d | θ_others)^(1/T)``. A block is
     read in chunks of the data's size, so memory stays bounded whatever K. Sequential, and
     deterministic for ``rng``: the same on any number of threads."""
+    with one_blas_thread():  # as in a pass: box sums by products, the same bits on any machine
+        return _sample(data, p, rng, sweeps, temperature)
+
+
+def _sample(data: _Data, p: Params, rng: np.random.Generator, sweeps: int, temperature: float):
     K, D = data.K, data.Dh * data.Dw
     size = max(1, int(K * SAMPLER_BLOCK_SHARE))
     blocks = [(a, min(a + size, K)) for a in range(0, K, size)]
