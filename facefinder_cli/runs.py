@@ -904,10 +904,10 @@ CHECKPOINT = "checkpoint.npz"
 
 #: How later restarts start (see ``engine.loop._start``), as checkpoints record it: a fit of
 #: several restarts from a checkpoint without it, or with another, began under another scheme.
-RESTART_STARTS = "moved-windows, sampled"
+RESTART_STARTS = "moved-windows, sampled-6"
 #: The earlier schemes, and the first restart that starts otherwise in this one (a fit of no
 #: more restarts than that resumes alike). Without a scheme: before the moved windows.
-_EARLIER_STARTS = {"": 1, "moved-windows": 6}
+_EARLIER_STARTS = {"": 1, "moved-windows": 6, "moved-windows, sampled": 3}
 
 
 def save_checkpoint(
@@ -1011,8 +1011,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
     median = isinstance(restarts, int) and saved.get("init") == "median"
     if median and differs is not None and restarts > differs:
         raise InputError(
-            f"{p}: a checkpoint of facefinder {z.get('version', '< 0.1')}, whose later restarts "
-            "started otherwise, which this version cannot resume: fit again with ",
+            f"{p}: a checkpoint whose later restarts started otherwise (made by another build "
+            f"of facefinder {z.get('version', '< 0.1')}), which this one cannot resume: fit "
+            "again with ",
             OVERWRITE,
         )
     with _reading_checkpoint(p):

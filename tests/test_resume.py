@@ -256,12 +256,21 @@ def test_a_checkpoint_from_before_the_moved_restarts_is_refused_in_one_line(data
     assert runs.load_checkpoint(path)[0].settings.restarts == 1
 
 
-@pytest.mark.parametrize("restarts", [6, 7])
-def test_a_checkpoint_from_before_the_sampled_restart_resumes_only_where_alike(
-    data, tmp_path, restarts
+@pytest.mark.parametrize(
+    "scheme, restarts, alike",
+    [
+        ("moved-windows", 6, True),  # the version before: restart 6 annealed
+        ("moved-windows", 7, False),
+        ("moved-windows, sampled", 3, True),  # two commits that sampled restart 3
+        ("moved-windows, sampled", 4, False),
+    ],
+)
+def test_a_checkpoint_of_another_scheme_resumes_only_where_restarts_start_alike(
+    data, tmp_path, scheme, restarts, alike
 ):
-    """Restart 6 annealed under a random prior before the sampler took its place: a fit of up
-    to six restarts resumes as it began; one of seven or more is refused in one line."""
+    """Restart 6 annealed under a random prior before the sampler took its place (and for two
+    commits the sampler was restart 3): a checkpoint of another scheme resumes where its
+    restarts start as this version's do, and is refused in one line where they do not."""
     from facefinder_cli import runs
 
     seen = []
@@ -271,14 +280,15 @@ def test_a_checkpoint_from_before_the_sampled_restart_resumes_only_where_alike(
     path = tmp_path / "checkpoint.npz"
     runs.save_checkpoint(path, state, {}, {})
     with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files if k != "restart_scheme"}
+        arrays = {k: z[k] for k in z.files if k not in ("restart_scheme", "restart_starts")}
         # what the version before reads: the scheme up to six restarts, none beyond (so that
         # it refuses a checkpoint of this version whose restart 6 it would start otherwise)
         assert ("restart_starts" in z) == (restarts <= 6)
-    arrays["restart_starts"] = np.array("moved-windows")  # as the version before wrote
+    key = "restart_starts" if scheme == "moved-windows" else "restart_scheme"
+    arrays[key] = np.array(scheme)  # as that version wrote it
     np.savez(path, **arrays)
-    if restarts == 6:
-        assert runs.load_checkpoint(path)[0].settings.restarts == 6
+    if alike:
+        assert runs.load_checkpoint(path)[0].settings.restarts == restarts
     else:
         with pytest.raises(runs.InputError, match="whose later restarts started otherwise"):
             runs.load_checkpoint(path)

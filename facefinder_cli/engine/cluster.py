@@ -576,7 +576,8 @@ def _probe(address: str, timeout: float) -> None:
         from distributed.comm.core import CommClosedError
 
         garbage = connected or isinstance(answer, MemoryError)  # (in the handshake: no comm)
-        if garbage and not isinstance(answer, (OSError, CommClosedError, TimeoutError)):
+        quiet = (OSError, CommClosedError, TimeoutError, asyncio.TimeoutError)  # (3.10: not one)
+        if garbage and not isinstance(answer, quiet):
             # bytes of another protocol read as Dask's frames: a length of exabytes, say
             raise ClusterError(
                 f"{address} answers, but not in Dask's protocol: a server of another kind, not "

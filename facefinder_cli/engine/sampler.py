@@ -33,9 +33,10 @@ SAMPLER_SWEEPS = 300
 #: Its first temperature: the log-likelihoods are divided by a temperature falling from this
 #: to 1 in geometric steps (broad draws first, then the posterior's own).
 SAMPLER_TEMPERATURE = 3.0
-#: Images redrawn together, as a share of all: each block is drawn given the others' face and
-#: background (leaving the block out), so blocks must be a small part of the images.
-SAMPLER_BLOCK_SHARE = 1 / 25
+#: Blocks of images a sweep redraws one after another (at most; fewer when there are fewer
+#: images): each block is drawn given the others' face and background (leaving the block
+#: out), so a block must be a small part of the images, and each costs a scorer of its own.
+SAMPLER_BLOCKS = 25
 
 
 class _Sums:
@@ -118,7 +119,7 @@ def _sample_positions(
     of 28 runs on seven hard data sets, from the last in 1).
 
     It starts from positions drawn from ``p.prior``. Each sweep redraws blocks of
-    ``SAMPLER_BLOCK_SHARE`` of the images (at least one image) in a random order, each block
+    ``ceil(K / SAMPLER_BLOCKS)`` images in a random order, each block
     from its posterior given the face and background that the other images make at their
     current positions (:func:`_without`; ``p``'s background where they leave a pixel
     covered), ``p``'s noise std and prior, tempered by the sweep's temperature (falling from
@@ -131,7 +132,7 @@ def _sample_positions(
 
 def _sample(data: _Data, p: Params, rng: np.random.Generator, sweeps: int, temperature: float):
     K, D = data.K, data.Dh * data.Dw
-    size = max(1, int(K * SAMPLER_BLOCK_SHARE))
+    size = -(-K // SAMPLER_BLOCKS)  # (ceil: at most SAMPLER_BLOCKS scorers a sweep)
     blocks = [(a, min(a + size, K)) for a in range(0, K, size)]
     prior = p.prior.ravel()
     flat = rng.choice(D, size=K, p=prior / prior.sum())
