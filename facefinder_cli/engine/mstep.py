@@ -61,15 +61,11 @@ class _Stats:
     def add_positions(self, x: np.ndarray, pos: np.ndarray) -> None:
         """Add a chunk with ``S`` equally weighted positions per image, ``pos`` of shape
         ``(n, S, 2)`` (hard EM: ``S = 1``; Monte-Carlo EM: ``S`` draws)."""
-        d = self.data
-        n, S = pos.shape[:2]
-        flat, crops = _crops(d, x, pos)
-        self.face_sum += (
-            crops.reshape(n * S, -1).sum(axis=0, dtype=np.float64).reshape(d.h, d.w) / S
-        )
-        self.cover_x += np.bincount(flat, crops, d.H * d.W).reshape(d.H, d.W) / S
-        pflat = (pos[:, :, 0] * d.Dw + pos[:, :, 1]).ravel()
-        self.q_sum += np.bincount(pflat, minlength=d.Dh * d.Dw).reshape(d.Dh, d.Dw) / S
+        S = pos.shape[1]
+        face, cover_x, counts = _position_sums(self.data, x, pos)
+        self.face_sum += face / S
+        self.cover_x += cover_x / S
+        self.q_sum += counts / S
 
     def add_draws(
         self, x: np.ndarray, xf: np.ndarray, post: _Posterior, draws: np.ndarray, accumulate: bool
@@ -166,6 +162,30 @@ def _crops(d: _Data, x: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.nda
     return flat, x.ravel().take(flat + image)
 
 
+def _position_sums(d: _Data, x: np.ndarray, pos: np.ndarray) -> tuple:
+    """For a chunk ``x`` (n, H, W) and positions ``pos`` (n, S, 2): the sum of the crops at them
+    (h, w), ``Σ cover ⊙ X`` over them (H, W) and their count at each position (Dh, Dw)."""
+    n, S = pos.shape[:2]
+    flat, crops = _crops(d, x, pos)
+    face = crops.reshape(n * S, -1).sum(axis=0, dtype=np.float64).reshape(d.h, d.w)
+    cover_x = np.bincount(flat, crops, d.H * d.W).reshape(d.H, d.W)
+    return face, cover_x, _position_counts(d, pos)
+
+
+def _position_counts(d: _Data, pos: np.ndarray) -> np.ndarray:
+    """How many of the positions ``pos`` (..., 2) are at each position, (Dh, Dw) float64."""
+    flat = (pos[..., 0] * d.Dw + pos[..., 1]).ravel()
+    counts = np.bincount(flat, minlength=d.Dh * d.Dw).astype(np.float64)
+    return counts.reshape(d.Dh, d.Dw)
+
+
+def _known_mean(num: np.ndarray, den: np.ndarray, n: float) -> tuple[np.ndarray, np.ndarray]:
+    """``num / den`` where the background is known (``den``, the images leaving a pixel
+    uncovered, above ``n · UNCOVERED_MIN`` of ``n`` images), 0 elsewhere; and where it is."""
+    known = den > n * UNCOVERED_MIN
+    return np.divide(num, den, out=np.zeros_like(num), where=known), known
+
+
 def _background_update(
     d: _Data,
     q_pos: np.ndarray,
@@ -187,8 +207,7 @@ def _background_update(
     whole, whole_x = (d.K, d.sum_x) if mass is None else mass
     den = whole - _box_full(q_pos, d.h, d.w)  # Σ_k (1 - cover_k)
     num = whole_x - cover_x  # Σ_k (1 - cover_k) X_k
-    known = den > d.K * UNCOVERED_MIN
-    mean = np.divide(num, den, out=np.zeros_like(num), where=known)
+    mean, known = _known_mean(num, den, d.K)
     return mean, num, known, np.where(known, mean + d.offset, previous.background)
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from facefinder_cli.engine.blas import one_blas_thread
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.estep import _Posterior, _Scorer
-from facefinder_cli.engine.model import UNCOVERED_MIN, Params, _box_full
-from facefinder_cli.engine.mstep import _crops
+from facefinder_cli.engine.model import Params, _box_full
+from facefinder_cli.engine.mstep import _known_mean, _position_counts, _position_sums
 from facefinder_cli.engine.passes import _draw
 
 #: Sweeps of the sampler (each redraws every image's position once: one pass over the images).
@@ -45,13 +45,9 @@ class _Sums:
     pixels outside its window) and the count of each position (as hard EM's M-step has them)."""
 
     def __init__(self, data: _Data, x: np.ndarray, positions: np.ndarray) -> None:
-        n = len(x)
-        flat, crops = _crops(data, x, positions[:, None, :])
-        self.n = n
-        self.face = crops.reshape(n, -1).sum(axis=0, dtype=np.float64).reshape(data.h, data.w)
-        cover_x = np.bincount(flat, crops, data.H * data.W).reshape(data.H, data.W)
+        self.n = len(x)
+        self.face, cover_x, self.counts = _position_sums(data, x, positions[:, None, :])
         self.uncovered = x.sum(axis=0, dtype=np.float64) - cover_x
-        self.counts = _counts(data, positions)
 
     def __iadd__(self, other: _Sums) -> _Sums:
         return self._add(other, 1.0)
@@ -67,13 +63,6 @@ class _Sums:
         return self
 
 
-def _counts(data: _Data, positions: np.ndarray) -> np.ndarray:
-    """How many of ``positions`` (n, 2) are at each position, shape (Dh, Dw), float64."""
-    where = positions[:, 0] * data.Dw + positions[:, 1]
-    counts = np.bincount(where, minlength=data.Dh * data.Dw).astype(np.float64)
-    return counts.reshape(data.Dh, data.Dw)
-
-
 def _without(data: _Data, total: _Sums, fallback: np.ndarray, block: _Sums | None = None):
     """The face and background (shifted) that the images outside ``block`` (None: no image)
     make at their positions: the crops' mean, and each pixel's mean over the images that do
@@ -83,10 +72,8 @@ def _without(data: _Data, total: _Sums, fallback: np.ndarray, block: _Sums | Non
     if block is not None:
         n, face = n - block.n, face - block.face
         uncovered, counts = uncovered - block.uncovered, counts - block.counts
-    den = n - _box_full(counts, data.h, data.w)
-    known = den > n * UNCOVERED_MIN
-    background = np.where(known, uncovered / np.where(known, den, 1.0), fallback)
-    return face / n, background
+    mean, known = _known_mean(uncovered, n - _box_full(counts, data.h, data.w), n)
+    return face / n, np.where(known, mean, fallback)
 
 
 def _sampled(
@@ -102,9 +89,8 @@ def _sampled(
     background where the images leave a pixel covered); and the passes over the images it
     made, one a sweep."""
     sweeps = SAMPLER_SWEEPS if sweeps is None else sweeps
-    with one_blas_thread():  # as in a pass: box sums by products, the same bits on any machine
-        _, total = _sample_positions(data, p, rng, sweeps, temperature)
-        face, background = _without(data, total, p.background - data.offset)
+    _, total = _sample_positions(data, p, rng, sweeps, temperature)
+    face, background = _without(data, total, p.background - data.offset)
     start = Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
     return start, sweeps
 
@@ -160,7 +146,7 @@ def _sample(data: _Data, p: Params, rng: np.random.Generator, sweeps: int, tempe
         done = 0
         for i in rng.permutation(len(blocks)):
             a, b = blocks[i]
-            sums[i].counts = _counts(data, positions[a:b])
+            sums[i].counts = _position_counts(data, positions[a:b])
             face, background = _without(data, total, fallback, sums[i])
             others = Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
             scorer = _Scorer(others, data)
@@ -191,9 +177,8 @@ def _sse(data: _Data, total: _Sums) -> float:
     """The images' sum of squared residuals at the positions behind ``total``, with the face and
     background those positions make (hard EM's, as ``mstep._Stats.m_step`` computes it)."""
     den = total.n - _box_full(total.counts, data.h, data.w)
-    known = den > total.n * UNCOVERED_MIN
-    # Σ (X - B)² over the uncovered pixels is Σ X² there less uncovered² / den at each pixel,
-    # and Σ_k ||crop_k - F||² is Σ ||crop_k||² less n ||F||²
-    u = total.uncovered
-    background = float(np.sum(np.where(known, u**2 / np.where(known, den, 1.0), 0.0)))
+    mean, _ = _known_mean(total.uncovered, den, total.n)
+    # Σ (X - B)² over the uncovered pixels is Σ X² there less mean · uncovered at each pixel,
+    # and Σ_k ||crop_k - F||² is Σ ||crop_k||² less n ||F||² (as ``_Stats.m_step`` has them)
+    background = float(np.sum(mean * total.uncovered))
     return data.total_sq - float(np.sum(total.face**2)) / total.n - background
