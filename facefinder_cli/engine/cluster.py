@@ -583,7 +583,16 @@ def _probe(address: str, timeout: float) -> None:
                 f"{address} answers, but not in Dask's protocol: a server of another kind, not "
                 "a Dask scheduler (give the scheduler's address)"
             )
-        why = (str(answer).splitlines() or [""])[0] or f"no answer in {timeout:g} s"
+        why = (str(answer).splitlines() or [""])[0]
+        if not why or "handshake" in why:
+            if _accepts(address, timeout):  # something listens there, and said nothing
+                raise ClusterError(
+                    f"{address} accepts connections but gave no Dask answer in {timeout:g} s: "
+                    "a server of another kind (a web server, say), or a scheduler too busy "
+                    "to answer (give the scheduler's address, or raise Dask's "
+                    "distributed.comm.timeouts.connect)"
+                )
+            why = why or f"no answer in {timeout:g} s"
         raise ClusterError(f"no Dask scheduler answers at {address} ({why})")
     kind = answer.get("type") if isinstance(answer, dict) else None
     if kind != "Scheduler":
@@ -591,6 +600,23 @@ def _probe(address: str, timeout: float) -> None:
         raise ClusterError(
             f"{address} is {what}, not a Dask scheduler (give the scheduler's address)"
         )
+
+
+def _accepts(address: str, timeout: float) -> bool:
+    """Whether a TCP connection to ``address`` (``tcp://`` or ``tls://``) can be opened: to
+    tell a server that says nothing from no server at all."""
+    import socket
+
+    from distributed.comm import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return False
+        with socket.create_connection(parse_host_port(location), timeout=min(timeout, 5.0)):
+            return True
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def wait_for_workers(client, timeout: float, waiting: Callable[[], None]) -> int:
