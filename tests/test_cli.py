@@ -1619,3 +1619,41 @@ def test_settings_named_by_the_readers_are_said_as_options():
         "Error: big.npy: image 0 (counting from 0) holds values beyond the float32 range "
         "(about 3.4e38); pack with --dtype float64"
     )
+
+
+def test_an_interrupt_while_a_start_is_built_says_so_and_resumes_to_the_whole_fit(
+    data, monkeypatch
+):
+    """Ctrl-C in the positions' sampler (restart 7's start, which takes 300 passes before its
+    first iteration): the line says that start was under way, and that resuming builds it
+    again; the resumed fit is the whole fit's."""
+    from facefinder_cli.cli.progress import ProgressBar
+    from facefinder_cli.engine import sampler
+    from facefinder_cli.interrupts import Interrupted
+
+    monkeypatch.setattr(sampler, "SAMPLER_SWEEPS", 6)
+    args = ["--face-size", "16x12", "--restarts", 7, "--max-iter", 3, "--seed", 2, "--no-plots"]
+    ok("fit", data, *args, "-o", "whole")
+    real = ProgressBar.start
+
+    def stopping(self, restart, what, done, total):
+        real(self, restart, what, done, total)
+        if what == "sampling positions" and done == 2:
+            raise Interrupted(signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(ProgressBar, "start", stopping)
+        r = cli("fit", data, *args, "-o", "cut")
+    assert r.exit_code == 130
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        "interrupted in restart 7's start (sampling positions, pass 3 of 6), after iteration "
+    ), line
+    assert "of restart 6 of 7; saved in cut" in line and "built again" in line, line
+    ok("fit", "--resume", "cut")
+    with np.load("whole/result.npz") as a, np.load("cut/result.npz") as b:
+        for key in ("face", "background", "noise_std", "prior", "positions", "log_likelihood"):
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+        assert len(a["restart_passes"]) == 7
+        for key in ("restart_log_likelihood", "restart_passes"):
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)

@@ -210,3 +210,22 @@ def test_none_in_a_given_start_is_not_given(hard):
     nones = quiet_fit(X, (16, 16), init_params={"prior": None, "face": None}, **kw)
     np.testing.assert_array_equal(nones.face, plain.face)
     assert [int(h.passes[0]) for h in nones.restarts] == [0, 1]
+
+
+def test_the_passes_that_build_a_start_are_reported_and_change_nothing(hard, monkeypatch):
+    """``on_start`` hears of every pass of annealing and of the sampler, restart by restart,
+    in order; the fit is the same bit for bit with it or without."""
+    from facefinder_cli.engine import sampler
+
+    monkeypatch.setattr(sampler, "SAMPLER_SWEEPS", 4)
+    kw = dict(restarts=8, seed=3, max_iter=2)
+    heard = []
+    told = quiet_fit(hard.images, (16, 16), on_start=lambda *a: heard.append(a), **kw)
+    plain = quiet_fit(hard.images, (16, 16), **kw)
+    np.testing.assert_array_equal(told.face, plain.face)
+    np.testing.assert_array_equal(told.background, plain.background)
+    n = E.ANNEAL_PASSES
+    want = [(2, "annealing", d, n) for d in range(n + 1)]
+    want += [(6, "sampling positions", d, 4) for d in range(5)]
+    want += [(7, "annealing", d, n) for d in range(n + 1)]
+    assert heard == want

@@ -444,7 +444,7 @@ def fit(
         # pass (and compared with a checkpoint's), and an error there stays the only line.
         truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
         announce = functools.partial(_announce, job, input, stack, resumed)
-        progress = _Progress(announce, truth_errors, ProgressBar(), saver)
+        progress = _Progress(announce, truth_errors, ProgressBar(settings.restarts), saver)
         if resumed is not None:  # until the engine reports, Ctrl-C keeps it, and says so
             progress.latest = resumed.state
         STOPPED["line"] = "interrupted before the first iteration: nothing was written"
@@ -513,7 +513,11 @@ def fit(
                 STOPPED["line"] = f"interrupted after the run was written to {folder}"
             else:
                 STOPPED["line"] = save_when_interrupted(
-                    saver, progress.latest, progress.truth.errors, settings.restarts
+                    saver,
+                    progress.latest,
+                    progress.truth.errors,
+                    settings.restarts,
+                    progress.bar.building,
                 )
             raise
         if in_place:
@@ -690,6 +694,7 @@ def _run_engine(stack, input, settings, progress, resumed, **kw) -> tuple[engine
                 settings,
                 callback=progress,
                 on_chunk=progress.bar.chunk,
+                on_start=progress.bar.start,
                 resume=None if resumed is None else resumed.state,
                 **kw,
             )

@@ -283,25 +283,32 @@ def kept_for_resume(line: str, saver: CheckpointSaver | None, state, errors: dic
     )
 
 
-def save_when_interrupted(saver, state, errors: dict, restarts: int) -> str:
+def save_when_interrupted(
+    saver, state, errors: dict, restarts: int, building: str | None = None
+) -> str:
     """Save ``state``, the last completed iteration of an interrupted fit (None: none yet);
-    the line that says so. (Further signals are ignored meanwhile: see ``interrupts``.)"""
+    the line that says so, and that the start ``building`` (in words; None: none) was under
+    way, which a resumed fit builds again. (Further signals are ignored meanwhile: see
+    ``interrupts``.)"""
     if state is None:
         return "interrupted before the first iteration: nothing was written"
+    where = f"iteration {state.iteration} of restart {state.restart + 1} of {restarts}"
+    if building is not None:  # (a start is not checkpointed: the seed makes it again)
+        where = f"{building}, after {where}"
     if saver is None:
         return "interrupted: a fit into a stream (-o -, a device) keeps no checkpoint"
+    again = "" if building is None else " (that start is built again from its beginning)"
     had = saver.has_checkpoint()
     try:
         saver.save(state, errors)
     except InputError as err:  # a full disk, say: the interrupt line says it all the same
         return (
-            f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
-            f"{restarts}, and its checkpoint could not be saved: {err}{saver.earlier(had)}"
+            f"interrupted {'in' if building else 'after'} {where}, and its checkpoint could "
+            f"not be saved: {err}{saver.earlier(had)}"
         )
     return (
-        f"interrupted after iteration {state.iteration} of restart {state.restart + 1} of "
-        f"{restarts}; saved in {saver.out}{_beside(saver)}: carry on with `facefinder fit "
-        f"--resume {_quoted(saver.out)}`"
+        f"interrupted {'in' if building else 'after'} {where}; saved in {saver.out}"
+        f"{_beside(saver)}: carry on with `facefinder fit --resume {_quoted(saver.out)}`{again}"
     )
 
 

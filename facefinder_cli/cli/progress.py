@@ -16,20 +16,24 @@ log = logging.getLogger("facefinder")
 
 class ProgressBar:
     """The engine's progress callback as a tqdm bar on stderr (off when stderr is not a
-    terminal), with a second bar of images through a slow pass (:meth:`chunk`)."""
+    terminal), with a second bar of images through a slow pass (:meth:`chunk`), and a bar of
+    the passes that build a restart's start (:meth:`start`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, restarts: int = 1) -> None:
         from tqdm import tqdm  # (not tqdm.auto: it imports asyncio and ssl, 50 ms)
 
         self._tqdm = tqdm
+        self.restarts = restarts
         self.bar = None
         self.images = None  # a second bar: images through the current pass, if passes are slow
         self.restart = -1
+        self.building: str | None = None  # the start under way, in words (see :meth:`start`)
 
     def __call__(self, p: engine.Progress) -> None:
         """The bar, and each iteration's numbers in the log at debug level (-v)."""
         if p.iteration == 0 or p.restart != self.restart:  # a new restart, or a resumed one
             self.close()
+            self.building = None
             self.restart = p.restart
             desc = f"restart {p.restart + 1}/{p.restarts}" if p.restarts > 1 else "EM"
             self.bar = self._tqdm(
@@ -59,6 +63,28 @@ class ProgressBar:
             p.gain,
             p.params.noise_std,
         )
+
+    def start(self, restart: int, what: str, done: int, total: int) -> None:
+        """The engine's report while restart ``restart``'s start is built (``what``: annealing,
+        sampling positions): a bar of its ``total`` passes, and :attr:`building`, which the
+        line of an interrupt says."""
+        if done == 0:
+            self.close()
+            self.bar = self._tqdm(
+                total=total,
+                desc=f"restart {restart + 1}/{self.restarts}: {what}",
+                unit="pass",
+                file=sys.stderr,
+                disable=None,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            log.debug("restart %d: %s (%d passes over the images)", restart + 1, what, total)
+        elif self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        self.building = f"restart {restart + 1}'s start ({what}, pass {done + 1} of {total})"
+        if done == total:
+            self.building = None
 
     def chunk(self, done: int, total: int) -> None:
         """The engine's per-chunk report: a bar of images through the current pass, shown

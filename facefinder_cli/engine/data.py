@@ -78,6 +78,7 @@ class _Data:
         self.workers = _check_workers(workers)
         self.by_slices = self.workers <= SLICE_THREADS  # how to sum summed-area tables
         self.on_chunk = on_chunk
+        self.on_start: Callable[[int, str, int, int], None] | None = None  # (``fit``'s)
         limit = default_memory_limit() if memory_limit is None else _check_limit(memory_limit)
         self.X = X
         self.K, self.H, self.W, self.h, self.w = K, H, W, h, w

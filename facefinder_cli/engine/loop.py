@@ -528,6 +528,12 @@ def _start(
     params = _initialize(data, init, rng, given)
     if restart == 0 or init != "median" or _given_whole(given):
         return params, 0
+
+    def report(what: str) -> Callable[[int, int], None] | None:
+        if data.on_start is None:
+            return None
+        return lambda done, total: data.on_start(restart, what, done, total)
+
     move = _move(data, restart) if not given and restart in SHIFTS else None
     if move is not None:
         return _shifted(data, first, move, params.prior), 1
@@ -535,10 +541,10 @@ def _start(
         # (one image has no others to draw it by, one position nothing to draw: annealed)
         fitted = first.params  # its background and noise std: the sampler's
         p = Params(params.face, fitted.background, fitted.noise_std, params.prior)
-        return _sampled(data, p, rng)
+        return _sampled(data, p, rng, report=report("sampling positions"))
     kept = {k: getattr(params, k) for k in _START_PARTS if given.get(k) is not None}
     tilted = restart >= (2 if given else 3) or restart in SHIFTS
-    annealed = _anneal(data, params, rng if tilted else None)
+    annealed = _anneal(data, params, rng if tilted else None, report=report("annealing"))
     return replace(annealed, **kept), ANNEAL_PASSES
 
 
@@ -622,6 +628,7 @@ def fit(
     cache_fft: bool | None = None,
     callback: Callable[[Progress], None] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    on_start: Callable[[int, str, int, int], None] | None = None,
     resume: Checkpoint | None = None,
     client: Any = None,
     **options: object,
@@ -665,6 +672,12 @@ def fit(
         ``on_chunk(done, K)`` after every chunk of every pass over the images (the first pass
         that reads them, each iteration's, the final E-step's): ``done`` of the ``K`` images
         are through. For progress within long passes; called from this thread.
+    on_start : callable, optional
+        ``on_start(restart, what, done, total)`` while a restart's start is built over many
+        passes before its first iteration, after each of them: ``what`` is ``"annealing"``
+        (``ANNEAL_PASSES`` passes) or ``"sampling positions"`` (the positions' sampler,
+        ``SAMPLER_SWEEPS`` sweeps), ``done`` of ``total`` made (first with ``done`` 0).
+        Called from this thread.
     resume : Checkpoint, optional
         Carry on an interrupted fit: the same images, settings and ``init_params``, and the
         last checkpoint it reported (with ``settings.seed`` None, the checkpoint's seed). The
@@ -707,6 +720,7 @@ def fit(
         dtype=settings.dtype,
         on_chunk=on_chunk,
     )
+    data.on_start = on_start
     try:
         return _fit(data, settings, init_params, callback, resume)
     finally:

@@ -4,6 +4,8 @@ here, in chunk order); and the held-out scoring of the final pass."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import fft as sfft
 
@@ -206,7 +208,11 @@ ANNEAL_BETA = 0.02
 
 
 def _anneal(
-    data: _Data, p: Params, rng: np.random.Generator | None = None, passes: int = ANNEAL_PASSES
+    data: _Data,
+    p: Params,
+    rng: np.random.Generator | None = None,
+    passes: int = ANNEAL_PASSES,
+    report: Callable[[int, int], None] | None = None,
 ) -> Params:
     """``p`` carried through ``passes`` soft EM steps at rising inverse temperatures, from
     ``ANNEAL_BETA`` to nearly 1 in geometric steps (deterministic annealing, Ueda & Nakano,
@@ -217,12 +223,17 @@ def _anneal(
 
     Annealing forgets its start, so annealed restarts would all end alike. With ``rng`` the
     prior held while annealing is a random one instead (Dirichlet(1) over ``p``'s support):
-    it tilts the landscape, and each restart sharpens onto other positions."""
+    it tilts the landscape, and each restart sharpens onto other positions. ``report(done,
+    passes)`` before the first pass and after each."""
     start = p
     if rng is not None:
         tilt = rng.dirichlet(np.ones(p.prior.size)).reshape(p.prior.shape) * (p.prior > 0)
         p = Params(p.face, p.background, p.noise_std, tilt / tilt.sum())
-    for beta in np.geomspace(ANNEAL_BETA, 1.0, passes, endpoint=False):
+    for done, beta in enumerate(np.geomspace(ANNEAL_BETA, 1.0, passes, endpoint=False)):
+        if report is not None:
+            report(done, passes)
         stats = _pass(data, p, "soft", True, beta=float(beta), learn_prior=False)
         p, _ = stats.m_step(p, update_prior=False)
+    if report is not None:
+        report(passes, passes)
     return Params(p.face, p.background, p.noise_std, start.prior)

@@ -18,6 +18,7 @@ image at a time, where EM moves all of them a little.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 
@@ -82,21 +83,27 @@ def _sampled(
     rng: np.random.Generator,
     sweeps: int | None = None,
     temperature: float = SAMPLER_TEMPERATURE,
+    report: Callable[[int, int], None] | None = None,
 ) -> tuple[Params, int]:
     """A start from ``sweeps`` (default ``SAMPLER_SWEEPS``) sweeps of the annealed Gibbs
     sampler (see the module's docstring and :func:`_sample_positions`): the face and
     background at the best positions it met, with ``p``'s noise std and prior (``p``'s
     background where the images leave a pixel covered); and the passes over the images it
-    made, one a sweep."""
+    made, one a sweep. ``report(done, sweeps)`` before the first sweep and after each."""
     sweeps = SAMPLER_SWEEPS if sweeps is None else sweeps
-    _, total = _sample_positions(data, p, rng, sweeps, temperature)
+    _, total = _sample_positions(data, p, rng, sweeps, temperature, report)
     face, background = _without(data, total, p.background - data.offset)
     start = Params(face + data.offset, background + data.offset, p.noise_std, p.prior)
     return start, sweeps
 
 
 def _sample_positions(
-    data: _Data, p: Params, rng: np.random.Generator, sweeps: int, temperature: float
+    data: _Data,
+    p: Params,
+    rng: np.random.Generator,
+    sweeps: int,
+    temperature: float,
+    report: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, _Sums]:
     """The best positions of ``sweeps`` sweeps of the sampler, shape (K, 2), and the sums at
     them: those of the sweep whose face and background leave the smallest sum of squared
@@ -111,12 +118,13 @@ def _sample_positions(
     covered), ``p``'s noise std and prior, tempered by the sweep's temperature (falling from
     ``temperature`` to 1 in geometric steps): ``q ∝ p(X_k, d | θ_others)^(1/T)``. A block is
     read in chunks of the data's size, so memory stays bounded whatever K. Sequential, and
-    deterministic for ``rng``: the same on any number of threads."""
+    deterministic for ``rng``: the same on any number of threads. ``report(done, sweeps)``
+    before the first sweep and after each."""
     with one_blas_thread():  # as in a pass: box sums by products, the same bits on any machine
-        return _sample(data, p, rng, sweeps, temperature)
+        return _sample(data, p, rng, sweeps, temperature, report)
 
 
-def _sample(data: _Data, p: Params, rng: np.random.Generator, sweeps: int, temperature: float):
+def _sample(data: _Data, p: Params, rng, sweeps: int, temperature: float, report=None):
     K, D = data.K, data.Dh * data.Dw
     size = -(-K // SAMPLER_BLOCKS)  # (ceil: at most SAMPLER_BLOCKS scorers a sweep)
     blocks = [(a, min(a + size, K)) for a in range(0, K, size)]
@@ -142,7 +150,9 @@ def _sample(data: _Data, p: Params, rng: np.random.Generator, sweeps: int, tempe
         part.counts = None
     total = block_sums(0, K)
     best = (np.inf, positions.copy(), copy.deepcopy(total))
-    for t in np.geomspace(temperature, 1.0, sweeps):
+    for sweep, t in enumerate(np.geomspace(temperature, 1.0, sweeps)):
+        if report is not None:
+            report(sweep, sweeps)
         done = 0
         for i in rng.permutation(len(blocks)):
             a, b = blocks[i]
@@ -170,6 +180,8 @@ def _sample(data: _Data, p: Params, rng: np.random.Generator, sweeps: int, tempe
         sse = _sse(data, total)
         if sse < best[0]:
             best = (sse, positions.copy(), copy.deepcopy(total))
+    if report is not None:
+        report(sweeps, sweeps)
     return best[1], best[2]
 
 
