@@ -141,9 +141,10 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     default=DEFAULTS["accelerate"],
     show_default=True,
     help="auto: soft EM accelerated by SQUAREM (2 or 3 passes over the images per iteration, "
-    "several times fewer in all where EM is slow; stops when close to the optimum), hard and mc "
-    "plain; none: plain EM, the study's algorithm and stopping rule; squarem: as auto (soft "
-    "only).",
+    "several times fewer in all where EM is slow; stops when close to the optimum; once "
+    "converged, tries the face window one pixel over each way, 2 more passes, and carries on "
+    "from a window that fits better), hard and mc plain; none: plain EM, the study's "
+    "algorithm and stopping rule; squarem: as auto (soft only).",
 )
 @click.option(
     "--init",

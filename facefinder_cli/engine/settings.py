@@ -85,7 +85,9 @@ class FitSettings:
         images: two EM steps, then (unless they leave less than ``tol`` to gain) a jump along
         them and the EM step from there, kept only if the log-likelihood at the jump is at
         least the bound the two steps reached (see :mod:`~facefinder_cli.engine.accelerate`),
-        and the stopping rule estimates the distance to the optimum. ``"none"``: plain EM, one
+        and the stopping rule estimates the distance to the optimum; once converged, it tries
+        the face window one pixel over in each direction and carries on from a window whose
+        log-likelihood beats the fit's (``loop._moved_window``). ``"none"``: plain EM, one
         pass per iteration, the study's algorithm and stopping rule. ``"auto"`` (default):
         ``"squarem"`` for soft EM, ``"none"`` for hard and Monte-Carlo EM (whose steps are
         discrete or random: ``docs/PERFORMANCE.md`` says why it is not built for them). Both
