@@ -13,6 +13,8 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from facefinder_cli.names import printable
+
 __all__ = ["Curve", "curves_figure", "plot_curves", "plot_prior", "prior_figure"]
 
 Quantity = Literal["elbo", "log_likelihood"]
@@ -120,7 +122,9 @@ def prior_figure(prior: np.ndarray, *, title: str | None = None):
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     bar = fig.colorbar(image, ax=ax, shrink=0.9, format=FormatStrFormatter("%.3g"))
     bar.set_label("probability")
-    ax.set_title(title or f"prior over face positions\n{_describe(a)}", fontsize="medium")
+    ax.set_title(
+        printable(title or f"prior over face positions\n{_describe(a)}"), fontsize="medium"
+    )
     fig.tight_layout()
     return fig
 
@@ -138,7 +142,11 @@ def curves_figure(
     different data compare; ``gap`` plots, on a log scale, how far each point is below the
     best value of the curves fitted on the same data (``Curve.data`` and ``n_values``; the best
     point itself, and any within round-off of it, is drawn on a dashed floor line below the
-    smallest gap): runs on several data sets each compare with their own best."""
+    smallest gap): runs on several data sets each compare with their own best.
+
+    Labels and the title may come from file names or the command line, which hold bytes that
+    are not UTF-8 as surrogate escapes (matplotlib's fonts refuse those): they are drawn with
+    such bytes as ``\\xNN``, as the CSV files write them (:func:`names.printable`)."""
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     fig = _figure((7, 4.5))
@@ -165,7 +173,7 @@ def curves_figure(
     for c, y in zip(curves, ys):
         xs = {"iteration": np.arange(len(y)), "seconds": c.seconds, "passes": c.passes}[x]
         xs = np.asarray(xs, dtype=float)
-        (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=c.label)
+        (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=printable(c.label))
         if 0 < c.prior_fixed_until < len(y) - 1:
             t = c.prior_fixed_until + 1  # the first parameters from a learnt prior
             ax.plot(xs[t], y[t], "o", mfc="none", color=line.get_color())
@@ -189,7 +197,7 @@ def curves_figure(
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(title)
+        ax.set_title(printable(title))
     fig.tight_layout()
     return fig
 

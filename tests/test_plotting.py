@@ -122,6 +122,36 @@ def test_plot_elbo_refuses_damaged_histories(tmp_path, monkeypatch):
     ok("plot-elbo", "gain.csv", "-o", "p.png")
 
 
+def test_text_that_is_not_utf8_is_drawn_with_its_bytes_escaped():
+    """A label or title from a file name or the command line may hold bytes that are not UTF-8
+    (surrogate escapes in Python), which matplotlib's fonts refuse: they are drawn as \\xNN,
+    as the CSV files write such names (before: an unexpected TypeError at drawing)."""
+    elbo = np.array([-10.0, -5.0, -4.0])
+    fig = curves_figure([Curve("caf\udce9, soft", elbo, elbo, np.arange(3.0), 10)], title="t\udce9")
+    assert "caf\\xe9, soft" in texts(fig) and fig.axes[0].get_title() == "t\\xe9"
+    fig.canvas.draw()
+    assert prior_figure(np.full((3, 4), 1 / 12), title="p\udcff").axes[0].get_title() == "p\\xff"
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_plot_elbo_draws_names_labels_and_titles_that_are_not_utf8(tmp_path, monkeypatch, fmt):
+    import shutil
+
+    from helpers import ok
+
+    monkeypatch.chdir(tmp_path)
+    ok("generate", "-n", 20, "--size", "16x16", "--face-size", "6x6", "--noise", 30, "-o", "d")
+    ok("fit", "d", "--face-size", "6x6", "-o", "run", "-q", "--no-plots")
+    shutil.copytree("run", "caf\udce9")  # the folder b"caf\xe9"
+    ok("plot-elbo", "caf\udce9", "-o", f"c.{fmt}")
+    ok("plot-elbo", "run", "--title", "t\udce9", "-l", "l\udcff", "-o", f"t.{fmt}")
+    for name in ("c", "t"):
+        assert (tmp_path / f"{name}.{fmt}").stat().st_size > 0
+    if fmt == "svg":  # the text is there, escaped
+        svg = (tmp_path / "t.svg").read_text()
+        assert "t\\xe9" in svg and "l\\xff" in svg
+
+
 @pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
 def test_plots_carry_a_stamp_that_an_edit_breaks(tmp_path, fmt):
     """--overwrite replaces a plot only if it is facefinder's as drawn: its creator tag
