@@ -256,17 +256,28 @@ def test_detect_warns_when_images_do_not_match_the_model(small_run):
 def test_detect_names_the_few_images_that_do_not_match(small_run):
     """A few images on another scale among many that fit: the typical residual is the
     model's noise, so each image is checked too, and the odd ones are named (before: no
-    warning, and a confident wrong position for each)."""
+    warning, and a confident wrong position for each).
+
+    The odd ones are 8-bit values saved as 16-bit files, which reading cannot tell from 16-bit
+    ones; 8-bit files among 16-bit ones are refused as they are read (the last lines)."""
     os.mkdir("mixed")
     for name in sorted(os.listdir(small_run / "t16"))[:12]:
         shutil.copy(small_run / "t16" / name, "mixed")
+    eight = iio.imread(small_run / "p8" / "img00.png")
     for odd in ("zz 8-bit.png", "zz2.png"):
-        shutil.copy(small_run / "p8" / "img00.png", Path("mixed") / odd)
+        iio.imwrite(Path("mixed") / odd, eight.astype(np.uint16))
     r = ok("detect", small_run / "run16", "mixed", "-o", "m.csv")
     warning = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1, r.stderr
     assert warning[0].startswith("warning: 2 of 14 images do not match the model: zz")
     assert "zz 8-bit.png" in warning[0] and "zz2.png" in warning[0] and "img" not in warning[0]
+    for odd in ("zz 8-bit.png", "zz2.png"):  # 8-bit files: a scale of their own, refused
+        shutil.copy(small_run / "p8" / "img00.png", Path("mixed") / odd)
+    r = cli("detect", small_run / "run16", "mixed", "-o", "m2.csv")
+    assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("Error: mixed: images of different bit depths, whose values are")
+    assert "2 uint8 (e.g. mixed/zz2.png;" in r.stderr and "12 uint16 (e.g. mixed/img" in r.stderr
+    assert not os.path.exists("m2.csv")
 
 
 def test_detect_prior_options(small_run):

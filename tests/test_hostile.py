@@ -130,6 +130,33 @@ def test_bad_inputs_are_one_line(make, message):
     one_line(fit(make(), "--face-size", "6x6"), 1, message)
 
 
+def test_images_of_different_bit_depths_are_refused_by_fit_and_detect():
+    """8-bit and 16-bit images in one folder hold values on two scales (an 8-bit 200 is about
+    a 16-bit 51400): read as one they gave a garbage fit, exit 0, said only in a note that -q
+    hid. Now one line naming the folder, each depth's count and an example, and the remedy."""
+    ramp = np.arange(24 * 32).reshape(24, 32) % 200 + 20
+    folder(
+        "b",
+        {
+            "a1.png": lambda p: iio.imwrite(p, ramp.astype(np.uint8)),
+            "a2.png": lambda p: iio.imwrite(p, (ramp * 257).astype(np.uint16)),
+            "a3.png": lambda p: iio.imwrite(p, ramp[::-1].astype(np.uint8)),
+        },
+    )
+    message = (
+        "Error: b: images of different bit depths, whose values are on different scales: "
+        "2 uint8 (e.g. b/a1.png; values 20..219), 1 uint16 (e.g. b/a2.png; values "
+        "5140..56283); convert them to one bit depth (8-bit values x 257 make 16-bit ones)"
+    )
+    one_line(fit("b", "--face-size", "6x6", "-q"), 1, message)
+    folder("g", {f"a{i}.png": good for i in range(4)})
+    r = CliRunner().invoke(main, ["fit", "g", "--face-size", "6x6", "-o", "run", "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["detect", "run", "b", "-o", "d.csv"])
+    one_line(r, 1, message)
+    assert not Path("d.csv").exists()
+
+
 @pytest.mark.parametrize(
     "size, message",
     [

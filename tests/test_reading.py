@@ -263,6 +263,48 @@ def test_a_folder_replaced_while_it_is_read_is_refused(monkeypatch, how):
     assert (load_stack("imgs").images == 200).all()  # read again: the new one, whole
 
 
+@pytest.mark.parametrize("how", ["load", "pack", "glob"])
+def test_images_of_different_bit_depths_on_different_scales_are_refused(how):
+    """Values are never rescaled: 8-bit images and 16-bit ones (here the same picture, x 257)
+    read together are on two scales, which the stack cannot show; before, only a note said
+    so."""
+    from facefinder_cli.images import pack_stack
+
+    for k in range(5):
+        img = gray(8, 9, seed=k)
+        save_png(f"imgs/img{k}.png", img if k % 2 else img.astype(np.uint16) * 257)
+    msg = (
+        r"^(imgs|imgs/\*\.png): images of different bit depths, whose values are on different "
+        r"scales: 2 uint8 \(e\.g\. imgs/img1\.png; values \d+\.\.\d+\), 3 uint16 \(e\.g\. "
+        r"imgs/img0\.png; values \d+\.\.\d+\); convert them to one bit depth \(8-bit values x "
+        r"257 make 16-bit ones\)$"
+    )
+    with pytest.raises(InputError, match=msg):
+        if how == "pack":
+            pack_stack("imgs", "p.npy")
+        else:
+            load_stack("imgs" if how == "load" else "imgs/*.png")
+    assert listing() == ["imgs"]  # pack left nothing
+
+
+def test_16_bit_images_of_8_bit_values_share_the_8_bit_scale():
+    """16-bit files whose values all lie in 0..255 among 8-bit ones: every file could have been
+    8-bit with the same values, so they are read as they are, and a note says why."""
+    for k in range(4):
+        img = gray(8, 9, seed=k)
+        save_png(f"imgs/img{k}.png", img if k % 2 else img.astype(np.uint16))
+    stack = load_stack("imgs")
+    for k in range(4):
+        np.testing.assert_array_equal(stack.images[k], gray(8, 9, seed=k))
+    assert stack.notes == (
+        "the images have different bit depths (uint16, uint8), but all their values lie in "
+        "0..255, which each holds: read on one scale",
+    )
+    save_png("imgs/img9.png", np.full((8, 9), 256, np.uint16))  # one value beyond 8 bits
+    with pytest.raises(InputError, match=r"^imgs: images of different bit depths"):
+        load_stack("imgs")
+
+
 def test_glob_without_match():
     with pytest.raises(InputError, match=r"^imgs/\*\.png: no image files match this pattern$"):
         load_stack("imgs/*.png")

@@ -36,6 +36,9 @@ class _Conversions:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.depths: set[str] = set()
+        # the range of values each of several integer depths holds, all values in it (set by
+        # the reader of a folder, which checks that depths share a scale; None: not checked)
+        self.shared_range: tuple[int, int] | None = None
 
     def update(self, other: _Conversions) -> None:
         self.counts.update(other.counts)
@@ -63,7 +66,13 @@ class _Conversions:
         if c["miniswhite"]:
             notes.append(f"inverted {_plural(c['miniswhite'], 'white-is-zero TIFF image')}")
         int_depths = sorted(d for d in self.depths if d[0] in "ui")
-        if len(int_depths) > 1:
+        if len(int_depths) > 1 and self.shared_range is not None:
+            lo, hi = self.shared_range
+            notes.append(
+                f"the images have different bit depths ({', '.join(int_depths)}), but all "
+                f"their values lie in {lo}..{hi}, which each holds: read on one scale"
+            )
+        elif len(int_depths) > 1:
             notes.append(
                 f"the images have different bit depths ({', '.join(int_depths)}); "
                 "values are not rescaled"

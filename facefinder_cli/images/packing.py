@@ -119,6 +119,7 @@ def _rounding_note(n: int) -> list[str]:
 
 def _pack_files(
     f: IO[bytes],
+    source: str,
     listing: tuple[list[str], list[str], list[str]],
     dt: np.dtype,
     skip_unreadable: bool,
@@ -128,7 +129,7 @@ def _pack_files(
     time; returns the names and notes of the images written."""
     paths, names, extra_notes = listing
     total = len(paths)
-    files = _FileImages(paths, paths, skip_unreadable)
+    files = _FileImages(paths, paths, skip_unreadable, source)
     header = b""
     frame: tuple[int, ...] = ()
     rounded = 0
@@ -430,7 +431,7 @@ def pack_stack(
             if listing is None:
                 notes += _pack_array(f, images, dt, src, progress)
             else:
-                names, notes = _pack_files(f, listing, dt, skip_unreadable, progress)
+                names, notes = _pack_files(f, src, listing, dt, skip_unreadable, progress)
             if with_names:
                 text = "".join(_names.to_line(n) + "\n" for n in names)
                 batch.files[1].write(text.encode("utf-8"))
@@ -468,7 +469,7 @@ def _pack_to_zarr(
         converted = _converted(images, dt, src, progress, rounded)
     else:
         paths, listed, extra = listing
-        files = _FileImages(paths, paths, skip_unreadable)
+        files = _FileImages(paths, paths, skip_unreadable, src)
         total = len(paths)
 
         def read():

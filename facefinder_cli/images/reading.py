@@ -89,13 +89,18 @@ class _FileImages:
     file that ``skip_unreadable`` skipped; the conversions done and the files read accumulate in
     ``conv`` and ``kept`` (indices into ``paths``)."""
 
-    def __init__(self, paths: list[str], displays: list[str], skip_unreadable: bool) -> None:
+    def __init__(
+        self, paths: list[str], displays: list[str], skip_unreadable: bool, source: str = ""
+    ) -> None:
         self.paths = paths
         self.displays = displays
         self.skip_unreadable = skip_unreadable
+        self.source = source or os.path.dirname(paths[0]) or os.curdir
         self.conv = _Conversions()
         self.kept: list[int] = []
         self.skipped: list[str] = []
+        # integer bit depth -> [images, an example's display name, least and greatest value]
+        self.depths: dict[str, list] = {}
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray | None]]:
         shape: tuple[int, ...] | None = None
@@ -121,6 +126,12 @@ class _FileImages:
                 )
             self.conv.update(c)
             img = blocks[0][0]
+            for depth in c.depths:
+                if depth[0] in "ui":
+                    seen = self.depths.setdefault(depth, [0, disp, np.inf, -np.inf])
+                    seen[0] += 1
+                    seen[2] = min(seen[2], float(img.min()))
+                    seen[3] = max(seen[3], float(img.max()))
             if shape is None:
                 shape = img.shape
             elif img.shape != shape:
@@ -137,6 +148,40 @@ class _FileImages:
             raise InputError(
                 f"{self.displays[0]} and the other {len(self.paths) - 1} files: none is readable"
             )
+        self._check_depths()
+
+    def _check_depths(self) -> None:
+        """Refuse files of several integer bit depths whose values are on different scales.
+
+        Values are read in each file's own units, never rescaled: an 8-bit image's 200 and a
+        16-bit image's 200 are the same number but, as a rule, not the same brightness (16-bit
+        images span 0..65535; an 8-bit image saved as 16 bits is its values times 257). Fitted
+        together they make a garbage model with nothing to show for it, so this is an error,
+        unless the values plainly share one scale: every value of every image lies in the
+        range that each of the depths present holds (e.g. 16-bit files whose values are all
+        in 0..255, among 8-bit ones). Then every file could have been saved at any of the
+        depths with the same values: they are 8-bit values in a wider file, as some tools save
+        them (a true 16-bit image using 0.4% of its range is too dark to be likely), and are
+        read as they are, with a note. Float images are left out (their units are their own).
+        """
+        if len(self.depths) < 2:
+            return
+        lo = max(int(np.iinfo(d).min) for d in self.depths)
+        hi = min(int(np.iinfo(d).max) for d in self.depths)
+        if all(lo <= seen[2] and seen[3] <= hi for seen in self.depths.values()):
+            self.conv.shared_range = (lo, hi)
+            return
+        order = sorted(self.depths, key=lambda d: (np.iinfo(d).max, d))
+        each = ", ".join(
+            f"{self.depths[d][0]} {d} (e.g. {self.depths[d][1]}; values "
+            f"{self.depths[d][2]:.0f}..{self.depths[d][3]:.0f})"
+            for d in order
+        )
+        raise InputError(
+            f"{self.source}: images of different bit depths, whose values are on different "
+            f"scales: {each}; convert them to one bit depth (8-bit values x 257 make 16-bit "
+            "ones)"
+        )
 
     def notes(self) -> list[str]:
         notes = self.conv.notes()
@@ -147,11 +192,12 @@ class _FileImages:
 
 
 def _images_from_files(
-    paths: list[str], displays: list[str], skip_unreadable: bool = False
+    paths: list[str], displays: list[str], skip_unreadable: bool = False, source: str = ""
 ) -> tuple[np.ndarray, list[str], list[int]]:
     """Read one image per file into a (K, H, W) float64 stack; returns it, the notes and the
-    indices of the files read (all of them unless ``skip_unreadable`` skipped some)."""
-    files = _FileImages(paths, displays, skip_unreadable)
+    indices of the files read (all of them unless ``skip_unreadable`` skipped some). ``source``
+    (the folder or pattern) names the files as a whole in errors."""
+    files = _FileImages(paths, displays, skip_unreadable, source)
     images: np.ndarray | None = None
     for _, img in files:
         if img is None:
@@ -166,7 +212,7 @@ def _images_from_files(
 def _load_listing(
     source: str, paths: list[str], names: list[str], extra_notes: list[str], skip: bool
 ) -> Stack:
-    images, notes, kept = _images_from_files(paths, paths, skip)
+    images, notes, kept = _images_from_files(paths, paths, skip, source)
     return Stack(images, tuple(names[i] for i in kept), tuple(notes + extra_notes), source)
 
 
@@ -465,8 +511,9 @@ def load_stack(
     ------
     InputError
         Missing path, empty folder or pattern without images, unreadable or corrupt file, images
-        of different sizes (sizes given as height x width), NaN or infinite values, arrays that
-        are not 2-D or 3-D or not real numbers, bad ``layout``.
+        of different sizes (sizes given as height x width), files of different integer bit depths
+        whose values are on different scales (see ``_FileImages._check_depths``), NaN or infinite
+        values, arrays that are not 2-D or 3-D or not real numbers, bad ``layout``.
     """
     src = os.fspath(source)
     layout = _check_layout(layout)
