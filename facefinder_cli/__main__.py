@@ -3,7 +3,8 @@
 Its first lines run before NumPy and the command line are imported (a second or so): a closed
 standard stream gets /dev/null, and Ctrl-C or SIGTERM during the imports ends the program with
 one line and the shell's status (130 or 143), not a traceback. The command line then takes
-over the signals (:mod:`facefinder_cli.interrupts`).
+over the signals (:mod:`facefinder_cli.interrupts`). A signal ignored when the program starts
+(SIGHUP under ``nohup``, SIGINT in a shell's background job) is left ignored throughout.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasat
 def main() -> None:
     """Run the command line with ``sys.argv``; exits with its status."""
     for signum in _SIGNALS:
-        signal.signal(signum, _stop_during_start)
+        if signal.getsignal(signum) != signal.SIG_IGN:  # an inherited "ignore" is kept
+            signal.signal(signum, _stop_during_start)
     from facefinder_cli import outputs
 
     outputs.repair_std_streams()

@@ -7,6 +7,11 @@ way out, and its clean-up (removing temporaries, saving a checkpoint) must not b
 an impatient second Ctrl-C. Inside :func:`deferred` a signal waits until the block ends, so that
 short steps which must not be split (renaming a finished folder into place) run whole.
 
+A signal that is ignored when :func:`handled` starts is left ignored, as most Unix tools do:
+``nohup`` ignores SIGHUP, and a shell starts a background job with SIGINT ignored, so that a
+fit run that way goes on when the terminal closes, or when a Ctrl-C meant for the command
+in the foreground reaches it.
+
 Outside :func:`handled` (the library used from Python) nothing changes: SIGINT raises
 ``KeyboardInterrupt`` as usual and :func:`deferred` only defers signals that arrive while some
 caller has :func:`handled` installed.
@@ -62,17 +67,20 @@ def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
 @contextmanager
 def handled() -> Iterator[None]:
     """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` for the block's duration (only
-    in the main thread; elsewhere the block runs with the signals as they were)."""
+    in the main thread; elsewhere the block runs with the signals as they were). A signal
+    ignored as the block starts (SIG_IGN, inherited from ``nohup`` or a shell) stays ignored."""
     if threading.current_thread() is not threading.main_thread() or _State.installed:
         yield
         return
-    previous = [signal.signal(s, _handler) for s in _SIGNALS]
+    previous = {
+        s: signal.signal(s, _handler) for s in _SIGNALS if signal.getsignal(s) != signal.SIG_IGN
+    }
     _State.installed, _State.stopping, _State.depth, _State.pending = True, False, 0, None
     _State.label = _State.where = None
     try:
         yield
     finally:
-        for s, old in zip(_SIGNALS, previous):
+        for s, old in previous.items():
             signal.signal(s, old)
         _State.installed, _State.stopping, _State.depth, _State.pending = False, False, 0, None
 

@@ -12,6 +12,7 @@ written (read-only), the suite runs as before, only slower.
 from __future__ import annotations
 
 import compileall
+import signal
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "facefinder_cli"
@@ -22,3 +23,10 @@ def pytest_configure(config) -> None:
         compileall.compile_dir(PACKAGE, quiet=2, workers=1)
     except OSError:  # a read-only checkout: nothing to gain here, nothing to lose
         pass
+    # facefinder leaves alone a signal ignored when it starts (nohup, a shell's background
+    # job), and the commands the tests start inherit the runner's: a runner started with
+    # SIGINT ignored (it happened) would fail the tests of Ctrl-C, here and in those commands.
+    # It gets Python's usual handler, which its children see as the default. (Tests of SIGHUP
+    # and SIGTERM set their command's disposition themselves where it matters.)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -316,6 +316,8 @@ def test_sighup_saves_the_fit_as_sigterm_does(data):
         + ["--tol", "-1", "--max-iter", "100000", "--checkpoint-every", "1", "-q"],
         env=ENV,
         stderr=subprocess.PIPE,
+        # as at a terminal, even if the tests run under nohup (an ignored SIGHUP is kept)
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not Path("run/checkpoint.npz").exists():
@@ -326,6 +328,33 @@ def test_sighup_saves_the_fit_as_sigterm_does(data):
     assert proc.returncode == 129, err
     assert "interrupted after iteration" in err.decode()
     runs.load_checkpoint("run")
+
+
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGINT", "SIGTERM"])
+def test_a_signal_ignored_at_start_up_stays_ignored(data, name):
+    """`nohup` ignores SIGHUP, and a shell starts a background job with SIGINT ignored: the
+    fit must go on to its end when the signal comes, as most Unix tools do (before: the
+    handlers were installed all the same, and `nohup facefinder fit` stopped at a hang-up
+    with 129)."""
+    signum = getattr(signal, name)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facefinder_cli", "fit", data, "--face-size", "8x8", "-o", "run"]
+        + ["--tol", "-1", "--max-iter", "800", "--checkpoint-every", "50", "-q", "--no-plots"],
+        env=ENV,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_IGN),
+    )
+    deadline = time.monotonic() + 60
+    while not Path("run/checkpoint.npz").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    assert proc.poll() is None  # still fitting as the signal comes
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert err.decode() == ""
+    with np.load("run/result.npz") as z:
+        assert int(z["n_iter"]) == 800
 
 
 # --- the review of the diff ---------------------------------------------------------------------
