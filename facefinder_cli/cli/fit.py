@@ -193,7 +193,8 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     help="Stop when the log-likelihood is estimated to be within this many nats per image and "
     "pixel of the optimum EM is converging to, in two iterations in a row (accelerated EM), or "
     "the ELBO rises by less in an iteration (plain EM); 0 or less: run --max-iter iterations "
-    "(the ELBO never falls), with no warning.",
+    "(whatever the gains: at the optimum the ELBO may fall by a rounding error), with no "
+    "warning.",
 )
 @click.option(
     "--seed",

@@ -409,16 +409,19 @@ def _iterate(data: _Data, state: Checkpoint, rng: np.random.Generator, t0: float
         gain = (max(distance, rise) if after_jump else distance) / n_values
     else:
         gain = float(_gain(state, n_values))
+    # tol <= 0 runs max_iter iterations: a gain below 0 (the bound falling by a rounding
+    # error, the noise of Monte-Carlo EM's windows) must not stop it
+    stops = s.tol > 0
     if holding:  # once the rest has settled, the prior is learnt too
         state = replace(state, gain=state.gain + (gain,), prior_free=gain < threshold)
     elif s.accelerated:  # STOP_CYCLES estimates in a row, since the prior was released
         gains, k = state.gain + (gain,), accelerate.STOP_CYCLES
         since = state.prior_fixed_until if s.prior_update == "late" else 0
         recent = gains[since:][-k:]
-        converged = len(recent) == k and all(g < s.tol for g in recent)
+        converged = stops and len(recent) == k and all(g < s.tol for g in recent)
         state = replace(state, gain=gains, converged=converged)
     else:
-        state = replace(state, gain=state.gain + (gain,), converged=gain < s.tol)
+        state = replace(state, gain=state.gain + (gain,), converged=stops and gain < s.tol)
     return state, stats.positions
 
 

@@ -65,11 +65,12 @@ class FitSettings:
         ``STOP_CYCLES`` (2) iterations in a row.
         Plain EM stops when an iteration's gain is below ``tol``: the rise of the lower
         bound, ``(elbo[t] - elbo[t-1]) / (K H W)``, the study's rule, which can stop far
-        from the optimum where EM crawls. ``tol <= 0`` runs ``max_iter`` iterations (the
-        soft-EM ELBO never falls), without a ConvergenceWarning. Monte-Carlo EM, whose bound
-        is noisy, uses the exact log-likelihood instead, averaged over windows of
-        ``MC_WINDOW`` iterations: its gain is the mean rise per iteration of the last window
-        over the one before. Every rule's measure is kept in the history (``gain``).
+        from the optimum where EM crawls. Monte-Carlo EM, whose bound is noisy, uses the
+        exact log-likelihood instead, averaged over windows of ``MC_WINDOW`` iterations: its
+        gain is the mean rise per iteration of the last window over the one before. Every
+        rule's measure is kept in the history (``gain``). ``tol <= 0`` runs ``max_iter``
+        iterations, whatever the gains (at the optimum the soft-EM bound may fall by a
+        rounding error, a Monte-Carlo gain by its noise), without a ConvergenceWarning.
     seed : int or None
         ``None`` draws fresh entropy; the result's settings record it, so they repeat the run.
     prior_update : {"late", "always", "never"}
