@@ -896,3 +896,16 @@ def test_review_edges_of_faces_auto_and_damaged_runs(three_folder, tmp_path):
     np.savez(run / "result.npz", **arrays)
     r = cli("detect", run, imgs, "-o", tmp_path / "x.csv")
     assert r.exit_code == 1 and "without its faces" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["soft", "mc"])
+def test_tol_zero_runs_max_iter_for_several_faces_too(method):
+    """``tol <= 0`` runs ``max_iter`` iterations, as for one face: the bound falling by a
+    rounding error at the optimum stopped two faces' soft EM after 60 of 200 iterations here
+    ("gain < tol" with tol 0), Monte-Carlo EM after 40."""
+    d = S.make_dataset(S.cartoon_face(8, 8), S.texture("stripes", (16, 20)), 40, 20.0, seed=0)
+    settings = E.FitSettings((8, 8), method=method, tol=0.0, max_iter=200, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", E.ConvergenceWarning)  # none: as many as asked
+        r = M.fit_mixture(d.images, E.FitSettings.of(settings, accelerate="none"), 2)
+    assert r.n_iter == 200 and not r.converged

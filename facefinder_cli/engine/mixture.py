@@ -849,8 +849,8 @@ def _iterate_mixture(
     if s.prior_update == "late" and not state.prior_free:
         if gain < (s.tol if s.tol > 0 else DEFAULT_TOL):
             prior_free, released = True, t
-    else:
-        converged = bool(gain < s.tol)
+    else:  # (tol <= 0 runs max_iter iterations, whatever a gain of rounding error says)
+        converged = bool(s.tol > 0 and gain < s.tol)
     return replace(
         state,
         iteration=t,
