@@ -13,7 +13,7 @@ Every file and folder the tool writes goes through this module, and obeys these 
   record beside a CSV or stack, :func:`note_written`), or a folder this tool made for the same
   purpose (:class:`FolderKind`: its marker file ``.facefinder`` names that purpose; older runs
   are recognised by their ``result.npz`` or ``checkpoint.npz``) holding only files the tool
-  writes there. Never a
+  wrote there, as it left them (the marker records each, :func:`write_marker`). Never a
   symbolic link (the file it points to is not the tool's), a block device or socket, a mount
   point, an input of the command, or a folder holding one.
 * **Devices and FIFOs are written into**, as a shell redirection does: ``-o /dev/null`` works,
@@ -91,6 +91,7 @@ __all__ = [
     "repair_std_streams",
     "stdout_broken",
     "stdout_closed",
+    "take_over",
 ]
 
 #: The file that marks a folder as made by facefinder, with the purpose it was made for.
@@ -102,7 +103,7 @@ class FolderKind:
     """What a folder facefinder writes is for, and how to recognise one: the purpose its
     marker names, the files that marked a folder of this kind before markers (``legacy``,
     ``.npz`` files facefinder wrote), and which file names it writes into one (``expected``;
-    --overwrite replaces a folder holding only those)."""
+    --overwrite replaces a folder holding only those, each as its marker records it)."""
 
     made_for: str
     legacy: tuple[str, ...] = ()
@@ -544,14 +545,41 @@ def _still_as_checked(p: str) -> None:
         )
 
 
+#: Larger marker files are not read (a record of a million files is some 50 MB).
+_MARKER_BYTES = 1 << 27
+
+
+def _read_marker(folder: str) -> dict | None:
+    """A folder's marker file (:func:`write_marker`), as a dict, or None."""
+    path = os.path.join(folder, MARKER)
+    try:
+        if os.path.islink(path) or not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            made = json.loads(f.read(_MARKER_BYTES))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return made if isinstance(made, dict) else None
+
+
 def _marker_kind(folder: str) -> str | None:
     """The purpose written in a folder's marker file, or None."""
-    try:
-        with open(os.path.join(folder, MARKER), encoding="utf-8") as f:
-            made = json.loads(f.read(4096))
-        return str(made["made_for"]) if isinstance(made, dict) else None
-    except (OSError, ValueError, KeyError, UnicodeDecodeError):
+    made = _read_marker(folder)
+    return str(made["made_for"]) if made is not None and "made_for" in made else None
+
+
+def _marker_files(folder: str) -> dict[str, list] | None:
+    """What a folder's marker records of the files facefinder wrote into it: each name with
+    the (size, modification time) it left it with, or, while it replaces one in place
+    (:func:`atomic_write`'s ``in_marked_folder``), either of two; None when the marker
+    records none (markers of versions before 2026-12-02, or no marker)."""
+    made = _read_marker(folder)
+    files = made.get("files") if made is not None else None
+    if not isinstance(files, dict):
         return None
+    replacing = made.get("replacing")
+    replacing = replacing if isinstance(replacing, dict) else {}
+    return {name: [files.get(name), replacing.get(name)] for name in {*files, *replacing}}
 
 
 def is_facefinder_npz(path: str) -> bool:
@@ -714,8 +742,9 @@ def check_folder_target(
 
     An existing empty folder is used. A non-empty one is replaced only with ``overwrite``, and
     only when it is of ``kind``: its marker names that purpose (or it holds one of the kind's
-    legacy files) and every file in it is one facefinder writes there (a file a user added is
-    never deleted with it); and only when it holds no
+    legacy files) and every file in it is one facefinder wrote there, as it left it (the
+    marker's record, :func:`write_marker`: a file a user added, under any name, or one of the
+    tool's that they changed, is never deleted with it); and only when it holds no
     subfolder and none of ``keep`` (the command's inputs), it is not a mount point (it could
     not be renamed) and it is not the current folder or one of its parents."""
     p = os.fspath(path)
@@ -760,21 +789,87 @@ def check_folder_target(
     expected = kind.expected if kind is not None else None
     foreign = sorted(c for c in content if c != MARKER and expected and not expected(c))
     if foreign:
-        shown = ", ".join(foreign[:3]) + (
-            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        )
-        raise InputError(
-            f"{p}: holds files facefinder does not write there ({shown}); refusing to replace it, "
-            "even with ",
-            OVERWRITE,
-        )
+        raise _foreign_files(p, foreign)
     if not _made_here(target, kind):
         raise InputError(
             f"{p}: was not made by facefinder for this purpose (no {MARKER} marker says so); "
             "refusing to replace it, even with ",
             OVERWRITE,
         )
+    _check_recorded(p, target, sorted(c for c in content if c != MARKER), kind)
     return True
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _foreign_files(p: str, foreign: Sequence[str]) -> InputError:
+    return InputError(
+        f"{p}: holds files facefinder does not write there ({_shown(foreign)}); refusing to "
+        "replace it, even with ",
+        OVERWRITE,
+        f" (move {'it' if len(foreign) == 1 else 'them'} away first)",
+    )
+
+
+#: Files a command took over (:func:`take_over`), each as it was then (:func:`_kept_as`).
+_TAKEN: dict[str, list[int] | None] = {}
+
+
+def take_over(path: str | os.PathLike) -> None:
+    """Let the folder around ``path`` be replaced with the file ``path`` as it is now, as if
+    facefinder had recorded it there: the file the command carries on from, and replaces
+    (``fit --resume``'s checkpoint, read and checked). For this process only."""
+    p = os.fspath(path)
+    _TAKEN[os.path.abspath(p)] = _kept_as(p)
+
+
+def _taken(path: str) -> bool:
+    """Whether the command took the file ``path`` over (:func:`take_over`), as it is now."""
+    taken = _TAKEN.get(os.path.abspath(path))
+    return taken is not None and taken == _kept_as(path)
+
+
+def _check_recorded(p: str, folder: str, names: Sequence[str], kind: FolderKind | None) -> None:
+    """Refuse to replace the folder ``p`` (``folder``, as checked) that facefinder made unless
+    each of its files ``names`` is one its marker records as written there, as it was left: a
+    file put there under a name facefinder uses, or one of its files edited or replaced since,
+    is the user's. A folder whose marker records no files (an earlier version's, or one known
+    by its legacy files) may go only with the files of the kind's ``legacy`` that facefinder
+    wrote (a checkpoint being resumed): the rest cannot be told from a user's."""
+    names = [c for c in names if not _taken(os.path.join(folder, c))]
+    recorded = _marker_files(folder)
+    if recorded is None:
+        legacy = kind.legacy if kind is not None else ()
+        unknown = [
+            c for c in names if not (c in legacy and is_facefinder_npz(os.path.join(folder, c)))
+        ]
+        if unknown:
+            raise InputError(
+                f"{p}: made by an earlier version of facefinder, which did not record the files "
+                f"it wrote there, so {_shown(unknown)} cannot be told from yours; refusing to "
+                "replace it, even with ",
+                OVERWRITE,
+                " (delete the folder by hand if nothing in it is yours)",
+            )
+        return
+    foreign = [c for c in names if c not in recorded]
+    if foreign:
+        raise _foreign_files(p, foreign)
+    changed = [
+        c
+        for c in names
+        if (seen := _kept_as(os.path.join(folder, c))) is None or seen not in recorded[c]
+    ]
+    if changed:
+        them = "it" if len(changed) == 1 else "them"
+        raise InputError(
+            f"{p}: {_shown(changed)} changed since facefinder wrote {them}; refusing to replace "
+            "the folder, even with ",
+            OVERWRITE,
+            f": move {them} elsewhere first (or delete {them})",
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -854,7 +949,12 @@ def _write_into(p: str, fd: int | None, mode: str) -> Iterator[IO[Any]]:
 
 @contextmanager
 def atomic_write(
-    path: str | os.PathLike, mode: str = "wb", *, overwrite: bool = False, record: str | None = None
+    path: str | os.PathLike,
+    mode: str = "wb",
+    *,
+    overwrite: bool = False,
+    record: str | None = None,
+    in_marked_folder: bool = False,
 ) -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it appears complete or not at all.
 
@@ -878,6 +978,10 @@ def atomic_write(
     record : str, optional
         What the file was made for, noted beside it (:func:`note_written`) as it is installed,
         so that --overwrite knows it again (not for standard output or devices).
+    in_marked_folder : bool
+        The file is written in place into a folder facefinder made (a checkpoint into its run
+        folder): the record of the folder's marker (:func:`write_marker`) is kept true as it
+        is installed, so that --overwrite still knows the folder as facefinder's.
 
     Raises
     ------
@@ -911,9 +1015,14 @@ def atomic_write(
         with interrupts.deferred(_install_label()):
             try:
                 os.chmod(tmp, perms)
+                if in_marked_folder:
+                    _note_in_marker(p, tmp)
                 _install(tmp, p, overwrite)
                 if record is not None:
                     note_written([p], record)
+                if in_marked_folder:  # (the record knows the file already: only tidied)
+                    with suppress(InputError):
+                        _note_in_marker(p)
             except OSError as err:
                 raise InputError(f"{p}: cannot write ({_why_not(err)})") from None
     except BaseException as exc:
@@ -968,11 +1077,50 @@ def _install_label() -> str:
 
 
 def write_marker(folder: str | os.PathLike, made_for: str) -> None:
-    """Mark ``folder`` as made by facefinder for ``made_for`` (e.g. ``"fit"``)."""
+    """Mark ``folder`` as made by facefinder for ``made_for`` (e.g. ``"fit"``), and record
+    the files it holds, which facefinder just wrote there: each name with its size and
+    modification time (as :func:`note_written` records a file), so that --overwrite replaces
+    the folder only while they are as they were left (a copy that keeps the times, ``cp -a``,
+    included), never with a file put there or changed since."""
     from facefinder_cli import __version__
 
+    folder = os.fspath(folder)
+    files = {}
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name != MARKER and (seen := _kept_as(e.path)) is not None:
+                files[e.name] = seen
+    made = {"made_by": "facefinder", "made_for": made_for, "version": __version__}
     with open(os.path.join(folder, MARKER), "w", encoding="utf-8") as f:
-        json.dump({"made_by": "facefinder", "made_for": made_for, "version": __version__}, f)
+        json.dump({**made, "files": dict(sorted(files.items()))}, f)
+        f.write("\n")
+
+
+def _note_in_marker(p: str, new: str | None = None) -> None:
+    """Keep the record of the folder facefinder made around the file ``p`` true as ``p`` is
+    replaced in place (a checkpoint saved again): with ``new`` (the finished temporary about to
+    be renamed to ``p``), before the rename, that ``p`` may be either file; after it, without
+    ``new``, that it is the one now there. (Killed between, or this second note failing, the
+    record still knows the file there.) Nothing when the folder's marker records no files."""
+    folder, name = os.path.split(os.path.abspath(p))
+    made = _read_marker(folder)
+    if made is None or not isinstance(made.get("files"), dict):
+        return
+    replacing = made.get("replacing")
+    replacing = dict(replacing) if isinstance(replacing, dict) else {}
+    files = dict(made["files"])
+    if new is not None:
+        if (seen := _kept_as(p)) is not None and seen == replacing.get(name):
+            files[name] = seen  # (the note after the last replacement failed: a full disk)
+        replacing[name] = _kept_as(new)
+    else:
+        replacing.pop(name, None)
+        files[name] = _kept_as(p)
+    made = {**made, "files": files, "replacing": replacing}
+    if not replacing:
+        del made["replacing"]
+    with atomic_write(os.path.join(folder, MARKER), "w", overwrite=True) as f:
+        json.dump(made, f)
         f.write("\n")
 
 

@@ -917,16 +917,18 @@ def save_checkpoint(
     extra: dict[str, Any],
     *,
     overwrite: bool = True,
+    in_run_folder: bool = False,
 ) -> None:
     """Write a fit's :class:`~facefinder_cli.engine.Checkpoint` to ``path``, atomically, with
     ``options`` (the caller's own settings, JSON-able: stored beside the fit's settings as
     ``result.npz`` stores them) and ``extra`` (JSON-able, e.g. per-iteration errors). Every
     float is stored exactly, so the resumed fit equals the uninterrupted one bit for bit. A
     fit of several faces' :class:`~facefinder_cli.engine.MixtureCheckpoint` goes into the
-    same file, known by its ``n_faces``."""
+    same file, known by its ``n_faces``. ``in_run_folder``: ``path`` lies in a run folder in
+    place (not one being built), whose marker then records it as facefinder's."""
     if isinstance(state, engine.MixtureCheckpoint):
         arrays = _mixture_checkpoint_arrays(state, options, extra)
-        with atomic_write(path, overwrite=overwrite) as f:
+        with atomic_write(path, overwrite=overwrite, in_marked_folder=in_run_folder) as f:
             np.savez(f, **arrays)
         return
     arrays: dict[str, Any] = {
@@ -978,7 +980,7 @@ def save_checkpoint(
                 f"finished{i}_noise_floored": done.noise_floored,
             }
         )
-    with atomic_write(path, overwrite=overwrite) as f:  # (replaces the previous checkpoint)
+    with atomic_write(path, overwrite=overwrite, in_marked_folder=in_run_folder) as f:
         np.savez(f, **arrays)
 
 

@@ -132,6 +132,96 @@ def test_a_folder_is_replaced_only_when_made_for_the_same_purpose():
     assert sorted(os.listdir()) == ["run", "user"]  # no backup, no temporary left
 
 
+def test_a_folder_is_replaced_only_with_the_files_its_marker_records():
+    """The marker records each file written into the folder (size, modification time): a file
+    put there since, under any name, or one of the tool's edited since, is the user's, and the
+    folder is kept; a copy that keeps the times (cp -a) is still the tool's."""
+    import json
+    import shutil
+
+    with outputs.atomic_folder("run", kind=FIT) as tmp:
+        write(os.path.join(tmp, "a.png"), "drawn")
+        write(os.path.join(tmp, "b.csv"), "rows")
+    made = json.loads(Path("run/.facefinder").read_text())
+    assert made["made_for"] == "fit" and sorted(made["files"]) == ["a.png", "b.csv"]
+    outputs.check_folder_target("run", True, kind=FIT)
+    write("run/holiday.png", "mine")
+    with pytest.raises(InputError, match=r"^run: holds files facefinder does not write there "
+                       r"\(holiday.png\); .* overwrite=True \(move it away first\)$"):  # fmt: skip
+        outputs.check_folder_target("run", True, kind=FIT)
+    os.remove("run/holiday.png")
+    with open("run/b.csv", "a") as f:
+        f.write("my edit")
+    write("run/a.png", "a photo of mine")
+    with pytest.raises(InputError, match=r"^run: a.png, b.csv changed since facefinder wrote "
+                       r"them; .* overwrite=True: move them elsewhere first"):  # fmt: skip
+        with outputs.atomic_folder("run", True, kind=FIT) as tmp:
+            pass
+    assert Path("run/a.png").read_text() == "a photo of mine"
+    assert sorted(os.listdir()) == ["run"]
+    with outputs.atomic_folder("fresh", kind=FIT) as tmp:
+        write(os.path.join(tmp, "a.png"), "drawn")
+    shutil.copytree("fresh", "copy")  # as cp -a: the times kept
+    outputs.check_folder_target("copy", True, kind=FIT)
+    shutil.rmtree("copy")
+    shutil.copytree("fresh", "copy", copy_function=shutil.copyfile)  # the times not kept
+    os.utime("copy/a.png", ns=(0, 10**18))
+    with pytest.raises(InputError, match="a.png changed since facefinder wrote it"):
+        outputs.check_folder_target("copy", True, kind=FIT)
+
+
+def test_a_folder_whose_marker_records_no_files_goes_only_with_legacy_files():
+    """Markers of versions before the record: a file there cannot be told from a user's, but a
+    legacy file of the kind that facefinder wrote (a checkpoint to resume) may go."""
+    import json
+
+    import numpy as np
+
+    kind = outputs.FolderKind("fit", legacy=("checkpoint.npz",))
+    os.mkdir("old")
+    Path("old/.facefinder").write_text(json.dumps({"made_by": "facefinder", "made_for": "fit"}))
+    np.savez("old/checkpoint.npz", version="0.1.0")
+    outputs.check_folder_target("old", True, kind=kind)
+    write("old/history.csv", "rows")
+    earlier = r"^old: made by an earlier version of facefinder, which did not record the files"
+    with pytest.raises(InputError, match=earlier + " it wrote there, so history.csv "):
+        outputs.check_folder_target("old", True, kind=kind)
+
+
+def test_a_file_replaced_in_a_marked_folder_stays_recorded(monkeypatch):
+    """A file written in place into a folder the tool made (a checkpoint saved again) is noted
+    in its marker; killed between its rename and that note, the record knows it still."""
+    with outputs.atomic_folder("run", kind=FIT) as tmp:
+        write(os.path.join(tmp, "checkpoint.npz"), "first")
+    with outputs.atomic_write(
+        "run/checkpoint.npz", "w", overwrite=True, in_marked_folder=True
+    ) as f:
+        f.write("second, longer")
+    outputs.check_folder_target("run", True, kind=FIT)
+    real = outputs._note_in_marker
+
+    def killed_after_rename(p, new=None):
+        if new is None:  # the file is in place, its record not yet updated
+            raise KeyboardInterrupt
+        real(p, new)
+
+    monkeypatch.setattr(outputs, "_note_in_marker", killed_after_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with outputs.atomic_write(
+            "run/checkpoint.npz", "w", overwrite=True, in_marked_folder=True
+        ) as f:
+            f.write("third, longer still")
+    assert Path("run/checkpoint.npz").read_text() == "third, longer still"
+    outputs.check_folder_target("run", True, kind=FIT)
+    monkeypatch.setattr(outputs, "_note_in_marker", real)
+    with outputs.atomic_write("run/checkpoint.npz", "w", overwrite=True) as f:
+        f.write("not noted")  # (as a user's edit would be)
+    with pytest.raises(InputError, match="checkpoint.npz changed since"):
+        outputs.check_folder_target("run", True, kind=FIT)
+    outputs.take_over("run/checkpoint.npz")  # a file the command carries on from (--resume)
+    outputs.check_folder_target("run", True, kind=FIT)
+
+
 def test_a_folder_holding_an_input_is_never_replaced():
     with outputs.atomic_folder("copy", kind=DRAW) as tmp:
         write(os.path.join(tmp, "img1.tif"))

@@ -414,3 +414,112 @@ def test_a_checkpoint_with_an_option_out_of_range_is_refused(checkpoint, name, v
     _edit(checkpoint, settings=json.dumps({**settings, name: value}))
     line = one_error(cli("fit", "--resume", "run"))
     assert line == f"Error: run/checkpoint.npz: not a valid facefinder checkpoint (setting {name})"
+
+
+# --- the third review: what --overwrite may delete inside a folder it replaces ------------------
+
+
+def folder_bytes(folder: str) -> dict[str, bytes]:
+    return {f: (Path(folder) / f).read_bytes() for f in sorted(os.listdir(folder))}
+
+
+def a_png_of_mine() -> bytes:
+    from PIL import Image
+
+    buf = __import__("io").BytesIO()
+    Image.new("L", (4, 3), 200).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_detect_draw_overwrite_keeps_a_users_file_in_the_folder(data):
+    """H1: a file in the --draw folder was facefinder's by its extension alone: --overwrite
+    deleted a user's holiday.png put there, or a photo under one of its names."""
+    ok("fit", "--no-plots", data, *FIT, "-o", "run")
+    draw = ["detect", "run", data, "--draw", "boxed", "-o", "/dev/null"]
+    ok(*draw)
+    Path("boxed/holiday.png").write_bytes(a_png_of_mine())
+    before = folder_bytes("boxed")
+    line = one_error(cli(*draw, "--overwrite"))
+    assert "boxed: holds files facefinder does not write there (holiday.png)" in line
+    assert "--overwrite" in line and "move it away" in line
+    assert folder_bytes("boxed") == before
+    os.remove("boxed/holiday.png")
+    Path("boxed/img01.png").write_bytes(a_png_of_mine())  # a name it uses, not its file
+    before = folder_bytes("boxed")
+    line = one_error(cli(*draw, "--overwrite"))
+    assert "boxed: img01.png changed since facefinder wrote it" in line
+    assert "move it elsewhere" in line
+    assert folder_bytes("boxed") == before
+    os.remove("boxed/img01.png")  # moved away: the rest is detect's as it left it
+    ok(*draw, "--overwrite")
+    assert len(os.listdir("boxed")) == 31  # (30 images and the marker)
+
+
+def test_generate_overwrite_keeps_a_users_images_in_the_folder():
+    """H1: generate --overwrite deleted any .tif or .png in its folder, a user's too."""
+    gen = ["generate", "-n", "5", "--size", "12x16", "--face-size", "8x8", "-q", "-o", "gg"]
+    ok(*gen)
+    Path("gg/myphoto.tif").write_bytes(b"II*\0 a tiff of mine")
+    Path("gg/img1.png").write_bytes(a_png_of_mine())
+    before = folder_bytes("gg")
+    line = one_error(cli(*gen, "--overwrite"))
+    assert "gg: holds files facefinder does not write there (img1.png, myphoto.tif)" in line
+    assert folder_bytes("gg") == before
+    os.remove("gg/myphoto.tif")
+    os.remove("gg/img1.png")
+    with open("gg/img2.tif", "ab") as f:  # one of its own, edited
+        f.write(b"my annotations")
+    before = folder_bytes("gg")
+    line = one_error(cli(*gen, "--overwrite"))
+    assert "gg: img2.tif changed since facefinder wrote it" in line
+    assert folder_bytes("gg") == before
+    os.remove("gg/img2.tif")
+    ok(*gen, "--seed", "5", "--overwrite")
+    assert sorted(os.listdir("gg"))[1:] == [f"img{k}.tif" for k in range(1, 6)] + ["truth.npz"]
+
+
+def test_fit_overwrite_keeps_the_files_a_user_changed_in_a_run_folder(data):
+    """M5: fit --overwrite lost the edits to a run folder's files; a copied run (cp -a, which
+    keeps the times and the marker) is still replaced."""
+    import shutil
+
+    ok("fit", data, *FIT, "-o", "run")
+    shutil.copytree("run", "r2")  # as cp -a: the same files, the same times
+    ok("fit", data, *FIT, "-o", "r2", "--overwrite", "--method", "hard")
+    with np.load("r2/result.npz") as z:
+        assert str(z["method"]) == "hard"
+    with open("r2/history.csv", "a") as f:
+        f.write("edits\n")
+    Path("r2/face.png").write_bytes(a_png_of_mine())
+    before = folder_bytes("r2")
+    line = one_error(cli("fit", data, *FIT, "-o", "r2", "--overwrite"))
+    assert line.startswith("Error: r2: face.png, history.csv changed since facefinder wrote them")
+    assert "--overwrite" in line and "move them elsewhere" in line
+    assert folder_bytes("r2") == before
+    assert hidden_leftovers() == []
+
+
+def test_checkpoints_saved_into_a_run_being_replaced_are_recorded(data, monkeypatch):
+    """The checkpoints a fit --overwrite saves into the folder of the run it replaces, in place,
+    are noted in that folder's record as they are saved: the fit, or the resumed fit, then
+    replaces the folder (the earlier run's files and its checkpoint, all facefinder's)."""
+    ok("fit", "--no-plots", data, *FIT, "-o", "run")
+    again = ["fit", "--no-plots", data, *FIT, "-o", "run", "--overwrite", "--tol", "-1"]
+    ok(*again, "--checkpoint-every", "1")
+    assert "checkpoint.npz" not in os.listdir("run")
+    with stop_fit_at(monkeypatch, 2):
+        r = cli(*again, "--max-iter", "5", "--checkpoint-every", "1")
+    assert r.exit_code == 130 and "beside the earlier run" in r.stderr
+    assert {"result.npz", "checkpoint.npz"} <= set(os.listdir("run"))
+    assert "resuming run at iteration 2" in ok("fit", "--resume", "run").stderr
+    assert "checkpoint.npz" not in os.listdir("run") and hidden_leftovers() == []
+
+
+def test_a_resumed_checkpoint_copied_without_its_times_is_not_refused(checkpoint):
+    """fit --resume carries on from the checkpoint and replaces it: it is the fit's, even in a
+    copy of the folder that did not keep the times (cp -r)."""
+    import shutil
+
+    shutil.copytree("run", "copy", copy_function=shutil.copyfile)
+    ok("fit", "--resume", "copy")
+    assert "result.npz" in os.listdir("copy") and "checkpoint.npz" not in os.listdir("copy")

@@ -161,9 +161,9 @@ def test_failed_folder_write_leaves_nothing_and_keeps_existing(monkeypatch):
     assert listing() == []
 
     os.mkdir("old")
-    write_marker("old", IMAGES_FOLDER.made_for)  # an earlier output: overwrite may replace it
     with open("old/img1.tif", "wb") as f:
         f.write(b"previous")
+    write_marker("old", IMAGES_FOLDER.made_for)  # an earlier output: overwrite may replace it
     calls.clear()
     with pytest.raises(RuntimeError):
         write_stack("old", np.zeros((3, 4, 5)), overwrite=True)

@@ -393,6 +393,7 @@ def fit(
         with outputs.claim(resume) as stale:  # a run put in place by a killed fit: back whole
             note_stale(stale)
         resumed = Resumed.load(resume)
+        outputs.take_over(resumed.path)  # (the run replaces it, carried on: not a user's file)
         job, out, overwrite = resumed.job, resume, True
         if isinstance(resumed.state, engine.MixtureCheckpoint):  # a fit of several faces
             check_cluster_input(scheduler, job.input_path)

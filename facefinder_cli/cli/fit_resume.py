@@ -242,14 +242,18 @@ class CheckpointSaver:
             extra["sizes"] = self.sizes
         if self.wrote:
             self.check_folder()
-            runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
+            runs.save_checkpoint(
+                Path(self.out) / runs.CHECKPOINT, state, self.options, extra, in_run_folder=True
+            )
             self.check_folder()  # (not swapped while it was written: else not ours to go on)
         elif os.path.isdir(self.out) and not os.path.islink(self.out):
             # an earlier run (or an empty folder): checked again, as it may have changed since
             outputs.check_folder_target(self.out, self.overwrite, keep=self.keep, kind=RUN_FOLDER)
             self.identity = outputs.folder_identity(self.out)
             self.beside_earlier = os.path.isfile(os.path.join(self.out, runs.RESULT))
-            runs.save_checkpoint(Path(self.out) / runs.CHECKPOINT, state, self.options, extra)
+            runs.save_checkpoint(
+                Path(self.out) / runs.CHECKPOINT, state, self.options, extra, in_run_folder=True
+            )
             self.wrote = True
             self.check_folder()
         else:
