@@ -594,19 +594,36 @@ def is_facefinder_npz(path: str) -> bool:
 
 
 #: How a plot names its creator (PNG ``Software``, PDF and SVG ``Creator``): facefinder, its
-#: version, and the SHA-256 of the file's bytes with this digest as zeros (in a PNG, with its
-#: text chunk's CRC as for the zeros too). --overwrite replaces a plot only if the digest
-#: holds: an edited one, or another's with a copied tag, is kept.
-_STAMP = re.compile(rb"facefinder [0-9][0-9A-Za-z.+-]* ([0-9a-f]{64})")
+#: version, the output it was drawn as (what for, and a hash of its file name: ``plot-elbo:``
+#: and 16 hex digits) and the SHA-256 of the file's bytes with this digest as zeros (in a PNG,
+#: with its text chunk's CRC as for the zeros too). --overwrite replaces a plot only if it was
+#: drawn as that output under that name and the digest holds: an edited one, another output's
+#: (a run's prior map copied to the name), or another's file with a copied tag, is kept.
+#: (Plots of versions before 2026-12-02 name no output: none is replaced.)
+_STAMP = re.compile(
+    rb"facefinder [0-9][0-9A-Za-z.+-]*(?: (?P<made_for>[a-z][a-z0-9-]*):(?P<name>[0-9a-f]{16}))?"
+    rb" (?P<digest>[0-9a-f]{64})"
+)
 _ZEROS = b"0" * 64
 _PNG = b"\x89PNG\r\n\x1a\n"
 #: Larger files are not read to check a stamp (no plot is that large).
 _PLOT_BYTES = 1 << 26
 
 
-def creator_stamp(version: str) -> str:
-    """The creator text to draw into a plot's metadata; :func:`stamp_digest` completes it."""
-    return f"facefinder {version} {_ZEROS.decode()}"
+def _name_hash(name: str) -> str:
+    """What a plot's stamp keeps of its file name (the name itself could need escaping)."""
+    return hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+
+
+def creator_stamp(version: str, output: tuple[str, str] | None = None) -> str:
+    """The creator text to draw into a plot's metadata; :func:`stamp_digest` completes it.
+    ``output``: (what the plot is made for, such as ``"plot-elbo"``, and its file name)."""
+    if output is None:
+        return f"facefinder {version} {_ZEROS.decode()}"
+    made_for, name = output
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", made_for):
+        raise ValueError(f"not a name for what a plot is made for: {made_for!r}")
+    return f"facefinder {version} {made_for}:{_name_hash(os.path.basename(name))} {_ZEROS.decode()}"
 
 
 def _png_crc(data: bytes, at: int) -> bytes:
@@ -623,7 +640,7 @@ def _png_crc(data: bytes, at: int) -> bytes:
 
 def stamp_digest(data: bytes) -> bytes:
     """The plot ``data`` (drawn with :func:`creator_stamp`) with its digest filled in."""
-    found = [m.start(1) for m in _STAMP.finditer(data) if m.group(1) == _ZEROS]
+    found = [m.start("digest") for m in _STAMP.finditer(data) if m["digest"] == _ZEROS]
     if len(found) != 1:
         return data  # no stamp, or a label that looks like one too: left unstamped
     at = found[0]
@@ -632,8 +649,9 @@ def stamp_digest(data: bytes) -> bytes:
     return _png_crc(stamped, at) if data.startswith(_PNG) else stamped
 
 
-def is_facefinder_plot(path: str) -> bool:
-    """Whether ``path`` is a plot that facefinder drew and nobody changed since (its stamp)."""
+def is_facefinder_plot(path: str, made_for: str | None = None) -> bool:
+    """Whether ``path`` is a plot that facefinder drew and nobody changed since (its stamp);
+    with ``made_for``, drawn as that output (``"plot-elbo"``) under the name it has."""
     try:
         if os.path.getsize(path) > _PLOT_BYTES:
             return False
@@ -644,10 +662,16 @@ def is_facefinder_plot(path: str) -> bool:
     m = _STAMP.search(data)
     if m is None:
         return False
-    zeroed = data[: m.start(1)] + _ZEROS + data[m.end(1) :]
+    if made_for is not None and (
+        m["made_for"] != made_for.encode()
+        or m["name"] != _name_hash(os.path.basename(os.fspath(path))).encode()
+    ):
+        return False
+    at = m.start("digest")
+    zeroed = data[:at] + _ZEROS + data[m.end("digest") :]
     if data.startswith(_PNG):
-        zeroed = _png_crc(zeroed, m.start(1))
-    return hashlib.sha256(zeroed).hexdigest().encode() == m.group(1)
+        zeroed = _png_crc(zeroed, at)
+    return hashlib.sha256(zeroed).hexdigest().encode() == m["digest"]
 
 
 #: The record beside a stack that facefinder wrote (``.NAME.facefinder``, a JSON object):

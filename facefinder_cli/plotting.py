@@ -62,29 +62,43 @@ def _figure(size: tuple[float, float]):
     return fig
 
 
-def _save(fig, out: BinaryIO, fmt: str) -> None:
-    """``fig`` as ``fmt`` (png, svg or pdf), naming facefinder as its creator: --overwrite
-    replaces only plots that do (``outputs.is_facefinder_plot``)."""
+def _save(fig, out: BinaryIO, fmt: str, output: tuple[str, str] | None = None) -> None:
+    """``fig`` as ``fmt`` (png, svg or pdf), naming facefinder as its creator and ``output``,
+    (what it is made for, its file name) as what it was drawn as: --overwrite replaces only a
+    plot drawn as that output under that name (``outputs.is_facefinder_plot``)."""
     from facefinder_cli import __version__
     from facefinder_cli.outputs import creator_stamp, stamp_digest
 
     key = "Software" if fmt == "png" else "Creator"
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, metadata={key: creator_stamp(__version__)})
+    fig.savefig(buf, format=fmt, metadata={key: creator_stamp(__version__, output)})
     out.write(stamp_digest(buf.getvalue()))
 
 
 def plot_curves(
-    curves: Sequence[Curve], out: BinaryIO, *, fmt: str = "png", **options: Any
+    curves: Sequence[Curve],
+    out: BinaryIO,
+    *,
+    fmt: str = "png",
+    output: tuple[str, str] | None = None,
+    **options: Any,
 ) -> None:
     """Draw the curves on one figure (see :func:`curves_figure` for ``options``) and write it
-    to ``out`` as ``fmt`` (png, svg or pdf)."""
-    _save(curves_figure(curves, **options), out, fmt)
+    to ``out`` as ``fmt`` (png, svg or pdf), stamped as ``output`` (see :func:`_save`)."""
+    _save(curves_figure(curves, **options), out, fmt, output)
 
 
-def plot_prior(prior: np.ndarray, out: BinaryIO, *, fmt: str = "png", **options: Any) -> None:
-    """Draw the prior (see :func:`prior_figure`) and write it to ``out`` as ``fmt``."""
-    _save(prior_figure(prior, **options), out, fmt)
+def plot_prior(
+    prior: np.ndarray,
+    out: BinaryIO,
+    *,
+    fmt: str = "png",
+    output: tuple[str, str] | None = None,
+    **options: Any,
+) -> None:
+    """Draw the prior (see :func:`prior_figure`) and write it to ``out`` as ``fmt``, stamped
+    as ``output`` (see :func:`_save`)."""
+    _save(prior_figure(prior, **options), out, fmt, output)
 
 
 def _describe(prior: np.ndarray) -> str:
@@ -203,11 +217,17 @@ def curves_figure(
 
 
 def plot_sizes(
-    trials: Sequence[Sequence], chosen: tuple[int, int], out: BinaryIO, *, fmt: str = "png"
+    trials: Sequence[Sequence],
+    chosen: tuple[int, int],
+    out: BinaryIO,
+    *,
+    fmt: str = "png",
+    output: tuple[str, str] | None = None,
 ) -> None:
     """The face-size search's criterion (rows of ``sizes.csv``: height, width, fit,
     log-likelihood, criterion, ...) over the heights tried at the chosen width and over the
-    widths tried at the chosen height, short and full fits apart; written to ``out``."""
+    widths tried at the chosen height, short and full fits apart; written to ``out``, stamped
+    as ``output`` (see :func:`_save`)."""
     fig = _figure((9.0, 3.6))
     axes = fig.subplots(1, 2, sharey=False)
     for ax, (axis, other, label) in zip(axes, ((0, 1, "height"), (1, 0, "width"))):
@@ -225,4 +245,4 @@ def plot_sizes(
         ax.legend(fontsize=8)
     fig.suptitle(f"Face size: {chosen[0]}x{chosen[1]} chosen (log-likelihood - BIC penalty)")
     fig.tight_layout()
-    _save(fig, out, fmt)
+    _save(fig, out, fmt, output)

@@ -276,6 +276,11 @@ def size_verdict(summary: dict[str, Any]) -> str:
     )
 
 
+def _run_plot(name: str) -> tuple[str, str]:
+    """What a plot of a run folder is drawn as (its stamp): fit's, under its name there."""
+    return ("fit", name)
+
+
 def save_sizes(folder: str | os.PathLike, record: dict[str, Any], *, plots: bool) -> list[str]:
     """Write the face-size search into ``folder``: ``sizes.csv`` (one row per fit), and with
     ``plots`` ``sizes.png`` (the criterion over heights and widths)."""
@@ -290,7 +295,7 @@ def save_sizes(folder: str | os.PathLike, record: dict[str, Any], *, plots: bool
     from facefinder_cli.plotting import plot_sizes  # imports matplotlib
 
     with atomic_write(folder / "sizes.png") as f:
-        plot_sizes(record["trials"], tuple(record["chosen"]), f)
+        plot_sizes(record["trials"], tuple(record["chosen"]), f, output=_run_plot("sizes.png"))
     return [SIZES, "sizes.png"]
 
 
@@ -367,7 +372,7 @@ def save_run(
     from facefinder_cli.plotting import Curve, plot_curves, plot_prior  # imports matplotlib
 
     with atomic_write(folder / "prior.png") as f:
-        plot_prior(result.prior, f)
+        plot_prior(result.prior, f, output=_run_plot("prior.png"))
     h = restarts[result.best_restart]
     curve = Curve(
         f"{result.method} EM, {result.init} start",
@@ -378,7 +383,7 @@ def save_run(
         h.prior_fixed_until,
     )
     with atomic_write(folder / "elbo.png") as f:
-        plot_curves([curve], f)
+        plot_curves([curve], f, output=_run_plot("elbo.png"))
     return [RESULT, "face.png", "background.png", "prior.png", "elbo.png", HISTORY, POSITIONS]
 
 
@@ -464,7 +469,7 @@ def save_mixture_run(
         from facefinder_cli.plotting import Curve, plot_curves, plot_prior  # imports matplotlib
 
         with atomic_write(folder / "prior.png") as f:
-            plot_prior(p.prior, f)
+            plot_prior(p.prior, f, output=_run_plot("prior.png"))
         curve = Curve(
             f"{result.settings.method} EM, {N} faces",
             result.elbo,
@@ -475,7 +480,7 @@ def save_mixture_run(
             passes=np.arange(len(result.elbo), dtype=np.float64),
         )
         with atomic_write(folder / "elbo.png") as f:
-            plot_curves([curve], f)
+            plot_curves([curve], f, output=_run_plot("elbo.png"))
         written += ["prior.png", "elbo.png"]
     return written
 

@@ -83,8 +83,9 @@ def test_second_make_does_nothing(suite):
 
 def test_the_committed_plots_that_make_replaces_are_facefinders():
     """`make -C docs` and `make -C experiments` redraw these with plot-elbo --overwrite,
-    which replaces only plots facefinder drew and nobody changed (their stamp): committed
-    ones without it would stop both Makefiles on a fresh clone."""
+    which replaces only plots facefinder drew as plot-elbo's output under that name and nobody
+    changed (their stamp): committed ones without it would stop both Makefiles on a fresh
+    clone."""
     from facefinder_cli.outputs import is_facefinder_plot
 
     root = EXPERIMENTS.parent
@@ -93,4 +94,4 @@ def test_the_committed_plots_that_make_replaces_are_facefinders():
     drawn += sorted(figures.glob("methods-*.png"))
     drawn.remove(figures / "methods-faces.png")  # report.py's, written without --overwrite
     assert len(drawn) == 8
-    assert [p.name for p in drawn if not is_facefinder_plot(str(p))] == []
+    assert [p.name for p in drawn if not is_facefinder_plot(str(p), "plot-elbo")] == []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facefinder_cli.plotting import Curve, curves_figure, plot_curves, prior_figure
+from facefinder_cli.plotting import Curve, curves_figure, plot_curves, plot_prior, prior_figure
 
 
 def texts(fig) -> list[str]:
@@ -168,6 +168,7 @@ def test_plots_carry_a_stamp_that_an_edit_breaks(tmp_path, fmt):
     data = path.read_bytes()
     assert is_facefinder_plot(str(path))
     assert re.search(rb"facefinder \d[\w.+-]* [0-9a-f]{64}", data)
+    assert not is_facefinder_plot(str(path), "plot-elbo")  # drawn as no output
     if fmt == "png":
         Image.open(path).verify()  # the CRCs hold
     for at in (len(data) // 3, len(data) - 20):
@@ -176,6 +177,35 @@ def test_plots_carry_a_stamp_that_an_edit_breaks(tmp_path, fmt):
     tag = re.search(rb"facefinder \d[\w.+-]* [0-9a-f]{64}", data).group(0)
     path.write_bytes(b"my own file, with a copied tag: " + tag)
     assert not is_facefinder_plot(str(path))
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
+def test_a_plot_is_stamped_with_the_output_it_was_drawn_as(tmp_path, fmt):
+    """A plot names what it was drawn as and under which file name: --overwrite of plot-elbo
+    replaces only its own figure under that name, not a run's prior map or ELBO plot (which
+    say fit), nor its figure copied to another name."""
+    import re
+    import shutil
+
+    from facefinder_cli.outputs import is_facefinder_plot
+
+    elbo = np.array([-5.0, -3.0, -2.5])
+    path = tmp_path / f"e.{fmt}"
+    with open(path, "wb") as f:
+        curve = Curve("a", elbo, elbo, np.arange(3.0), 10)
+        plot_curves([curve], f, fmt=fmt, output=("plot-elbo", str(path)))
+    assert re.search(
+        rb"facefinder \d[\w.+-]* plot-elbo:[0-9a-f]{16} [0-9a-f]{64}", path.read_bytes()
+    )
+    assert is_facefinder_plot(str(path), "plot-elbo") and is_facefinder_plot(str(path))
+    assert not is_facefinder_plot(str(path), "fit")
+    shutil.copy2(path, tmp_path / f"copy.{fmt}")
+    assert not is_facefinder_plot(str(tmp_path / f"copy.{fmt}"), "plot-elbo")
+    assert is_facefinder_plot(str(tmp_path / f"copy.{fmt}"))  # (facefinder's all the same)
+    with open(tmp_path / f"prior.{fmt}", "wb") as f:
+        plot_prior(np.full((3, 4), 1 / 12), f, fmt=fmt, output=("fit", "prior.png"))
+    shutil.copy2(tmp_path / f"prior.{fmt}", path)
+    assert not is_facefinder_plot(str(path), "plot-elbo")
 
 
 def test_a_label_of_zeros_does_not_unstamp_a_plot(tmp_path):

@@ -523,3 +523,24 @@ def test_a_resumed_checkpoint_copied_without_its_times_is_not_refused(checkpoint
     shutil.copytree("run", "copy", copy_function=shutil.copyfile)
     ok("fit", "--resume", "copy")
     assert "result.npz" in os.listdir("copy") and "checkpoint.npz" not in os.listdir("copy")
+
+
+def test_plot_elbo_overwrite_keeps_a_copy_of_another_plot(data):
+    """M4: any plot stamped by facefinder counted as plot-elbo's: --overwrite replaced the
+    user's copy of a run's prior map with an ELBO plot. Only a plot drawn as plot-elbo's
+    output under that name is replaced."""
+    import shutil
+
+    ok("fit", data, *FIT, "-o", "run")
+    for figure in ("prior.png", "elbo.png"):  # the run's own figures, copied for a paper
+        shutil.copy2(Path("run") / figure, "paper.png")
+        line = one_error(cli("plot-elbo", "run", "-o", "paper.png", "--overwrite"))
+        assert "paper.png: not a file facefinder wrote as this output" in line
+        assert (Path("run") / figure).read_bytes() == Path("paper.png").read_bytes()
+    ok("plot-elbo", "run", "-o", "e.png")
+    shutil.copy2("e.png", "paper.png")  # plot-elbo's, but drawn as e.png
+    line = one_error(cli("plot-elbo", "run", "-o", "paper.png", "--overwrite"))
+    assert "paper.png: not a file facefinder wrote as this output" in line
+    assert Path("paper.png").read_bytes() == Path("e.png").read_bytes()
+    ok("plot-elbo", "run", "-o", "e.png", "--overwrite", "--title", "again")  # its own
+    assert Path("paper.png").read_bytes() != Path("e.png").read_bytes()

@@ -21,6 +21,9 @@ from facefinder_cli.errors import InputError
 
 log = logging.getLogger("facefinder")
 
+#: What plot-elbo's figures are drawn as (their stamp): --overwrite replaces only those.
+PLOT_ELBO = "plot-elbo"
+
 
 @click.command("plot-elbo", context_settings=CONTEXT)
 @click.argument("runs_", metavar="RUN...", nargs=-1, required=True)
@@ -127,7 +130,11 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     keep = list(runs_)
     with outputs.claim(out) as stale:
         note_stale(stale)
-        outputs.check_file_target(out, overwrite, keep=keep, ours=outputs.is_facefinder_plot)
+        # ours: a plot drawn as plot-elbo's output under this name (not a run's prior map
+        # copied to it, say), as drawn
+        outputs.check_file_target(
+            out, overwrite, keep=keep, ours=lambda p: outputs.is_facefinder_plot(p, PLOT_ELBO)
+        )
         STOPPED["installed"] = f"{out} was written all the same"  # (as it was put in place)
         with outputs.atomic_write(out, overwrite=overwrite) as f:
             plot_curves(
@@ -139,6 +146,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
                 gap=gap,
                 fmt=fmt,
                 title=title,
+                output=(PLOT_ELBO, out),
             )
         if not outputs.is_stream(out):  # (a signal from here on: the plot is in place)
             STOPPED["note"] = f"{out} was written all the same"
