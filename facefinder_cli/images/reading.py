@@ -101,6 +101,8 @@ class _FileImages:
         self.skipped: list[str] = []
         # integer bit depth -> [images, an example's display name, least and greatest value]
         self.depths: dict[str, list] = {}
+        # values at either end of their integer bit depth, of all the values of such images
+        self.at_ends: dict[str, list[int]] = {}
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray | None]]:
         shape: tuple[int, ...] | None = None
@@ -132,6 +134,12 @@ class _FileImages:
                     seen[0] += 1
                     seen[2] = min(seen[2], float(img.min()))
                     seen[3] = max(seen[3], float(img.max()))
+            ints = sorted(d for d in c.depths if d[0] in "ui")
+            if ints:
+                info = np.iinfo(ints[0])
+                ends = self.at_ends.setdefault(ints[0], [0, 0])
+                ends[0] += int(np.count_nonzero((img <= info.min) | (img >= info.max)))
+                ends[1] += img.size
             if shape is None:
                 shape = img.shape
             elif img.shape != shape:
@@ -185,10 +193,27 @@ class _FileImages:
 
     def notes(self) -> list[str]:
         notes = self.conv.notes()
+        for depth, (ends, values) in sorted(self.at_ends.items()):
+            if ends >= CLIPPED_SHARE * values:
+                info = np.iinfo(depth)
+                notes.append(
+                    f"{ends / values:.0%} of the values of the {depth} images are "
+                    f"{info.min} or {info.max}, the ends of their bit depth: where noise was cut "
+                    "off there, the fit's noise std comes out low and its face and background "
+                    "flattened; images that keep the whole range (16-bit, or float .npy) fit "
+                    "better"
+                )
         if self.skipped:
             n = _plural(len(self.skipped), "unreadable file")
             notes.append(f"skipped {n}: {_listing(self.skipped, 3)}")
         return notes
+
+
+#: The share of an integer bit depth's values at its ends (0 or 255 for 8 bits) from which a
+#: folder's images are said to be clipped. Measured on scenes made from photographs with
+#: noise cut off at 0 and 255: 9-11% at the ends left the fitted noise std 8-10% low, 31%
+#: 27% low, 56% half the true one (the bundled sample: 1.3%).
+CLIPPED_SHARE = 0.05
 
 
 def _images_from_files(
