@@ -198,6 +198,17 @@ def test_layout_small_stack_of_wide_images_stays_khw():
     assert load_stack("own.npz").notes == ()
 
 
+def test_a_stack_plainly_along_its_first_axis_is_read_without_a_note():
+    """1000 images of 30x40 (a review: the note came with every .npy read, and drowned out
+    the notes that matter): more than twice as many along the first axis as along either
+    other is read as (K, H, W) unsaid, as the mirror case is read as (H, W, K)."""
+    np.save("many.npy", np.zeros((81, 30, 40), dtype=np.float32))
+    got = load_stack("many.npy")
+    assert got.images.shape == (81, 30, 40) and got.notes == ()
+    np.save("few.npy", np.zeros((80, 30, 40), dtype=np.float32))
+    assert "(K, H, W); pass layout='hwk'" in load_stack("few.npy").notes[0]
+
+
 def test_bad_layout_is_refused():
     np.save("s.npy", np.zeros((2, 3, 4)))
     with pytest.raises(InputError, match=r"^layout: must be 'khw' or 'hwk', got 'kwh'$"):

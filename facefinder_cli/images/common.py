@@ -140,7 +140,7 @@ def _resolve_layout(
                 " if the images are along the first axis",
             )
         )
-    else:
+    elif a <= 2 * max(b, c):  # (many more along the first axis: plainly the images, unsaid)
         notes.append(
             Note(
                 f"read {disp} as {a} images of {b}x{c} (K, H, W); pass ",
