@@ -744,6 +744,11 @@ def load_run(path: str | os.PathLike) -> Run:
     )
 
 
+#: Largest size of a value in a history that ``plot-elbo`` reads: a fit's log-likelihood is
+#: some nats per pixel, and near float64's limit the plot's axes cannot be drawn.
+_LARGEST_HISTORY_VALUE = 1e100
+
+
 def _passes(values: Any, n: int) -> np.ndarray | None:
     """A run's record of passes over the images, if it has a sound one."""
     if values is None:
@@ -783,6 +788,11 @@ def _load_history(p: Path) -> Run:
     for k in ("elbo", "log_likelihood", "seconds"):
         if not np.isfinite(col[k]).all():
             raise InputError(f"{p}: column {k} holds a value that is not finite")
+        if np.abs(col[k]).max() > _LARGEST_HISTORY_VALUE:  # (matplotlib's axes fail on them)
+            raise InputError(
+                f"{p}: column {k} holds a value beyond ±{_LARGEST_HISTORY_VALUE:g}, which no fit "
+                "makes (an edited history?)"
+            )
     n = col["n_values"]
     if not (n[0] >= 1 and n[0] == int(n[0]) and (n == n[0]).all()):
         raise InputError(f"{p}: column n_values must hold one positive whole number")

@@ -108,6 +108,9 @@ def test_plot_elbo_refuses_damaged_histories(tmp_path, monkeypatch):
         "nan.csv": (with_value("log_likelihood", "nan"), "column log_likelihood holds a value"),
         "zero.csv": (with_value("n_values", "0"), "column n_values must hold one positive"),
         "neg.csv": (with_value("n_values", "-5"), "column n_values must hold one positive"),
+        # (before: "arange: cannot compute length", from matplotlib's axes, naming no file)
+        "huge.csv": (with_value("elbo", "-1.7e308"), "column elbo holds a value beyond ±1e+100"),
+        "big.csv": (with_value("log_likelihood", "1e308"), "column log_likelihood holds a value"),
     }
     for name, (text, needle) in cases.items():
         (tmp_path / name).write_text(text)
