@@ -1662,3 +1662,34 @@ def test_an_interrupt_while_a_start_is_built_says_so_and_resumes_to_the_whole_fi
         assert len(a["restart_passes"]) == 7
         for key in ("restart_log_likelihood", "restart_passes"):
             np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+
+
+def test_a_resume_whose_truth_file_is_gone_or_another_says_so_and_keeps_the_checkpoint(
+    data, monkeypatch
+):
+    """The files given to the interrupted fit (--truth here) are read again on resume: gone,
+    or replaced by another's, the line said "no such file" or blamed an option the user had
+    not given ("Invalid value for '--truth'"). It says they are the interrupted fit's, and
+    to put them back; the checkpoint is kept, and the fit resumes once they are back."""
+    import shutil
+
+    from helpers import stop_fit_at
+
+    shutil.copy(data / "truth.npz", "t.npz")
+    args = ["--face-size", "16x12", "--truth", "t.npz", "--tol", "-1", "--max-iter", 4]
+    with stop_fit_at(monkeypatch, 2):
+        assert cli("fit", data, *args, "-o", "cut", "--no-plots").exit_code == 130
+    saved = Path("cut/checkpoint.npz").read_bytes()
+    os.rename("t.npz", "away.npz")
+    r = cli("fit", "--resume", "cut")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "cut: the interrupted fit was given files that no longer fit it" in r.stderr
+    assert "t.npz: no such file; put back the file it was given" in r.stderr
+    np.savez("t.npz", face=np.zeros((3, 3)))  # another file under its name
+    r = cli("fit", "--resume", "cut")
+    assert r.exit_code == 1 and "Invalid value" not in r.stderr, r.stderr
+    assert "the interrupted fit was given files" in r.stderr
+    assert Path("cut/checkpoint.npz").read_bytes() == saved
+    os.replace("away.npz", "t.npz")
+    ok("fit", "--resume", "cut")
+    assert Path("cut/result.npz").is_file()

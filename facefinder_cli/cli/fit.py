@@ -6,6 +6,7 @@ report. What a fit does and how it is checkpointed and resumed is in :mod:`.fit_
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -413,8 +414,9 @@ def fit(
     check_cluster_input(scheduler, job.input_path if resumed else job.input)
     _check_outputs(job, out, as_json)
     input, settings = job.input_path if resumed else job.input, job.settings
-    warm = runs.load_params(job.init_from) if job.init_from else None
-    truth_data = runs.load_truth(job.truth) if job.truth else None
+    with _given_to_the_interrupted_fit(resumed, resume):
+        warm = runs.load_params(job.init_from) if job.init_from else None
+        truth_data = runs.load_truth(job.truth) if job.truth else None
     keep = images.input_paths(input) + [p for p in (job.init_from, job.truth) if p]
     folder = None if outputs.is_stream(out) else out  # else only the face, as a PNG, into it
     with outputs.claim(folder) as stale:  # (a running fit's folder: refused here, in one line)
@@ -435,7 +437,8 @@ def fit(
                 job, settings=dataclasses.replace(job.settings, face_shape=choice.size)
             )
             settings, sizes = job.settings, runs.size_rows(choice)
-        _check_face_size(input, stack, job, warm, truth_data)
+        with _given_to_the_interrupted_fit(resumed, resume):
+            _check_face_size(input, stack, job, warm, truth_data)
 
         saver = None
         if folder is not None:
@@ -639,6 +642,23 @@ def _absolute_input(source: str) -> str:
     if os.path.isabs(source):
         return source
     return os.path.join(glob.escape(os.getcwd()), source)
+
+
+@contextlib.contextmanager
+def _given_to_the_interrupted_fit(resumed, resume: str | None):
+    """Errors about the files given to a fit (--init-from, --truth), said for a resumed fit as
+    files of the interrupted fit's, which must be put back (before: "Invalid value for
+    '--truth'", an option the user had not given, or a bare "no such file")."""
+    try:
+        yield
+    except (InputError, click.BadParameter) as err:
+        if resumed is None:
+            raise
+        what = err.message if isinstance(err, click.BadParameter) else said(err)
+        raise InputError(
+            f"{resume}: the interrupted fit was given files that no longer fit it: {what}; put "
+            "back the file it was given to carry it on"
+        ) from None
 
 
 def _check_face_size(input, stack, job: FitJob, warm, truth_data) -> None:
