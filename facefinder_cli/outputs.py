@@ -649,6 +649,11 @@ def stamp_digest(data: bytes) -> bytes:
     return _png_crc(stamped, at) if data.startswith(_PNG) else stamped
 
 
+def _plot_drawn_as(path: str) -> bool:
+    """Whether ``path`` is a plot facefinder drew under that name, unchanged (its stamp)."""
+    return any(is_facefinder_plot(path, made_for) for made_for in ("plot-elbo", "fit"))
+
+
 def is_facefinder_plot(path: str, made_for: str | None = None) -> bool:
     """Whether ``path`` is a plot that facefinder drew and nobody changed since (its stamp);
     with ``made_for``, drawn as that output (``"plot-elbo"``) under the name it has."""
@@ -859,25 +864,18 @@ def _check_recorded(p: str, folder: str, names: Sequence[str], kind: FolderKind 
     """Refuse to replace the folder ``p`` (``folder``, as checked) that facefinder made unless
     each of its files ``names`` is one its marker records as written there, as it was left: a
     file put there under a name facefinder uses, or one of its files edited or replaced since,
-    is the user's. A folder whose marker records no files (an earlier version's, or one known
-    by its legacy files) may go only with the files of the kind's ``legacy`` that facefinder
-    wrote (a checkpoint being resumed): the rest cannot be told from a user's."""
+    is the user's; a plot facefinder drew there since, under its own name and unchanged (its
+    stamp says so: ``plot-elbo -o run/elbo.png``), is facefinder's. A folder whose marker
+    records no files (an earlier version's, or one known by its legacy files) is judged as
+    it was then, by the names of its files alone (checked before): refusing every such
+    folder would refuse every earlier run, and the interrupted fits saved beside them."""
     names = [c for c in names if not _taken(os.path.join(folder, c))]
     recorded = _marker_files(folder)
-    if recorded is None:
-        legacy = kind.legacy if kind is not None else ()
-        unknown = [
-            c for c in names if not (c in legacy and is_facefinder_npz(os.path.join(folder, c)))
-        ]
-        if unknown:
-            raise InputError(
-                f"{p}: made by an earlier version of facefinder, which did not record the files "
-                f"it wrote there, so {_shown(unknown)} cannot be told from yours; refusing to "
-                "replace it, even with ",
-                OVERWRITE,
-                " (delete the folder by hand if nothing in it is yours)",
-            )
+    if recorded is None:  # (as before records: the kind's names alone, checked above)
         return
+    # A plot facefinder drew into the folder under its own name since (plot-elbo -o
+    # run/elbo.png): its stamp says so, and that nobody changed it.
+    names = [c for c in names if not _plot_drawn_as(os.path.join(folder, c))]
     foreign = [c for c in names if c not in recorded]
     if foreign:
         raise _foreign_files(p, foreign)

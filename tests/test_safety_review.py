@@ -499,6 +499,20 @@ def test_fit_overwrite_keeps_the_files_a_user_changed_in_a_run_folder(data):
     assert hidden_leftovers() == []
 
 
+def test_a_plot_drawn_into_a_run_folder_is_replaced_with_the_run(data):
+    """`fit --no-plots`, then `plot-elbo run -o run/elbo.png`, as --no-plots' help suggests:
+    the next `fit --overwrite` was refused, "holds files facefinder does not write there
+    (elbo.png)" (a review). The plot's stamp says facefinder drew it there, unchanged."""
+    ok("fit", "--no-plots", data, *FIT, "-o", "run")
+    ok("plot-elbo", "run", "-o", "run/elbo.png")
+    ok("fit", data, *FIT, "-o", "run", "--overwrite", "--method", "hard")
+    with np.load("run/result.npz") as z:
+        assert str(z["method"]) == "hard"
+    Path("run/elbo.png").write_bytes(a_png_of_mine())  # a user's own, under that name
+    line = one_error(cli("fit", data, *FIT, "-o", "run", "--overwrite"))
+    assert line.startswith("Error: run: elbo.png changed since facefinder wrote it"), line
+
+
 def test_checkpoints_saved_into_a_run_being_replaced_are_recorded(data, monkeypatch):
     """The checkpoints a fit --overwrite saves into the folder of the run it replaces, in place,
     are noted in that folder's record as they are saved: the fit, or the resumed fit, then
