@@ -518,41 +518,43 @@ def _moved_window(data: _Data, state: Checkpoint, t0: float, support, final: _St
     one column to the left, from which EM placed them all right (docs/INITIALISATION.md).
 
     So where EM has converged, the window is tried one pixel over in each direction
-    (``WINDOW_MOVES``): the face the mean of the images' windows at the fit's positions
+    (``WINDOW_MOVES``; a move that would leave every image's position where it is, at an
+    edge, is not one): the face the mean of the images' windows at the fit's positions
     (``final``'s, the fit's last pass) moved, the fit's background and noise std, and its
-    prior moved with the window (``prior_update="always"``), the start's uniform one
-    (``"late"``: held again until the rest settles) or its own (``"never"``). The move whose
-    log-likelihood beats the fit's (``final``'s) by more than ``tol`` is taken as one more
-    iteration (the EM step from it: the bound rises, as the log-likelihood at the move
-    already beats the fit's), and EM carries on. Returns the next state, still converged
-    when no move beats the fit (the passes it took added to the last iteration's), and the
-    MAP positions of the move taken. Two passes over the images (one builds the moved faces,
-    one scores them all), and one more for the move taken."""
+    prior moved with the window (held as it is where the prior is never learnt). The fit
+    itself is scored in the same pass, the same way (its own log-likelihood computed
+    otherwise differs by rounding: in float32 by more than ``tol``, and a move that changed
+    nothing was taken again and again). A move whose log-likelihood beats the fit's by more
+    than ``tol`` is taken as one more iteration (the EM step from it: the bound rises, as
+    the log-likelihood at the move already beats the fit's), and EM carries on. Returns the
+    next state, still converged when no move beats the fit (the passes and time it took
+    added to the last iteration's), and the MAP positions of the move taken. Two passes over
+    the images (one builds the moved faces, one scores them all), and one more for the move
+    taken."""
     s = state.settings
     n_values = data.K * data.H * data.W
     margin = (s.tol if s.tol > 0 else DEFAULT_TOL) * n_values
-    learn = s.prior_update == "always"
+    learn = state.prior_free  # (converged: released, unless prior_update is "never")
+    at = np.asarray(final.positions, dtype=np.intp)
     moves = []
     for move in WINDOW_MOVES:
         move = (move[0] if data.Dh > 1 else 0, move[1] if data.Dw > 1 else 0)
-        if move != (0, 0):
+        if move != (0, 0) and move not in moves and (_moved(data, at, move) != at).any():
             moves.append(move)
-    if not moves:  # (a face the size of the images: no other window)
+    if not moves:  # (a face the size of the images, or every face at the edges it moves to)
         return state, None
     p = state.params
     candidates = []
-    for move, face in zip(moves, _moved_faces(data, final.positions, moves)):
-        prior = p.prior  # (held: prior_update "never")
-        if s.prior_update == "always":
-            prior = _moved_prior(prior, move, support)
-        elif s.prior_update == "late":
-            prior = _uniform_on(support, prior.shape)
+    for move, face in zip(moves, _moved_faces(data, at, moves)):
+        prior = _moved_prior(p.prior, move, support) if learn else p.prior
         candidates.append(Params(face, p.background, p.noise_std, prior))
-    scores = _scores(data, candidates)
+    here, *scores = _scores(data, [p, *candidates])
     passes = 2
     best = int(np.argmax(scores))
-    if not scores[best] > final.log_likelihood + margin:
-        return replace(state, passes=state.passes[:-1] + (state.passes[-1] + passes,)), None
+    if not scores[best] > here + margin:
+        seconds = state.seconds[:-1] + (time.perf_counter() - t0,)
+        passes = state.passes[:-1] + (state.passes[-1] + passes,)
+        return replace(state, passes=passes, seconds=seconds), None
     stats = _pass(data, candidates[best], "soft", True, learn_prior=learn)
     params, info = stats.m_step(candidates[best], update_prior=learn)
     elbo = info["elbo"]
@@ -569,29 +571,33 @@ def _moved_window(data: _Data, state: Checkpoint, t0: float, support, final: _St
         unidentified=info["unidentified"],
         noise_floored=info["floored"],
         converged=False,
-        prior_free=learn,
         jumped=False,
     )
     return state, stats.positions
+
+
+def _moved(data: _Data, positions: np.ndarray, move: tuple[int, int]) -> np.ndarray:
+    """``positions`` moved by ``move``, kept inside the images (as :func:`_shifted` keeps them)."""
+    m = positions + np.asarray(move, dtype=np.intp)
+    np.clip(m[:, 0], 0, data.Dh - 1, out=m[:, 0])
+    np.clip(m[:, 1], 0, data.Dw - 1, out=m[:, 1])
+    return m
 
 
 def _moved_faces(data: _Data, positions: np.ndarray, moves: list) -> list[np.ndarray]:
     """For each move, the mean of the images' windows at ``positions`` moved by it (kept
     inside the images), unshifted: one pass over the images."""
     h, w = data.h, data.w
-    moved = []
-    for move in moves:
-        m = np.asarray(positions, dtype=np.intp) + np.asarray(move, dtype=np.intp)
-        np.clip(m[:, 0], 0, data.Dh - 1, out=m[:, 0])
-        np.clip(m[:, 1], 0, data.Dw - 1, out=m[:, 1])
-        moved.append(m)
 
     def chunk(a: int, b: int) -> np.ndarray:
         x = data.chunk_images(a, b)
         windows = np.lib.stride_tricks.sliding_window_view(x, (h, w), axis=(1, 2))
         k = np.arange(b - a)
-        return np.stack([windows[k, m[a:b, 0], m[a:b, 1]].sum(axis=0, dtype=np.float64)
-                         for m in moved])  # fmt: skip
+        faces = []
+        for move in moves:
+            m = _moved(data, positions[a:b], move)
+            faces.append(windows[k, m[:, 0], m[:, 1]].sum(axis=0, dtype=np.float64))
+        return np.stack(faces)
 
     total = np.zeros((len(moves), h, w))
     for _, b, part in data.map(chunk):
@@ -616,12 +622,6 @@ def _scores(data: _Data, candidates: list[Params]) -> list[float]:
         total += part
         data.report(b)
     return [float(v) for v in total]
-
-
-def _uniform_on(support: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    """The uniform prior over ``support`` (None: every position)."""
-    ones = np.ones(shape) if support is None else (support > 0).astype(np.float64)
-    return ones / ones.sum()
 
 
 def _moved_prior(prior: np.ndarray, move: tuple[int, int], support: np.ndarray | None):
