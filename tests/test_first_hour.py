@@ -178,3 +178,23 @@ def test_counts_and_tolerances_that_make_no_sense_are_refused(data):
     with pytest.raises(ValueError, match="restarts must be at most 1000, got 1001"):
         engine.FitSettings((3, 3), restarts=1001)
     assert engine.FitSettings((3, 3), restarts=1000).restarts == 1000
+
+
+def test_small_wording_an_8x8_face_one_other_file_and_a_whole_percentage(tmp_path, monkeypatch):
+    """A review's wording: "fitting a 8x8 face", "the other 1 files", "(1e+02%)"."""
+    from helpers import cli, ok
+
+    monkeypatch.chdir(tmp_path)
+    r = ok("generate", "-n", 4, "--size", "12x12", "--face-size", "8x8", "--noise", 1e6,
+           "--format", "png", "-o", "d")  # fmt: skip
+    share = r.stderr.split("pixel values (")[1].split("%)")[0]
+    assert "e" not in share and float(share) > 99.5, r.stderr  # (before: "1e+02")
+    r = ok("fit", "d", "--face-size", "8x8", "-o", "run", "--no-plots", "--max-iter", 2)
+    assert "fitting an 8x8 face in 4 images" in r.stderr
+    r = ok("fit", "d", "--face-size", "7x7", "-o", "run7", "--no-plots", "--max-iter", 2)
+    assert "fitting a 7x7 face" in r.stderr
+    os.mkdir("bad")
+    for name in ("a.png", "b.png"):
+        (tmp_path / "bad" / name).write_bytes(b"not a png")
+    r = cli("fit", "bad", "--face-size", "8x8", "-o", "run2", "--skip-unreadable")
+    assert "and the other 1 file: none is readable" in r.stderr, r.stderr

@@ -617,7 +617,8 @@ def _announce(job: FitJob, input: str, stack, resumed: Resumed | None) -> None:
     log_notes(stack, truth_given=job.truth is not None)
     (h, w), (K, H, W) = job.settings.face_shape, stack.images.shape
     log.info(
-        "fitting a %dx%d face in %d image%s of %dx%d (%s) by %s EM",
+        "fitting %s %dx%d face in %d image%s of %dx%d (%s) by %s EM",
+        "an" if str(h).startswith("8") or h in (11, 18) else "a",  # (an 8x8, an 11x9)
         h,
         w,
         K,

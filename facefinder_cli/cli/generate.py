@@ -267,7 +267,7 @@ def generate(
             STOPPED["note"] = f"{out} was written all the same"
     if clipped:
         log.warning(
-            "%d of %d pixel values (%.2g%%) fell outside 0..255 and were clipped in "
+            "%d of %d pixel values (%.3g%%) fell outside 0..255 and were clipped in "
             "the 8-bit PNGs; use the default TIFF format to keep them exactly",
             clipped,
             data.images.size,

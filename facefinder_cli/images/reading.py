@@ -154,7 +154,8 @@ class _FileImages:
             _same_folder(folders, folder)
         if not self.kept:
             raise InputError(
-                f"{self.displays[0]} and the other {len(self.paths) - 1} files: none is readable"
+                f"{self.displays[0]} and the other {_plural(len(self.paths) - 1, 'file')}: none "
+                "is readable"
             )
         self._check_depths()
 
