@@ -518,14 +518,16 @@ def check_file_target(
                     f"{p}: lies in a folder this command reads its input from; refusing to "
                     "replace it"
                 )
-        if not overwrite:
-            raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
+        # (whether --overwrite would replace it, said first: advice to pass it, then refused,
+        # sent users round twice)
         if ours is not None and not ours(p):
             raise InputError(
                 f"{p}: not a file facefinder wrote as this output (or it changed since, or an "
                 "earlier version wrote it), so it is not replaced even with ", OVERWRITE, "; "
                 "move it away or choose another name"
             )  # fmt: skip
+        if not overwrite:
+            raise InputError(f"{p}: file exists; pass ", OVERWRITE, " to replace it")
     _check_parent(p)
     _CHECKED[os.path.abspath(p)] = _identity(p)
 
@@ -809,8 +811,8 @@ def check_folder_target(
         )
     if not content:
         return True
-    if not overwrite:
-        raise InputError(f"{p}: folder is not empty; pass ", OVERWRITE, " to replace it")
+    # (whether --overwrite would replace it, said first: advice to pass it, then refused,
+    # sent users round twice)
     if any(os.path.isdir(os.path.join(target, c)) for c in content):
         raise InputError(
             f"{p}: folder holds subfolders; refusing to replace it, even with ", OVERWRITE
@@ -826,6 +828,8 @@ def check_folder_target(
             OVERWRITE,
         )
     _check_recorded(p, target, sorted(c for c in content if c != MARKER), kind)
+    if not overwrite:
+        raise InputError(f"{p}: folder is not empty; pass ", OVERWRITE, " to replace it")
     return True
 
 

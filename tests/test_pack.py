@@ -235,20 +235,24 @@ def test_existing_target_needs_overwrite():
     arr = png_folder(k=3)
     np.save("s.npy", np.zeros((1, 2, 2)))
     before = open("s.npy", "rb").read()
-    with pytest.raises(InputError) as err:
+    # a file of the user's: said at once that overwrite would not replace it either (before:
+    # "pass overwrite=True", then refused with it)
+    with pytest.raises(InputError, match="s.npy: not a file facefinder wrote"):
         pack_stack("imgs", "s.npy")
-    assert str(err.value) == "s.npy: file exists; pass overwrite=True to replace it"
     assert open("s.npy", "rb").read() == before and listing() == ["imgs", "s.npy"]
     with pytest.raises(InputError, match="s.npy: not a file facefinder wrote"):
         pack_stack("imgs", "s.npy", overwrite=True)  # not pack's: kept even so
     assert open("s.npy", "rb").read() == before
     os.remove("s.npy")
     pack_stack("imgs", "s.npy")
+    with pytest.raises(InputError) as err:  # pack's own: overwrite would replace it
+        pack_stack("imgs", "s.npy")
+    assert str(err.value) == "s.npy: file exists; pass overwrite=True to replace it"
     pack_stack("imgs", "s.npy", overwrite=True)  # pack's own, as it left it
     np.testing.assert_array_equal(np.load("s.npy"), arr)
-    # a names file left over from elsewhere is not replaced silently either
+    # a names file left over from elsewhere is not replaced silently either (nor with overwrite)
     open("t.names.txt", "w").close()
-    with pytest.raises(InputError, match="^t.names.txt: file exists; pass overwrite=True"):
+    with pytest.raises(InputError, match="^t.names.txt: not a file facefinder wrote"):
         pack_stack("imgs", "t.npy")
     assert not os.path.exists("t.npy")
 

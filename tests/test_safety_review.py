@@ -558,3 +558,20 @@ def test_plot_elbo_overwrite_keeps_a_copy_of_another_plot(data):
     assert Path("paper.png").read_bytes() == Path("e.png").read_bytes()
     ok("plot-elbo", "run", "-o", "e.png", "--overwrite", "--title", "again")  # its own
     assert Path("paper.png").read_bytes() != Path("e.png").read_bytes()
+
+
+def test_a_users_file_or_folder_is_refused_at_once_not_after_overwrite(data):
+    """A review: a user's file or folder at the output first got "file exists; pass
+    --overwrite to replace it", and the retry with --overwrite was refused. Whether
+    --overwrite would replace it is said at once."""
+    ok("fit", "--no-plots", data, *FIT, "-o", "run")
+    Path("mine.csv").write_text("my notes\n")
+    line = one_error(cli("detect", "run", data, "-o", "mine.csv"))
+    assert "mine.csv: not a file facefinder wrote as this output" in line, line
+    os.mkdir("ufold")
+    Path("ufold/notes.txt").write_text("mine")
+    line = one_error(cli("fit", "--no-plots", data, *FIT, "-o", "ufold"))
+    assert "ufold: holds files facefinder does not write there (notes.txt)" in line, line
+    line = one_error(cli("fit", "--no-plots", data, *FIT, "-o", "run"))  # facefinder's own
+    assert "run: folder is not empty; pass --overwrite to replace it" in line, line
+    assert Path("mine.csv").read_text() == "my notes\n"

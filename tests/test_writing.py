@@ -179,16 +179,20 @@ def test_write_stack_refuses_non_empty_folder_without_overwrite():
     os.mkdir("out")
     with open("out/keep.txt", "w") as f:
         f.write("x")
-    msg = r"^out: folder is not empty; pass overwrite=True to replace it$"
-    with pytest.raises(InputError, match=msg):
+    # a folder facefinder did not make is never replaced, even with overwrite: said at once
+    # (before: "pass overwrite=True", then refused with it)
+    foreign = r"^out: holds files facefinder does not write there"
+    with pytest.raises(InputError, match=foreign):
         write_stack("out", np.zeros((2, 3, 4)))
     assert listing("out") == ["keep.txt"]
-    # a folder facefinder did not make is never replaced, even with overwrite
-    with pytest.raises(InputError, match=r"^out: holds files facefinder does not write there"):
+    with pytest.raises(InputError, match=foreign):
         write_stack("out", np.ones((2, 3, 4)), overwrite=True)
     assert listing("out") == ["keep.txt"]
     os.remove("out/keep.txt")
     write_stack("out", np.zeros((2, 3, 4)))
+    msg = r"^out: folder is not empty; pass overwrite=True to replace it$"
+    with pytest.raises(InputError, match=msg):  # its own: overwrite would replace it
+        write_stack("out", np.zeros((2, 3, 4)))
     write_stack("out", np.ones((2, 3, 4)), overwrite=True)  # its own folder: replaced
     assert listing("out") == [".facefinder", "img1.tif", "img2.tif"]
     assert load_stack("out").images.min() == 1
