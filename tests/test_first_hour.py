@@ -198,3 +198,32 @@ def test_small_wording_an_8x8_face_one_other_file_and_a_whole_percentage(tmp_pat
         (tmp_path / "bad" / name).write_bytes(b"not a png")
     r = cli("fit", "bad", "--face-size", "8x8", "-o", "run2", "--skip-unreadable")
     assert "and the other 1 file: none is readable" in r.stderr, r.stderr
+
+
+def test_outputs_and_resume_paths_a_review_found_odd(tmp_path, monkeypatch):
+    """`generate -o data.mat` made a folder named data.mat; `fit --resume run/result.npz` got
+    Click's "Directory ... is a file"; `plot-elbo -o -` wrote a PNG to a terminal, where
+    `fit -o -` refuses."""
+    import subprocess
+    import sys
+
+    from helpers import cli, ok
+
+    monkeypatch.chdir(tmp_path)
+    r = cli("generate", "-n", 3, "--size", "12x12", "--face-size", "6x6", "-o", "data.mat")
+    assert r.exit_code == 2 and "give a folder name without .mat" in r.stderr, r.stderr
+    assert not os.path.exists("data.mat")
+    ok("generate", "-n", 12, "--size", "12x12", "--face-size", "6x6", "-o", "d")
+    ok("fit", "d", "--face-size", "6x6", "-o", "run", "--no-plots")
+    r = cli("fit", "--resume", "run/result.npz")
+    assert r.exit_code == 2 and "give the run folder that holds the fit's checkpoint" in r.stderr
+    main, tty = os.openpty()  # plot-elbo's stdout a terminal
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "facefinder_cli", "plot-elbo", "run", "-o", "-"],
+            stdout=tty, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(tty)
+        os.close(main)
+    assert done.returncode == 2 and "which is a terminal: pipe it" in done.stderr, done.stderr

@@ -301,7 +301,7 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
 )
 @click.option(
     "--resume",
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     metavar="DIR",
     help="Carry on the interrupted fit saved in DIR, with its input and settings (only "
     "--workers and --memory-limit may be given again); ends exactly as the uninterrupted fit "
@@ -386,6 +386,13 @@ def fit(
                   memory_limit=memory_limit, workers=workers, scheduler=scheduler)  # fmt: skip
         return
     resumed: Resumed | None = None
+    if resume and os.path.exists(resume) and not os.path.isdir(resume):
+        folder = os.path.dirname(resume) or "."
+        raise click.BadParameter(
+            f"{resume}: a file; give the run folder that holds the fit's checkpoint.npz "
+            f"({folder}, say)",
+            param_hint="'--resume'",
+        )
     if resume:
         only_with_resume(
             click.get_current_context(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -99,6 +100,10 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
         )
     if outputs.is_stdout(out) and outputs.stdout_closed():
         raise InputError("standard output is closed: there is nowhere to write the figure")
+    if out == "-" and sys.stdout.isatty():  # (as fit -o -)
+        raise click.UsageError(
+            "-o - writes a PNG to stdout, which is a terminal: pipe it to a viewer or a file"
+        )
     loaded = [runs.load_run(r) for r in runs_]
     for arg, run in zip(runs_, loaded):
         if x_axis == "passes" and run.passes is None:
