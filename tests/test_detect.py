@@ -354,3 +354,22 @@ def test_detect_face_options():
     assert means[0] < means[1] - 0.005  # measured 0.987 against 1.000
     r = cli("detect", "run", "data", "-o", "x.csv", "--face", "truth")
     assert r.exit_code == 2 and "--face" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_a_stack_along_the_other_axis_is_told_its_layout_and_a_lone_zoom_said(tmp_path):
+    """A review: detect on an (H, W, K) stack read as (K, H, W) said only that the sizes
+    differ; and --zoom without --draw was ignored without a word."""
+    from helpers import cli, ok
+
+    os.chdir(tmp_path)
+    ok("generate", "-n", 20, "--size", "20x24", "--face-size", "8x8", "--noise", 20, "-o", "d")
+    ok("fit", "d", "--face-size", "8x8", "-o", "run", "--no-plots")
+    from facefinder_cli.images import load_stack
+
+    X = load_stack("d").images
+    np.save("hwk.npy", X.transpose(1, 2, 0)[:, :, :15])  # 15 images, last axis
+    r = cli("detect", "run", "hwk.npy", "-o", "p.csv")
+    assert r.exit_code == 1 and "(read with --layout hwk, its images would be" in r.stderr
+    ok("detect", "run", "hwk.npy", "--layout", "hwk", "-o", "p.csv")
+    r = ok("detect", "run", "hwk.npy", "--layout", "hwk", "-o", "q.csv", "--zoom", 2)
+    assert "warning: --zoom upscales the --draw PNGs; without --draw it does nothing" in r.stderr

@@ -147,6 +147,8 @@ def detect(
             "elsewhere",
             param_hint="'-o' / '--out'",
         )
+    if zoom is not None and not draw:
+        log.warning("--zoom upscales the --draw PNGs; without --draw it does nothing")
     with outputs.claim(out, draw) as stale:
         note_stale(stale)
         outputs.check_file_target(
@@ -158,7 +160,16 @@ def detect(
         K, H, W = stack.images.shape
         if (H, W) != model_.background_shape:
             bh, bw = model_.background_shape
-            raise InputError(f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}")
+            hint = ""
+            if layout in (None, "auto") and Path(input).suffix.lower() in (".npy", ".npz", ".mat"):
+                # read along another axis, the array would be the model's size: say so
+                if (K, H) == (bh, bw):
+                    hint = " (read with --layout hwk, its images would be: pass it)"
+                elif (W, K) == (bh, bw):
+                    hint = " (read with --layout khw, its images would be: pass it)"
+            raise InputError(
+                f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}{hint}"
+            )
         try:
             with cluster_client(scheduler, stack, input) as client:
                 found = model_.find(stack.images, client)
