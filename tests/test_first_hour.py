@@ -227,3 +227,18 @@ def test_outputs_and_resume_paths_a_review_found_odd(tmp_path, monkeypatch):
         os.close(tty)
         os.close(main)
     assert done.returncode == 2 and "which is a terminal: pipe it" in done.stderr, done.stderr
+
+
+def test_generate_refuses_a_size_beyond_the_memory_before_trying(tmp_path, monkeypatch):
+    """A review: `generate --size 100000x100000` said only "out of memory", after trying."""
+    from helpers import cli
+
+    from facefinder_cli.engine import machine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(machine, "_physical_memory", lambda: 16 * 2**30)  # (any machine)
+    r = cli("generate", "-n", 5, "--size", "100000x100000", "-o", "g")
+    assert r.exit_code == 2 and "5 images of 100000x100000 need 671 GiB" in r.stderr, r.stderr
+    assert "more than this machine's 16 GiB" in r.stderr
+    assert "ask for fewer (-n) or smaller (--size) images" in r.stderr
+    assert not os.path.exists("g")

@@ -81,6 +81,24 @@ def _parse_prior(value: str, face_shape: tuple[int, int], image_shape: tuple[int
     return prior_file(value, shape, need)
 
 
+def _check_memory(count: int, size: tuple[int, int]) -> None:
+    """Refuse images that could not be held in this machine's memory, before trying: the
+    stack is made whole, in float64 (a review: `--size 100000x100000` said only "out of
+    memory", after trying)."""
+    from facefinder_cli.engine.machine import _physical_memory
+
+    H, W = size
+    need = (count + 4) * H * W * 8  # the stack, the background and a few temporaries
+    have = _physical_memory()
+    if have and need > have:
+        raise click.BadParameter(
+            f"{count} images of {H}x{W} need {need / 2**30:.3g} GiB of memory to make, more than "
+            f"this machine's {have / 2**30:.3g} GiB: ask for fewer (-n) or smaller (--size) "
+            "images",
+            param_hint="'--size' / '-n'",
+        )
+
+
 @click.command(context_settings=CONTEXT)
 @click.option(
     "-o",
@@ -174,6 +192,8 @@ def generate(
             "stack file (.npy, .npz, .tif), not standard output",
             param_hint="'-o' / '--out'",
         )
+    if size:  # (before the background is resized to it: a typo of a size fills the memory)
+        _check_memory(count, size)
     try:
         fmt, stack_file = images.stack_target(out, fmt)
     except InputError as err:
