@@ -651,14 +651,10 @@ def stamp_digest(data: bytes) -> bytes:
     return _png_crc(stamped, at) if data.startswith(_PNG) else stamped
 
 
-def _plot_drawn_as(path: str) -> bool:
-    """Whether ``path`` is a plot facefinder drew under that name, unchanged (its stamp)."""
-    return any(is_facefinder_plot(path, made_for) for made_for in ("plot-elbo", "fit"))
-
-
-def is_facefinder_plot(path: str, made_for: str | None = None) -> bool:
+def is_facefinder_plot(path: str, made_for: str | None = None, *, named: bool = False) -> bool:
     """Whether ``path`` is a plot that facefinder drew and nobody changed since (its stamp);
-    with ``made_for``, drawn as that output (``"plot-elbo"``) under the name it has."""
+    with ``made_for``, drawn as that output (``"plot-elbo"``) under the name it has; with
+    ``named``, drawn as any output under the name it has."""
     try:
         if os.path.getsize(path) > _PLOT_BYTES:
             return False
@@ -669,10 +665,11 @@ def is_facefinder_plot(path: str, made_for: str | None = None) -> bool:
     m = _STAMP.search(data)
     if m is None:
         return False
-    if made_for is not None and (
-        m["made_for"] != made_for.encode()
-        or m["name"] != _name_hash(os.path.basename(os.fspath(path))).encode()
-    ):
+    if made_for is not None and m["made_for"] != made_for.encode():
+        return False
+    if (named or made_for is not None) and m["name"] != _name_hash(
+        os.path.basename(os.fspath(path))
+    ).encode():
         return False
     at = m.start("digest")
     zeroed = data[:at] + _ZEROS + data[m.end("digest") :]
@@ -879,7 +876,7 @@ def _check_recorded(p: str, folder: str, names: Sequence[str], kind: FolderKind 
         return
     # A plot facefinder drew into the folder under its own name since (plot-elbo -o
     # run/elbo.png): its stamp says so, and that nobody changed it.
-    names = [c for c in names if not _plot_drawn_as(os.path.join(folder, c))]
+    names = [c for c in names if not is_facefinder_plot(os.path.join(folder, c), named=True)]
     foreign = [c for c in names if c not in recorded]
     if foreign:
         raise _foreign_files(p, foreign)

@@ -711,23 +711,10 @@ def _shifted(data: _Data, first: Any, shift: tuple[int, int], prior: np.ndarray)
     pattern of the background that the faces partly cover; a start from windows two pixels
     over (diagonally) lets EM find another registration of the same images. Measured on the
     36 data sets of ``benchmarks/bench_convergence.py``: docs/INITIALISATION.md."""
-    h, w = data.h, data.w
-    moved = np.asarray(first.positions, dtype=np.intp) + np.asarray(shift, dtype=np.intp)
-    np.clip(moved[:, 0], 0, data.Dh - 1, out=moved[:, 0])
-    np.clip(moved[:, 1], 0, data.Dw - 1, out=moved[:, 1])
-
-    def chunk(a: int, b: int) -> np.ndarray:
-        x = data.chunk_images(a, b)
-        windows = np.lib.stride_tricks.sliding_window_view(x, (h, w), axis=(1, 2))
-        picked = windows[np.arange(b - a), moved[a:b, 0], moved[a:b, 1]]
-        return picked.sum(axis=0, dtype=np.float64)
-
-    total = np.zeros((h, w))
-    for _, b, part in data.map(chunk):
-        total += part
-        data.report(b)
+    positions = np.asarray(first.positions, dtype=np.intp)
+    (face,) = _moved_faces(data, positions, [shift])
     fitted = first.params
-    return Params(total / data.K + data.offset, fitted.background, fitted.noise_std, prior)
+    return Params(face, fitted.background, fitted.noise_std, prior)
 
 
 def initialize(
