@@ -24,6 +24,7 @@ import click
 
 from facefinder_cli import engine, outputs, runs
 from facefinder_cli.errors import InputError
+from facefinder_cli.images.common import FILE_LIKE_EXTENSIONS, IMAGE_EXTENSIONS
 from facefinder_cli.interrupts import Interrupted
 
 #: The files fit writes into a run folder: --overwrite replaces one holding only these.
@@ -343,7 +344,7 @@ def save_when_lost(saver, state, errors: dict, restarts: int, err: Exception) ->
 
 
 #: Extensions of files, not folders: `fit -o out.npz` would make a folder named out.npz.
-FILE_EXTENSIONS = (".npz", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".csv", ".json")
+FILE_EXTENSIONS = IMAGE_EXTENSIONS + FILE_LIKE_EXTENSIONS
 
 
 def check_run_folder_name(folder: str, overwrite: bool) -> None:

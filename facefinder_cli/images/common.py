@@ -16,6 +16,9 @@ __all__ = ["IMAGE_EXTENSIONS", "natural_sort_key"]
 
 #: File extensions (lower case) taken as images when reading a folder or a glob pattern.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Extensions of other files that a folder's name would be mistaken for: an output folder is
+#: refused such a name (``generate -o data.mat`` made a folder named data.mat).
+FILE_LIKE_EXTENSIONS = (".npy", ".npz", ".mat", ".txt", ".csv", ".json", ".zip", ".h5", ".hdf5")
 _LAYOUTS = ("khw", "hwk")
 #: Largest block of images examined at once by the finite-values check (bytes).
 _CHUNK_BYTES = 64 * 2**20

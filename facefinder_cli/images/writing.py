@@ -18,7 +18,7 @@ from typing import IO
 import numpy as np
 
 from facefinder_cli.errors import InputError
-from facefinder_cli.images.common import IMAGE_EXTENSIONS, natural_sort_key
+from facefinder_cli.images.common import FILE_LIKE_EXTENSIONS, IMAGE_EXTENSIONS, natural_sort_key
 from facefinder_cli.outputs import (
     FolderKind,
     atomic_folder,
@@ -249,11 +249,6 @@ def file_stems(names: Sequence[str] | None, n: int) -> list[str]:
 _STACK_FORMATS = ("tiff", "png", "npy", "npz")
 
 
-#: Extensions of files a folder's name would be mistaken for (``generate -o data.mat`` made a
-#: folder named data.mat).
-_FILE_LIKE = (".mat", ".txt", ".csv", ".json", ".zip", ".h5", ".hdf5")
-
-
 def stack_target(p: str, fmt: str | None) -> tuple[str, bool]:
     """``(format, single file?)`` of a stack written to ``p``, as :func:`write_stack` does it;
     raises :class:`InputError` for an image file name or a format that does not fit ``p``."""
@@ -269,7 +264,7 @@ def stack_target(p: str, fmt: str | None) -> tuple[str, bool]:
         if fmt is not None and fmt != by_ext:
             raise InputError(f"{p}: the extension {ext} does not match format {fmt!r}")
         return by_ext, True
-    if ext in IMAGE_EXTENSIONS or ext in _FILE_LIKE:
+    if ext in IMAGE_EXTENSIONS or ext in FILE_LIKE_EXTENSIONS:
         raise InputError(
             f"{p}: a stack is written to a folder of images or to one .tif, .npy or .npz file; "
             f"give a folder name without {ext}"
