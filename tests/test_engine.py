@@ -367,8 +367,10 @@ def test_tol_zero_or_less_runs_max_iter_whatever_the_gains(
             warnings.simplefilter("error", E.ConvergenceWarning)  # none: as many as asked
             r = E.fit(X, (16, 16), max_iter=12, tol=tol, **kw)
         assert r.n_iter == 12 and not r.converged
-        if prior_update == "late":  # released as soon as the rest settled
-            assert r.restarts[0].prior_fixed_until == 1
+        if prior_update == "late":  # released as soon as the rest settled (accelerated EM:
+            # once a cycle is trusted on its estimate, not the first nor one after a jump)
+            held = r.restarts[0].prior_fixed_until
+            assert held == 1 if accelerate == "none" else 1 < held < 12
     r = E.fit(X, (16, 16), max_iter=12, tol=1e-9, **kw)  # (a jump's own rise counts too)
     assert r.converged and r.n_iter < 12
 
