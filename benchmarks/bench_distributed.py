@@ -113,6 +113,7 @@ def _fit(X, chunk, iterations, client=None):
             FACE,
             chunk_size=chunk,
             accelerate="none",
+            restarts=1,
             tol=-1.0,
             max_iter=iterations,
             cache_fft=True,

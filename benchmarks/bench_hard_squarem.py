@@ -66,9 +66,8 @@ def main() -> None:
                 data_set = synthetic.make_dataset(face, background, K, noise, seed=100 + i)
                 X, n = data_set.images, data_set.images.size
                 t = time.perf_counter()
-                plain = engine.fit(
-                    X, FACE, method="hard", seed=0, prior_update="never", max_iter=500, tol=TOL
-                )
+                plain = engine.fit(X, FACE, method="hard", seed=0, prior_update="never",
+                                   max_iter=500, tol=TOL, restarts=1)  # fmt: skip
                 plain_s = time.perf_counter() - t
                 data = _Data(X, FACE)
                 start = _start(data, "median", np.random.default_rng(0), 0, {})[0]

@@ -279,6 +279,7 @@ def run_EM(X, h, w, F=None, B=None, s=None, A=None, tolerance=0.001, max_iter=50
         init_params=init_params,
         prior_update="always",
         accelerate="none",  # the course's EM: one iteration per pass, its stopping rule
+        restarts=1,  # (one EM run, as the course's)
     )
     return (*_results(result.params), np.append(result.elbo, result.final_elbo))
 

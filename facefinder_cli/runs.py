@@ -970,7 +970,10 @@ def save_checkpoint(
         "restart_scheme": RESTART_STARTS,
         **_params_arrays("", state.params),
     }
-    if state.settings.restarts <= _EARLIER_STARTS["moved-windows"]:
+    if (
+        state.settings.restarts == "auto"
+        or state.settings.restarts <= _EARLIER_STARTS["moved-windows"]
+    ):
         # as the version before wrote it, which then resumes it alike; with more restarts
         # it finds none and refuses (it began restart 6 otherwise)
         arrays["restart_starts"] = "moved-windows"

@@ -1693,3 +1693,35 @@ def test_a_resume_whose_truth_file_is_gone_or_another_says_so_and_keeps_the_chec
     os.replace("away.npz", "t.npz")
     ok("fit", "--resume", "cut")
     assert Path("cut/result.npz").is_file()
+
+
+def test_restarts_auto_says_why_it_ran_more_and_resumes_through_them(monkeypatch):
+    """The default --restarts auto: where the first fit's positions are unsure it runs three,
+    and says so; Ctrl-C in the second counts it "of 3"; the resumed fit is the whole fit's;
+    --restarts 1 runs one."""
+    from facefinder_cli.interrupts import Interrupted
+
+    ok("generate", *GEN[:-1], "200", "--seed", 0, "-o", "noisy")
+    args = ["noisy", "--face-size", "16x12", "--no-plots", "--json"]
+    r = ok("fit", *args, "-o", "whole")
+    assert json.loads(r.stdout)["restarts"] == 3
+    assert "below 0.99), so --restarts auto tried 3 starts (--restarts 1: one)" in r.stderr
+    assert json.loads(ok("fit", *args, "-o", "one", "--restarts", 1).stdout)["restarts"] == 1
+    real = engine.fit
+
+    def stopping(*a, callback=None, **kw):
+        def cb(progress):
+            callback(progress)
+            if (progress.restart, progress.iteration) == (1, 2):
+                raise Interrupted(signal.SIGINT)
+
+        return real(*a, callback=cb, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "fit", stopping)
+        r = cli("fit", *args, "-o", "cut")
+    assert r.exit_code == 130 and "after iteration 2 of restart 2 of 3; saved in cut" in r.stderr
+    ok("fit", "--resume", "cut")
+    with np.load("whole/result.npz") as a, np.load("cut/result.npz") as b:
+        for key in ("face", "background", "prior", "positions", "restart_log_likelihood"):
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)

@@ -166,8 +166,10 @@ def test_counts_and_tolerances_that_make_no_sense_are_refused(data):
     from facefinder_cli import engine
 
     for option, value, needle in (
-        ("--restarts", "99999999999999999999", "is not in the range 1<=x<=1000"),
-        ("--restarts", "1001", "is not in the range 1<=x<=1000"),
+        ("--restarts", "99999999999999999999", "a number of restarts from 1 to 1000, or auto"),
+        ("--restarts", "1001", "a number of restarts from 1 to 1000, or auto"),
+        ("--restarts", "0", "a number of restarts from 1 to 1000, or auto"),
+        ("--restarts", "Autom", "a number of restarts from 1 to 1000, or auto"),
         ("--tol", "inf", "must be a number, not nan or +inf (0 or less: none), not 'inf'"),
         ("--tol", "nan", "must be a number, not nan or +inf (0 or less: none), not 'nan'"),
     ):

@@ -25,11 +25,11 @@ def broad():
 
 
 def test_recovers_the_face(broad):
-    r = E.fit(broad.images, (16, 16), method="mc", seed=0)
+    r = E.fit(broad.images, (16, 16), method="mc", seed=0, restarts=1)  # (one run of each)
     assert r.method == "mc" and r.converged
     assert np.corrcoef(r.face.ravel(), broad.truth.face.ravel())[0, 1] >= 0.95
     assert np.mean(np.all(r.positions == broad.positions, axis=1)) >= 0.7
-    soft = E.fit(broad.images, (16, 16), seed=0)
+    soft = E.fit(broad.images, (16, 16), seed=0, restarts=1)
     # The comparable number: log p(X | θ), per image and pixel, close to soft EM's.
     assert abs(r.log_likelihood[-1] - soft.log_likelihood[-1]) / broad.images.size < 1e-4
 
@@ -51,14 +51,15 @@ def test_many_draws_approach_soft_em(broad):
 
 def test_same_seed_same_result_and_chunking(broad):
     X = broad.images[:80]
-    a = quiet_fit(X, (16, 16), method="mc", seed=3, max_iter=8, tol=-np.inf)
-    b = quiet_fit(X, (16, 16), method="mc", seed=3, max_iter=8, tol=-np.inf)
+    a = quiet_fit(X, (16, 16), method="mc", seed=3, max_iter=8, tol=-np.inf, restarts=1)
+    b = quiet_fit(X, (16, 16), method="mc", seed=3, max_iter=8, tol=-np.inf, restarts=1)
     for name in ("face", "background", "prior", "elbo", "log_likelihood", "positions"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    c = quiet_fit(X, (16, 16), method="mc", seed=4, max_iter=8, tol=-np.inf)
+    c = quiet_fit(X, (16, 16), method="mc", seed=4, max_iter=8, tol=-np.inf, restarts=1)
     assert not np.array_equal(a.face, c.face)
     # The draws are consumed image by image, whatever the chunks.
-    d = quiet_fit(X, (16, 16), method="mc", seed=3, max_iter=8, tol=-np.inf, chunk_size=7)
+    kw = dict(method="mc", seed=3, max_iter=8, tol=-np.inf, restarts=1)
+    d = quiet_fit(X, (16, 16), chunk_size=7, **kw)
     np.testing.assert_allclose(d.face, a.face, rtol=1e-9)
 
 
@@ -151,7 +152,7 @@ def test_cli_fit_and_plot_with_mc(tmp_path, broad):
 
 def test_after_the_prior_is_released_two_fresh_windows_are_watched(broad):
     # The release moves the log-likelihood; a window straddling it would stop EM at once.
-    r = E.fit(broad.images, (16, 16), method="mc", seed=0, max_iter=1000)
+    r = E.fit(broad.images, (16, 16), method="mc", seed=0, max_iter=1000, restarts=1)
     h = r.restarts[0]
     assert r.converged and 0 < h.prior_fixed_until
     assert r.n_iter >= h.prior_fixed_until + 2 * E.MC_WINDOW

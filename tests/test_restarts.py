@@ -229,3 +229,60 @@ def test_the_passes_that_build_a_start_are_reported_and_change_nothing(hard, mon
     want += [(6, "sampling positions", d, 4) for d in range(5)]
     want += [(7, "annealing", d, n) for d in range(n + 1)]
     assert heard == want
+
+
+# ----------------------------------------------------------------------------------------------
+# restarts="auto" (the default): more starts where the first fit's positions are unsure
+
+
+def test_auto_runs_three_restarts_where_the_first_fits_positions_are_unsure(hard):
+    """Here restart 0 alone ends in a local optimum, 52 nats below EM from the truth, with
+    its positions not sure (mean probability 0.82): the default runs three restarts, those of
+    ``restarts=3`` bit for bit, and the annealed restart 2 ends above EM from the truth."""
+    X, n = hard.images, hard.images.size
+    auto = quiet_fit(X, (16, 16), seed=0)
+    one = quiet_fit(X, (16, 16), seed=0, restarts=1)
+    three = quiet_fit(X, (16, 16), seed=0, restarts=3)
+    assert E.FitSettings((16, 16)).restarts == "auto" == auto.settings.restarts
+    assert np.mean(one.position_probability) < E.settings.SURE_PROBABILITY
+    assert len(auto.restarts) == E.settings.AUTO_RESTARTS == 3
+    for name in ("face", "background", "prior", "log_likelihood", "positions"):
+        np.testing.assert_array_equal(getattr(auto, name), getattr(three, name), name)
+    np.testing.assert_array_equal(auto.restarts[0].log_likelihood, one.log_likelihood)
+    truth = quiet_fit(X, (16, 16), init_params=hard.truth, tol=1e-12, max_iter=1000)
+    assert len(truth.restarts) == 1  # (a start given whole: every restart would repeat it)
+    assert one.log_likelihood[-1] < truth.log_likelihood[-1] - 1e-6 * n
+    assert auto.best_restart > 0 and auto.log_likelihood[-1] >= truth.log_likelihood[-1]
+
+
+def test_auto_runs_one_restart_where_it_is_sure_or_would_repeat_itself(hard):
+    easy = S.make_dataset(S.cartoon_face(8, 8), S.texture("stripes", (12, 16)), 60, 60.0, seed=1)
+    auto = quiet_fit(easy.images, (8, 8), seed=0)
+    assert np.mean(auto.position_probability) >= E.settings.SURE_PROBABILITY
+    assert len(auto.restarts) == 1
+    one = quiet_fit(easy.images, (8, 8), seed=0, restarts=1)
+    np.testing.assert_array_equal(auto.face, one.face)
+    X = hard.images
+    for kw in (dict(init="zeros"), dict(init="bright"), dict(max_iter=0)):  # unsure, but...
+        assert len(quiet_fit(X, (16, 16), seed=0, **kw).restarts) == 1, kw
+
+
+def test_auto_resumes_bit_for_bit_from_any_restart(hard):
+    X = hard.images
+    seen = []
+    whole = quiet_fit(X, (16, 16), seed=0, callback=lambda p: seen.append(p))
+    assert [p.restarts for p in seen if p.iteration == 0] == [1, 3, 3]  # (as far as known)
+    assert {p.checkpoint.restarts for p in seen if p.restart > 0} == {3}
+    for restart, iteration in ((0, 3), (1, 0), (2, 4)):
+        cp = next(p.checkpoint for p in seen if (p.restart, p.iteration) == (restart, iteration))
+        again = quiet_fit(X, (16, 16), seed=0, resume=cp)
+        assert len(again.restarts) == 3
+        for name in ("face", "background", "prior", "log_likelihood", "positions"):
+            np.testing.assert_array_equal(getattr(again, name), getattr(whole, name), name)
+
+
+def test_auto_is_the_only_word_restarts_take():
+    assert E.FitSettings.from_dict(E.FitSettings((8, 8)).to_dict()).restarts == "auto"
+    for bad in ("Auto", "3", 0, 2.0, True):
+        with pytest.raises(ValueError, match="restarts must be"):
+            E.FitSettings((8, 8), restarts=bad)

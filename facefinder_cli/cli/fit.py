@@ -42,6 +42,7 @@ from facefinder_cli.cli.options import (
     FACE_SIZE,
     FACES,
     OUTPUT,
+    RESTARTS,
     STOPPED,
     AutoSize,
     FiniteFloatType,
@@ -162,20 +163,22 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     show_default=True,
     help="Number of different faces: each image shows one of them, all of --face-size, on "
     "the same background. With N > 1 the run holds face_1.png ... face_N.png, faces.png side "
-    "by side, the weights, and each image's face in positions.csv; --restarts is 4 unless "
-    "given. 'auto' fits 1, 2, 3, ... faces and keeps the number with the best penalised "
+    "by side, the weights, and each image's face in positions.csv. 'auto' fits 1, 2, 3, ... "
+    "faces and keeps the number with the best penalised "
     "likelihood (BIC), writing faces.csv (see docs/METHODS.md); it keeps no checkpoint.",
 )
 @click.option(
     "--restarts",
-    type=click.IntRange(1, engine.settings.MAX_RESTARTS),
+    type=RESTARTS,
     default=DEFAULTS["restarts"],
     show_default=True,
     help="Starts, the one with the best log-likelihood kept. With --init median, the 2nd and "
     "4th to 6th start from the 1st's fit with the face window moved two pixels diagonally, "
     "the 3rd anneals the 1st start (40 more passes), the 7th starts from a sampler of the "
     "face positions (300 more passes, on one thread), the 8th on anneal the 1st start under "
-    "a random prior over positions: often a better fit when the images are few for the noise.",
+    "a random prior over positions: often a better fit when the images are few for the noise. "
+    "'auto': 1 where the 1st fit's positions are sure, 3 where their mean probability is "
+    "below 0.99 (about 3.5x the time there); with --faces N > 1, 4 (1 from --init-from).",
 )
 @click.option(
     "--max-iter",
@@ -375,10 +378,9 @@ def fit(
         if face_size is None:
             raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
         out = "-" if outputs.is_stdout(out) else out
-        ctx = click.get_current_context()
-        if ctx.get_parameter_source("restarts") is click.core.ParameterSource.DEFAULT:
-            # (from a given start every restart starts the same: one)
-            options["restarts"] = 1 if options["init_from"] is not None else FACES_RESTARTS
+        if options["restarts"] == "auto":  # (from a given start every restart starts the same)
+            restarts = engine.mixture.MIXTURE_RESTARTS
+            options["restarts"] = 1 if options["init_from"] is not None else restarts
         job = _new_job(input, face_size, options)
         _check_outputs(job, out, as_json)
         check_cluster_input(scheduler, job.input)
@@ -457,7 +459,8 @@ def fit(
         # pass (and compared with a checkpoint's), and an error there stays the only line.
         truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
         announce = functools.partial(_announce, job, input, stack, resumed)
-        progress = _Progress(announce, truth_errors, ProgressBar(settings.restarts), saver)
+        planned = resumed.state.restarts if resumed else settings.planned(None)
+        progress = _Progress(announce, truth_errors, ProgressBar(planned), saver)
         if resumed is not None:  # until the engine reports, Ctrl-C keeps it, and says so
             progress.latest = resumed.state
         STOPPED["line"] = "interrupted before the first iteration: nothing was written"
@@ -517,7 +520,7 @@ def fit(
         except engine.ClusterError as err:  # the scheduler or the client was lost
             raise InputError(
                 save_when_lost(
-                    saver, progress.latest, progress.truth.errors, settings.restarts, err
+                    saver, progress.latest, progress.truth.errors, _restarts(progress), err
                 )
             ) from None
         except Interrupted:
@@ -529,7 +532,7 @@ def fit(
                     saver,
                     progress.latest,
                     progress.truth.errors,
-                    settings.restarts,
+                    _restarts(progress),
                     progress.bar.building,
                 )
             raise
@@ -637,9 +640,9 @@ def _announce(job: FitJob, input: str, stack, resumed: Resumed | None) -> None:
     )
 
 
-#: Restarts of a fit of several faces unless --restarts is given: one restart found the
-#: faces in 2 of 6 benchmark scenes, four in all 6 (benchmarks/bench_faces.py).
-FACES_RESTARTS = 4
+def _restarts(progress: _Progress) -> int:
+    """How many restarts the fit runs, as far as its last checkpoint knows (--restarts auto)."""
+    return 1 if progress.latest is None else progress.latest.restarts
 
 
 def _absolute_input(source: str) -> str:
@@ -892,6 +895,13 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], res
         s["log_likelihood"],
         s["log_likelihood_per_pixel"],
     )
+    if s["restarts"] > 1 and result.settings.restarts == "auto":
+        log.info(
+            "note: the 1st fit's positions were not sure (mean probability below %g), so "
+            "--restarts auto tried %d starts (--restarts 1: one)",
+            engine.settings.SURE_PROBABILITY,
+            s["restarts"],
+        )
     if s["restarts"] > 1:
         lls = ", ".join(f"{h.log_likelihood[-1]:.6g}" for h in result.restarts)
         log.info(

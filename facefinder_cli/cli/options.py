@@ -121,6 +121,25 @@ class FacesType(click.ParamType):
 FACES = FacesType()
 
 
+class RestartsType(click.ParamType):
+    """A number of restarts (1 to ``MAX_RESTARTS``), or ``auto``: an int, or ``"auto"``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        most = engine.settings.MAX_RESTARTS
+        if re.fullmatch(r"[0-9]+", text) and 1 <= int(text) <= most:
+            return int(text)
+        self.fail(f"expected a number of restarts from 1 to {most}, or auto; got {value!r}",
+                  param, ctx)  # fmt: skip
+
+
+RESTARTS = RestartsType()
+
+
 class ByteSizeType(click.ParamType):
     """A memory size: bytes, or a number with a unit K, M, G, T (powers of 1024; ``KiB``,
     ``MB``... are read the same way), e.g. ``512M``, ``1.5G``."""

@@ -35,6 +35,7 @@ class ProgressBar:
             self.close()
             self.building = None
             self.restart = p.restart
+            self.restarts = p.restarts  # (as many as the fit knows it runs: --restarts auto)
             desc = f"restart {p.restart + 1}/{p.restarts}" if p.restarts > 1 else "EM"
             self.bar = self._tqdm(
                 total=p.max_iter,
@@ -72,7 +73,7 @@ class ProgressBar:
             self.close()
             self.bar = self._tqdm(
                 total=total,
-                desc=f"restart {restart + 1}/{self.restarts}: {what}",
+                desc=f"restart {restart + 1}/{max(self.restarts, restart + 1)}: {what}",
                 unit="pass",
                 file=sys.stderr,
                 disable=None,

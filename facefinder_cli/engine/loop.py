@@ -53,7 +53,8 @@ class Progress:
     ``tol`` (per image and pixel: the bound's rise, or accelerated EM's estimated distance to
     the optimum), ``params`` the new θ. ``log_likelihood`` and ``positions`` (the MAP
     positions, shape (K, 2)) belong to the parameters the iteration started from, whose E-step
-    computed them.
+    computed them. ``restarts`` is how many the fit runs, as far as it knows (with
+    ``restarts="auto"``, one until the first has ended: :meth:`FitSettings.planned`).
     """
 
     restart: int
@@ -243,6 +244,12 @@ class Checkpoint:
     jumped: bool = False
     rng_state: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def restarts(self) -> int:
+        """How many restarts its fit runs, as far as it knows (:meth:`FitSettings.planned`;
+        a start that every restart would repeat never gets past restart 0)."""
+        return _planned(self.settings, self.finished, False)
+
 
 def _start_digest(given: dict) -> str | None:
     """A digest of the given starting parameters (None if none), for checkpoints to compare."""
@@ -338,7 +345,12 @@ def _fingerprint_differs(old: dict, new: dict) -> str | None:
 
 
 def _resume_refused(
-    cp: Checkpoint, settings: FitSettings, start: str | None, data: _Data, fingerprint: dict
+    cp: Checkpoint,
+    settings: FitSettings,
+    start: str | None,
+    data: _Data,
+    fingerprint: dict,
+    fixed_start: bool,
 ):
     """Why ``cp`` does not resume the fit of ``data`` with ``settings``; None if it does."""
     if not isinstance(cp.settings, FitSettings) or not isinstance(cp.data, dict):
@@ -346,14 +358,19 @@ def _resume_refused(
     why = _differs(cp.settings, settings)
     if why is None and cp.start != start:
         why = "the checkpoint belongs to another fit: it started from other given parameters"
-    if why is None and not cp.restart < settings.restarts:
-        why = "the checkpoint belongs to another fit (other restarts)"
     if why is None:
         why = _fingerprint_differs(cp.data, fingerprint)
     if why is None:
         damage = _damaged(cp, data)
         why = None if damage is None else f"the checkpoint is damaged: {damage}"
+    if why is None and not cp.restart < _planned(settings, cp.finished, fixed_start):
+        why = "the checkpoint belongs to another fit (other restarts)"
     return why
+
+
+def _planned(settings: FitSettings, runs: Sequence[RestartResult], fixed_start: bool) -> int:
+    """How many restarts the fit runs, as far as ``runs`` (the finished ones) tell."""
+    return settings.planned(runs[0].probability if runs else None, fixed_start)
 
 
 def _gain(state: Checkpoint, n_values: int) -> float:
@@ -437,6 +454,7 @@ def _run(
     rng: np.random.Generator,
     t0: float,
     callback: Callable[[Progress], None] | None,
+    restarts: int,
     support: np.ndarray | None = None,
 ) -> RestartResult:
     """Restart ``state.restart`` from ``state`` (its start, or a checkpoint) to its end;
@@ -453,7 +471,7 @@ def _run(
         callback(
             Progress(
                 state.restart,
-                s.restarts,
+                restarts,
                 state.iteration,
                 s.max_iter,
                 *last,
@@ -761,7 +779,7 @@ def initialize(
     if init == "median" and (restart in SHIFTS or restart in SAMPLED):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            first = fit(X, face_shape, init=init)  # (restart 0 of the median start: no draws)
+            first = fit(X, face_shape, init=init, restarts=1)  # (restart 0: no draws)
     return _start(data, init, np.random.default_rng(child), restart, {}, first)[0]
 
 
@@ -886,7 +904,8 @@ def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> F
     """:func:`fit` once the images are read."""
     given = _given(init_params)
     fixed_start = settings.init in ("zeros", "bright") or _given_whole(given)
-    if settings.restarts > 1 and fixed_start and settings.method != "mc":
+    asked = settings.restarts if settings.restarts != "auto" else 1
+    if asked > 1 and fixed_start and settings.method != "mc":
         warnings.warn(
             f"all {settings.restarts} restarts start from the same parameters (given, or the "
             f"fixed '{settings.init}' start) and end the same; start from 'median', 'random' or "
@@ -901,12 +920,12 @@ def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> F
     fingerprint = data.fingerprint()
     runs: list[RestartResult] = []
     if resume is not None:
-        why = _resume_refused(resume, settings, start, data, fingerprint)
+        why = _resume_refused(resume, settings, start, data, fingerprint, fixed_start)
         if why is not None:
             raise CheckpointError(why)
         runs = list(resume.finished)
-    for r in range(len(runs), settings.restarts):
-        t0 = time.perf_counter()
+    while len(runs) < _planned(settings, runs, fixed_start):
+        r, t0 = len(runs), time.perf_counter()
         rng = np.random.default_rng(_seed_child(ss, r))
         if resume is not None and r == resume.restart:
             try:
@@ -943,7 +962,8 @@ def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> F
                 unidentified=np.zeros((data.H, data.W), dtype=bool),
                 noise_floored=False,
             )
-        runs.append(_run(data, state, rng, t0, callback, support))
+        planned = _planned(settings, runs, fixed_start)
+        runs.append(_run(data, state, rng, t0, callback, planned, support))
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
     run = runs[best]
     h = run.history

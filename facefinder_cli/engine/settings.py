@@ -28,6 +28,12 @@ from facefinder_cli.engine.model import (
 #: The most restarts a fit takes: each is a whole fit, and a thousand are days of work for
 #: a large one; a mistyped count would otherwise run on without a word.
 MAX_RESTARTS = 1000
+#: ``restarts="auto"`` runs one restart where the first one's positions are sure, their mean
+#: probability (held out, as ``positions.csv`` reports them) at least this, and
+#: ``AUTO_RESTARTS`` otherwise (docs/INITIALISATION.md).
+SURE_PROBABILITY = 0.99
+#: Restarts in all that ``restarts="auto"`` runs where the first one's positions are not sure.
+AUTO_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,14 @@ class FitSettings:
         M-step on ``samples`` positions drawn from each image's posterior).
     init : {"median", "zeros", "bright", "random", "smooth"}
         How each restart starts; see :func:`initialize`. ``init_params`` entries override it.
-    restarts : int
+    restarts : int or "auto"
         Number of restarts; the one with the highest final ``log p(X | θ)`` is returned.
+        ``"auto"`` (default): one where its positions are sure; where their mean probability
+        (held out, as ``positions.csv`` reports them) is below ``SURE_PROBABILITY`` (0.99),
+        ``AUTO_RESTARTS`` (3) in all, as the images are then few for the noise and EM's
+        optima many; one for a start that every restart would repeat (``zeros``,
+        ``bright`` or one given whole), and with ``max_iter`` 0 (the start is the result).
+        :meth:`planned` says how many.
         Restart ``r`` draws its randomness from child ``r`` of ``SeedSequence(seed)``. With
         the ``median`` start, restart 0 is that start; restarts 1, 3, 4 and 5 start from
         restart 0's fit with the face window moved two pixels diagonally (one pass over the
@@ -111,7 +123,7 @@ class FitSettings:
     face_shape: tuple[int, int]
     method: Method = "soft"
     init: str = "median"
-    restarts: int = 1
+    restarts: int | str = "auto"
     max_iter: int = 500
     tol: float = DEFAULT_TOL
     seed: int | None = None
@@ -168,7 +180,9 @@ class FitSettings:
                 f"accelerate 'squarem' is for soft EM only, not {self.method} EM (see "
                 "docs/PERFORMANCE.md); use 'auto' or 'none'"
             )
-        if whole("restarts", 1) > MAX_RESTARTS:
+        if isinstance(self.restarts, str) and self.restarts != "auto":
+            raise ValueError(f"restarts must be a whole number or 'auto', got {self.restarts!r}")
+        if self.restarts != "auto" and whole("restarts", 1) > MAX_RESTARTS:
             raise ValueError(f"restarts must be at most {MAX_RESTARTS}, got {self.restarts}")
         whole("max_iter", 0)
         real("tol")
@@ -182,6 +196,17 @@ class FitSettings:
         if self.chunk_size is not None:
             whole("chunk_size", 1)
         put("dtype", _check_dtype(self.dtype).name)
+
+    def planned(self, first_probability: np.ndarray | None, fixed_start: bool = False) -> int:
+        """How many restarts the fit runs: ``restarts``, or for ``"auto"`` as many as the
+        first restart's positions ask for (their probabilities ``first_probability``; None:
+        not yet known, one so far). ``fixed_start``: every restart would start alike."""
+        if self.restarts != "auto":
+            return int(self.restarts)
+        if first_probability is None or fixed_start or self.max_iter == 0:
+            return 1
+        sure = float(np.mean(first_probability)) >= SURE_PROBABILITY
+        return 1 if sure else AUTO_RESTARTS
 
     @property
     def accelerated(self) -> bool:
