@@ -1697,8 +1697,9 @@ def test_a_resume_whose_truth_file_is_gone_or_another_says_so_and_keeps_the_chec
 
 def test_restarts_auto_says_why_it_ran_more_and_resumes_through_them(monkeypatch):
     """The default --restarts auto: where the first fit's positions are unsure it runs three,
-    and says so; Ctrl-C in the second counts it "of 3"; the resumed fit is the whole fit's;
-    --restarts 1 runs one."""
+    and says so; Ctrl-C in the first says that more may follow (it said "of 1": found in
+    review), in the second "of 3"; the resumed fit is the whole fit's; --restarts 1 runs
+    one; --restarts reads numbers as click did ("+3")."""
     from facefinder_cli.interrupts import Interrupted
 
     ok("generate", *GEN[:-1], "200", "--seed", 0, "-o", "noisy")
@@ -1707,18 +1708,27 @@ def test_restarts_auto_says_why_it_ran_more_and_resumes_through_them(monkeypatch
     assert json.loads(r.stdout)["restarts"] == 3
     assert "below 0.99), so --restarts auto tried 3 starts (--restarts 1: one)" in r.stderr
     assert json.loads(ok("fit", *args, "-o", "one", "--restarts", 1).stdout)["restarts"] == 1
+    assert json.loads(ok("fit", *args, "-o", "plus", "--restarts", "+2").stdout)["restarts"] == 2
     real = engine.fit
 
-    def stopping(*a, callback=None, **kw):
-        def cb(progress):
-            callback(progress)
-            if (progress.restart, progress.iteration) == (1, 2):
-                raise Interrupted(signal.SIGINT)
+    def stop_at(restart: int):
+        def stopping(*a, callback=None, **kw):
+            def cb(progress):
+                callback(progress)
+                if (progress.restart, progress.iteration) == (restart, 2):
+                    raise Interrupted(signal.SIGINT)
 
-        return real(*a, callback=cb, **kw)
+            return real(*a, callback=cb, **kw)
+
+        return stopping
 
     with monkeypatch.context() as m:
-        m.setattr(engine, "fit", stopping)
+        m.setattr(engine, "fit", stop_at(0))
+        r = cli("fit", *args, "-o", "first")
+        assert r.exit_code == 130, r.stderr
+        assert "after iteration 2 of restart 1 of 1 (or 3 if its positions are not sure: " \
+            "--restarts auto); saved in first" in r.stderr  # fmt: skip
+        m.setattr(engine, "fit", stop_at(1))
         r = cli("fit", *args, "-o", "cut")
     assert r.exit_code == 130 and "after iteration 2 of restart 2 of 3; saved in cut" in r.stderr
     ok("fit", "--resume", "cut")

@@ -177,8 +177,10 @@ def _new_job(input: str, face_size: tuple[int, int] | None, options: dict[str, A
     "the 3rd anneals the 1st start (40 more passes), the 7th starts from a sampler of the "
     "face positions (300 more passes, on one thread), the 8th on anneal the 1st start under "
     "a random prior over positions: often a better fit when the images are few for the noise. "
-    "'auto': 1 where the 1st fit's positions are sure, 3 where their mean probability is "
-    "below 0.99 (about 3.5x the time there); with --faces N > 1, 4 (1 from --init-from).",
+    "'auto': 3 where the 1st fit's positions are not sure (mean probability below 0.99; "
+    "about 3.5x the time there), else 1; 1 from a start every restart would repeat (--init "
+    "zeros or bright, --init-from) and with --max-iter 0; with --faces N > 1 or auto, 4 (1 "
+    "from --init-from).",
 )
 @click.option(
     "--max-iter",
@@ -460,6 +462,8 @@ def fit(
         truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
         announce = functools.partial(_announce, job, input, stack, resumed)
         planned = resumed.state.restarts if resumed else settings.planned(None)
+        # (--restarts auto may add restarts after the first, unless every one would start alike)
+        may_add = warm is None and settings.init not in ("zeros", "bright") and settings.max_iter > 0
         progress = _Progress(announce, truth_errors, ProgressBar(planned), saver)
         if resumed is not None:  # until the engine reports, Ctrl-C keeps it, and says so
             progress.latest = resumed.state
@@ -520,7 +524,7 @@ def fit(
         except engine.ClusterError as err:  # the scheduler or the client was lost
             raise InputError(
                 save_when_lost(
-                    saver, progress.latest, progress.truth.errors, _restarts(progress), err
+                    saver, progress.latest, progress.truth.errors, _restarts(progress, may_add), err
                 )
             ) from None
         except Interrupted:
@@ -532,7 +536,7 @@ def fit(
                     saver,
                     progress.latest,
                     progress.truth.errors,
-                    _restarts(progress),
+                    _restarts(progress, may_add),
                     progress.bar.building,
                 )
             raise
@@ -640,9 +644,17 @@ def _announce(job: FitJob, input: str, stack, resumed: Resumed | None) -> None:
     )
 
 
-def _restarts(progress: _Progress) -> int:
-    """How many restarts the fit runs, as far as its last checkpoint knows (--restarts auto)."""
-    return 1 if progress.latest is None else progress.latest.restarts
+def _restarts(progress: _Progress, may_add: bool) -> int | str:
+    """How many restarts the fit runs, as far as its last checkpoint knows; in words while
+    --restarts auto has yet to decide (in restart 1, from a start that restarts can change:
+    ``may_add``)."""
+    cp = progress.latest
+    if cp is None:
+        return 1
+    if may_add and cp.settings.restarts == "auto" and not cp.finished:
+        more = engine.settings.AUTO_RESTARTS
+        return f"1 (or {more} if its positions are not sure: --restarts auto)"
+    return cp.restarts
 
 
 def _absolute_input(source: str) -> str:

@@ -289,7 +289,7 @@ def kept_for_resume(line: str, saver: CheckpointSaver | None, state, errors: dic
 
 
 def save_when_interrupted(
-    saver, state, errors: dict, restarts: int, building: str | None = None
+    saver, state, errors: dict, restarts: int | str, building: str | None = None
 ) -> str:
     """Save ``state``, the last completed iteration of an interrupted fit (None: none yet);
     the line that says so, and that the start ``building`` (in words; None: none) was under
@@ -328,7 +328,7 @@ def _quoted(path: str) -> str:
     return shlex.quote(path)
 
 
-def save_when_lost(saver, state, errors: dict, restarts: int, err: Exception) -> str:
+def save_when_lost(saver, state, errors: dict, restarts: int | str, err: Exception) -> str:
     """Save ``state``, the last completed iteration of a fit whose cluster was lost; the line
     that says so."""
     if state is None:  # (connecting, or the first pass: nothing to save)

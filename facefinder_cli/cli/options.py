@@ -131,8 +131,12 @@ class RestartsType(click.ParamType):
         if text == "auto":
             return "auto"
         most = engine.settings.MAX_RESTARTS
-        if re.fullmatch(r"[0-9]+", text) and 1 <= int(text) <= most:
-            return int(text)
+        try:  # (as click's IntRange reads it: "+3", "1_0")
+            number = int(text)
+        except ValueError:
+            number = 0
+        if 1 <= number <= most:
+            return number
         self.fail(f"expected a number of restarts from 1 to {most}, or auto; got {value!r}",
                   param, ctx)  # fmt: skip
 
