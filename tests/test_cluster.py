@@ -289,7 +289,8 @@ def test_a_lost_scheduler_stops_the_fit_with_a_checkpoint(stacks, in_tmp, monkey
     assert line.startswith(("Error: lost the Dask cluster", "Error: the Dask cluster has had")), (
         line
     )
-    assert "saved iteration 2 of restart 1 of 1 in cut" in line and "--resume cut" in line
+    assert "saved iteration 2 of restart 1 of 1 (or 3 if its positions are not sure: " in line
+    assert "--restarts auto) in cut" in line and "--resume cut" in line
     ok("fit", "--resume", "cut", "-q")
     ok(*args, "-o", "whole")
     with np.load("cut/result.npz") as a, np.load("whole/result.npz") as b:
