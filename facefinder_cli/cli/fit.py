@@ -463,7 +463,8 @@ def fit(
         announce = functools.partial(_announce, job, input, stack, resumed)
         planned = resumed.state.restarts if resumed else settings.planned(None)
         # (--restarts auto may add restarts after the first, unless every one would start alike)
-        may_add = warm is None and settings.init not in ("zeros", "bright") and settings.max_iter > 0
+        fixed = warm is not None or settings.init in ("zeros", "bright")
+        may_add = not fixed and settings.max_iter > 0
         progress = _Progress(announce, truth_errors, ProgressBar(planned), saver)
         if resumed is not None:  # until the engine reports, Ctrl-C keeps it, and says so
             progress.latest = resumed.state
