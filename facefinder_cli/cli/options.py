@@ -441,7 +441,7 @@ def note_stale(done: list[str]) -> None:
 
 
 #: Below this mean probability the positions' probabilities may overstate how often they are
-#: right: in docs/PROBABILITIES.md's table, 3 of the 7 cells below it do, by 0.06 to 0.29, and
+#: right: in docs/PROBABILITIES.md's table, 4 of the 7 cells below it do, by 0.07 to 0.29, and
 #: none of those above it.
 UNSURE_PROBABILITY = 0.9
 
