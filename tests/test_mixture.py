@@ -143,10 +143,11 @@ def test_the_prior_is_learnt_as_prior_update_says_and_the_seed_is_kept():
     X = X[:60]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        never = M.fit_mixture(X, E.FitSettings((12, 10), prior_update="never", max_iter=15), 3)
-        late = M.fit_mixture(X, E.FitSettings((12, 10), seed=1, max_iter=40), 3)
-        always = M.fit_mixture(X, E.FitSettings((12, 10), seed=1, prior_update="always",
-                                                max_iter=1), 3)  # fmt: skip
+        one = E.FitSettings((12, 10), restarts=1)  # (the prior's handling: one restart each)
+        never = M.fit_mixture(X, E.FitSettings.of(one, prior_update="never", max_iter=15), 3)
+        late = M.fit_mixture(X, E.FitSettings.of(one, seed=1, max_iter=40), 3)
+        always = M.fit_mixture(X, E.FitSettings.of(one, seed=1, prior_update="always",
+                                                   max_iter=1), 3)  # fmt: skip
     assert np.ptp(never.params.prior) == 0.0  # held uniform
     assert np.ptp(late.params.prior) > 0 and np.ptp(always.params.prior) > 0
     assert isinstance(never.settings.seed, int)  # None resolved: the fit repeats from it
@@ -160,7 +161,7 @@ def test_identical_images_reach_the_noise_floor():
     X = np.repeat(S.texture("clouds", (12, 14), seed=1)[None], 6, axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = M.fit_mixture(X, E.FitSettings((4, 4), seed=0, max_iter=5), 2)
+        r = M.fit_mixture(X, E.FitSettings((4, 4), seed=0, max_iter=5, restarts=1), 2)
     data = _Data(X, (4, 4))
     assert r.params.noise_std == pytest.approx(data.noise_floor)
 
@@ -234,7 +235,8 @@ def test_hard_and_monte_carlo_em_recover_three_faces(method):
     faces, labels, pos, X = _three_faces()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = M.fit_mixture(X, E.FitSettings((12, 10), seed=0, method=method, max_iter=40), 3)
+        settings = E.FitSettings((12, 10), seed=0, method=method, max_iter=40, restarts=1)
+        r = M.fit_mixture(X, settings, 3)
     perm = _match(faces, r.params.faces)
     for i, j in enumerate(perm):
         assert np.corrcoef(faces[i].ravel(), r.params.faces[j].ravel())[0, 1] >= 0.9
@@ -284,7 +286,7 @@ def test_a_fit_from_given_parameters_starts_there_and_resumes_from_them():
     faces, labels, pos, X = _three_faces()
     given = M.MixtureParams(faces, S.texture("clouds", (24, 30), seed=7), 40.0,
                             np.full(3, 1 / 3), np.full((13, 21), 1 / 273))  # fmt: skip
-    settings = E.FitSettings((12, 10), seed=0, max_iter=20)
+    settings = E.FitSettings((12, 10), seed=0, max_iter=20, restarts=1)
     r, states = _fit_states(X, settings, 3, init_params=given)
     assert states[0].one is None and states[0].start is not None
     np.testing.assert_array_equal(states[0].params.faces, faces)  # where it started
@@ -904,7 +906,7 @@ def test_tol_zero_runs_max_iter_for_several_faces_too(method):
     rounding error at the optimum stopped two faces' soft EM after 60 of 200 iterations here
     ("gain < tol" with tol 0), Monte-Carlo EM after 40."""
     d = S.make_dataset(S.cartoon_face(8, 8), S.texture("stripes", (16, 20)), 40, 20.0, seed=0)
-    settings = E.FitSettings((8, 8), method=method, tol=0.0, max_iter=200, seed=0)
+    settings = E.FitSettings((8, 8), method=method, tol=0.0, max_iter=200, seed=0, restarts=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", E.ConvergenceWarning)  # none: as many as asked
         r = M.fit_mixture(d.images, E.FitSettings.of(settings, accelerate="none"), 2)
