@@ -462,9 +462,9 @@ def fit(
         truth_errors = _TruthErrors(truth_data, resumed.extra.get("errors", {}) if resumed else {})
         announce = functools.partial(_announce, job, input, stack, resumed)
         planned = resumed.state.restarts if resumed else settings.planned(None)
-        # (--restarts auto may add restarts after the first, unless every one would start alike)
-        fixed = warm is not None or settings.init in ("zeros", "bright")
-        may_add = not fixed and settings.max_iter > 0
+        # whether --restarts auto would add restarts after an unsure first one (--init-from
+        # gives a start whole)
+        may_add = settings.planned(np.zeros(1), settings.repeats_start(warm is not None)) > 1
         progress = _Progress(announce, truth_errors, ProgressBar(planned), saver)
         if resumed is not None:  # until the engine reports, Ctrl-C keeps it, and says so
             progress.latest = resumed.state

@@ -903,7 +903,7 @@ def _cluster():
 def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> FitResult:
     """:func:`fit` once the images are read."""
     given = _given(init_params)
-    fixed_start = settings.init in ("zeros", "bright") or _given_whole(given)
+    fixed_start = settings.repeats_start(_given_whole(given))
     asked = settings.restarts if settings.restarts != "auto" else 1
     if asked > 1 and fixed_start and settings.method != "mc":
         warnings.warn(

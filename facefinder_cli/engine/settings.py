@@ -197,10 +197,16 @@ class FitSettings:
             whole("chunk_size", 1)
         put("dtype", _check_dtype(self.dtype).name)
 
+    def repeats_start(self, given_whole: bool) -> bool:
+        """Whether every restart starts from the same parameters: the fixed ``zeros`` and
+        ``bright`` starts, or a start given whole (``given_whole``)."""
+        return self.init in ("zeros", "bright") or given_whole
+
     def planned(self, first_probability: np.ndarray | None, fixed_start: bool = False) -> int:
         """How many restarts the fit runs: ``restarts``, or for ``"auto"`` as many as the
         first restart's positions ask for (their probabilities ``first_probability``; None:
-        not yet known, one so far). ``fixed_start``: every restart would start alike."""
+        not yet known, one so far). ``fixed_start``: every restart would start alike
+        (:meth:`repeats_start`)."""
         if self.restarts != "auto":
             return int(self.restarts)
         if first_probability is None or fixed_start or self.max_iter == 0:
