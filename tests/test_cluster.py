@@ -95,7 +95,7 @@ def test_the_sampled_restart_on_the_cluster_is_the_local_one(client, stacks, mon
 
     monkeypatch.setattr(sampler, "SAMPLER_SWEEPS", 4)  # (the same sampler, quicker)
     X = _reader(stacks["npy"])
-    kw = dict(restarts=7, seed=1, max_iter=3)
+    kw = dict(restarts=7, seed=1, max_iter=1)
     local = _fit(X, **kw)
     remote = _fit(X, client=client, **kw)
     _assert_same(local, remote)
@@ -672,9 +672,9 @@ def test_a_face_size_search_on_the_cluster_is_the_local_search(client, stacks):
     X = _reader(stacks["npy"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        here = E.choose_face_size(X, (14, 10), (18, 14), seed=0, chunk_size=CHUNK)
-        there = E.choose_face_size(X, (14, 10), (18, 14), seed=0, chunk_size=CHUNK,
-                                   client=client)  # fmt: skip
+        kw = dict(seed=0, chunk_size=CHUNK, restarts=1)  # the chosen size's fit: one start
+        here = E.choose_face_size(X, (14, 10), (18, 14), **kw)
+        there = E.choose_face_size(X, (14, 10), (18, 14), client=client, **kw)
     assert here.size == there.size
     assert [t.criterion for t in here.trials] == [t.criterion for t in there.trials]
     np.testing.assert_array_equal(here.result.face, there.result.face)
@@ -685,10 +685,10 @@ def test_face_size_auto_and_several_faces_with_scheduler_give_the_local_runs(
 ):
     """The command line's searches and fits of several faces run on a cluster too (the
     module's, by its address), with the local results (the same chunks)."""
-    common = [stacks["npy"], "--chunk-size", CHUNK, "--no-plots", "-q"]
+    common = [stacks["npy"], "--chunk-size", CHUNK, "--no-plots", "-q", "--restarts", 1]
     address = client.scheduler.address
     for extra in (["--face-size", "15x12:17x12"],  # the search itself: the test above
-                  ["--face-size", "16x12", "--faces", 2, "--restarts", 1]):  # fmt: skip
+                  ["--face-size", "16x12", "--faces", 2]):  # fmt: skip
         ok("fit", *common, *extra, "-o", "here")
         ok("fit", *common, *extra, "-o", "there", "--scheduler", address)
         with np.load("here/result.npz") as a, np.load("there/result.npz") as b:
