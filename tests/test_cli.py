@@ -729,7 +729,7 @@ def test_fit_positions_follow_natural_order(tmp_path, stack, truth):
     os.mkdir("pngs")
     for k in range(N):  # names a1..a60: a plain sort would put a10 before a2
         save_png(tmp_path / "pngs" / f"a{k + 1}.png", stack[k])
-    ok("fit", "pngs", "--face-size", "16x12", "-o", "run")
+    ok("fit", "pngs", "--face-size", "16x12", "-o", "run", "--no-plots")
     rows = read_csv(tmp_path / "run" / "positions.csv")
     assert [r["image"] for r in rows] == [f"a{k}.png" for k in range(1, N + 1)]
     found = np.array([[int(r["row"]), int(r["column"])] for r in rows])

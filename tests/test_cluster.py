@@ -192,7 +192,8 @@ def _one_line(r, code):
 def test_fit_and_detect_with_scheduler_give_the_local_results(client, stacks, in_tmp):
     """On the module's cluster, by its address (`--scheduler local:2`, which starts one of
     its own, is the Ctrl-C test's below)."""
-    args = ["fit", stacks["zarr"], "--face-size", "16x12", "--chunk-size", CHUNK, "-q"]
+    args = ["fit", stacks["zarr"], "--face-size", "16x12", "--chunk-size", CHUNK, "-q",
+            "--no-plots"]  # fmt: skip
     ok(*args, "-o", "local")
     ok(*args, "-o", "remote", "--scheduler", client.scheduler.address)
     with np.load("local/result.npz") as a, np.load("remote/result.npz") as b:

@@ -150,7 +150,9 @@ def test_images_of_different_bit_depths_are_refused_by_fit_and_detect():
     )
     one_line(fit("b", "--face-size", "6x6", "-q"), 1, message)
     folder("g", {f"a{i}.png": good for i in range(4)})
-    r = CliRunner().invoke(main, ["fit", "g", "--face-size", "6x6", "-o", "run", "-q"])
+    r = CliRunner().invoke(
+        main, ["fit", "g", "--face-size", "6x6", "-o", "run", "-q", "--no-plots"]
+    )
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["detect", "run", "b", "-o", "d.csv"])
     one_line(r, 1, message)
@@ -182,7 +184,18 @@ def test_junk_is_skipped_on_request():
     folder("j", {"a1.png": good, "a2.png": lambda p: Path(p).write_text("junk"), "a3.png": good})
     r = CliRunner().invoke(
         main,
-        ["fit", "j", "--face-size", "6x6", "--skip-unreadable", "-o", "out", "--max-iter", "3"],
+        [
+            "fit",
+            "j",
+            "--face-size",
+            "6x6",
+            "--skip-unreadable",
+            "-o",
+            "out",
+            "--max-iter",
+            "3",
+            "--no-plots",
+        ],  # fmt: skip
     )
     assert r.exit_code == 0, r.output
     assert (
@@ -231,7 +244,8 @@ def test_rgba_palette_and_16_bit_images_are_read():
     assert load_stack("s").images.min() >= 300  # 16-bit values kept, not scaled to 0..255
     for name in "cps":
         r = CliRunner().invoke(
-            main, ["fit", name, "--face-size", "6x6", "-o", f"o{name}", "--max-iter", "3"]
+            main,
+            ["fit", name, "--face-size", "6x6", "-o", f"o{name}", "--max-iter", "3", "--no-plots"],
         )
         assert r.exit_code == 0, r.output
 
@@ -240,7 +254,9 @@ def test_one_image_and_constant_images():
     np.save("one.npy", RNG.normal(100, 10, (1, 24, 32)))
     np.save("flat.npy", np.full((6, 24, 32), 42.0))
     for name in ("one.npy", "flat.npy"):
-        r = CliRunner().invoke(main, ["fit", name, "--face-size", "6x6", "-o", name + ".run"])
+        r = CliRunner().invoke(
+            main, ["fit", name, "--face-size", "6x6", "-o", name + ".run", "--no-plots"]
+        )
         assert r.exit_code == 0, r.output
         assert "noise std reached its floor" in r.stderr
         with np.load(f"{name}.run/result.npz") as z:
