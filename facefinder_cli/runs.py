@@ -351,6 +351,9 @@ def save_run(
         restart_passes=_padded([r.passes for r in restarts]),
         restart_n_iter=np.array([r.n_iter for r in restarts]),
         restart_converged=np.array([r.converged for r in restarts]),
+        # each restart's mean held-out probability of its positions (restarts="auto" asks
+        # the first whether to run more)
+        restart_mean_probability=np.array([r.mean_probability for r in restarts]),
         settings=json.dumps(_settings_record(result.settings, options or {}), sort_keys=True),
         version=__version__,
         **{k: np.asarray(v) for k, v in errors.items()},
@@ -1051,6 +1054,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, dict[str, Any]
                 converged=bool(z[f + "converged"]),
                 final_elbo=float(z[f + "final_elbo"]),
                 prior_fixed_until=int(z[f + "prior_fixed_until"]),
+                mean_probability=float(np.mean(z[f + "probability"])),
             )
             finished.append(
                 RestartResult(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -1705,9 +1706,15 @@ def test_restarts_auto_says_why_it_ran_more_and_resumes_through_them(monkeypatch
     ok("generate", *GEN[:-1], "200", "--seed", 0, "-o", "noisy")
     args = ["noisy", "--face-size", "16x12", "--no-plots", "--json"]
     r = ok("fit", *args, "-o", "whole")
-    assert json.loads(r.stdout)["restarts"] == 3
-    assert "below 0.99), so --restarts auto tried 3 starts (--restarts 1: one)" in r.stderr
-    assert json.loads(ok("fit", *args, "-o", "one", "--restarts", 1).stdout)["restarts"] == 1
+    summary = json.loads(r.stdout)
+    assert (summary["restarts"], summary["restarts_asked"]) == (3, "auto")
+    with np.load("whole/result.npz") as z:  # the first fit's mean probability, and the note's
+        first = z["restart_mean_probability"][0]
+        assert len(z["restart_mean_probability"]) == 3 and 0 < first < 0.99
+    said = f"(mean probability {math.floor(first * 1000) / 1000:.3f}, below 0.99), so --restarts"
+    assert said + " auto tried 3 starts (--restarts 1: one)" in r.stderr
+    summary = json.loads(ok("fit", *args, "-o", "one", "--restarts", 1).stdout)
+    assert (summary["restarts"], summary["restarts_asked"]) == (1, 1)
     assert json.loads(ok("fit", *args, "-o", "plus", "--restarts", "+2").stdout)["restarts"] == 2
     real = engine.fit
 
@@ -1733,5 +1740,6 @@ def test_restarts_auto_says_why_it_ran_more_and_resumes_through_them(monkeypatch
     assert r.exit_code == 130 and "after iteration 2 of restart 2 of 3; saved in cut" in r.stderr
     ok("fit", "--resume", "cut")
     with np.load("whole/result.npz") as a, np.load("cut/result.npz") as b:
-        for key in ("face", "background", "prior", "positions", "restart_log_likelihood"):
+        for key in ("face", "background", "prior", "positions", "restart_log_likelihood",
+                    "restart_mean_probability"):  # fmt: skip
             np.testing.assert_array_equal(b[key], a[key], err_msg=key)

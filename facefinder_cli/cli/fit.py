@@ -860,6 +860,7 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
         "method": result.method,
         "init": result.init,
         "restarts": len(result.restarts),
+        "restarts_asked": result.settings.restarts,  # "auto" or the number given
         "best_restart": result.best_restart,
         "n_iter": result.n_iter,
         "accelerated": result.settings.accelerated,
@@ -910,8 +911,9 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], res
     )
     if s["restarts"] > 1 and result.settings.restarts == "auto":
         log.info(
-            "note: the 1st fit's positions were not sure (mean probability below %g), so "
+            "note: the 1st fit's positions were not sure (mean probability %.3f, below %g), so "
             "--restarts auto tried %d starts (--restarts 1: one)",
+            math.floor(result.restarts[0].mean_probability * 1000) / 1000,  # (never "0.990")
             engine.settings.SURE_PROBABILITY,
             s["restarts"],
         )

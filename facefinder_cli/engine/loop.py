@@ -84,6 +84,8 @@ class RestartHistory:
     when annealed, ``SAMPLER_SWEEPS`` when sampled; plain EM makes one
     per iteration, accelerated EM two or three).
     The prior was held fixed in the first ``prior_fixed_until`` iterations.
+    ``mean_probability`` is the mean of its positions' held-out probabilities (those of
+    ``positions.csv``; what ``restarts="auto"`` asks of the first restart; NaN if unknown).
     """
 
     init: str
@@ -96,6 +98,7 @@ class RestartHistory:
     converged: bool
     final_elbo: float
     prior_fixed_until: int
+    mean_probability: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -510,6 +513,7 @@ def _run(
         converged=state.converged,
         final_elbo=final.elbo,
         prior_fixed_until=state.prior_fixed_until,
+        mean_probability=float(np.mean(final.probability)),
     )
     return RestartResult(
         state.params,
