@@ -57,6 +57,7 @@ JSON_KEYS = {
     "method",
     "init",
     "restarts",
+    "restarts_asked",
     "best_restart",
     "n_iter",
     "accelerated",
