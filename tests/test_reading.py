@@ -298,6 +298,36 @@ def test_images_of_different_bit_depths_on_different_scales_are_refused(how):
     assert listing() == ["imgs"]  # pack left nothing
 
 
+@pytest.mark.parametrize("how", ["load", "pack", "glob"])
+def test_float_images_among_integer_ones_on_another_scale_are_refused(how):
+    """Float TIFFs of values in 0..1 among 8-bit PNGs of the same pictures: fitted together
+    they placed no face right at a mean probability of 0.99999, exit 0 (found in review)."""
+    from facefinder_cli.images import pack_stack
+
+    for k in range(4):
+        img = gray(8, 9, seed=k)
+        if k % 2:
+            tifffile.imwrite(f"imgs/img{k}.tif", (img / 255).astype(np.float32))
+        else:
+            save_png(f"imgs/img{k}.png", img)
+    msg = (
+        r"^(imgs|imgs/img\*): float images among integer ones, whose values are on different "
+        r"scales: 2 uint8 \(e\.g\. imgs/img0\.png; values \d+\.\.\d+\), 2 float \(e\.g\. "
+        r"imgs/img1\.tif; values 0\.\.0\.\d+\); convert them to one scale"
+    )
+    with pytest.raises(InputError, match=msg):
+        if how == "pack":
+            pack_stack("imgs", "p.npy")
+        else:
+            load_stack("imgs" if how == "load" else "imgs/img*")
+    assert listing() == ["imgs"]  # pack left nothing
+    for k in (1, 3):  # the same pictures in 0..255: one scale, read as they are
+        tifffile.imwrite(f"imgs/img{k}.tif", gray(8, 9, seed=k).astype(np.float32))
+    stack = load_stack("imgs")
+    for k in range(4):
+        np.testing.assert_array_equal(stack.images[k], gray(8, 9, seed=k))
+
+
 def test_16_bit_images_of_8_bit_values_share_the_8_bit_scale():
     """16-bit files whose values all lie in 0..255 among 8-bit ones: every file could have been
     8-bit with the same values, so they are read as they are, and a note says why."""

@@ -101,6 +101,8 @@ class _FileImages:
         self.skipped: list[str] = []
         # integer bit depth -> [images, an example's display name, least and greatest value]
         self.depths: dict[str, list] = {}
+        # the same for the float images, all depths together: [images, example, least, greatest]
+        self.floats: list | None = None
         # values at either end of their integer bit depth, of all the values of such images
         self.at_ends: dict[str, list[int]] = {}
 
@@ -131,6 +133,11 @@ class _FileImages:
             for depth in c.depths:
                 if depth[0] in "ui":
                     seen = self.depths.setdefault(depth, [0, disp, np.inf, -np.inf])
+                    seen[0] += 1
+                    seen[2] = min(seen[2], float(img.min()))
+                    seen[3] = max(seen[3], float(img.max()))
+                elif depth[0] == "f":
+                    seen = self.floats = self.floats or [0, disp, np.inf, -np.inf]
                     seen[0] += 1
                     seen[2] = min(seen[2], float(img.min()))
                     seen[3] = max(seen[3], float(img.max()))
@@ -171,8 +178,14 @@ class _FileImages:
         in 0..255, among 8-bit ones). Then every file could have been saved at any of the
         depths with the same values: they are 8-bit values in a wider file, as some tools save
         them (a true 16-bit image using 0.4% of its range is too dark to be likely), and are
-        read as they are, with a note. Float images are left out (their units are their own).
+        read as they are, with a note.
+
+        Float images among integer ones (a TIFF of values in 0..1 among 8-bit PNGs, say) are
+        refused where the two plainly differ in scale: value ranges (over all the images of
+        each kind) whose widths differ more than ``SCALE_RATIO`` times, or that overlap in
+        less than half the narrower one. Images of one scene under one noise span alike.
         """
+        self._check_floats()
         if len(self.depths) < 2:
             return
         lo = max(int(np.iinfo(d).min) for d in self.depths)
@@ -192,6 +205,27 @@ class _FileImages:
             "ones)"
         )
 
+    def _check_floats(self) -> None:
+        if self.floats is None or not self.depths:
+            return
+        ints = [self.depths[d] for d in sorted(self.depths)]
+        lo_i, hi_i = min(v[2] for v in ints), max(v[3] for v in ints)
+        lo_f, hi_f = self.floats[2], self.floats[3]
+        narrow, wide = sorted((hi_i - lo_i, hi_f - lo_f))
+        overlap = min(hi_i, hi_f) - max(lo_i, lo_f)
+        if wide <= SCALE_RATIO * narrow and overlap >= 0.5 * narrow:
+            return
+        each = ", ".join(
+            f"{v[0]} {d} (e.g. {v[1]}; values {v[2]:.0f}..{v[3]:.0f})"
+            for d, v in zip(sorted(self.depths), ints)
+        )
+        n, example = self.floats[:2]
+        raise InputError(
+            f"{self.source}: float images among integer ones, whose values are on different "
+            f"scales: {each}, {n} float (e.g. {example}; values {lo_f:.3g}..{hi_f:.3g}); "
+            "convert them to one scale (float values in 0..1 x 255 are on the 8-bit one)"
+        )
+
     def notes(self) -> list[str]:
         notes = self.conv.notes()
         for depth, (ends, values) in sorted(self.at_ends.items()):
@@ -209,6 +243,11 @@ class _FileImages:
             notes.append(f"skipped {n}: {_listing(self.skipped, 3)}")
         return notes
 
+
+#: How many times wider the value range of a folder's float images may be than that of its
+#: integer images, or the other way round, before they are said to be on different scales
+#: (8-bit values against floats in 0..1: 255 times).
+SCALE_RATIO = 4.0
 
 #: The share of an integer bit depth's values at its ends (0 or 255 for 8 bits) from which a
 #: folder's images are said to be clipped. Measured on scenes made from photographs with
