@@ -168,6 +168,9 @@ def test_checkpoints_of_the_previous_format_and_damaged_ones_are_named(scene, tm
         (lambda a: {**a, "finished0_n_iter": 99}, "iterations are out of range"),
         (lambda a: {**a, "finished0_positions": a["finished0_positions"] + 99}, "out of range"),
         (lambda a: {**a, "prior_fixed_until": 9}, "when the prior was held"),
+        # an edited probability went on to positions.csv (7.5) or crashed fit's note (NaN)
+        (lambda a: {**a, "finished0_probability": a["finished0_probability"] * np.nan}, "0..1"),
+        (lambda a: {**a, "finished0_probability": a["finished0_probability"] + 7.5}, "0..1"),
         (lambda a: {**a, "data_fingerprint": _more_sums(a)}, "record of its images is damaged"),
     ],
 )

@@ -909,11 +909,12 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], res
         s["log_likelihood"],
         s["log_likelihood_per_pixel"],
     )
-    if s["restarts"] > 1 and result.settings.restarts == "auto":
+    first = result.restarts[0].mean_probability
+    if s["restarts"] > 1 and result.settings.restarts == "auto" and math.isfinite(first):
         log.info(
             "note: the 1st fit's positions were not sure (mean probability %.3f, below %g), so "
             "--restarts auto tried %d starts (--restarts 1: one)",
-            math.floor(result.restarts[0].mean_probability * 1000) / 1000,  # (never "0.990")
+            math.floor(first * 1000) / 1000,  # (rounded down: never "0.990, below 0.99")
             engine.settings.SURE_PROBABILITY,
             s["restarts"],
         )

@@ -306,6 +306,9 @@ def _damaged(cp: Checkpoint, data: _Data) -> str | None:
             and (positions < (data.Dh, data.Dw)).all()
         ):
             return "a finished restart's positions are out of range"
+        probability = np.asarray(done.probability)
+        if not (probability.dtype.kind == "f" and ((probability >= 0) & (probability <= 1)).all()):
+            return "a finished restart's position probabilities are not in 0..1"
         if np.shape(done.unidentified) != (data.H, data.W):
             return "a finished restart's unidentified background pixels have the wrong shape"
         n = h.n_iter + 1
