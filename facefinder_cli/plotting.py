@@ -52,6 +52,13 @@ class Curve:
     passes: np.ndarray | None = None
 
 
+def _plain(text: str) -> str:
+    """``text`` drawn as it is: bytes that are not UTF-8 as ``\\xNN`` (:func:`names.printable`)
+    and dollar signs escaped, which matplotlib would otherwise read as mathematics (a run
+    named ``r $\\frac{$`` failed to plot; ``cost $5 and $6`` lost its dollars)."""
+    return printable(text).replace("$", r"\$")
+
+
 def _figure(size: tuple[float, float]):
     """A new figure on its own Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -137,7 +144,7 @@ def prior_figure(prior: np.ndarray, *, title: str | None = None):
     bar = fig.colorbar(image, ax=ax, shrink=0.9, format=FormatStrFormatter("%.3g"))
     bar.set_label("probability")
     ax.set_title(
-        printable(title or f"prior over face positions\n{_describe(a)}"), fontsize="medium"
+        _plain(title or f"prior over face positions\n{_describe(a)}"), fontsize="medium"
     )
     fig.tight_layout()
     return fig
@@ -187,7 +194,7 @@ def curves_figure(
     for c, y in zip(curves, ys):
         xs = {"iteration": np.arange(len(y)), "seconds": c.seconds, "passes": c.passes}[x]
         xs = np.asarray(xs, dtype=float)
-        (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=printable(c.label))
+        (line,) = ax.plot(xs, y, marker="." if len(y) < 60 else None, label=_plain(c.label))
         if 0 < c.prior_fixed_until < len(y) - 1:
             t = c.prior_fixed_until + 1  # the first parameters from a learnt prior
             ax.plot(xs[t], y[t], "o", mfc="none", color=line.get_color())
@@ -211,7 +218,7 @@ def curves_figure(
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(printable(title))
+        ax.set_title(_plain(title))
     fig.tight_layout()
     return fig
 

@@ -155,6 +155,28 @@ def test_plot_elbo_draws_names_labels_and_titles_that_are_not_utf8(tmp_path, mon
         assert "t\\xe9" in svg and "l\\xff" in svg
 
 
+def test_dollar_signs_in_names_labels_and_titles_are_drawn_as_they_are(tmp_path, monkeypatch):
+    """matplotlib reads text between dollar signs as mathematics: a run named ``r $\\frac{$``
+    failed to plot with a multi-line parser error, ``cost $5 and $6`` lost its dollars (found
+    in review)."""
+    import shutil
+
+    from helpers import ok
+
+    monkeypatch.chdir(tmp_path)
+    ok("generate", "-n", 20, "--size", "16x16", "--face-size", "6x6", "--noise", 30, "-o", "d")
+    ok("fit", "d", "--face-size", "6x6", "-o", "run", "-q", "--no-plots")
+    shutil.copytree("run", "r $\\frac{$")
+    ok("plot-elbo", "r $\\frac{$", "-o", "a.png")
+    ok("plot-elbo", "run", "-l", "$\\x$", "--title", "$^$", "-o", "b.png")
+    elbo = np.array([-5.0, -3.0])
+    fig = curves_figure([Curve("cost $5 and $6", elbo, elbo, np.arange(2.0), 10)], title="$^$")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    for text, shown in ((ax.get_legend().get_texts()[0], "cost $5 and $6"), (ax.title, "$^$")):
+        assert text._preprocess_math(text.get_text()) == (shown, False)  # as it is, not math
+
+
 @pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])
 def test_plots_carry_a_stamp_that_an_edit_breaks(tmp_path, fmt):
     """--overwrite replaces a plot only if it is facefinder's as drawn: its creator tag
