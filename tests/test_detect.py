@@ -372,5 +372,10 @@ def test_a_stack_along_the_other_axis_is_told_its_layout_and_a_lone_zoom_said(tm
     r = cli("detect", "run", "hwk.npy", "-o", "p.csv")
     assert r.exit_code == 1 and "(read with --layout hwk, its images would be" in r.stderr
     ok("detect", "run", "hwk.npy", "--layout", "hwk", "-o", "p.csv")
+    # 24 images of 9x20, read as they are (K, H, W): as (H, W, K) they would be 24x9, and no
+    # layout makes them 20x24; it said "--layout khw", the layout it had read them with
+    np.save("khw.npy", np.zeros((24, 9, 20)))
+    r = cli("detect", "run", "khw.npy", "-o", "k.csv")
+    assert r.exit_code == 1 and "images are 9x20, the model was fitted on 20x24\n" in r.stderr
     r = ok("detect", "run", "hwk.npy", "--layout", "hwk", "-o", "q.csv", "--zoom", 2)
     assert "warning: --zoom upscales the --draw PNGs; without --draw it does nothing" in r.stderr

@@ -161,12 +161,12 @@ def detect(
         if (H, W) != model_.background_shape:
             bh, bw = model_.background_shape
             hint = ""
-            if layout in (None, "auto") and Path(input).suffix.lower() in (".npy", ".npz", ".mat"):
-                # read along another axis, the array would be the model's size: say so
-                if (K, H) == (bh, bw):
-                    hint = " (read with --layout hwk, its images would be: pass it)"
-                elif (W, K) == (bh, bw):
-                    hint = " (read with --layout khw, its images would be: pass it)"
+            suffix = Path(input).suffix.lower()
+            if layout in (None, "auto") and suffix in (".npy", ".npz", ".mat"):
+                # read along the other axis, the array would be the model's size: say so
+                other = _other_layout(stack, suffix)
+                if ((K, H) if other == "hwk" else (W, K)) == (bh, bw):
+                    hint = f" (read with --layout {other}, its images would be: pass it)"
             raise InputError(
                 f"{input}: images are {H}x{W}, the model was fitted on {bh}x{bw}{hint}"
             )
@@ -375,6 +375,16 @@ def _detect_params(run: runs.Run, choice: str, face_choice: str) -> engine.Param
         )
     need = f"the model's {p.face.shape[0]}x{p.face.shape[1]} face has {p.prior.shape} positions"
     return engine.Params(p.face, p.background, p.noise_std, prior_file(choice, p.prior.shape, need))
+
+
+def _other_layout(stack: images.Stack, suffix: str) -> str:
+    """The layout that ``stack``, read with the layout guessed (or MATLAB's for a .mat
+    file), was not read with: its note's hint names it, if it has one."""
+    for note in stack.notes:
+        for hint in getattr(note, "hints", ()):
+            if hint.option == "layout" and hint.value in ("khw", "hwk"):
+                return hint.value
+    return "khw" if suffix == ".mat" else "hwk"  # (read as hwk, khw without a word)
 
 
 def _warn_if_mismatched(
