@@ -143,9 +143,7 @@ def prior_figure(prior: np.ndarray, *, title: str | None = None):
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     bar = fig.colorbar(image, ax=ax, shrink=0.9, format=FormatStrFormatter("%.3g"))
     bar.set_label("probability")
-    ax.set_title(
-        _plain(title or f"prior over face positions\n{_describe(a)}"), fontsize="medium"
-    )
+    ax.set_title(_plain(title or f"prior over face positions\n{_describe(a)}"), fontsize="medium")
     fig.tight_layout()
     return fig
 
