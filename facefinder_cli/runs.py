@@ -251,7 +251,8 @@ def size_summary(record: dict[str, Any]) -> dict[str, Any]:
 def size_verdict(summary: dict[str, Any]) -> str:
     """One line saying which size was chosen, and how clearly."""
     h, w = summary["chosen"]
-    head = (f"chose the face size {h}x{w} from {summary['short_fits']} short fits "
+    fits = "short fit" if summary["short_fits"] == 1 else "short fits"
+    head = (f"chose the face size {h}x{w} from {summary['short_fits']} {fits} "
             f"({summary['seconds']:.1f} s)")  # fmt: skip
     if summary.get("at_edge"):
         (a, b), (c, d) = summary["range"]

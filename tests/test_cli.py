@@ -1049,6 +1049,7 @@ def test_plot_elbo_label_count_mismatch(fitted, hard_run, tmp_path):
     run, _ = fitted
     r = cli("plot-elbo", run, hard_run, "-l", "only one", "-o", "elbo.png")
     error_line(r, 2, "--label")
+    assert "1 label for 2 runs" in r.stderr  # (it said "1 labels")
     assert os.listdir(tmp_path) == []
 
 

@@ -90,7 +90,8 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     """
     if labels and len(labels) != len(runs_):
         raise click.BadParameter(
-            f"{len(labels)} labels for {len(runs_)} runs", param_hint="'--label'"
+            f"{_count(len(labels), 'label')} for {_count(len(runs_), 'run')}",
+            param_hint="'--label'",
         )
     fmt = "png" if outputs.is_stream(out) else Path(out).suffix.lower().lstrip(".")
     if fmt not in ("png", "svg", "pdf"):
@@ -157,3 +158,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
             STOPPED["note"] = f"{out} was written all the same"
     if out != "-" and not outputs.stdout_broken():
         log.info("wrote %s", out)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
