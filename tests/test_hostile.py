@@ -412,3 +412,18 @@ def test_a_failed_write_leaves_no_run_behind(monkeypatch):
     message = "Error: out/result.npz: cannot write (No space left on device)"
     assert r.stderr.splitlines() == [message]
     assert sorted(os.listdir()) == ["d"]  # no run folder, no temporary one
+
+
+def test_a_run_folder_or_a_result_given_as_the_images_is_named():
+    """A fit's own outputs given as the images: the run folder failed on the sizes of its
+    face.png and background.png, result.npz on its keys (found in review)."""
+    np.save("s.npy", RNG.normal(100, 10, (12, 16, 20)))
+    r = CliRunner().invoke(main, ["fit", "s.npy", "--face-size", "6x6", "-o", "run", "-q"])
+    assert r.exit_code == 0, r.output
+    tail = ", not images: give the images (a folder, a pattern or a stack file)"
+    folder_error = f"Error: run: a run folder that facefinder fit wrote{tail}"
+    one_line(fit("run", "--face-size", "6x6"), 1, folder_error)
+    what = "a file that facefinder wrote (a fit's result or checkpoint, or a truth)"
+    one_line(fit("run/result.npz", "--face-size", "6x6"), 1, f"Error: run/result.npz: {what}{tail}")
+    r = CliRunner().invoke(main, ["detect", "run", "run", "-o", "p.csv"])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [folder_error]

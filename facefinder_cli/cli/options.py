@@ -418,12 +418,25 @@ def _setup_logging() -> None:
 def load(
     source: str, layout: str, skip_unreadable: bool = False, stream: bool = False
 ) -> images.Stack:
-    return images.load_stack(
-        source,
-        None if layout == "auto" else layout,
-        skip_unreadable=skip_unreadable,
-        stream=stream,
-    )
+    try:
+        return images.load_stack(
+            source,
+            None if layout == "auto" else layout,
+            skip_unreadable=skip_unreadable,
+            stream=stream,
+        )
+    except images.InputError:
+        # A fit's own outputs given as the images (its folder, its result.npz) failed on the
+        # sizes of face.png and background.png, or on result.npz's keys: say what they are.
+        if os.path.isdir(source) and outputs._marker_kind(source) == "fit":
+            what = "a run folder that facefinder fit wrote"
+        elif os.path.isfile(source) and outputs.is_facefinder_npz(source):
+            what = "a file that facefinder wrote (a fit's result or checkpoint, or a truth)"
+        else:
+            raise
+        raise images.InputError(
+            f"{source}: {what}, not images: give the images (a folder, a pattern or a stack file)"
+        ) from None
 
 
 def non_finite(source: str, stack: images.Stack, err: engine.NonFiniteError) -> images.InputError:
