@@ -40,6 +40,7 @@ checks a file-safety rule here, in one place, against ``tests/test_outputs.py`` 
 
 from __future__ import annotations
 
+import codecs
 import errno
 import hashlib
 import io
@@ -144,7 +145,7 @@ def repair_std_streams() -> None:
         sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8")
     if 2 in _Streams.closed and (sys.stderr is None or _closed_stream(sys.stderr)):
         sys.stderr = io.TextIOWrapper(
-            open(2, "wb", closefd=False), encoding="utf-8", errors="backslashreplace"
+            open(2, "wb", closefd=False), encoding="utf-8", errors="facefinder.escape"
         )
 
 
@@ -200,9 +201,29 @@ class _Stderr(io.RawIOBase):
             return len(b)
 
 
+def _escape(err: UnicodeError) -> tuple[str, int]:
+    """The ``facefinder.escape`` error handler of messages: a byte of a name that is not
+    UTF-8 (a surrogate escape) as ``\\xNN``, as the CSV files write it (Python's
+    ``backslashreplace`` wrote ``\\udcNN``); anything else the terminal cannot show as
+    ``backslashreplace`` does."""
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = []
+    for ch in err.object[err.start : err.end]:
+        if "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("ascii", "backslashreplace").decode("ascii"))
+    return "".join(out), err.end
+
+
+codecs.register_error("facefinder.escape", _escape)
+
+
 def guard_stderr() -> None:
     """Make ``sys.stderr`` the process's descriptor 2 through :class:`_Stderr` (the same
-    encoding and errors, line-buffered), unless it is something else (a test's capture)."""
+    encoding, line-buffered, with :func:`_escape`'s errors where Python's were
+    ``backslashreplace``), unless it is something else (a test's capture)."""
     err = sys.stderr
     if err is None or err is not sys.__stderr__:  # a capture, or guarded already
         return
@@ -215,7 +236,9 @@ def guard_stderr() -> None:
     sys.stderr = io.TextIOWrapper(
         io.BufferedWriter(_Stderr()),
         encoding=err.encoding,
-        errors=err.errors or "backslashreplace",
+        errors=(
+            "facefinder.escape" if err.errors in (None, "", "backslashreplace") else err.errors
+        ),
         line_buffering=True,
     )
 

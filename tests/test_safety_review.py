@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -575,3 +576,39 @@ def test_a_users_file_or_folder_is_refused_at_once_not_after_overwrite(data):
     line = one_error(cli("fit", "--no-plots", data, *FIT, "-o", "run"))  # facefinder's own
     assert "run: folder is not empty; pass --overwrite to replace it" in line, line
     assert Path("mine.csv").read_text() == "my notes\n"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_resume_command_pasted_into_a_shell_names_the_folder_byte_for_byte():
+    """The line after an interrupt quoted a folder named with a byte that is not UTF-8 as
+    'r\\udcfe 1.3', which no shell turns back into the name (found in review): such names,
+    and names with characters a terminal does not show, are in ANSI-C quotes."""
+    from facefinder_cli.cli.fit_resume import _quoted
+
+    names = ["r\udcfe 1.3", "a\nb", "t\tab\\'x", "it's", "plain", "ü x"]
+    for name in names:
+        said = subprocess.run(["bash", "-c", f"printf %s {_quoted(name)}"], capture_output=True)
+        assert said.stdout == os.fsencode(name), _quoted(name)
+    assert _quoted("r\udcfe 1.3") == "$'r\\xfe 1.3'" and _quoted("ü x") == "'ü x'"
+
+
+def test_messages_write_a_byte_that_is_not_utf8_as_the_csv_files_do(tmp_path):
+    """stderr showed such a byte of a name as ``\\udcfe``, the CSV files as ``\\xfe``: both
+    now say ``\\xfe`` (found in review)."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "facefinder_cli",
+            "fit",
+            b"nowhere\xfe",
+            "--face-size",
+            "8x8",
+            "-o",
+            "x",
+        ],  # fmt: skip
+        capture_output=True,
+        cwd=tmp_path,
+        env=ENV,
+    )
+    assert r.returncode == 1 and r.stderr == b"Error: nowhere\\xfe: no such file or folder\n"

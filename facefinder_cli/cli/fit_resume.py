@@ -324,8 +324,28 @@ def _beside(saver: CheckpointSaver) -> str:
 
 
 def _quoted(path: str) -> str:
-    """``path`` as a shell takes it (a name with spaces or quotes, pasted, stays one word)."""
-    return shlex.quote(path)
+    """``path`` as a shell takes it (a name with spaces or quotes, pasted, stays one word).
+    A name with bytes that are not UTF-8, or with characters a terminal does not show (a
+    newline, say), is written in ANSI-C quotes, ``$'r\\xfe 1.3'`` (bash, zsh, ksh; POSIX sh
+    since 2024): pasted, it is the name's own bytes (single quotes around ``r\\udcfe``, as
+    Python shows such a byte, were not)."""
+    raw = os.fsencode(path)
+    try:
+        if raw.decode("utf-8").isprintable():
+            return shlex.quote(path)
+    except UnicodeDecodeError:
+        pass
+    out = []
+    for ch in raw.decode("utf-8", "surrogateescape"):
+        if "\udc80" <= ch <= "\udcff":  # a byte that is not UTF-8
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch in "\\'":
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
+    return "$'" + "".join(out) + "'"
 
 
 def save_when_lost(saver, state, errors: dict, restarts: int | str, err: Exception) -> str:
