@@ -256,6 +256,12 @@ def size_verdict(summary: dict[str, Any]) -> str:
             f"({summary['seconds']:.1f} s)")  # fmt: skip
     if summary.get("at_edge"):
         (a, b), (c, d) = summary["range"]
+        smallest = engine.sizes.SMALLEST_SIDE
+        if (h, w) == (a, b) and max(a, b) <= smallest:  # no face is looked for below it
+            return (
+                f"{head}; unclear: it is the smallest size searched ({a}x{b}), so the images "
+                "may not show the face's size (too few of them for their noise?)"
+            )
         return (
             f"{head}; unclear: it is on the edge of the range searched, {a}x{b}:{c}x{d}, and "
             "the best size may lie outside it"

@@ -225,3 +225,22 @@ def test_a_size_on_the_edge_of_the_range_is_unclear(monkeypatch):
     assert c.size == (16, 12) and c.at_edge and not c.clear
     c = E.choose_face_size(X, (8, 8), (30, 30), fit_chosen=False)
     assert c.size == (20, 16) and not c.at_edge and c.clear
+
+
+def test_the_verdict_of_a_size_on_an_edge_says_which():
+    """At the smallest size searched (4x4, the least the default range tries) nothing lies
+    below it to try: it said "the best size may lie outside it" (found in review)."""
+    from facefinder_cli.runs import size_verdict
+
+    base = {"short_fits": 23, "seconds": 1.0, "at_edge": True, "range": [[4, 4], [23, 29]]}
+    line = size_verdict({**base, "chosen": [4, 4]})
+    assert line == (
+        "chose the face size 4x4 from 23 short fits (1.0 s); unclear: it is the smallest size "
+        "searched (4x4), so the images may not show the face's size (too few of them for their "
+        "noise?)"
+    )
+    line = size_verdict({**base, "chosen": [23, 12]})
+    assert line.endswith("on the edge of the range searched, 4x4:23x29, and the best size may "
+                         "lie outside it")  # fmt: skip
+    short = size_verdict({**base, "chosen": [4, 4], "short_fits": 1})
+    assert short.startswith("chose the face size 4x4 from 1 short fit (1.0 s);")
