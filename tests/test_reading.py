@@ -274,13 +274,24 @@ def test_a_folder_replaced_while_it_is_read_is_refused(monkeypatch, how):
     assert (load_stack("imgs").images == 200).all()  # read again: the new one, whole
 
 
+def _refused_as(how: str, pattern: str, msg: str) -> None:
+    """The folder imgs/, read (``how``: "load", "pack" into p.npy, or "glob" by ``pattern``),
+    is refused with ``msg``, and pack leaves nothing behind."""
+    from facefinder_cli.images import pack_stack
+
+    with pytest.raises(InputError, match=msg):
+        if how == "pack":
+            pack_stack("imgs", "p.npy")
+        else:
+            load_stack("imgs" if how == "load" else pattern)
+    assert listing() == ["imgs"]
+
+
 @pytest.mark.parametrize("how", ["load", "pack", "glob"])
 def test_images_of_different_bit_depths_on_different_scales_are_refused(how):
     """Values are never rescaled: 8-bit images and 16-bit ones (here the same picture, x 257)
     read together are on two scales, which the stack cannot show; before, only a note said
     so."""
-    from facefinder_cli.images import pack_stack
-
     for k in range(5):
         img = gray(8, 9, seed=k)
         save_png(f"imgs/img{k}.png", img if k % 2 else img.astype(np.uint16) * 257)
@@ -290,20 +301,13 @@ def test_images_of_different_bit_depths_on_different_scales_are_refused(how):
         r"imgs/img0\.png; values \d+\.\.\d+\); convert them to one bit depth \(8-bit values x "
         r"257 make 16-bit ones\)$"
     )
-    with pytest.raises(InputError, match=msg):
-        if how == "pack":
-            pack_stack("imgs", "p.npy")
-        else:
-            load_stack("imgs" if how == "load" else "imgs/*.png")
-    assert listing() == ["imgs"]  # pack left nothing
+    _refused_as(how, "imgs/*.png", msg)
 
 
 @pytest.mark.parametrize("how", ["load", "pack", "glob"])
 def test_float_images_among_integer_ones_on_another_scale_are_refused(how):
     """Float TIFFs of values in 0..1 among 8-bit PNGs of the same pictures: fitted together
     they placed no face right at a mean probability of 0.99999, exit 0 (found in review)."""
-    from facefinder_cli.images import pack_stack
-
     for k in range(4):
         img = gray(8, 9, seed=k)
         if k % 2:
@@ -315,12 +319,7 @@ def test_float_images_among_integer_ones_on_another_scale_are_refused(how):
         r"scales: 2 uint8 \(e\.g\. imgs/img0\.png; values \d+\.\.\d+\), 2 float \(e\.g\. "
         r"imgs/img1\.tif; values 0\.\.0\.\d+\); convert them to one scale"
     )
-    with pytest.raises(InputError, match=msg):
-        if how == "pack":
-            pack_stack("imgs", "p.npy")
-        else:
-            load_stack("imgs" if how == "load" else "imgs/img*")
-    assert listing() == ["imgs"]  # pack left nothing
+    _refused_as(how, "imgs/img*", msg)
     for k in (1, 3):  # the same pictures in 0..255: one scale, read as they are
         tifffile.imwrite(f"imgs/img{k}.tif", gray(8, 9, seed=k).astype(np.float32))
     stack = load_stack("imgs")
