@@ -227,8 +227,11 @@ def size_rows(choice: engine.SizeChoice) -> dict[str, Any]:
     }
 
 
-def add_full_fit(record: dict[str, Any], result: FitResult, seconds: float) -> None:
-    """Add the chosen size's full fit (the command line's own) to the search's ``record``."""
+def add_full_fit(record: dict[str, Any], result: FitResult) -> None:
+    """Add the chosen size's full fit (the command line's own) to the search's ``record``,
+    with its seconds as history.csv counts them: every restart's, over every session of a
+    resumed fit (the time since --resume alone, as before, was a tenth of it)."""
+    seconds = float(sum(r.seconds[-1] for r in result.restarts))
     h, w = result.face.shape
     K = result.positions.shape[0]
     n = engine.sizes.n_params((h, w), result.background.shape)

@@ -132,6 +132,10 @@ def test_fit_face_size_auto_writes_the_chosen_fit_and_the_search(folder, tmp_pat
     assert (out / "sizes.png").stat().st_size > 1000
     with np.load(out / "result.npz") as z:
         assert z["face"].shape == tuple(search["chosen"])
+        # the full fit's seconds are history.csv's: every restart's, every session's
+        total = sum(np.nanmax(row) for row in z["restart_seconds"])
+    (full,) = [row for row in rows if row["fit"] == "full"]
+    assert float(full["seconds"]) == round(float(total), 3)
     # the same as a fit of the chosen size
     h, w = search["chosen"]
     ok("fit", folder / "imgs", "--face-size", f"{h}x{w}", "-o", tmp_path / "direct", "-q")

@@ -486,7 +486,7 @@ def fit(
                 )
             seconds = time.perf_counter() - t0
             if sizes is not None:
-                runs.add_full_fit(sizes, result, seconds)
+                runs.add_full_fit(sizes, result)
             _report_engine(result, caught, K)
             errors = truth_errors.history(result)
             zoom = job.zoom or runs.view_zoom((H, W))
