@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import re
+import signal
 import warnings
 from pathlib import Path
 
@@ -774,14 +775,32 @@ def test_generate_faces_needs_two_images_and_not_face_too(three_folder, tmp_path
     assert not (tmp_path / "x").exists()
 
 
-def test_fit_faces_auto_chooses_three_and_writes_the_search(three_folder, tmp_path):
+def test_fit_faces_auto_chooses_three_and_writes_the_search(three_folder, tmp_path, monkeypatch):
     import csv
     import json
 
-    from helpers import ok
+    from helpers import cli, ok
 
-    r = ok("fit", "--no-plots", three_folder / "imgs", "--face-size", "12x10", "--faces", "auto",
-           "--restarts", 2, "-o", tmp_path / "run", "--json")  # fmt: skip
+    from facefinder_cli.interrupts import Interrupted
+
+    args = ["fit", "--no-plots", three_folder / "imgs", "--face-size", "12x10", "--faces",
+            "auto", "--restarts", 2]  # fmt: skip
+    real = M.fit_mixture
+
+    def stopped_at_three(X, settings, n_faces, *a, **kw):
+        if n_faces == 3:  # the fits of one and two faces are done
+            raise Interrupted(signal.SIGTERM)
+        return real(X, settings, n_faces, *a, **kw)
+
+    with monkeypatch.context() as m:  # (it said "before the faces were fitted")
+        m.setattr(M, "fit_mixture", stopped_at_three)
+        r = cli(*args, "-o", tmp_path / "cut")
+    assert r.exit_code == 143 and r.stderr.splitlines()[-1] == (
+        "interrupted while the number of faces was being chosen (--faces auto saves no "
+        "checkpoint): nothing was written"
+    )
+    assert not (tmp_path / "cut").exists()
+    r = ok(*args, "-o", tmp_path / "run", "--json")
     s = json.loads(r.stdout)
     assert s["faces"] == 3 and s["faces_search"]["chosen"] == 3 and s["faces_search"]["clear"]
     with open(tmp_path / "run" / "faces.csv", newline="") as f:

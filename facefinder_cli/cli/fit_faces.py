@@ -166,7 +166,12 @@ def fit_faces(
                     settings.restarts, job.init_from,
                 )  # fmt: skip
 
-        STOPPED["line"] = "interrupted before the faces were fitted: nothing was written"
+        STOPPED["line"] = (
+            "interrupted while the number of faces was being chosen (--faces auto saves no "
+            "checkpoint): nothing was written"
+            if auto
+            else "interrupted before the faces were fitted: nothing was written"
+        )
         saver = None
         if folder is not None and not auto:
             saver = CheckpointSaver(folder, job.options(), keep, job.checkpoint_every, overwrite)
