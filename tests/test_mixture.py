@@ -434,6 +434,7 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
            three_folder / "imgs" / "truth.npz", "-o", tmp_path / "run", "--json")  # fmt: skip
     s = json.loads(r.stdout)
     assert s["faces"] == 3 and s["restarts"] == 4 and sum(s["images_per_face"]) == 90
+    assert s["restarts_asked"] == "auto"  # (as fit of one face says it)
     assert min(s["truth"]["face_correlation"]) >= 0.95 and s["truth"]["faces_right"] >= 0.95
     match = ", ".join(map(str, s["truth"]["face_match"]))
     assert f"(faces matched up to relabelling: true faces 1.. are faces {match})" in r.stderr
@@ -667,7 +668,8 @@ def test_a_resume_interrupted_before_its_first_report_keeps_its_checkpoint_and_s
     assert "the images differ" in done.stderr
     pixels[0, 0] -= 1
     tifffile.imwrite(first, pixels)
-    ok("fit", "--resume", cut)
+    r = ok("fit", "--resume", cut, "--json")  # --restarts auto, one from the given start
+    assert (json.loads(r.stdout)["restarts"], json.loads(r.stdout)["restarts_asked"]) == (1, "auto")
     _same_runs(tmp_path / "whole", cut)
 
 

@@ -380,6 +380,7 @@ def fit(
         if face_size is None:
             raise click.MissingParameter(param_hint="'--face-size'", param_type="option")
         out = "-" if outputs.is_stdout(out) else out
+        options["restarts_asked"] = options["restarts"]
         if options["restarts"] == "auto":  # (from a given start every restart starts the same)
             restarts = engine.mixture.MIXTURE_RESTARTS
             options["restarts"] = 1 if options["init_from"] is not None else restarts

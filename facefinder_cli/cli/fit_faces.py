@@ -261,7 +261,7 @@ def fit_faces(
             "s" if len(unused) > 1 else "", ", ".join(map(str, unused)),
             "" if len(unused) > 1 else "s",
         )  # fmt: skip
-    summary = _summary(result, K, H, W, seconds, out, errors)
+    summary = _summary(result, K, H, W, seconds, out, errors, job)
     if searched is not None:
         summary["faces_search"] = {
             "chosen": searched.n_faces,
@@ -370,7 +370,7 @@ def _said(trial: tuple) -> None:
              criterion, n_iter, seconds)  # fmt: skip
 
 
-def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
+def _summary(result, K, H, W, seconds, out, errors, job: FitJob) -> dict[str, Any]:
     p = result.params
     s: dict[str, Any] = {
         "n_images": K,
@@ -381,6 +381,10 @@ def _summary(result, K, H, W, seconds, out, errors) -> dict[str, Any]:
         "images_per_face": np.bincount(result.faces_of_images, minlength=len(p.weights)).tolist(),
         "method": result.settings.method,
         "restarts": len(result.restart_log_likelihoods),
+        # "auto" or the number given (checkpoints from before it kept only the number)
+        "restarts_asked": (
+            job.restarts_asked if job.restarts_asked is not None else result.settings.restarts
+        ),
         "best_restart": result.best_restart,
         "n_iter": result.n_iter,
         "converged": result.converged,

@@ -65,6 +65,8 @@ class FitJob:
     plots: bool
     checkpoint_every: int | None
     command: str
+    # --restarts as given, where the command line resolved it (--faces: auto is 4), for --json
+    restarts_asked: int | str | None = None
 
     def options(self) -> dict[str, Any]:
         """The command line's own fields (JSON-able), stored beside the settings."""
@@ -78,7 +80,8 @@ class FitJob:
         """The job a checkpoint at ``path`` recorded; a damaged record is one line naming it."""
         hints = typing.get_type_hints(cls)
         names = [f.name for f in fields(cls) if f.name != "settings"]
-        options = {"plots": True, **options}  # checkpoints from before --no-plots drew them
+        # checkpoints from before --no-plots drew them; those before restarts_asked lack it
+        options = {"plots": True, "restarts_asked": None, **options}
         unknown = sorted(set(options) - set(names))
         if unknown:
             raise InputError(
