@@ -587,7 +587,7 @@ def _read_marker(folder: str) -> dict | None:
     return made if isinstance(made, dict) else None
 
 
-def _marker_kind(folder: str) -> str | None:
+def marker_kind(folder: str) -> str | None:
     """The purpose written in a folder's marker file, or None."""
     made = _read_marker(folder)
     return str(made["made_for"]) if made is not None and "made_for" in made else None
@@ -776,7 +776,7 @@ def written_as(path: str, made_for: str, first: str | None = None) -> bool:
 def _made_here(folder: str, kind: FolderKind | None) -> bool:
     if kind is None:
         return False
-    if _marker_kind(folder) == kind.made_for:
+    if marker_kind(folder) == kind.made_for:
         return True
     return any(is_facefinder_npz(os.path.join(folder, name)) for name in kind.legacy)
 

@@ -35,6 +35,7 @@ from facefinder_cli.engine import (
 )
 from facefinder_cli.errors import Hint, InputError
 from facefinder_cli.images import write_png
+from facefinder_cli.images.common import plural
 from facefinder_cli.names import csv_writer, printable
 from facefinder_cli.outputs import OVERWRITE, atomic_write
 
@@ -254,8 +255,7 @@ def size_summary(record: dict[str, Any]) -> dict[str, Any]:
 def size_verdict(summary: dict[str, Any]) -> str:
     """One line saying which size was chosen, and how clearly."""
     h, w = summary["chosen"]
-    fits = "short fit" if summary["short_fits"] == 1 else "short fits"
-    head = (f"chose the face size {h}x{w} from {summary['short_fits']} {fits} "
+    head = (f"chose the face size {h}x{w} from {plural(summary['short_fits'], 'short fit')} "
             f"({summary['seconds']:.1f} s)")  # fmt: skip
     if summary.get("at_edge"):
         (a, b), (c, d) = summary["range"]

@@ -428,7 +428,7 @@ def load(
     except images.InputError:
         # A fit's own outputs given as the images (its folder, its result.npz) failed on the
         # sizes of face.png and background.png, or on result.npz's keys: say what they are.
-        if os.path.isdir(source) and outputs._marker_kind(source) == "fit":
+        if os.path.isdir(source) and outputs.marker_kind(source) == "fit":  # (RUN_FOLDER's)
             what = "a run folder that facefinder fit wrote"
         elif os.path.isfile(source) and outputs.is_facefinder_npz(source):
             what = "a file that facefinder wrote (a fit's result or checkpoint, or a truth)"

@@ -19,6 +19,7 @@ from facefinder_cli.cli.options import (
     verbosity,
 )
 from facefinder_cli.errors import InputError
+from facefinder_cli.images.common import plural
 
 log = logging.getLogger("facefinder")
 
@@ -90,7 +91,7 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
     """
     if labels and len(labels) != len(runs_):
         raise click.BadParameter(
-            f"{_count(len(labels), 'label')} for {_count(len(runs_), 'run')}",
+            f"{plural(len(labels), 'label')} for {plural(len(runs_), 'run')}",
             param_hint="'--label'",
         )
     fmt = "png" if outputs.is_stream(out) else Path(out).suffix.lower().lstrip(".")
@@ -158,7 +159,3 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
             STOPPED["note"] = f"{out} was written all the same"
     if out != "-" and not outputs.stdout_broken():
         log.info("wrote %s", out)
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"

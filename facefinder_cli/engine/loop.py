@@ -931,7 +931,7 @@ def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> F
         if why is not None:
             raise CheckpointError(why)
         runs = list(resume.finished)
-    while len(runs) < _planned(settings, runs, fixed_start):
+    while len(runs) < (planned := _planned(settings, runs, fixed_start)):
         r, t0 = len(runs), time.perf_counter()
         rng = np.random.default_rng(_seed_child(ss, r))
         if resume is not None and r == resume.restart:
@@ -969,7 +969,6 @@ def _fit(data: _Data, settings: FitSettings, init_params, callback, resume) -> F
                 unidentified=np.zeros((data.H, data.W), dtype=bool),
                 noise_floored=False,
             )
-        planned = _planned(settings, runs, fixed_start)
         runs.append(_run(data, state, rng, t0, callback, planned, support))
     best = max(range(len(runs)), key=lambda r: (runs[r].history.log_likelihood[-1], -r))
     run = runs[best]

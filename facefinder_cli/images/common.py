@@ -42,7 +42,8 @@ def natural_sort_key(name: str) -> tuple:
     return (key, name)
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``n`` and ``word``, in the plural unless ``n`` is 1 ("1 file", "3 files")."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from facefinder_cli.errors import InputError
-from facefinder_cli.images.common import _plural
+from facefinder_cli.images.common import plural
 
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 _LUMA = (0.299, 0.587, 0.114)
@@ -48,23 +48,23 @@ class _Conversions:
         c = self.counts
         notes = []
         if c["colour"]:
-            n = _plural(c["colour"], "colour image")
+            n = plural(c["colour"], "colour image")
             notes.append(f"converted {n} to grayscale (luminance)")
         if c["palette"]:
-            notes.append(f"expanded the colour palette of {_plural(c['palette'], 'image')}")
+            notes.append(f"expanded the colour palette of {plural(c['palette'], 'image')}")
         if c["alpha"]:
-            n = _plural(c["alpha"], "image")
+            n = plural(c["alpha"], "image")
             notes.append(f"dropped the alpha (transparency) channel of {n}")
         if c["bilevel"]:
-            n = _plural(c["bilevel"], "black-and-white (1-bit) image")
+            n = plural(c["bilevel"], "black-and-white (1-bit) image")
             notes.append(f"read {n} as 0 and 255")
         if c["png16"]:
             notes.append(
-                f"read {_plural(c['png16'], '16-bit colour PNG image')} at 8-bit precision "
+                f"read {plural(c['png16'], '16-bit colour PNG image')} at 8-bit precision "
                 "(0..255): Pillow cannot decode them at 16 bits"
             )
         if c["miniswhite"]:
-            notes.append(f"inverted {_plural(c['miniswhite'], 'white-is-zero TIFF image')}")
+            notes.append(f"inverted {plural(c['miniswhite'], 'white-is-zero TIFF image')}")
         int_depths = sorted(d for d in self.depths if d[0] in "ui")
         if len(int_depths) > 1 and self.shared_range is not None:
             lo, hi = self.shared_range

@@ -30,9 +30,9 @@ from facefinder_cli.images.common import (
     _check_finite,
     _check_layout,
     _image_k,
-    _plural,
     _resolve_layout,
     _stack_names,
+    plural,
 )
 from facefinder_cli.images.reading import (
     _GLOB_CHARS,
@@ -109,7 +109,7 @@ def _rounding_note(n: int) -> list[str]:
         return []
     return [
         Note(
-            f"rounded the values of {_plural(n, 'image')} to float32 (7 significant digits; "
+            f"rounded the values of {plural(n, 'image')} to float32 (7 significant digits; "
             "colour and float images are not whole numbers); pack with ",
             Hint("dtype", "float64"),
             " to keep them exactly",

@@ -27,10 +27,10 @@ from facefinder_cli.images.common import (
     _check_layout,
     _image_k,
     _listing,
-    _plural,
     _size,
     _stack_names,
     natural_sort_key,
+    plural,
 )
 from facefinder_cli.images.decoding import _Conversions, _read_image_file
 from facefinder_cli.images.stacks import NpyReader, _read_names, _stream_npy, names_path
@@ -161,7 +161,7 @@ class _FileImages:
             _same_folder(folders, folder)
         if not self.kept:
             raise InputError(
-                f"{self.displays[0]} and the other {_plural(len(self.paths) - 1, 'file')}: none "
+                f"{self.displays[0]} and the other {plural(len(self.paths) - 1, 'file')}: none "
                 "is readable"
             )
         self._check_depths()
@@ -239,7 +239,7 @@ class _FileImages:
                     "better"
                 )
         if self.skipped:
-            n = _plural(len(self.skipped), "unreadable file")
+            n = plural(len(self.skipped), "unreadable file")
             notes.append(f"skipped {n}: {_listing(self.skipped, 3)}")
         return notes
 
@@ -331,7 +331,7 @@ def _list_folder(source: str) -> tuple[list[str], list[str], list[str]]:
         )
     if others:
         others.sort(key=natural_sort_key)
-        n = _plural(len(others), "non-image file")
+        n = plural(len(others), "non-image file")
         notes.append(f"ignored {n}: {_listing(others, 3)}")
     paths = [os.path.join(source, f) for f in files]
     return paths, files, notes
@@ -430,7 +430,7 @@ def _list_glob(source: str) -> tuple[list[str], list[str], list[str]]:
     matches = glob_paths(source)
     files = [m for m in matches if os.path.isfile(m) and m.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
-        extra = f" ({_plural(len(matches), 'path')} matched, none an image file)" if matches else ""
+        extra = f" ({plural(len(matches), 'path')} matched, none an image file)" if matches else ""
         raise InputError(f"{source}: no image files match this pattern{extra}")
     files.sort(key=natural_sort_key)
     base = [os.path.basename(f) for f in files]

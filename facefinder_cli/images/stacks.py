@@ -17,7 +17,7 @@ import numpy as np
 
 from facefinder_cli import names as _names
 from facefinder_cli.errors import InputError
-from facefinder_cli.images.common import _check_kind, _plural, _resolve_layout
+from facefinder_cli.images.common import _check_kind, _resolve_layout, plural
 
 __all__ = ["NpyReader", "names_path"]
 
@@ -284,8 +284,8 @@ def _read_names(npy_path: str, n: int, notes: list[str]) -> tuple[str, ...] | No
     lines = [_names.from_line(line[:-1] if line.endswith("\r") else line) for line in lines]
     if len(lines) != n:
         notes.append(
-            f"ignored {side}: it holds {_plural(len(lines), 'name')} for "
-            f"{_plural(n, 'image')}; images are named {os.path.basename(npy_path)}[k]"
+            f"ignored {side}: it holds {plural(len(lines), 'name')} for "
+            f"{plural(n, 'image')}; images are named {os.path.basename(npy_path)}[k]"
         )
         return None
     return tuple(lines)
