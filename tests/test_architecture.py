@@ -33,7 +33,7 @@ def test_the_engine_imports_no_io_plotting_or_command_line():
 
 
 def test_engine_modules_import_only_those_below_them():
-    order = ["blas", "model", "settings", "machine", "data", "cluster", "estep", "mstep"]
+    order = ["_fft", "blas", "model", "settings", "machine", "data", "cluster", "estep", "mstep"]
     order += ["starts"]
     order += ["passes", "sampler"]
     order += ["accelerate", "loop", "sizes", "mixture"]

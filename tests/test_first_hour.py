@@ -146,6 +146,16 @@ def test_no_plots_skips_matplotlib_and_the_two_plots(data, monkeypatch):
     assert "result.npz" in os.listdir("r")
 
 
+def test_commands_that_transform_nothing_leave_scipy_unimported(data):
+    """Start-up: importing scipy.fft is about 0.4 s, two thirds of the command line's own.
+    --help, --version and plot-elbo never transform anything and skip it; a fit does not."""
+    ok("fit", "data", *FIT, "-o", "run", "-q", "--no-plots")
+    for args in (["--version"], ["fit", "--help"], ["plot-elbo", "run", "-o", "elbo.png"]):
+        assert imported_by_cli(*args, among={"scipy"}) == set(), args
+    assert imported_by_cli("fit", "data", *FIT, "-o", "again", "-q", "--no-plots",
+                           among={"scipy"}) == {"scipy"}  # fmt: skip
+
+
 def test_a_checkpoint_from_before_no_plots_resumes_with_plots(data, monkeypatch):
     interrupted_fit(monkeypatch, "old")
     with np.load("old/checkpoint.npz") as z:

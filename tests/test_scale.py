@@ -314,6 +314,30 @@ def test_blas_runs_on_one_thread_during_a_pass_and_as_before_after_it(scene):
         assert other == [[2] * len(seen[0])] * 3 and set(blas_threads()) == {2}
 
 
+def test_the_pass_holds_scipys_blas_too_though_scipy_is_imported_on_first_use():
+    """scipy.fft, imported when a transform is first asked for, loads SciPy's own OpenBLAS:
+    the libraries that a pass holds to one thread, looked up once, include it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from facefinder_cli.engine import blas\n"
+        "assert 'scipy.fft' not in sys.modules\n"
+        "held = {lib.filepath for lib in blas._blas().lib_controllers}\n"
+        "import scipy.fft\n"
+        "loaded = {i['filepath'] for i in threadpool_info() if i['user_api'] == 'blas'}\n"
+        "print(len(held), sorted(loaded - held))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    held, missed = r.stdout.split(" ", 1)
+    assert missed.strip() == "[]"
+    if int(held) == 0:
+        pytest.skip("NumPy here uses no BLAS that threadpoolctl knows")
+
+
 def test_a_fit_has_the_same_bits_whatever_blas_threads_and_the_calling_thread():
     """At 112x112 with a 56x56 face a box-sum product comes out in other last bits on two
     BLAS threads than on one: products run only on one (a pass from the main thread holds it

@@ -23,6 +23,7 @@ import threading
 
 @functools.lru_cache(maxsize=1)
 def _blas():
+    import scipy.fft  # noqa: F401  (imported on first use: it loads SciPy's own OpenBLAS)
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController().select(user_api="blas")

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import fft as sfft
 
+from facefinder_cli.engine import _fft as sfft
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.machine import _retain_freed_memory
 from facefinder_cli.engine.model import NonFiniteError

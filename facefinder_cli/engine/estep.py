@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import fft as sfft
 
+from facefinder_cli.engine import _fft as sfft
 from facefinder_cli.engine.data import _check_params, _Data
 from facefinder_cli.engine.model import (
     _LOG_CUT,

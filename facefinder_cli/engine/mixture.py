@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy import fft as sfft
 
+from facefinder_cli.engine import _fft as sfft
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.estep import _Posterior, _valid_correlation
 from facefinder_cli.engine.loop import (

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import fft as sfft
 
+from facefinder_cli.engine import _fft as sfft
 from facefinder_cli.engine.data import _check_params, _Data
 from facefinder_cli.engine.estep import _chunk_log_joint, _Posterior
 from facefinder_cli.engine.model import (

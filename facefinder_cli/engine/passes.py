@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy import fft as sfft
 
+from facefinder_cli.engine import _fft as sfft
 from facefinder_cli.engine.data import _Data
 from facefinder_cli.engine.estep import (
     PRIOR_PSEUDO_COUNT,

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from scipy import fft as sfft
 
+from facefinder_cli.engine import _fft as sfft
 from facefinder_cli.engine.data import _check_params, _Data
 from facefinder_cli.engine.model import INIT_METHODS, WHITE, Params, uniform_prior
 
