@@ -17,6 +17,7 @@ from facefinder_cli.cli.options import (
     OUTPUT,
     STOPPED,
     check_cluster_input,
+    check_unchanged,
     cluster_client,
     layout_opt,
     load,
@@ -179,6 +180,7 @@ def detect(
             raise InputError(f"{input}: {err}") from None
         except ValueError as err:  # the model's, likewise
             raise InputError(f"{model_.source}: {err}") from None
+        check_unchanged(input, stack, "the positions were not written")
         log_notes(stack)
         _warn_if_mismatched(found, model_.noise_std, input, stack.names)
         # what to say of a signal as each output is put in place, and once it is
@@ -203,6 +205,7 @@ def detect(
             )
             h, w = model_.face_shape
             zoom = zoom or runs.view_zoom((H, W))
+            changed = False
             try:
                 with outputs.atomic_folder(draw, overwrite, keep=keep, kind=DRAW_FOLDER) as tmp:
                     faces = getattr(found, "faces", np.zeros(K, dtype=int))  # several, or one
@@ -211,8 +214,16 @@ def detect(
                         image = np.asarray(stack.images[k])
                         rgb = images.boxed(image, r, c, h, w, int(faces[k]))
                         images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
+                    changed = stack.changed()  # (read again to draw: the file may have been)
+                    check_unchanged(
+                        input,
+                        stack,
+                        f"{out} was written, the boxed images were not"
+                        if csv_file
+                        else "the boxed images were not written",
+                    )
             except InputError as err:  # a full disk, say: the CSV is in place all the same
-                if not csv_file:
+                if not csv_file or changed:
                     raise
                 raise InputError(f"{err}; {out} was written, the boxed images were not") from None
             STOPPED["note"] = STOPPED["installed"]

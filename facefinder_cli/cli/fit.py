@@ -48,6 +48,7 @@ from facefinder_cli.cli.options import (
     FiniteFloatType,
     ToleranceType,
     check_cluster_input,
+    check_unchanged,
     cluster_client,
     layout_opt,
     load,
@@ -486,6 +487,7 @@ def fit(
                     client=client,
                 )
             seconds = time.perf_counter() - t0
+            check_unchanged(input, stack, "the run was not written")
             if sizes is not None:
                 runs.add_full_fit(sizes, result)
             _report_engine(result, caught, K)

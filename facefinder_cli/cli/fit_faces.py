@@ -26,6 +26,7 @@ from facefinder_cli.cli.fit_resume import (
 )
 from facefinder_cli.cli.options import (
     STOPPED,
+    check_unchanged,
     cluster_client,
     load,
     log_notes,
@@ -230,6 +231,7 @@ def fit_faces(
             bar.close()
             kw["callback"].close()
         seconds = time.perf_counter() - t0
+        check_unchanged(input, stack, "the run was not written")
         if states.on_first is not None:  # (resumed at its very end: nothing was reported)
             states.on_first()
             states.on_first = None

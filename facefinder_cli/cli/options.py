@@ -439,6 +439,18 @@ def load(
         ) from None
 
 
+def check_unchanged(source: str, stack: images.Stack, outcome: str) -> None:
+    """Refuse a result computed from ``stack`` if its file was written to while it was read
+    (the result would mix its old and new images), saying ``outcome`` ("the run was not
+    written")."""
+    if stack.changed():
+        raise images.InputError(
+            f"{source}: written to while it was being read: {outcome}, since it would mix old "
+            "and new images; run the command again (to replace a stack meanwhile, rename a new "
+            "file onto its name)"
+        )
+
+
 def non_finite(source: str, stack: images.Stack, err: engine.NonFiniteError) -> images.InputError:
     """The error for a non-finite image found by the engine in a streamed stack."""
     k, name = err.index, stack.names[err.index]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -260,6 +261,25 @@ class _ZipFrames:
         self._zip.close()
 
 
+def _version(src: str) -> tuple[int, int] | None:
+    """The size and time of last change of the file ``src`` (None for a folder or pattern)."""
+    try:
+        st = os.stat(src)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
+def _check_unchanged(src: str, version: tuple[int, int] | None) -> None:
+    """Refuse a stack packed from the file ``src`` if it was written to while it was read
+    (``version`` as it was before): the stack would mix its old and new images."""
+    if version is not None and _version(src) != version:
+        raise InputError(
+            f"{src}: written to while it was being packed: the stack would mix old and new "
+            "images and was not written; pack it again"
+        )
+
+
 def _array_source(
     src: str, layout: str | None, notes: list[str]
 ) -> tuple[Any, tuple[str, ...], bool, Callable[[], None]]:
@@ -400,8 +420,11 @@ def pack_stack(
     elif inside(p, src):
         raise InputError(f"{p}: is the source itself; write the stack to another file")
     keep = input_paths(src)
+    version = _version(src) if listing is None else None
     if to_zarr:
-        return _pack_to_zarr(src, p, listing, dt, overwrite, skip_unreadable, layout, progress)
+        return _pack_to_zarr(
+            src, p, listing, dt, overwrite, skip_unreadable, layout, progress, version
+        )
     # a stack carries no mark of its maker: pack knows its own by the record it leaves
     check_file_target(p, overwrite, keep=keep, ours=lambda _: written_as(p, "pack"))
     check_file_target(
@@ -435,6 +458,7 @@ def pack_stack(
             if with_names:
                 text = "".join(_names.to_line(n) + "\n" for n in names)
                 batch.files[1].write(text.encode("utf-8"))
+            _check_unchanged(src, version)
     finally:
         close()
     return Stack(NpyReader(p), names, tuple(notes), src)
@@ -449,6 +473,7 @@ def _pack_to_zarr(
     skip_unreadable: bool,
     layout: str | None,
     progress: Callable[[int, int], object] | None,
+    version: tuple[int, int] | None = None,
 ) -> Stack:
     """:func:`pack_stack` into a Zarr folder (see :mod:`.zarrs`), built under a temporary name
     and renamed into place when complete; the names go into its attribute ``names``, escaped
@@ -489,6 +514,7 @@ def _pack_to_zarr(
     try:
         with atomic_folder(p, overwrite, keep=keep, kind=kind) as tmp:
             pack_zarr(tmp, total, dt, converted, lambda: [_names.to_line(n) for n in kept()])
+            _check_unchanged(src, version)
     finally:
         close()
     if listing is not None:

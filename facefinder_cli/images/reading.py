@@ -70,6 +70,13 @@ class Stack:
     notes: tuple[str, ...] = ()
     source: str = ""
 
+    def changed(self) -> bool:
+        """Whether the file that the images are read from on demand was written to since it
+        was opened (:meth:`NpyReader.changed`, :meth:`ZarrReader.changed`); images read into
+        memory never are."""
+        changed = getattr(self.images, "changed", None)
+        return bool(changed()) if changed is not None else False
+
 
 def _same_folder(seen: dict[str, tuple[int, int] | None], folder: str) -> None:
     """Note ``folder``'s identity in ``seen``, or raise if it is not the one noted before."""

@@ -192,6 +192,16 @@ class NpyReader:
         the workers of a cluster read their chunks (``engine.fit(..., client=)``)."""
         return functools.partial(_reopen, os.path.abspath(self.path), *self._version)
 
+    def changed(self) -> bool:
+        """Whether the file was written to since this reader opened it (its size or time of
+        last change differ), so that reads may mix its old and new images. A file replaced by
+        renaming a new one onto its name is not: this reader goes on reading the one it
+        opened."""
+        if self._fd is None:
+            return False
+        st = os.fstat(self._fd)
+        return (st.st_size, st.st_mtime_ns) != self._version
+
     def __iter__(self) -> Iterator[np.ndarray]:
         for k in range(len(self)):
             yield self[k]
@@ -242,6 +252,10 @@ class NpyReader:
         for a, b in zip(cuts[:-1], cuts[1:]):
             start = self._offset + int(idx[a]) * frame
             if not _read_at(fd, raw[a * frame : b * frame], start, self._lock):
+                if self.changed():  # cut short since it was opened
+                    raise InputError(
+                        f"{self.path}: written to while it was being read (it is shorter now)"
+                    )
                 raise InputError(_bad_npy(self.path))
         if self._swap:
             out.byteswap(inplace=True)

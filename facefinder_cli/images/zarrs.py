@@ -143,6 +143,8 @@ class ZarrReader:
                     f"read their images as the fill value {self._array.fill_value}; if that is "
                     "what they are, write them with Zarr's config write_empty_chunks=True)"
                 )
+        # the files as opened (a local store), for changed(); not for workers' readers
+        self._version = self.fingerprint(0, self.shape[0]) if check else None
         names = self._array.attrs.get("names")  # escaped as lines of a names file
         ok = isinstance(names, list) and len(names) == self.shape[0]
         self.names = tuple(_names.from_line(str(n)) for n in names) if ok else None
@@ -196,6 +198,12 @@ class ZarrReader:
             except OSError:
                 out.append((name, None, None))
         return tuple(out)
+
+    def changed(self) -> bool:
+        """Whether a file of the array (its metadata, a chunk) was written, added or removed
+        since this reader opened it, so that reads may mix old and new images; False for
+        stores that are not local folders, which cannot tell."""
+        return self._version is not None and self.fingerprint(0, self.shape[0]) != self._version
 
     def close(self) -> None:
         """Nothing to close: Zarr opens its files per read."""
