@@ -399,3 +399,13 @@ def test_a_copy_that_keeps_the_times_is_still_packs_own():
         shutil.copyfile(os.path.join("a", name), os.path.join("c", name))  # times not kept
     with pytest.raises(InputError, match="^c/s.npy: not a file facefinder wrote"):
         pack_stack("imgs", "c/s.npy", overwrite=True)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_pack_of_a_single_2d_image_in_a_npy(order):
+    """A .npy holding one 2-D image failed with an internal TypeError (a review found it)."""
+    image = np.asarray(pixels(k=1, h=5, w=6)[0], dtype=np.float64, order=order)
+    np.save("one.npy", image)
+    got = pack_stack("one.npy", "stack.npy", dtype=np.float64)
+    assert got.names == ("one.npy",) and got.images.shape == (1, 5, 6)
+    np.testing.assert_array_equal(np.load("stack.npy")[0], image)

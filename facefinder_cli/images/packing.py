@@ -292,7 +292,7 @@ def _array_source(
     if src.lower().endswith(".npy"):
         shape, fortran, _, _ = _npy_layout(src, disp)
         if len(shape) == 2:
-            return _read_npy(src, disp, layout, False, [])[0], (base,), False, lambda: None
+            return _read_npy(src, disp, layout, [])[0], (base,), False, lambda: None
         guess: list[str] = []
         lay = _resolve_layout(shape, disp, layout, None, guess)
         arr: Any = NpyReader(src) if lay == "khw" and not fortran else _MappedFrames(src, lay)
