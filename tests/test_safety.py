@@ -1121,6 +1121,9 @@ DEV_FULL = {
     "plot-elbo -o /dev/full": (["plot-elbo", "{run}", "-o", "/dev/full"], False),
     "fit -o - >/dev/full": (["fit", "{imgs}", *FIT, "-o", "-"], True),
     "plot-elbo -o - >/dev/full": (["plot-elbo", "{run}", "-o", "-"], True),
+    # Click's own output: a traceback before (a review found it)
+    "--version >/dev/full": (["--version"], True),
+    "fit --help >/dev/full": (["fit", "--help"], True),
 }
 
 

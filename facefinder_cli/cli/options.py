@@ -636,6 +636,11 @@ class Group(click.Group):
                 raise
             outputs.close_stdout_quietly()
             return 141
+        except OSError as err:  # Click's own output (--help, --version) not written: a full
+            # device, say (the commands' own errors are said by reports_errors)
+            _say(f"Error: standard output: cannot write ({err.strerror or err})")
+            outputs.close_stdout_quietly()
+            return 1
 
     def _finish(self, code: int) -> int:
         """Flush standard output; 141, quietly, if its reader went away."""
