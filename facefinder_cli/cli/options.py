@@ -586,6 +586,7 @@ class Group(click.Group):
         outputs.repair_std_streams()
         outputs.guard_stderr()  # a reader of messages that goes away ends nothing
         _setup_logging()
+        sys.unraisablehook = _unraisable_logged
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         with interrupts.handled(), _warnings_logged():
@@ -655,6 +656,21 @@ class Group(click.Group):
             outputs.close_stdout_quietly()
             return 141
         return code
+
+
+def _unraisable_logged(unraisable: Any) -> None:
+    """An error Python could not raise (in a ``__del__``: imageio's half-built reader after
+    a signal landed in its ``__init__`` printed "Exception ignored in ..." and a traceback
+    after the command's one line) goes to the log at debug level (shown with -v)."""
+    try:
+        log.debug(
+            "ignored %s: %s (in %r)",
+            unraisable.exc_type.__name__,
+            unraisable.exc_value,
+            unraisable.object,
+        )
+    except Exception:  # (at exit, the log may be gone)
+        pass
 
 
 def _say(line: str) -> None:
