@@ -169,6 +169,9 @@ def test_a_checkpoint_from_before_no_plots_resumes_with_plots(data, monkeypatch)
     assert {"prior.png", "elbo.png"} <= set(os.listdir("old"))
 
 
+TOL_WORDS = "must be a number other than nan or +inf (0 or less: no tolerance)"
+
+
 def test_counts_and_tolerances_that_make_no_sense_are_refused(data):
     """A mistyped --restarts ran on without a word (each restart is a whole fit); --tol inf
     stopped at once and called it converged. Both are refused, naming the option; the
@@ -180,13 +183,18 @@ def test_counts_and_tolerances_that_make_no_sense_are_refused(data):
         ("--restarts", "1001", "a number of restarts from 1 to 1000, or auto"),
         ("--restarts", "0", "a number of restarts from 1 to 1000, or auto"),
         ("--restarts", "Autom", "a number of restarts from 1 to 1000, or auto"),
-        ("--tol", "inf", "must be a number, not nan or +inf (0 or less: none), not 'inf'"),
-        ("--tol", "nan", "must be a number, not nan or +inf (0 or less: none), not 'nan'"),
+        ("--tol", "inf", f"{TOL_WORDS}, not 'inf'"),
+        ("--tol", "nan", f"{TOL_WORDS}, not 'nan'"),
     ):
         r = cli("fit", data, *FIT, "-o", "run", option, value)
         line = one_error(r, 2)
         assert f"Invalid value for '{option}'" in line and needle in line, line
         assert not os.path.exists("run")
+    # -0 is 0 (generate's noise std of -0 failed in NumPy's words, "scale < 0")
+    ok("generate", "-n", "3", "--face-size", "8x8", "--size", "12x16", "--noise", "-0", "-o",
+       "flat", "-q")  # fmt: skip
+    with np.load("flat/truth.npz") as truth:
+        assert truth["noise_std"] == 0 and not np.signbit(truth["noise_std"])
     with pytest.raises(ValueError, match="restarts must be at most 1000, got 1001"):
         engine.FitSettings((3, 3), restarts=1001)
     assert engine.FitSettings((3, 3), restarts=1000).restarts == 1000

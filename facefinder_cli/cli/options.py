@@ -187,7 +187,7 @@ class FiniteFloatType(click.ParamType):
             self.fail(f"must be a finite number, not {value!r}", param, ctx)
         if number < self.minimum:
             self.fail(f"must be at least {self.minimum:g}, not {value!r}", param, ctx)
-        return number
+        return number + 0.0  # (-0 as 0: NumPy refused a noise std of -0.0 in its own words)
 
     def get_metavar(self, param: Any, ctx: Any = None) -> str:
         return f"FLOAT>={self.minimum:g}"
@@ -206,7 +206,9 @@ class ToleranceType(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if number != number or number == math.inf:
             self.fail(
-                f"must be a number, not nan or +inf (0 or less: none), not {value!r}", param, ctx
+                f"must be a number other than nan or +inf (0 or less: no tolerance), not {value!r}",
+                param,
+                ctx,
             )
         return number
 
