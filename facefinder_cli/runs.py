@@ -600,6 +600,37 @@ def _result_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def _mixture_damage(faces, background, noise: float, weights, prior) -> str | None:
+    """What is wrong with the parameters of a fit of several faces, naming the key; None if
+    nothing."""
+    if faces.ndim != 3 or 0 in faces.shape:
+        return f"'faces' has shape {faces.shape}; expected (faces, height, width)"
+    if background.ndim != 2:
+        return f"'background' has shape {background.shape}; expected (height, width)"
+    n, h, w = faces.shape
+    H, W = background.shape
+    if h > H or w > W:
+        return f"its {h}x{w} faces are larger than its {H}x{W} background"
+    if weights.shape != (n,):
+        return f"'weights' has shape {weights.shape}; expected ({n},), one per face"
+    if prior.shape != (H - h + 1, W - w + 1):
+        return (
+            f"'prior' has shape {prior.shape}; {h}x{w} faces in a {H}x{W} background take "
+            f"{(H - h + 1, W - w + 1)} positions"
+        )
+    for key, values in (("faces", faces), ("background", background)):
+        if not np.isfinite(values).all():
+            return f"'{key}' holds values that are not finite"
+    if not (math.isfinite(noise) and noise > 0):
+        return f"'noise_std' is {noise:g}; it must be positive and finite"
+    for key, values in (("weights", weights), ("prior", prior)):
+        if not (np.isfinite(values).all() and (values >= 0).all()):
+            return f"'{key}' holds values that are negative or not finite"
+        if abs(values.sum() - 1) >= 1e-6:
+            return f"'{key}' sums to {values.sum():.6g}, not 1"
+    return None
+
+
 def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Path] | None:
     """The parameters of a fit of several faces (a run folder or its ``result.npz``), the
     number of images it was fitted to, and the file read; None if it is a fit of one face."""
@@ -626,16 +657,9 @@ def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Pa
         raise InputError(
             f"{p}: damaged (its {', '.join(keys)} or noise_std are not numbers)"
         ) from None
-    ok = (
-        faces.ndim == 3 and background.ndim == 2 and weights.shape == (len(faces),)
-        and prior.shape == (background.shape[0] - faces.shape[1] + 1,
-                            background.shape[1] - faces.shape[2] + 1)
-        and np.isfinite(faces).all() and np.isfinite(background).all() and noise > 0
-        and (weights >= 0).all() and (prior >= 0).all()
-        and abs(weights.sum() - 1) < 1e-6 and abs(prior.sum() - 1) < 1e-6
-    )  # fmt: skip
-    if not ok:
-        raise InputError(f"{p}: damaged (its faces, background, weights or prior do not agree)")
+    damage = _mixture_damage(faces, background, noise, weights, prior)
+    if damage is not None:
+        raise InputError(f"{p}: damaged: {damage}")
     n_images = len(np.asarray(z["face_of_image"]))
     return engine.MixtureParams(faces, background, noise, weights, prior), n_images, p
 

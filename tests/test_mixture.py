@@ -932,3 +932,39 @@ def test_tol_zero_runs_max_iter_for_several_faces_too(method):
         warnings.simplefilter("error", E.ConvergenceWarning)  # none: as many as asked
         r = M.fit_mixture(d.images, E.FitSettings.of(settings, accelerate="none"), 2)
     assert r.n_iter == 200 and not r.converged
+
+
+def _edited(tmp_path, **changes):
+    arrays = dict(faces=np.full((2, 4, 3), 100.0), background=np.full((8, 9), 50.0),
+                  noise_std=np.array(5.0), weights=np.array([0.5, 0.5]),
+                  prior=np.full((5, 7), 1 / 35), face_of_image=np.array([0, 1, 1]))  # fmt: skip
+    arrays.update(changes)
+    path = tmp_path / "result.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(noise_std=np.array(-1.0)), "'noise_std' is -1; it must be positive and finite"),
+        (dict(faces=np.full((2, 4, 3), np.nan)), "'faces' holds values that are not finite"),
+        (dict(weights=np.array([0.9, 0.3])), "'weights' sums to 1.2, not 1"),
+        (dict(weights=np.array([np.nan, 1.0])), "'weights' holds values that are negative or"),
+        (dict(prior=np.full((5, 7), 2 / 35)), "'prior' sums to 2, not 1"),
+        (dict(prior=np.full((5, 7), -1 / 35)), "'prior' holds values that are negative or"),
+        (dict(background=np.full((5, 9), 50.0)), "'prior' has shape (5, 7); 4x3 faces in a 5x9"),
+        (dict(weights=np.array([1.0])), "'weights' has shape (1,); expected (2,), one per face"),
+    ],
+)
+def test_a_damaged_run_of_several_faces_is_named_by_its_key(tmp_path, change, words):
+    """Every damage gave "damaged (its faces, background, weights or prior do not agree)",
+    even a negative noise std (found in review): the key is named, as for one face."""
+    from facefinder_cli import runs
+    from facefinder_cli.errors import InputError
+
+    params, n_images, _ = runs.load_mixture(_edited(tmp_path))
+    assert n_images == 3 and params.noise_std == 5.0
+    with pytest.raises(InputError) as err:
+        runs.load_mixture(_edited(tmp_path, **change))
+    assert str(err.value).startswith(f"{tmp_path / 'result.npz'}: damaged: {words}"), err.value
