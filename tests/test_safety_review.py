@@ -272,6 +272,28 @@ def test_a_full_disk_while_drawing_says_the_csv_was_written(data, monkeypatch):
     assert hidden_leftovers() == [".d.csv.facefinder"]  # (the CSV's record: no temporaries)
 
 
+@pytest.mark.parametrize("csv", [True, False])
+def test_running_out_of_memory_while_drawing_says_the_csv_was_written(data, monkeypatch, csv):
+    """It said only "out of memory" (found in review, with --zoom 64 on 300x300 images)."""
+    from facefinder_cli import images
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    model = _run(data)
+    monkeypatch.setattr(images, "boxed", out_of_memory)
+    r = cli("detect", model, data, *(["-o", "d.csv"] if csv else []), "--draw", "dd", "-q",
+            "--zoom", 3)  # fmt: skip
+    line = one_error(r)
+    assert line.startswith("Error: out of memory drawing the boxed images (36x48 at --zoom 3)")
+    if csv:
+        assert line.endswith("; d.csv was written, the boxed images were not"), line
+        assert Path("d.csv").exists()
+    else:
+        assert line.endswith("; they were not written") and r.stdout.startswith("image,")
+    assert not Path("dd").exists()
+
+
 def _run(data) -> str:
     if not Path("run0").exists():
         ok("fit", "--no-plots", data, *FIT, "-o", "run0")

@@ -226,6 +226,16 @@ def detect(
                 if not csv_file or changed:
                     raise
                 raise InputError(f"{err}; {out} was written, the boxed images were not") from None
+            except MemoryError:
+                raise InputError(
+                    f"out of memory drawing the boxed images ({H * zoom}x{W * zoom} at --zoom "
+                    f"{zoom})"
+                    + (
+                        f"; {out} was written, the boxed images were not"
+                        if csv_file
+                        else "; they were not written"
+                    )
+                ) from None
             STOPPED["note"] = STOPPED["installed"]
     boxes = ""
     if draw:
