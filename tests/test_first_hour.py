@@ -262,3 +262,15 @@ def test_generate_refuses_a_size_beyond_the_memory_before_trying(tmp_path, monke
     assert "more than this machine's 16 GiB" in r.stderr
     assert "ask for fewer (-n) or smaller (--size) images" in r.stderr
     assert not os.path.exists("g")
+
+
+def test_a_start_the_fit_cannot_use_names_its_file():
+    """--init-from's values are checked against the images by the engine: its error named
+    no file (found in review)."""
+    ok("generate", "-n", "12", "--face-size", "8x8", "--size", "12x16", "--noise", "1e-320",
+       "-o", "t.npy", "-q")  # fmt: skip
+    line = one_error(cli("fit", "t.npy", *FIT, "--init-from", "t.truth.npz", "-o", "r"), 1)
+    assert line.endswith(
+        "t.truth.npz: noise_std 1e-320 is out of the range the fit can compute with"
+    )
+    assert not os.path.exists("r/result.npz")

@@ -482,6 +482,7 @@ def fit(
                     progress,
                     resumed,
                     init_params=warm,
+                    init_from=job.init_from,
                     memory_limit=memory_limit,
                     workers=workers,
                     client=client,
@@ -732,9 +733,12 @@ def _check_face_size(input, stack, job: FitJob, warm, truth_data) -> None:
             )
 
 
-def _run_engine(stack, input, settings, progress, resumed, **kw) -> tuple[engine.FitResult, list]:
-    """``engine.fit`` on the stack with the progress callback; its warnings are returned, to be said
-    in the command's words."""
+def _run_engine(
+    stack, input, settings, progress, resumed, init_from=None, **kw
+) -> tuple[engine.FitResult, list]:
+    """``engine.fit`` on the stack with the progress callback (started from ``kw``'s
+    ``init_params``, read from the file ``init_from``, if given); its warnings are returned,
+    to be said in the command's words."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", engine.ConvergenceWarning)
         warnings.simplefilter("always", engine.NoiseFloorWarning)
@@ -752,6 +756,8 @@ def _run_engine(stack, input, settings, progress, resumed, **kw) -> tuple[engine
             raise non_finite(input, stack, err) from None
         except engine.CheckpointError as err:
             raise InputError(f"{resumed.path}: {err}") from None
+        except engine.StartError as err:  # (--init-from's values, against these images)
+            raise InputError(f"{init_from}: {err}") from None
         except engine.ValueRangeError as err:
             raise InputError(f"{input}: {err}") from None
         finally:

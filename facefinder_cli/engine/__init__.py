@@ -119,6 +119,7 @@ from facefinder_cli.engine.model import (
     NoiseFloorWarning,
     NonFiniteError,
     Params,
+    StartError,
     ValueRangeError,
     uniform_prior,
 )
@@ -173,6 +174,7 @@ __all__ = [
     "SizeChoice",
     "SizeTrial",
     "SMALLEST_SCALE",
+    "StartError",
     "ValueRangeError",
     "WHITE",
     "available_cores",

@@ -88,6 +88,10 @@ class ValueRangeError(ValueError):
     """Pixel values too large or too spread out (or too little) for float64 arithmetic."""
 
 
+class StartError(ValueError):
+    """Starting parameters given to a fit (``init_params``) that it cannot start from."""
+
+
 class NoiseFloorWarning(UserWarning):
     """The noise std hit its floor: the data may be noise-free or the fit degenerate."""
 

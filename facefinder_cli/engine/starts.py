@@ -10,7 +10,7 @@ import numpy as np
 
 from facefinder_cli.engine import _fft as sfft
 from facefinder_cli.engine.data import _check_params, _Data
-from facefinder_cli.engine.model import INIT_METHODS, WHITE, Params, uniform_prior
+from facefinder_cli.engine.model import INIT_METHODS, WHITE, Params, StartError, uniform_prior
 
 # --------------------------------------------------------------------------------------------
 # Initialisation
@@ -64,7 +64,19 @@ def _init_median(data: _Data, prior: np.ndarray) -> Params:
 
 
 def _initialize(data: _Data, method: str, rng: np.random.Generator, given: dict) -> Params:
-    """Starting parameters; ``given`` entries override the method's."""
+    """Starting parameters; ``given`` entries override the method's (a :class:`StartError`
+    if the start they make cannot be used)."""
+    if all(v is None for v in given.values()):
+        return _start(data, method, rng, given)
+    try:
+        return _start(data, method, rng, given)
+    except StartError:
+        raise
+    except ValueError as err:
+        raise StartError(str(err)) from None
+
+
+def _start(data: _Data, method: str, rng: np.random.Generator, given: dict) -> Params:
     prior = given.get("prior")
     prior = (
         uniform_prior((data.Dh, data.Dw)) if prior is None else np.asarray(prior, dtype=np.float64)
