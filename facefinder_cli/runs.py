@@ -807,12 +807,16 @@ def _input_of(z: Any) -> str:
 def _load_history(p: Path) -> Run:
     try:
         with open(p, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = set(reader.fieldnames or ())
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{p}: cannot read ({err})") from None
     need = {"elbo", "log_likelihood", "seconds", "n_values"}
-    if not rows or not need <= set(rows[0]):
+    if not need <= columns:
         raise InputError(f"{p}: not a facefinder history (needs columns {', '.join(sorted(need))})")
+    if not rows:  # (a fit writes its start's row at least)
+        raise InputError(f"{p}: a history with its header but no rows (truncated?)")
     for line, r in enumerate(rows, start=2):
         if None in r or None in r.values():  # DictReader's marks of too many or too few
             raise InputError(

@@ -111,6 +111,8 @@ def test_plot_elbo_refuses_damaged_histories(tmp_path, monkeypatch):
         # (before: "arange: cannot compute length", from matplotlib's axes, naming no file)
         "huge.csv": (with_value("elbo", "-1.7e308"), "column elbo holds a value beyond ±1e+100"),
         "big.csv": (with_value("log_likelihood", "1e308"), "column log_likelihood holds a value"),
+        # (before: "not a facefinder history (needs columns ...)", which it has)
+        "head.csv": (rows[0] + "\n", "a history with its header but no rows (truncated?)"),
     }
     for name, (text, needle) in cases.items():
         (tmp_path / name).write_text(text)
