@@ -274,3 +274,12 @@ def test_a_start_the_fit_cannot_use_names_its_file():
         "t.truth.npz: noise_std 1e-320 is out of the range the fit can compute with"
     )
     assert not os.path.exists("r/result.npz")
+
+
+def test_one_image_and_an_empty_pack_target_read_well(data):
+    """ "fitted to 1 images" and "Error: : pack writes a .npy file..." (found in review)."""
+    ok("generate", "-n", "1", "--face-size", "8x8", "--size", "12x16", "-o", "one", "-q")
+    r = ok("fit", "one", *FIT, "-o", "r1", "--no-plots")
+    assert "was fitted to 1 image (" in r.stderr, r.stderr
+    line = one_error(cli("pack", data, ""), 2)
+    assert "Invalid value for 'STACK.npy|STACK.zarr': must not be empty" in line, line

@@ -66,6 +66,7 @@ from facefinder_cli.cli.options import (
 )
 from facefinder_cli.cli.progress import ProgressBar
 from facefinder_cli.errors import InputError
+from facefinder_cli.images.common import plural
 from facefinder_cli.interrupts import Interrupted
 
 log = logging.getLogger("facefinder")
@@ -941,11 +942,11 @@ def _report(s: dict[str, Any], result: engine.FitResult, written: list[str], res
     K, D = s["n_images"], result.prior.size
     if kept.prior_fixed_until < kept.n_iter and D > K:  # a learnt prior, few images per position
         log.info(
-            "note: the prior over %d positions was fitted to %d images (%.2g per position): it "
-            "is barely determined and favours the positions seen; positions.csv and detect use "
-            "it smoothed (see detect --prior)",
+            "note: the prior over %d positions was fitted to %s (%.2g per position): it is "
+            "barely determined and favours the positions seen; positions.csv and detect use it "
+            "smoothed (see detect --prior)",
             D,
-            K,
+            plural(K, "image"),
             K / D,
         )
     note_unsure(s["mean_position_probability"], "positions.csv" if written else "the fit")

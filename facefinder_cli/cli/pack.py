@@ -13,6 +13,7 @@ import numpy as np
 from facefinder_cli import engine, images, outputs
 from facefinder_cli.cli.options import (
     CONTEXT,
+    OUTPUT,
     STOPPED,
     layout_opt,
     log_notes,
@@ -28,7 +29,7 @@ log = logging.getLogger("facefinder")
 
 @click.command(context_settings=CONTEXT)
 @click.argument("input", metavar="INPUT")
-@click.argument("target", metavar="STACK.npy|STACK.zarr")
+@click.argument("target", metavar="STACK.npy|STACK.zarr", type=OUTPUT)
 @click.option(
     "--dtype",
     type=click.Choice(engine.DTYPES),
