@@ -1618,8 +1618,9 @@ def test_settings_named_by_the_readers_are_said_as_options():
     Image.fromarray(np.full((5, 6, 3), [200, 10, 30], np.uint8)).save("c/a.png")
     r = ok("pack", "c", "c.npy")
     assert (
-        "note: rounded the values of 1 image to float32 (7 significant digits; colour and float "
-        "images are not whole numbers); pack with --dtype float64 to keep them exactly"
+        "note: rounded the values of 1 image to float32 (about 7 significant digits: values "
+        "that are not whole numbers, as in colour and float images, or beyond 16,777,216 lose "
+        "some); pack with --dtype float64 to keep them exactly"
     ) in r.stderr.splitlines()
     np.save("big.npy", np.full((2, 3, 3), 1e39))
     line = error_line(cli("pack", "big.npy", "b.npy"), 1)

@@ -110,8 +110,9 @@ def _rounding_note(n: int) -> list[str]:
         return []
     return [
         Note(
-            f"rounded the values of {plural(n, 'image')} to float32 (7 significant digits; "
-            "colour and float images are not whole numbers); pack with ",
+            f"rounded the values of {plural(n, 'image')} to float32 (about 7 significant "
+            "digits: values that are not whole numbers, as in colour and float images, or "
+            "beyond 16,777,216 lose some); pack with ",
             Hint("dtype", "float64"),
             " to keep them exactly",
         )
