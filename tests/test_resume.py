@@ -157,30 +157,26 @@ def stack(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_fit_resumes_bit_for_bit(tmp_path, stack, sig, code):
-    args = [
-        str(stack),
-        "--face-size",
-        "24x20",
-        "--restarts",
-        "2",
-        "--init",
-        "random",
-        "--max-iter",
-        "12",
-        "--tol",
-        "-inf",
-        "--method",
-        "mc",
-        "--seed",
-        "4",
-        "-q",
-        "--no-plots",  # kept on resume; the plots cost each process a second
-    ]
-    whole = subprocess.run(FF + ["fit", *args, "-o", str(tmp_path / "whole")], capture_output=True)
-    assert whole.returncode == 0, whole.stderr
+_ARGS = [
+    *("--face-size", "24x20", "--restarts", "2", "--init", "random", "--max-iter", "12"),
+    *("--tol", "-inf", "--method", "mc", "--seed", "4", "-q"),
+    "--no-plots",  # kept on resume; the plots cost each process a second
+]
 
+
+@pytest.fixture(scope="module")
+def whole(stack, tmp_path_factory):
+    """The uninterrupted fit that the interrupted ones must end as (its result.npz)."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    done = subprocess.run(FF + ["fit", str(stack), *_ARGS, "-o", str(out)],
+                          capture_output=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out / "result.npz"
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_fit_resumes_bit_for_bit(tmp_path, stack, whole, sig, code):
+    args = [str(stack), *_ARGS]
     cut = tmp_path / "cut"
     stopped = _run_until_checkpoint(
         ["fit", *args, "--checkpoint-every", "1", "-o", str(cut)], cut, sig
@@ -193,7 +189,7 @@ def test_interrupted_fit_resumes_bit_for_bit(tmp_path, stack, sig, code):
 
     resumed = subprocess.run(FF + ["fit", "--resume", str(cut), "-q"], capture_output=True)
     assert resumed.returncode == 0, resumed.stderr
-    with np.load(tmp_path / "whole" / "result.npz") as a, np.load(cut / "result.npz") as b:
+    with np.load(whole) as a, np.load(cut / "result.npz") as b:
         assert set(a.files) == set(b.files)
         for key in a.files:
             if key in ("seconds", "restart_seconds", "settings"):

@@ -362,7 +362,8 @@ def test_a_signal_ignored_at_start_up_stays_ignored(data, name):
     signum = getattr(signal, name)
     proc = subprocess.Popen(
         [sys.executable, "-m", "facefinder_cli", "fit", data, "--face-size", "8x8", "-o", "run"]
-        + ["--tol", "-1", "--max-iter", "300", "--checkpoint-every", "5", "-q", "--no-plots"],
+        + ["--tol", "-1", "--max-iter", "50", "--checkpoint-every", "2", "-q", "--no-plots"]
+        + ["--restarts", "1"],
         env=ENV,
         stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signum, signal.SIG_IGN),
@@ -377,7 +378,7 @@ def test_a_signal_ignored_at_start_up_stays_ignored(data, name):
     assert proc.returncode == 0, err
     assert err.decode() == ""
     with np.load("run/result.npz") as z:
-        assert int(z["n_iter"]) == 300
+        assert int(z["n_iter"]) == 50
 
 
 # --- the review of the diff ---------------------------------------------------------------------
