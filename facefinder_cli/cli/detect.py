@@ -214,7 +214,7 @@ def detect(
                         image = np.asarray(stack.images[k])
                         rgb = images.boxed(image, r, c, h, w, int(faces[k]))
                         images.write_png(Path(tmp) / (stem + ".png"), rgb, zoom=zoom)
-                    changed = stack.changed()  # (read again to draw: the file may have been)
+                    changed = stack.changed()  # (the images were read again to draw them)
                     check_unchanged(
                         input,
                         stack,

@@ -66,17 +66,16 @@ def _init_median(data: _Data, prior: np.ndarray) -> Params:
 def _initialize(data: _Data, method: str, rng: np.random.Generator, given: dict) -> Params:
     """Starting parameters; ``given`` entries override the method's (a :class:`StartError`
     if the start they make cannot be used)."""
-    if all(v is None for v in given.values()):
-        return _start(data, method, rng, given)
     try:
         return _start(data, method, rng, given)
-    except StartError:
-        raise
     except ValueError as err:
+        if isinstance(err, StartError) or all(v is None for v in given.values()):
+            raise
         raise StartError(str(err)) from None
 
 
 def _start(data: _Data, method: str, rng: np.random.Generator, given: dict) -> Params:
+    """:func:`_initialize`'s start, its errors ValueErrors."""
     prior = given.get("prior")
     prior = (
         uniform_prior((data.Dh, data.Dw)) if prior is None else np.asarray(prior, dtype=np.float64)
