@@ -1611,7 +1611,7 @@ def test_settings_named_by_the_readers_are_said_as_options():
     np.save("hwk.npy", np.zeros((6, 7, 40), np.float32))
     r = ok("pack", "hwk.npy", "s.npy")
     assert (
-        "note: read hwk.npy as 40 images of 6x7 (H, W, K) from its shape; pass --layout khw if "
+        "warning: read hwk.npy as 40 images of 6x7 (H, W, K) from its shape; pass --layout khw if "
         "the images are along the first axis"
     ) in r.stderr.splitlines()
     os.mkdir("c")

@@ -283,3 +283,18 @@ def test_one_image_and_an_empty_pack_target_read_well(data):
     assert "was fitted to 1 image (" in r.stderr, r.stderr
     line = one_error(cli("pack", data, ""), 2)
     assert "Invalid value for 'STACK.npy|STACK.zarr': must not be empty" in line, line
+
+
+def test_a_guessed_layout_is_said_with_q_too():
+    """A (60, 80, 50) stack saved as (H, W, K) was fitted as 60 images of 80x50 with -q in
+    silence, exit 0 (found in review): the guess of the axes is a warning, which -q keeps."""
+    np.save("s.npy", np.random.default_rng(0).normal(100, 20, (60, 80, 50)))
+    r = ok("fit", "s.npy", "--face-size", "14x12", "-o", "r", "-q", "--max-iter", 1,
+           "--no-plots", "--restarts", 1)  # fmt: skip
+    assert r.stderr.splitlines()[0] == (
+        "warning: read s.npy as 60 images of 80x50 (K, H, W); pass --layout hwk if the images "
+        "are along the last axis"
+    )
+    r = ok("fit", "s.npy", "--face-size", "14x12", "-o", "r2", "-q", "--max-iter", 1,
+           "--no-plots", "--restarts", 1, "--layout", "khw")  # fmt: skip
+    assert "read s.npy" not in r.stderr  # said as the user says it: nothing to warn of

@@ -516,7 +516,10 @@ def log_notes(stack: images.Stack, truth_given: bool = False) -> None:
     for note in stack.notes:
         if truth_given and note.startswith("not read: truth.npz"):
             continue  # the user gave it already
-        if note.startswith("skipped"):  # data left out: worth a warning
+        # data left out, or the axis of the images guessed from the shape (with -q, a wrong
+        # guess fitted rows of pixels as images in silence): worth a warning
+        layout = any(h.option == "layout" for h in getattr(note, "hints", ()))
+        if note.startswith("skipped") or layout:
             log.warning("%s", said(note))
         else:
             log.info("note: %s", said(note))
