@@ -20,6 +20,7 @@ import numpy as np
 from scipy import fft as sfft
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _args import no_options  # noqa: E402
 from bench_engine import best_of  # noqa: E402
 
 from facefinder_cli import engine, synthetic  # noqa: E402
@@ -94,6 +95,7 @@ def iterations() -> None:
 PRODUCTS = M.PRODUCT_MACS_PER_PIXEL
 
 if __name__ == "__main__":
+    no_options(__doc__)
     warnings.simplefilter("ignore", engine.ConvergenceWarning)
     sums()
     iterations()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+from _args import no_options  # noqa: E402
 
 from facefinder_cli import engine, synthetic
 
@@ -105,4 +106,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_options(__doc__)
     main()

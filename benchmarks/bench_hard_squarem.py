@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _args import no_options  # noqa: E402
 from bench_convergence import FACE, scenes  # noqa: E402
 
 from facefinder_cli import engine, synthetic  # noqa: E402
@@ -87,4 +88,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_options(__doc__)
     main()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _args import no_options  # noqa: E402
 from bench_engine import cpu_name  # noqa: E402
 
 from facefinder_cli import engine, synthetic  # noqa: E402
@@ -61,4 +62,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_options(__doc__)
     main()

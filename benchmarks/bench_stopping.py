@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _args import no_options  # noqa: E402
 from bench_convergence import FACE, TRUTH_REACH, scenes  # noqa: E402
 
 from facefinder_cli import engine, synthetic  # noqa: E402
@@ -72,4 +73,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_options(__doc__)
     main()
