@@ -435,6 +435,8 @@ def test_fit_faces_writes_every_face_and_finds_the_truth(three_folder, tmp_path)
     s = json.loads(r.stdout)
     assert s["faces"] == 3 and s["restarts"] == 4 and sum(s["images_per_face"]) == 90
     assert s["restarts_asked"] == "auto"  # (as fit of one face says it)
+    # the iterations are the kept restart's, the time all four's (it said neither)
+    assert " iterations (the kept restart) in " in r.stderr and " s (all 4 restarts): " in r.stderr
     assert min(s["truth"]["face_correlation"]) >= 0.95 and s["truth"]["faces_right"] >= 0.95
     match = ", ".join(map(str, s["truth"]["face_match"]))
     assert f"(faces matched up to relabelling: true faces 1.. are faces {match})" in r.stderr
@@ -805,6 +807,9 @@ def test_fit_faces_auto_chooses_three_and_writes_the_search(three_folder, tmp_pa
     r = ok(*args, "-o", tmp_path / "run", "--json")
     s = json.loads(r.stdout)
     assert s["faces"] == 3 and s["faces_search"]["chosen"] == 3 and s["faces_search"]["clear"]
+    tried = len(s["faces_search"]["tried"])
+    assert " (the chosen fit) in " in r.stderr
+    assert f" s (the whole search: {tried} numbers of faces): " in r.stderr
     with open(tmp_path / "run" / "faces.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["faces"]) for row in rows] == s["faces_search"]["tried"]

@@ -38,6 +38,7 @@ from facefinder_cli.cli.options import (
 )
 from facefinder_cli.cli.progress import ProgressBar
 from facefinder_cli.errors import InputError
+from facefinder_cli.images.common import plural
 from facefinder_cli.interrupts import Interrupted
 
 log = logging.getLogger("facefinder")
@@ -407,9 +408,16 @@ def _summary(result, K, H, W, seconds, out, errors, job: FitJob) -> dict[str, An
 def _report(s: dict[str, Any], written: list[str], folder: str | None, resumed: bool) -> None:
     state = f"converged after {s['n_iter']} iterations" if s["converged"] else (
         f"stopped after {s['n_iter']} iterations (--max-iter)")  # fmt: skip
+    took = f"{s['seconds']:.1f} s"
+    if "faces_search" in s:  # the iterations are the chosen fit's, the time the search's
+        state += " (the chosen fit)"
+        took += f" (the whole search: {plural(len(s['faces_search']['tried']), 'number')} of faces)"
+    elif s["restarts"] > 1:  # the iterations are the kept restart's, the time all restarts'
+        state += " (the kept restart)"
+        took += f" (all {s['restarts']} restarts)"
     log.info(
-        "%s in %.1f s%s: %d face%s, weights %s (images: %s), noise std %.4g, log-likelihood %.6g",
-        state, s["seconds"], " since --resume" if resumed else "", s["faces"],
+        "%s in %s%s: %d face%s, weights %s (images: %s), noise std %.4g, log-likelihood %.6g",
+        state, took, " since --resume" if resumed else "", s["faces"],
         "s" if s["faces"] > 1 else "",
         ", ".join(f"{v:.3g}" for v in s["weights"]), ", ".join(map(str, s["images_per_face"])),
         s["noise_std"], s["log_likelihood"],
