@@ -47,6 +47,7 @@ __all__ = [
     "load_params",
     "load_run",
     "load_truth",
+    "result_path",
     "save_checkpoint",
     "save_run",
     "save_truth",
@@ -56,6 +57,7 @@ __all__ = [
 RESULT = "result.npz"
 HISTORY = "history.csv"
 POSITIONS = "positions.csv"
+ELBO_PLOT = "elbo.png"
 ERROR_COLUMNS = (
     "face_rmse",
     "background_rmse",
@@ -395,8 +397,8 @@ def save_run(
         n_values,
         h.prior_fixed_until,
     )
-    with atomic_write(folder / "elbo.png") as f:
-        plot_curves([curve], f, output=_run_plot("elbo.png"))
+    with atomic_write(folder / ELBO_PLOT) as f:
+        plot_curves([curve], f, output=_run_plot(ELBO_PLOT))
     return [RESULT, "face.png", "background.png", "prior.png", "elbo.png", HISTORY, POSITIONS]
 
 
@@ -492,8 +494,8 @@ def save_mixture_run(
             result.prior_fixed_until,
             passes=np.arange(len(result.elbo), dtype=np.float64),
         )
-        with atomic_write(folder / "elbo.png") as f:
-            plot_curves([curve], f, output=_run_plot("elbo.png"))
+        with atomic_write(folder / ELBO_PLOT) as f:
+            plot_curves([curve], f, output=_run_plot(ELBO_PLOT))
         written += ["prior.png", "elbo.png"]
     return written
 
@@ -579,7 +581,9 @@ def _npz(path: Path, what: str) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: {what} is damaged or truncated") from None
 
 
-def _result_path(path: str | os.PathLike) -> Path:
+def result_path(path: str | os.PathLike) -> Path:
+    """The file a run is read from: ``path`` itself, or a run folder's ``result.npz`` (its
+    ``history.csv`` if it has none)."""
     p = Path(path)
     if p.is_dir():
         if (p / RESULT).is_file():
@@ -634,7 +638,7 @@ def _mixture_damage(faces, background, noise: float, weights, prior) -> str | No
 def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Path] | None:
     """The parameters of a fit of several faces (a run folder or its ``result.npz``), the
     number of images it was fitted to, and the file read; None if it is a fit of one face."""
-    p = _result_path(path)
+    p = result_path(path)
     if p.suffix == ".csv":
         return None
     z = _npz(p, "a facefinder result")
@@ -672,7 +676,7 @@ def load_mixture_start(path: str | os.PathLike, n_faces: int) -> engine.MixtureP
     if found is not None:
         params, p = found[0], found[2]
     else:
-        p = _result_path(path)
+        p = result_path(path)
         z = _npz(p, "a facefinder result or truth file")
         if "face" not in z:
             raise InputError(f"{p}: not a facefinder run or truth file (no 'face' or 'faces')")
@@ -739,7 +743,7 @@ def _refuse_several_faces(z: dict[str, np.ndarray], p: Path) -> None:
 
 def load_run(path: str | os.PathLike) -> Run:
     """Read a run from a ``result.npz``, a ``history.csv`` or a run folder."""
-    p = _result_path(path)
+    p = result_path(path)
     if p.suffix == ".csv":
         return _load_history(p)
     z = _npz(p, "a facefinder result")
@@ -851,7 +855,7 @@ def _load_history(p: Path) -> Run:
 
 def load_params(path: str | os.PathLike) -> Params:
     """The parameters of a run (folder or ``result.npz``) or of a ``truth.npz``."""
-    p = _result_path(path)
+    p = result_path(path)
     if p.suffix == ".csv":
         raise InputError(f"{p}: a history holds no parameters; give the run folder or result.npz")
     z = _npz(p, "a facefinder result or truth file")

@@ -1746,3 +1746,25 @@ def test_restarts_auto_says_why_it_ran_more_and_resumes_through_them(monkeypatch
         for key in ("face", "background", "prior", "positions", "restart_log_likelihood",
                     "restart_mean_probability"):  # fmt: skip
             np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+
+
+def test_plot_elbo_redraws_a_runs_own_elbo_png_and_nothing_else_there(tmp_path):
+    """The README's `plot-elbo run -o run/elbo.png` was refused where fit had drawn elbo.png
+    ("lies in a folder this command reads its input from"; found in review): the run's own
+    ELBO plot is replaced with --overwrite; its other files, and a user's, never are."""
+    ok("generate", "-n", 20, "--face-size", "8x8", "--size", "12x16", "-o", "d", "-q")
+    ok("fit", "d", "--face-size", "8x8", "-o", "run", "-q", "--max-iter", 3)
+    error_line(cli("plot-elbo", "run", "-o", "run/elbo.png"), 1, "file exists", "--overwrite")
+    ok("plot-elbo", "run", "-o", "run/elbo.png", "--overwrite", "--gap")
+    assert Path("run/elbo.png").read_bytes().startswith(PNG_SIGNATURE)
+    for name in ("face.png", "prior.png"):  # fit's, but not ELBO plots
+        before = Path("run", name).read_bytes()
+        r = cli("plot-elbo", "run", "-o", f"run/{name}", "--overwrite")
+        error_line(r, 1, f"run/{name}: not a file facefinder wrote as this output")
+        assert Path("run", name).read_bytes() == before
+    ok("fit", "d", "--face-size", "8x8", "-o", "run", "-q", "--max-iter", 3, "--overwrite")
+    Path("mine").mkdir()  # a user's PNG named elbo.png in a folder of theirs
+    Path("mine/elbo.png").write_bytes(PNG_SIGNATURE + b"a photo of mine")
+    r = cli("plot-elbo", "run", "-o", "mine/elbo.png", "--overwrite")
+    error_line(r, 1, "mine/elbo.png: not a file facefinder wrote")
+    assert Path("mine/elbo.png").read_bytes() == PNG_SIGNATURE + b"a photo of mine"

@@ -134,14 +134,18 @@ def plot_elbo(runs_, out, quantity, x_axis, per_pixel, gap, labels, title, overw
                 run.passes,
             )
         )
-    keep = list(runs_)
+    keep = [str(runs.result_path(r)) for r in runs_]  # the files read
+
+    def ours(p: str) -> bool:
+        """A plot drawn as plot-elbo's output under this name (not a run's prior map copied
+        to it, say), or a run's own ELBO plot (fit's elbo.png), as drawn."""
+        if outputs.is_facefinder_plot(p, PLOT_ELBO):
+            return True
+        return Path(p).name == runs.ELBO_PLOT and outputs.is_facefinder_plot(p, "fit")
+
     with outputs.claim(out) as stale:
         note_stale(stale)
-        # ours: a plot drawn as plot-elbo's output under this name (not a run's prior map
-        # copied to it, say), as drawn
-        outputs.check_file_target(
-            out, overwrite, keep=keep, ours=lambda p: outputs.is_facefinder_plot(p, PLOT_ELBO)
-        )
+        outputs.check_file_target(out, overwrite, keep=keep, ours=ours)
         STOPPED["installed"] = f"{out} was written all the same"  # (as it was put in place)
         with outputs.atomic_write(out, overwrite=overwrite) as f:
             plot_curves(
