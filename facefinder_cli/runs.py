@@ -581,14 +581,17 @@ def _npz(path: Path, what: str) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: {what} is damaged or truncated") from None
 
 
-def result_path(path: str | os.PathLike) -> Path:
+def result_path(path: str | os.PathLike, history: bool = True) -> Path:
     """The file a run is read from: ``path`` itself, or a run folder's ``result.npz`` (its
-    ``history.csv`` if it has none)."""
+    ``history.csv`` if it has none and ``history``; else that is refused, as holding no
+    fitted parameters)."""
     p = Path(path)
     if p.is_dir():
         if (p / RESULT).is_file():
             return p / RESULT
         if (p / HISTORY).is_file():
+            if not history:
+                raise InputError(f"{p}: holds a {HISTORY} but no {RESULT}: no fitted parameters")
             return p / HISTORY
         if (p / CHECKPOINT).is_file():
             raise InputError(
@@ -597,7 +600,11 @@ def result_path(path: str | os.PathLike) -> Path:
                 Hint("resume", str(p), command="fit"),
                 "`",
             )
-        raise InputError(f"{p}: no {RESULT} or {HISTORY} in this folder")
+        raise InputError(
+            f"{p}: no {RESULT} or {HISTORY} in this folder"
+            if history
+            else f"{p}: no {RESULT} in this folder (not a run folder of facefinder fit)"
+        )
     if not p.exists():
         broken = os.path.lexists(p)  # a link to nothing, or a loop of links: as load_stack says
         raise InputError(f"{p}: {'broken symbolic link' if broken else 'no such file or folder'}")
@@ -638,7 +645,7 @@ def _mixture_damage(faces, background, noise: float, weights, prior) -> str | No
 def load_mixture(path: str | os.PathLike) -> tuple[engine.MixtureParams, int, Path] | None:
     """The parameters of a fit of several faces (a run folder or its ``result.npz``), the
     number of images it was fitted to, and the file read; None if it is a fit of one face."""
-    p = result_path(path)
+    p = result_path(path, history=False)
     if p.suffix == ".csv":
         return None
     z = _npz(p, "a facefinder result")
@@ -855,7 +862,7 @@ def _load_history(p: Path) -> Run:
 
 def load_params(path: str | os.PathLike) -> Params:
     """The parameters of a run (folder or ``result.npz``) or of a ``truth.npz``."""
-    p = result_path(path)
+    p = result_path(path, history=False)
     if p.suffix == ".csv":
         raise InputError(f"{p}: a history holds no parameters; give the run folder or result.npz")
     z = _npz(p, "a facefinder result or truth file")

@@ -379,3 +379,23 @@ def test_a_stack_along_the_other_axis_is_told_its_layout_and_a_lone_zoom_said(tm
     assert r.exit_code == 1 and "images are 9x20, the model was fitted on 20x24\n" in r.stderr
     r = ok("detect", "run", "hwk.npy", "--layout", "hwk", "-o", "q.csv", "--zoom", 2)
     assert "warning: --zoom upscales the --draw PNGs; without --draw it does nothing" in r.stderr
+
+
+def test_a_model_folder_without_a_result_is_named_as_such():
+    """`detect photos new` said "no result.npz or history.csv in this folder", as if a history
+    would do (found in review); --init-from likewise."""
+    ok("generate", "-n", 12, "--face-size", "8x8", "--size", "12x16", "-o", "d", "-q")
+    ok("fit", "d", "--face-size", "8x8", "-o", "run", "-q", "--max-iter", 2, "--no-plots")
+    os.mkdir("hist")
+    shutil.copy("run/history.csv", "hist/history.csv")
+    refusals = {
+        "d": "d: no result.npz in this folder (not a run folder of facefinder fit)",
+        "hist": "hist: holds a history.csv but no result.npz: no fitted parameters",
+    }
+    for model, words in refusals.items():
+        r = cli("detect", model, "d", "-o", "x.csv")
+        assert r.exit_code == 1 and r.stderr == f"Error: {words}\n", r.stderr
+        r = cli("fit", "d", "--face-size", "8x8", "--init-from", model, "-o", "r2")
+        assert r.exit_code == 1 and r.stderr.endswith(f"{words}\n"), r.stderr
+    assert not os.path.exists("x.csv") and not os.path.exists("r2")
+    ok("plot-elbo", "hist", "-o", "h.png")  # a history is all plot-elbo needs
