@@ -298,3 +298,23 @@ def test_a_guessed_layout_is_said_with_q_too():
     r = ok("fit", "s.npy", "--face-size", "14x12", "-o", "r2", "-q", "--max-iter", 1,
            "--no-plots", "--restarts", 1, "--layout", "khw")  # fmt: skip
     assert "read s.npy" not in r.stderr  # said as the user says it: nothing to warn of
+
+
+def test_notes_that_fit_the_command(data):
+    """detect said "(fit --truth ... measures the fit against it)" of a generated folder's
+    truth.npz, and a (1, H, W) stack was "read as 1 images ... pass --layout hwk" (found in
+    review)."""
+    ok("fit", data, *FIT, "-o", "run", "-q", "--no-plots", "--max-iter", 2)
+    r = ok("detect", "run", data, "-o", "p.csv")
+    assert "note: not read: truth.npz, the truth of data made by facefinder generate\n" in (
+        r.stderr
+    )
+    assert "--truth" not in r.stderr
+    r = ok("fit", data, *FIT, "-o", "run2", "--no-plots", "--max-iter", 2)
+    assert "--truth data/truth.npz measures the fit against it)" in r.stderr  # (fit: said)
+    np.save("one.npy", np.full((1, 12, 16), 100.0))
+    r = ok("detect", "run", "one.npy", "-o", "q.csv")
+    assert "read one.npy" not in r.stderr and "located the face in 1 image " in r.stderr
+    np.save("two.npy", np.full((2, 12, 16), 100.0))
+    r = ok("detect", "run", "two.npy", "-o", "t.csv")
+    assert "warning: read two.npy as 2 images of 12x16 (K, H, W)" in r.stderr

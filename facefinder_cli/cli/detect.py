@@ -181,7 +181,7 @@ def detect(
         except ValueError as err:  # the model's, likewise
             raise InputError(f"{model_.source}: {err}") from None
         check_unchanged(input, stack, "the positions were not written")
-        log_notes(stack)
+        log_notes(stack, fitting=False)
         _warn_if_mismatched(found, model_.noise_std, input, stack.names)
         # what to say of a signal as each output is put in place, and once it is
         csv_file = not outputs.is_stream(out)

@@ -511,11 +511,16 @@ def said(message: object) -> str:
     return worded(message, _flag)
 
 
-def log_notes(stack: images.Stack, truth_given: bool = False) -> None:
-    """How the input was read (after the checks, so that an error stays a single line)."""
+def log_notes(stack: images.Stack, truth_given: bool = False, fitting: bool = True) -> None:
+    """How the input was read (after the checks, so that an error stays a single line);
+    ``fitting``: the command is a fit, which can take a folder's truth.npz (``--truth``)."""
     for note in stack.notes:
-        if truth_given and note.startswith("not read: truth.npz"):
-            continue  # the user gave it already
+        if note.startswith("not read: truth.npz"):
+            if truth_given:
+                continue  # the user gave it already
+            if not fitting:  # (without the advice to fit with --truth)
+                log.info("note: %s", str(note).split(" (", 1)[0])
+                continue
         # data left out, or the axis of the images guessed from the shape (with -q, a wrong
         # guess fitted rows of pixels as images in silence): worth a warning
         layout = any(h.option == "layout" for h in getattr(note, "hints", ()))

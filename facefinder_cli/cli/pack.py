@@ -96,7 +96,7 @@ def pack(input, target, dtype, skip_unreadable, layout, overwrite):
             STOPPED["note"] = f"{target} was written all the same"
     finally:
         bar.close()
-    log_notes(stack)
+    log_notes(stack, fitting=False)
     K, H, W = stack.images.shape
     if os.path.isdir(target):  # a Zarr folder
         size = sum(e.stat().st_size for e in os.scandir(target) if e.is_file())

@@ -139,15 +139,15 @@ def _resolve_layout(
     if lay == "hwk":
         notes.append(
             Note(
-                f"read {disp} as {c} images of {a}x{b} (H, W, K) from its shape; pass ",
+                f"read {disp} as {plural(c, 'image')} of {a}x{b} (H, W, K) from its shape; pass ",
                 Hint("layout", "khw"),
                 " if the images are along the first axis",
             )
         )
-    elif a <= 2 * max(b, c):  # (many more along the first axis: plainly the images, unsaid)
+    elif 1 < a <= 2 * max(b, c):  # (many more along the first axis, or one: plainly images)
         notes.append(
             Note(
-                f"read {disp} as {a} images of {b}x{c} (K, H, W); pass ",
+                f"read {disp} as {plural(a, 'image')} of {b}x{c} (K, H, W); pass ",
                 Hint("layout", "hwk"),
                 " if the images are along the last axis",
             )
