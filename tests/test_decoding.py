@@ -238,6 +238,17 @@ def test_white_is_zero_and_palette_tiffs():
     assert "expanded the colour palette of 1 image" in got.notes
 
 
+def test_a_grey_palette_tiff_from_pillow_reads_its_grey_levels_exactly():
+    """Pillow stores a TIFF's 16-bit colour map as 8-bit values times 256, not 257: 219 was
+    read as 218.15 (found in review)."""
+    idx = np.arange(220, dtype=np.uint8).reshape(11, 20)
+    img = Image.fromarray(idx, mode="L").convert("P")
+    img.putpalette([v for i in range(256) for v in (i, i, i)])
+    img.save("p.tif")
+    got = load_stack("p.tif")
+    np.testing.assert_array_equal(got.images[0], idx.astype(float))
+
+
 def test_multipage_lzw_tiff_is_read_page_by_page_by_pillow():
     pages = [gray(5, 6, seed=s) for s in range(3)]
     first, *rest = (Image.fromarray(p) for p in pages)

@@ -275,8 +275,9 @@ def _tiff_series_to_gray(
         if cmap is None or arr.dtype.kind not in "bu":
             raise _TiffFallback("palette")
         cmap = np.asarray(cmap, dtype=np.float64)
-        if cmap.max() > 255:
-            cmap = cmap / 257.0
+        if cmap.max() > 255:  # 16-bit entries: 8-bit values times 257 (0..65535), or times
+            # 256 as Pillow writes them (an 8-bit 219 became 218.15 when divided by 257)
+            cmap = cmap / (256.0 if not np.any(cmap % 256) else 257.0)
         conv.counts["palette"] += n
         return _luminance(cmap.T[arr.astype(np.intp)], conv)
     if photometric not in (0, 1):
