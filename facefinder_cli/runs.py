@@ -634,6 +634,8 @@ def _mixture_damage(faces, background, noise: float, weights, prior) -> str | No
             return f"'{key}' holds values that are not finite"
     if not (math.isfinite(noise) and noise > 0):
         return f"'noise_std' is {noise:g}; it must be positive and finite"
+    if not engine.SMALLEST_SCALE * engine.NOISE_FLOOR <= noise <= engine.LARGEST_VALUE:
+        return f"'noise_std' is {noise:.3g}, out of the range the fit can compute with"
     for key, values in (("weights", weights), ("prior", prior)):
         if not (np.isfinite(values).all() and (values >= 0).all()):
             return f"'{key}' holds values that are negative or not finite"

@@ -953,6 +953,9 @@ def _edited(tmp_path, **changes):
     "change, words",
     [
         (dict(noise_std=np.array(-1.0)), "'noise_std' is -1; it must be positive and finite"),
+        # (before: NaN results with exit 0, or a ZeroDivisionError; found in review)
+        (dict(noise_std=np.array(1e-160)), "'noise_std' is 1e-160, out of the range the fit"),
+        (dict(noise_std=np.array(1e-320)), "'noise_std' is 1e-320, out of the range the fit"),
         (dict(faces=np.full((2, 4, 3), np.nan)), "'faces' holds values that are not finite"),
         (dict(weights=np.array([0.9, 0.3])), "'weights' sums to 1.2, not 1"),
         (dict(weights=np.array([np.nan, 1.0])), "'weights' holds values that are negative or"),
