@@ -177,3 +177,30 @@ def test_pack_refuses_a_stack_written_while_it_was_packed(stack, monkeypatch, ta
         "images and was not written; pack it again"
     )
     assert not Path(target).exists() and len(calls) > 2
+
+
+@pytest.mark.parametrize("target", ["y.npy", "y.zarr"])
+def test_pack_refuses_a_zarr_source_written_while_it_was_packed(stack, monkeypatch, target):
+    """A Zarr source was not checked at all (found in review): pack compared the path's size
+    and time, which a folder has none of."""
+    pytest.importorskip("zarr", reason="the [dask] extra is not installed")
+    from facefinder_cli.images import packing
+
+    ok("pack", "data", "x.zarr", "-q")
+    chunk = max((p for p in Path("x.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"),
+                key=lambda p: p.stat().st_size)  # fmt: skip
+    real = packing._as_dtype
+    calls = []
+
+    def as_dtype(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            time.sleep(0.05)
+            chunk.write_bytes(chunk.read_bytes())  # the same bytes, written again
+        return real(*args, **kw)
+
+    monkeypatch.setattr(packing, "_as_dtype", as_dtype)
+    r = cli("pack", "x.zarr", target)
+    assert r.exit_code == 1, r.stderr
+    assert r.stderr.startswith("Error: x.zarr: written to while it was being packed"), r.stderr
+    assert not Path(target).exists()

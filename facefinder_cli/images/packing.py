@@ -271,10 +271,12 @@ def _version(src: str) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
-def _check_unchanged(src: str, version: tuple[int, int] | None) -> None:
-    """Refuse a stack packed from the file ``src`` if it was written to while it was read
-    (``version`` as it was before): the stack would mix its old and new images."""
-    if version is not None and _version(src) != version:
+def _check_unchanged(src: str, version: tuple[int, int] | None, images: Any = None) -> None:
+    """Refuse a stack packed from ``src`` if it was written to while it was read (the file's
+    ``version`` as it was before; ``images``, a reader that can tell, such as a Zarr array's):
+    the stack would mix its old and new images."""
+    changed = getattr(images, "changed", None)
+    if (version is not None and _version(src) != version) or (changed is not None and changed()):
         raise InputError(
             f"{src}: written to while it was being packed: the stack would mix old and new "
             "images and was not written; pack it again"
@@ -459,7 +461,7 @@ def pack_stack(
             if with_names:
                 text = "".join(_names.to_line(n) + "\n" for n in names)
                 batch.files[1].write(text.encode("utf-8"))
-            _check_unchanged(src, version)
+            _check_unchanged(src, version, None if listing is not None else images)
     finally:
         close()
     return Stack(NpyReader(p), names, tuple(notes), src)
@@ -515,7 +517,7 @@ def _pack_to_zarr(
     try:
         with atomic_folder(p, overwrite, keep=keep, kind=kind) as tmp:
             pack_zarr(tmp, total, dt, converted, lambda: [_names.to_line(n) for n in kept()])
-            _check_unchanged(src, version)
+            _check_unchanged(src, version, None if listing is not None else images)
     finally:
         close()
     if listing is not None:
