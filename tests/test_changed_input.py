@@ -151,6 +151,7 @@ def test_a_zarr_array_with_a_chunk_written_during_a_fit_is_refused(stack, monkey
     _during_fit(monkeypatch, write)
     r = cli("fit", "x.zarr", *FIT, "--max-iter", 4, "-o", "run")
     assert r.exit_code == 1 and "x.zarr: written to while it was being read" in r.stderr
+    assert r.stderr.strip().endswith("run the command again")  # (no renaming: a folder)
     assert not Path("run/result.npz").exists()
 
 

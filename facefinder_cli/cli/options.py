@@ -446,10 +446,11 @@ def check_unchanged(source: str, stack: images.Stack, outcome: str) -> None:
     (the result would mix its old and new images), saying ``outcome`` ("the run was not
     written")."""
     if stack.changed():
+        rename = " (to replace a .npy stack meanwhile, rename a new file onto its name)"
         raise images.InputError(
             f"{source}: written to while it was being read: {outcome}, since it would mix old "
-            "and new images; run the command again (to replace a stack meanwhile, rename a new "
-            "file onto its name)"
+            "and new images; run the command again"
+            + (rename if isinstance(stack.images, images.NpyReader) else "")
         )
 
 
