@@ -35,7 +35,7 @@ from facefinder_cli.images.common import (
 from facefinder_cli.images.decoding import _Conversions, _read_image_file
 from facefinder_cli.images.stacks import NpyReader, _read_names, _stream_npy, names_path
 from facefinder_cli.images.zarrs import is_zarr, load_zarr
-from facefinder_cli.outputs import folder_identity, is_facefinder_npz
+from facefinder_cli.outputs import folder_identity, is_facefinder_npz, written_as
 
 __all__ = ["Stack", "glob_paths", "input_paths", "load_stack", "read_image"]
 
@@ -76,6 +76,12 @@ class Stack:
         memory never are."""
         changed = getattr(self.images, "changed", None)
         return bool(changed()) if changed is not None else False
+
+
+def _ours(path: str) -> bool:
+    """Whether ``path`` is a stack that facefinder generate or pack wrote, as it left it: its
+    images are along the first axis, (K, H, W), whatever its shape suggests."""
+    return written_as(path, "generate") or written_as(path, "pack")
 
 
 def _same_folder(seen: dict[str, tuple[int, int] | None], folder: str) -> None:
@@ -473,7 +479,7 @@ def _load_file(source: str, layout: str | None, stream: bool = False) -> Stack:
                 names = _read_names(path, len(reader), notes)
                 if names is None:  # (a names file from pack_stack vouches for (K, H, W))
                     names = _stack_names(base, len(reader), False)
-                    notes[:0] = guess
+                    notes[:0] = [] if _ours(path) else guess
                 return Stack(reader, names, tuple(notes), source)
             images, two_d = _read_npy(path, disp, layout, guess)
             if not two_d:
@@ -483,7 +489,8 @@ def _load_file(source: str, layout: str | None, stream: bool = False) -> Stack:
                     )
                 names = _read_names(path, len(images), notes)
             # a names file with one name per image vouches for a (K, H, W) guess
-            notes[:0] = [n for n in guess if names is None or "(K, H, W)" not in n]
+            vouched = names is not None or _ours(path)
+            notes[:0] = [n for n in guess if not vouched or "(K, H, W)" not in n]
         elif ext == ".npz":
             images, two_d, names = _read_npz(path, disp, layout, notes)
         else:
