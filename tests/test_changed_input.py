@@ -205,3 +205,16 @@ def test_pack_refuses_a_zarr_source_written_while_it_was_packed(stack, monkeypat
     assert r.exit_code == 1, r.stderr
     assert r.stderr.startswith("Error: x.zarr: written to while it was being packed"), r.stderr
     assert not Path(target).exists()
+
+
+def test_a_fit_that_saved_checkpoints_says_to_run_again_with_overwrite(stack, monkeypatch):
+    """Its checkpoint is of the old images: running again said "holds an interrupted fit:
+    --resume", and --resume refused the new images (found in review)."""
+    real = engine.fit
+    _during_fit(monkeypatch, _in_place(stack, same_size=True))
+    args = ["fit", "x.npy", *FIT, "--max-iter", 4, "--checkpoint-every", 1, "-o", "run"]
+    line = _one_error(cli(*args))
+    assert "run the command again with --overwrite (to replace a .npy stack meanwhile" in line
+    monkeypatch.setattr(engine, "fit", real)
+    ok(*args, "--overwrite")
+    assert Path("run/result.npz").exists()

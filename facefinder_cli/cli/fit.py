@@ -489,7 +489,13 @@ def fit(
                     client=client,
                 )
             seconds = time.perf_counter() - t0
-            check_unchanged(input, stack, "the run was not written")
+            check_unchanged(
+                input,
+                stack,
+                "the run was not written",
+                # (its checkpoint is of the old images: --resume would refuse the new ones)
+                " with --overwrite" if saver is not None and saver.wrote else "",
+            )
             if sizes is not None:
                 runs.add_full_fit(sizes, result)
             _report_engine(result, caught, K)

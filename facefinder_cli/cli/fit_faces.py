@@ -232,7 +232,12 @@ def fit_faces(
             bar.close()
             kw["callback"].close()
         seconds = time.perf_counter() - t0
-        check_unchanged(input, stack, "the run was not written")
+        check_unchanged(
+            input,
+            stack,
+            "the run was not written",
+            " with --overwrite" if saver is not None and saver.wrote else "",  # (as fit says)
+        )
         if states.on_first is not None:  # (resumed at its very end: nothing was reported)
             states.on_first()
             states.on_first = None

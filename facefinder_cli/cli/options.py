@@ -441,15 +441,15 @@ def load(
         ) from None
 
 
-def check_unchanged(source: str, stack: images.Stack, outcome: str) -> None:
+def check_unchanged(source: str, stack: images.Stack, outcome: str, again: str = "") -> None:
     """Refuse a result computed from ``stack`` if its file was written to while it was read
     (the result would mix its old and new images), saying ``outcome`` ("the run was not
-    written")."""
+    written") and how to run it ``again`` (" with --overwrite")."""
     if stack.changed():
         rename = " (to replace a .npy stack meanwhile, rename a new file onto its name)"
         raise images.InputError(
             f"{source}: written to while it was being read: {outcome}, since it would mix old "
-            "and new images; run the command again"
+            f"and new images; run the command again{again}"
             + (rename if isinstance(stack.images, images.NpyReader) else "")
         )
 
